@@ -1,0 +1,39 @@
+use crate::{SegmentKey, TensorId};
+
+/// Everything the engine can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Tensor shapes that do not fit an op, a parameter or a file.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// A parameter named by an op or expected by the model is not held here.
+    #[error("parameter `{0}` is not held by this worker (check the weights file or the partition)")]
+    MissingParam(String),
+    /// A segment's backward needs a tensor the segment does not carry.
+    #[error("segment {segment} lacks saved tensor {id}")]
+    MissingSaved { id: TensorId, segment: SegmentKey },
+    /// A layer referred to a tensor that was never recorded.
+    #[error("segment {segment}: tensor {id} was not recorded in this segment")]
+    UnknownTensor { id: TensorId, segment: SegmentKey },
+    /// A segment archive that is corrupted, truncated or inconsistent.
+    #[error("bad segment archive: {0}")]
+    Archive(String),
+    /// Training data that cannot be used (bad targets, empty batch).
+    #[error("bad data: {0}")]
+    Data(String),
+    /// A model definition that cannot be built.
+    #[error("bad model: {0}")]
+    Model(String),
+    /// An optimizer description that cannot be parsed or applied.
+    #[error("bad optimizer: {0}")]
+    Optimizer(String),
+    /// Gradients of one layer arriving twice, or missing at the end of a step.
+    #[error("gradient accumulation: {0}")]
+    Accumulation(String),
+    /// The kernels refused (e.g. an invalid thread count).
+    #[error(transparent)]
+    Kernel(#[from] baton_kernels::Error),
+}
+
+/// The engine's result type.
+pub type Result<T> = std::result::Result<T, Error>;

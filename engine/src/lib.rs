@@ -1,0 +1,37 @@
+//! baton's engine: tensors, a relocatable tape autograd, optimizers and
+//! single-process training.
+//!
+//! The tape is plain data. Forward of one micro-batch through one layer is
+//! recorded as a [`Segment`]: ops naming tensors by [`TensorId`] (derived from
+//! step, micro-batch, layer and position, so it means the same on every
+//! worker) and parameters by name, plus exactly the saved tensors its
+//! backward reads. A segment archives with rkyv, can be read back zero-copy
+//! on another worker ([`segment::access`]) and backwarded there with the same
+//! bits.
+
+pub mod accumulate;
+pub mod backward;
+mod error;
+pub mod id;
+pub mod init;
+pub mod model;
+mod op;
+pub mod optim;
+pub mod params;
+pub mod record;
+pub mod segment;
+mod tensor;
+pub mod train;
+
+pub use accumulate::GradAccumulator;
+pub use backward::BackwardOutput;
+pub use error::{Error, Result};
+pub use id::{SegmentKey, TensorId};
+pub use model::{Layer, Loss, Model};
+pub use op::{Activation, Op};
+pub use optim::{OptState, Optimizer, OptimizerConfig};
+pub use params::{Init, ParamSpec, ParamStore};
+pub use record::Recorder;
+pub use segment::{Segment, SegmentBatch, SegmentView};
+pub use tensor::{Tensor, TensorRef};
+pub use train::{Batch, Targets, Trainer};

@@ -1,0 +1,259 @@
+//! Segments: the tape of one (micro-batch, layer) with exactly the saved
+//! tensors its backward needs, as plain data that archives with rkyv.
+//!
+//! Invariant: a segment is self-contained. Its ops name tensors by
+//! [`TensorId`]s of its own [`SegmentKey`] and parameters by name, and
+//! `saved` holds every tensor any op's backward reads, so the segment can be
+//! backwarded on any worker that holds the named parameters.
+
+use std::borrow::Cow;
+
+use rkyv::rancor::BoxedError;
+use rkyv::util::AlignedVec;
+
+use crate::id::{ArchivedSegmentKey, ArchivedTensorId};
+use crate::{Error, Op, Result, SegmentKey, TensorId, TensorRef};
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("baton's archives reinterpret little-endian f32 data in place");
+
+/// Element storage of a saved tensor.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Storage {
+    /// Full precision; what backward needs for bit-identical results.
+    F32(Vec<f32>),
+    /// bfloat16 bit patterns: half the bytes, no longer bit-identical.
+    Bf16(Vec<u16>),
+}
+
+impl Storage {
+    fn len(&self) -> usize {
+        match self {
+            Storage::F32(v) => v.len(),
+            Storage::Bf16(v) => v.len(),
+        }
+    }
+}
+
+/// A tensor a segment's backward reads.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SavedTensor {
+    pub id: TensorId,
+    pub shape: Vec<usize>,
+    pub storage: Storage,
+}
+
+/// The recorded forward of one micro-batch through one layer (or the loss).
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Segment {
+    pub key: SegmentKey,
+    /// The activation entering the segment.
+    pub input: TensorId,
+    /// The tensor the segment produces (the next layer's input, or the loss).
+    pub output: TensorId,
+    /// Ops in recording (topological) order.
+    pub ops: Vec<Op>,
+    /// Exactly the tensors that `ops`' backward reads, sorted by id.
+    pub saved: Vec<SavedTensor>,
+}
+
+/// Segments shipped or stored together (one archive).
+#[derive(Clone, Debug, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SegmentBatch(pub Vec<Segment>);
+
+/// Where backward finds the tensors a segment saved.
+pub trait SavedTensors {
+    /// The saved tensor `id`, or an error naming it.
+    fn saved(&self, id: TensorId) -> Result<TensorRef<'_>>;
+}
+
+impl Segment {
+    /// Parameter names the segment's ops read, deduplicated, in first-use order.
+    pub fn params(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for name in self.ops.iter().flat_map(Op::params) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Bytes held by saved tensors.
+    pub fn saved_bytes(&self) -> usize {
+        self.saved
+            .iter()
+            .map(|t| match &t.storage {
+                Storage::F32(v) => v.len() * 4,
+                Storage::Bf16(v) => v.len() * 2,
+            })
+            .sum()
+    }
+
+    /// Re-stores the saved tensors as bf16 (lossy: halves the bytes, and
+    /// backward is then no longer bit-identical to the f32 original).
+    pub fn compact_bf16(&mut self) {
+        for tensor in &mut self.saved {
+            if let Storage::F32(values) = &tensor.storage {
+                let bits = values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+                tensor.storage = Storage::Bf16(bits);
+            }
+        }
+    }
+
+    /// Checks the invariants a received segment must hold before backward.
+    pub fn validate(&self) -> Result<()> {
+        let saved: Vec<(TensorId, &[usize], usize)> =
+            self.saved.iter().map(|t| (t.id, &t.shape[..], t.storage.len())).collect();
+        validate_parts(self.key, self.input, self.output, &self.ops, &saved)
+    }
+}
+
+impl SavedTensors for Segment {
+    fn saved(&self, id: TensorId) -> Result<TensorRef<'_>> {
+        let tensor = self
+            .saved
+            .iter()
+            .find(|t| t.id == id)
+            .ok_or(Error::MissingSaved { id, segment: self.key })?;
+        let data = match &tensor.storage {
+            Storage::F32(v) => Cow::Borrowed(&v[..]),
+            Storage::Bf16(bits) => Cow::Owned(decode_bf16(bits.iter().copied())),
+        };
+        Ok(TensorRef { shape: Cow::Borrowed(&tensor.shape), data })
+    }
+}
+
+fn decode_bf16(bits: impl Iterator<Item = u16>) -> Vec<f32> {
+    bits.map(|b| half::bf16::from_bits(b).to_f32()).collect()
+}
+
+/// Checks that every id belongs to the segment, the output is produced, and
+/// every tensor the ops' backward reads is saved with a consistent shape.
+fn validate_parts(
+    key: SegmentKey,
+    input: TensorId,
+    output: TensorId,
+    ops: &[Op],
+    saved: &[(TensorId, &[usize], usize)],
+) -> Result<()> {
+    let corrupt = |what: String| Err(Error::Archive(format!("segment {key}: {what}")));
+    if input.segment() != key || output.segment() != key {
+        return corrupt(format!("boundary ids {input} / {output} belong to another segment"));
+    }
+    if !ops.iter().any(|op| op.output() == output) {
+        return corrupt(format!("no op produces the output {output}"));
+    }
+    for (id, shape, len) in saved {
+        if id.segment() != key {
+            return corrupt(format!("saved tensor {id} belongs to another segment"));
+        }
+        if shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) != Some(*len) {
+            return corrupt(format!("saved tensor {id} has shape {shape:?} but {len} elements"));
+        }
+    }
+    for needed in ops.iter().flat_map(Op::saved) {
+        if !saved.iter().any(|(id, _, _)| *id == needed) {
+            return corrupt(format!("saved tensor {needed} is missing"));
+        }
+    }
+    Ok(())
+}
+
+/// Archives segments into one aligned buffer.
+pub fn archive(batch: &SegmentBatch) -> Result<AlignedVec> {
+    rkyv::to_bytes::<BoxedError>(batch).map_err(|e| Error::Archive(e.to_string()))
+}
+
+/// Validates an archive and returns zero-copy views of its segments: saved
+/// f32 data is borrowed from `bytes`, only the small op lists are decoded.
+/// `bytes` must be 16-byte aligned (receive into an [`AlignedVec`]).
+pub fn access(bytes: &[u8]) -> Result<Vec<SegmentView<'_>>> {
+    if bytes.as_ptr() as usize % 16 != 0 {
+        return Err(Error::Archive("archive buffer is not 16-byte aligned".into()));
+    }
+    let batch = rkyv::access::<ArchivedSegmentBatch, BoxedError>(bytes)
+        .map_err(|e| Error::Archive(format!("invalid segment archive: {e}")))?;
+    batch.0.iter().map(SegmentView::new).collect()
+}
+
+/// A validated, zero-copy view of an archived segment.
+pub struct SegmentView<'a> {
+    pub key: SegmentKey,
+    pub input: TensorId,
+    pub output: TensorId,
+    pub ops: Vec<Op>,
+    archived: &'a ArchivedSegment,
+}
+
+impl<'a> SegmentView<'a> {
+    fn new(archived: &'a ArchivedSegment) -> Result<Self> {
+        let key = native_key(&archived.key);
+        let ops = rkyv::deserialize::<Vec<Op>, BoxedError>(&archived.ops)
+            .map_err(|e| Error::Archive(format!("segment {key}: undecodable ops: {e}")))?;
+        let view = SegmentView {
+            key,
+            input: native_id(&archived.input),
+            output: native_id(&archived.output),
+            ops,
+            archived,
+        };
+        let shapes: Vec<(TensorId, Vec<usize>, usize)> = archived
+            .saved
+            .iter()
+            .map(|t| (native_id(&t.id), native_shape(&t.shape), archived_len(&t.storage)))
+            .collect();
+        let saved: Vec<(TensorId, &[usize], usize)> =
+            shapes.iter().map(|(id, s, n)| (*id, &s[..], *n)).collect();
+        validate_parts(view.key, view.input, view.output, &view.ops, &saved)?;
+        Ok(view)
+    }
+
+    /// An owned copy of the segment.
+    pub fn to_segment(&self) -> Result<Segment> {
+        rkyv::deserialize::<Segment, BoxedError>(self.archived)
+            .map_err(|e| Error::Archive(format!("segment {}: {e}", self.key)))
+    }
+}
+
+impl SavedTensors for SegmentView<'_> {
+    fn saved(&self, id: TensorId) -> Result<TensorRef<'_>> {
+        let tensor = self
+            .archived
+            .saved
+            .iter()
+            .find(|t| native_id(&t.id) == id)
+            .ok_or(Error::MissingSaved { id, segment: self.key })?;
+        let data = match &tensor.storage {
+            ArchivedStorage::F32(v) => Cow::Borrowed(bytemuck::cast_slice::<_, f32>(v.as_slice())),
+            ArchivedStorage::Bf16(bits) => {
+                Cow::Owned(decode_bf16(bits.iter().map(|b| b.to_native())))
+            }
+        };
+        Ok(TensorRef { shape: Cow::Owned(native_shape(&tensor.shape)), data })
+    }
+}
+
+fn native_id(id: &ArchivedTensorId) -> TensorId {
+    TensorId {
+        step: id.step.to_native(),
+        micro: id.micro.to_native(),
+        layer: id.layer.to_native(),
+        slot: id.slot.to_native(),
+    }
+}
+
+fn native_key(key: &ArchivedSegmentKey) -> SegmentKey {
+    SegmentKey { step: key.step.to_native(), micro: key.micro.to_native(), layer: key.layer.to_native() }
+}
+
+fn native_shape(shape: &rkyv::vec::ArchivedVec<rkyv::Archived<usize>>) -> Vec<usize> {
+    shape.iter().map(|d| d.to_native() as usize).collect()
+}
+
+fn archived_len(storage: &ArchivedStorage) -> usize {
+    match storage {
+        ArchivedStorage::F32(v) => v.len(),
+        ArchivedStorage::Bf16(v) => v.len(),
+    }
+}

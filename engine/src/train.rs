@@ -1,0 +1,159 @@
+//! Single-process training: micro-batching, per-layer gradient accumulation
+//! in micro-batch order, per-parameter optimizer updates.
+
+use std::ops::Range;
+
+use crate::{Error, GradAccumulator, Model, Optimizer, ParamStore, Result, SegmentKey, Tensor};
+
+/// Loss targets of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Targets {
+    /// Regression targets shaped like the model output (`mse`).
+    Values(Tensor),
+    /// One class index per row (`cross_entropy`).
+    Classes(Vec<u32>),
+}
+
+impl Targets {
+    fn rows(&self) -> usize {
+        match self {
+            Targets::Values(t) => t.shape.first().copied().unwrap_or(0),
+            Targets::Classes(c) => c.len(),
+        }
+    }
+
+    fn slice(&self, rows: Range<usize>) -> Result<Targets> {
+        Ok(match self {
+            Targets::Values(t) => Targets::Values(t.rows(rows.start, rows.end)?),
+            Targets::Classes(c) => Targets::Classes(c[rows].to_vec()),
+        })
+    }
+}
+
+/// Inputs `[rows, features]` and their targets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub x: Tensor,
+    pub targets: Targets,
+}
+
+impl Batch {
+    /// A batch; errors unless `x` is a matrix with as many rows as targets.
+    pub fn new(x: Tensor, targets: Targets) -> Result<Batch> {
+        let (rows, _) = x.view().matrix("batch input")?;
+        if rows == 0 {
+            return Err(Error::Data("a batch needs at least one row".into()));
+        }
+        if targets.rows() != rows {
+            return Err(Error::Data(format!("{rows} input rows but {} target rows", targets.rows())));
+        }
+        Ok(Batch { x, targets })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.x.shape[0]
+    }
+
+    /// Rows `range` of the batch.
+    pub fn slice(&self, range: Range<usize>) -> Result<Batch> {
+        Ok(Batch { x: self.x.rows(range.start, range.end)?, targets: self.targets.slice(range)? })
+    }
+}
+
+/// Splits `rows` into `micro_batches` contiguous ranges; the first
+/// `rows % micro_batches` get one extra row.
+pub fn micro_batch_ranges(rows: usize, micro_batches: usize) -> Result<Vec<Range<usize>>> {
+    if micro_batches == 0 || micro_batches > rows {
+        return Err(Error::Data(format!(
+            "cannot split a batch of {rows} rows into {micro_batches} micro-batches (need 1..={rows})"
+        )));
+    }
+    let (base, extra) = (rows / micro_batches, rows % micro_batches);
+    let mut start = 0;
+    Ok((0..micro_batches)
+        .map(|m| {
+            let len = base + usize::from(m < extra);
+            start += len;
+            start - len..start
+        })
+        .collect())
+}
+
+/// Work done, for the run report (invariant 4: nothing lost, nothing redone).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub forward_layer_executions: u64,
+    pub backward_layer_executions: u64,
+}
+
+/// Trains a model in one process.
+#[derive(Debug)]
+pub struct Trainer {
+    pub model: Model,
+    pub params: ParamStore,
+    pub optimizer: Optimizer,
+    pub counters: Counters,
+}
+
+impl Trainer {
+    /// A trainer; errors unless `params` are exactly the model's parameters.
+    pub fn new(model: Model, params: ParamStore, optimizer: Optimizer) -> Result<Trainer> {
+        model.check_params(&params)?;
+        Ok(Trainer { model, params, optimizer, counters: Counters::default() })
+    }
+
+    /// Forward and backward of every micro-batch of `batch`: the minibatch-mean
+    /// loss and its gradients, summed per layer in micro-batch order.
+    pub fn gradients(&mut self, step: u32, batch: &Batch, micro_batches: usize) -> Result<(f32, ParamStore)> {
+        let ranges = micro_batch_ranges(batch.rows(), micro_batches)?;
+        let mut acc = GradAccumulator::new();
+        let mut loss = 0.0f64;
+        for (micro, range) in ranges.into_iter().enumerate() {
+            let weight = range.len() as f32 / batch.rows() as f32;
+            let part = batch.slice(range)?;
+            let micro_loss = self.micro_batch(step, micro as u32, &part, weight, &mut acc)?;
+            loss += f64::from(weight) * f64::from(micro_loss);
+        }
+        Ok((loss as f32, acc.finish(micro_batches as u32)?))
+    }
+
+    /// Forward then backward of one micro-batch whose loss counts `weight`.
+    fn micro_batch(&mut self, step: u32, micro: u32, part: &Batch, weight: f32, acc: &mut GradAccumulator) -> Result<f32> {
+        let layers = self.model.layers.len() as u32;
+        let key = |layer| SegmentKey { step, micro, layer };
+        let mut segments = Vec::with_capacity(layers as usize);
+        let mut x = part.x.clone();
+        for layer in 0..layers {
+            let (segment, out) = self.model.forward_layer(key(layer), &self.params, x)?;
+            segments.push(segment);
+            x = out;
+            self.counters.forward_layer_executions += 1;
+        }
+        let (loss_segment, micro_loss) = self.model.forward_loss(key(layers), x, &part.targets)?;
+        let mut grad = loss_segment.backward(&self.params, Tensor::scalar(weight), true)?.input_grad;
+        for segment in segments.iter().rev() {
+            let dy = grad.take().ok_or_else(|| Error::Model("a layer output has no gradient".into()))?;
+            let out = segment.backward(&self.params, dy, segment.key.layer > 0)?;
+            acc.add(segment.key.layer, micro, out.param_grads)?;
+            grad = out.input_grad;
+            self.counters.backward_layer_executions += 1;
+        }
+        Ok(micro_loss)
+    }
+
+    /// Applies one optimizer update to every parameter with a gradient.
+    pub fn apply(&mut self, grads: &ParamStore) -> Result<()> {
+        for (name, grad) in grads.iter() {
+            let param = self.params.get_mut(name)?;
+            self.optimizer.update(name, param, grad)?;
+        }
+        Ok(())
+    }
+
+    /// One training step; returns the minibatch-mean loss.
+    pub fn step(&mut self, step: u32, batch: &Batch, micro_batches: usize) -> Result<f32> {
+        let (loss, grads) = self.gradients(step, batch, micro_batches)?;
+        self.apply(&grads)?;
+        Ok(loss)
+    }
+}

@@ -1,0 +1,104 @@
+//! Elementwise arithmetic and row reductions on row-major `f32` buffers.
+
+use crate::threads::{par_chunks_mut, par_col_blocks};
+
+/// `y[r*cols + c] += bias[c]` with `cols = bias.len()`.
+///
+/// # Panics
+/// Unless `y.len()` is a multiple of `bias.len()` (an empty `bias` requires
+/// an empty `y`).
+pub fn add_bias_rows(y: &mut [f32], bias: &[f32]) {
+    let cols = bias.len();
+    if cols == 0 {
+        assert!(y.is_empty(), "add_bias_rows: empty bias with non-empty y");
+        return;
+    }
+    assert_eq!(
+        y.len() % cols,
+        0,
+        "add_bias_rows: y.len() % bias.len() != 0"
+    );
+    let rows_per_chunk = (crate::threads::PAR_CHUNK / cols).max(1);
+    match crate::threads::pool_for(y.len()) {
+        None => add_bias_block(y, bias),
+        Some(pool) => {
+            use rayon::prelude::*;
+            pool.install(|| {
+                y.par_chunks_mut(rows_per_chunk * cols)
+                    .for_each(|blk| add_bias_block(blk, bias));
+            });
+        }
+    }
+}
+
+/// Adds `bias` to every row of `y` (`y.len()` a multiple of `bias.len()`).
+fn add_bias_block(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// `out[c] (+)= Σ_r x[r*cols + c]`, rows summed strictly in order 0, 1, 2, …
+/// (starting from `out[c]` when `accumulate`, else from 0).
+///
+/// # Panics
+/// If `out.len() != cols` or `x.len()` is not a multiple of `cols`.
+pub fn sum_rows(x: &[f32], cols: usize, out: &mut [f32], accumulate: bool) {
+    assert_eq!(out.len(), cols, "sum_rows: out.len() != cols");
+    if cols == 0 {
+        assert!(x.is_empty(), "sum_rows: cols == 0 with non-empty x");
+        return;
+    }
+    assert_eq!(x.len() % cols, 0, "sum_rows: x.len() % cols != 0");
+    if !accumulate {
+        out.fill(0.0);
+    }
+    par_col_blocks(out, x.len(), |c0, blk| {
+        for row in x.chunks_exact(cols) {
+            let w = blk.len();
+            for (o, v) in blk.iter_mut().zip(&row[c0..c0 + w]) {
+                *o += v;
+            }
+        }
+    });
+}
+
+/// `out = a + b`.
+///
+/// # Panics
+/// Unless `a`, `b` and `out` have equal lengths.
+pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
+    assert_eq!(a.len(), out.len(), "add: a.len() != out.len()");
+    assert_eq!(b.len(), out.len(), "add: b.len() != out.len()");
+    par_chunks_mut(out, |off, o| {
+        let n = o.len();
+        for ((o, a), b) in o.iter_mut().zip(&a[off..off + n]).zip(&b[off..off + n]) {
+            *o = a + b;
+        }
+    });
+}
+
+/// `dst += src`.
+///
+/// # Panics
+/// Unless `dst.len() == src.len()`.
+pub fn add_assign(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "add_assign: dst.len() != src.len()");
+    par_chunks_mut(dst, |off, d| {
+        let n = d.len();
+        for (d, s) in d.iter_mut().zip(&src[off..off + n]) {
+            *d += s;
+        }
+    });
+}
+
+/// `x *= s`.
+pub fn scale(x: &mut [f32], s: f32) {
+    par_chunks_mut(x, |_, x| {
+        for v in x.iter_mut() {
+            *v *= s;
+        }
+    });
+}

@@ -1,0 +1,213 @@
+//! Optimizer updates with PyTorch semantics (`torch.optim.SGD` and
+//! `torch.optim.Adam`, the `foreach=False` single-tensor path). Scalars that
+//! PyTorch computes as Python floats are computed in `f64` and rounded to
+//! `f32` once, as PyTorch does when it passes them to an `f32` kernel.
+
+use crate::threads::par_chunks_mut;
+
+/// Hyper-parameters of [`sgd_step`] (`torch.optim.SGD`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum factor; 0 disables the momentum buffer.
+    pub momentum: f32,
+    /// Dampening applied to the gradient in the momentum update.
+    pub dampening: f32,
+    /// L2 penalty added to the gradient (`g + wd·param`).
+    pub weight_decay: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
+
+/// One SGD update.
+///
+/// `g = grad + wd·param`; if `momentum != 0`: `buf = g` on the first step
+/// (`first == true`) else `buf = momentum·buf + (1−dampening)·g`;
+/// `g = nesterov ? g + momentum·buf : buf`. Then `param −= lr·g`.
+/// `momentum_buf` is used only when `momentum != 0`.
+///
+/// # Panics
+/// If `grad.len() != param.len()`, or `momentum != 0` and
+/// `momentum_buf.len() != param.len()`.
+pub fn sgd_step(
+    param: &mut [f32],
+    grad: &[f32],
+    momentum_buf: &mut [f32],
+    first: bool,
+    cfg: &SgdConfig,
+) {
+    assert_eq!(
+        grad.len(),
+        param.len(),
+        "sgd_step: grad.len() != param.len()"
+    );
+    let c = *cfg;
+    let neg_lr = -c.lr;
+    if c.momentum == 0.0 {
+        return par_chunks_mut(param, |off, p| {
+            let n = p.len();
+            for (p, &g) in p.iter_mut().zip(&grad[off..off + n]) {
+                let g = decay(g, *p, c.weight_decay);
+                *p += neg_lr * g;
+            }
+        });
+    }
+    assert_eq!(
+        momentum_buf.len(),
+        param.len(),
+        "sgd_step: momentum_buf.len() != param.len()"
+    );
+    let damp = (1.0 - c.dampening as f64) as f32;
+    let buf = SyncPtr(momentum_buf.as_mut_ptr());
+    par_chunks_mut(param, |off, p| {
+        // SAFETY: `momentum_buf.len() == param.len()` (asserted above) and
+        // par_chunks_mut hands out disjoint chunks of `param`, so
+        // `off..off + p.len()` is in bounds and each chunk of the buffer is
+        // borrowed mutably by exactly one task. `momentum_buf` stays
+        // exclusively borrowed by this function for the whole call.
+        let b = unsafe { std::slice::from_raw_parts_mut(buf.get().add(off), p.len()) };
+        let g = &grad[off..off + p.len()];
+        for ((p, b), &g) in p.iter_mut().zip(b).zip(g) {
+            let g = decay(g, *p, c.weight_decay);
+            *b = if first { g } else { *b * c.momentum + damp * g };
+            let d = if c.nesterov { g + c.momentum * *b } else { *b };
+            *p += neg_lr * d;
+        }
+    });
+}
+
+/// `g + wd·p` (skipped when `wd == 0`, as PyTorch does).
+#[inline(always)]
+fn decay(g: f32, p: f32, wd: f32) -> f32 {
+    if wd != 0.0 {
+        g + wd * p
+    } else {
+        g
+    }
+}
+
+/// A raw pointer that may cross into rayon tasks; users must give each task
+/// a disjoint range.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: the pointer is only dereferenced through disjoint ranges, one per
+// task (see the users' SAFETY comments), so sharing it between threads
+// creates no data race.
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// Accessor so closures capture the whole `SyncPtr` (edition-2021
+    /// disjoint capture would otherwise capture the bare pointer field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Hyper-parameters of [`adam_step`] (`torch.optim.Adam`, L2 weight decay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Decay rate of the first-moment estimate.
+    pub beta1: f32,
+    /// Decay rate of the second-moment estimate.
+    pub beta2: f32,
+    /// Added to the denominator for numerical stability.
+    pub eps: f32,
+    /// L2 penalty added to the gradient (not decoupled AdamW decay).
+    pub weight_decay: f32,
+}
+
+/// One Adam update following torch's `_single_tensor_adam`; `step` is
+/// 1-based (the count including this update).
+///
+/// `g = grad + wd·param`; `m = m + (1−β1)·(g − m)` (torch `lerp_`);
+/// `v = β2·v + (1−β2)·g·g`; `bc1 = 1−β1^step`, `bc2 = 1−β2^step` (in `f64`);
+/// `step_size = lr/bc1`; `denom = sqrt(v)/sqrt(bc2) + eps`;
+/// `param −= step_size · m/denom`.
+///
+/// # Panics
+/// If `step == 0` or `grad`, `m`, `v` differ in length from `param`.
+pub fn adam_step(
+    param: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    step: u64,
+    cfg: &AdamConfig,
+) {
+    assert!(step >= 1, "adam_step: step is 1-based");
+    assert_eq!(
+        grad.len(),
+        param.len(),
+        "adam_step: grad.len() != param.len()"
+    );
+    assert_eq!(m.len(), param.len(), "adam_step: m.len() != param.len()");
+    assert_eq!(v.len(), param.len(), "adam_step: v.len() != param.len()");
+    let s = AdamScalars::new(cfg, step);
+    let (mp, vp) = (SyncPtr(m.as_mut_ptr()), SyncPtr(v.as_mut_ptr()));
+    par_chunks_mut(param, |off, p| {
+        let n = p.len();
+        // SAFETY: `m` and `v` have `param.len()` elements (asserted above),
+        // par_chunks_mut gives each task a disjoint `off..off + n` inside
+        // `param`, so each task borrows disjoint in-bounds ranges of `m` and
+        // `v`, which stay exclusively borrowed by this function.
+        let (m, v) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(mp.get().add(off), n),
+                std::slice::from_raw_parts_mut(vp.get().add(off), n),
+            )
+        };
+        for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(&grad[off..off + n]) {
+            s.update(p, m, v, g);
+        }
+    });
+}
+
+/// Per-step scalars of Adam, computed as PyTorch does (Python floats, then
+/// rounded to `f32` when passed to the kernels).
+#[derive(Clone, Copy)]
+struct AdamScalars {
+    wd: f32,
+    w1: f32,
+    beta2: f32,
+    w2: f32,
+    neg_step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+}
+
+impl AdamScalars {
+    fn new(cfg: &AdamConfig, step: u64) -> Self {
+        let exp = i32::try_from(step).unwrap_or(i32::MAX);
+        let bc1 = 1.0 - (cfg.beta1 as f64).powi(exp);
+        let bc2 = 1.0 - (cfg.beta2 as f64).powi(exp);
+        Self {
+            wd: cfg.weight_decay,
+            w1: (1.0 - cfg.beta1 as f64) as f32,
+            beta2: cfg.beta2,
+            w2: (1.0 - cfg.beta2 as f64) as f32,
+            neg_step_size: (-(cfg.lr as f64) / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            eps: cfg.eps,
+        }
+    }
+
+    #[inline(always)]
+    fn update(&self, p: &mut f32, m: &mut f32, v: &mut f32, g: f32) {
+        let g = decay(g, *p, self.wd);
+        // torch's lerp: start + w·(end − start) for w < 0.5, else
+        // end − (end − start)·(1 − w).
+        *m = if self.w1 < 0.5 {
+            *m + self.w1 * (g - *m)
+        } else {
+            g - (g - *m) * (1.0 - self.w1)
+        };
+        *v = *v * self.beta2 + self.w2 * g * g;
+        let denom = libm::sqrtf(*v) / self.bc2_sqrt + self.eps;
+        *p += self.neg_step_size * (*m / denom);
+    }
+}

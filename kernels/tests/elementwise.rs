@@ -1,0 +1,80 @@
+//! Elementwise kernels and row sums, exact against sequential loops.
+
+mod common;
+
+use baton_kernels::elementwise::{add, add_assign, add_bias_rows, scale, sum_rows};
+use common::{bits, Rng};
+
+#[test]
+fn sum_rows_is_sequential_in_row_order() {
+    // Big enough (and wide enough) to take the parallel column-block path
+    // whenever the pool has more than one thread; the bits must still equal
+    // the strict row-order f32 sum.
+    for (rows, cols) in [(1, 1), (5, 3), (300, 1000), (2000, 40)] {
+        let x = Rng::new(rows as u64).vec(rows * cols, -1.0, 1.0);
+        let mut want = vec![0.25f32; cols];
+        for row in x.chunks(cols) {
+            for (w, v) in want.iter_mut().zip(row) {
+                *w += v;
+            }
+        }
+        let mut got = vec![0.25f32; cols];
+        sum_rows(&x, cols, &mut got, true);
+        assert_eq!(bits(&got), bits(&want), "{rows}x{cols} accumulate");
+        let mut got = vec![f32::NAN; cols];
+        sum_rows(&x, cols, &mut got, false);
+        let fresh: Vec<f32> = want.iter().map(|w| w - 0.25).collect();
+        let close = got.iter().zip(&fresh).all(|(g, f)| (g - f).abs() < 1e-3);
+        assert!(close, "{rows}x{cols} overwrite");
+    }
+}
+
+#[test]
+fn add_bias_rows_adds_per_column() {
+    let mut y = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    add_bias_rows(&mut y, &[10.0, 20.0, 30.0]);
+    assert_eq!(y, vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0]);
+
+    let cols = 700;
+    let mut y = Rng::new(1).vec(cols * 200, -1.0, 1.0);
+    let bias = Rng::new(2).vec(cols, -1.0, 1.0);
+    let want: Vec<f32> = y
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + bias[i % cols])
+        .collect();
+    add_bias_rows(&mut y, &bias);
+    assert_eq!(bits(&y), bits(&want));
+}
+
+#[test]
+#[should_panic(expected = "y.len() % bias.len() != 0")]
+fn add_bias_rows_rejects_ragged() {
+    add_bias_rows(&mut [0.0; 5], &[1.0, 2.0]);
+}
+
+#[test]
+fn add_add_assign_scale() {
+    for n in [3, 200_001] {
+        let a = Rng::new(3).vec(n, -1.0, 1.0);
+        let b = Rng::new(4).vec(n, -1.0, 1.0);
+        let mut out = vec![0.0; n];
+        add(&a, &b, &mut out);
+        let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        assert_eq!(bits(&out), bits(&want));
+
+        let mut d = a.clone();
+        add_assign(&mut d, &b);
+        assert_eq!(bits(&d), bits(&want));
+
+        scale(&mut d, -0.5);
+        let want: Vec<f32> = want.iter().map(|v| v * -0.5).collect();
+        assert_eq!(bits(&d), bits(&want));
+    }
+}
+
+#[test]
+#[should_panic(expected = "b.len() != out.len()")]
+fn add_rejects_mismatch() {
+    add(&[1.0; 3], &[1.0; 2], &mut [0.0; 3]);
+}

@@ -1,0 +1,128 @@
+//! Optimizer updates against values computed by hand (PyTorch semantics).
+
+use baton_kernels::optim::{adam_step, sgd_step, AdamConfig, SgdConfig};
+
+fn close(got: f32, want: f64, what: &str) {
+    assert!(
+        (got as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+        "{what}: got {got}, want {want}"
+    );
+}
+
+fn sgd(momentum: f32, dampening: f32, weight_decay: f32, nesterov: bool) -> SgdConfig {
+    SgdConfig {
+        lr: 0.1,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+    }
+}
+
+/// Runs two steps from p = [1, −2] with grads g1, g2; returns (param, buf).
+fn two_sgd_steps(cfg: &SgdConfig, g1: [f32; 2], g2: [f32; 2]) -> ([f32; 2], [f32; 2]) {
+    let (mut p, mut buf) = ([1.0f32, -2.0], [f32::NAN; 2]);
+    sgd_step(&mut p, &g1, &mut buf, true, cfg);
+    sgd_step(&mut p, &g2, &mut buf, false, cfg);
+    (p, buf)
+}
+
+#[test]
+fn sgd_plain() {
+    let mut p = [1.0f32, -2.0];
+    sgd_step(
+        &mut p,
+        &[0.5, 1.0],
+        &mut [],
+        true,
+        &sgd(0.0, 0.0, 0.01, false),
+    );
+    // p − 0.1·(g + 0.01·p)
+    close(p[0], 1.0 - 0.1 * 0.51, "p0");
+    close(p[1], -2.0 - 0.1 * 0.98, "p1");
+}
+
+#[test]
+fn sgd_momentum_two_steps() {
+    let (p, buf) = two_sgd_steps(&sgd(0.9, 0.0, 0.0, false), [0.5, 1.0], [0.25, -0.5]);
+    // step 1: buf = g1 = [0.5, 1]; p = [0.95, −2.1]
+    // step 2: buf = 0.9·[0.5, 1] + [0.25, −0.5] = [0.7, 0.4]; p = [0.88, −2.14]
+    close(buf[0], 0.7, "buf0");
+    close(buf[1], 0.4, "buf1");
+    close(p[0], 0.88, "p0");
+    close(p[1], -2.14, "p1");
+}
+
+#[test]
+fn sgd_dampening_skips_first_step() {
+    let (p, buf) = two_sgd_steps(&sgd(0.9, 0.5, 0.0, false), [0.5, 1.0], [0.25, -0.5]);
+    // step 1: buf = g1 (no dampening on the first step); p0 = 0.95
+    // step 2: buf0 = 0.45 + 0.5·0.25 = 0.575; p0 = 0.95 − 0.0575 = 0.8925
+    close(buf[0], 0.575, "buf0");
+    close(p[0], 0.8925, "p0");
+}
+
+#[test]
+fn sgd_nesterov_weight_decay_two_steps() {
+    let (p, buf) = two_sgd_steps(&sgd(0.9, 0.0, 0.1, true), [0.5, 1.0], [0.25, -0.5]);
+    // step 1: g = 0.5 + 0.1 = 0.6; buf = 0.6; d = 0.6 + 0.54 = 1.14; p0 = 0.886
+    // step 2: g = 0.25 + 0.0886 = 0.3386; buf = 0.54 + 0.3386 = 0.8786;
+    //         d = 0.3386 + 0.9·0.8786 = 1.12934; p0 = 0.886 − 0.112934 = 0.773066
+    close(buf[0], 0.8786, "buf0");
+    close(p[0], 0.773066, "p0");
+}
+
+fn adam(weight_decay: f32) -> AdamConfig {
+    AdamConfig {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay,
+    }
+}
+
+/// Two Adam steps from p = 1 with g1 = 0.5, g2 = −0.25; returns (p, m, v)
+/// after each step.
+fn two_adam_steps(cfg: &AdamConfig) -> [(f32, f32, f32); 2] {
+    let (mut p, mut m, mut v) = ([1.0f32], [0.0f32], [0.0f32]);
+    adam_step(&mut p, &[0.5], &mut m, &mut v, 1, cfg);
+    let first = (p[0], m[0], v[0]);
+    adam_step(&mut p, &[-0.25], &mut m, &mut v, 2, cfg);
+    [first, (p[0], m[0], v[0])]
+}
+
+#[test]
+fn adam_bias_correction_two_steps() {
+    let [s1, s2] = two_adam_steps(&adam(0.0));
+    // step 1: m = 0.05, v = 2.5e-4, bc1 = 0.1, bc2 = 1e-3:
+    //         p = 1 − (0.1/0.1)·0.05/(sqrt(2.5e-4)/sqrt(1e-3) + 1e-8) ≈ 0.9
+    close(s1.1, 0.05, "m1");
+    close(s1.2, 2.5e-4, "v1");
+    close(s1.0, 0.900000002, "p1");
+    // step 2: m = 0.05 + 0.1·(−0.25 − 0.05) = 0.02; v = 0.999·2.5e-4 + 1e-3·0.0625
+    //         = 3.1225e-4; bc1 = 0.19, bc2 = 1.999e-3;
+    //         p = 0.9 − (0.1/0.19)·0.02/(sqrt(3.1225e-4)/sqrt(1.999e-3) + 1e-8)
+    close(s2.1, 0.02, "m2");
+    close(s2.2, 3.1225e-4, "v2");
+    close(s2.0, 0.8733662987, "p2");
+}
+
+#[test]
+fn adam_l2_weight_decay_two_steps() {
+    let [s1, s2] = two_adam_steps(&adam(0.1));
+    // step 1: g = 0.5 + 0.1·1 = 0.6; m = 0.06; v = 3.6e-4; p ≈ 0.9
+    close(s1.1, 0.06, "m1");
+    close(s1.0, 0.9000000017, "p1");
+    // step 2: g = −0.25 + 0.1·0.9 = −0.16; m = 0.06 + 0.1·(−0.22) = 0.038;
+    //         v = 0.999·3.6e-4 + 1e-3·0.0256 = 3.8524e-4
+    close(s2.1, 0.038, "m2");
+    close(s2.2, 3.8524e-4, "v2");
+    close(s2.0, 0.8544413675, "p2");
+}
+
+#[test]
+#[should_panic(expected = "step is 1-based")]
+fn adam_rejects_step_zero() {
+    adam_step(&mut [1.0], &[1.0], &mut [0.0], &mut [0.0], 0, &adam(0.0));
+}
