@@ -30,6 +30,15 @@ pub enum Error {
     /// Gradients of one layer arriving twice, or missing at the end of a step.
     #[error("gradient accumulation: {0}")]
     Accumulation(String),
+    /// A schedule that cannot be parsed or cannot run to completion.
+    #[error("schedule: {0}")]
+    Schedule(String),
+    /// Layers that cannot be placed on the workers.
+    #[error("partition: {0}")]
+    Partition(String),
+    /// A pipeline event that does not fit the stage's state.
+    #[error("pipeline: {0}")]
+    Pipeline(String),
     /// The kernels refused (e.g. an invalid thread count).
     #[error(transparent)]
     Kernel(#[from] baton_kernels::Error),

@@ -18,6 +18,7 @@ pub mod model;
 mod op;
 pub mod optim;
 pub mod params;
+pub mod pipeline;
 pub mod record;
 pub mod segment;
 mod tensor;

@@ -108,6 +108,12 @@ impl ParamStore {
     }
 }
 
+impl Extend<(String, Tensor)> for ParamStore {
+    fn extend<I: IntoIterator<Item = (String, Tensor)>>(&mut self, iter: I) {
+        self.tensors.extend(iter);
+    }
+}
+
 impl FromIterator<(String, Tensor)> for ParamStore {
     fn from_iter<I: IntoIterator<Item = (String, Tensor)>>(iter: I) -> Self {
         ParamStore { tensors: iter.into_iter().collect() }

@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+use crate::pipeline::plan::{loss_weight, split_step, StepLosses};
 use crate::{Error, GradAccumulator, Model, Optimizer, ParamStore, Result, SegmentKey, Tensor};
 
 /// Loss targets of a batch.
@@ -105,31 +106,39 @@ impl Trainer {
     /// Forward and backward of every micro-batch of `batch`: the minibatch-mean
     /// loss and its gradients, summed per layer in micro-batch order.
     pub fn gradients(&mut self, step: u32, batch: &Batch, micro_batches: usize) -> Result<(f32, ParamStore)> {
-        let ranges = micro_batch_ranges(batch.rows(), micro_batches)?;
+        let split = split_step(batch, micro_batches)?;
         let mut acc = GradAccumulator::new();
-        let mut loss = 0.0f64;
-        for (micro, range) in ranges.into_iter().enumerate() {
-            let weight = range.len() as f32 / batch.rows() as f32;
-            let part = batch.slice(range)?;
-            let micro_loss = self.micro_batch(step, micro as u32, &part, weight, &mut acc)?;
-            loss += f64::from(weight) * f64::from(micro_loss);
+        let mut losses = StepLosses::new(split.rows.clone());
+        for ((micro, x), (_, targets)) in split.inputs.into_iter().zip(split.targets) {
+            let weight = loss_weight(&split.rows, micro as usize);
+            let value = self.micro_batch(step, micro, x, &targets, weight, &mut acc)?;
+            losses.record(micro, value)?;
         }
-        Ok((loss as f32, acc.finish(micro_batches as u32)?))
+        let loss = losses.total().expect("every micro-batch recorded its loss");
+        Ok((loss, acc.finish(micro_batches as u32)?))
     }
 
     /// Forward then backward of one micro-batch whose loss counts `weight`.
-    fn micro_batch(&mut self, step: u32, micro: u32, part: &Batch, weight: f32, acc: &mut GradAccumulator) -> Result<f32> {
+    fn micro_batch(
+        &mut self,
+        step: u32,
+        micro: u32,
+        x: Tensor,
+        targets: &Targets,
+        weight: f32,
+        acc: &mut GradAccumulator,
+    ) -> Result<f32> {
         let layers = self.model.layers.len() as u32;
         let key = |layer| SegmentKey { step, micro, layer };
         let mut segments = Vec::with_capacity(layers as usize);
-        let mut x = part.x.clone();
+        let mut x = x;
         for layer in 0..layers {
             let (segment, out) = self.model.forward_layer(key(layer), &self.params, x)?;
             segments.push(segment);
             x = out;
             self.counters.forward_layer_executions += 1;
         }
-        let (loss_segment, micro_loss) = self.model.forward_loss(key(layers), x, &part.targets)?;
+        let (loss_segment, micro_loss) = self.model.forward_loss(key(layers), x, targets)?;
         let mut grad = loss_segment.backward(&self.params, Tensor::scalar(weight), true)?.input_grad;
         for segment in segments.iter().rev() {
             let dy = grad.take().ok_or_else(|| Error::Model("a layer output has no gradient".into()))?;

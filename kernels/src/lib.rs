@@ -2,15 +2,22 @@
 //!
 //! # Determinism guarantee
 //!
-//! Every kernel produces bit-identical results for any thread count on a
-//! given machine: reductions run in a fixed order that never depends on how
-//! work is split between threads. Matrix products go through `gemm`, whose
-//! K-blocking is derived from the cache sizes it detects and whose
-//! micro-kernel depends on the CPU's instruction set, so bits are only
-//! guaranteed identical across machines of the same type.
+//! Every kernel gives bit-identical results for any thread count: work is
+//! split into pieces whose boundaries depend only on the data's shape, and
+//! every reduction runs in a fixed order (`sum_rows` and the LayerNorm
+//! parameter gradients sum each column over rows strictly in row order; other
+//! sums use fixed lanes and fixed blocks, see the private `reduce` module).
 //!
-//! Transcendental functions come from `libm`, so results do not depend on the
-//! system's C library.
+//! Across machines:
+//! - everything except [`matmul()`] uses only IEEE-exact operations (`+ − × ÷`,
+//!   `sqrt`) and `libm` transcendentals (`erff`, `expf`, `tanhf`, `log`),
+//!   never the system C library, and Rust never fuses `a*b + c` into an FMA,
+//!   so these kernels give the same bits on every machine;
+//! - [`matmul()`] uses `gemm`, which picks its K-block size from the cache
+//!   sizes it detects at run time and its micro-kernel from the CPU's
+//!   instruction set (FMA, AVX-512, NEON). Products are therefore
+//!   bit-identical across runs, thread counts and machines of the same kind,
+//!   but not guaranteed across machine kinds.
 //!
 //! # Panics
 //!
@@ -23,6 +30,7 @@ pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+mod reduce;
 pub mod threads;
 
 pub use matmul::{matmul, Trans};

@@ -1,20 +1,20 @@
-//! Losses and their gradients. Sums run in `f64` in a fixed order (fixed
-//! blocks added in order), independent of the thread count.
+//! Losses and their gradients. Every sum runs in a fixed order that is
+//! independent of the thread count.
 
 use rayon::prelude::*;
 
-use crate::threads::{block_sum, par_chunks_mut, pool_for};
+use crate::reduce::sum_map2;
+use crate::threads::{block_sum, par_chunks_mut, par_rows_mut, pool_for};
 
-/// Mean over all elements of `(pred − target)²`, summed in `f64` over fixed
-/// blocks added in order. NaN for empty input (0/0, like PyTorch).
+/// Mean over all elements of `(pred − target)²`: fixed-order `f32` sums
+/// within fixed blocks, block sums added in order in `f64`. NaN for empty input (0/0, like PyTorch).
 ///
 /// # Panics
 /// If `pred.len() != target.len()`.
 pub fn mse(pred: &[f32], target: &[f32]) -> f32 {
     assert_eq!(pred.len(), target.len(), "mse: pred.len() != target.len()");
     let sum = block_sum(pred.len(), |r| {
-        let d = pred[r.clone()].iter().zip(&target[r]);
-        d.map(|(&p, &t)| ((p - t) as f64).powi(2)).sum::<f64>()
+        sum_map2(&pred[r.clone()], &target[r], |p, t| (p - t) * (p - t)) as f64
     });
     (sum / pred.len() as f64) as f32
 }
@@ -45,11 +45,6 @@ pub fn mse_backward(pred: &[f32], target: &[f32], scale: f32, dpred: &mut [f32])
             *d = k * (p - t);
         }
     });
-}
-
-/// Rows per parallel task of the cross-entropy kernels.
-fn rows_per_task(classes: usize) -> usize {
-    (crate::threads::PAR_CHUNK / classes.max(1)).max(1)
 }
 
 /// Softmax cross-entropy with integer targets. `rows = targets.len()`;
@@ -86,7 +81,7 @@ pub fn cross_entropy(logits: &[f32], classes: usize, targets: &[u32], probs: &mu
     match pool_for(logits.len()) {
         None => block(0, probs, &mut losses),
         Some(pool) => {
-            let rb = rows_per_task(classes);
+            let rb = crate::threads::rows_per_task(classes);
             pool.install(|| {
                 probs
                     .par_chunks_mut(rb * classes)
@@ -152,7 +147,7 @@ pub fn cross_entropy_backward(
     );
     check_targets(targets, classes);
     let k = (scale as f64 / rows as f64) as f32;
-    let block = |r0: usize, d: &mut [f32]| {
+    par_rows_mut(dlogits, classes, |r0, d| {
         for (i, drow) in d.chunks_exact_mut(classes).enumerate() {
             let r = r0 + i;
             let prow = &probs[r * classes..(r + 1) * classes];
@@ -162,17 +157,5 @@ pub fn cross_entropy_backward(
             let t = targets[r] as usize;
             drow[t] = k * (prow[t] - 1.0);
         }
-    };
-    match pool_for(probs.len()) {
-        None => block(0, dlogits),
-        Some(pool) => {
-            let rb = rows_per_task(classes);
-            pool.install(|| {
-                dlogits
-                    .par_chunks_mut(rb * classes)
-                    .enumerate()
-                    .for_each(|(i, d)| block(i * rb, d));
-            });
-        }
-    }
+    });
 }

@@ -53,21 +53,7 @@ pub fn matmul(
     n: usize,
     accumulate: bool,
 ) {
-    assert_eq!(
-        a.len(),
-        m.checked_mul(k).expect("m*k overflows"),
-        "matmul: a.len() != m*k"
-    );
-    assert_eq!(
-        b.len(),
-        k.checked_mul(n).expect("k*n overflows"),
-        "matmul: b.len() != k*n"
-    );
-    assert_eq!(
-        c.len(),
-        m.checked_mul(n).expect("m*n overflows"),
-        "matmul: c.len() != m*n"
-    );
+    check_lengths(c, a, b, m, k, n);
     if m == 0 || n == 0 {
         return;
     }
@@ -91,6 +77,25 @@ pub fn matmul(
     } else {
         op.run(c, a, b, Parallelism::None);
     }
+}
+
+/// Asserts the buffer lengths of [`matmul`] (with overflow checks).
+fn check_lengths(c: &[f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    assert_eq!(
+        a.len(),
+        m.checked_mul(k).expect("m*k overflows"),
+        "matmul: a.len() != m*k"
+    );
+    assert_eq!(
+        b.len(),
+        k.checked_mul(n).expect("k*n overflows"),
+        "matmul: b.len() != k*n"
+    );
+    assert_eq!(
+        c.len(),
+        m.checked_mul(n).expect("m*n overflows"),
+        "matmul: c.len() != m*n"
+    );
 }
 
 /// A validated product: `m·k·n` buffers, `(row, col)` strides of op(a), op(b).

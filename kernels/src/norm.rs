@@ -1,15 +1,10 @@
 //! LayerNorm over the last dimension (`cols`), biased variance like PyTorch,
-//! `eps` inside the square root. Row statistics are accumulated in `f64`.
+//! `eps` inside the square root. Row statistics use fixed-order `f32` sums.
 
 use rayon::prelude::*;
 
-use crate::threads::{pool_for, COL_BLOCK};
-
-/// Rows per parallel task; a constant so the split never depends on threads
-/// (each row is computed independently anyway).
-fn rows_per_task(cols: usize) -> usize {
-    (crate::threads::PAR_CHUNK / cols.max(1)).max(1)
-}
+use crate::reduce::{sum_map, sum_map2, sum_map3};
+use crate::threads::{par_rows_mut, pool_for, COL_BLOCK};
 
 /// Forward LayerNorm of a row-major `rows × cols` matrix, `rows = x.len() / cols`.
 ///
@@ -48,7 +43,7 @@ pub fn layernorm(
     let Some(pool) = pool_for(x.len()) else {
         return block(x, y, mean, rstd);
     };
-    let rb = rows_per_task(cols);
+    let rb = crate::threads::rows_per_task(cols);
     pool.install(|| {
         x.par_chunks(rb * cols)
             .zip(y.par_chunks_mut(rb * cols))
@@ -57,13 +52,13 @@ pub fn layernorm(
     });
 }
 
-/// Normalises one row into `y`; returns (mean, rstd).
+/// Normalises one row into `y`; returns (mean, rstd). Two-pass mean and
+/// variance with fixed-order `f32` sums ([`crate::reduce`]).
 fn ln_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32]) -> (f32, f32) {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
-    let mean = mean as f32;
+    let inv_n = 1.0 / x.len() as f32;
+    let mean = sum_map(x, |v| v) * inv_n;
+    let var = sum_map(x, |v| (v - mean) * (v - mean)) * inv_n;
+    let rstd = 1.0 / (var + eps).sqrt();
     for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
         *y = (x - mean) * rstd * g + b;
     }
@@ -124,34 +119,20 @@ fn ln_backward_dx(
     cols: usize,
     dx: &mut [f32],
 ) {
-    let block = |r0: usize, dx: &mut [f32]| {
+    par_rows_mut(dx, cols, |r0, dx| {
         for (i, dxr) in dx.chunks_exact_mut(cols).enumerate() {
             let r = r0 + i;
             let span = r * cols..(r + 1) * cols;
             ln_row_backward(&x[span.clone()], gamma, mean[r], rstd[r], &dy[span], dxr);
         }
-    };
-    let Some(pool) = pool_for(x.len()) else {
-        return block(0, dx);
-    };
-    let rb = rows_per_task(cols);
-    pool.install(|| {
-        dx.par_chunks_mut(rb * cols)
-            .enumerate()
-            .for_each(|(i, dx)| block(i * rb, dx));
     });
 }
 
 /// dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = dy·γ, x̂ = (x − mean)·rstd.
 fn ln_row_backward(x: &[f32], gamma: &[f32], mean: f32, rstd: f32, dy: &[f32], dx: &mut [f32]) {
-    let n = x.len() as f64;
-    let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
-    for ((&x, &g), &dy) in x.iter().zip(gamma).zip(dy) {
-        let gh = (dy * g) as f64;
-        sum_g += gh;
-        sum_gx += gh * ((x - mean) * rstd) as f64;
-    }
-    let (mg, mgx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
+    let inv_n = 1.0 / x.len() as f32;
+    let mg = sum_map2(dy, gamma, |dy, g| dy * g) * inv_n;
+    let mgx = sum_map3(dy, gamma, x, |dy, g, x| dy * g * ((x - mean) * rstd)) * inv_n;
     for (((dx, &x), &g), &dy) in dx.iter_mut().zip(x).zip(gamma).zip(dy) {
         let xhat = (x - mean) * rstd;
         *dx = rstd * (dy * g - mg - xhat * mgx);

@@ -42,37 +42,47 @@ pub fn sgd_step(
         param.len(),
         "sgd_step: grad.len() != param.len()"
     );
-    let c = *cfg;
-    let neg_lr = -c.lr;
-    if c.momentum == 0.0 {
-        return par_chunks_mut(param, |off, p| {
-            let n = p.len();
-            for (p, &g) in p.iter_mut().zip(&grad[off..off + n]) {
-                let g = decay(g, *p, c.weight_decay);
-                *p += neg_lr * g;
-            }
-        });
+    if cfg.momentum == 0.0 {
+        return sgd_plain(param, grad, cfg);
     }
     assert_eq!(
         momentum_buf.len(),
         param.len(),
         "sgd_step: momentum_buf.len() != param.len()"
     );
-    let damp = (1.0 - c.dampening as f64) as f32;
-    let buf = SyncPtr(momentum_buf.as_mut_ptr());
+    sgd_momentum(param, grad, momentum_buf, first, cfg);
+}
+
+/// `param −= lr·(grad + wd·param)`; lengths checked by the caller.
+fn sgd_plain(param: &mut [f32], grad: &[f32], cfg: &SgdConfig) {
+    let (neg_lr, wd) = (-cfg.lr, cfg.weight_decay);
     par_chunks_mut(param, |off, p| {
-        // SAFETY: `momentum_buf.len() == param.len()` (asserted above) and
+        let n = p.len();
+        for (p, &g) in p.iter_mut().zip(&grad[off..off + n]) {
+            *p += neg_lr * decay(g, *p, wd);
+        }
+    });
+}
+
+/// SGD with a momentum buffer; `buf.len() == param.len() == grad.len()`
+/// checked by the caller.
+fn sgd_momentum(param: &mut [f32], grad: &[f32], buf: &mut [f32], first: bool, cfg: &SgdConfig) {
+    let c = *cfg;
+    let damp = (1.0 - c.dampening as f64) as f32;
+    let bufp = SyncPtr(buf.as_mut_ptr());
+    par_chunks_mut(param, |off, p| {
+        let n = p.len();
+        // SAFETY: `buf.len() == param.len()` (asserted by `sgd_step`) and
         // par_chunks_mut hands out disjoint chunks of `param`, so
-        // `off..off + p.len()` is in bounds and each chunk of the buffer is
-        // borrowed mutably by exactly one task. `momentum_buf` stays
-        // exclusively borrowed by this function for the whole call.
-        let b = unsafe { std::slice::from_raw_parts_mut(buf.get().add(off), p.len()) };
-        let g = &grad[off..off + p.len()];
-        for ((p, b), &g) in p.iter_mut().zip(b).zip(g) {
+        // `off..off + n` is in bounds of `buf` and each range of it is
+        // borrowed mutably by exactly one task. `buf` stays exclusively
+        // borrowed by this function for the whole call.
+        let b = unsafe { std::slice::from_raw_parts_mut(bufp.get().add(off), n) };
+        for ((p, b), &g) in p.iter_mut().zip(b).zip(&grad[off..off + n]) {
             let g = decay(g, *p, c.weight_decay);
             *b = if first { g } else { *b * c.momentum + damp * g };
             let d = if c.nesterov { g + c.momentum * *b } else { *b };
-            *p += neg_lr * d;
+            *p += -c.lr * d;
         }
     });
 }
@@ -207,7 +217,7 @@ impl AdamScalars {
             g - (g - *m) * (1.0 - self.w1)
         };
         *v = *v * self.beta2 + self.w2 * g * g;
-        let denom = libm::sqrtf(*v) / self.bc2_sqrt + self.eps;
+        let denom = v.sqrt() / self.bc2_sqrt + self.eps;
         *p += self.neg_step_size * (*m / denom);
     }
 }

@@ -42,17 +42,18 @@ fn slot() -> &'static RwLock<Pool> {
 }
 
 /// `BATON_THREADS` if set to a positive integer, else the machine's
-/// available parallelism (1 if unknown).
+/// available parallelism (1 if unknown). An invalid value is ignored.
 fn default_threads() -> usize {
-    std::env::var(THREADS_ENV)
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .filter(|&n| n >= 1)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+    parse_threads(std::env::var(THREADS_ENV).ok().as_deref()).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+/// A thread count from the environment: a positive integer, else `None`.
+fn parse_threads(value: Option<&str>) -> Option<usize> {
+    value?.trim().parse::<usize>().ok().filter(|&n| n >= 1)
 }
 
 fn build_pool(n: usize) -> Result<ThreadPool> {
@@ -176,4 +177,51 @@ where
             .enumerate()
             .for_each(|(i, blk)| f(i * COL_BLOCK, blk));
     });
+}
+
+/// Applies `f(first_row, block)` to blocks of whole rows of the row-major
+/// `out` (`cols` wide), in parallel when `out` is large enough; otherwise
+/// `f(0, out)` once. `f` must compute each row independently of the others.
+pub(crate) fn par_rows_mut<F>(out: &mut [f32], cols: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    let Some(pool) = pool_for(out.len()).filter(|_| cols > 0) else {
+        return f(0, out);
+    };
+    let rows_per_task = rows_per_task(cols);
+    use rayon::prelude::*;
+    pool.install(|| {
+        out.par_chunks_mut(rows_per_task * cols)
+            .enumerate()
+            .for_each(|(i, blk)| f(i * rows_per_task, blk));
+    });
+}
+
+/// Rows of `cols` elements per parallel task: about [`PAR_CHUNK`] elements,
+/// at least one row. Depends only on the shape, never on the thread count.
+pub(crate) fn rows_per_task(cols: usize) -> usize {
+    (PAR_CHUNK / cols.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_thread_count_parsing() {
+        assert_eq!(parse_threads(Some("3")), Some(3));
+        assert_eq!(parse_threads(Some(" 2 ")), Some(2));
+        assert_eq!(parse_threads(Some("0")), None);
+        assert_eq!(parse_threads(Some("-1")), None);
+        assert_eq!(parse_threads(Some("many")), None);
+        assert_eq!(parse_threads(None), None);
+    }
+
+    #[test]
+    fn rows_per_task_is_shape_only() {
+        assert_eq!(rows_per_task(0), PAR_CHUNK);
+        assert_eq!(rows_per_task(1024), PAR_CHUNK / 1024);
+        assert_eq!(rows_per_task(PAR_CHUNK * 3), 1);
+    }
 }

@@ -21,24 +21,9 @@ fn run_all() -> Vec<(&'static str, Vec<u32>)> {
     elementwise::sum_rows(&x, cols, &mut s, true);
     out.push(("sum_rows", bits(&s)));
 
-    let (gamma, beta) = (rng.vec(cols, 0.5, 1.5), rng.vec(cols, -0.5, 0.5));
     let dy = rng.vec(rows * cols, -1.0, 1.0);
-    let (mut y, mut stats) = (vec![0.0; rows * cols], vec![0.0; 2 * rows]);
-    norm::layernorm(&x, &gamma, &beta, cols, 1e-5, &mut y, &mut stats);
-    let (mut dx, mut dg, mut db) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
-    norm::layernorm_backward(
-        &x, &gamma, &stats, &dy, cols, &mut dx, &mut dg, &mut db, false,
-    );
-    for (name, v) in [
-        ("ln_y", &y),
-        ("ln_stats", &stats),
-        ("ln_dx", &dx),
-        ("ln_dg", &dg),
-        ("ln_db", &db),
-    ] {
-        out.push((name, bits(v)));
-    }
-
+    let y = layernorm_all(&mut rng, &x, &dy, cols, &mut out);
+    let mut dx = vec![0.0; x.len()];
     let mut g = vec![0.0; x.len()];
     activation::gelu(&x, &mut g);
     activation::gelu_backward(&x, &dy, &mut dx);
@@ -67,23 +52,69 @@ fn run_all() -> Vec<(&'static str, Vec<u32>)> {
         optim::adam_step(&mut p, &dx, &mut m, &mut v, step, &cfg);
     }
     out.push(("adam", bits(&p)));
+
+    let mut buf = vec![0.0; y.len()];
+    let cfg = optim::SgdConfig {
+        lr: 0.05,
+        momentum: 0.9,
+        dampening: 0.1,
+        weight_decay: 0.01,
+        nesterov: false,
+    };
+    optim::sgd_step(&mut p, &dx, &mut buf, true, &cfg);
+    optim::sgd_step(&mut p, &dy, &mut buf, false, &cfg);
+    out.push(("sgd", bits(&p)));
+    loss::cross_entropy_backward(&probs, cols, &targets, 0.5, &mut dx);
+    out.push(("ce_bwd", bits(&dx)));
     out
 }
 
-fn matmul_all(rng: &mut Rng) -> Vec<f32> {
-    let (m, k, n) = (256, 512, 384);
-    let a = rng.vec(m * k, -1.0, 1.0);
-    let b = rng.vec(k * n, -1.0, 1.0);
-    let mut out = Vec::new();
-    for (ta, tb) in [
-        (Trans::No, Trans::No),
-        (Trans::Yes, Trans::No),
-        (Trans::No, Trans::Yes),
-        (Trans::Yes, Trans::Yes),
+/// LayerNorm forward and backward; pushes every output, returns y.
+fn layernorm_all(
+    rng: &mut Rng,
+    x: &[f32],
+    dy: &[f32],
+    cols: usize,
+    out: &mut Vec<(&'static str, Vec<u32>)>,
+) -> Vec<f32> {
+    let rows = x.len() / cols;
+    let (gamma, beta) = (rng.vec(cols, 0.5, 1.5), rng.vec(cols, -0.5, 0.5));
+    let (mut y, mut stats) = (vec![0.0; rows * cols], vec![0.0; 2 * rows]);
+    norm::layernorm(x, &gamma, &beta, cols, 1e-5, &mut y, &mut stats);
+    let (mut dx, mut dg, mut db) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
+    norm::layernorm_backward(
+        x, &gamma, &stats, dy, cols, &mut dx, &mut dg, &mut db, false,
+    );
+    for (name, v) in [
+        ("ln_y", &y),
+        ("ln_stats", &stats),
+        ("ln_dx", &dx),
+        ("ln_dg", &dg),
+        ("ln_db", &db),
     ] {
-        let mut c = vec![0.5; m * n];
-        matmul(&mut c, &a, ta, &b, tb, m, k, n, ta == Trans::Yes);
-        out.extend_from_slice(&c);
+        out.push((name, bits(v)));
+    }
+
+    y
+}
+
+/// Products above the parallel threshold, every transpose combination,
+/// including a K long enough to be split into several K-blocks.
+fn matmul_all(rng: &mut Rng) -> Vec<f32> {
+    let mut out = Vec::new();
+    for (m, k, n) in [(256, 512, 384), (96, 1100, 200)] {
+        let a = rng.vec(m * k, -1.0, 1.0);
+        let b = rng.vec(k * n, -1.0, 1.0);
+        for (ta, tb) in [
+            (Trans::No, Trans::No),
+            (Trans::Yes, Trans::No),
+            (Trans::No, Trans::Yes),
+            (Trans::Yes, Trans::Yes),
+        ] {
+            let mut c = vec![0.5; m * n];
+            matmul(&mut c, &a, ta, &b, tb, m, k, n, ta == Trans::Yes);
+            out.extend_from_slice(&c);
+        }
     }
     out
 }

@@ -1,1 +1,11 @@
-fn main() {}
+//! The `baton` binary: train a model from a spec, replay the relocation of
+//! tape segments, run the demo and the step benchmark.
+//!
+//! Every failure prints `error: ...` naming the flag, file or tensor at
+//! fault and exits with status 1.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

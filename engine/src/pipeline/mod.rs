@@ -1,0 +1,12 @@
+//! Pipeline parallelism: schedules as data, balanced partitions, and the
+//! worker runtime as a state machine without I/O.
+
+pub mod partition;
+pub mod plan;
+pub mod schedule;
+pub mod sim;
+pub mod stage;
+
+pub use partition::Partition;
+pub use schedule::{Action, Phase, ScheduleKind};
+pub use stage::{Effect, Stage, StageEvent};

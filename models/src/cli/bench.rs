@@ -1,0 +1,284 @@
+//! `baton bench step`: median time of one training step (forward, backward
+//! and Adam, M=1) of two MLPs at several thread counts, next to the same
+//! step in PyTorch when `python3 -c "import torch"` works.
+//!
+//! `BATON_PYTHON` names the Python interpreter (default `python3`).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use baton_engine::{init, Optimizer, OptimizerConfig, Trainer};
+use baton_models::{io, spec};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+/// The PyTorch side of the comparison.
+const TORCH_SCRIPT: &str = include_str!("bench_torch.py");
+/// Environment variable naming the Python interpreter.
+const PYTHON_ENV: &str = "BATON_PYTHON";
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Training-step time of MLPs (forward, backward, Adam; M=1), vs PyTorch if available.
+    Step(StepArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    /// Thread counts to measure, comma-separated (default: 1 and all cores).
+    #[arg(long, value_delimiter = ',', value_name = "T,T,..")]
+    threads_list: Vec<usize>,
+    /// Timed steps per row of the large model (mlp12 runs 20x as many).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    steps: usize,
+    /// Also write the table as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// One benchmarked model: `layers` linear layers `input → width → .. → width`,
+/// relu on all but the last, mse.
+#[derive(Clone, Debug, Serialize)]
+struct Config {
+    name: String,
+    input: usize,
+    width: usize,
+    layers: usize,
+    batch: usize,
+    threads: usize,
+    warmup: usize,
+    steps: usize,
+}
+
+impl Config {
+    /// Multiply-adds x2 of forward and backward (dx and dW): 6·B·W²·L.
+    fn flops(&self) -> f64 {
+        6.0 * (self.batch * self.width * self.width * self.layers) as f64
+    }
+
+    fn spec_json(&self) -> String {
+        let layer = |act: &str| {
+            format!(
+                r#"{{"type": "linear", "out": {}, "activation": "{act}"}}"#,
+                self.width
+            )
+        };
+        let mut layers = vec![layer("relu"); self.layers - 1];
+        layers.push(layer("none"));
+        format!(
+            r#"{{"input": {}, "layers": [{}], "loss": "mse"}}"#,
+            self.input,
+            layers.join(", ")
+        )
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Serialize)]
+struct Row {
+    #[serde(flatten)]
+    config: Config,
+    baton_ms: f64,
+    baton_gflops: f64,
+    torch_ms: Option<f64>,
+    torch_gflops: Option<f64>,
+    /// baton time / PyTorch time (above 1: baton is slower).
+    baton_over_torch: Option<f64>,
+}
+
+/// The whole result, as written by --json.
+#[derive(Debug, Serialize)]
+struct Table {
+    torch: Option<String>,
+    note: Option<String>,
+    rows: Vec<Row>,
+}
+
+/// Runs a bench subcommand.
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Step(args) => step(args),
+    }
+}
+
+fn step(args: StepArgs) -> anyhow::Result<()> {
+    if args.steps == 0 {
+        bail!("--steps 0: time at least one step");
+    }
+    let configs = configs(&thread_list(&args.threads_list)?, args.steps);
+    eprintln!("timing {} configurations in baton...", configs.len());
+    let baton: Vec<f64> = configs
+        .iter()
+        .map(time_baton)
+        .collect::<anyhow::Result<_>>()?;
+    let (torch, note) = match time_torch(&configs) {
+        Ok((version, ms)) => (Some((version, ms)), None),
+        Err(reason) => (None, Some(reason)),
+    };
+    let rows = configs
+        .into_iter()
+        .zip(baton)
+        .enumerate()
+        .map(|(i, (config, ms))| row(config, ms, torch.as_ref().map(|(_, t)| t[i])))
+        .collect();
+    let table = Table {
+        torch: torch.map(|(v, _)| v),
+        note,
+        rows,
+    };
+    print_table(&table);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&table)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("--json {}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The requested thread counts, or 1 and all cores.
+fn thread_list(requested: &[usize]) -> anyhow::Result<Vec<usize>> {
+    if requested.contains(&0) {
+        bail!("--threads-list: thread counts must be at least 1");
+    }
+    if !requested.is_empty() {
+        return Ok(requested.to_vec());
+    }
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(if all > 1 { vec![1, all] } else { vec![1] })
+}
+
+/// W=1024 B=256 and mlp12 (W=64 B=32), each at every thread count.
+fn configs(threads: &[usize], steps: usize) -> Vec<Config> {
+    let big = |t| Config {
+        name: "mlp W=1024 B=256".into(),
+        input: 1024,
+        width: 1024,
+        layers: 12,
+        batch: 256,
+        threads: t,
+        warmup: 2,
+        steps,
+    };
+    let small = |t| Config {
+        name: "mlp12 W=64 B=32".into(),
+        input: 64,
+        width: 64,
+        batch: 32,
+        warmup: 20,
+        steps: steps * 20,
+        ..big(t)
+    };
+    threads
+        .iter()
+        .map(|&t| big(t))
+        .chain(threads.iter().map(|&t| small(t)))
+        .collect()
+}
+
+/// Median milliseconds of one baton training step after warm-up.
+fn time_baton(config: &Config) -> anyhow::Result<f64> {
+    baton_kernels::threads::set_num_threads(config.threads)?;
+    let model = spec::parse(&config.spec_json()).context("building the benchmark model")?;
+    let params = init::init_params(&model.param_specs(), 0);
+    let batch = io::synthetic_data(&model, 1, config.batch, 0).remove(0);
+    let adam: OptimizerConfig = "adam:lr=1e-3".parse()?;
+    let mut trainer = Trainer::new(model, params, Optimizer::new(adam))?;
+    let mut times = Vec::with_capacity(config.steps);
+    for i in 0..config.warmup + config.steps {
+        let start = Instant::now();
+        trainer.step(i as u32, &batch, 1)?;
+        if i >= config.warmup {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(median(&mut times))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// PyTorch's version and median ms per config, or why there is no comparison.
+fn time_torch(configs: &[Config]) -> Result<(String, Vec<f64>), String> {
+    let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", "import torch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        return Err(format!(
+            "PyTorch not found ({python} -c 'import torch' failed): no comparison"
+        ));
+    }
+    eprintln!("timing the same steps in PyTorch ({python})...");
+    let jobs = serde_json::to_string(configs).map_err(|e| e.to_string())?;
+    let output = Command::new(&python)
+        .args(["-c", TORCH_SCRIPT, &jobs])
+        .output()
+        .map_err(|e| format!("running {python} failed: {e}: no comparison"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!(
+            "the PyTorch benchmark failed ({}): {}: no comparison",
+            output.status,
+            stderr.trim()
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        torch: String,
+        ms: Vec<f64>,
+    }
+    let reply: Reply = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("unreadable output of the PyTorch benchmark ({e}): no comparison"))?;
+    if reply.ms.len() != configs.len() {
+        return Err(
+            "the PyTorch benchmark returned the wrong number of timings: no comparison".into(),
+        );
+    }
+    Ok((reply.torch, reply.ms))
+}
+
+fn row(config: Config, baton_ms: f64, torch_ms: Option<f64>) -> Row {
+    let gflops = |ms: f64| config.flops() / (ms * 1e-3) / 1e9;
+    Row {
+        baton_gflops: gflops(baton_ms),
+        torch_gflops: torch_ms.map(gflops),
+        baton_over_torch: torch_ms.map(|t| baton_ms / t),
+        baton_ms,
+        torch_ms,
+        config,
+    }
+}
+
+fn print_table(table: &Table) {
+    let torch = table
+        .torch
+        .as_deref()
+        .map_or(String::new(), |v| format!(" (PyTorch {v})"));
+    println!("training step: forward + backward + Adam, M=1, median of timed steps{torch}");
+    println!(
+        "{:<18} {:>7} {:>10} {:>8} {:>10} {:>8} {:>12}",
+        "model", "threads", "baton ms", "GFLOP/s", "torch ms", "GFLOP/s", "baton/torch"
+    );
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+    for r in &table.rows {
+        println!(
+            "{:<18} {:>7} {:>10.3} {:>8.1} {:>10} {:>8} {:>12}",
+            r.config.name,
+            r.config.threads,
+            r.baton_ms,
+            r.baton_gflops,
+            opt(r.torch_ms, 3),
+            opt(r.torch_gflops, 1),
+            opt(r.baton_over_torch, 2)
+        );
+    }
+    if let Some(note) = &table.note {
+        println!("{note}");
+    }
+}

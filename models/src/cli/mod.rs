@@ -1,0 +1,153 @@
+//! Command-line front end. Each subcommand lives in its own module and
+//! returns `anyhow::Result`; [`main`] turns an error into a message and a
+//! non-zero exit status.
+
+mod bench;
+mod demo;
+mod progress;
+mod report;
+mod splice;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// baton: pipeline-parallel training whose tape can move between machines.
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "baton: pipeline-parallel training whose tape can move between machines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a model (one process for now) and save its final weights.
+    Train(train::TrainArgs),
+    /// Run the seed scenario with embedded defaults: train mlp12 briefly,
+    /// then move the tape of layers 4-7 and check backward there is bit-identical.
+    Demo(demo::DemoArgs),
+    /// Benchmarks (training step time, compared with PyTorch when available).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Backward of archived segments on a "receiver" that holds only their
+    /// parameters (the relocation half of a relocation test).
+    #[command(hide = true)]
+    Splice(splice::SpliceArgs),
+}
+
+/// Parses the command line, runs the command, and maps errors to exit status 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Splice(args) => splice::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text
+/// the message before it already contains (library errors that print their
+/// source would otherwise repeat it).
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut last = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !last.contains(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+        last = message;
+    }
+    text
+}
+
+/// Sets the kernel thread count when `threads` is given.
+fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(n) = threads {
+        baton_kernels::threads::set_num_threads(n).with_context(|| format!("--threads {n}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn train_accepts_the_documented_flags() {
+        let cli = Cli::try_parse_from([
+            "baton",
+            "train",
+            "--model",
+            "mlp12",
+            "--init",
+            "w.safetensors",
+            "--data",
+            "d.safetensors",
+            "--steps",
+            "6",
+            "--microbatches",
+            "4",
+            "--optimizer",
+            "sgd:lr=0.05,momentum=0.9",
+            "--workers",
+            "3",
+            "--schedule",
+            "gpipe",
+            "--preempt",
+            "1@2:5,grace=120s",
+            "--preempt",
+            "2@3:1",
+            "--join",
+            "3:4",
+            "--save",
+            "out.safetensors",
+            "--report",
+            "r.json",
+        ]);
+        assert!(cli.is_ok(), "{}", cli.unwrap_err());
+    }
+
+    #[test]
+    fn unknown_optimizer_names_the_flag() {
+        let err = Cli::try_parse_from([
+            "baton",
+            "train",
+            "--optimizer",
+            "rmsprop:lr=1",
+            "--save",
+            "o",
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("--optimizer") && text.contains("rmsprop"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! `baton train`: one-process training from a spec, weights and data files
+//! (or seeded defaults), saving the final weights and an optional report.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context};
+use baton_engine::{init, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
+use baton_models::{io, spec};
+use clap::{Args, ValueEnum};
+
+use super::progress::Progress;
+use super::report::{self, Report};
+
+/// Pipeline schedule of a multi-worker run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Schedule {
+    /// One forward, one backward: bounded activation memory.
+    #[value(name = "1f1b")]
+    OneFOneB,
+    /// All forwards, then all backwards.
+    #[value(name = "gpipe")]
+    Gpipe,
+}
+
+impl Schedule {
+    fn name(self) -> &'static str {
+        match self {
+            Schedule::OneFOneB => "1f1b",
+            Schedule::Gpipe => "gpipe",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Model: `mlp12`, a JSON spec file or inline JSON. Default: the `spec`
+    /// stored in the --init file's metadata if there is one, else mlp12.
+    #[arg(long, value_name = "SPEC|mlp12")]
+    model: Option<String>,
+    /// Initial weights (safetensors, PyTorch names). Default: seeded init.
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// Training data (safetensors `data.x`, `data.y`). Default: seeded synthetic data.
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Optimizer steps. Default: every step in --data, or 10 for synthetic data.
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+    /// Micro-batches per step (M).
+    #[arg(long, value_name = "M", default_value_t = 4)]
+    microbatches: usize,
+    /// `sgd:lr=..,momentum=..` or `adam:lr=..,beta1=..,beta2=..,eps=..`.
+    #[arg(long, value_name = "SPEC", default_value = "adam:lr=1e-3")]
+    optimizer: OptimizerConfig,
+    /// Worker processes (pipeline stages).
+    #[arg(long, value_name = "W", default_value_t = 1)]
+    workers: usize,
+    /// Pipeline schedule.
+    #[arg(long, value_enum, default_value_t = Schedule::OneFOneB)]
+    schedule: Schedule,
+    /// Preempt a worker: `WORKER@STEP:ACTIONS[,grace=DURATION]` (repeatable).
+    #[arg(long, value_name = "WORKER@STEP:ACTIONS[,grace=DURATION]")]
+    preempt: Vec<String>,
+    /// A worker joins: `STEP[:ACTIONS]` (repeatable).
+    #[arg(long, value_name = "STEP[:ACTIONS]")]
+    join: Vec<String>,
+    /// Rows per step of synthetic data (default 32); with --data it must match the file.
+    #[arg(long, value_name = "B")]
+    batch: Option<usize>,
+    /// Seed of the default initial weights and synthetic data.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Kernel threads (default: BATON_THREADS or all cores). Results do not depend on it.
+    #[arg(long, value_name = "T")]
+    threads: Option<usize>,
+    /// Where to write the final weights (safetensors).
+    #[arg(long, value_name = "OUT.safetensors")]
+    save: PathBuf,
+    /// Where to write the run report (JSON).
+    #[arg(long, value_name = "OUT.json")]
+    report: Option<PathBuf>,
+}
+
+/// The model to train and how to name it in the saved file and report.
+struct Chosen {
+    /// What the user asked for (or where the spec came from).
+    label: String,
+    /// Spec text that `spec::load` accepts, stored in the saved weights' metadata.
+    spec_text: String,
+    model: Model,
+}
+
+/// Runs `baton train`.
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    check_single_process(&args)?;
+    check_writable("--save", Some(&args.save))?;
+    check_writable("--report", args.report.as_deref())?;
+    super::set_threads(args.threads)?;
+    let chosen = choose_model(&args)?;
+    let params = initial_params(&args, &chosen.model)?;
+    let batches = training_data(&args, &chosen.model)?;
+    let rows = batches[0].rows();
+    ensure!(
+        args.microbatches >= 1 && args.microbatches <= rows,
+        "--microbatches {}: a batch of {rows} rows can be split into 1..={rows} micro-batches",
+        args.microbatches
+    );
+    eprintln!(
+        "training {} ({} layers, {} parameters) for {} steps, batch {rows}, M={}, {}",
+        chosen.label,
+        chosen.model.layers.len(),
+        params.iter().map(|(_, t)| t.len()).sum::<usize>(),
+        batches.len(),
+        args.microbatches,
+        args.optimizer
+    );
+    let (label, spec_text, layers) = (chosen.label, chosen.spec_text, chosen.model.layers.len());
+    let mut trainer = Trainer::new(chosen.model, params, Optimizer::new(args.optimizer))
+        .context("the initial weights do not fit the model")?;
+    let (losses, wall_seconds) = train_steps(&mut trainer, &batches, args.microbatches)?;
+    save(&args, &spec_text, &trainer.params, batches.len(), rows)?;
+    if let Some(path) = &args.report {
+        let summary = Summary {
+            label,
+            layers,
+            rows,
+            losses,
+            wall_seconds,
+        };
+        build_report(&args, summary, &trainer).write(path)?;
+        eprintln!("wrote report {}", path.display());
+    }
+    Ok(())
+}
+
+/// What a finished run reports beyond its arguments.
+struct Summary {
+    label: String,
+    layers: usize,
+    rows: usize,
+    losses: Vec<f32>,
+    wall_seconds: f64,
+}
+
+fn build_report(args: &TrainArgs, summary: Summary, trainer: &Trainer) -> Report {
+    let counters = report::Counters {
+        forward_layer_executions: trainer.counters.forward_layer_executions,
+        backward_layer_executions: trainer.counters.backward_layer_executions,
+        recomputed_forward_layers: 0,
+        lost_microbatches: 0,
+    };
+    Report {
+        model: summary.label,
+        layers: summary.layers,
+        steps: summary.losses.len(),
+        microbatches: args.microbatches,
+        batch: summary.rows,
+        optimizer: args.optimizer.to_string(),
+        workers: args.workers,
+        schedule: args.schedule.name().to_string(),
+        losses: summary.losses,
+        partitions: Report::single_partition(summary.layers),
+        migrations: Vec::new(),
+        counters,
+        wall_seconds: summary.wall_seconds,
+    }
+}
+
+/// Refuses what needs the multi-process runtime, rather than pretending.
+fn check_single_process(args: &TrainArgs) -> anyhow::Result<()> {
+    ensure!(
+        args.workers >= 1,
+        "--workers 0: at least one worker is needed"
+    );
+    if args.workers > 1 || !args.preempt.is_empty() || !args.join.is_empty() {
+        bail!(
+            "multi-process pipeline training (--workers > 1, --preempt, --join) is not implemented yet \
+             (issue #3); use --workers 1 without --preempt/--join"
+        );
+    }
+    Ok(())
+}
+
+/// Fails before training when an output file could not be created (its
+/// directory does not exist), so no training time is lost to a typo.
+fn check_writable(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    ensure!(
+        dir.is_dir(),
+        "{flag} {}: directory {} does not exist",
+        path.display(),
+        dir.display()
+    );
+    ensure!(
+        !path.is_dir(),
+        "{flag} {}: is a directory, expected a file name",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The model from --model, else from the spec in --init's metadata, else mlp12.
+fn choose_model(args: &TrainArgs) -> anyhow::Result<Chosen> {
+    if let Some(text) = &args.model {
+        let model = spec::load(text).context("--model")?;
+        let spec_text = if text.trim() == "mlp12" {
+            spec::mlp_json(64, 12)
+        } else if text.trim_start().starts_with('{') {
+            text.clone()
+        } else {
+            std::fs::read_to_string(text).with_context(|| format!("--model {text}"))?
+        };
+        return Ok(Chosen {
+            label: abbreviate(text),
+            spec_text,
+            model,
+        });
+    }
+    if let Some(init) = &args.init {
+        let metadata = io::read_metadata(init).context("--init")?;
+        if let Some(text) = metadata.get("spec") {
+            let model = spec::parse(text).with_context(|| {
+                format!("--init {}: the `spec` in its metadata", init.display())
+            })?;
+            eprintln!(
+                "model: the spec stored in {} (pass --model to override)",
+                init.display()
+            );
+            let label = format!("spec of {}", init.display());
+            return Ok(Chosen {
+                label,
+                spec_text: text.clone(),
+                model,
+            });
+        }
+    }
+    Ok(Chosen {
+        label: "mlp12".into(),
+        spec_text: spec::mlp_json(64, 12),
+        model: spec::mlp12(),
+    })
+}
+
+/// A spec argument short enough for a message (inline JSON can be long).
+fn abbreviate(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Weights from --init, else seeded from --seed.
+fn initial_params(args: &TrainArgs, model: &Model) -> anyhow::Result<ParamStore> {
+    match &args.init {
+        Some(path) => io::load_params(path, model).context("--init"),
+        None => Ok(init::init_params(&model.param_specs(), args.seed)),
+    }
+}
+
+/// Batches from --data, else synthetic ones from --batch and --seed.
+fn training_data(args: &TrainArgs, model: &Model) -> anyhow::Result<Vec<Batch>> {
+    ensure!(args.steps != Some(0), "--steps 0: train at least one step");
+    let batches = match &args.data {
+        Some(path) => {
+            let steps = match args.steps {
+                Some(n) => n,
+                None => io::data_steps(path).context("--data")?,
+            };
+            io::load_data(path, model, steps).context("--data")?
+        }
+        None => {
+            let batch = args.batch.unwrap_or(32);
+            ensure!(batch >= 1, "--batch 0: a batch needs at least one row");
+            io::synthetic_data(model, args.steps.unwrap_or(10), batch, args.seed)
+        }
+    };
+    let rows = batches.first().map_or(0, Batch::rows);
+    ensure!(rows > 0, "the training data holds no steps");
+    if let (Some(batch), Some(path)) = (args.batch, &args.data) {
+        ensure!(
+            batch == rows,
+            "--batch {batch} disagrees with --data {}, whose batches hold {rows} rows",
+            path.display()
+        );
+    }
+    Ok(batches)
+}
+
+/// Runs every step, reporting progress; returns the losses and wall seconds.
+fn train_steps(
+    trainer: &mut Trainer,
+    batches: &[Batch],
+    micro_batches: usize,
+) -> anyhow::Result<(Vec<f32>, f64)> {
+    let mut progress = Progress::new(batches.len());
+    let mut losses = Vec::with_capacity(batches.len());
+    for (step, batch) in batches.iter().enumerate() {
+        let step_id = u32::try_from(step).context("too many steps")?;
+        let loss = trainer
+            .step(step_id, batch, micro_batches)
+            .with_context(|| format!("training step {step}"))?;
+        progress.step(step, loss, batch.rows());
+        losses.push(loss);
+    }
+    Ok((losses, progress.finish()))
+}
+
+/// Writes the final weights with the metadata needed to continue or compare.
+fn save(
+    args: &TrainArgs,
+    spec_text: &str,
+    params: &ParamStore,
+    steps: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let metadata = HashMap::from([
+        ("spec".to_string(), spec_text.to_string()),
+        ("steps".to_string(), steps.to_string()),
+        ("batch".to_string(), batch.to_string()),
+        ("microbatches".to_string(), args.microbatches.to_string()),
+        ("optimizer".to_string(), args.optimizer.to_string()),
+        (
+            "producer".to_string(),
+            format!("baton {}", env!("CARGO_PKG_VERSION")),
+        ),
+    ]);
+    io::save_params(&args.save, params, Some(metadata)).context("--save")?;
+    eprintln!("saved final weights to {}", args.save.display());
+    Ok(())
+}

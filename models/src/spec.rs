@@ -1,0 +1,232 @@
+//! The JSON model spec (DESIGN.md) and the built-in `mlp12`.
+//!
+//! Every rejection names the offending field (`layers[3].activation`).
+
+use serde_json::{Map, Value};
+
+use baton_engine::{Activation, Layer, Loss, Model};
+
+use crate::layers::{LayerNorm, Linear, ResidualMlp};
+use crate::{Error, Result};
+
+/// JSON of a plain MLP: `depth` linear layers of width `width`, relu on all
+/// but the last, mse loss.
+pub fn mlp_json(width: usize, depth: usize) -> String {
+    let relu = format!(r#"{{"type": "linear", "out": {width}, "activation": "relu"}}"#);
+    let mut layers = vec![relu; depth.saturating_sub(1)];
+    layers.push(format!(
+        r#"{{"type": "linear", "out": {width}, "activation": "none"}}"#
+    ));
+    format!(
+        r#"{{"input": {width}, "layers": [{}], "loss": "mse"}}"#,
+        layers.join(", ")
+    )
+}
+
+/// The built-in seed model: 12 linear layers of width 64 ([`mlp_json`]).
+pub fn mlp12() -> Model {
+    mlp(64, 12)
+}
+
+/// A plain MLP ([`mlp_json`]); used by `mlp12` and the benchmarks.
+pub fn mlp(width: usize, depth: usize) -> Model {
+    parse(&mlp_json(width, depth)).expect("a plain MLP spec with positive sizes is valid")
+}
+
+/// A model from `mlp12`, inline JSON (starting with `{`), or a JSON file path.
+pub fn load(model: &str) -> Result<Model> {
+    let model = model.trim();
+    if model == "mlp12" {
+        return Ok(mlp12());
+    }
+    if model.starts_with('{') {
+        return parse(model);
+    }
+    let text = std::fs::read_to_string(model).map_err(|cause| Error::Io {
+        path: model.into(),
+        cause,
+    })?;
+    parse(&text).map_err(|e| match e {
+        Error::Spec(detail) => Error::Spec(format!("{model}: {detail}")),
+        other => other,
+    })
+}
+
+/// A model from spec JSON text.
+pub fn parse(json: &str) -> Result<Model> {
+    let value: Value =
+        serde_json::from_str(json).map_err(|e| spec_err(format!("not valid JSON: {e}")))?;
+    let root = value
+        .as_object()
+        .ok_or_else(|| spec_err("the spec must be a JSON object".into()))?;
+    check_fields(root, &["input", "layers", "loss"], "the spec")?;
+    let input = positive(root, "input", "input")?;
+    let loss = match root.get("loss").and_then(Value::as_str) {
+        Some("mse") => Loss::Mse,
+        Some("cross_entropy") => Loss::CrossEntropy,
+        Some(other) => {
+            return Err(spec_err(format!(
+                "loss: unknown loss `{other}` (mse, cross_entropy)"
+            )))
+        }
+        None => {
+            return Err(spec_err(
+                "loss: missing; use \"mse\" or \"cross_entropy\"".into(),
+            ))
+        }
+    };
+    let entries = root
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| spec_err("layers: missing or not a list".into()))?;
+    if entries.is_empty() {
+        return Err(spec_err("layers: the list is empty".into()));
+    }
+    let mut layers: Vec<Box<dyn Layer>> = Vec::with_capacity(entries.len());
+    let mut width = input;
+    for (i, entry) in entries.iter().enumerate() {
+        let layer = parse_layer(entry, i, width)?;
+        width = layer.out_features();
+        layers.push(layer);
+    }
+    Ok(Model::new(input, layers, loss)?)
+}
+
+fn parse_layer(entry: &Value, i: usize, width: usize) -> Result<Box<dyn Layer>> {
+    let at = format!("layers[{i}]");
+    let obj = entry
+        .as_object()
+        .ok_or_else(|| spec_err(format!("{at}: must be an object")))?;
+    let kind = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| spec_err(format!("{at}.type: missing")))?;
+    Ok(match kind {
+        "linear" => {
+            check_fields(obj, &["type", "out", "activation"], &at)?;
+            let out = positive(obj, "out", &format!("{at}.out"))?;
+            let activation = parse_activation(obj.get("activation"), &at)?;
+            Box::new(Linear {
+                inp: width,
+                out,
+                activation,
+            })
+        }
+        "residual_mlp" => {
+            check_fields(obj, &["type", "hidden"], &at)?;
+            let hidden = positive(obj, "hidden", &format!("{at}.hidden"))?;
+            Box::new(ResidualMlp { width, hidden })
+        }
+        "layernorm" => {
+            check_fields(obj, &["type"], &at)?;
+            Box::new(LayerNorm { width })
+        }
+        other => {
+            return Err(spec_err(format!(
+                "{at}.type: unknown layer type `{other}` (linear, residual_mlp, layernorm)"
+            )))
+        }
+    })
+}
+
+fn parse_activation(value: Option<&Value>, at: &str) -> Result<Option<Activation>> {
+    match value.map(|v| v.as_str()) {
+        None | Some(Some("none")) => Ok(None),
+        Some(Some("relu")) => Ok(Some(Activation::Relu)),
+        Some(Some("gelu")) => Ok(Some(Activation::Gelu)),
+        Some(Some("tanh")) => Ok(Some(Activation::Tanh)),
+        Some(Some(other)) => Err(spec_err(format!(
+            "{at}.activation: unknown activation `{other}` (none, relu, gelu, tanh)"
+        ))),
+        Some(None) => Err(spec_err(format!("{at}.activation: must be a string"))),
+    }
+}
+
+fn positive(obj: &Map<String, Value>, key: &str, at: &str) -> Result<usize> {
+    match obj.get(key).and_then(Value::as_u64) {
+        Some(n) if n > 0 && n <= 1 << 24 => Ok(n as usize),
+        _ => Err(spec_err(format!(
+            "{at}: must be a positive integer (at most 16777216)"
+        ))),
+    }
+}
+
+fn check_fields(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<()> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(spec_err(format!(
+            "{at}: unknown field `{k}` (allowed: {})",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn spec_err(detail: String) -> Error {
+    Error::Spec(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        parse(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn mlp12_has_pytorch_names_and_shapes() {
+        let model = mlp12();
+        let specs = model.param_specs();
+        assert_eq!(specs.len(), 24);
+        assert_eq!(specs[0].name, "layers.0.weight");
+        assert_eq!(specs[0].shape, vec![64, 64]);
+        assert_eq!(specs[23].name, "layers.11.bias");
+        assert_eq!(model.loss, Loss::Mse);
+    }
+
+    #[test]
+    fn residual_mlp_names_follow_pytorch() {
+        let model = parse(
+            r#"{"input": 8, "layers": [{"type": "residual_mlp", "hidden": 16}], "loss": "mse"}"#,
+        )
+        .unwrap();
+        let names: Vec<String> = model.param_specs().into_iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                "norm.weight",
+                "norm.bias",
+                "fc1.weight",
+                "fc1.bias",
+                "fc2.weight",
+                "fc2.bias"
+            ]
+            .map(|n| format!("layers.0.{n}"))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_offending_field() {
+        assert!(err("{").contains("not valid JSON"));
+        assert!(err(r#"{"input": 4, "layers": [], "loss": "mse"}"#)
+            .contains("layers: the list is empty"));
+        let bad_act = r#"{"input": 4, "layers": [{"type": "linear", "out": 2, "activation": "sigmoid"}], "loss": "mse"}"#;
+        assert!(err(bad_act).contains("layers[0].activation: unknown activation `sigmoid`"));
+        let bad_type = r#"{"input": 4, "layers": [{"type": "linear", "out": 2}, {"type": "conv"}], "loss": "mse"}"#;
+        assert!(err(bad_type).contains("layers[1].type: unknown layer type `conv`"));
+        let bad_out = r#"{"input": 4, "layers": [{"type": "linear", "out": 0}], "loss": "mse"}"#;
+        assert!(err(bad_out).contains("layers[0].out: must be a positive integer"));
+        let bad_loss = r#"{"input": 4, "layers": [{"type": "linear", "out": 2}], "loss": "hinge"}"#;
+        assert!(err(bad_loss).contains("loss: unknown loss `hinge`"));
+        let extra = r#"{"input": 4, "layers": [{"type": "layernorm", "eps": 1}], "loss": "mse"}"#;
+        assert!(err(extra).contains("layers[0]: unknown field `eps`"));
+        assert!(err(r#"{"layers": [{"type": "layernorm"}], "loss": "mse"}"#)
+            .contains("input: must be a positive integer"));
+    }
+
+    #[test]
+    fn load_reports_missing_file() {
+        let msg = load("/nonexistent/spec.json").unwrap_err().to_string();
+        assert!(msg.contains("/nonexistent/spec.json"), "{msg}");
+    }
+}

@@ -1,0 +1,148 @@
+//! `baton train` and `baton splice` on bad input: a clear message naming
+//! what is wrong, a non-zero exit, never a panic.
+
+mod common;
+
+use baton_engine::Tensor;
+use baton_models::io;
+use common::{run_baton, Golden};
+
+fn fails_with(args: &[&str], expected: &str) {
+    let out = run_baton(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "baton {args:?} succeeded");
+    assert!(
+        stderr.contains(expected),
+        "baton {args:?}: expected `{expected}` in:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "baton {args:?} panicked:\n{stderr}"
+    );
+}
+
+fn train_args<'a>(
+    model: &'a str,
+    init: &'a str,
+    optimizer: &'a str,
+    save: &'a str,
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--model",
+        model,
+        "--steps",
+        "1",
+        "--optimizer",
+        optimizer,
+        "--save",
+        save,
+    ];
+    if !init.is_empty() {
+        args.extend(["--init", init]);
+    }
+    args
+}
+
+#[test]
+fn bad_specs_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("o.safetensors");
+    let save = save.to_str().unwrap();
+    let bad = r#"{"input": 4, "layers": [{"type": "linear", "out": 2, "activation": "swish"}], "loss": "mse"}"#;
+    fails_with(
+        &train_args(bad, "", "sgd:lr=0.1", save),
+        "layers[0].activation",
+    );
+    fails_with(
+        &train_args("{not json", "", "sgd:lr=0.1", save),
+        "not valid JSON",
+    );
+    fails_with(
+        &train_args("/no/such/spec.json", "", "sgd:lr=0.1", save),
+        "/no/such/spec.json",
+    );
+}
+
+#[test]
+fn bad_optimizers_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("o.safetensors");
+    let save = save.to_str().unwrap();
+    fails_with(
+        &train_args("mlp12", "", "rmsprop:lr=0.1", save),
+        "unknown optimizer `rmsprop`",
+    );
+    fails_with(
+        &train_args("mlp12", "", "sgd:momentum=0.9", save),
+        "sgd needs `lr=`",
+    );
+    fails_with(
+        &train_args("mlp12", "", "adam:lr=fast", save),
+        "`lr` has a non-numeric value",
+    );
+    fails_with(
+        &train_args("mlp12", "", "adam:beta3=1", save),
+        "adam has no option `beta3`",
+    );
+}
+
+#[test]
+fn bad_weight_files_name_the_tensor() {
+    let golden = Golden::load("mlp12_sgd", 1e-4);
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("o.safetensors");
+    let save = save.to_str().unwrap();
+
+    let mut missing = golden.params.clone();
+    missing.remove("layers.7.bias");
+    let missing_path = dir.path().join("missing.safetensors");
+    io::save_params(&missing_path, &missing, None).unwrap();
+    fails_with(
+        &train_args("mlp12", missing_path.to_str().unwrap(), "sgd:lr=0.1", save),
+        "layers.7.bias",
+    );
+
+    let mut misshaped = golden.params.clone();
+    misshaped.insert("layers.3.weight", Tensor::zeros(&[64, 63]));
+    let misshaped_path = dir.path().join("misshaped.safetensors");
+    io::save_params(&misshaped_path, &misshaped, None).unwrap();
+    fails_with(
+        &train_args(
+            "mlp12",
+            misshaped_path.to_str().unwrap(),
+            "sgd:lr=0.1",
+            save,
+        ),
+        "layers.3.weight",
+    );
+
+    fails_with(
+        &train_args("mlp12", "/no/such/init.safetensors", "sgd:lr=0.1", save),
+        "/no/such/init.safetensors",
+    );
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"this is not a safetensors file").unwrap();
+    fails_with(
+        &train_args("mlp12", garbage.to_str().unwrap(), "sgd:lr=0.1", save),
+        "garbage.safetensors",
+    );
+}
+
+#[test]
+fn unimplemented_multi_worker_runs_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("o.safetensors");
+    let mut args = train_args("mlp12", "", "sgd:lr=0.1", save.to_str().unwrap());
+    args.extend(["--workers", "3"]);
+    fails_with(&args, "--workers 1");
+}
+
+#[test]
+fn too_many_micro_batches_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("o.safetensors");
+    let mut args = train_args("mlp12", "", "sgd:lr=0.1", save.to_str().unwrap());
+    args.extend(["--batch", "4", "--microbatches", "8"]);
+    fails_with(&args, "micro-batches");
+}

@@ -1,0 +1,206 @@
+//! Helpers shared by the workspace's integration tests: the PyTorch golden
+//! runs in `../shared/golden`, and running the built `baton` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use baton_engine::{Batch, Model, OptimizerConfig, ParamStore};
+use baton_kernels::optim::{AdamConfig, SgdConfig};
+use baton_models::{io, spec};
+use serde_json::Value;
+
+/// The golden directory: `BATON_GOLDEN_DIR`, else `shared/golden` beside the checkout.
+pub fn golden_dir() -> PathBuf {
+    match std::env::var_os("BATON_GOLDEN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
+    }
+}
+
+/// One PyTorch run recorded in a golden file.
+pub struct Golden {
+    pub path: PathBuf,
+    pub spec: String,
+    pub model: Model,
+    pub params: ParamStore,
+    pub data: Vec<Batch>,
+    pub steps: usize,
+    pub micro_batches: usize,
+    pub optimizer: OptimizerConfig,
+    pub losses: Vec<f32>,
+    /// Tolerance on final parameters (max |Δ|).
+    pub final_tolerance: f32,
+}
+
+pub const GOLDEN_FILES: [(&str, f32); 3] = [
+    ("mlp12_sgd", 1e-4),
+    ("mlp12_adam", 1e-4),
+    ("resmlp12_ce", 1e-3),
+];
+
+impl Golden {
+    pub fn load(name: &str, final_tolerance: f32) -> Golden {
+        let path = golden_dir().join(format!("{name}.safetensors"));
+        assert!(
+            path.exists(),
+            "golden file {} is missing (set BATON_GOLDEN_DIR)",
+            path.display()
+        );
+        let meta = io::read_metadata(&path).unwrap();
+        let spec = meta["spec"].clone();
+        let model = spec::parse(&spec).unwrap();
+        let steps: usize = meta["steps"].parse().unwrap();
+        Golden {
+            params: io::load_params(&path, &model).unwrap(),
+            data: io::load_data(&path, &model, steps).unwrap(),
+            micro_batches: meta["microbatches"].parse().unwrap(),
+            optimizer: optimizer_from_metadata(&meta["optimizer"]),
+            losses: io::load_f32(&path, "expect.loss").unwrap().data,
+            spec,
+            model,
+            steps,
+            path,
+            final_tolerance,
+        }
+    }
+
+    /// PyTorch's gradients of step 0 (before any update).
+    pub fn grad0(&self) -> ParamStore {
+        io::load_tensors(&self.path, "expect.grad0.").unwrap()
+    }
+
+    /// PyTorch's parameters after the last step.
+    pub fn final_params(&self) -> ParamStore {
+        io::load_tensors(&self.path, "expect.final.").unwrap()
+    }
+}
+
+/// `{"name": "adam", "lr": .., "betas": [..], "eps": ..}` as written by the golden script.
+fn optimizer_from_metadata(json: &str) -> OptimizerConfig {
+    let v: Value = serde_json::from_str(json).unwrap();
+    let f = |key: &str, default: f64| v.get(key).and_then(Value::as_f64).unwrap_or(default) as f32;
+    match v["name"].as_str().unwrap() {
+        "sgd" => OptimizerConfig::Sgd(SgdConfig {
+            lr: f("lr", 0.0),
+            momentum: f("momentum", 0.0),
+            dampening: f("dampening", 0.0),
+            weight_decay: f("weight_decay", 0.0),
+            nesterov: v.get("nesterov").and_then(Value::as_bool).unwrap_or(false),
+        }),
+        "adam" => OptimizerConfig::Adam(AdamConfig {
+            lr: f("lr", 1e-3),
+            beta1: v["betas"][0].as_f64().unwrap() as f32,
+            beta2: v["betas"][1].as_f64().unwrap() as f32,
+            eps: f("eps", 1e-8),
+            weight_decay: f("weight_decay", 0.0),
+        }),
+        other => panic!("unknown optimizer {other} in golden metadata"),
+    }
+}
+
+/// Max |a - b| of every tensor of `expected` against `actual`, asserting
+/// `max |Δ| <= tolerance(expected tensor)` per tensor.
+pub fn assert_params_close(
+    what: &str,
+    actual: &ParamStore,
+    expected: &ParamStore,
+    tolerance: impl Fn(&[f32]) -> f32,
+) {
+    assert_eq!(actual.len(), expected.len(), "{what}: tensor count");
+    for (name, want) in expected.iter() {
+        let got = actual
+            .get(name)
+            .unwrap_or_else(|_| panic!("{what}: {name} missing"));
+        assert_eq!(got.shape, want.shape, "{what}: {name} shape");
+        let diff = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let tol = tolerance(&want.data);
+        assert!(diff <= tol, "{what}: {name} max |Δ| = {diff:e} > {tol:e}");
+    }
+}
+
+pub fn max_abs(values: &[f32]) -> f32 {
+    values.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// True when both stores hold the same names with bit-identical tensors.
+pub fn bit_identical(a: &ParamStore, b: &ParamStore) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|(name, t)| {
+            b.get(name).is_ok_and(|u| {
+                u.shape == t.shape
+                    && u.data
+                        .iter()
+                        .zip(&t.data)
+                        .all(|(x, y)| x.to_bits() == y.to_bits())
+            })
+        })
+}
+
+/// The built `baton` binary.
+pub fn baton() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// Runs `cmd` with a watchdog: kills it and fails the test after `limit`.
+/// Output is drained by threads so a chatty child never blocks on a full pipe.
+pub fn run_with_watchdog(cmd: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the baton binary starts");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            pipe.read_to_end(&mut buf).ok();
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            let err = stderr.join().unwrap();
+            panic!(
+                "baton ran over {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// Runs baton with `args` (watchdog 300 s) and returns the output.
+pub fn run_baton(args: &[&str]) -> Output {
+    run_with_watchdog(baton().args(args), Duration::from_secs(300))
+}
+
+/// Runs baton expecting success; panics with its stderr otherwise.
+pub fn run_baton_ok(args: &[&str]) -> Output {
+    let out = run_baton(args);
+    assert!(
+        out.status.success(),
+        "baton {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
