@@ -39,6 +39,9 @@ pub enum Error {
     /// A pipeline event that does not fit the stage's state.
     #[error("pipeline: {0}")]
     Pipeline(String),
+    /// A frame that is not a valid protocol message.
+    #[error("protocol: {0}")]
+    Protocol(String),
     /// The kernels refused (e.g. an invalid thread count).
     #[error(transparent)]
     Kernel(#[from] baton_kernels::Error),

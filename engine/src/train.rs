@@ -7,7 +7,7 @@ use crate::pipeline::plan::{loss_weight, split_step, StepLosses};
 use crate::{Error, GradAccumulator, Model, Optimizer, ParamStore, Result, SegmentKey, Tensor};
 
 /// Loss targets of a batch.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Targets {
     /// Regression targets shaped like the model output (`mse`).
     Values(Tensor),
@@ -81,7 +81,7 @@ pub fn micro_batch_ranges(rows: usize, micro_batches: usize) -> Result<Vec<Range
 }
 
 /// Work done, for the run report (invariant 4: nothing lost, nothing redone).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Counters {
     pub forward_layer_executions: u64,
     pub backward_layer_executions: u64,

@@ -3,6 +3,7 @@
 
 pub mod partition;
 pub mod plan;
+pub mod protocol;
 pub mod schedule;
 pub mod sim;
 pub mod stage;
