@@ -6,6 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use baton_engine::pipeline::coordinator::JobPlan;
 use baton_engine::pipeline::sim::{self, SimConfig};
 use baton_engine::pipeline::ScheduleKind;
 use baton_engine::{Optimizer, ParamStore, Trainer};
@@ -53,6 +56,36 @@ fn mlp12_adam_in_memory_pipelines_match_one_process() {
 #[test]
 fn resmlp12_ce_in_memory_pipelines_match_one_process() {
     check_all_layouts("resmlp12_ce", 1e-3, &[7]);
+}
+
+/// Coordinator and workers exchanging encoded frames in random order.
+#[test]
+fn whole_jobs_in_memory_match_one_process() {
+    for (name, tol) in [("mlp12_sgd", 1e-4), ("resmlp12_ce", 1e-3)] {
+        let golden = Golden::load(name, tol);
+        let (reference, reference_losses) = single_process(&golden);
+        for workers in [1, 2, 3, 4, 6] {
+            for (kind, seed) in [(ScheduleKind::Gpipe, 11), (ScheduleKind::OneFOneB, 12)] {
+                let plan = JobPlan {
+                    spec: golden.spec.clone(),
+                    optimizer: golden.optimizer,
+                    schedule: kind,
+                    micro_batches: golden.micro_batches,
+                    workers,
+                    costs: golden.model.layers.iter().map(|l| l.cost()).collect(),
+                    params: golden.params.clone(),
+                    batches: golden.data.clone(),
+                    join_timeout: Duration::from_secs(30),
+                };
+                let out = sim::run_job(plan, &spec::factory, seed).unwrap();
+                let what = format!("{name} W={workers} {kind}");
+                assert!(bit_identical(&out.params, &reference), "{what}: weights differ from one process");
+                assert_eq!(out.losses, reference_losses, "{what}");
+                assert_eq!(out.partitions.len(), 1);
+                assert_eq!(out.partitions[0].1.stages.len(), workers);
+            }
+        }
+    }
 }
 
 #[test]

@@ -165,6 +165,12 @@ fn spec_err(detail: String) -> Error {
     Error::Spec(detail)
 }
 
+/// Builds models from spec JSON for pipeline workers, which receive the
+/// spec from the coordinator.
+pub fn factory() -> baton_engine::pipeline::worker::ModelFactory {
+    Box::new(|json: &str| parse(json).map_err(|e| baton_engine::Error::Model(e.to_string())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,14 @@
 //! Pipeline parallelism: schedules as data, balanced partitions, and the
 //! worker runtime as a state machine without I/O.
 
+pub mod coordinator;
 pub mod partition;
 pub mod plan;
 pub mod protocol;
 pub mod schedule;
 pub mod sim;
 pub mod stage;
+pub mod worker;
 
 pub use partition::Partition;
 pub use schedule::{Action, Phase, ScheduleKind};

@@ -6,8 +6,14 @@
 //! run it across worker counts, schedules and delivery orders.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use rkyv::util::AlignedVec;
+
+use super::coordinator::{CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan};
 use super::plan::{split_step, StepLosses};
+use super::protocol::{decode, encode, Message, PROTOCOL_VERSION};
+use super::worker::{Dest, ModelFactory, Out, Worker};
 use super::{Effect, Partition, ScheduleKind, Stage, StageEvent};
 use crate::init::SplitMix64;
 use crate::train::{Batch, Counters};
@@ -127,4 +133,66 @@ fn merge(stages: Vec<Stage>, losses: Vec<f32>) -> SimOutcome {
         params.extend(stage.params);
     }
     SimOutcome { params, losses, counters }
+}
+
+/// Runs a whole job in memory: a [`Coordinator`] and one [`Worker`] per
+/// stage exchanging encoded protocol frames, delivered in an order drawn
+/// from `seed` (more adversarial than any real network: frames between the
+/// same pair may overtake each other).
+pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> Result<JobOutcome> {
+    let workers = plan.workers;
+    let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
+    let mut nodes: Vec<Worker> = (0..workers as u32).map(|w| Worker::new(w, factory())).collect();
+    let mut frames: Vec<(Dest, u32, AlignedVec)> = Vec::new();
+    for w in 0..workers as u32 {
+        let register = Message::Register { worker: w, protocol: PROTOCOL_VERSION, address: format!("sim:{w}") };
+        frames.push((Dest::Coordinator, w, encode(&register)?));
+    }
+    let mut rng = SplitMix64::new(seed);
+    loop {
+        let ready: Vec<usize> = (0..workers).filter(|&w| nodes[w].ready().is_some()).collect();
+        let choices = ready.len() + frames.len();
+        if choices == 0 {
+            return Err(Error::Pipeline("the job stalled: no frame in flight and no action ready".into()));
+        }
+        let pick = (rng.next_u64() % choices as u64) as usize;
+        if pick < ready.len() {
+            let w = ready[pick];
+            let outs = nodes[w].run_next()?;
+            queue_outs(w as u32, outs, &nodes[w], &mut frames)?;
+            continue;
+        }
+        let (dest, from, frame) = frames.swap_remove(pick - ready.len());
+        let message = decode(&frame)?;
+        match dest {
+            Dest::Coordinator => {
+                for effect in coordinator.handle(CoordEvent::Message { worker: from, message }) {
+                    match effect {
+                        CoordEffect::Send { worker, message } => frames.push((Dest::Worker(worker), u32::MAX, encode(&message)?)),
+                        CoordEffect::StepFinished { .. } => {}
+                        CoordEffect::Done(outcome) => return Ok(*outcome),
+                        CoordEffect::Failed(reason) => return Err(Error::Pipeline(reason)),
+                    }
+                }
+            }
+            Dest::Worker(w) => {
+                let outs = nodes[w as usize].handle(message)?;
+                queue_outs(w, outs, &nodes[w as usize], &mut frames)?;
+            }
+        }
+    }
+}
+
+/// Turns a worker's outputs into frames; in memory every peer is connected
+/// at once, so a `Connect` is answered by `Ready` straight away.
+fn queue_outs(from: u32, outs: Vec<Out>, node: &Worker, frames: &mut Vec<(Dest, u32, AlignedVec)>) -> Result<()> {
+    for out in outs {
+        let (to, message) = match out {
+            Out::Send { to, message } => (to, message),
+            Out::Connect(_) => (Dest::Coordinator, node.ready_message()),
+            Out::Exit => continue,
+        };
+        frames.push((to, from, encode(&message)?));
+    }
+    Ok(())
 }

@@ -1,0 +1,299 @@
+//! The coordinator's decisions as a state machine without I/O: membership,
+//! the partition, step progression, and the end of the run.
+//!
+//! Events come from the driver (messages, lost peers, time); effects tell it
+//! what to send. Time is an argument, so deadlines are testable in memory.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::plan::{split_step, StepLosses};
+use super::protocol::{Assignment, Message, Placement, Span};
+use super::{Partition, ScheduleKind};
+use crate::train::{Batch, Counters};
+use crate::{Error, OptimizerConfig, ParamStore, Result, Tensor};
+
+/// Everything the coordinator needs to run a job.
+#[derive(Clone, Debug)]
+pub struct JobPlan {
+    pub spec: String,
+    pub optimizer: OptimizerConfig,
+    pub schedule: ScheduleKind,
+    pub micro_batches: usize,
+    pub workers: usize,
+    /// Per-layer costs used to balance the partition.
+    pub costs: Vec<f64>,
+    pub params: ParamStore,
+    pub batches: Vec<Batch>,
+    /// How long workers may take to register and connect.
+    pub join_timeout: Duration,
+}
+
+/// What the driver reports.
+#[derive(Debug)]
+pub enum CoordEvent {
+    /// A message from worker `worker`.
+    Message { worker: u32, message: Message },
+    /// The connection to `worker` is gone.
+    Lost { worker: u32, reason: String },
+}
+
+/// What the coordinator asks the driver to do.
+#[derive(Debug, PartialEq)]
+pub enum CoordEffect {
+    Send { worker: u32, message: Message },
+    /// Step `step` is complete with minibatch-mean `loss`.
+    StepFinished { step: u32, loss: f32 },
+    /// The job finished.
+    Done(Box<JobOutcome>),
+    /// The job cannot go on.
+    Failed(String),
+}
+
+/// The result of a finished job.
+#[derive(Debug, PartialEq)]
+pub struct JobOutcome {
+    pub params: ParamStore,
+    pub losses: Vec<f32>,
+    pub counters: Counters,
+    pub partitions: Vec<(u32, Partition)>,
+    pub spans: BTreeMap<u32, Vec<Span>>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Phase {
+    Registering,
+    Connecting,
+    Running { step: u32, done: Vec<bool> },
+    Finishing,
+    Over,
+}
+
+/// The coordinator of one job.
+#[derive(Debug)]
+pub struct Coordinator {
+    plan: JobPlan,
+    partition: Partition,
+    generation: u32,
+    phase: Phase,
+    started_at: Duration,
+    addresses: BTreeMap<u32, String>,
+    ready: Vec<bool>,
+    losses: Vec<f32>,
+    step_losses: Option<StepLosses>,
+    finals: BTreeMap<u32, (Vec<(String, Tensor)>, Counters, Vec<Span>)>,
+}
+
+impl Coordinator {
+    /// A coordinator waiting for `plan.workers` workers, started at `now`.
+    pub fn new(plan: JobPlan, now: Duration) -> Result<Coordinator> {
+        let partition = Partition::balanced(&plan.costs, plan.workers)?;
+        if plan.batches.is_empty() {
+            return Err(Error::Data("a job needs at least one step of data".into()));
+        }
+        let ready = vec![false; plan.workers];
+        Ok(Coordinator {
+            plan,
+            partition,
+            generation: 0,
+            phase: Phase::Registering,
+            started_at: now,
+            addresses: BTreeMap::new(),
+            ready,
+            losses: Vec::new(),
+            step_losses: None,
+            finals: BTreeMap::new(),
+        })
+    }
+
+    pub fn partition(&self) -> &Partition {
+        &self.partition
+    }
+
+    /// True once the job is done or failed.
+    pub fn is_over(&self) -> bool {
+        self.phase == Phase::Over
+    }
+
+    /// Checks deadlines at time `now`.
+    pub fn tick(&mut self, now: Duration) -> Vec<CoordEffect> {
+        let waiting = matches!(self.phase, Phase::Registering | Phase::Connecting);
+        if waiting && now.saturating_sub(self.started_at) > self.plan.join_timeout {
+            let joined = self.addresses.len();
+            let ready = self.ready.iter().filter(|r| **r).count();
+            return self.fail(format!(
+                "workers did not join within {:?}: {joined} of {} registered, {ready} connected to their peers",
+                self.plan.join_timeout, self.plan.workers
+            ));
+        }
+        Vec::new()
+    }
+
+    /// Takes in one event and returns what to do.
+    pub fn handle(&mut self, event: CoordEvent) -> Vec<CoordEffect> {
+        if self.phase == Phase::Over {
+            return Vec::new();
+        }
+        let result = match event {
+            CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!("worker {worker} was lost: {reason}"))),
+            CoordEvent::Message { worker, message } => self.on_message(worker, message),
+        };
+        result.unwrap_or_else(|e| self.fail(e.to_string()))
+    }
+
+    fn on_message(&mut self, worker: u32, message: Message) -> Result<Vec<CoordEffect>> {
+        if worker as usize >= self.plan.workers {
+            return Err(Error::Pipeline(format!("worker {worker} is not part of this job of {} workers", self.plan.workers)));
+        }
+        match message {
+            Message::Register { protocol, address, .. } => self.on_register(worker, protocol, address),
+            Message::Ready { .. } => self.on_ready(worker),
+            Message::Loss { step, micro, value } => self.on_loss(step, micro, value),
+            Message::StepDone { step, .. } => self.on_step_done(worker, step),
+            Message::Final { params, counters, spans, .. } => self.on_final(worker, params, counters, spans),
+            Message::Abort { reason } => Err(Error::Pipeline(format!("worker {worker} aborted: {reason}"))),
+            other => Err(Error::Pipeline(format!("worker {worker} sent an unexpected {} message", other.kind()))),
+        }
+    }
+
+    fn on_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
+        use super::protocol::PROTOCOL_VERSION;
+        if protocol != PROTOCOL_VERSION {
+            return Err(Error::Protocol(format!("worker {worker} speaks protocol {protocol}, this coordinator {PROTOCOL_VERSION}")));
+        }
+        if self.phase != Phase::Registering || self.addresses.insert(worker, address).is_some() {
+            return Err(Error::Pipeline(format!("worker {worker} registered twice")));
+        }
+        if self.addresses.len() < self.plan.workers {
+            return Ok(Vec::new());
+        }
+        self.phase = Phase::Connecting;
+        (0..self.plan.workers as u32).map(|w| Ok(CoordEffect::Send { worker: w, message: self.assignment(w) })).collect()
+    }
+
+    fn assignment(&self, worker: u32) -> Message {
+        let placements = self
+            .partition
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(w, r)| Placement { worker: w as u32, address: self.addresses[&(w as u32)].clone(), first: r.start, end: r.end })
+            .collect();
+        let layers = self.partition.stages[worker as usize].clone();
+        let params = layers
+            .flat_map(|l| self.plan.params.with_prefix(&format!("layers.{l}.")))
+            .collect();
+        Message::Assign(Assignment {
+            generation: self.generation,
+            spec: self.plan.spec.clone(),
+            optimizer: self.plan.optimizer.to_string(),
+            schedule: self.plan.schedule.to_string(),
+            placements,
+            params,
+        })
+    }
+
+    fn on_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
+        if self.phase != Phase::Connecting {
+            return Err(Error::Pipeline(format!("worker {worker} reported ready out of turn")));
+        }
+        self.ready[worker as usize] = true;
+        if self.ready.iter().all(|r| *r) {
+            return self.start_step(0);
+        }
+        Ok(Vec::new())
+    }
+
+    fn start_step(&mut self, step: u32) -> Result<Vec<CoordEffect>> {
+        let split = split_step(&self.plan.batches[step as usize], self.plan.micro_batches)?;
+        self.step_losses = Some(StepLosses::new(split.rows.clone()));
+        self.phase = Phase::Running { step, done: vec![false; self.plan.workers] };
+        let last = self.plan.workers as u32 - 1;
+        Ok((0..=last)
+            .map(|w| {
+                let inputs = if w == 0 { split.inputs.clone() } else { Vec::new() };
+                let targets = if w == last { split.targets.clone() } else { Vec::new() };
+                let message = Message::StepStart { step, rows: split.rows.clone(), inputs, targets };
+                CoordEffect::Send { worker: w, message }
+            })
+            .collect())
+    }
+
+    fn on_loss(&mut self, step: u32, micro: u32, value: f32) -> Result<Vec<CoordEffect>> {
+        match (&self.phase, self.step_losses.as_mut()) {
+            (Phase::Running { step: current, .. }, Some(book)) if *current == step => book.record(micro, value)?,
+            _ => return Err(Error::Pipeline(format!("loss of step {step} arrived out of turn"))),
+        }
+        self.maybe_finish_step()
+    }
+
+    fn on_step_done(&mut self, worker: u32, step: u32) -> Result<Vec<CoordEffect>> {
+        match &mut self.phase {
+            Phase::Running { step: current, done } if *current == step => done[worker as usize] = true,
+            _ => return Err(Error::Pipeline(format!("worker {worker} finished step {step} out of turn"))),
+        }
+        self.maybe_finish_step()
+    }
+
+    /// A step ends when every worker applied its update and every loss is in.
+    fn maybe_finish_step(&mut self) -> Result<Vec<CoordEffect>> {
+        let Phase::Running { step, done } = &self.phase else { return Ok(Vec::new()) };
+        let loss = self.step_losses.as_ref().and_then(StepLosses::total);
+        let (step, Some(loss)) = (*step, loss) else { return Ok(Vec::new()) };
+        if !done.iter().all(|d| *d) {
+            return Ok(Vec::new());
+        }
+        self.losses.push(loss);
+        let mut effects = vec![CoordEffect::StepFinished { step, loss }];
+        if (step as usize + 1) < self.plan.batches.len() {
+            effects.extend(self.start_step(step + 1)?);
+        } else {
+            self.phase = Phase::Finishing;
+            effects.extend((0..self.plan.workers as u32).map(|w| CoordEffect::Send { worker: w, message: Message::Finish }));
+        }
+        Ok(effects)
+    }
+
+    fn on_final(
+        &mut self,
+        worker: u32,
+        params: Vec<(String, Tensor)>,
+        counters: Counters,
+        spans: Vec<Span>,
+    ) -> Result<Vec<CoordEffect>> {
+        if self.phase != Phase::Finishing || self.finals.insert(worker, (params, counters, spans)).is_some() {
+            return Err(Error::Pipeline(format!("worker {worker} sent its final state out of turn")));
+        }
+        if self.finals.len() < self.plan.workers {
+            return Ok(Vec::new());
+        }
+        self.phase = Phase::Over;
+        Ok(vec![CoordEffect::Done(Box::new(self.outcome()))])
+    }
+
+    fn outcome(&mut self) -> JobOutcome {
+        let mut outcome = JobOutcome {
+            params: ParamStore::new(),
+            losses: std::mem::take(&mut self.losses),
+            counters: Counters::default(),
+            partitions: vec![(self.generation, self.partition.clone())],
+            spans: BTreeMap::new(),
+        };
+        for (worker, (params, counters, spans)) in std::mem::take(&mut self.finals) {
+            outcome.params.extend(params);
+            outcome.counters.forward_layer_executions += counters.forward_layer_executions;
+            outcome.counters.backward_layer_executions += counters.backward_layer_executions;
+            outcome.spans.insert(worker, spans);
+        }
+        outcome
+    }
+
+    /// Ends the job: tells every worker to stop and reports why.
+    fn fail(&mut self, reason: String) -> Vec<CoordEffect> {
+        self.phase = Phase::Over;
+        let abort = |w: u32| CoordEffect::Send { worker: w, message: Message::Abort { reason: reason.clone() } };
+        let mut effects: Vec<CoordEffect> = (0..self.plan.workers as u32).map(abort).collect();
+        effects.push(CoordEffect::Failed(reason));
+        effects
+    }
+}
