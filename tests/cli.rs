@@ -130,12 +130,12 @@ fn bad_weight_files_name_the_tensor() {
 }
 
 #[test]
-fn unimplemented_multi_worker_runs_say_so() {
+fn unimplemented_preemption_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().join("o.safetensors");
     let mut args = train_args("mlp12", "", "sgd:lr=0.1", save.to_str().unwrap());
-    args.extend(["--workers", "3"]);
-    fails_with(&args, "--workers 1");
+    args.extend(["--workers", "3", "--preempt", "1@0:2"]);
+    fails_with(&args, "not implemented yet (issue #4)");
 }
 
 #[test]
@@ -145,4 +145,12 @@ fn too_many_micro_batches_are_refused() {
     let mut args = train_args("mlp12", "", "sgd:lr=0.1", save.to_str().unwrap());
     args.extend(["--batch", "4", "--microbatches", "8"]);
     fails_with(&args, "micro-batches");
+}
+
+#[test]
+fn demo_runs_the_pipeline_and_the_relocation_bit_identically() {
+    let out = common::run_baton_ok(&["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("bit-identical: yes").count(), 2, "{stdout}");
+    assert!(stdout.contains("partition: 0-3 / 4-7 / 8-11"), "{stdout}");
 }

@@ -45,12 +45,16 @@ impl ParamStore {
 
     /// The tensor called `name`, or a clear error naming it.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| Error::MissingParam(name.to_string()))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::MissingParam(name.to_string()))
     }
 
     /// Mutable access to the tensor called `name`.
     pub fn get_mut(&mut self, name: &str) -> Result<&mut Tensor> {
-        self.tensors.get_mut(name).ok_or_else(|| Error::MissingParam(name.to_string()))
+        self.tensors
+            .get_mut(name)
+            .ok_or_else(|| Error::MissingParam(name.to_string()))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -116,7 +120,9 @@ impl Extend<(String, Tensor)> for ParamStore {
 
 impl FromIterator<(String, Tensor)> for ParamStore {
     fn from_iter<I: IntoIterator<Item = (String, Tensor)>>(iter: I) -> Self {
-        ParamStore { tensors: iter.into_iter().collect() }
+        ParamStore {
+            tensors: iter.into_iter().collect(),
+        }
     }
 }
 

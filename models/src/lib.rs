@@ -4,6 +4,7 @@
 //! Writing a new layer type needs only [`baton_engine::Layer`] and the
 //! [`baton_engine::Recorder`] ops; see `examples/custom_layer.rs`.
 
+pub mod cluster;
 pub mod io;
 pub mod layers;
 pub mod spec;
@@ -21,10 +22,7 @@ pub enum Error {
     File { path: String, detail: String },
     /// Reading or writing a file failed.
     #[error("{path}: {cause}")]
-    Io {
-        path: String,
-        cause: std::io::Error,
-    },
+    Io { path: String, cause: std::io::Error },
     /// The engine refused (shapes, parameters, data).
     #[error(transparent)]
     Engine(#[from] baton_engine::Error),

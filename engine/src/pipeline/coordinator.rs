@@ -41,9 +41,15 @@ pub enum CoordEvent {
 /// What the coordinator asks the driver to do.
 #[derive(Debug, PartialEq)]
 pub enum CoordEffect {
-    Send { worker: u32, message: Message },
+    Send {
+        worker: u32,
+        message: Message,
+    },
     /// Step `step` is complete with minibatch-mean `loss`.
-    StepFinished { step: u32, loss: f32 },
+    StepFinished {
+        step: u32,
+        loss: f32,
+    },
     /// The job finished.
     Done(Box<JobOutcome>),
     /// The job cannot go on.
@@ -135,7 +141,11 @@ impl Coordinator {
             return Vec::new();
         }
         let result = match event {
-            CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!("worker {worker} was lost: {reason}"))),
+            // A worker that delivered its final state may go away.
+            CoordEvent::Lost { worker, .. } if self.finals.contains_key(&worker) => Ok(Vec::new()),
+            CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!(
+                "worker {worker} was lost: {reason}"
+            ))),
             CoordEvent::Message { worker, message } => self.on_message(worker, message),
         };
         result.unwrap_or_else(|e| self.fail(e.to_string()))
@@ -143,23 +153,45 @@ impl Coordinator {
 
     fn on_message(&mut self, worker: u32, message: Message) -> Result<Vec<CoordEffect>> {
         if worker as usize >= self.plan.workers {
-            return Err(Error::Pipeline(format!("worker {worker} is not part of this job of {} workers", self.plan.workers)));
+            return Err(Error::Pipeline(format!(
+                "worker {worker} is not part of this job of {} workers",
+                self.plan.workers
+            )));
         }
         match message {
-            Message::Register { protocol, address, .. } => self.on_register(worker, protocol, address),
+            Message::Register {
+                protocol, address, ..
+            } => self.on_register(worker, protocol, address),
             Message::Ready { .. } => self.on_ready(worker),
             Message::Loss { step, micro, value } => self.on_loss(step, micro, value),
             Message::StepDone { step, .. } => self.on_step_done(worker, step),
-            Message::Final { params, counters, spans, .. } => self.on_final(worker, params, counters, spans),
-            Message::Abort { reason } => Err(Error::Pipeline(format!("worker {worker} aborted: {reason}"))),
-            other => Err(Error::Pipeline(format!("worker {worker} sent an unexpected {} message", other.kind()))),
+            Message::Final {
+                params,
+                counters,
+                spans,
+                ..
+            } => self.on_final(worker, params, counters, spans),
+            Message::Abort { reason } => Err(Error::Pipeline(format!(
+                "worker {worker} aborted: {reason}"
+            ))),
+            other => Err(Error::Pipeline(format!(
+                "worker {worker} sent an unexpected {} message",
+                other.kind()
+            ))),
         }
     }
 
-    fn on_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
+    fn on_register(
+        &mut self,
+        worker: u32,
+        protocol: u32,
+        address: String,
+    ) -> Result<Vec<CoordEffect>> {
         use super::protocol::PROTOCOL_VERSION;
         if protocol != PROTOCOL_VERSION {
-            return Err(Error::Protocol(format!("worker {worker} speaks protocol {protocol}, this coordinator {PROTOCOL_VERSION}")));
+            return Err(Error::Protocol(format!(
+                "worker {worker} speaks protocol {protocol}, this coordinator {PROTOCOL_VERSION}"
+            )));
         }
         if self.phase != Phase::Registering || self.addresses.insert(worker, address).is_some() {
             return Err(Error::Pipeline(format!("worker {worker} registered twice")));
@@ -168,7 +200,14 @@ impl Coordinator {
             return Ok(Vec::new());
         }
         self.phase = Phase::Connecting;
-        (0..self.plan.workers as u32).map(|w| Ok(CoordEffect::Send { worker: w, message: self.assignment(w) })).collect()
+        (0..self.plan.workers as u32)
+            .map(|w| {
+                Ok(CoordEffect::Send {
+                    worker: w,
+                    message: self.assignment(w),
+                })
+            })
+            .collect()
     }
 
     fn assignment(&self, worker: u32) -> Message {
@@ -177,7 +216,12 @@ impl Coordinator {
             .stages
             .iter()
             .enumerate()
-            .map(|(w, r)| Placement { worker: w as u32, address: self.addresses[&(w as u32)].clone(), first: r.start, end: r.end })
+            .map(|(w, r)| Placement {
+                worker: w as u32,
+                address: self.addresses[&(w as u32)].clone(),
+                first: r.start,
+                end: r.end,
+            })
             .collect();
         let layers = self.partition.stages[worker as usize].clone();
         let params = layers
@@ -195,7 +239,9 @@ impl Coordinator {
 
     fn on_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
         if self.phase != Phase::Connecting {
-            return Err(Error::Pipeline(format!("worker {worker} reported ready out of turn")));
+            return Err(Error::Pipeline(format!(
+                "worker {worker} reported ready out of turn"
+            )));
         }
         self.ready[worker as usize] = true;
         if self.ready.iter().all(|r| *r) {
@@ -207,13 +253,29 @@ impl Coordinator {
     fn start_step(&mut self, step: u32) -> Result<Vec<CoordEffect>> {
         let split = split_step(&self.plan.batches[step as usize], self.plan.micro_batches)?;
         self.step_losses = Some(StepLosses::new(split.rows.clone()));
-        self.phase = Phase::Running { step, done: vec![false; self.plan.workers] };
+        self.phase = Phase::Running {
+            step,
+            done: vec![false; self.plan.workers],
+        };
         let last = self.plan.workers as u32 - 1;
         Ok((0..=last)
             .map(|w| {
-                let inputs = if w == 0 { split.inputs.clone() } else { Vec::new() };
-                let targets = if w == last { split.targets.clone() } else { Vec::new() };
-                let message = Message::StepStart { step, rows: split.rows.clone(), inputs, targets };
+                let inputs = if w == 0 {
+                    split.inputs.clone()
+                } else {
+                    Vec::new()
+                };
+                let targets = if w == last {
+                    split.targets.clone()
+                } else {
+                    Vec::new()
+                };
+                let message = Message::StepStart {
+                    step,
+                    rows: split.rows.clone(),
+                    inputs,
+                    targets,
+                };
                 CoordEffect::Send { worker: w, message }
             })
             .collect())
@@ -221,25 +283,42 @@ impl Coordinator {
 
     fn on_loss(&mut self, step: u32, micro: u32, value: f32) -> Result<Vec<CoordEffect>> {
         match (&self.phase, self.step_losses.as_mut()) {
-            (Phase::Running { step: current, .. }, Some(book)) if *current == step => book.record(micro, value)?,
-            _ => return Err(Error::Pipeline(format!("loss of step {step} arrived out of turn"))),
+            (Phase::Running { step: current, .. }, Some(book)) if *current == step => {
+                book.record(micro, value)?
+            }
+            _ => {
+                return Err(Error::Pipeline(format!(
+                    "loss of step {step} arrived out of turn"
+                )))
+            }
         }
         self.maybe_finish_step()
     }
 
     fn on_step_done(&mut self, worker: u32, step: u32) -> Result<Vec<CoordEffect>> {
         match &mut self.phase {
-            Phase::Running { step: current, done } if *current == step => done[worker as usize] = true,
-            _ => return Err(Error::Pipeline(format!("worker {worker} finished step {step} out of turn"))),
+            Phase::Running {
+                step: current,
+                done,
+            } if *current == step => done[worker as usize] = true,
+            _ => {
+                return Err(Error::Pipeline(format!(
+                    "worker {worker} finished step {step} out of turn"
+                )))
+            }
         }
         self.maybe_finish_step()
     }
 
     /// A step ends when every worker applied its update and every loss is in.
     fn maybe_finish_step(&mut self) -> Result<Vec<CoordEffect>> {
-        let Phase::Running { step, done } = &self.phase else { return Ok(Vec::new()) };
+        let Phase::Running { step, done } = &self.phase else {
+            return Ok(Vec::new());
+        };
         let loss = self.step_losses.as_ref().and_then(StepLosses::total);
-        let (step, Some(loss)) = (*step, loss) else { return Ok(Vec::new()) };
+        let (step, Some(loss)) = (*step, loss) else {
+            return Ok(Vec::new());
+        };
         if !done.iter().all(|d| *d) {
             return Ok(Vec::new());
         }
@@ -249,7 +328,10 @@ impl Coordinator {
             effects.extend(self.start_step(step + 1)?);
         } else {
             self.phase = Phase::Finishing;
-            effects.extend((0..self.plan.workers as u32).map(|w| CoordEffect::Send { worker: w, message: Message::Finish }));
+            effects.extend((0..self.plan.workers as u32).map(|w| CoordEffect::Send {
+                worker: w,
+                message: Message::Finish,
+            }));
         }
         Ok(effects)
     }
@@ -261,8 +343,15 @@ impl Coordinator {
         counters: Counters,
         spans: Vec<Span>,
     ) -> Result<Vec<CoordEffect>> {
-        if self.phase != Phase::Finishing || self.finals.insert(worker, (params, counters, spans)).is_some() {
-            return Err(Error::Pipeline(format!("worker {worker} sent its final state out of turn")));
+        if self.phase != Phase::Finishing
+            || self
+                .finals
+                .insert(worker, (params, counters, spans))
+                .is_some()
+        {
+            return Err(Error::Pipeline(format!(
+                "worker {worker} sent its final state out of turn"
+            )));
         }
         if self.finals.len() < self.plan.workers {
             return Ok(Vec::new());
@@ -291,7 +380,12 @@ impl Coordinator {
     /// Ends the job: tells every worker to stop and reports why.
     fn fail(&mut self, reason: String) -> Vec<CoordEffect> {
         self.phase = Phase::Over;
-        let abort = |w: u32| CoordEffect::Send { worker: w, message: Message::Abort { reason: reason.clone() } };
+        let abort = |w: u32| CoordEffect::Send {
+            worker: w,
+            message: Message::Abort {
+                reason: reason.clone(),
+            },
+        };
         let mut effects: Vec<CoordEffect> = (0..self.plan.workers as u32).map(abort).collect();
         effects.push(CoordEffect::Failed(reason));
         effects

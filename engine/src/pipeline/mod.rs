@@ -12,4 +12,4 @@ pub mod worker;
 
 pub use partition::Partition;
 pub use schedule::{Action, Phase, ScheduleKind};
-pub use stage::{Effect, Stage, StageEvent};
+pub use stage::{Effect, Stage, StageEvent, Work};

@@ -28,7 +28,11 @@ pub struct Action {
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = if self.phase == Phase::Forward { 'F' } else { 'B' };
+        let p = if self.phase == Phase::Forward {
+            'F'
+        } else {
+            'B'
+        };
         write!(f, "{}{p}{}", self.stage, self.micro)
     }
 }
@@ -38,10 +42,18 @@ impl FromStr for Action {
     fn from_str(s: &str) -> Result<Action> {
         let bad = || Error::Schedule(format!("`{s}` is not an action like 2F0 or 1B3"));
         let at = s.find(['F', 'B']).ok_or_else(bad)?;
-        let phase = if &s[at..=at] == "F" { Phase::Forward } else { Phase::Backward };
+        let phase = if &s[at..=at] == "F" {
+            Phase::Forward
+        } else {
+            Phase::Backward
+        };
         let stage = s[..at].parse().map_err(|_| bad())?;
         let micro = s[at + 1..].parse().map_err(|_| bad())?;
-        Ok(Action { stage, phase, micro })
+        Ok(Action {
+            stage,
+            phase,
+            micro,
+        })
     }
 }
 
@@ -61,23 +73,45 @@ impl FromStr for ScheduleKind {
         match s {
             "gpipe" => Ok(ScheduleKind::Gpipe),
             "1f1b" => Ok(ScheduleKind::OneFOneB),
-            other => Err(Error::Schedule(format!("unknown schedule `{other}` (gpipe, 1f1b)"))),
+            other => Err(Error::Schedule(format!(
+                "unknown schedule `{other}` (gpipe, 1f1b)"
+            ))),
         }
     }
 }
 
 impl fmt::Display for ScheduleKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if *self == ScheduleKind::Gpipe { "gpipe" } else { "1f1b" })
+        f.write_str(if *self == ScheduleKind::Gpipe {
+            "gpipe"
+        } else {
+            "1f1b"
+        })
     }
 }
 
 /// The actions of `stage` (of `stages`) for one step of `micro_batches`.
-pub fn stage_actions(kind: ScheduleKind, stage: u32, stages: u32, micro_batches: u32) -> Vec<Action> {
-    let f = |micro| Action { stage, phase: Phase::Forward, micro };
-    let b = |micro| Action { stage, phase: Phase::Backward, micro };
+pub fn stage_actions(
+    kind: ScheduleKind,
+    stage: u32,
+    stages: u32,
+    micro_batches: u32,
+) -> Vec<Action> {
+    let f = |micro| Action {
+        stage,
+        phase: Phase::Forward,
+        micro,
+    };
+    let b = |micro| Action {
+        stage,
+        phase: Phase::Backward,
+        micro,
+    };
     match kind {
-        ScheduleKind::Gpipe => (0..micro_batches).map(f).chain((0..micro_batches).map(b)).collect(),
+        ScheduleKind::Gpipe => (0..micro_batches)
+            .map(f)
+            .chain((0..micro_batches).map(b))
+            .collect(),
         ScheduleKind::OneFOneB => {
             let warmup = (stages - 1 - stage).min(micro_batches);
             let mut actions: Vec<Action> = (0..warmup).map(f).collect();
@@ -93,12 +127,18 @@ pub fn stage_actions(kind: ScheduleKind, stage: u32, stages: u32, micro_batches:
 
 /// Every stage's actions for one step.
 pub fn schedule(kind: ScheduleKind, stages: u32, micro_batches: u32) -> Vec<Vec<Action>> {
-    (0..stages).map(|s| stage_actions(kind, s, stages, micro_batches)).collect()
+    (0..stages)
+        .map(|s| stage_actions(kind, s, stages, micro_batches))
+        .collect()
 }
 
 /// Formats a stage's actions as `0F0 0F1 0B0 ...`.
 pub fn format_actions(actions: &[Action]) -> String {
-    actions.iter().map(Action::to_string).collect::<Vec<_>>().join(" ")
+    actions
+        .iter()
+        .map(Action::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs a schedule in lock-step rounds: an action is ready when its input
@@ -118,9 +158,13 @@ pub fn simulate(per_stage: &[Vec<Action>]) -> Result<usize> {
             .filter(|a| prerequisite(*a, stages).is_none_or(|p| done.contains(&p)))
             .collect();
         if ready.is_empty() {
-            let stuck: Vec<String> =
-                (0..per_stage.len()).filter_map(|s| per_stage[s].get(next[s]).map(|a| a.to_string())).collect();
-            return Err(Error::Schedule(format!("deadlock: waiting at {}", stuck.join(", "))));
+            let stuck: Vec<String> = (0..per_stage.len())
+                .filter_map(|s| per_stage[s].get(next[s]).map(|a| a.to_string()))
+                .collect();
+            return Err(Error::Schedule(format!(
+                "deadlock: waiting at {}",
+                stuck.join(", ")
+            )));
         }
         for a in ready {
             done.insert(a);
@@ -135,9 +179,18 @@ pub fn simulate(per_stage: &[Vec<Action>]) -> Result<usize> {
 fn prerequisite(action: Action, stages: u32) -> Option<Action> {
     match action.phase {
         Phase::Forward if action.stage == 0 => None,
-        Phase::Forward => Some(Action { stage: action.stage - 1, ..action }),
-        Phase::Backward if action.stage + 1 == stages => Some(Action { phase: Phase::Forward, ..action }),
-        Phase::Backward => Some(Action { stage: action.stage + 1, ..action }),
+        Phase::Forward => Some(Action {
+            stage: action.stage - 1,
+            ..action
+        }),
+        Phase::Backward if action.stage + 1 == stages => Some(Action {
+            phase: Phase::Forward,
+            ..action
+        }),
+        Phase::Backward => Some(Action {
+            stage: action.stage + 1,
+            ..action
+        }),
     }
 }
 
@@ -147,10 +200,21 @@ mod tests {
 
     #[test]
     fn actions_print_and_parse_back() {
-        let a = Action { stage: 2, phase: Phase::Forward, micro: 0 };
+        let a = Action {
+            stage: 2,
+            phase: Phase::Forward,
+            micro: 0,
+        };
         assert_eq!(a.to_string(), "2F0");
         assert_eq!("2F0".parse::<Action>().unwrap(), a);
-        assert_eq!("11B7".parse::<Action>().unwrap(), Action { stage: 11, phase: Phase::Backward, micro: 7 });
+        assert_eq!(
+            "11B7".parse::<Action>().unwrap(),
+            Action {
+                stage: 11,
+                phase: Phase::Backward,
+                micro: 7
+            }
+        );
         for bad in ["", "F0", "2X0", "2F", "aF1", "2F-1"] {
             assert!(bad.parse::<Action>().is_err(), "{bad}");
         }
@@ -172,7 +236,8 @@ mod tests {
                 for micro in 1..=8 {
                     let s = schedule(kind, stages, micro);
                     assert!(s.iter().all(|a| a.len() == 2 * micro as usize));
-                    let rounds = simulate(&s).unwrap_or_else(|e| panic!("{kind} W={stages} M={micro}: {e}"));
+                    let rounds =
+                        simulate(&s).unwrap_or_else(|e| panic!("{kind} W={stages} M={micro}: {e}"));
                     assert!(rounds >= 2 * micro as usize);
                 }
             }

@@ -14,31 +14,76 @@ use std::sync::Arc;
 
 use super::schedule::{stage_actions, Action, Phase, ScheduleKind};
 use crate::train::Counters;
-use crate::{Error, GradAccumulator, Model, Optimizer, ParamStore, Result, Segment, SegmentKey, Targets, Tensor};
+use crate::{
+    Error, GradAccumulator, Model, Optimizer, ParamStore, Result, Segment, SegmentKey, Targets,
+    Tensor,
+};
 
 /// What a stage learns from outside.
 #[derive(Clone, Debug)]
 pub enum StageEvent {
     /// Step `step` begins. `rows[m]` is micro-batch m's row count; the first
     /// stage gets the inputs, the last stage the targets.
-    StepStart { step: u32, rows: Vec<u32>, inputs: Vec<(u32, Tensor)>, targets: Vec<(u32, Targets)> },
+    StepStart {
+        step: u32,
+        rows: Vec<u32>,
+        inputs: Vec<(u32, Tensor)>,
+        targets: Vec<(u32, Targets)>,
+    },
     /// The activation entering `layer` for micro-batch `micro`.
-    Activation { step: u32, micro: u32, layer: u32, tensor: Tensor },
+    Activation {
+        step: u32,
+        micro: u32,
+        layer: u32,
+        tensor: Tensor,
+    },
     /// The gradient of the output of `layer` for micro-batch `micro`.
-    Gradient { step: u32, micro: u32, layer: u32, tensor: Tensor },
+    Gradient {
+        step: u32,
+        micro: u32,
+        layer: u32,
+        tensor: Tensor,
+    },
 }
 
 /// What a stage asks the driver to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Send the activation entering `layer` to that layer's owner.
-    SendActivation { step: u32, micro: u32, layer: u32, tensor: Tensor },
+    SendActivation {
+        step: u32,
+        micro: u32,
+        layer: u32,
+        tensor: Tensor,
+    },
     /// Send the gradient of `layer`'s output to that layer's owner.
-    SendGradient { step: u32, micro: u32, layer: u32, tensor: Tensor },
+    SendGradient {
+        step: u32,
+        micro: u32,
+        layer: u32,
+        tensor: Tensor,
+    },
     /// The loss of one micro-batch (last stage only), unweighted mean.
     Loss { step: u32, micro: u32, value: f32 },
     /// All of this stage's actions of `step` ran and its parameters are updated.
     StepDone { step: u32 },
+}
+
+/// The next unit of work of a stage: a compute action, or the optimizer
+/// update once every action of the step ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    Compute(Action),
+    Update { step: u32 },
+}
+
+impl std::fmt::Display for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Work::Compute(action) => action.fmt(f),
+            Work::Update { step } => write!(f, "update{step}"),
+        }
+    }
 }
 
 /// One step in progress on this stage.
@@ -83,7 +128,9 @@ impl Stage {
         optimizer: Optimizer,
     ) -> Result<Stage> {
         if layers.is_empty() || layers.end as usize > model.layers.len() || stage >= stages {
-            return Err(Error::Partition(format!("stage {stage}/{stages} with layers {layers:?} does not fit the model")));
+            return Err(Error::Partition(format!(
+                "stage {stage}/{stages} with layers {layers:?} does not fit the model"
+            )));
         }
         Ok(Stage {
             model,
@@ -113,20 +160,46 @@ impl Stage {
     /// Takes in one event. Tensors may arrive before their step starts.
     pub fn handle(&mut self, event: StageEvent) -> Result<()> {
         match event {
-            StageEvent::StepStart { step, rows, inputs, targets } => {
+            StageEvent::StepStart {
+                step,
+                rows,
+                inputs,
+                targets,
+            } => {
                 if let Some(cur) = &self.current {
-                    return Err(Error::Pipeline(format!("step {step} started while step {} runs", cur.step)));
+                    return Err(Error::Pipeline(format!(
+                        "step {step} started while step {} runs",
+                        cur.step
+                    )));
                 }
-                let actions = stage_actions(self.kind, self.stage, self.stages, rows.len() as u32).into();
-                self.current = Some(StepState { step, rows, actions, acc: GradAccumulator::new() });
-                self.inputs.extend(inputs.into_iter().map(|(m, t)| ((step, m), t)));
-                self.targets.extend(targets.into_iter().map(|(m, t)| ((step, m), t)));
+                let actions =
+                    stage_actions(self.kind, self.stage, self.stages, rows.len() as u32).into();
+                self.current = Some(StepState {
+                    step,
+                    rows,
+                    actions,
+                    acc: GradAccumulator::new(),
+                });
+                self.inputs
+                    .extend(inputs.into_iter().map(|(m, t)| ((step, m), t)));
+                self.targets
+                    .extend(targets.into_iter().map(|(m, t)| ((step, m), t)));
             }
-            StageEvent::Activation { step, micro, layer, tensor } => {
+            StageEvent::Activation {
+                step,
+                micro,
+                layer,
+                tensor,
+            } => {
                 self.expect_layer(layer, self.layers.start, "activation")?;
                 self.inputs.insert((step, micro), tensor);
             }
-            StageEvent::Gradient { step, micro, layer, tensor } => {
+            StageEvent::Gradient {
+                step,
+                micro,
+                layer,
+                tensor,
+            } => {
                 self.expect_layer(layer, self.layers.end - 1, "gradient")?;
                 self.grads_in.insert((step, micro), tensor);
             }
@@ -136,22 +209,26 @@ impl Stage {
 
     fn expect_layer(&self, got: u32, want: u32, what: &str) -> Result<()> {
         if got != want {
-            return Err(Error::Pipeline(format!("{what} for layer {got} reached the stage whose boundary is layer {want}")));
+            return Err(Error::Pipeline(format!(
+                "{what} for layer {got} reached the stage whose boundary is layer {want}"
+            )));
         }
         Ok(())
     }
 
-    /// The next action of the step in progress, if its input is here.
-    pub fn ready(&self) -> Option<Action> {
+    /// The next unit of work of the step in progress, if its input is here.
+    pub fn ready(&self) -> Option<Work> {
         let cur = self.current.as_ref()?;
-        let action = *cur.actions.front()?;
+        let Some(&action) = cur.actions.front() else {
+            return Some(Work::Update { step: cur.step });
+        };
         let key = (cur.step, action.micro);
         let here = match action.phase {
             Phase::Forward => self.inputs.contains_key(&key),
             Phase::Backward if self.is_last() => true,
             Phase::Backward => self.grads_in.contains_key(&key),
         };
-        here.then_some(action)
+        here.then_some(Work::Compute(action))
     }
 
     /// True when no step is in progress.
@@ -159,18 +236,24 @@ impl Stage {
         self.current.is_none()
     }
 
-    /// Runs the next action (which must be [`Stage::ready`]) and returns its effects.
+    /// Runs the next unit of work (which must be [`Stage::ready`]) and returns its effects.
     pub fn run_next(&mut self) -> Result<Vec<Effect>> {
-        let action = self.ready().ok_or_else(|| Error::Pipeline("no action is ready".into()))?;
-        let mut effects = match action.phase {
+        let work = self
+            .ready()
+            .ok_or_else(|| Error::Pipeline("no work is ready".into()))?;
+        let action = match work {
+            Work::Update { .. } => return Ok(vec![self.finish_step()?]),
+            Work::Compute(action) => action,
+        };
+        let effects = match action.phase {
             Phase::Forward => self.forward(action.micro)?,
             Phase::Backward => self.backward(action.micro)?,
         };
-        let cur = self.current.as_mut().expect("ready() implies a step in progress");
-        cur.actions.pop_front();
-        if cur.actions.is_empty() {
-            effects.push(self.finish_step()?);
-        }
+        self.current
+            .as_mut()
+            .expect("ready() implies a step in progress")
+            .actions
+            .pop_front();
         Ok(effects)
     }
 
@@ -180,7 +263,10 @@ impl Stage {
 
     fn forward(&mut self, micro: u32) -> Result<Vec<Effect>> {
         let step = self.step();
-        let mut x = self.inputs.remove(&(step, micro)).expect("ready() checked the input");
+        let mut x = self
+            .inputs
+            .remove(&(step, micro))
+            .expect("ready() checked the input");
         for layer in self.layers.clone() {
             let key = SegmentKey { step, micro, layer };
             let (segment, out) = self.model.forward_layer(key, &self.params, x)?;
@@ -189,14 +275,26 @@ impl Stage {
             x = out;
         }
         if !self.is_last() {
-            return Ok(vec![Effect::SendActivation { step, micro, layer: self.layers.end, tensor: x }]);
+            return Ok(vec![Effect::SendActivation {
+                step,
+                micro,
+                layer: self.layers.end,
+                tensor: x,
+            }]);
         }
-        let targets = self
-            .targets
-            .remove(&(step, micro))
-            .ok_or_else(|| Error::Pipeline(format!("no targets for step {step} micro-batch {micro}")))?;
+        let targets = self.targets.remove(&(step, micro)).ok_or_else(|| {
+            Error::Pipeline(format!("no targets for step {step} micro-batch {micro}"))
+        })?;
         let loss_layer = self.model.layers.len() as u32;
-        let (segment, value) = self.model.forward_loss(SegmentKey { step, micro, layer: loss_layer }, x, &targets)?;
+        let (segment, value) = self.model.forward_loss(
+            SegmentKey {
+                step,
+                micro,
+                layer: loss_layer,
+            },
+            x,
+            &targets,
+        )?;
         self.tape.insert((micro, loss_layer), segment);
         Ok(vec![Effect::Loss { step, micro, value }])
     }
@@ -209,13 +307,17 @@ impl Stage {
             let cur = self.current.as_ref().expect("step in progress");
             let total: u32 = cur.rows.iter().sum();
             let weight = cur.rows[micro as usize] as f32 / total as f32;
-            segment.backward(&self.params, Tensor::scalar(weight), true)?.input_grad
+            segment
+                .backward(&self.params, Tensor::scalar(weight), true)?
+                .input_grad
         } else {
             self.grads_in.remove(&(step, micro))
         };
         for layer in self.layers.clone().rev() {
             let segment = self.take_segment(micro, layer)?;
-            let dy = grad.take().ok_or_else(|| Error::Pipeline(format!("no gradient for layer {layer}")))?;
+            let dy = grad
+                .take()
+                .ok_or_else(|| Error::Pipeline(format!("no gradient for layer {layer}")))?;
             let out = segment.backward(&self.params, dy, layer > 0)?;
             let cur = self.current.as_mut().expect("step in progress");
             cur.acc.add(layer, micro, out.param_grads)?;
@@ -224,14 +326,21 @@ impl Stage {
         }
         Ok(match (self.layers.start, grad) {
             (0, _) | (_, None) => Vec::new(),
-            (first, Some(tensor)) => vec![Effect::SendGradient { step, micro, layer: first - 1, tensor }],
+            (first, Some(tensor)) => vec![Effect::SendGradient {
+                step,
+                micro,
+                layer: first - 1,
+                tensor,
+            }],
         })
     }
 
     fn take_segment(&mut self, micro: u32, layer: u32) -> Result<Segment> {
-        self.tape
-            .remove(&(micro, layer))
-            .ok_or_else(|| Error::Pipeline(format!("no recorded segment for micro-batch {micro} layer {layer}")))
+        self.tape.remove(&(micro, layer)).ok_or_else(|| {
+            Error::Pipeline(format!(
+                "no recorded segment for micro-batch {micro} layer {layer}"
+            ))
+        })
     }
 
     /// Sums the step's gradients (micro-batch order) and updates every parameter.

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use super::protocol::{Assignment, Message, Placement, Span};
-use super::{Action, Effect, Stage, StageEvent};
+use super::stage::Work;
+use super::{Effect, Stage, StageEvent};
 use crate::{Error, Model, Optimizer, ParamStore, Result};
 
 /// Builds a model from its spec (JSON); the models crate provides it.
@@ -22,7 +23,10 @@ pub enum Dest {
 /// What the worker asks the driver to do.
 #[derive(Debug, PartialEq)]
 pub enum Out {
-    Send { to: Dest, message: Message },
+    Send {
+        to: Dest,
+        message: Message,
+    },
     /// Connect to these workers (the ones with a lower number; higher ones connect to us).
     Connect(Vec<Placement>),
     /// Training is over: the driver sends nothing more and exits.
@@ -40,12 +44,27 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(id: u32, factory: ModelFactory) -> Worker {
-        Worker { id, factory, stage: None, placements: Vec::new(), spans: Vec::new() }
+        Worker {
+            id,
+            factory,
+            stage: None,
+            placements: Vec::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    /// True once the coordinator's assignment arrived.
+    pub fn assigned(&self) -> bool {
+        self.stage.is_some()
     }
 
     /// Workers this one must be connected to before it is ready (all others).
     pub fn peers(&self) -> Vec<u32> {
-        self.placements.iter().map(|p| p.worker).filter(|&w| w != self.id).collect()
+        self.placements
+            .iter()
+            .map(|p| p.worker)
+            .filter(|&w| w != self.id)
+            .collect()
     }
 
     /// The message (to the coordinator) that says every peer is connected.
@@ -57,19 +76,61 @@ impl Worker {
     pub fn handle(&mut self, message: Message) -> Result<Vec<Out>> {
         let event = match message {
             Message::Assign(assignment) => return self.assign(assignment),
-            Message::StepStart { step, rows, inputs, targets } => StageEvent::StepStart { step, rows, inputs, targets },
-            Message::Activation { step, micro, layer, tensor } => StageEvent::Activation { step, micro, layer, tensor },
-            Message::Gradient { step, micro, layer, tensor } => StageEvent::Gradient { step, micro, layer, tensor },
+            Message::StepStart {
+                step,
+                rows,
+                inputs,
+                targets,
+            } => StageEvent::StepStart {
+                step,
+                rows,
+                inputs,
+                targets,
+            },
+            Message::Activation {
+                step,
+                micro,
+                layer,
+                tensor,
+            } => StageEvent::Activation {
+                step,
+                micro,
+                layer,
+                tensor,
+            },
+            Message::Gradient {
+                step,
+                micro,
+                layer,
+                tensor,
+            } => StageEvent::Gradient {
+                step,
+                micro,
+                layer,
+                tensor,
+            },
             Message::Finish => return self.finish(),
-            Message::Abort { reason } => return Err(Error::Pipeline(format!("the coordinator aborted the run: {reason}"))),
-            other => return Err(Error::Pipeline(format!("worker {} got an unexpected {} message", self.id, other.kind()))),
+            Message::Abort { reason } => {
+                return Err(Error::Pipeline(format!(
+                    "the coordinator aborted the run: {reason}"
+                )))
+            }
+            other => {
+                return Err(Error::Pipeline(format!(
+                    "worker {} got an unexpected {} message",
+                    self.id,
+                    other.kind()
+                )))
+            }
         };
         self.stage_mut()?.handle(event)?;
         Ok(Vec::new())
     }
 
     fn stage_mut(&mut self) -> Result<&mut Stage> {
-        self.stage.as_mut().ok_or_else(|| Error::Pipeline("a step message arrived before the assignment".into()))
+        self.stage
+            .as_mut()
+            .ok_or_else(|| Error::Pipeline("a step message arrived before the assignment".into()))
     }
 
     fn assign(&mut self, a: Assignment) -> Result<Vec<Out>> {
@@ -77,20 +138,37 @@ impl Worker {
             .placements
             .iter()
             .position(|p| p.worker == self.id)
-            .ok_or_else(|| Error::Pipeline(format!("the assignment has no place for worker {}", self.id)))?;
+            .ok_or_else(|| {
+                Error::Pipeline(format!(
+                    "the assignment has no place for worker {}",
+                    self.id
+                ))
+            })?;
         let model = Arc::new((self.factory)(&a.spec)?);
         let place = &a.placements[me];
         let params: ParamStore = a.params.into_iter().collect();
         let stages = (me as u32, a.placements.len() as u32);
         let optimizer = Optimizer::new(a.optimizer.parse()?);
-        self.stage = Some(Stage::new(model, place.first..place.end, stages, a.schedule.parse()?, params, optimizer)?);
-        let lower = a.placements.iter().filter(|p| p.worker < self.id).cloned().collect();
+        self.stage = Some(Stage::new(
+            model,
+            place.first..place.end,
+            stages,
+            a.schedule.parse()?,
+            params,
+            optimizer,
+        )?);
+        let lower = a
+            .placements
+            .iter()
+            .filter(|p| p.worker < self.id)
+            .cloned()
+            .collect();
         self.placements = a.placements;
         Ok(vec![Out::Connect(lower)])
     }
 
-    /// The next ready action, if any.
-    pub fn ready(&self) -> Option<Action> {
+    /// The next ready unit of work, if any.
+    pub fn ready(&self) -> Option<Work> {
         self.stage.as_ref().and_then(Stage::ready)
     }
 
@@ -110,22 +188,57 @@ impl Worker {
 
     fn route(&self, effect: Effect) -> Result<Out> {
         let (to, message) = match effect {
-            Effect::SendActivation { step, micro, layer, tensor } => {
-                (self.owner(layer)?, Message::Activation { step, micro, layer, tensor })
+            Effect::SendActivation {
+                step,
+                micro,
+                layer,
+                tensor,
+            } => (
+                self.owner(layer)?,
+                Message::Activation {
+                    step,
+                    micro,
+                    layer,
+                    tensor,
+                },
+            ),
+            Effect::SendGradient {
+                step,
+                micro,
+                layer,
+                tensor,
+            } => (
+                self.owner(layer)?,
+                Message::Gradient {
+                    step,
+                    micro,
+                    layer,
+                    tensor,
+                },
+            ),
+            Effect::Loss { step, micro, value } => {
+                (Dest::Coordinator, Message::Loss { step, micro, value })
             }
-            Effect::SendGradient { step, micro, layer, tensor } => {
-                (self.owner(layer)?, Message::Gradient { step, micro, layer, tensor })
-            }
-            Effect::Loss { step, micro, value } => (Dest::Coordinator, Message::Loss { step, micro, value }),
-            Effect::StepDone { step } => (Dest::Coordinator, Message::StepDone { worker: self.id, step }),
+            Effect::StepDone { step } => (
+                Dest::Coordinator,
+                Message::StepDone {
+                    worker: self.id,
+                    step,
+                },
+            ),
         };
         Ok(Out::Send { to, message })
     }
 
     fn finish(&mut self) -> Result<Vec<Out>> {
-        let stage = self.stage.take().ok_or_else(|| Error::Pipeline("finish before any assignment".into()))?;
+        let stage = self
+            .stage
+            .take()
+            .ok_or_else(|| Error::Pipeline("finish before any assignment".into()))?;
         if !stage.idle() {
-            return Err(Error::Pipeline("finish arrived in the middle of a step".into()));
+            return Err(Error::Pipeline(
+                "finish arrived in the middle of a step".into(),
+            ));
         }
         let message = Message::Final {
             worker: self.id,
@@ -133,6 +246,12 @@ impl Worker {
             counters: stage.counters,
             spans: std::mem::take(&mut self.spans),
         };
-        Ok(vec![Out::Send { to: Dest::Coordinator, message }, Out::Exit])
+        Ok(vec![
+            Out::Send {
+                to: Dest::Coordinator,
+                message,
+            },
+            Out::Exit,
+        ])
     }
 }

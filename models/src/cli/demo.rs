@@ -1,16 +1,23 @@
 //! `baton demo`: the seed scenario with embedded defaults, as far as it runs
-//! today: brief in-process training of mlp12, then the relocation at the
-//! heart of the scenario, in one process. Worker 1's tape segments for
+//! today. mlp12 trains for a few steps on 3 worker processes over QUIC
+//! (mutual TLS with an ephemeral CA, loopback), and the result is checked
+//! bit for bit against the same training in one process. Then the
+//! relocation at the heart of the scenario: worker 1's tape segments for
 //! layers 4-7 are archived, read back by a "receiver" holding only those
 //! layers' parameters, and backwarded there; the gradients must be
-//! bit-identical to a local backward, or the demo exits non-zero.
+//! bit-identical to a local backward. Any mismatch exits non-zero.
 
 use anyhow::{bail, Context};
 use baton_engine::segment::{self, SegmentBatch};
+use std::time::{Duration, Instant};
+
+use baton_engine::pipeline::coordinator::JobPlan;
+use baton_engine::pipeline::ScheduleKind;
 use baton_engine::{
     init, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Segment, SegmentKey, Tensor,
     Trainer,
 };
+use baton_models::cluster::{launch_local, LocalJob};
 use baton_models::{io, spec};
 use clap::Args;
 
@@ -33,33 +40,74 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.seed
     );
     println!(
-        "note: the multi-process preemption scenario (3 workers over QUIC, worker 1 preempted \
-         mid-step) is not implemented yet (issues #3/#4); this demo runs its relocation in one process."
+        "note: preemption and live migration (worker 1 told it dies mid-step) come with issue #4; \
+         this demo shows the pipeline and the relocation it builds on."
     );
     let params = train(args.seed)?;
     relocate(&params, args.seed)
 }
 
-/// Three steps of M=4 Adam on synthetic data; returns the trained weights.
+const STEPS: usize = 4;
+const MICRO_BATCHES: usize = 4;
+
+/// Trains on 3 worker processes and in one process; the weights must agree
+/// bit for bit. Returns the trained weights.
 fn train(seed: u64) -> anyhow::Result<ParamStore> {
     let model = spec::mlp12();
     let params = init::init_params(&model.param_specs(), seed);
-    let batches = io::synthetic_data(&model, 3, 32, seed);
+    let batches = io::synthetic_data(&model, STEPS, 32, seed);
     let config: OptimizerConfig = "adam:lr=1e-3".parse()?;
-    println!("\n1. training in-process: 3 steps, batch 32, M=4, {config}");
-    let mut trainer = Trainer::new(model, params, Optimizer::new(config))?;
-    for (step, batch) in batches.iter().enumerate() {
-        let loss = trainer
-            .step(step as u32, batch, 4)
-            .with_context(|| format!("demo training step {step}"))?;
-        println!("   step {step}: loss {loss:.6}");
-    }
-    let c = trainer.counters;
+    let plan = JobPlan {
+        spec: spec::mlp_json(64, 12),
+        optimizer: config,
+        schedule: ScheduleKind::OneFOneB,
+        micro_batches: MICRO_BATCHES,
+        workers: 3,
+        costs: model.layers.iter().map(|l| l.cost()).collect(),
+        params: params.clone(),
+        batches: batches.clone(),
+        join_timeout: Duration::from_secs(60),
+    };
+    println!("\n1. pipeline on 3 worker processes over QUIC (1F1B, batch 32, M={MICRO_BATCHES}, {config})");
+    let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
+    let started = Instant::now();
+    let mut on_step = |step: u32, loss: f32| println!("   step {step}: loss {loss:.6}");
+    let job = LocalJob {
+        plan,
+        exe: &exe,
+        threads_per_worker: 1,
+        on_step: &mut on_step,
+    };
+    let outcome = launch_local(job).context("the 3-worker pipeline failed")?;
+    let (partition, c) = (&outcome.partitions[0].1, outcome.counters);
     println!(
-        "   forward layer executions {} (= M x layers x steps = 4 x 12 x 3), backward {}",
+        "   partition: {} (worker 0 | worker 1 | worker 2), {:.2}s",
+        partition.describe(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "   forward layer executions {} (= M x layers x steps = {MICRO_BATCHES} x 12 x {STEPS}), backward {}",
         c.forward_layer_executions, c.backward_layer_executions
     );
-    Ok(trainer.params)
+    let mut trainer = Trainer::new(model, params, Optimizer::new(config))?;
+    for (step, batch) in batches.iter().enumerate() {
+        trainer
+            .step(step as u32, batch, MICRO_BATCHES)
+            .with_context(|| format!("in-process step {step}"))?;
+    }
+    let same = outcome.params.len() == trainer.params.len()
+        && trainer
+            .params
+            .iter()
+            .all(|(n, t)| outcome.params.get(n).is_ok_and(|u| bit_compare(t, u).0));
+    println!(
+        "   same training in one process: bit-identical: {}",
+        if same { "yes" } else { "NO" }
+    );
+    if !same {
+        bail!("the 3-worker pipeline and the one-process run disagree");
+    }
+    Ok(outcome.params)
 }
 
 /// Forward of one micro-batch through every layer, recording segments;
@@ -70,7 +118,7 @@ fn forward(
     batch: &Batch,
 ) -> anyhow::Result<(Vec<Segment>, Segment)> {
     let key = |layer| SegmentKey {
-        step: 3,
+        step: STEPS as u32,
         micro: 0,
         layer,
     };

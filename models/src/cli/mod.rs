@@ -3,6 +3,7 @@
 //! non-zero exit status.
 
 mod bench;
+mod cluster;
 mod demo;
 mod progress;
 mod report;
@@ -35,6 +36,13 @@ enum Command {
     /// Benchmarks (training step time, compared with PyTorch when available).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run one worker of a job (started by `baton train`, or by hand against `baton coordinator`).
+    Worker(cluster::WorkerArgs),
+    /// Coordinate a job whose workers run on other machines (`baton worker`).
+    Coordinator(cluster::CoordinatorArgs),
+    /// Cluster set-up: certificates for coordinator and workers.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Backward of archived segments on a "receiver" that holds only their
     /// parameters (the relocation half of a relocation test).
     #[command(hide = true)]
@@ -44,11 +52,15 @@ enum Command {
 /// Parses the command line, runs the command, and maps errors to exit status 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Splice(args) => splice::run(args),
+        Command::Worker(args) => cluster::run_worker(args),
+        Command::Coordinator(args) => cluster::run_coordinator(args),
+        Command::Cluster(cmd) => cluster::run_cluster(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,6 +88,18 @@ fn error_chain(error: &anyhow::Error) -> String {
         last = message;
     }
     text
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings only).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Sets the kernel thread count when `threads` is given.

@@ -1,7 +1,6 @@
 //! The `--report` JSON of a training run (DESIGN.md, "CLI").
 //!
-//! Single-process runs have one generation with one stage and no
-//! migrations; the fields are the ones multi-process runs will fill in.
+//! Runs without preemption have one generation and no migrations.
 
 use std::path::Path;
 
@@ -56,16 +55,19 @@ pub struct Report {
 }
 
 impl Report {
-    /// The single generation of a one-process run: worker 0 holds every layer.
-    pub fn single_partition(layers: usize) -> Vec<Partition> {
-        let stage = Stage {
-            worker: 0,
-            layers: [0, layers.saturating_sub(1)],
+    /// The partition of every generation, stage i on worker i.
+    pub fn partitions(generations: &[(u32, baton_engine::pipeline::Partition)]) -> Vec<Partition> {
+        let stage = |(worker, range): (usize, &std::ops::Range<u32>)| Stage {
+            worker,
+            layers: [range.start as usize, range.end as usize - 1],
         };
-        vec![Partition {
-            generation: 0,
-            stages: vec![stage],
-        }]
+        generations
+            .iter()
+            .map(|(generation, p)| Partition {
+                generation: u64::from(*generation),
+                stages: p.stages.iter().enumerate().map(stage).collect(),
+            })
+            .collect()
     }
 
     /// Writes the report as pretty JSON.

@@ -1,11 +1,15 @@
 //! `baton train`: one-process training from a spec, weights and data files
 //! (or seeded defaults), saving the final weights and an optional report.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
+use baton_engine::pipeline::coordinator::JobPlan;
+use baton_engine::pipeline::protocol::Span;
+use baton_engine::pipeline::{Partition, ScheduleKind};
 use baton_engine::{init, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
+use baton_models::cluster::{launch_local, run_coordinator, CoordinatorOptions, LocalJob};
 use baton_models::{io, spec};
 use clap::{Args, ValueEnum};
 
@@ -24,6 +28,13 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    fn kind(self) -> ScheduleKind {
+        match self {
+            Schedule::OneFOneB => ScheduleKind::OneFOneB,
+            Schedule::Gpipe => ScheduleKind::Gpipe,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Schedule::OneFOneB => "1f1b",
@@ -80,6 +91,11 @@ pub struct TrainArgs {
     /// Where to write the run report (JSON).
     #[arg(long, value_name = "OUT.json")]
     report: Option<PathBuf>,
+    /// Where to write the timeline of every worker's forward, backward,
+    /// optimizer, send and receive spans (Chrome trace JSON, for Perfetto).
+    /// Implies worker processes even with --workers 1.
+    #[arg(long, value_name = "OUT.json")]
+    timeline: Option<PathBuf>,
 }
 
 /// The model to train and how to name it in the saved file and report.
@@ -91,8 +107,21 @@ struct Chosen {
     model: Model,
 }
 
+/// Where the workers of a pipeline run come from.
+pub enum Launch<'a> {
+    /// Worker processes started here, on loopback, with an ephemeral CA.
+    Local,
+    /// Workers started by hand that connect to this node.
+    Remote(&'a baton_transport::Node),
+}
+
 /// Runs `baton train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    run_with(args, Launch::Local)
+}
+
+/// Runs a training job with workers from `launch`.
+pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     check_single_process(&args)?;
     check_writable("--save", Some(&args.save))?;
     check_writable("--report", args.report.as_deref())?;
@@ -116,22 +145,128 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         args.optimizer
     );
     let (label, spec_text, layers) = (chosen.label, chosen.spec_text, chosen.model.layers.len());
-    let mut trainer = Trainer::new(chosen.model, params, Optimizer::new(args.optimizer))
-        .context("the initial weights do not fit the model")?;
-    let (losses, wall_seconds) = train_steps(&mut trainer, &batches, args.microbatches)?;
-    save(&args, &spec_text, &trainer.params, batches.len(), rows)?;
+    let remote = matches!(launch, Launch::Remote(_));
+    let run = if args.workers > 1 || args.timeline.is_some() || remote {
+        train_pipeline(&args, &spec_text, chosen.model, params, &batches, launch)?
+    } else {
+        train_in_process(&args, chosen.model, params, &batches)?
+    };
+    save(&args, &spec_text, &run.params, batches.len(), rows)?;
+    if let Some(path) = &args.timeline {
+        baton_models::cluster::timeline::write_chrome_trace(path, &run.spans)?;
+        eprintln!("wrote timeline {}", path.display());
+    }
     if let Some(path) = &args.report {
-        let summary = Summary {
-            label,
-            layers,
-            rows,
-            losses,
-            wall_seconds,
-        };
-        build_report(&args, summary, &trainer).write(path)?;
+        build_report(
+            &args,
+            Summary {
+                label,
+                layers,
+                rows,
+            },
+            run,
+        )
+        .write(path)?;
         eprintln!("wrote report {}", path.display());
     }
     Ok(())
+}
+
+/// What a run produced, wherever it ran.
+struct RunResult {
+    params: ParamStore,
+    losses: Vec<f32>,
+    counters: baton_engine::train::Counters,
+    partitions: Vec<(u32, Partition)>,
+    spans: BTreeMap<u32, Vec<Span>>,
+    wall_seconds: f64,
+}
+
+fn train_in_process(
+    args: &TrainArgs,
+    model: Model,
+    params: ParamStore,
+    batches: &[Batch],
+) -> anyhow::Result<RunResult> {
+    let layers = model.layers.len() as u32;
+    let mut trainer = Trainer::new(model, params, Optimizer::new(args.optimizer))
+        .context("the initial weights do not fit the model")?;
+    let (losses, wall_seconds) = train_steps(&mut trainer, batches, args.microbatches)?;
+    Ok(RunResult {
+        params: trainer.params,
+        losses,
+        counters: trainer.counters,
+        partitions: vec![(
+            0,
+            Partition {
+                stages: vec![0..layers],
+            },
+        )],
+        spans: BTreeMap::new(),
+        wall_seconds,
+    })
+}
+
+/// Runs the job on `--workers` worker processes over QUIC on loopback.
+fn train_pipeline(
+    args: &TrainArgs,
+    spec_text: &str,
+    model: Model,
+    params: ParamStore,
+    batches: &[Batch],
+    launch: Launch<'_>,
+) -> anyhow::Result<RunResult> {
+    let plan = JobPlan {
+        spec: spec_text.to_string(),
+        optimizer: args.optimizer,
+        schedule: args.schedule.kind(),
+        micro_batches: args.microbatches,
+        workers: args.workers,
+        costs: model.layers.iter().map(|l| l.cost()).collect(),
+        params,
+        batches: batches.to_vec(),
+        join_timeout: std::time::Duration::from_secs(60),
+    };
+    let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
+    eprintln!(
+        "pipeline on {} worker processes ({}): layers {}",
+        args.workers,
+        args.schedule.name(),
+        partition.describe()
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut progress = Progress::new(batches.len());
+    let rows = batches[0].rows();
+    let mut on_step = |step: u32, loss: f32| progress.step(step as usize, loss, rows);
+    let outcome = match launch {
+        Launch::Local => {
+            let exe =
+                std::env::current_exe().context("locating the baton binary to start workers")?;
+            let threads_per_worker = args.threads.unwrap_or((cores / args.workers).max(1));
+            launch_local(LocalJob {
+                plan,
+                exe: &exe,
+                threads_per_worker,
+                on_step: &mut on_step,
+            })?
+        }
+        Launch::Remote(node) => {
+            let options = CoordinatorOptions {
+                on_step: &mut on_step,
+                children: &mut [],
+            };
+            run_coordinator(node, plan, options)?
+        }
+    };
+    let wall_seconds = progress.finish();
+    Ok(RunResult {
+        params: outcome.params,
+        losses: outcome.losses,
+        counters: outcome.counters,
+        partitions: outcome.partitions,
+        spans: outcome.spans,
+        wall_seconds,
+    })
 }
 
 /// What a finished run reports beyond its arguments.
@@ -139,31 +274,29 @@ struct Summary {
     label: String,
     layers: usize,
     rows: usize,
-    losses: Vec<f32>,
-    wall_seconds: f64,
 }
 
-fn build_report(args: &TrainArgs, summary: Summary, trainer: &Trainer) -> Report {
+fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
     let counters = report::Counters {
-        forward_layer_executions: trainer.counters.forward_layer_executions,
-        backward_layer_executions: trainer.counters.backward_layer_executions,
+        forward_layer_executions: run.counters.forward_layer_executions,
+        backward_layer_executions: run.counters.backward_layer_executions,
         recomputed_forward_layers: 0,
         lost_microbatches: 0,
     };
     Report {
         model: summary.label,
         layers: summary.layers,
-        steps: summary.losses.len(),
+        steps: run.losses.len(),
         microbatches: args.microbatches,
         batch: summary.rows,
         optimizer: args.optimizer.to_string(),
         workers: args.workers,
         schedule: args.schedule.name().to_string(),
-        losses: summary.losses,
-        partitions: Report::single_partition(summary.layers),
+        losses: run.losses,
+        partitions: Report::partitions(&run.partitions),
         migrations: Vec::new(),
         counters,
-        wall_seconds: summary.wall_seconds,
+        wall_seconds: run.wall_seconds,
     }
 }
 
@@ -173,11 +306,8 @@ fn check_single_process(args: &TrainArgs) -> anyhow::Result<()> {
         args.workers >= 1,
         "--workers 0: at least one worker is needed"
     );
-    if args.workers > 1 || !args.preempt.is_empty() || !args.join.is_empty() {
-        bail!(
-            "multi-process pipeline training (--workers > 1, --preempt, --join) is not implemented yet \
-             (issue #3); use --workers 1 without --preempt/--join"
-        );
+    if !args.preempt.is_empty() || !args.join.is_empty() {
+        bail!("live migration (--preempt, --join) is not implemented yet (issue #4); run without them");
     }
     Ok(())
 }

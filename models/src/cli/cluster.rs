@@ -1,0 +1,113 @@
+//! `baton worker`, `baton coordinator` and `baton cluster init`: the
+//! pieces of a job that runs across machines.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use baton_models::cluster::{self, worker_name, WorkerOptions, COORDINATOR_NAME};
+use baton_transport::{Identity, Node};
+use clap::{Args, Subcommand};
+
+use super::train::{self, TrainArgs};
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The coordinator's address.
+    #[arg(long, value_name = "ADDR")]
+    coordinator: SocketAddr,
+    /// This worker's number (0..W); its certificate is `worker-ID` in --cluster-dir.
+    #[arg(long, value_name = "ID")]
+    id: u32,
+    /// Directory written by `baton cluster init` (the CA and node certificates).
+    #[arg(long, value_name = "DIR")]
+    cluster_dir: PathBuf,
+    /// Address to listen on for peer workers.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Address peers should dial, if not the listening one (e.g. behind NAT).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Kernel threads (default: BATON_THREADS or all cores).
+    #[arg(long, value_name = "T")]
+    threads: Option<usize>,
+}
+
+/// Runs one worker until the coordinator finishes the job.
+pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    super::set_threads(args.threads)?;
+    let identity = Identity::load(&args.cluster_dir, &worker_name(args.id)).with_context(|| {
+        format!(
+            "--cluster-dir {}: worker {}'s certificate",
+            args.cluster_dir.display(),
+            args.id
+        )
+    })?;
+    let node = Node::start(args.listen, identity, cluster::net_config())
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let options = WorkerOptions {
+        id: args.id,
+        coordinator: args.coordinator,
+        advertise: args.advertise,
+    };
+    cluster::run_worker(&node, options).with_context(|| format!("worker {}", args.id))
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Address to listen on for workers.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7070")]
+    listen: SocketAddr,
+    /// Directory written by `baton cluster init`.
+    #[arg(long, value_name = "DIR")]
+    cluster_dir: PathBuf,
+}
+
+/// Runs a job whose workers are started by hand (`baton worker`) elsewhere.
+pub fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let identity = Identity::load(&args.cluster_dir, COORDINATOR_NAME).with_context(|| {
+        format!(
+            "--cluster-dir {}: the coordinator's certificate",
+            args.cluster_dir.display()
+        )
+    })?;
+    let node = Node::start(args.listen, identity, cluster::net_config())
+        .with_context(|| format!("--listen {}", args.listen))?;
+    eprintln!(
+        "coordinator listening on {}; start each worker with: baton worker --coordinator {} --id I --cluster-dir DIR",
+        node.local_addr(),
+        node.local_addr()
+    );
+    train::run_with(args.train, train::Launch::Remote(&node))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Writes a certificate authority and certificates for the coordinator
+    /// and `--workers` workers into DIR (copy it to every machine).
+    Init {
+        dir: PathBuf,
+        #[arg(long, value_name = "W", default_value_t = 3)]
+        workers: u32,
+    },
+}
+
+pub fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Init { dir, workers } => {
+            let names: Vec<String> = std::iter::once(COORDINATOR_NAME.to_string())
+                .chain((0..workers).map(worker_name))
+                .collect();
+            baton_transport::init_cluster(&dir, &names)
+                .with_context(|| format!("baton cluster init {}", dir.display()))?;
+            eprintln!(
+                "wrote a certificate authority and {} node certificates to {}",
+                names.len(),
+                dir.display()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The coordinator's I/O loop.
+
+use std::collections::HashMap;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use baton_engine::pipeline::coordinator::{
+    CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan,
+};
+use baton_engine::pipeline::protocol::{self, Message};
+use baton_transport::{Event, Node, PeerId};
+use crossbeam_channel::RecvTimeoutError;
+
+use super::{send, worker_id};
+
+/// How the coordinator reports and watches.
+pub struct CoordinatorOptions<'a> {
+    /// Called after every finished step with (step, minibatch-mean loss).
+    pub on_step: &'a mut dyn FnMut(u32, f32),
+    /// Worker processes launched by this coordinator, by worker number: an
+    /// exit before the job ends fails the job at once.
+    pub children: &'a mut [Child],
+}
+
+/// Who is who: transport peers and worker numbers.
+#[derive(Default)]
+struct Roster {
+    names: HashMap<PeerId, String>,
+    worker_of: HashMap<PeerId, u32>,
+    peer_of: HashMap<u32, PeerId>,
+}
+
+/// Runs `plan` on `node` until the job is done or fails.
+pub fn run_coordinator(
+    node: &Node,
+    plan: JobPlan,
+    options: CoordinatorOptions<'_>,
+) -> anyhow::Result<JobOutcome> {
+    let start = Instant::now();
+    let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
+    let mut roster = Roster::default();
+    loop {
+        let events = match node.events().recv_timeout(Duration::from_millis(100)) {
+            Ok(event) => on_event(event, &mut roster)?,
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => bail!("the transport stopped"),
+        };
+        let mut effects: Vec<CoordEffect> = events
+            .into_iter()
+            .flat_map(|e| coordinator.handle(e))
+            .collect();
+        effects.extend(coordinator.tick(start.elapsed()));
+        if let Some(lost) = exited_child(options.children) {
+            effects.extend(coordinator.handle(lost));
+        }
+        for effect in effects {
+            match effect {
+                CoordEffect::Send { worker, message } => deliver(node, &roster, worker, &message)?,
+                CoordEffect::StepFinished { step, loss } => (options.on_step)(step, loss),
+                CoordEffect::Done(outcome) => return Ok(*outcome),
+                CoordEffect::Failed(reason) => bail!("training failed: {reason}"),
+            }
+        }
+    }
+}
+
+/// Turns a transport event into coordinator events.
+fn on_event(event: Event, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>> {
+    Ok(match event {
+        Event::Connected { peer, name, .. } => {
+            roster.names.insert(peer, name);
+            Vec::new()
+        }
+        Event::Message { peer, bytes, .. } => {
+            let message =
+                protocol::decode(&bytes).with_context(|| format!("a frame from {peer}"))?;
+            if let Message::Register { worker, .. } = &message {
+                tracing::info!(worker, %peer, "worker registered");
+                check_claim(roster.names.get(&peer).map_or("", String::as_str), *worker)?;
+                roster.worker_of.insert(peer, *worker);
+                roster.peer_of.insert(*worker, peer);
+            }
+            match roster.worker_of.get(&peer) {
+                Some(&worker) => vec![CoordEvent::Message { worker, message }],
+                None => bail!(
+                    "{peer} sent a {} message before registering",
+                    message.kind()
+                ),
+            }
+        }
+        Event::Disconnected { peer, reason } => match roster.worker_of.get(&peer) {
+            Some(&worker) => vec![CoordEvent::Lost { worker, reason }],
+            None => Vec::new(),
+        },
+    })
+}
+
+fn deliver(node: &Node, roster: &Roster, worker: u32, message: &Message) -> anyhow::Result<()> {
+    let peer = roster.peer_of.get(&worker).copied();
+    if let Message::Abort { .. } = message {
+        // Best effort: the worker may be the one that is gone.
+        if let Some(peer) = peer {
+            send(node, peer, message).ok();
+        }
+        return Ok(());
+    }
+    let peer = peer.with_context(|| format!("worker {worker} is not connected"))?;
+    send(node, peer, message)
+        .with_context(|| format!("sending {} to worker {worker}", message.kind()))
+}
+
+/// The first launched worker process that failed, as a lost-worker event.
+/// A worker exits successfully only after its final message was delivered,
+/// so a clean exit is not a loss.
+fn exited_child(children: &mut [Child]) -> Option<CoordEvent> {
+    children
+        .iter_mut()
+        .enumerate()
+        .find_map(|(i, child)| match child.try_wait() {
+            Ok(Some(status)) if !status.success() => Some(CoordEvent::Lost {
+                worker: i as u32,
+                reason: format!("its process exited ({status})"),
+            }),
+            _ => None,
+        })
+}
+
+/// Checks that a registering peer's certificate name matches the worker
+/// number it claims, so one worker cannot pose as another.
+fn check_claim(cert_name: &str, claimed: u32) -> anyhow::Result<()> {
+    match worker_id(cert_name) {
+        Some(id) if id == claimed => Ok(()),
+        _ => bail!("a peer with the certificate of `{cert_name}` claims to be worker {claimed}"),
+    }
+}

@@ -1,0 +1,85 @@
+//! Scriptable fault injection for tests (STYLE: fault injection is
+//! scriptable). `BATON_FAULT=crash:worker=W,step=S,actions=A` makes worker W
+//! die abruptly (abort: no goodbye to its peers, like a SIGKILL) once it has
+//! completed A compute actions of step S.
+
+use anyhow::{bail, Context};
+
+/// Environment variable read by worker processes.
+pub const FAULT_ENV: &str = "BATON_FAULT";
+
+/// A planned crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crash {
+    pub worker: u32,
+    pub step: u32,
+    pub actions: u32,
+}
+
+impl Crash {
+    /// The crash planned for `worker` in the environment, if any.
+    pub fn from_env(worker: u32) -> anyhow::Result<Option<Crash>> {
+        match std::env::var(FAULT_ENV) {
+            Ok(text) => Ok(
+                Some(parse(&text).with_context(|| format!("{FAULT_ENV}={text}"))?)
+                    .filter(|c| c.worker == worker),
+            ),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// True when a worker that completed `actions` compute actions of `step` must die now.
+    pub fn due(&self, step: u32, actions: u32) -> bool {
+        step == self.step && actions == self.actions
+    }
+}
+
+fn parse(text: &str) -> anyhow::Result<Crash> {
+    let Some(args) = text.strip_prefix("crash:") else {
+        bail!("only `crash:worker=W,step=S,actions=A` is known")
+    };
+    let mut crash = Crash {
+        worker: u32::MAX,
+        step: 0,
+        actions: 0,
+    };
+    for pair in args.split(',') {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("`{pair}` is not key=value"))?;
+        let value: u32 = value
+            .parse()
+            .with_context(|| format!("`{key}` must be a number"))?;
+        match key {
+            "worker" => crash.worker = value,
+            "step" => crash.step = value,
+            "actions" => crash.actions = value,
+            other => bail!("unknown key `{other}` (worker, step, actions)"),
+        }
+    }
+    if crash.worker == u32::MAX {
+        bail!("`worker=` is required");
+    }
+    Ok(crash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        assert_eq!(
+            parse("crash:worker=1,step=2,actions=3").unwrap(),
+            Crash {
+                worker: 1,
+                step: 2,
+                actions: 3
+            }
+        );
+        assert!(parse("hang:worker=1").is_err());
+        assert!(parse("crash:step=1").is_err());
+        assert!(parse("crash:worker=x").is_err());
+        assert!(parse("crash:worker=1,when=2").is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! Running the pipeline across processes: thin I/O loops that move frames
+//! between the QUIC transport and the I/O-free coordinator and worker state
+//! machines of `baton_engine::pipeline`, plus launching a whole job on this
+//! machine with an ephemeral certificate authority.
+
+mod coordinator;
+pub mod fault;
+mod launch;
+pub mod timeline;
+mod worker;
+
+use std::time::Duration;
+
+use baton_engine::pipeline::protocol::{self, Message};
+use baton_transport::{Lane, NetConfig, Node, PeerId};
+
+pub use coordinator::{run_coordinator, CoordinatorOptions};
+pub use launch::{launch_local, LocalJob};
+pub use worker::{run_worker, WorkerOptions};
+
+/// Certificate name of the coordinator.
+pub const COORDINATOR_NAME: &str = "coordinator";
+
+/// Certificate name of worker `id`.
+pub fn worker_name(id: u32) -> String {
+    format!("worker-{id}")
+}
+
+/// The worker number in a certificate name (`worker-3` → 3).
+pub fn worker_id(name: &str) -> Option<u32> {
+    name.strip_prefix("worker-")?.parse().ok()
+}
+
+/// Transport settings for jobs: a lost peer is noticed within seconds.
+pub fn net_config() -> NetConfig {
+    NetConfig {
+        idle_timeout: Duration::from_secs(5),
+        keep_alive: Duration::from_millis(500),
+        ..NetConfig::default()
+    }
+}
+
+/// Encodes `message` and queues it to `peer` on the lane its size calls for.
+fn send(node: &Node, peer: PeerId, message: &Message) -> anyhow::Result<()> {
+    let frame = protocol::encode(message)?;
+    let lane = if message.is_bulk() {
+        Lane::Bulk
+    } else {
+        Lane::Control
+    };
+    node.send(peer, lane, bytes::Bytes::from(frame.into_vec()))?;
+    Ok(())
+}
+
+/// Like [`send`] but waits until the peer received it (for the last message).
+fn send_wait(node: &Node, peer: PeerId, message: &Message) -> anyhow::Result<()> {
+    let frame = protocol::encode(message)?;
+    node.send_wait(peer, Lane::Bulk, bytes::Bytes::from(frame.into_vec()))?;
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! A worker process's I/O loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use baton_engine::pipeline::protocol::{self, Message, Span, PROTOCOL_VERSION};
+use baton_engine::pipeline::worker::{Dest, Out, Worker};
+use baton_engine::pipeline::Work;
+use baton_transport::{Event, Node, PeerId};
+use crossbeam_channel::RecvTimeoutError;
+
+use super::fault::{Crash, FAULT_ENV};
+use super::{send, send_wait, worker_id, COORDINATOR_NAME};
+
+/// Where the worker finds the coordinator and what it advertises to peers.
+pub struct WorkerOptions {
+    pub id: u32,
+    pub coordinator: SocketAddr,
+    /// The address peers should dial (default: the node's bound address).
+    pub advertise: Option<String>,
+}
+
+/// The transport side of one worker.
+struct Links {
+    coordinator: PeerId,
+    crash: Option<Crash>,
+    /// Steps completed, and compute actions completed in the current step.
+    steps_done: u32,
+    actions_done: u32,
+    peers: HashMap<u32, PeerId>,
+    workers: HashMap<PeerId, u32>,
+    ready_sent: bool,
+    clock: Instant,
+}
+
+/// Registers with the coordinator and runs the assigned stage until the
+/// coordinator says the job is finished.
+pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
+    let (coordinator, name) = node
+        .connect(options.coordinator)
+        .with_context(|| format!("connecting to the coordinator at {}", options.coordinator))?;
+    if name != COORDINATOR_NAME {
+        bail!(
+            "{} holds the certificate of `{name}`, not the coordinator's",
+            options.coordinator
+        );
+    }
+    let address = options
+        .advertise
+        .unwrap_or_else(|| node.local_addr().to_string());
+    tracing::info!(worker = options.id, %address, "registering with the coordinator");
+    send(
+        node,
+        coordinator,
+        &Message::Register {
+            worker: options.id,
+            protocol: PROTOCOL_VERSION,
+            address,
+        },
+    )?;
+    let crash = Crash::from_env(options.id)?;
+    let mut links = Links {
+        coordinator,
+        crash,
+        steps_done: 0,
+        actions_done: 0,
+        peers: HashMap::new(),
+        workers: HashMap::new(),
+        ready_sent: false,
+        clock: Instant::now(),
+    };
+    let mut worker = Worker::new(options.id, crate::spec::factory());
+    let result = serve(node, &mut worker, &mut links).map(|()| linger(node, &links));
+    if let Err(e) = &result {
+        // Tell the coordinator why, so the whole job stops with this reason.
+        send_wait(
+            node,
+            coordinator,
+            &Message::Abort {
+                reason: format!("worker {}: {e:#}", options.id),
+            },
+        )
+        .ok();
+    }
+    result
+}
+
+fn serve(node: &Node, worker: &mut Worker, links: &mut Links) -> anyhow::Result<()> {
+    loop {
+        while let Some(work) = worker.ready() {
+            let start = links.clock.elapsed();
+            let outs = worker.run_next()?;
+            record(worker, work, start, links.clock.elapsed());
+            if execute(node, worker, links, outs)? {
+                return Ok(());
+            }
+            count(links, work);
+        }
+        let event = match node.events().recv_timeout(Duration::from_millis(200)) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => bail!("the transport stopped"),
+        };
+        if on_event(node, worker, links, event)? {
+            return Ok(());
+        }
+    }
+}
+
+/// After the final message: waits until the coordinator closes the
+/// connection, which it does only after reading every worker's final
+/// message, so exiting cannot overtake that frame.
+fn linger(node: &Node, links: &Links) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match node.events().recv_timeout(left) {
+            Ok(Event::Disconnected { peer, .. }) if peer == links.coordinator => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Handles one transport event; true when the job is over for this worker.
+fn on_event(
+    node: &Node,
+    worker: &mut Worker,
+    links: &mut Links,
+    event: Event,
+) -> anyhow::Result<bool> {
+    match event {
+        Event::Connected { peer, name, .. } => {
+            if let Some(id) = worker_id(&name) {
+                links.peers.insert(id, peer);
+                links.workers.insert(peer, id);
+            }
+            maybe_ready(node, worker, links)?;
+            Ok(false)
+        }
+        Event::Message { peer, bytes, .. } => {
+            let mut start = links.clock.elapsed();
+            let message = protocol::decode(&bytes)
+                .with_context(|| format!("a frame from {}", who(links, peer)))?;
+            let kind = message.kind();
+            tracing::debug!(worker = worker.id, from = %who(links, peer), kind, "received");
+            if kind == "assign" {
+                // Every worker gets its assignment at about the same moment:
+                // timelines count from there so they line up.
+                links.clock = Instant::now();
+                start = Duration::ZERO;
+            }
+            let outs = worker.handle(message)?;
+            push_span(
+                worker,
+                format!("recv {kind}"),
+                "receive",
+                start,
+                links.clock.elapsed(),
+            );
+            execute(node, worker, links, outs)
+        }
+        Event::Disconnected { peer, reason } if peer == links.coordinator => {
+            bail!("the coordinator went away: {reason}")
+        }
+        Event::Disconnected { peer, reason } => match links.workers.get(&peer) {
+            Some(id) => bail!("worker {id} went away: {reason}"),
+            None => Ok(false),
+        },
+    }
+}
+
+/// Carries out a worker's outputs; true once it said `Exit`.
+fn execute(
+    node: &Node,
+    worker: &mut Worker,
+    links: &mut Links,
+    outs: Vec<Out>,
+) -> anyhow::Result<bool> {
+    for out in outs {
+        match out {
+            Out::Send {
+                to: Dest::Coordinator,
+                message,
+            } if matches!(message, Message::Final { .. }) => {
+                send_wait(node, links.coordinator, &message)?;
+            }
+            Out::Send { to, message } => {
+                let start = links.clock.elapsed();
+                let peer = destination(links, to)?;
+                let kind = message.kind();
+                send(node, peer, &message)?;
+                push_span(
+                    worker,
+                    format!("send {kind}"),
+                    "send",
+                    start,
+                    links.clock.elapsed(),
+                );
+            }
+            Out::Connect(placements) => {
+                for p in placements {
+                    let addr: SocketAddr = p.address.parse().with_context(|| {
+                        format!("worker {}'s address `{}`", p.worker, p.address)
+                    })?;
+                    let (peer, _) = node
+                        .connect(addr)
+                        .with_context(|| format!("connecting to worker {} at {addr}", p.worker))?;
+                    links.peers.insert(p.worker, peer);
+                    links.workers.insert(peer, p.worker);
+                }
+                maybe_ready(node, worker, links)?;
+            }
+            Out::Exit => return Ok(true),
+        }
+    }
+    Ok(false)
+}
+
+/// Counts completed work and carries out a planned crash when it is due.
+fn count(links: &mut Links, work: Work) {
+    match work {
+        Work::Compute(_) => links.actions_done += 1,
+        Work::Update { .. } => (links.steps_done, links.actions_done) = (links.steps_done + 1, 0),
+    }
+    if links
+        .crash
+        .is_some_and(|c| c.due(links.steps_done, links.actions_done))
+    {
+        eprintln!("{FAULT_ENV}: crashing on purpose");
+        std::process::abort();
+    }
+}
+
+fn destination(links: &Links, to: Dest) -> anyhow::Result<PeerId> {
+    match to {
+        Dest::Coordinator => Ok(links.coordinator),
+        Dest::Worker(id) => links
+            .peers
+            .get(&id)
+            .copied()
+            .with_context(|| format!("worker {id} is not connected")),
+    }
+}
+
+/// Sends `Ready` once every peer of the assignment is connected.
+fn maybe_ready(node: &Node, worker: &Worker, links: &mut Links) -> anyhow::Result<()> {
+    let peers = worker.peers();
+    if links.ready_sent || !worker.assigned() || !peers.iter().all(|p| links.peers.contains_key(p))
+    {
+        return Ok(());
+    }
+    links.ready_sent = true;
+    send(node, links.coordinator, &worker.ready_message())
+}
+
+fn who(links: &Links, peer: PeerId) -> String {
+    match links.workers.get(&peer) {
+        Some(id) => format!("worker {id}"),
+        None if peer == links.coordinator => "the coordinator".into(),
+        None => peer.to_string(),
+    }
+}
+
+fn record(worker: &mut Worker, work: Work, start: Duration, end: Duration) {
+    let category = match work {
+        Work::Compute(a) if a.phase == baton_engine::pipeline::Phase::Forward => "forward",
+        Work::Compute(_) => "backward",
+        Work::Update { .. } => "optimizer",
+    };
+    push_span(worker, work.to_string(), category, start, end);
+}
+
+fn push_span(worker: &mut Worker, name: String, category: &str, start: Duration, end: Duration) {
+    let start_us = start.as_micros() as u64;
+    let duration_us = (end.saturating_sub(start)).as_micros() as u64;
+    worker.spans.push(Span {
+        name,
+        category: category.into(),
+        start_us,
+        duration_us,
+    });
+}

@@ -1,0 +1,267 @@
+//! The blocking facade: one QUIC endpoint per process, driven by a tokio
+//! runtime the node owns, with events delivered on a crossbeam channel so
+//! that synchronous compute loops can `select!` on them.
+
+use crate::frame::Frame;
+use crate::registry::{code, Shared};
+use crate::{peer, tls, Error, Identity, Result};
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connection settings. Both ends should use the same values.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// The largest frame this node sends or accepts; a peer announcing a
+    /// larger one is disconnected before anything is allocated.
+    pub max_frame_bytes: usize,
+    /// Bound on `connect()`: QUIC and TLS handshakes plus the hello.
+    pub connect_timeout: Duration,
+    /// A connection with no packets for this long is declared dead.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval; must be well under `idle_timeout`.
+    pub keep_alive: Duration,
+    /// Initial and largest UDP payload. 6000 is safe and fast on loopback;
+    /// on real links use the path MTU minus 48 (e.g. 1452 for 1500 Ethernet):
+    /// a too-large value costs a black-hole fallback to 1200 bytes.
+    pub mtu: u16,
+    /// Per-stream receive window in bytes (the connection window is
+    /// unbounded; the send window is 4x this).
+    pub stream_window: u64,
+    /// UDP socket send and receive buffer sizes. The kernel default (208 KiB)
+    /// holds only ~35 packets of 6000 bytes and dropped a quarter of a burst
+    /// on a busy 2-core machine. Linux caps it at `net.core.rmem_max` and
+    /// `wmem_max`: raise those for it to take effect.
+    pub socket_buffer: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            max_frame_bytes: 1 << 30,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(2),
+            mtu: 6000,
+            stream_window: 16 << 20,
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+/// This node's handle for one connection. Not meaningful across nodes, and
+/// never reused within a node: a reconnect gets a new id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peer#{}", self.0)
+    }
+}
+
+/// Which stream a frame travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// One ordered stream per direction: frames arrive in the order sent.
+    Control,
+    /// One stream per frame: a large payload never blocks control traffic,
+    /// and bulk frames have no order among themselves.
+    Bulk,
+}
+
+/// What the node reports, in arrival order (per lane, per peer).
+#[derive(Debug)]
+pub enum Event {
+    /// A peer passed TLS and the hello: it holds a certificate from our CA
+    /// for `name` and speaks our protocol version.
+    Connected {
+        peer: PeerId,
+        name: String,
+        addr: SocketAddr,
+    },
+    /// One whole frame, 16-byte aligned.
+    Message {
+        peer: PeerId,
+        lane: Lane,
+        bytes: Frame,
+    },
+    /// The connection is gone; says why (closed, timed out, violation...).
+    Disconnected { peer: PeerId, reason: String },
+}
+
+/// One QUIC endpoint that both accepts and opens connections.
+///
+/// Must not be created, used or dropped from inside a tokio runtime: its
+/// methods block on its own runtime.
+pub struct Node {
+    shared: Arc<Shared>,
+    events: Receiver<Event>,
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Node {
+    /// Binds `bind` and accepts connections in the background.
+    pub fn start(bind: SocketAddr, identity: Identity, config: NetConfig) -> Result<Node> {
+        let bind_err = |source| Error::Bind { addr: bind, source };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("baton-net-{}", identity.name()))
+            .enable_all()
+            .build()
+            .map_err(bind_err)?;
+        let socket = std::net::UdpSocket::bind(bind).map_err(bind_err)?;
+        size_buffers(&socket, config.socket_buffer);
+        let server = tls::server_config(&identity, &config)?;
+        let client = tls::client_config(&identity, &config)?;
+        let endpoint = {
+            let _guard = runtime.enter();
+            quinn::Endpoint::new(
+                tls::endpoint_config(&config)?,
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .map_err(bind_err)?
+        };
+        let local_addr = endpoint.local_addr().map_err(bind_err)?;
+        let (tx, events) = crossbeam_channel::unbounded();
+        let name = identity.name().to_string();
+        let shared = Arc::new(Shared::new(
+            name,
+            config,
+            client,
+            runtime.handle().clone(),
+            tx,
+        ));
+        runtime.spawn(peer::accept_loop(shared.clone(), endpoint.clone()));
+        Ok(Node {
+            shared,
+            events,
+            endpoint,
+            local_addr,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The bound address (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This node's name, from its certificate.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("runtime lives until drop")
+    }
+
+    /// Connects to the node at `addr` and returns its id and name.
+    ///
+    /// TLS verifies the server against the cluster CA and presents our
+    /// certificate; then the hello (magic, [`crate::PROTOCOL_VERSION`], our
+    /// name) must be accepted. Only that accept proves the server took our
+    /// certificate: rustls reports a handshake as done before the server has
+    /// judged it. Already connected to `addr` (either direction): returns
+    /// that connection. Blocks for at most `connect_timeout`.
+    pub fn connect(&self, addr: SocketAddr) -> Result<(PeerId, String)> {
+        if let Some(found) = self.shared.peer_at(addr) {
+            return Ok(found);
+        }
+        let after = self.shared.config.connect_timeout;
+        let dial = peer::dial(&self.shared, &self.endpoint, addr);
+        self.runtime()
+            .block_on(async { tokio::time::timeout(after, dial).await })
+            .map_err(|_| Error::Timeout { addr, after })?
+    }
+
+    /// Queues one frame to `peer` and returns without waiting for the
+    /// network. Fails if the peer is unknown or closed, or the frame is
+    /// larger than `max_frame_bytes`. A frame queued just before the
+    /// connection dies is lost; `Event::Disconnected` says so.
+    pub fn send(&self, peer: PeerId, lane: Lane, bytes: Bytes) -> Result<()> {
+        self.shared.send(peer, lane, bytes, None)
+    }
+
+    /// Like [`Node::send`], but blocks until delivery is known.
+    ///
+    /// Bulk: until the peer's QUIC stack has acknowledged the whole frame
+    /// (received, maybe not yet read by the application). Control: until the
+    /// frame is written into the ordered stream within the peer's flow-control
+    /// window (per-frame acknowledgment is not observable on a shared
+    /// stream); time transfers on the bulk lane.
+    pub fn send_wait(&self, peer: PeerId, lane: Lane, bytes: Bytes) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.send(peer, lane, bytes, Some(tx))?;
+        rx.blocking_recv().unwrap_or_else(|_| {
+            Err(Error::NotDelivered(format!(
+                "the connection to {peer} closed first"
+            )))
+        })
+    }
+
+    /// Every event of every peer.
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+
+    /// Closes the connection to `peer`; both sides get `Disconnected` with
+    /// `reason`. Unknown peers are ignored.
+    pub fn disconnect(&self, peer: PeerId, reason: &str) {
+        if let Ok(entry) = self.shared.peer(peer) {
+            entry.link.close(code::NORMAL, reason);
+        }
+    }
+
+    /// Closes every connection and stops the runtime; also done on drop.
+    /// Frames still queued are not flushed: use `send_wait` for the last.
+    pub fn shutdown(self) {}
+
+    /// Test hook: stops dead without telling peers, like a killed process.
+    #[doc(hidden)]
+    pub fn vanish(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Best effort: the kernel may cap the sizes; say so once, and go on.
+fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(bytes);
+    let _ = sock.set_send_buffer_size(bytes);
+    // Linux reports double the size it granted (bookkeeping overhead).
+    let granted = sock.recv_buffer_size().unwrap_or(0);
+    if granted < bytes {
+        tracing::info!(
+            "UDP receive buffer is {granted} bytes, not {bytes}: raise net.core.rmem_max \
+             to avoid packet loss in bursts"
+        );
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        let reason = format!("node {} shut down", self.shared.name);
+        for link in self.shared.links() {
+            link.close(code::NORMAL, &reason);
+        }
+        self.endpoint.close(code::NORMAL, reason.as_bytes());
+        let endpoint = self.endpoint.clone();
+        runtime.block_on(async {
+            // Bounded: lets the close packets go out, never hangs shutdown.
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        });
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
