@@ -228,8 +228,9 @@ fn train_pipeline(
         join_timeout: std::time::Duration::from_secs(60),
     };
     let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
+    let noun = if args.workers == 1 { "process" } else { "processes" };
     eprintln!(
-        "pipeline on {} worker processes ({}): layers {}",
+        "pipeline on {} worker {noun} ({}): layers {}",
         args.workers,
         args.schedule.name(),
         partition.describe()
