@@ -11,33 +11,12 @@ fn fails_with(args: &[&str], expected: &str) {
     let out = run_baton(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "baton {args:?} succeeded");
-    assert!(
-        stderr.contains(expected),
-        "baton {args:?}: expected `{expected}` in:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "baton {args:?} panicked:\n{stderr}"
-    );
+    assert!(stderr.contains(expected), "baton {args:?}: expected `{expected}` in:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "baton {args:?} panicked:\n{stderr}");
 }
 
-fn train_args<'a>(
-    model: &'a str,
-    init: &'a str,
-    optimizer: &'a str,
-    save: &'a str,
-) -> Vec<&'a str> {
-    let mut args = vec![
-        "train",
-        "--model",
-        model,
-        "--steps",
-        "1",
-        "--optimizer",
-        optimizer,
-        "--save",
-        save,
-    ];
+fn train_args<'a>(model: &'a str, init: &'a str, optimizer: &'a str, save: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["train", "--model", model, "--steps", "1", "--optimizer", optimizer, "--save", save];
     if !init.is_empty() {
         args.extend(["--init", init]);
     }
@@ -50,18 +29,9 @@ fn bad_specs_name_the_field() {
     let save = dir.path().join("o.safetensors");
     let save = save.to_str().unwrap();
     let bad = r#"{"input": 4, "layers": [{"type": "linear", "out": 2, "activation": "swish"}], "loss": "mse"}"#;
-    fails_with(
-        &train_args(bad, "", "sgd:lr=0.1", save),
-        "layers[0].activation",
-    );
-    fails_with(
-        &train_args("{not json", "", "sgd:lr=0.1", save),
-        "not valid JSON",
-    );
-    fails_with(
-        &train_args("/no/such/spec.json", "", "sgd:lr=0.1", save),
-        "/no/such/spec.json",
-    );
+    fails_with(&train_args(bad, "", "sgd:lr=0.1", save), "layers[0].activation");
+    fails_with(&train_args("{not json", "", "sgd:lr=0.1", save), "not valid JSON");
+    fails_with(&train_args("/no/such/spec.json", "", "sgd:lr=0.1", save), "/no/such/spec.json");
 }
 
 #[test]
@@ -69,22 +39,10 @@ fn bad_optimizers_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().join("o.safetensors");
     let save = save.to_str().unwrap();
-    fails_with(
-        &train_args("mlp12", "", "rmsprop:lr=0.1", save),
-        "unknown optimizer `rmsprop`",
-    );
-    fails_with(
-        &train_args("mlp12", "", "sgd:momentum=0.9", save),
-        "sgd needs `lr=`",
-    );
-    fails_with(
-        &train_args("mlp12", "", "adam:lr=fast", save),
-        "`lr` has a non-numeric value",
-    );
-    fails_with(
-        &train_args("mlp12", "", "adam:beta3=1", save),
-        "adam has no option `beta3`",
-    );
+    fails_with(&train_args("mlp12", "", "rmsprop:lr=0.1", save), "unknown optimizer `rmsprop`");
+    fails_with(&train_args("mlp12", "", "sgd:momentum=0.9", save), "sgd needs `lr=`");
+    fails_with(&train_args("mlp12", "", "adam:lr=fast", save), "`lr` has a non-numeric value");
+    fails_with(&train_args("mlp12", "", "adam:beta3=1", save), "adam has no option `beta3`");
 }
 
 #[test]
@@ -98,35 +56,18 @@ fn bad_weight_files_name_the_tensor() {
     missing.remove("layers.7.bias");
     let missing_path = dir.path().join("missing.safetensors");
     io::save_params(&missing_path, &missing, None).unwrap();
-    fails_with(
-        &train_args("mlp12", missing_path.to_str().unwrap(), "sgd:lr=0.1", save),
-        "layers.7.bias",
-    );
+    fails_with(&train_args("mlp12", missing_path.to_str().unwrap(), "sgd:lr=0.1", save), "layers.7.bias");
 
     let mut misshaped = golden.params.clone();
     misshaped.insert("layers.3.weight", Tensor::zeros(&[64, 63]));
     let misshaped_path = dir.path().join("misshaped.safetensors");
     io::save_params(&misshaped_path, &misshaped, None).unwrap();
-    fails_with(
-        &train_args(
-            "mlp12",
-            misshaped_path.to_str().unwrap(),
-            "sgd:lr=0.1",
-            save,
-        ),
-        "layers.3.weight",
-    );
+    fails_with(&train_args("mlp12", misshaped_path.to_str().unwrap(), "sgd:lr=0.1", save), "layers.3.weight");
 
-    fails_with(
-        &train_args("mlp12", "/no/such/init.safetensors", "sgd:lr=0.1", save),
-        "/no/such/init.safetensors",
-    );
+    fails_with(&train_args("mlp12", "/no/such/init.safetensors", "sgd:lr=0.1", save), "/no/such/init.safetensors");
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"this is not a safetensors file").unwrap();
-    fails_with(
-        &train_args("mlp12", garbage.to_str().unwrap(), "sgd:lr=0.1", save),
-        "garbage.safetensors",
-    );
+    fails_with(&train_args("mlp12", garbage.to_str().unwrap(), "sgd:lr=0.1", save), "garbage.safetensors");
 }
 
 #[test]

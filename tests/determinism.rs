@@ -41,10 +41,7 @@ fn one_and_two_threads_give_bit_identical_weights() {
     };
     let (one, two) = (run("1"), run("2"));
     assert!(!one.is_empty());
-    assert!(
-        bit_identical(&one, &two),
-        "1-thread and 2-thread runs differ"
-    );
+    assert!(bit_identical(&one, &two), "1-thread and 2-thread runs differ");
 }
 
 #[test]
@@ -52,24 +49,17 @@ fn micro_batch_count_changes_only_rounding() {
     let golden = Golden::load("mlp12_adam", 1e-4);
     let train = |micro: usize| {
         let opt = Optimizer::new(golden.optimizer);
-        let mut trainer =
-            Trainer::new(spec_model(&golden.spec), golden.params.clone(), opt).unwrap();
+        let mut trainer = Trainer::new(spec_model(&golden.spec), golden.params.clone(), opt).unwrap();
         for (step, batch) in golden.data.iter().enumerate() {
             trainer.step(step as u32, batch, micro).unwrap();
         }
         trainer.params
     };
     let (m1, m4) = (train(1), train(4));
-    assert!(
-        !bit_identical(&m1, &m4),
-        "different accumulation should round differently"
-    );
+    assert!(!bit_identical(&m1, &m4), "different accumulation should round differently");
     assert_params_close("M=1 vs M=4", &m1, &m4, |_| 1e-4);
     assert_params_close("M=1 vs PyTorch", &m1, &golden.final_params(), |_| 1e-4);
-    assert!(
-        bit_identical(&m4, &train(4)),
-        "a repeated run must give the same bits"
-    );
+    assert!(bit_identical(&m4, &train(4)), "a repeated run must give the same bits");
 }
 
 fn spec_model(spec: &str) -> baton_engine::Model {

@@ -11,21 +11,11 @@ use baton_engine::ParamStore;
 use baton_models::io;
 use common::{assert_params_close, bit_identical, run_baton, run_baton_ok, Golden, GOLDEN_FILES};
 
-fn train(
-    golden: &Golden,
-    dir: &std::path::Path,
-    workers: usize,
-    schedule: &str,
-    extra: &[&str],
-) -> ParamStore {
+fn train(golden: &Golden, dir: &std::path::Path, workers: usize, schedule: &str, extra: &[&str]) -> ParamStore {
     let out = dir.join(format!("w{workers}-{schedule}.safetensors"));
     let file = golden.path.to_str().unwrap();
-    let (steps, micro, optimizer, w) = (
-        golden.steps.to_string(),
-        golden.micro_batches.to_string(),
-        golden.optimizer.to_string(),
-        workers.to_string(),
-    );
+    let (steps, micro, optimizer, w) =
+        (golden.steps.to_string(), golden.micro_batches.to_string(), golden.optimizer.to_string(), workers.to_string());
     let mut args = vec![
         "train",
         "--model",
@@ -63,17 +53,8 @@ fn worker_processes_are_bit_identical_to_one_process() {
             for schedule in ["gpipe", "1f1b"] {
                 // --timeline forces worker processes even for one worker.
                 let trace = dir.path().join("trace.json");
-                let params = train(
-                    &golden,
-                    dir.path(),
-                    workers,
-                    schedule,
-                    &["--timeline", trace.to_str().unwrap()],
-                );
-                assert!(
-                    bit_identical(&params, &reference),
-                    "{name}: {workers} workers {schedule} differ"
-                );
+                let params = train(&golden, dir.path(), workers, schedule, &["--timeline", trace.to_str().unwrap()]);
+                assert!(bit_identical(&params, &reference), "{name}: {workers} workers {schedule} differ");
             }
         }
     }
@@ -85,41 +66,19 @@ fn report_and_timeline_describe_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let (report, trace) = (dir.path().join("r.json"), dir.path().join("t.json"));
     let (r, t) = (report.to_str().unwrap(), trace.to_str().unwrap());
-    train(
-        &golden,
-        dir.path(),
-        3,
-        "1f1b",
-        &["--report", r, "--timeline", t],
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    train(&golden, dir.path(), 3, "1f1b", &["--report", r, "--timeline", t]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let stages = &report["partitions"][0]["stages"];
-    let layers: Vec<_> = stages
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["layers"].clone())
-        .collect();
-    assert_eq!(
-        serde_json::json!(layers),
-        serde_json::json!([[0, 3], [4, 7], [8, 11]])
-    );
+    let layers: Vec<_> = stages.as_array().unwrap().iter().map(|s| s["layers"].clone()).collect();
+    assert_eq!(serde_json::json!(layers), serde_json::json!([[0, 3], [4, 7], [8, 11]]));
     assert_eq!(report["counters"]["forward_layer_executions"], 12 * 6 * 4);
     let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
     let events = trace["traceEvents"].as_array().unwrap();
     for category in ["forward", "backward", "optimizer", "send", "receive"] {
-        assert!(
-            events.iter().any(|e| e["cat"] == category),
-            "no {category} span in the timeline"
-        );
+        assert!(events.iter().any(|e| e["cat"] == category), "no {category} span in the timeline");
     }
     let forwards = events.iter().filter(|e| e["cat"] == "forward").count();
-    assert_eq!(
-        forwards,
-        3 * 6 * 4,
-        "one forward span per stage, step and micro-batch"
-    );
+    assert_eq!(forwards, 3 * 6 * 4, "one forward span per stage, step and micro-batch");
 }
 
 #[test]
@@ -146,44 +105,20 @@ fn a_worker_that_dies_fails_the_run_quickly_and_clearly() {
         ("BATON_FAULT", "crash:worker=1,step=2,actions=3"),
     );
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(
-        !result.status.success(),
-        "the run survived a crashed worker:\n{stderr}"
-    );
-    assert!(
-        stderr.contains("worker 1"),
-        "the message does not name worker 1:\n{stderr}"
-    );
+    assert!(!result.status.success(), "the run survived a crashed worker:\n{stderr}");
+    assert!(stderr.contains("worker 1"), "the message does not name worker 1:\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "took {:?} to notice",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?} to notice", started.elapsed());
     assert!(!out.exists(), "a failed run must not write weights");
 }
 
 fn run_baton_with_env(args: &[&str], (key, value): (&str, &str)) -> std::process::Output {
-    common::run_with_watchdog(
-        common::baton().args(args).env(key, value),
-        Duration::from_secs(120),
-    )
+    common::run_with_watchdog(common::baton().args(args).env(key, value), Duration::from_secs(120))
 }
 
 #[test]
 fn a_worker_without_certificates_says_what_is_missing() {
-    let out = run_baton(&[
-        "worker",
-        "--coordinator",
-        "127.0.0.1:9",
-        "--id",
-        "0",
-        "--cluster-dir",
-        "/nonexistent/dir",
-    ]);
+    let out = run_baton(&["worker", "--coordinator", "127.0.0.1:9", "--id", "0", "--cluster-dir", "/nonexistent/dir"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("/nonexistent/dir"),
-        "{stderr}"
-    );
+    assert!(!out.status.success() && stderr.contains("/nonexistent/dir"), "{stderr}");
 }

@@ -17,21 +17,12 @@ use common::{assert_params_close, bit_identical, Golden};
 
 fn single_process(golden: &Golden) -> (ParamStore, Vec<f32>) {
     let model = spec::parse(&golden.spec).unwrap();
-    let mut trainer = Trainer::new(
-        model,
-        golden.params.clone(),
-        Optimizer::new(golden.optimizer),
-    )
-    .unwrap();
+    let mut trainer = Trainer::new(model, golden.params.clone(), Optimizer::new(golden.optimizer)).unwrap();
     let losses = golden
         .data
         .iter()
         .enumerate()
-        .map(|(step, batch)| {
-            trainer
-                .step(step as u32, batch, golden.micro_batches)
-                .unwrap()
-        })
+        .map(|(step, batch)| trainer.step(step as u32, batch, golden.micro_batches).unwrap())
         .collect();
     (trainer.params, losses)
 }
@@ -43,28 +34,12 @@ fn check_all_layouts(name: &str, tolerance: f32, seeds: &[u64]) {
     for workers in 1..=6 {
         for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
             for &seed in seeds {
-                let config = SimConfig {
-                    workers,
-                    micro_batches: golden.micro_batches,
-                    kind,
-                    seed,
-                };
-                let out = sim::train(
-                    model.clone(),
-                    &golden.params,
-                    golden.optimizer,
-                    &golden.data,
-                    config,
-                )
-                .unwrap();
+                let config = SimConfig { workers, micro_batches: golden.micro_batches, kind, seed };
+                let out = sim::train(model.clone(), &golden.params, golden.optimizer, &golden.data, config).unwrap();
                 let what = format!("{name} W={workers} {kind} seed {seed}");
-                assert!(
-                    bit_identical(&out.params, &reference),
-                    "{what}: weights differ from one process"
-                );
+                assert!(bit_identical(&out.params, &reference), "{what}: weights differ from one process");
                 assert_eq!(out.losses, reference_losses, "{what}: losses");
-                let executions =
-                    (golden.model.layers.len() * golden.steps * golden.micro_batches) as u64;
+                let executions = (golden.model.layers.len() * golden.steps * golden.micro_batches) as u64;
                 assert_eq!(out.counters.forward_layer_executions, executions, "{what}");
                 assert_eq!(out.counters.backward_layer_executions, executions, "{what}");
             }
@@ -104,10 +79,7 @@ fn whole_jobs_in_memory_match_one_process() {
                 };
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();
                 let what = format!("{name} W={workers} {kind}");
-                assert!(
-                    bit_identical(&out.params, &reference),
-                    "{what}: weights differ from one process"
-                );
+                assert!(bit_identical(&out.params, &reference), "{what}: weights differ from one process");
                 assert_eq!(out.losses, reference_losses, "{what}");
                 assert_eq!(out.partitions.len(), 1);
                 assert_eq!(out.partitions[0].1.stages.len(), workers);
@@ -120,23 +92,7 @@ fn whole_jobs_in_memory_match_one_process() {
 fn too_many_workers_is_a_clear_error() {
     let golden = Golden::load("mlp12_sgd", 1e-4);
     let model = Arc::new(spec::parse(&golden.spec).unwrap());
-    let config = SimConfig {
-        workers: 13,
-        micro_batches: 4,
-        kind: ScheduleKind::OneFOneB,
-        seed: 0,
-    };
-    let err = sim::train(
-        model,
-        &golden.params,
-        golden.optimizer,
-        &golden.data,
-        config,
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("cannot place 12 layers on 13 workers"),
-        "{err}"
-    );
+    let config = SimConfig { workers: 13, micro_batches: 4, kind: ScheduleKind::OneFOneB, seed: 0 };
+    let err = sim::train(model, &golden.params, golden.optimizer, &golden.data, config).unwrap_err();
+    assert!(err.to_string().contains("cannot place 12 layers on 13 workers"), "{err}");
 }

@@ -35,9 +35,7 @@ impl GradAccumulator {
     pub fn add(&mut self, layer: u32, micro: u32, grads: ParamStore) -> Result<()> {
         let acc = self.layers.entry(layer).or_default();
         if micro < acc.next || acc.pending.contains_key(&micro) {
-            return Err(Error::Accumulation(format!(
-                "layer {layer} received micro-batch {micro} twice"
-            )));
+            return Err(Error::Accumulation(format!("layer {layer} received micro-batch {micro} twice")));
         }
         acc.pending.insert(micro, grads);
         while let Some(ready) = acc.pending.remove(&acc.next) {
@@ -47,6 +45,16 @@ impl GradAccumulator {
             acc.next += 1;
         }
         Ok(())
+    }
+
+    /// True when micro-batch `micro`'s gradients of `layer` were added (or wait in line).
+    pub fn has(&self, layer: u32, micro: u32) -> bool {
+        self.layers.get(&layer).is_some_and(|acc| micro < acc.next || acc.pending.contains_key(&micro))
+    }
+
+    /// Micro-batches of `layer` summed so far (in order).
+    pub fn summed(&self, layer: u32) -> u32 {
+        self.layers.get(&layer).map_or(0, |acc| acc.next)
     }
 
     /// Ends the step: every layer must have all `micro_batches` contributions.
@@ -64,6 +72,14 @@ impl GradAccumulator {
             }
         }
         Ok(all)
+    }
+
+    /// Removes and returns a layer's summed gradient (for its update).
+    pub fn take_sum(&mut self, layer: u32) -> Result<ParamStore> {
+        match self.layers.remove(&layer) {
+            Some(acc) if acc.pending.is_empty() => Ok(acc.sum),
+            _ => Err(Error::Accumulation(format!("layer {layer} has no complete gradient to apply"))),
+        }
     }
 
     /// Removes a layer's running sum (to ship it when the layer migrates).

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use baton_kernels::{activation, elementwise, loss, matmul, norm, Trans};
 
 use crate::segment::{SavedTensors, SegmentView};
-use crate::{
-    Activation, Error, Op, ParamStore, Result, Segment, SegmentKey, Tensor, TensorId, TensorRef,
-};
+use crate::{Activation, Error, Op, ParamStore, Result, Segment, SegmentKey, Tensor, TensorId, TensorRef};
 
 /// What backward of one segment produces.
 #[derive(Debug)]
@@ -32,36 +30,16 @@ pub struct Tape<'a> {
 
 impl Segment {
     /// Backward of this segment given the gradient of its output.
-    pub fn backward(
-        &self,
-        params: &ParamStore,
-        grad_output: Tensor,
-        input_grad: bool,
-    ) -> Result<BackwardOutput> {
-        let tape = Tape {
-            key: self.key,
-            input: self.input,
-            output: self.output,
-            ops: &self.ops,
-        };
+    pub fn backward(&self, params: &ParamStore, grad_output: Tensor, input_grad: bool) -> Result<BackwardOutput> {
+        let tape = Tape { key: self.key, input: self.input, output: self.output, ops: &self.ops };
         backward(&tape, self, params, grad_output, input_grad)
     }
 }
 
 impl SegmentView<'_> {
     /// Backward straight from the archive (saved tensors are not copied).
-    pub fn backward(
-        &self,
-        params: &ParamStore,
-        grad_output: Tensor,
-        input_grad: bool,
-    ) -> Result<BackwardOutput> {
-        let tape = Tape {
-            key: self.key,
-            input: self.input,
-            output: self.output,
-            ops: &self.ops,
-        };
+    pub fn backward(&self, params: &ParamStore, grad_output: Tensor, input_grad: bool) -> Result<BackwardOutput> {
+        let tape = Tape { key: self.key, input: self.input, output: self.output, ops: &self.ops };
         backward(&tape, self, params, grad_output, input_grad)
     }
 }
@@ -95,74 +73,34 @@ pub fn backward(
     grad_output: Tensor,
     input_grad: bool,
 ) -> Result<BackwardOutput> {
-    let mut grads = Grads {
-        by_id: BTreeMap::new(),
-        skip: (!input_grad).then_some(tape.input),
-    };
+    let mut grads = Grads { by_id: BTreeMap::new(), skip: (!input_grad).then_some(tape.input) };
     grads.by_id.insert(tape.output, grad_output);
     let mut param_grads = ParamStore::new();
     for op in tape.ops.iter().rev() {
         let Some(dy) = grads.by_id.remove(&op.output()) else {
             continue;
         };
-        let ctx = OpCtx {
-            saved,
-            params,
-            key: tape.key,
-        };
+        let ctx = OpCtx { saved, params, key: tape.key };
         match op {
-            Op::Linear {
-                x, weight, bias, ..
-            } => linear(
-                &ctx,
-                *x,
-                weight,
-                bias.as_deref(),
-                &dy,
-                &mut grads,
-                &mut param_grads,
-            )?,
-            Op::Activation { kind, x, out } => {
-                activation_grad(&ctx, *kind, *x, *out, &dy, &mut grads)?
+            Op::Linear { x, weight, bias, .. } => {
+                linear(&ctx, *x, weight, bias.as_deref(), &dy, &mut grads, &mut param_grads)?
             }
-            Op::LayerNorm {
-                x,
-                weight,
-                bias,
-                stats,
-                ..
-            } => layernorm(
-                &ctx,
-                *x,
-                weight,
-                bias,
-                *stats,
-                &dy,
-                &mut grads,
-                &mut param_grads,
-            )?,
+            Op::Activation { kind, x, out } => activation_grad(&ctx, *kind, *x, *out, &dy, &mut grads)?,
+            Op::LayerNorm { x, weight, bias, stats, .. } => {
+                layernorm(&ctx, *x, weight, bias, *stats, &dy, &mut grads, &mut param_grads)?
+            }
             Op::Add { a, b, .. } => {
                 grads.add(*a, dy.clone());
                 grads.add(*b, dy);
             }
             Op::MseLoss { pred, target, .. } => mse(&ctx, *pred, *target, &dy, &mut grads)?,
-            Op::CrossEntropyLoss {
-                logits,
-                target,
-                probs,
-                ..
-            } => cross_entropy(&ctx, *logits, *target, *probs, &dy, &mut grads)?,
+            Op::CrossEntropyLoss { logits, target, probs, .. } => {
+                cross_entropy(&ctx, *logits, *target, *probs, &dy, &mut grads)?
+            }
         }
     }
-    let input_grad = if input_grad {
-        grads.by_id.remove(&tape.input)
-    } else {
-        None
-    };
-    Ok(BackwardOutput {
-        input_grad,
-        param_grads,
-    })
+    let input_grad = if input_grad { grads.by_id.remove(&tape.input) } else { None };
+    Ok(BackwardOutput { input_grad, param_grads })
 }
 
 /// What every backward rule may read.
@@ -184,10 +122,7 @@ impl OpCtx<'_> {
     /// Checks that the upstream gradient has the shape of the op's output.
     fn check_grad(&self, dy: &Tensor, shape: &[usize]) -> Result<()> {
         if dy.shape[..] != *shape {
-            return Err(self.mismatch(format!(
-                "gradient {:?} for output of shape {shape:?}",
-                dy.shape
-            )));
+            return Err(self.mismatch(format!("gradient {:?} for output of shape {shape:?}", dy.shape)));
         }
         Ok(())
     }
@@ -217,23 +152,11 @@ fn linear(
     let w = ctx.params.get(weight)?;
     let (out, w_in) = w.view().matrix(weight)?;
     if w_in != inp {
-        return Err(ctx.mismatch(format!(
-            "{weight} is [{out}, {w_in}], saved input has {inp} features"
-        )));
+        return Err(ctx.mismatch(format!("{weight} is [{out}, {w_in}], saved input has {inp} features")));
     }
     ctx.check_grad(dy, &[rows, out])?;
     let mut dw = Tensor::zeros(&[out, inp]);
-    matmul(
-        &mut dw.data,
-        &dy.data,
-        Trans::Yes,
-        &xv.data,
-        Trans::No,
-        out,
-        rows,
-        inp,
-        false,
-    );
+    matmul(&mut dw.data, &dy.data, Trans::Yes, &xv.data, Trans::No, out, rows, inp, false);
     add_param_grad(param_grads, weight, dw)?;
     if let Some(bias) = bias {
         let mut db = Tensor::zeros(&[out]);
@@ -242,17 +165,7 @@ fn linear(
     }
     if grads.wants(x) {
         let mut dx = Tensor::zeros(&[rows, inp]);
-        matmul(
-            &mut dx.data,
-            &dy.data,
-            Trans::No,
-            &w.data,
-            Trans::No,
-            rows,
-            out,
-            inp,
-            false,
-        );
+        matmul(&mut dx.data, &dy.data, Trans::No, &w.data, Trans::No, rows, out, inp, false);
         grads.add(x, dx);
     }
     Ok(())
@@ -293,17 +206,10 @@ fn layernorm(
     let (rows, cols) = xv.matrix("saved layernorm input")?;
     let gamma = ctx.params.get(weight)?;
     if gamma.shape[..] != [cols] || sv.shape[..] != [2, rows] {
-        return Err(ctx.mismatch(format!(
-            "layernorm {weight} {:?} / stats {:?}",
-            gamma.shape, sv.shape
-        )));
+        return Err(ctx.mismatch(format!("layernorm {weight} {:?} / stats {:?}", gamma.shape, sv.shape)));
     }
     ctx.check_grad(dy, &[rows, cols])?;
-    let (mut dx, mut dg, mut db) = (
-        Tensor::zeros(&[rows, cols]),
-        Tensor::zeros(&[cols]),
-        Tensor::zeros(&[cols]),
-    );
+    let (mut dx, mut dg, mut db) = (Tensor::zeros(&[rows, cols]), Tensor::zeros(&[cols]), Tensor::zeros(&[cols]));
     norm::layernorm_backward(
         &xv.data,
         &gamma.data,
@@ -324,27 +230,15 @@ fn layernorm(
 fn scalar_grad(ctx: &OpCtx<'_>, dy: &Tensor) -> Result<f32> {
     match dy.data[..] {
         [g] => Ok(g),
-        _ => Err(ctx.mismatch(format!(
-            "loss gradient must be a scalar, has shape {:?}",
-            dy.shape
-        ))),
+        _ => Err(ctx.mismatch(format!("loss gradient must be a scalar, has shape {:?}", dy.shape))),
     }
 }
 
-fn mse(
-    ctx: &OpCtx<'_>,
-    pred: TensorId,
-    target: TensorId,
-    dy: &Tensor,
-    grads: &mut Grads,
-) -> Result<()> {
+fn mse(ctx: &OpCtx<'_>, pred: TensorId, target: TensorId, dy: &Tensor, grads: &mut Grads) -> Result<()> {
     let g = scalar_grad(ctx, dy)?;
     let (pv, tv) = (ctx.saved(pred)?, ctx.saved(target)?);
     if pv.shape != tv.shape {
-        return Err(ctx.mismatch(format!(
-            "mse prediction {:?} vs target {:?}",
-            pv.shape, tv.shape
-        )));
+        return Err(ctx.mismatch(format!("mse prediction {:?} vs target {:?}", pv.shape, tv.shape)));
     }
     let mut dpred = Tensor::zeros(&pv.shape);
     loss::mse_backward(&pv.data, &tv.data, g, &mut dpred.data);
@@ -379,9 +273,7 @@ fn class_indices(values: &[f32]) -> Result<Vec<u32>> {
             if v >= 0.0 && v.fract() == 0.0 && v < 16_777_216.0 {
                 Ok(v as u32)
             } else {
-                Err(Error::Data(format!(
-                    "class target {v} is not a non-negative integer"
-                )))
+                Err(Error::Data(format!("class target {v} is not a non-negative integer")))
             }
         })
         .collect()

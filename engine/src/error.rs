@@ -7,9 +7,7 @@ pub enum Error {
     #[error("shape mismatch: {0}")]
     Shape(String),
     /// A parameter named by an op or expected by the model is not held here.
-    #[error(
-        "parameter `{0}` is not held by this worker (check the weights file or the partition)"
-    )]
+    #[error("parameter `{0}` is not held by this worker (check the weights file or the partition)")]
     MissingParam(String),
     /// A segment's backward needs a tensor the segment does not carry.
     #[error("segment {segment} lacks saved tensor {id}")]

@@ -13,17 +13,7 @@ use std::fmt;
 /// that enters the layer for this micro-batch; slots from 1 upwards number the
 /// tensors the layer's ops produce, in recording order.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct TensorId {
     pub step: u32,
@@ -43,48 +33,25 @@ impl TensorId {
 
     /// Tensor number `slot` recorded inside `key`'s segment.
     pub fn local(key: SegmentKey, slot: u32) -> Self {
-        TensorId {
-            step: key.step,
-            micro: key.micro,
-            layer: key.layer,
-            slot,
-        }
+        TensorId { step: key.step, micro: key.micro, layer: key.layer, slot }
     }
 
     /// The segment this tensor belongs to.
     pub fn segment(self) -> SegmentKey {
-        SegmentKey {
-            step: self.step,
-            micro: self.micro,
-            layer: self.layer,
-        }
+        SegmentKey { step: self.step, micro: self.micro, layer: self.layer }
     }
 }
 
 impl fmt::Display for TensorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "s{}.m{}.l{}.t{}",
-            self.step, self.micro, self.layer, self.slot
-        )
+        write!(f, "s{}.m{}.l{}.t{}", self.step, self.micro, self.layer, self.slot)
     }
 }
 
 /// Identity of one segment: the forward of one micro-batch through one layer
 /// in one step. The loss has its own segment with `layer == layer count`.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct SegmentKey {
     pub step: u32,
@@ -94,10 +61,6 @@ pub struct SegmentKey {
 
 impl fmt::Display for SegmentKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "step {} micro-batch {} layer {}",
-            self.step, self.micro, self.layer
-        )
+        write!(f, "step {} micro-batch {} layer {}", self.step, self.micro, self.layer)
     }
 }

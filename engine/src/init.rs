@@ -35,18 +35,10 @@ pub fn init_params(specs: &[ParamSpec], seed: u64) -> ParamStore {
         .map(|spec| {
             let n: usize = spec.shape.iter().product();
             let data = match spec.init {
-                Init::Uniform { bound } => (0..n)
-                    .map(|_| (rng.next_f32() * 2.0 - 1.0) * bound)
-                    .collect(),
+                Init::Uniform { bound } => (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * bound).collect(),
                 Init::Constant(c) => vec![c; n],
             };
-            (
-                spec.name.clone(),
-                Tensor {
-                    shape: spec.shape.clone(),
-                    data,
-                },
-            )
+            (spec.name.clone(), Tensor { shape: spec.shape.clone(), data })
         })
         .collect()
 }

@@ -7,9 +7,7 @@
 
 use std::fmt;
 
-use crate::{
-    Error, ParamSpec, ParamStore, Recorder, Result, Segment, SegmentKey, Tensor, TensorId,
-};
+use crate::{Error, ParamSpec, ParamStore, Recorder, Result, Segment, SegmentKey, Tensor, TensorId};
 
 /// One layer of a model: the unit of placement and migration.
 pub trait Layer: fmt::Debug + Send + Sync {
@@ -26,10 +24,7 @@ pub trait Layer: fmt::Debug + Send + Sync {
     /// Relative cost of one row through this layer, used to balance partitions.
     /// Default: forward multiply-adds of a dense layer, i.e. the parameter count.
     fn cost(&self) -> f64 {
-        self.params()
-            .iter()
-            .map(|p| p.shape.iter().product::<usize>() as f64)
-            .sum()
+        self.params().iter().map(|p| p.shape.iter().product::<usize>() as f64).sum()
     }
 }
 
@@ -72,11 +67,7 @@ impl Model {
             }
             width = layer.out_features();
         }
-        Ok(Model {
-            input,
-            layers,
-            loss,
-        })
+        Ok(Model { input, layers, loss })
     }
 
     /// Width of the model's output.
@@ -108,29 +99,16 @@ impl Model {
                 )));
             }
         }
-        if let Some(extra) = params
-            .names()
-            .find(|n| !specs.iter().any(|s| &s.name == *n))
-        {
-            return Err(Error::Model(format!(
-                "parameter {extra} is not part of the model"
-            )));
+        if let Some(extra) = params.names().find(|n| !specs.iter().any(|s| &s.name == *n)) {
+            return Err(Error::Model(format!("parameter {extra} is not part of the model")));
         }
         Ok(())
     }
 
     /// Records the forward of layer `key.layer` on `x`.
-    pub fn forward_layer(
-        &self,
-        key: SegmentKey,
-        params: &ParamStore,
-        x: Tensor,
-    ) -> Result<(Segment, Tensor)> {
+    pub fn forward_layer(&self, key: SegmentKey, params: &ParamStore, x: Tensor) -> Result<(Segment, Tensor)> {
         let index = key.layer as usize;
-        let layer = self
-            .layers
-            .get(index)
-            .ok_or_else(|| Error::Model(format!("the model has no layer {index}")))?;
+        let layer = self.layers.get(index).ok_or_else(|| Error::Model(format!("the model has no layer {index}")))?;
         let mut rec = Recorder::new(key, format!("layers.{index}."), params, x);
         let input = rec.input();
         let out = layer.forward(&mut rec, input)?;
@@ -139,12 +117,7 @@ impl Model {
 
     /// Records the loss segment (`key.layer` == layer count) of `pred` against
     /// `targets`, returning it and the micro-batch's mean loss.
-    pub fn forward_loss(
-        &self,
-        key: SegmentKey,
-        pred: Tensor,
-        targets: &crate::Targets,
-    ) -> Result<(Segment, f32)> {
+    pub fn forward_loss(&self, key: SegmentKey, pred: Tensor, targets: &crate::Targets) -> Result<(Segment, f32)> {
         let empty = ParamStore::new();
         let mut rec = Recorder::new(key, String::new(), &empty, pred);
         let input = rec.input();
@@ -152,9 +125,7 @@ impl Model {
             (Loss::Mse, crate::Targets::Values(t)) => rec.mse_loss(input, t.clone())?,
             (Loss::CrossEntropy, crate::Targets::Classes(c)) => rec.cross_entropy_loss(input, c)?,
             (loss, _) => {
-                return Err(Error::Data(format!(
-                    "{loss:?} loss got the wrong kind of targets"
-                )));
+                return Err(Error::Data(format!("{loss:?} loss got the wrong kind of targets")));
             }
         };
         let (segment, value) = rec.finish(out)?;

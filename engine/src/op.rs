@@ -19,47 +19,18 @@ pub enum Activation {
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Op {
     /// `out = x · weightᵀ (+ bias)`; x is `[rows, in]`, weight `[out, in]`.
-    Linear {
-        x: TensorId,
-        weight: String,
-        bias: Option<String>,
-        out: TensorId,
-    },
+    Linear { x: TensorId, weight: String, bias: Option<String>, out: TensorId },
     /// `out = act(x)`.
-    Activation {
-        kind: Activation,
-        x: TensorId,
-        out: TensorId,
-    },
+    Activation { kind: Activation, x: TensorId, out: TensorId },
     /// Layer normalisation over the last dimension; `stats` holds the
     /// per-row mean and reciprocal standard deviation.
-    LayerNorm {
-        x: TensorId,
-        weight: String,
-        bias: String,
-        eps: f32,
-        stats: TensorId,
-        out: TensorId,
-    },
+    LayerNorm { x: TensorId, weight: String, bias: String, eps: f32, stats: TensorId, out: TensorId },
     /// `out = a + b`.
-    Add {
-        a: TensorId,
-        b: TensorId,
-        out: TensorId,
-    },
+    Add { a: TensorId, b: TensorId, out: TensorId },
     /// `out = mean((pred - target)^2)`, a scalar.
-    MseLoss {
-        pred: TensorId,
-        target: TensorId,
-        out: TensorId,
-    },
+    MseLoss { pred: TensorId, target: TensorId, out: TensorId },
     /// `out = mean_r(-log softmax(logits_r)[target_r])`; `probs` is the softmax.
-    CrossEntropyLoss {
-        logits: TensorId,
-        target: TensorId,
-        probs: TensorId,
-        out: TensorId,
-    },
+    CrossEntropyLoss { logits: TensorId, target: TensorId, probs: TensorId, out: TensorId },
 }
 
 impl Op {
@@ -79,11 +50,7 @@ impl Op {
     pub fn saved(&self) -> Vec<TensorId> {
         match self {
             Op::Linear { x, .. } => vec![*x],
-            Op::Activation {
-                kind: Activation::Gelu,
-                x,
-                ..
-            } => vec![*x],
+            Op::Activation { kind: Activation::Gelu, x, .. } => vec![*x],
             Op::Activation { out, .. } => vec![*out],
             Op::LayerNorm { x, stats, .. } => vec![*x, *stats],
             Op::Add { .. } => Vec::new(),
@@ -95,9 +62,7 @@ impl Op {
     /// Parameter names this op reads.
     pub fn params(&self) -> Vec<&str> {
         match self {
-            Op::Linear { weight, bias, .. } => std::iter::once(weight.as_str())
-                .chain(bias.as_deref())
-                .collect(),
+            Op::Linear { weight, bias, .. } => std::iter::once(weight.as_str()).chain(bias.as_deref()).collect(),
             Op::LayerNorm { weight, bias, .. } => vec![weight.as_str(), bias.as_str()],
             _ => Vec::new(),
         }

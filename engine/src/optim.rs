@@ -33,10 +33,7 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(config: OptimizerConfig) -> Self {
-        Optimizer {
-            config,
-            state: BTreeMap::new(),
-        }
+        Optimizer { config, state: BTreeMap::new() }
     }
 
     /// Applies one update of `param` (called `name`) with `grad`.
@@ -54,10 +51,7 @@ impl Optimizer {
                 if cfg.momentum != 0.0 && state.buffers.is_empty() {
                     state.buffers.push(vec![0.0; param.len()]);
                 }
-                let buffer = state
-                    .buffers
-                    .first_mut()
-                    .map_or(&mut [][..], |b| &mut b[..]);
+                let buffer = state.buffers.first_mut().map_or(&mut [][..], |b| &mut b[..]);
                 sgd_step(&mut param.data, &grad.data, buffer, first, cfg);
             }
             OptimizerConfig::Adam(cfg) => {
@@ -65,9 +59,7 @@ impl Optimizer {
                     state.buffers = vec![vec![0.0; param.len()], vec![0.0; param.len()]];
                 }
                 let [m, v] = &mut state.buffers[..] else {
-                    return Err(Error::Optimizer(format!(
-                        "Adam state of {name} must hold two buffers"
-                    )));
+                    return Err(Error::Optimizer(format!("Adam state of {name} must hold two buffers")));
                 };
                 adam_step(&mut param.data, &grad.data, m, v, state.step + 1, cfg);
             }
@@ -134,15 +126,12 @@ impl FromStr for OptimizerConfig {
 fn parse_args(args: &str) -> Result<BTreeMap<String, f32>> {
     let mut out = BTreeMap::new();
     for pair in args.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| Error::Optimizer(format!("`{pair}` is not key=value")))?;
+        let (key, value) =
+            pair.split_once('=').ok_or_else(|| Error::Optimizer(format!("`{pair}` is not key=value")))?;
         let value = match value.trim() {
             "true" => 1.0,
             "false" => 0.0,
-            v => v
-                .parse::<f32>()
-                .map_err(|_| Error::Optimizer(format!("`{key}` has a non-numeric value `{v}`")))?,
+            v => v.parse::<f32>().map_err(|_| Error::Optimizer(format!("`{key}` has a non-numeric value `{v}`")))?,
         };
         if !value.is_finite() {
             return Err(Error::Optimizer(format!("`{key}` must be finite")));
@@ -154,18 +143,13 @@ fn parse_args(args: &str) -> Result<BTreeMap<String, f32>> {
 
 fn check_keys(args: &BTreeMap<String, f32>, allowed: &[&str], name: &str) -> Result<()> {
     match args.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(Error::Optimizer(format!(
-            "{name} has no option `{k}` (options: {})",
-            allowed.join(", ")
-        ))),
+        Some(k) => Err(Error::Optimizer(format!("{name} has no option `{k}` (options: {})", allowed.join(", ")))),
         None => Ok(()),
     }
 }
 
 fn require(args: &BTreeMap<String, f32>, key: &str, name: &str) -> Result<f32> {
-    args.get(key)
-        .copied()
-        .ok_or_else(|| Error::Optimizer(format!("{name} needs `{key}=`")))
+    args.get(key).copied().ok_or_else(|| Error::Optimizer(format!("{name} needs `{key}=`")))
 }
 
 impl fmt::Display for OptimizerConfig {

@@ -45,16 +45,12 @@ impl ParamStore {
 
     /// The tensor called `name`, or a clear error naming it.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| Error::MissingParam(name.to_string()))
+        self.tensors.get(name).ok_or_else(|| Error::MissingParam(name.to_string()))
     }
 
     /// Mutable access to the tensor called `name`.
     pub fn get_mut(&mut self, name: &str) -> Result<&mut Tensor> {
-        self.tensors
-            .get_mut(name)
-            .ok_or_else(|| Error::MissingParam(name.to_string()))
+        self.tensors.get_mut(name).ok_or_else(|| Error::MissingParam(name.to_string()))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -86,10 +82,7 @@ impl ParamStore {
     /// The first contribution is added onto zeros so that every worker's
     /// accumulator produces the same bits whatever it received before.
     pub fn accumulate(&mut self, name: &str, grad: TensorRef<'_>) -> Result<()> {
-        let slot = self
-            .tensors
-            .entry(name.to_string())
-            .or_insert_with(|| Tensor::zeros(&grad.shape));
+        let slot = self.tensors.entry(name.to_string()).or_insert_with(|| Tensor::zeros(&grad.shape));
         if slot.shape[..] != grad.shape[..] {
             return Err(Error::Shape(format!(
                 "gradient of {name} has shape {:?}, expected {:?}",
@@ -120,9 +113,7 @@ impl Extend<(String, Tensor)> for ParamStore {
 
 impl FromIterator<(String, Tensor)> for ParamStore {
     fn from_iter<I: IntoIterator<Item = (String, Tensor)>>(iter: I) -> Self {
-        ParamStore {
-            tensors: iter.into_iter().collect(),
-        }
+        ParamStore { tensors: iter.into_iter().collect() }
     }
 }
 

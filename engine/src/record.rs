@@ -27,14 +27,7 @@ impl<'p> Recorder<'p> {
     pub fn new(key: SegmentKey, prefix: String, params: &'p ParamStore, input: Tensor) -> Self {
         let mut values = BTreeMap::new();
         values.insert(TensorId::boundary(key), input);
-        Recorder {
-            key,
-            prefix,
-            params,
-            values,
-            ops: Vec::new(),
-            next_slot: 1,
-        }
+        Recorder { key, prefix, params, values, ops: Vec::new(), next_slot: 1 }
     }
 
     /// The id of the segment's boundary input.
@@ -44,10 +37,7 @@ impl<'p> Recorder<'p> {
 
     /// The value of a tensor recorded so far.
     pub fn value(&self, id: TensorId) -> Result<&Tensor> {
-        self.values.get(&id).ok_or(Error::UnknownTensor {
-            id,
-            segment: self.key,
-        })
+        self.values.get(&id).ok_or(Error::UnknownTensor { id, segment: self.key })
     }
 
     /// `x · weightᵀ + bias`, x `[rows, in]`, weight `[out, in]`, bias `[out]`.
@@ -56,12 +46,7 @@ impl<'p> Recorder<'p> {
         let bias = bias.map(|b| self.param_name(b));
         let out = self.compute_linear(x, &weight, bias.as_deref())?;
         let out_id = self.push(out);
-        self.ops.push(Op::Linear {
-            x,
-            weight,
-            bias,
-            out: out_id,
-        });
+        self.ops.push(Op::Linear { x, weight, bias, out: out_id });
         Ok(out_id)
     }
 
@@ -71,29 +56,14 @@ impl<'p> Recorder<'p> {
         let (rows, inp) = xv.view().matrix("linear input")?;
         let (out, w_in) = w.view().matrix(weight)?;
         if w_in != inp {
-            return Err(shape_err(format!(
-                "{weight} is [{out}, {w_in}] but the input has {inp} features"
-            )));
+            return Err(shape_err(format!("{weight} is [{out}, {w_in}] but the input has {inp} features")));
         }
         let mut y = Tensor::zeros(&[rows, out]);
-        matmul(
-            &mut y.data,
-            &xv.data,
-            Trans::No,
-            &w.data,
-            Trans::Yes,
-            rows,
-            inp,
-            out,
-            false,
-        );
+        matmul(&mut y.data, &xv.data, Trans::No, &w.data, Trans::Yes, rows, inp, out, false);
         if let Some(bias) = bias {
             let b = self.params.get(bias)?;
             if b.shape[..] != [out] {
-                return Err(shape_err(format!(
-                    "{bias} has shape {:?}, expected [{out}]",
-                    b.shape
-                )));
+                return Err(shape_err(format!("{bias} has shape {:?}, expected [{out}]", b.shape)));
             }
             elementwise::add_bias_rows(&mut y.data, &b.data);
         }
@@ -115,43 +85,20 @@ impl<'p> Recorder<'p> {
     }
 
     /// Layer normalisation over the last dimension with affine `weight`, `bias`.
-    pub fn layernorm(
-        &mut self,
-        x: TensorId,
-        weight: &str,
-        bias: &str,
-        eps: f32,
-    ) -> Result<TensorId> {
+    pub fn layernorm(&mut self, x: TensorId, weight: &str, bias: &str, eps: f32) -> Result<TensorId> {
         let (weight, bias) = (self.param_name(weight), self.param_name(bias));
         let xv = self.value(x)?;
         let (rows, cols) = xv.view().matrix("layernorm input")?;
         let (g, b) = (self.params.get(&weight)?, self.params.get(&bias)?);
         if g.shape[..] != [cols] || b.shape[..] != [cols] {
-            return Err(shape_err(format!(
-                "{weight}/{bias} must have shape [{cols}]"
-            )));
+            return Err(shape_err(format!("{weight}/{bias} must have shape [{cols}]")));
         }
         let mut y = Tensor::zeros(&[rows, cols]);
         let mut stats = Tensor::zeros(&[2, rows]);
-        norm::layernorm(
-            &xv.data,
-            &g.data,
-            &b.data,
-            cols,
-            eps,
-            &mut y.data,
-            &mut stats.data,
-        );
+        norm::layernorm(&xv.data, &g.data, &b.data, cols, eps, &mut y.data, &mut stats.data);
         let stats = self.push(stats);
         let out = self.push(y);
-        self.ops.push(Op::LayerNorm {
-            x,
-            weight,
-            bias,
-            eps,
-            stats,
-            out,
-        });
+        self.ops.push(Op::LayerNorm { x, weight, bias, eps, stats, out });
         Ok(out)
     }
 
@@ -159,10 +106,7 @@ impl<'p> Recorder<'p> {
     pub fn add(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {
         let (av, bv) = (self.value(a)?, self.value(b)?);
         if av.shape != bv.shape {
-            return Err(shape_err(format!(
-                "add of {:?} and {:?}",
-                av.shape, bv.shape
-            )));
+            return Err(shape_err(format!("add of {:?} and {:?}", av.shape, bv.shape)));
         }
         let mut y = Tensor::zeros(&av.shape);
         elementwise::add(&av.data, &bv.data, &mut y.data);
@@ -175,10 +119,7 @@ impl<'p> Recorder<'p> {
     pub fn mse_loss(&mut self, pred: TensorId, target: Tensor) -> Result<TensorId> {
         let pv = self.value(pred)?;
         if pv.shape != target.shape {
-            return Err(shape_err(format!(
-                "mse of {:?} against targets {:?}",
-                pv.shape, target.shape
-            )));
+            return Err(shape_err(format!("mse of {:?} against targets {:?}", pv.shape, target.shape)));
         }
         let value = loss::mse(&pv.data, &target.data);
         let target = self.put(TensorId::local(self.key, crate::id::TARGET_SLOT), target);
@@ -195,22 +136,11 @@ impl<'p> Recorder<'p> {
         let mut probs = Tensor::zeros(&[rows, n_classes]);
         let value = loss::cross_entropy(&lv.data, n_classes, classes, &mut probs.data);
         let as_f32 = classes.iter().map(|&c| c as f32).collect();
-        let target_tensor = Tensor {
-            shape: vec![rows],
-            data: as_f32,
-        };
-        let target = self.put(
-            TensorId::local(self.key, crate::id::TARGET_SLOT),
-            target_tensor,
-        );
+        let target_tensor = Tensor { shape: vec![rows], data: as_f32 };
+        let target = self.put(TensorId::local(self.key, crate::id::TARGET_SLOT), target_tensor);
         let probs = self.push(probs);
         let out = self.push(Tensor::scalar(value));
-        self.ops.push(Op::CrossEntropyLoss {
-            logits,
-            target,
-            probs,
-            out,
-        });
+        self.ops.push(Op::CrossEntropyLoss { logits, target, probs, out });
         Ok(out)
     }
 
@@ -222,30 +152,14 @@ impl<'p> Recorder<'p> {
         ids.dedup();
         let out_value = match ids.binary_search(&output) {
             Ok(_) => self.value(output)?.clone(),
-            Err(_) => self.values.remove(&output).ok_or(Error::UnknownTensor {
-                id: output,
-                segment: self.key,
-            })?,
+            Err(_) => self.values.remove(&output).ok_or(Error::UnknownTensor { id: output, segment: self.key })?,
         };
         let mut saved = Vec::with_capacity(ids.len());
         for id in ids {
-            let tensor = self.values.remove(&id).ok_or(Error::UnknownTensor {
-                id,
-                segment: self.key,
-            })?;
-            saved.push(SavedTensor {
-                id,
-                shape: tensor.shape,
-                storage: Storage::F32(tensor.data),
-            });
+            let tensor = self.values.remove(&id).ok_or(Error::UnknownTensor { id, segment: self.key })?;
+            saved.push(SavedTensor { id, shape: tensor.shape, storage: Storage::F32(tensor.data) });
         }
-        let segment = Segment {
-            key: self.key,
-            input: TensorId::boundary(self.key),
-            output,
-            ops: self.ops,
-            saved,
-        };
+        let segment = Segment { key: self.key, input: TensorId::boundary(self.key), output, ops: self.ops, saved };
         Ok((segment, out_value))
     }
 
@@ -268,15 +182,10 @@ impl<'p> Recorder<'p> {
 /// Class targets must match the rows and lie in `0..classes`.
 pub(crate) fn check_classes(classes: &[u32], rows: usize, n_classes: usize) -> Result<()> {
     if classes.len() != rows {
-        return Err(shape_err(format!(
-            "{} class targets for {rows} rows",
-            classes.len()
-        )));
+        return Err(shape_err(format!("{} class targets for {rows} rows", classes.len())));
     }
     match classes.iter().find(|&&c| c as usize >= n_classes) {
-        Some(bad) => Err(Error::Data(format!(
-            "class target {bad} is not below the {n_classes} classes"
-        ))),
+        Some(bad) => Err(Error::Data(format!("class target {bad} is not below the {n_classes} classes"))),
         None => Ok(()),
     }
 }

@@ -95,10 +95,7 @@ impl Segment {
     pub fn compact_bf16(&mut self) {
         for tensor in &mut self.saved {
             if let Storage::F32(values) = &tensor.storage {
-                let bits = values
-                    .iter()
-                    .map(|&v| half::bf16::from_f32(v).to_bits())
-                    .collect();
+                let bits = values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
                 tensor.storage = Storage::Bf16(bits);
             }
         }
@@ -106,33 +103,20 @@ impl Segment {
 
     /// Checks the invariants a received segment must hold before backward.
     pub fn validate(&self) -> Result<()> {
-        let saved: Vec<(TensorId, &[usize], usize)> = self
-            .saved
-            .iter()
-            .map(|t| (t.id, &t.shape[..], t.storage.len()))
-            .collect();
+        let saved: Vec<(TensorId, &[usize], usize)> =
+            self.saved.iter().map(|t| (t.id, &t.shape[..], t.storage.len())).collect();
         validate_parts(self.key, self.input, self.output, &self.ops, &saved)
     }
 }
 
 impl SavedTensors for Segment {
     fn saved(&self, id: TensorId) -> Result<TensorRef<'_>> {
-        let tensor = self
-            .saved
-            .iter()
-            .find(|t| t.id == id)
-            .ok_or(Error::MissingSaved {
-                id,
-                segment: self.key,
-            })?;
+        let tensor = self.saved.iter().find(|t| t.id == id).ok_or(Error::MissingSaved { id, segment: self.key })?;
         let data = match &tensor.storage {
             Storage::F32(v) => Cow::Borrowed(&v[..]),
             Storage::Bf16(bits) => Cow::Owned(decode_bf16(bits.iter().copied())),
         };
-        Ok(TensorRef {
-            shape: Cow::Borrowed(&tensor.shape),
-            data,
-        })
+        Ok(TensorRef { shape: Cow::Borrowed(&tensor.shape), data })
     }
 }
 
@@ -151,9 +135,7 @@ fn validate_parts(
 ) -> Result<()> {
     let corrupt = |what: String| Err(Error::Archive(format!("segment {key}: {what}")));
     if input.segment() != key || output.segment() != key {
-        return corrupt(format!(
-            "boundary ids {input} / {output} belong to another segment"
-        ));
+        return corrupt(format!("boundary ids {input} / {output} belong to another segment"));
     }
     if !ops.iter().any(|op| op.output() == output) {
         return corrupt(format!("no op produces the output {output}"));
@@ -163,9 +145,7 @@ fn validate_parts(
             return corrupt(format!("saved tensor {id} belongs to another segment"));
         }
         if shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) != Some(*len) {
-            return corrupt(format!(
-                "saved tensor {id} has shape {shape:?} but {len} elements"
-            ));
+            return corrupt(format!("saved tensor {id} has shape {shape:?} but {len} elements"));
         }
     }
     for needed in ops.iter().flat_map(Op::saved) {
@@ -186,9 +166,7 @@ pub fn archive(batch: &SegmentBatch) -> Result<AlignedVec> {
 /// `bytes` must be 16-byte aligned (receive into an [`AlignedVec`]).
 pub fn access(bytes: &[u8]) -> Result<Vec<SegmentView<'_>>> {
     if bytes.as_ptr() as usize % 16 != 0 {
-        return Err(Error::Archive(
-            "archive buffer is not 16-byte aligned".into(),
-        ));
+        return Err(Error::Archive("archive buffer is not 16-byte aligned".into()));
     }
     let batch = rkyv::access::<ArchivedSegmentBatch, BoxedError>(bytes)
         .map_err(|e| Error::Archive(format!("invalid segment archive: {e}")))?;
@@ -209,26 +187,14 @@ impl<'a> SegmentView<'a> {
         let key = native_key(&archived.key);
         let ops = rkyv::deserialize::<Vec<Op>, BoxedError>(&archived.ops)
             .map_err(|e| Error::Archive(format!("segment {key}: undecodable ops: {e}")))?;
-        let view = SegmentView {
-            key,
-            input: native_id(&archived.input),
-            output: native_id(&archived.output),
-            ops,
-            archived,
-        };
+        let view =
+            SegmentView { key, input: native_id(&archived.input), output: native_id(&archived.output), ops, archived };
         let shapes: Vec<(TensorId, Vec<usize>, usize)> = archived
             .saved
             .iter()
-            .map(|t| {
-                (
-                    native_id(&t.id),
-                    native_shape(&t.shape),
-                    archived_len(&t.storage),
-                )
-            })
+            .map(|t| (native_id(&t.id), native_shape(&t.shape), archived_len(&t.storage)))
             .collect();
-        let saved: Vec<(TensorId, &[usize], usize)> =
-            shapes.iter().map(|(id, s, n)| (*id, &s[..], *n)).collect();
+        let saved: Vec<(TensorId, &[usize], usize)> = shapes.iter().map(|(id, s, n)| (*id, &s[..], *n)).collect();
         validate_parts(view.key, view.input, view.output, &view.ops, &saved)?;
         Ok(view)
     }
@@ -247,20 +213,12 @@ impl SavedTensors for SegmentView<'_> {
             .saved
             .iter()
             .find(|t| native_id(&t.id) == id)
-            .ok_or(Error::MissingSaved {
-                id,
-                segment: self.key,
-            })?;
+            .ok_or(Error::MissingSaved { id, segment: self.key })?;
         let data = match &tensor.storage {
             ArchivedStorage::F32(v) => Cow::Borrowed(bytemuck::cast_slice::<_, f32>(v.as_slice())),
-            ArchivedStorage::Bf16(bits) => {
-                Cow::Owned(decode_bf16(bits.iter().map(|b| b.to_native())))
-            }
+            ArchivedStorage::Bf16(bits) => Cow::Owned(decode_bf16(bits.iter().map(|b| b.to_native()))),
         };
-        Ok(TensorRef {
-            shape: Cow::Owned(native_shape(&tensor.shape)),
-            data,
-        })
+        Ok(TensorRef { shape: Cow::Owned(native_shape(&tensor.shape)), data })
     }
 }
 
@@ -274,11 +232,7 @@ fn native_id(id: &ArchivedTensorId) -> TensorId {
 }
 
 fn native_key(key: &ArchivedSegmentKey) -> SegmentKey {
-    SegmentKey {
-        step: key.step.to_native(),
-        micro: key.micro.to_native(),
-        layer: key.layer.to_native(),
-    }
+    SegmentKey { step: key.step.to_native(), micro: key.micro.to_native(), layer: key.layer.to_native() }
 }
 
 fn native_shape(shape: &rkyv::vec::ArchivedVec<rkyv::Archived<usize>>) -> Vec<usize> {

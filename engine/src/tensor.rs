@@ -27,18 +27,12 @@ impl Tensor {
 
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Self {
-        Tensor {
-            shape: shape.to_vec(),
-            data: vec![0.0; shape.iter().product()],
-        }
+        Tensor { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
     }
 
     /// A single-element tensor of shape `[]`.
     pub fn scalar(value: f32) -> Self {
-        Tensor {
-            shape: Vec::new(),
-            data: vec![value],
-        }
+        Tensor { shape: Vec::new(), data: vec![value] }
     }
 
     /// Number of elements.
@@ -53,30 +47,20 @@ impl Tensor {
 
     /// A borrowed view.
     pub fn view(&self) -> TensorRef<'_> {
-        TensorRef {
-            shape: Cow::Borrowed(&self.shape),
-            data: Cow::Borrowed(&self.data),
-        }
+        TensorRef { shape: Cow::Borrowed(&self.shape), data: Cow::Borrowed(&self.data) }
     }
 
     /// Rows `start..end` of a tensor whose first dimension is the batch.
     pub fn rows(&self, start: usize, end: usize) -> Result<Tensor> {
-        let (&rows, rest) = self
-            .shape
-            .split_first()
-            .ok_or_else(|| Error::Shape("cannot take rows of a scalar".into()))?;
+        let (&rows, rest) =
+            self.shape.split_first().ok_or_else(|| Error::Shape("cannot take rows of a scalar".into()))?;
         if start > end || end > rows {
-            return Err(Error::Shape(format!(
-                "rows {start}..{end} out of 0..{rows}"
-            )));
+            return Err(Error::Shape(format!("rows {start}..{end} out of 0..{rows}")));
         }
         let width: usize = rest.iter().product();
         let mut shape = self.shape.clone();
         shape[0] = end - start;
-        Ok(Tensor {
-            shape,
-            data: self.data[start * width..end * width].to_vec(),
-        })
+        Ok(Tensor { shape, data: self.data[start * width..end * width].to_vec() })
     }
 }
 
@@ -93,17 +77,12 @@ impl TensorRef<'_> {
     pub fn matrix(&self, what: &str) -> Result<(usize, usize)> {
         match *self.shape {
             [rows, cols] => Ok((rows, cols)),
-            ref other => Err(Error::Shape(format!(
-                "{what} must be a matrix, has shape {other:?}"
-            ))),
+            ref other => Err(Error::Shape(format!("{what} must be a matrix, has shape {other:?}"))),
         }
     }
 
     /// An owned copy.
     pub fn to_tensor(&self) -> Tensor {
-        Tensor {
-            shape: self.shape.to_vec(),
-            data: self.data.to_vec(),
-        }
+        Tensor { shape: self.shape.to_vec(), data: self.data.to_vec() }
     }
 }

@@ -46,10 +46,7 @@ impl Batch {
             return Err(Error::Data("a batch needs at least one row".into()));
         }
         if targets.rows() != rows {
-            return Err(Error::Data(format!(
-                "{rows} input rows but {} target rows",
-                targets.rows()
-            )));
+            return Err(Error::Data(format!("{rows} input rows but {} target rows", targets.rows())));
         }
         Ok(Batch { x, targets })
     }
@@ -60,10 +57,7 @@ impl Batch {
 
     /// Rows `range` of the batch.
     pub fn slice(&self, range: Range<usize>) -> Result<Batch> {
-        Ok(Batch {
-            x: self.x.rows(range.start, range.end)?,
-            targets: self.targets.slice(range)?,
-        })
+        Ok(Batch { x: self.x.rows(range.start, range.end)?, targets: self.targets.slice(range)? })
     }
 }
 
@@ -87,9 +81,7 @@ pub fn micro_batch_ranges(rows: usize, micro_batches: usize) -> Result<Vec<Range
 }
 
 /// Work done, for the run report (invariant 4: nothing lost, nothing redone).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Counters {
     pub forward_layer_executions: u64,
     pub backward_layer_executions: u64,
@@ -108,22 +100,12 @@ impl Trainer {
     /// A trainer; errors unless `params` are exactly the model's parameters.
     pub fn new(model: Model, params: ParamStore, optimizer: Optimizer) -> Result<Trainer> {
         model.check_params(&params)?;
-        Ok(Trainer {
-            model,
-            params,
-            optimizer,
-            counters: Counters::default(),
-        })
+        Ok(Trainer { model, params, optimizer, counters: Counters::default() })
     }
 
     /// Forward and backward of every micro-batch of `batch`: the minibatch-mean
     /// loss and its gradients, summed per layer in micro-batch order.
-    pub fn gradients(
-        &mut self,
-        step: u32,
-        batch: &Batch,
-        micro_batches: usize,
-    ) -> Result<(f32, ParamStore)> {
+    pub fn gradients(&mut self, step: u32, batch: &Batch, micro_batches: usize) -> Result<(f32, ParamStore)> {
         let split = split_step(batch, micro_batches)?;
         let mut acc = GradAccumulator::new();
         let mut losses = StepLosses::new(split.rows.clone());
@@ -157,13 +139,9 @@ impl Trainer {
             self.counters.forward_layer_executions += 1;
         }
         let (loss_segment, micro_loss) = self.model.forward_loss(key(layers), x, targets)?;
-        let mut grad = loss_segment
-            .backward(&self.params, Tensor::scalar(weight), true)?
-            .input_grad;
+        let mut grad = loss_segment.backward(&self.params, Tensor::scalar(weight), true)?.input_grad;
         for segment in segments.iter().rev() {
-            let dy = grad
-                .take()
-                .ok_or_else(|| Error::Model("a layer output has no gradient".into()))?;
+            let dy = grad.take().ok_or_else(|| Error::Model("a layer output has no gradient".into()))?;
             let out = segment.backward(&self.params, dy, segment.key.layer > 0)?;
             acc.add(segment.key.layer, micro, out.param_grads)?;
             grad = out.input_grad;

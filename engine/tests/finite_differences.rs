@@ -13,21 +13,11 @@ type Build = dyn Fn(&mut Recorder<'_>, TensorId) -> Result<TensorId>;
 
 fn objective(params: &ParamStore, x: &Tensor, r: &Tensor, build: &Build) -> f64 {
     let (_, out) = record(params, x.clone(), build);
-    out.data
-        .iter()
-        .zip(&r.data)
-        .map(|(o, r)| f64::from(*o) * f64::from(*r))
-        .sum()
+    out.data.iter().zip(&r.data).map(|(o, r)| f64::from(*o) * f64::from(*r)).sum()
 }
 
 /// Central differences of J wrt every element of `x` (None) or of a parameter.
-fn numeric(
-    params: &ParamStore,
-    x: &Tensor,
-    r: &Tensor,
-    build: &Build,
-    param: Option<&str>,
-) -> Vec<f32> {
+fn numeric(params: &ParamStore, x: &Tensor, r: &Tensor, build: &Build, param: Option<&str>) -> Vec<f32> {
     let h = 1e-2f32;
     let n = param.map_or(x.len(), |p| params.get(p).unwrap().len());
     (0..n)
@@ -48,31 +38,20 @@ fn numeric(
 fn assert_close(what: &str, analytic: &[f32], numeric: &[f32]) {
     let scale = numeric.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
     for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
-        assert!(
-            (a - n).abs() <= 1e-2 * scale + 1e-3,
-            "{what}[{i}]: analytic {a} vs numeric {n} (scale {scale})"
-        );
+        assert!((a - n).abs() <= 1e-2 * scale + 1e-3, "{what}[{i}]: analytic {a} vs numeric {n} (scale {scale})");
     }
 }
 
 /// Checks input and parameter gradients of the op(s) recorded by `build`.
 fn check(params: &ParamStore, x: Tensor, build: &Build) {
     let (segment, out) = record(params, x.clone(), build);
-    let r = if out.shape.is_empty() {
-        Tensor::scalar(1.0)
-    } else {
-        random(&out.shape, 99, 1.0)
-    };
+    let r = if out.shape.is_empty() { Tensor::scalar(1.0) } else { random(&out.shape, 99, 1.0) };
     let grads = segment.backward(params, r.clone(), true).unwrap();
     let dx = grads.input_grad.expect("input gradient requested");
     assert_close("input", &dx.data, &numeric(params, &x, &r, build, None));
     for (name, _) in params.iter() {
         let analytic = grads.param_grads.get(name).unwrap();
-        assert_close(
-            name,
-            &analytic.data,
-            &numeric(params, &x, &r, build, Some(name)),
-        );
+        assert_close(name, &analytic.data, &numeric(params, &x, &r, build, Some(name)));
     }
 }
 
@@ -86,51 +65,32 @@ fn input(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn linear_params() -> ParamStore {
-    [
-        ("w".to_string(), random(&[3, 5], 1, 0.7)),
-        ("b".to_string(), random(&[3], 2, 0.5)),
-    ]
-    .into_iter()
-    .collect()
+    [("w".to_string(), random(&[3, 5], 1, 0.7)), ("b".to_string(), random(&[3], 2, 0.5))].into_iter().collect()
 }
 
 #[test]
 fn linear_with_bias() {
-    check(&linear_params(), input(&[4, 5], 3), &|rec, x| {
-        rec.linear(x, "w", Some("b"))
-    });
+    check(&linear_params(), input(&[4, 5], 3), &|rec, x| rec.linear(x, "w", Some("b")));
 }
 
 #[test]
 fn linear_without_bias() {
-    let params: ParamStore = [("w".to_string(), random(&[2, 5], 4, 0.7))]
-        .into_iter()
-        .collect();
-    check(&params, input(&[3, 5], 5), &|rec, x| {
-        rec.linear(x, "w", None)
-    });
+    let params: ParamStore = [("w".to_string(), random(&[2, 5], 4, 0.7))].into_iter().collect();
+    check(&params, input(&[3, 5], 5), &|rec, x| rec.linear(x, "w", None));
 }
 
 #[test]
 fn activations() {
     for kind in [Activation::Relu, Activation::Gelu, Activation::Tanh] {
-        check(&ParamStore::new(), input(&[3, 4], 6), &move |rec, x| {
-            rec.activation(x, kind)
-        });
+        check(&ParamStore::new(), input(&[3, 4], 6), &move |rec, x| rec.activation(x, kind));
     }
 }
 
 #[test]
 fn layernorm() {
-    let params: ParamStore = [
-        ("g".to_string(), random(&[6], 7, 1.0)),
-        ("b".to_string(), random(&[6], 8, 1.0)),
-    ]
-    .into_iter()
-    .collect();
-    check(&params, input(&[3, 6], 9), &|rec, x| {
-        rec.layernorm(x, "g", "b", 1e-5)
-    });
+    let params: ParamStore =
+        [("g".to_string(), random(&[6], 7, 1.0)), ("b".to_string(), random(&[6], 8, 1.0))].into_iter().collect();
+    check(&params, input(&[3, 6], 9), &|rec, x| rec.layernorm(x, "g", "b", 1e-5));
 }
 
 #[test]
@@ -145,16 +105,12 @@ fn add_of_a_tensor_to_itself_and_a_branch() {
 #[test]
 fn mse_loss() {
     let target = random(&[4, 3], 11, 1.0);
-    check(&ParamStore::new(), input(&[4, 3], 12), &move |rec, x| {
-        rec.mse_loss(x, target.clone())
-    });
+    check(&ParamStore::new(), input(&[4, 3], 12), &move |rec, x| rec.mse_loss(x, target.clone()));
 }
 
 #[test]
 fn cross_entropy_loss() {
-    check(&ParamStore::new(), input(&[4, 5], 13), &|rec, x| {
-        rec.cross_entropy_loss(x, &[0, 4, 2, 2])
-    });
+    check(&ParamStore::new(), input(&[4, 5], 13), &|rec, x| rec.cross_entropy_loss(x, &[0, 4, 2, 2]));
 }
 
 #[test]

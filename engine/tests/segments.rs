@@ -5,10 +5,7 @@
 mod common;
 
 use baton_engine::segment::{self, SegmentBatch, Storage};
-use baton_engine::{
-    Activation, GradAccumulator, ParamStore, Recorder, Result, Segment, SegmentKey, Tensor,
-    TensorId,
-};
+use baton_engine::{Activation, GradAccumulator, ParamStore, Recorder, Result, Segment, SegmentKey, Tensor, TensorId};
 use common::{bits_equal, random};
 
 /// A two-op layer: tanh(x Wᵀ + b), parameters prefixed by the layer index.
@@ -20,14 +17,8 @@ fn layer(rec: &mut Recorder<'_>, x: TensorId) -> Result<TensorId> {
 fn params(layers: u32, width: usize) -> ParamStore {
     let mut store = ParamStore::new();
     for l in 0..layers {
-        store.insert(
-            format!("layers.{l}.weight"),
-            random(&[width, width], 100 + u64::from(l), 0.4),
-        );
-        store.insert(
-            format!("layers.{l}.bias"),
-            random(&[width], 200 + u64::from(l), 0.1),
-        );
+        store.insert(format!("layers.{l}.weight"), random(&[width, width], 100 + u64::from(l), 0.4));
+        store.insert(format!("layers.{l}.bias"), random(&[width], 200 + u64::from(l), 0.1));
     }
     store
 }
@@ -37,11 +28,7 @@ fn forward(params: &ParamStore, layers: u32, x: Tensor) -> (Vec<Segment>, Tensor
     let mut segments = Vec::new();
     let mut x = x;
     for l in 0..layers {
-        let key = SegmentKey {
-            step: 3,
-            micro: 1,
-            layer: l,
-        };
+        let key = SegmentKey { step: 3, micro: 1, layer: l };
         let mut rec = Recorder::new(key, format!("layers.{l}."), params, x);
         let input = rec.input();
         let out = layer(&mut rec, input).unwrap();
@@ -59,34 +46,20 @@ fn archived_backward_on_another_worker_gives_the_same_bits() {
     let dy = random(&out.shape, 2, 1.0);
     // Local backward of layers 3 and 2 where the forward ran.
     let local3 = segments[3].backward(&all, dy.clone(), true).unwrap();
-    let local2 = segments[2]
-        .backward(&all, local3.input_grad.clone().unwrap(), true)
-        .unwrap();
+    let local2 = segments[2].backward(&all, local3.input_grad.clone().unwrap(), true).unwrap();
 
     // Ship layers 2-3 to a worker that holds only their parameters.
     let bytes = segment::archive(&SegmentBatch(segments[2..].to_vec())).unwrap();
-    let receiver = all
-        .with_prefix("layers.2.")
-        .into_iter()
-        .chain(all.with_prefix("layers.3."))
-        .collect();
+    let receiver = all.with_prefix("layers.2.").into_iter().chain(all.with_prefix("layers.3.")).collect();
     let views = segment::access(&bytes).unwrap();
     let remote3 = views[1].backward(&receiver, dy, true).unwrap();
-    let remote2 = views[0]
-        .backward(&receiver, remote3.input_grad.clone().unwrap(), true)
-        .unwrap();
+    let remote2 = views[0].backward(&receiver, remote3.input_grad.clone().unwrap(), true).unwrap();
 
     for (local, remote) in [(&local3, &remote3), (&local2, &remote2)] {
-        assert!(bits_equal(
-            &local.input_grad.as_ref().unwrap().data,
-            &remote.input_grad.as_ref().unwrap().data
-        ));
+        assert!(bits_equal(&local.input_grad.as_ref().unwrap().data, &remote.input_grad.as_ref().unwrap().data));
         assert_eq!(local.param_grads.len(), 2);
         for (name, g) in local.param_grads.iter() {
-            assert!(
-                bits_equal(&g.data, &remote.param_grads.get(name).unwrap().data),
-                "{name}"
-            );
+            assert!(bits_equal(&g.data, &remote.param_grads.get(name).unwrap().data), "{name}");
         }
     }
     assert_eq!(views[0].to_segment().unwrap(), segments[2]);
@@ -109,10 +82,7 @@ fn backward_without_the_parameters_names_the_missing_one() {
     let all = params(2, 4);
     let (segments, out) = forward(&all, 2, random(&[2, 4], 4, 1.0));
     let only_layer0 = all.with_prefix("layers.0.");
-    let err = segments[1]
-        .backward(&only_layer0, out, true)
-        .unwrap_err()
-        .to_string();
+    let err = segments[1].backward(&only_layer0, out, true).unwrap_err().to_string();
     assert!(err.contains("layers.1.weight"), "{err}");
 }
 
@@ -124,10 +94,7 @@ fn corrupted_or_truncated_archives_are_errors_not_panics() {
     for cut in [0, 1, 7, bytes.len() / 2, bytes.len() - 1] {
         let mut short = rkyv::util::AlignedVec::<16>::new();
         short.extend_from_slice(&bytes[..cut]);
-        assert!(
-            segment::access(&short).is_err(),
-            "truncated to {cut} bytes was accepted"
-        );
+        assert!(segment::access(&short).is_err(), "truncated to {cut} bytes was accepted");
     }
     // Flip every byte in turn: each outcome must be an error or a valid view, never a panic.
     let mut rejected = 0;
@@ -186,10 +153,7 @@ fn bf16_compaction_halves_saved_bytes_and_stays_close() {
     let (segments, out) = forward(&all, 1, random(&[8, 16], 8, 1.0));
     let mut compact = segments[0].clone();
     compact.compact_bf16();
-    assert!(compact
-        .saved
-        .iter()
-        .all(|t| matches!(t.storage, Storage::Bf16(_))));
+    assert!(compact.saved.iter().all(|t| matches!(t.storage, Storage::Bf16(_))));
     assert_eq!(compact.saved_bytes() * 2, segments[0].saved_bytes());
     let dy = random(&out.shape, 9, 1.0);
     let exact = segments[0].backward(&all, dy.clone(), true).unwrap();
@@ -200,23 +164,14 @@ fn bf16_compaction_halves_saved_bytes_and_stays_close() {
 
 #[test]
 fn accumulation_order_does_not_depend_on_arrival_order() {
-    let grads: Vec<ParamStore> = (0..4)
-        .map(|m| {
-            [("layers.0.weight".to_string(), random(&[64], 300 + m, 1.0))]
-                .into_iter()
-                .collect()
-        })
-        .collect();
+    let grads: Vec<ParamStore> =
+        (0..4).map(|m| [("layers.0.weight".to_string(), random(&[64], 300 + m, 1.0))].into_iter().collect()).collect();
     let sum = |order: &[usize]| {
         let mut acc = GradAccumulator::new();
         for &m in order {
             acc.add(0, m as u32, grads[m].clone()).unwrap();
         }
-        acc.finish(4)
-            .unwrap()
-            .get("layers.0.weight")
-            .unwrap()
-            .clone()
+        acc.finish(4).unwrap().get("layers.0.weight").unwrap().clone()
     };
     let in_order = sum(&[0, 1, 2, 3]);
     assert!(bits_equal(&in_order.data, &sum(&[3, 1, 0, 2]).data));
@@ -224,11 +179,7 @@ fn accumulation_order_does_not_depend_on_arrival_order() {
 
     let mut acc = GradAccumulator::new();
     acc.add(0, 1, grads[1].clone()).unwrap();
-    assert!(acc
-        .add(0, 1, grads[1].clone())
-        .unwrap_err()
-        .to_string()
-        .contains("twice"));
+    assert!(acc.add(0, 1, grads[1].clone()).unwrap_err().to_string().contains("twice"));
     let msg = acc.finish(4).unwrap_err().to_string();
     assert!(msg.contains("0 of 4 micro-batches"), "{msg}");
 }

@@ -11,8 +11,7 @@
 
 use baton_engine::segment::{self, SegmentBatch};
 use baton_engine::{
-    Activation, Init, Layer, Loss, Model, Optimizer, ParamSpec, Recorder, SegmentKey, Tensor,
-    TensorId, Trainer,
+    Activation, Init, Layer, Loss, Model, Optimizer, ParamSpec, Recorder, SegmentKey, Tensor, TensorId, Trainer,
 };
 use baton_models::io;
 use baton_models::layers::Linear;
@@ -34,30 +33,12 @@ impl Layer for PreNormTanhResidual {
     }
     fn params(&self) -> Vec<ParamSpec> {
         let w = self.width;
-        let bound = Init::Uniform {
-            bound: 1.0 / (w as f32).sqrt(),
-        };
+        let bound = Init::Uniform { bound: 1.0 / (w as f32).sqrt() };
         vec![
-            ParamSpec {
-                name: "norm.weight".into(),
-                shape: vec![w],
-                init: Init::Constant(1.0),
-            },
-            ParamSpec {
-                name: "norm.bias".into(),
-                shape: vec![w],
-                init: Init::Constant(0.0),
-            },
-            ParamSpec {
-                name: "proj.weight".into(),
-                shape: vec![w, w],
-                init: bound,
-            },
-            ParamSpec {
-                name: "proj.bias".into(),
-                shape: vec![w],
-                init: bound,
-            },
+            ParamSpec { name: "norm.weight".into(), shape: vec![w], init: Init::Constant(1.0) },
+            ParamSpec { name: "norm.bias".into(), shape: vec![w], init: Init::Constant(0.0) },
+            ParamSpec { name: "proj.weight".into(), shape: vec![w, w], init: bound },
+            ParamSpec { name: "proj.bias".into(), shape: vec![w], init: bound },
         ]
     }
     fn forward(&self, rec: &mut Recorder<'_>, x: TensorId) -> baton_engine::Result<TensorId> {
@@ -70,30 +51,17 @@ impl Layer for PreNormTanhResidual {
 
 fn main() -> anyhow::Result<()> {
     let layers: Vec<Box<dyn Layer>> = vec![
-        Box::new(Linear {
-            inp: 16,
-            out: 32,
-            activation: Some(Activation::Gelu),
-        }),
+        Box::new(Linear { inp: 16, out: 32, activation: Some(Activation::Gelu) }),
         Box::new(PreNormTanhResidual { width: 32 }),
-        Box::new(Linear {
-            inp: 32,
-            out: 16,
-            activation: None,
-        }),
+        Box::new(Linear { inp: 32, out: 16, activation: None }),
     ];
     let model = Model::new(16, layers, Loss::Mse)?;
     let params = baton_engine::init::init_params(&model.param_specs(), 1);
     let data = io::synthetic_data(&model, 20, 32, 2);
 
     // Relocate one segment of the custom layer before training changes the weights.
-    let key = SegmentKey {
-        step: 0,
-        micro: 0,
-        layer: 1,
-    };
-    let (_, hidden) =
-        model.forward_layer(SegmentKey { layer: 0, ..key }, &params, data[0].x.clone())?;
+    let key = SegmentKey { step: 0, micro: 0, layer: 1 };
+    let (_, hidden) = model.forward_layer(SegmentKey { layer: 0, ..key }, &params, data[0].x.clone())?;
     let (segment, out) = model.forward_layer(key, &params, hidden)?;
     let dy = Tensor::new(out.shape.clone(), vec![0.01; out.len()])?;
     let local = segment.backward(&params, dy.clone(), true)?;

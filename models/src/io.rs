@@ -26,78 +26,44 @@ pub const DATA_X: &str = "data.x";
 pub const DATA_Y: &str = "data.y";
 
 fn file_error(path: &Path, detail: impl Into<String>) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        detail: detail.into(),
-    }
+    Error::File { path: path.display().to_string(), detail: detail.into() }
 }
 
 /// Appends `(hint)` to the detail of a file error.
 fn hint(error: Error, hint: &str) -> Error {
     match error {
-        Error::File { path, detail } => Error::File {
-            path,
-            detail: format!("{detail} ({hint})"),
-        },
+        Error::File { path, detail } => Error::File { path, detail: format!("{detail} ({hint})") },
         other => other,
     }
 }
 
 /// The whole file's bytes.
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|cause| Error::Io {
-        path: path.display().to_string(),
-        cause,
-    })
+    std::fs::read(path).map_err(|cause| Error::Io { path: path.display().to_string(), cause })
 }
 
 /// Parses the safetensors header of `bytes` (read from `path`).
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
-    SafeTensors::deserialize(bytes)
-        .map_err(|e| file_error(path, format!("not a valid safetensors file: {e}")))
+    SafeTensors::deserialize(bytes).map_err(|e| file_error(path, format!("not a valid safetensors file: {e}")))
 }
 
 /// The tensor called `name`, or an error saying it is missing.
 fn tensor<'a>(path: &Path, st: &SafeTensors<'a>, name: &str) -> Result<TensorView<'a>> {
-    st.tensor(name)
-        .map_err(|_| file_error(path, format!("tensor `{name}` is missing")))
+    st.tensor(name).map_err(|_| file_error(path, format!("tensor `{name}` is missing")))
 }
 
 /// Checks dtype and shape of `view` (tensor `name`); `None` dims match anything.
-fn check(
-    path: &Path,
-    name: &str,
-    view: &TensorView<'_>,
-    dtype: Dtype,
-    shape: &[Option<usize>],
-) -> Result<()> {
+fn check(path: &Path, name: &str, view: &TensorView<'_>, dtype: Dtype, shape: &[Option<usize>]) -> Result<()> {
     if view.dtype() != dtype {
-        return Err(file_error(
-            path,
-            format!(
-                "tensor `{name}` has dtype {}, expected {dtype}",
-                view.dtype()
-            ),
-        ));
+        return Err(file_error(path, format!("tensor `{name}` has dtype {}, expected {dtype}", view.dtype())));
     }
     let fits = view.shape().len() == shape.len()
-        && view
-            .shape()
-            .iter()
-            .zip(shape)
-            .all(|(&got, want)| want.is_none_or(|w| w == got));
+        && view.shape().iter().zip(shape).all(|(&got, want)| want.is_none_or(|w| w == got));
     if !fits {
-        let expected: Vec<String> = shape
-            .iter()
-            .map(|d| d.map_or("_".into(), |d| d.to_string()))
-            .collect();
+        let expected: Vec<String> = shape.iter().map(|d| d.map_or("_".into(), |d| d.to_string())).collect();
         return Err(file_error(
             path,
-            format!(
-                "tensor `{name}` has shape {:?}, expected [{}]",
-                view.shape(),
-                expected.join(", ")
-            ),
+            format!("tensor `{name}` has shape {:?}, expected [{}]", view.shape(), expected.join(", ")),
         ));
     }
     Ok(())
@@ -105,23 +71,16 @@ fn check(
 
 /// Decodes little-endian f32 data (dtype already checked).
 fn f32_data(view: &TensorView<'_>) -> Vec<f32> {
-    view.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 /// Decodes little-endian i64 data (dtype already checked).
 fn i64_data(view: &TensorView<'_>) -> Vec<i64> {
-    view.data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-        .collect()
+    view.data().chunks_exact(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect()
 }
 
 fn to_tensor(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Tensor> {
-    Tensor::new(view.shape().to_vec(), f32_data(view))
-        .map_err(|e| file_error(path, format!("tensor `{name}`: {e}")))
+    Tensor::new(view.shape().to_vec(), f32_data(view)).map_err(|e| file_error(path, format!("tensor `{name}`: {e}")))
 }
 
 /// Reads every parameter of `model` by its PyTorch name. The file may hold
@@ -132,15 +91,8 @@ pub fn load_params(path: &Path, model: &Model) -> Result<ParamStore> {
     let st = parse(path, &bytes)?;
     let mut params = ParamStore::new();
     for spec in model.param_specs() {
-        let view = tensor(path, &st, &spec.name).map_err(|_| {
-            file_error(
-                path,
-                format!(
-                    "parameter `{}` (shape {:?}) is missing",
-                    spec.name, spec.shape
-                ),
-            )
-        })?;
+        let view = tensor(path, &st, &spec.name)
+            .map_err(|_| file_error(path, format!("parameter `{}` (shape {:?}) is missing", spec.name, spec.shape)))?;
         let shape: Vec<Option<usize>> = spec.shape.iter().copied().map(Some).collect();
         check(path, &spec.name, &view, Dtype::F32, &shape)?;
         params.insert(spec.name.clone(), to_tensor(path, &spec.name, &view)?);
@@ -150,20 +102,10 @@ pub fn load_params(path: &Path, model: &Model) -> Result<ParamStore> {
 
 /// Writes `params` as F32 little-endian tensors under their names, with
 /// optional string metadata (the CLI stores spec, steps and optimizer).
-pub fn save_params(
-    path: &Path,
-    params: &ParamStore,
-    metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
+pub fn save_params(path: &Path, params: &ParamStore, metadata: Option<HashMap<String, String>>) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = params
         .iter()
-        .map(|(name, t)| {
-            (
-                name.clone(),
-                t.shape.clone(),
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
+        .map(|(name, t)| (name.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
     let views = bytes
         .iter()
@@ -201,10 +143,7 @@ pub fn load_f32(path: &Path, name: &str) -> Result<Tensor> {
     let st = parse(path, &bytes)?;
     let view = tensor(path, &st, name)?;
     if view.dtype() != Dtype::F32 {
-        return Err(file_error(
-            path,
-            format!("tensor `{name}` has dtype {}, expected F32", view.dtype()),
-        ));
+        return Err(file_error(path, format!("tensor `{name}` has dtype {}, expected F32", view.dtype())));
     }
     to_tensor(path, name, &view)
 }
@@ -232,25 +171,13 @@ pub fn load_data(path: &Path, model: &Model, steps: usize) -> Result<Vec<Batch>>
     let bytes = read_bytes(path)?;
     let st = parse(path, &bytes)?;
     let x = tensor(path, &st, DATA_X)?;
-    check(
-        path,
-        DATA_X,
-        &x,
-        Dtype::F32,
-        &[None, None, Some(model.input)],
-    )?;
+    check(path, DATA_X, &x, Dtype::F32, &[None, None, Some(model.input)])?;
     let (held, batch) = (x.shape()[0], x.shape()[1]);
     if steps > held {
-        return Err(file_error(
-            path,
-            format!("{steps} steps requested but `{DATA_X}` holds only {held}"),
-        ));
+        return Err(file_error(path, format!("{steps} steps requested but `{DATA_X}` holds only {held}")));
     }
     if batch == 0 {
-        return Err(file_error(
-            path,
-            format!("`{DATA_X}` has an empty batch dimension"),
-        ));
+        return Err(file_error(path, format!("`{DATA_X}` has an empty batch dimension")));
     }
     let y = tensor(path, &st, DATA_Y)?;
     let xs = f32_data(&x);
@@ -263,10 +190,7 @@ pub fn load_data(path: &Path, model: &Model, steps: usize) -> Result<Vec<Batch>>
         .into_iter()
         .enumerate()
         .map(|(s, t)| {
-            let x = Tensor::new(
-                vec![batch, model.input],
-                xs[s * row..(s + 1) * row].to_vec(),
-            )?;
+            let x = Tensor::new(vec![batch, model.input], xs[s * row..(s + 1) * row].to_vec())?;
             Batch::new(x, t).map_err(|e| file_error(path, format!("step {s}: {e}")))
         })
         .collect()
@@ -281,23 +205,12 @@ fn mse_targets(
     out: usize,
     steps: usize,
 ) -> Result<Vec<Targets>> {
-    check(
-        path,
-        DATA_Y,
-        y,
-        Dtype::F32,
-        &[Some(held), Some(batch), Some(out)],
-    )
-    .map_err(|e| hint(e, "mse needs f32 targets [steps, batch, outputs]"))?;
+    check(path, DATA_Y, y, Dtype::F32, &[Some(held), Some(batch), Some(out)])
+        .map_err(|e| hint(e, "mse needs f32 targets [steps, batch, outputs]"))?;
     let ys = f32_data(y);
     let per = batch * out;
     (0..steps)
-        .map(|s| {
-            Ok(Targets::Values(Tensor::new(
-                vec![batch, out],
-                ys[s * per..(s + 1) * per].to_vec(),
-            )?))
-        })
+        .map(|s| Ok(Targets::Values(Tensor::new(vec![batch, out], ys[s * per..(s + 1) * per].to_vec())?)))
         .collect()
 }
 
@@ -319,9 +232,7 @@ fn class_targets(
             let mut out = Vec::with_capacity(batch);
             for (r, &class) in row.iter().enumerate() {
                 if class < 0 || class as u64 >= classes as u64 {
-                    let detail = format!(
-                        "`{DATA_Y}` step {s} row {r} has class {class}, outside 0..{classes}"
-                    );
+                    let detail = format!("`{DATA_Y}` step {s} row {r} has class {class}, outside 0..{classes}");
                     return Err(file_error(path, detail));
                 }
                 out.push(class as u32);
@@ -339,31 +250,19 @@ pub fn synthetic_data(model: &Model, steps: usize, batch: usize, seed: u64) -> V
     let (input, out) = (model.input, model.output());
     let mut rng = SplitMix64::new(seed ^ 0x5EED_DA7A_0000_0001);
     let scale = 2.0 / (input.max(1) as f32).sqrt();
-    let map: Vec<f32> = (0..out * input)
-        .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
-        .collect();
+    let map: Vec<f32> = (0..out * input).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect();
     (0..steps)
         .map(|_| {
-            let x: Vec<f32> = (0..batch * input)
-                .map(|_| rng.next_f32() * 2.0 - 1.0)
-                .collect();
+            let x: Vec<f32> = (0..batch * input).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
             let z = apply_map(&map, &x, input, out);
             let targets = match model.loss {
                 Loss::Mse => Targets::Values(Tensor {
                     shape: vec![batch, out],
                     data: z.iter().map(|&v| libm::tanhf(v)).collect(),
                 }),
-                Loss::CrossEntropy => {
-                    Targets::Classes(z.chunks_exact(out.max(1)).map(argmax).collect())
-                }
+                Loss::CrossEntropy => Targets::Classes(z.chunks_exact(out.max(1)).map(argmax).collect()),
             };
-            Batch {
-                x: Tensor {
-                    shape: vec![batch, input],
-                    data: x,
-                },
-                targets,
-            }
+            Batch { x: Tensor { shape: vec![batch, input], data: x }, targets }
         })
         .collect()
 }

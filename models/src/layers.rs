@@ -9,35 +9,17 @@ pub const LAYERNORM_EPS: f32 = 1e-5;
 /// PyTorch's default initialisation of a linear layer's weight and bias:
 /// uniform in ±1/sqrt(fan_in).
 fn linear_params(prefix: &str, inp: usize, out: usize) -> [ParamSpec; 2] {
-    let init = Init::Uniform {
-        bound: 1.0 / (inp as f32).sqrt(),
-    };
+    let init = Init::Uniform { bound: 1.0 / (inp as f32).sqrt() };
     [
-        ParamSpec {
-            name: format!("{prefix}weight"),
-            shape: vec![out, inp],
-            init,
-        },
-        ParamSpec {
-            name: format!("{prefix}bias"),
-            shape: vec![out],
-            init,
-        },
+        ParamSpec { name: format!("{prefix}weight"), shape: vec![out, inp], init },
+        ParamSpec { name: format!("{prefix}bias"), shape: vec![out], init },
     ]
 }
 
 fn layernorm_params(prefix: &str, width: usize) -> [ParamSpec; 2] {
     [
-        ParamSpec {
-            name: format!("{prefix}weight"),
-            shape: vec![width],
-            init: Init::Constant(1.0),
-        },
-        ParamSpec {
-            name: format!("{prefix}bias"),
-            shape: vec![width],
-            init: Init::Constant(0.0),
-        },
+        ParamSpec { name: format!("{prefix}weight"), shape: vec![width], init: Init::Constant(1.0) },
+        ParamSpec { name: format!("{prefix}bias"), shape: vec![width], init: Init::Constant(0.0) },
     ]
 }
 

@@ -14,13 +14,8 @@ use crate::{Error, Result};
 pub fn mlp_json(width: usize, depth: usize) -> String {
     let relu = format!(r#"{{"type": "linear", "out": {width}, "activation": "relu"}}"#);
     let mut layers = vec![relu; depth.saturating_sub(1)];
-    layers.push(format!(
-        r#"{{"type": "linear", "out": {width}, "activation": "none"}}"#
-    ));
-    format!(
-        r#"{{"input": {width}, "layers": [{}], "loss": "mse"}}"#,
-        layers.join(", ")
-    )
+    layers.push(format!(r#"{{"type": "linear", "out": {width}, "activation": "none"}}"#));
+    format!(r#"{{"input": {width}, "layers": [{}], "loss": "mse"}}"#, layers.join(", "))
 }
 
 /// The built-in seed model: 12 linear layers of width 64 ([`mlp_json`]).
@@ -42,10 +37,7 @@ pub fn load(model: &str) -> Result<Model> {
     if model.starts_with('{') {
         return parse(model);
     }
-    let text = std::fs::read_to_string(model).map_err(|cause| Error::Io {
-        path: model.into(),
-        cause,
-    })?;
+    let text = std::fs::read_to_string(model).map_err(|cause| Error::Io { path: model.into(), cause })?;
     parse(&text).map_err(|e| match e {
         Error::Spec(detail) => Error::Spec(format!("{model}: {detail}")),
         other => other,
@@ -54,31 +46,18 @@ pub fn load(model: &str) -> Result<Model> {
 
 /// A model from spec JSON text.
 pub fn parse(json: &str) -> Result<Model> {
-    let value: Value =
-        serde_json::from_str(json).map_err(|e| spec_err(format!("not valid JSON: {e}")))?;
-    let root = value
-        .as_object()
-        .ok_or_else(|| spec_err("the spec must be a JSON object".into()))?;
+    let value: Value = serde_json::from_str(json).map_err(|e| spec_err(format!("not valid JSON: {e}")))?;
+    let root = value.as_object().ok_or_else(|| spec_err("the spec must be a JSON object".into()))?;
     check_fields(root, &["input", "layers", "loss"], "the spec")?;
     let input = positive(root, "input", "input")?;
     let loss = match root.get("loss").and_then(Value::as_str) {
         Some("mse") => Loss::Mse,
         Some("cross_entropy") => Loss::CrossEntropy,
-        Some(other) => {
-            return Err(spec_err(format!(
-                "loss: unknown loss `{other}` (mse, cross_entropy)"
-            )))
-        }
-        None => {
-            return Err(spec_err(
-                "loss: missing; use \"mse\" or \"cross_entropy\"".into(),
-            ))
-        }
+        Some(other) => return Err(spec_err(format!("loss: unknown loss `{other}` (mse, cross_entropy)"))),
+        None => return Err(spec_err("loss: missing; use \"mse\" or \"cross_entropy\"".into())),
     };
-    let entries = root
-        .get("layers")
-        .and_then(Value::as_array)
-        .ok_or_else(|| spec_err("layers: missing or not a list".into()))?;
+    let entries =
+        root.get("layers").and_then(Value::as_array).ok_or_else(|| spec_err("layers: missing or not a list".into()))?;
     if entries.is_empty() {
         return Err(spec_err("layers: the list is empty".into()));
     }
@@ -94,23 +73,14 @@ pub fn parse(json: &str) -> Result<Model> {
 
 fn parse_layer(entry: &Value, i: usize, width: usize) -> Result<Box<dyn Layer>> {
     let at = format!("layers[{i}]");
-    let obj = entry
-        .as_object()
-        .ok_or_else(|| spec_err(format!("{at}: must be an object")))?;
-    let kind = obj
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| spec_err(format!("{at}.type: missing")))?;
+    let obj = entry.as_object().ok_or_else(|| spec_err(format!("{at}: must be an object")))?;
+    let kind = obj.get("type").and_then(Value::as_str).ok_or_else(|| spec_err(format!("{at}.type: missing")))?;
     Ok(match kind {
         "linear" => {
             check_fields(obj, &["type", "out", "activation"], &at)?;
             let out = positive(obj, "out", &format!("{at}.out"))?;
             let activation = parse_activation(obj.get("activation"), &at)?;
-            Box::new(Linear {
-                inp: width,
-                out,
-                activation,
-            })
+            Box::new(Linear { inp: width, out, activation })
         }
         "residual_mlp" => {
             check_fields(obj, &["type", "hidden"], &at)?;
@@ -122,9 +92,7 @@ fn parse_layer(entry: &Value, i: usize, width: usize) -> Result<Box<dyn Layer>> 
             Box::new(LayerNorm { width })
         }
         other => {
-            return Err(spec_err(format!(
-                "{at}.type: unknown layer type `{other}` (linear, residual_mlp, layernorm)"
-            )))
+            return Err(spec_err(format!("{at}.type: unknown layer type `{other}` (linear, residual_mlp, layernorm)")))
         }
     })
 }
@@ -135,9 +103,9 @@ fn parse_activation(value: Option<&Value>, at: &str) -> Result<Option<Activation
         Some(Some("relu")) => Ok(Some(Activation::Relu)),
         Some(Some("gelu")) => Ok(Some(Activation::Gelu)),
         Some(Some("tanh")) => Ok(Some(Activation::Tanh)),
-        Some(Some(other)) => Err(spec_err(format!(
-            "{at}.activation: unknown activation `{other}` (none, relu, gelu, tanh)"
-        ))),
+        Some(Some(other)) => {
+            Err(spec_err(format!("{at}.activation: unknown activation `{other}` (none, relu, gelu, tanh)")))
+        }
         Some(None) => Err(spec_err(format!("{at}.activation: must be a string"))),
     }
 }
@@ -145,18 +113,13 @@ fn parse_activation(value: Option<&Value>, at: &str) -> Result<Option<Activation
 fn positive(obj: &Map<String, Value>, key: &str, at: &str) -> Result<usize> {
     match obj.get(key).and_then(Value::as_u64) {
         Some(n) if n > 0 && n <= 1 << 24 => Ok(n as usize),
-        _ => Err(spec_err(format!(
-            "{at}: must be a positive integer (at most 16777216)"
-        ))),
+        _ => Err(spec_err(format!("{at}: must be a positive integer (at most 16777216)"))),
     }
 }
 
 fn check_fields(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<()> {
     match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(spec_err(format!(
-            "{at}: unknown field `{k}` (allowed: {})",
-            allowed.join(", ")
-        ))),
+        Some(k) => Err(spec_err(format!("{at}: unknown field `{k}` (allowed: {})", allowed.join(", ")))),
         None => Ok(()),
     }
 }
@@ -192,31 +155,22 @@ mod tests {
 
     #[test]
     fn residual_mlp_names_follow_pytorch() {
-        let model = parse(
-            r#"{"input": 8, "layers": [{"type": "residual_mlp", "hidden": 16}], "loss": "mse"}"#,
-        )
-        .unwrap();
+        let model =
+            parse(r#"{"input": 8, "layers": [{"type": "residual_mlp", "hidden": 16}], "loss": "mse"}"#).unwrap();
         let names: Vec<String> = model.param_specs().into_iter().map(|s| s.name).collect();
         assert_eq!(
             names,
-            [
-                "norm.weight",
-                "norm.bias",
-                "fc1.weight",
-                "fc1.bias",
-                "fc2.weight",
-                "fc2.bias"
-            ]
-            .map(|n| format!("layers.0.{n}"))
+            ["norm.weight", "norm.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+                .map(|n| format!("layers.0.{n}"))
         );
     }
 
     #[test]
     fn errors_name_the_offending_field() {
         assert!(err("{").contains("not valid JSON"));
-        assert!(err(r#"{"input": 4, "layers": [], "loss": "mse"}"#)
-            .contains("layers: the list is empty"));
-        let bad_act = r#"{"input": 4, "layers": [{"type": "linear", "out": 2, "activation": "sigmoid"}], "loss": "mse"}"#;
+        assert!(err(r#"{"input": 4, "layers": [], "loss": "mse"}"#).contains("layers: the list is empty"));
+        let bad_act =
+            r#"{"input": 4, "layers": [{"type": "linear", "out": 2, "activation": "sigmoid"}], "loss": "mse"}"#;
         assert!(err(bad_act).contains("layers[0].activation: unknown activation `sigmoid`"));
         let bad_type = r#"{"input": 4, "layers": [{"type": "linear", "out": 2}, {"type": "conv"}], "loss": "mse"}"#;
         assert!(err(bad_type).contains("layers[1].type: unknown layer type `conv`"));
@@ -226,8 +180,9 @@ mod tests {
         assert!(err(bad_loss).contains("loss: unknown loss `hinge`"));
         let extra = r#"{"input": 4, "layers": [{"type": "layernorm", "eps": 1}], "loss": "mse"}"#;
         assert!(err(extra).contains("layers[0]: unknown field `eps`"));
-        assert!(err(r#"{"layers": [{"type": "layernorm"}], "loss": "mse"}"#)
-            .contains("input: must be a positive integer"));
+        assert!(
+            err(r#"{"layers": [{"type": "layernorm"}], "loss": "mse"}"#).contains("input: must be a positive integer")
+        );
     }
 
     #[test]

@@ -34,20 +34,12 @@ pub struct Golden {
     pub final_tolerance: f32,
 }
 
-pub const GOLDEN_FILES: [(&str, f32); 3] = [
-    ("mlp12_sgd", 1e-4),
-    ("mlp12_adam", 1e-4),
-    ("resmlp12_ce", 1e-3),
-];
+pub const GOLDEN_FILES: [(&str, f32); 3] = [("mlp12_sgd", 1e-4), ("mlp12_adam", 1e-4), ("resmlp12_ce", 1e-3)];
 
 impl Golden {
     pub fn load(name: &str, final_tolerance: f32) -> Golden {
         let path = golden_dir().join(format!("{name}.safetensors"));
-        assert!(
-            path.exists(),
-            "golden file {} is missing (set BATON_GOLDEN_DIR)",
-            path.display()
-        );
+        assert!(path.exists(), "golden file {} is missing (set BATON_GOLDEN_DIR)", path.display());
         let meta = io::read_metadata(&path).unwrap();
         let spec = meta["spec"].clone();
         let model = spec::parse(&spec).unwrap();
@@ -102,24 +94,12 @@ fn optimizer_from_metadata(json: &str) -> OptimizerConfig {
 
 /// Max |a - b| of every tensor of `expected` against `actual`, asserting
 /// `max |Δ| <= tolerance(expected tensor)` per tensor.
-pub fn assert_params_close(
-    what: &str,
-    actual: &ParamStore,
-    expected: &ParamStore,
-    tolerance: impl Fn(&[f32]) -> f32,
-) {
+pub fn assert_params_close(what: &str, actual: &ParamStore, expected: &ParamStore, tolerance: impl Fn(&[f32]) -> f32) {
     assert_eq!(actual.len(), expected.len(), "{what}: tensor count");
     for (name, want) in expected.iter() {
-        let got = actual
-            .get(name)
-            .unwrap_or_else(|_| panic!("{what}: {name} missing"));
+        let got = actual.get(name).unwrap_or_else(|_| panic!("{what}: {name} missing"));
         assert_eq!(got.shape, want.shape, "{what}: {name} shape");
-        let diff = got
-            .data
-            .iter()
-            .zip(&want.data)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let diff = got.data.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         let tol = tolerance(&want.data);
         assert!(diff <= tol, "{what}: {name} max |Δ| = {diff:e} > {tol:e}");
     }
@@ -134,11 +114,7 @@ pub fn bit_identical(a: &ParamStore, b: &ParamStore) -> bool {
     a.len() == b.len()
         && a.iter().all(|(name, t)| {
             b.get(name).is_ok_and(|u| {
-                u.shape == t.shape
-                    && u.data
-                        .iter()
-                        .zip(&t.data)
-                        .all(|(x, y)| x.to_bits() == y.to_bits())
+                u.shape == t.shape && u.data.iter().zip(&t.data).all(|(x, y)| x.to_bits() == y.to_bits())
             })
         })
 }
@@ -175,18 +151,11 @@ pub fn run_with_watchdog(cmd: &mut Command, limit: Duration) -> Output {
             child.kill().ok();
             child.wait().ok();
             let err = stderr.join().unwrap();
-            panic!(
-                "baton ran over {limit:?}; stderr:\n{}",
-                String::from_utf8_lossy(&err)
-            );
+            panic!("baton ran over {limit:?}; stderr:\n{}", String::from_utf8_lossy(&err));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 /// Runs baton with `args` (watchdog 300 s) and returns the output.
@@ -197,10 +166,6 @@ pub fn run_baton(args: &[&str]) -> Output {
 /// Runs baton expecting success; panics with its stderr otherwise.
 pub fn run_baton_ok(args: &[&str]) -> Output {
     let out = run_baton(args);
-    assert!(
-        out.status.success(),
-        "baton {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "baton {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     out
 }

@@ -70,7 +70,11 @@ pub struct JobOutcome {
 enum Phase {
     Registering,
     Connecting,
-    Running { step: u32, done: Vec<bool> },
+    /// `updated[l]`: layer l received its update for `step`.
+    Running {
+        step: u32,
+        updated: Vec<bool>,
+    },
     Finishing,
     Over,
 }
@@ -143,9 +147,7 @@ impl Coordinator {
         let result = match event {
             // A worker that delivered its final state may go away.
             CoordEvent::Lost { worker, .. } if self.finals.contains_key(&worker) => Ok(Vec::new()),
-            CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!(
-                "worker {worker} was lost: {reason}"
-            ))),
+            CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!("worker {worker} was lost: {reason}"))),
             CoordEvent::Message { worker, message } => self.on_message(worker, message),
         };
         result.unwrap_or_else(|e| self.fail(e.to_string()))
@@ -159,34 +161,17 @@ impl Coordinator {
             )));
         }
         match message {
-            Message::Register {
-                protocol, address, ..
-            } => self.on_register(worker, protocol, address),
+            Message::Register { protocol, address, .. } => self.on_register(worker, protocol, address),
             Message::Ready { .. } => self.on_ready(worker),
             Message::Loss { step, micro, value } => self.on_loss(step, micro, value),
-            Message::StepDone { step, .. } => self.on_step_done(worker, step),
-            Message::Final {
-                params,
-                counters,
-                spans,
-                ..
-            } => self.on_final(worker, params, counters, spans),
-            Message::Abort { reason } => Err(Error::Pipeline(format!(
-                "worker {worker} aborted: {reason}"
-            ))),
-            other => Err(Error::Pipeline(format!(
-                "worker {worker} sent an unexpected {} message",
-                other.kind()
-            ))),
+            Message::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer),
+            Message::Final { params, counters, spans, .. } => self.on_final(worker, params, counters, spans),
+            Message::Abort { reason } => Err(Error::Pipeline(format!("worker {worker} aborted: {reason}"))),
+            other => Err(Error::Pipeline(format!("worker {worker} sent an unexpected {} message", other.kind()))),
         }
     }
 
-    fn on_register(
-        &mut self,
-        worker: u32,
-        protocol: u32,
-        address: String,
-    ) -> Result<Vec<CoordEffect>> {
+    fn on_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
         use super::protocol::PROTOCOL_VERSION;
         if protocol != PROTOCOL_VERSION {
             return Err(Error::Protocol(format!(
@@ -201,12 +186,7 @@ impl Coordinator {
         }
         self.phase = Phase::Connecting;
         (0..self.plan.workers as u32)
-            .map(|w| {
-                Ok(CoordEffect::Send {
-                    worker: w,
-                    message: self.assignment(w),
-                })
-            })
+            .map(|w| Ok(CoordEffect::Send { worker: w, message: self.assignment(w) }))
             .collect()
     }
 
@@ -224,9 +204,7 @@ impl Coordinator {
             })
             .collect();
         let layers = self.partition.stages[worker as usize].clone();
-        let params = layers
-            .flat_map(|l| self.plan.params.with_prefix(&format!("layers.{l}.")))
-            .collect();
+        let params = layers.flat_map(|l| self.plan.params.with_prefix(&format!("layers.{l}."))).collect();
         Message::Assign(Assignment {
             generation: self.generation,
             spec: self.plan.spec.clone(),
@@ -239,9 +217,7 @@ impl Coordinator {
 
     fn on_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
         if self.phase != Phase::Connecting {
-            return Err(Error::Pipeline(format!(
-                "worker {worker} reported ready out of turn"
-            )));
+            return Err(Error::Pipeline(format!("worker {worker} reported ready out of turn")));
         }
         self.ready[worker as usize] = true;
         if self.ready.iter().all(|r| *r) {
@@ -253,29 +229,13 @@ impl Coordinator {
     fn start_step(&mut self, step: u32) -> Result<Vec<CoordEffect>> {
         let split = split_step(&self.plan.batches[step as usize], self.plan.micro_batches)?;
         self.step_losses = Some(StepLosses::new(split.rows.clone()));
-        self.phase = Phase::Running {
-            step,
-            done: vec![false; self.plan.workers],
-        };
+        self.phase = Phase::Running { step, updated: vec![false; self.plan.costs.len()] };
         let last = self.plan.workers as u32 - 1;
         Ok((0..=last)
             .map(|w| {
-                let inputs = if w == 0 {
-                    split.inputs.clone()
-                } else {
-                    Vec::new()
-                };
-                let targets = if w == last {
-                    split.targets.clone()
-                } else {
-                    Vec::new()
-                };
-                let message = Message::StepStart {
-                    step,
-                    rows: split.rows.clone(),
-                    inputs,
-                    targets,
-                };
+                let inputs = if w == 0 { split.inputs.clone() } else { Vec::new() };
+                let targets = if w == last { split.targets.clone() } else { Vec::new() };
+                let message = Message::StepStart { step, rows: split.rows.clone(), inputs, targets };
                 CoordEffect::Send { worker: w, message }
             })
             .collect())
@@ -283,43 +243,36 @@ impl Coordinator {
 
     fn on_loss(&mut self, step: u32, micro: u32, value: f32) -> Result<Vec<CoordEffect>> {
         match (&self.phase, self.step_losses.as_mut()) {
-            (Phase::Running { step: current, .. }, Some(book)) if *current == step => {
-                book.record(micro, value)?
-            }
-            _ => {
-                return Err(Error::Pipeline(format!(
-                    "loss of step {step} arrived out of turn"
-                )))
-            }
+            (Phase::Running { step: current, .. }, Some(book)) if *current == step => book.record(micro, value)?,
+            _ => return Err(Error::Pipeline(format!("loss of step {step} arrived out of turn"))),
         }
         self.maybe_finish_step()
     }
 
-    fn on_step_done(&mut self, worker: u32, step: u32) -> Result<Vec<CoordEffect>> {
+    fn on_layer_updated(&mut self, worker: u32, step: u32, layer: u32) -> Result<Vec<CoordEffect>> {
+        let out_of_turn = || Error::Pipeline(format!("worker {worker} updated layer {layer} for step {step} out of turn"));
         match &mut self.phase {
-            Phase::Running {
-                step: current,
-                done,
-            } if *current == step => done[worker as usize] = true,
-            _ => {
-                return Err(Error::Pipeline(format!(
-                    "worker {worker} finished step {step} out of turn"
-                )))
+            Phase::Running { step: current, updated } if *current == step => {
+                let slot = updated.get_mut(layer as usize).ok_or_else(out_of_turn)?;
+                if std::mem::replace(slot, true) {
+                    return Err(out_of_turn());
+                }
             }
+            _ => return Err(out_of_turn()),
         }
         self.maybe_finish_step()
     }
 
-    /// A step ends when every worker applied its update and every loss is in.
+    /// A step ends when every layer received its update and every loss is in.
     fn maybe_finish_step(&mut self) -> Result<Vec<CoordEffect>> {
-        let Phase::Running { step, done } = &self.phase else {
+        let Phase::Running { step, updated } = &self.phase else {
             return Ok(Vec::new());
         };
         let loss = self.step_losses.as_ref().and_then(StepLosses::total);
         let (step, Some(loss)) = (*step, loss) else {
             return Ok(Vec::new());
         };
-        if !done.iter().all(|d| *d) {
+        if !updated.iter().all(|u| *u) {
             return Ok(Vec::new());
         }
         self.losses.push(loss);
@@ -328,10 +281,9 @@ impl Coordinator {
             effects.extend(self.start_step(step + 1)?);
         } else {
             self.phase = Phase::Finishing;
-            effects.extend((0..self.plan.workers as u32).map(|w| CoordEffect::Send {
-                worker: w,
-                message: Message::Finish,
-            }));
+            effects.extend(
+                (0..self.plan.workers as u32).map(|w| CoordEffect::Send { worker: w, message: Message::Finish }),
+            );
         }
         Ok(effects)
     }
@@ -343,15 +295,8 @@ impl Coordinator {
         counters: Counters,
         spans: Vec<Span>,
     ) -> Result<Vec<CoordEffect>> {
-        if self.phase != Phase::Finishing
-            || self
-                .finals
-                .insert(worker, (params, counters, spans))
-                .is_some()
-        {
-            return Err(Error::Pipeline(format!(
-                "worker {worker} sent its final state out of turn"
-            )));
+        if self.phase != Phase::Finishing || self.finals.insert(worker, (params, counters, spans)).is_some() {
+            return Err(Error::Pipeline(format!("worker {worker} sent its final state out of turn")));
         }
         if self.finals.len() < self.plan.workers {
             return Ok(Vec::new());
@@ -380,12 +325,7 @@ impl Coordinator {
     /// Ends the job: tells every worker to stop and reports why.
     fn fail(&mut self, reason: String) -> Vec<CoordEffect> {
         self.phase = Phase::Over;
-        let abort = |w: u32| CoordEffect::Send {
-            worker: w,
-            message: Message::Abort {
-                reason: reason.clone(),
-            },
-        };
+        let abort = |w: u32| CoordEffect::Send { worker: w, message: Message::Abort { reason: reason.clone() } };
         let mut effects: Vec<CoordEffect> = (0..self.plan.workers as u32).map(abort).collect();
         effects.push(CoordEffect::Failed(reason));
         effects

@@ -18,9 +18,7 @@ impl Partition {
     pub fn balanced(costs: &[f64], workers: usize) -> Result<Partition> {
         let layers = costs.len();
         if workers == 0 || workers > layers {
-            return Err(Error::Partition(format!(
-                "cannot place {layers} layers on {workers} workers"
-            )));
+            return Err(Error::Partition(format!("cannot place {layers} layers on {workers} workers")));
         }
         let bottleneck = min_bottleneck(costs, workers);
         let mut stages = Vec::with_capacity(workers);
@@ -46,11 +44,7 @@ impl Partition {
 
     /// Formats as `0-3 / 4-7 / 8-11`.
     pub fn describe(&self) -> String {
-        let parts: Vec<String> = self
-            .stages
-            .iter()
-            .map(|r| format!("{}-{}", r.start, r.end - 1))
-            .collect();
+        let parts: Vec<String> = self.stages.iter().map(|r| format!("{}-{}", r.start, r.end - 1)).collect();
         parts.join(" / ")
     }
 }
@@ -89,10 +83,7 @@ mod tests {
     fn mlp12_on_three_workers_is_the_seed_partition() {
         let p = Partition::balanced(&[1.0; 12], 3).unwrap();
         assert_eq!(p.describe(), "0-3 / 4-7 / 8-11");
-        assert_eq!(
-            Partition::balanced(&[1.0; 12], 2).unwrap().describe(),
-            "0-5 / 6-11"
-        );
+        assert_eq!(Partition::balanced(&[1.0; 12], 2).unwrap().describe(), "0-5 / 6-11");
         assert_eq!(p.stage_of(5), Some(1));
     }
 
@@ -112,15 +103,9 @@ mod tests {
                 assert_eq!(p.stages.len(), workers);
                 assert_eq!(p.stages[0].start, 0);
                 assert_eq!(p.stages.last().unwrap().end, layers as u32);
-                assert!(p
-                    .stages
-                    .windows(2)
-                    .all(|w| w[0].end == w[1].start && !w[1].is_empty()));
-                let worst = p
-                    .stages
-                    .iter()
-                    .map(|r| r.clone().map(|l| costs[l as usize]).sum::<f64>())
-                    .fold(0.0, f64::max);
+                assert!(p.stages.windows(2).all(|w| w[0].end == w[1].start && !w[1].is_empty()));
+                let worst =
+                    p.stages.iter().map(|r| r.clone().map(|l| costs[l as usize]).sum::<f64>()).fold(0.0, f64::max);
                 assert!((worst - min_bottleneck(&costs, workers)).abs() < 1e-9);
             }
         }

@@ -18,11 +18,7 @@ pub struct StepInputs {
 /// Splits `batch` into `micro_batches` (see [`micro_batch_ranges`]).
 pub fn split_step(batch: &Batch, micro_batches: usize) -> Result<StepInputs> {
     let ranges = micro_batch_ranges(batch.rows(), micro_batches)?;
-    let mut split = StepInputs {
-        rows: Vec::new(),
-        inputs: Vec::new(),
-        targets: Vec::new(),
-    };
+    let mut split = StepInputs { rows: Vec::new(), inputs: Vec::new(), targets: Vec::new() };
     for (m, range) in ranges.into_iter().enumerate() {
         split.rows.push(range.len() as u32);
         let part = batch.slice(range)?;
@@ -46,18 +42,13 @@ pub struct StepLosses {
 
 impl StepLosses {
     pub fn new(rows: Vec<u32>) -> Self {
-        StepLosses {
-            rows,
-            values: BTreeMap::new(),
-        }
+        StepLosses { rows, values: BTreeMap::new() }
     }
 
     /// Records micro-batch `micro`'s loss; each counts exactly once.
     pub fn record(&mut self, micro: u32, value: f32) -> Result<()> {
         if micro as usize >= self.rows.len() || self.values.insert(micro, value).is_some() {
-            return Err(Error::Pipeline(format!(
-                "loss of micro-batch {micro} is unexpected or came twice"
-            )));
+            return Err(Error::Pipeline(format!("loss of micro-batch {micro} is unexpected or came twice")));
         }
         Ok(())
     }
@@ -66,11 +57,8 @@ impl StepLosses {
     /// micro-batch order.
     pub fn total(&self) -> Option<f32> {
         (self.values.len() == self.rows.len()).then(|| {
-            let sum: f64 = self
-                .values
-                .iter()
-                .map(|(&m, &v)| f64::from(loss_weight(&self.rows, m as usize)) * f64::from(v))
-                .sum();
+            let sum: f64 =
+                self.values.iter().map(|(&m, &v)| f64::from(loss_weight(&self.rows, m as usize)) * f64::from(v)).sum();
             sum as f32
         })
     }

@@ -12,7 +12,7 @@ use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
 
 /// Bumped whenever [`Message`] changes shape; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A worker's place in one generation.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -51,49 +51,25 @@ pub struct Span {
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Message {
     /// Worker → coordinator, first message: who it is and where peers reach it.
-    Register {
-        worker: u32,
-        protocol: u32,
-        address: String,
-    },
+    Register { worker: u32, protocol: u32, address: String },
     /// Coordinator → worker: its stage in this generation.
     Assign(Assignment),
     /// Worker → coordinator: connected to every peer, ready for steps.
     Ready { worker: u32 },
     /// Coordinator → worker: a step begins (inputs for the first stage, targets for the last).
-    StepStart {
-        step: u32,
-        rows: Vec<u32>,
-        inputs: Vec<(u32, Tensor)>,
-        targets: Vec<(u32, Targets)>,
-    },
+    StepStart { step: u32, rows: Vec<u32>, inputs: Vec<(u32, Tensor)>, targets: Vec<(u32, Targets)> },
     /// Worker → worker: the activation entering `layer`.
-    Activation {
-        step: u32,
-        micro: u32,
-        layer: u32,
-        tensor: Tensor,
-    },
+    Activation { step: u32, micro: u32, layer: u32, tensor: Tensor },
     /// Worker → worker: the gradient of `layer`'s output.
-    Gradient {
-        step: u32,
-        micro: u32,
-        layer: u32,
-        tensor: Tensor,
-    },
+    Gradient { step: u32, micro: u32, layer: u32, tensor: Tensor },
     /// Last stage → coordinator: one micro-batch's mean loss.
     Loss { step: u32, micro: u32, value: f32 },
-    /// Worker → coordinator: its share of `step` is done and applied.
-    StepDone { worker: u32, step: u32 },
+    /// Worker → coordinator: `layer` received its update for `step`.
+    LayerUpdated { step: u32, layer: u32 },
     /// Coordinator → worker: training is over; send parameters and report.
     Finish,
     /// Worker → coordinator: final parameters, counters and timeline spans.
-    Final {
-        worker: u32,
-        params: Vec<(String, Tensor)>,
-        counters: Counters,
-        spans: Vec<Span>,
-    },
+    Final { worker: u32, params: Vec<(String, Tensor)>, counters: Counters, spans: Vec<Span> },
     /// Either way: stop now, with the reason.
     Abort { reason: String },
 }
@@ -109,7 +85,7 @@ impl Message {
             Message::Activation { .. } => "activation",
             Message::Gradient { .. } => "gradient",
             Message::Loss { .. } => "loss",
-            Message::StepDone { .. } => "step-done",
+            Message::LayerUpdated { .. } => "layer-updated",
             Message::Finish => "finish",
             Message::Final { .. } => "final",
             Message::Abort { .. } => "abort",
@@ -131,16 +107,13 @@ impl Message {
 
 /// Archives a message into one frame.
 pub fn encode(message: &Message) -> Result<AlignedVec> {
-    rkyv::to_bytes::<BoxedError>(message)
-        .map_err(|e| Error::Protocol(format!("cannot encode {}: {e}", message.kind())))
+    rkyv::to_bytes::<BoxedError>(message).map_err(|e| Error::Protocol(format!("cannot encode {}: {e}", message.kind())))
 }
 
 /// Validates and decodes one frame (16-byte aligned).
 pub fn decode(frame: &[u8]) -> Result<Message> {
     if frame.as_ptr() as usize % 16 != 0 {
-        return Err(Error::Protocol(
-            "frame buffer is not 16-byte aligned".into(),
-        ));
+        return Err(Error::Protocol("frame buffer is not 16-byte aligned".into()));
     }
     let archived = rkyv::access::<ArchivedMessage, BoxedError>(frame)
         .map_err(|e| Error::Protocol(format!("invalid frame of {} bytes: {e}", frame.len())))?;
@@ -154,9 +127,7 @@ pub fn decode(frame: &[u8]) -> Result<Message> {
 fn check_tensors(message: &Message) -> Result<()> {
     let tensors: Vec<&Tensor> = match message {
         Message::Assign(a) => a.params.iter().map(|(_, t)| t).collect(),
-        Message::StepStart {
-            inputs, targets, ..
-        } => inputs
+        Message::StepStart { inputs, targets, .. } => inputs
             .iter()
             .map(|(_, t)| t)
             .chain(targets.iter().filter_map(|(_, t)| match t {
@@ -170,11 +141,7 @@ fn check_tensors(message: &Message) -> Result<()> {
     };
     for t in tensors {
         if t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(t.data.len()) {
-            return Err(Error::Protocol(format!(
-                "tensor of shape {:?} carries {} values",
-                t.shape,
-                t.data.len()
-            )));
+            return Err(Error::Protocol(format!("tensor of shape {:?} carries {} values", t.shape, t.data.len())));
         }
     }
     Ok(())
@@ -192,26 +159,15 @@ mod tests {
     fn messages_round_trip() {
         let t = Tensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
         for m in [
-            Message::Register {
-                worker: 3,
-                protocol: PROTOCOL_VERSION,
-                address: "127.0.0.1:4000".into(),
-            },
-            Message::Activation {
-                step: 1,
-                micro: 2,
-                layer: 4,
-                tensor: t.clone(),
-            },
+            Message::Register { worker: 3, protocol: PROTOCOL_VERSION, address: "127.0.0.1:4000".into() },
+            Message::Activation { step: 1, micro: 2, layer: 4, tensor: t.clone() },
             Message::StepStart {
                 step: 0,
                 rows: vec![2],
                 inputs: vec![(0, t.clone())],
                 targets: vec![(0, Targets::Classes(vec![1, 0]))],
             },
-            Message::Abort {
-                reason: "bye".into(),
-            },
+            Message::Abort { reason: "bye".into() },
         ] {
             assert_eq!(decode(&frame(&m)).unwrap(), m);
         }
@@ -220,12 +176,7 @@ mod tests {
     #[test]
     fn garbage_and_truncated_frames_are_errors() {
         let t = Tensor::new(vec![3], vec![1.0, 2.0, 3.0]).unwrap();
-        let good = frame(&Message::Gradient {
-            step: 0,
-            micro: 0,
-            layer: 1,
-            tensor: t,
-        });
+        let good = frame(&Message::Gradient { step: 0, micro: 0, layer: 1, tensor: t });
         for cut in [0, 3, good.len() / 2, good.len() - 1] {
             let mut short = AlignedVec::<16>::new();
             short.extend_from_slice(&good[..cut]);
@@ -233,28 +184,13 @@ mod tests {
         }
         let mut garbage = AlignedVec::<16>::new();
         garbage.extend_from_slice(&[0xFFu8; 64]);
-        assert!(decode(&garbage)
-            .unwrap_err()
-            .to_string()
-            .contains("invalid frame"));
+        assert!(decode(&garbage).unwrap_err().to_string().contains("invalid frame"));
     }
 
     #[test]
     fn inconsistent_tensors_are_refused() {
-        let bad = Tensor {
-            shape: vec![5],
-            data: vec![1.0],
-        };
-        let msg = decode(&frame(&Message::Activation {
-            step: 0,
-            micro: 0,
-            layer: 1,
-            tensor: bad,
-        }))
-        .unwrap_err();
-        assert!(
-            msg.to_string().contains("shape [5] carries 1 values"),
-            "{msg}"
-        );
+        let bad = Tensor { shape: vec![5], data: vec![1.0] };
+        let msg = decode(&frame(&Message::Activation { step: 0, micro: 0, layer: 1, tensor: bad })).unwrap_err();
+        assert!(msg.to_string().contains("shape [5] carries 1 values"), "{msg}");
     }
 }

@@ -28,11 +28,7 @@ pub struct Action {
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = if self.phase == Phase::Forward {
-            'F'
-        } else {
-            'B'
-        };
+        let p = if self.phase == Phase::Forward { 'F' } else { 'B' };
         write!(f, "{}{p}{}", self.stage, self.micro)
     }
 }
@@ -42,18 +38,10 @@ impl FromStr for Action {
     fn from_str(s: &str) -> Result<Action> {
         let bad = || Error::Schedule(format!("`{s}` is not an action like 2F0 or 1B3"));
         let at = s.find(['F', 'B']).ok_or_else(bad)?;
-        let phase = if &s[at..=at] == "F" {
-            Phase::Forward
-        } else {
-            Phase::Backward
-        };
+        let phase = if &s[at..=at] == "F" { Phase::Forward } else { Phase::Backward };
         let stage = s[..at].parse().map_err(|_| bad())?;
         let micro = s[at + 1..].parse().map_err(|_| bad())?;
-        Ok(Action {
-            stage,
-            phase,
-            micro,
-        })
+        Ok(Action { stage, phase, micro })
     }
 }
 
@@ -73,72 +61,61 @@ impl FromStr for ScheduleKind {
         match s {
             "gpipe" => Ok(ScheduleKind::Gpipe),
             "1f1b" => Ok(ScheduleKind::OneFOneB),
-            other => Err(Error::Schedule(format!(
-                "unknown schedule `{other}` (gpipe, 1f1b)"
-            ))),
+            other => Err(Error::Schedule(format!("unknown schedule `{other}` (gpipe, 1f1b)"))),
         }
     }
 }
 
 impl fmt::Display for ScheduleKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if *self == ScheduleKind::Gpipe {
-            "gpipe"
-        } else {
-            "1f1b"
-        })
+        f.write_str(if *self == ScheduleKind::Gpipe { "gpipe" } else { "1f1b" })
     }
 }
 
 /// The actions of `stage` (of `stages`) for one step of `micro_batches`.
-pub fn stage_actions(
+pub fn stage_actions(kind: ScheduleKind, stage: u32, stages: u32, micro_batches: u32) -> Vec<Action> {
+    let all: Vec<u32> = (0..micro_batches).collect();
+    plan_actions(kind, (stage, stages), &all, &all, 0)
+}
+
+/// Orders a stage's remaining work: forwards of `forwards` and backwards of
+/// `backwards` (each in increasing micro-batch order); `in_flight`
+/// micro-batches already went forward here and wait for their backward.
+/// GPipe runs every forward first; 1F1B runs `stages - 1 - stage` warm-up
+/// forwards (fewer by `in_flight`), then alternates, then drains backwards.
+/// At the start of a step this is the textbook schedule; after a migration
+/// it is the same rule applied to what is left.
+pub fn plan_actions(
     kind: ScheduleKind,
-    stage: u32,
-    stages: u32,
-    micro_batches: u32,
+    (stage, stages): (u32, u32),
+    forwards: &[u32],
+    backwards: &[u32],
+    in_flight: usize,
 ) -> Vec<Action> {
-    let f = |micro| Action {
-        stage,
-        phase: Phase::Forward,
-        micro,
-    };
-    let b = |micro| Action {
-        stage,
-        phase: Phase::Backward,
-        micro,
-    };
-    match kind {
-        ScheduleKind::Gpipe => (0..micro_batches)
-            .map(f)
-            .chain((0..micro_batches).map(b))
-            .collect(),
-        ScheduleKind::OneFOneB => {
-            let warmup = (stages - 1 - stage).min(micro_batches);
-            let mut actions: Vec<Action> = (0..warmup).map(f).collect();
-            for i in 0..micro_batches - warmup {
-                actions.push(f(warmup + i));
-                actions.push(b(i));
-            }
-            actions.extend((micro_batches - warmup..micro_batches).map(b));
-            actions
+    let f = |&micro: &u32| Action { stage, phase: Phase::Forward, micro };
+    let b = |&micro: &u32| Action { stage, phase: Phase::Backward, micro };
+    if kind == ScheduleKind::Gpipe {
+        return forwards.iter().map(f).chain(backwards.iter().map(b)).collect();
+    }
+    let warmup = ((stages - 1 - stage) as usize).saturating_sub(in_flight).min(forwards.len());
+    let mut actions: Vec<Action> = forwards[..warmup].iter().map(f).collect();
+    let (mut fs, mut bs) = (forwards[warmup..].iter(), backwards.iter());
+    loop {
+        match (fs.next(), bs.next()) {
+            (None, None) => return actions,
+            (fwd, bwd) => actions.extend(fwd.map(f).into_iter().chain(bwd.map(b))),
         }
     }
 }
 
 /// Every stage's actions for one step.
 pub fn schedule(kind: ScheduleKind, stages: u32, micro_batches: u32) -> Vec<Vec<Action>> {
-    (0..stages)
-        .map(|s| stage_actions(kind, s, stages, micro_batches))
-        .collect()
+    (0..stages).map(|s| stage_actions(kind, s, stages, micro_batches)).collect()
 }
 
 /// Formats a stage's actions as `0F0 0F1 0B0 ...`.
 pub fn format_actions(actions: &[Action]) -> String {
-    actions
-        .iter()
-        .map(Action::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
+    actions.iter().map(Action::to_string).collect::<Vec<_>>().join(" ")
 }
 
 /// Runs a schedule in lock-step rounds: an action is ready when its input
@@ -158,13 +135,9 @@ pub fn simulate(per_stage: &[Vec<Action>]) -> Result<usize> {
             .filter(|a| prerequisite(*a, stages).is_none_or(|p| done.contains(&p)))
             .collect();
         if ready.is_empty() {
-            let stuck: Vec<String> = (0..per_stage.len())
-                .filter_map(|s| per_stage[s].get(next[s]).map(|a| a.to_string()))
-                .collect();
-            return Err(Error::Schedule(format!(
-                "deadlock: waiting at {}",
-                stuck.join(", ")
-            )));
+            let stuck: Vec<String> =
+                (0..per_stage.len()).filter_map(|s| per_stage[s].get(next[s]).map(|a| a.to_string())).collect();
+            return Err(Error::Schedule(format!("deadlock: waiting at {}", stuck.join(", "))));
         }
         for a in ready {
             done.insert(a);
@@ -179,18 +152,9 @@ pub fn simulate(per_stage: &[Vec<Action>]) -> Result<usize> {
 fn prerequisite(action: Action, stages: u32) -> Option<Action> {
     match action.phase {
         Phase::Forward if action.stage == 0 => None,
-        Phase::Forward => Some(Action {
-            stage: action.stage - 1,
-            ..action
-        }),
-        Phase::Backward if action.stage + 1 == stages => Some(Action {
-            phase: Phase::Forward,
-            ..action
-        }),
-        Phase::Backward => Some(Action {
-            stage: action.stage + 1,
-            ..action
-        }),
+        Phase::Forward => Some(Action { stage: action.stage - 1, ..action }),
+        Phase::Backward if action.stage + 1 == stages => Some(Action { phase: Phase::Forward, ..action }),
+        Phase::Backward => Some(Action { stage: action.stage + 1, ..action }),
     }
 }
 
@@ -200,21 +164,10 @@ mod tests {
 
     #[test]
     fn actions_print_and_parse_back() {
-        let a = Action {
-            stage: 2,
-            phase: Phase::Forward,
-            micro: 0,
-        };
+        let a = Action { stage: 2, phase: Phase::Forward, micro: 0 };
         assert_eq!(a.to_string(), "2F0");
         assert_eq!("2F0".parse::<Action>().unwrap(), a);
-        assert_eq!(
-            "11B7".parse::<Action>().unwrap(),
-            Action {
-                stage: 11,
-                phase: Phase::Backward,
-                micro: 7
-            }
-        );
+        assert_eq!("11B7".parse::<Action>().unwrap(), Action { stage: 11, phase: Phase::Backward, micro: 7 });
         for bad in ["", "F0", "2X0", "2F", "aF1", "2F-1"] {
             assert!(bad.parse::<Action>().is_err(), "{bad}");
         }
@@ -236,8 +189,7 @@ mod tests {
                 for micro in 1..=8 {
                     let s = schedule(kind, stages, micro);
                     assert!(s.iter().all(|a| a.len() == 2 * micro as usize));
-                    let rounds =
-                        simulate(&s).unwrap_or_else(|e| panic!("{kind} W={stages} M={micro}: {e}"));
+                    let rounds = simulate(&s).unwrap_or_else(|e| panic!("{kind} W={stages} M={micro}: {e}"));
                     assert!(rounds >= 2 * micro as usize);
                 }
             }

@@ -55,28 +55,12 @@ pub fn train(
         let mut book = StepLosses::new(split.rows.clone());
         let last = stages.len() - 1;
         for (i, stage) in stages.iter_mut().enumerate() {
-            let inputs = if i == 0 {
-                split.inputs.clone()
-            } else {
-                Vec::new()
-            };
-            let targets = if i == last {
-                split.targets.clone()
-            } else {
-                Vec::new()
-            };
-            stage.handle(StageEvent::StepStart {
-                step: step as u32,
-                rows: split.rows.clone(),
-                inputs,
-                targets,
-            })?;
+            let inputs = if i == 0 { split.inputs.clone() } else { Vec::new() };
+            let targets = if i == last { split.targets.clone() } else { Vec::new() };
+            stage.handle(StageEvent::StepStart { step: step as u32, rows: split.rows.clone(), inputs, targets })?;
         }
         run_step(&mut stages, &partition, &mut rng, &mut book)?;
-        losses.push(
-            book.total()
-                .ok_or_else(|| Error::Pipeline("a micro-batch loss is missing".into()))?,
-        );
+        losses.push(book.total().ok_or_else(|| Error::Pipeline("a micro-batch loss is missing".into()))?);
     }
     Ok(merge(stages, losses))
 }
@@ -94,42 +78,23 @@ fn build_stages(
         .iter()
         .enumerate()
         .map(|(i, layers)| {
-            let held = layers
-                .clone()
-                .flat_map(|l| params.with_prefix(&format!("layers.{l}.")))
-                .collect();
-            Stage::new(
-                model.clone(),
-                layers.clone(),
-                (i as u32, n),
-                kind,
-                held,
-                Optimizer::new(optimizer),
-            )
+            let held = layers.clone().flat_map(|l| params.with_prefix(&format!("layers.{l}."))).collect();
+            Stage::new(model.clone(), layers.clone(), (i as u32, n), kind, held, Optimizer::new(optimizer))
         })
         .collect()
 }
 
 /// Delivers messages and runs ready actions in a seeded random interleaving
 /// until every stage finished the step.
-fn run_step(
-    stages: &mut [Stage],
-    partition: &Partition,
-    rng: &mut SplitMix64,
-    book: &mut StepLosses,
-) -> Result<()> {
+fn run_step(stages: &mut [Stage], partition: &Partition, rng: &mut SplitMix64, book: &mut StepLosses) -> Result<()> {
     let mut in_flight: Vec<(usize, StageEvent)> = Vec::new();
     loop {
-        let ready: Vec<usize> = (0..stages.len())
-            .filter(|&i| stages[i].ready().is_some())
-            .collect();
+        let ready: Vec<usize> = (0..stages.len()).filter(|&i| stages[i].ready().is_some()).collect();
         let choices = ready.len() + in_flight.len();
         if choices == 0 {
             return match stages.iter().all(Stage::idle) {
                 true => Ok(()),
-                false => Err(Error::Pipeline(
-                    "deadlock: nothing to deliver and no action ready".into(),
-                )),
+                false => Err(Error::Pipeline("deadlock: nothing to deliver and no action ready".into())),
             };
         }
         let pick = (rng.next_u64() % choices as u64) as usize;
@@ -150,42 +115,17 @@ fn route(
     in_flight: &mut Vec<(usize, StageEvent)>,
     book: &mut StepLosses,
 ) -> Result<()> {
-    let owner = |layer| {
-        partition
-            .stage_of(layer)
-            .ok_or_else(|| Error::Pipeline(format!("no stage holds layer {layer}")))
-    };
+    let owner =
+        |layer| partition.stage_of(layer).ok_or_else(|| Error::Pipeline(format!("no stage holds layer {layer}")));
     match effect {
-        Effect::SendActivation {
-            step,
-            micro,
-            layer,
-            tensor,
-        } => in_flight.push((
-            owner(layer)?,
-            StageEvent::Activation {
-                step,
-                micro,
-                layer,
-                tensor,
-            },
-        )),
-        Effect::SendGradient {
-            step,
-            micro,
-            layer,
-            tensor,
-        } => in_flight.push((
-            owner(layer)?,
-            StageEvent::Gradient {
-                step,
-                micro,
-                layer,
-                tensor,
-            },
-        )),
+        Effect::SendActivation { step, micro, layer, tensor } => {
+            in_flight.push((owner(layer)?, StageEvent::Activation { step, micro, layer, tensor }))
+        }
+        Effect::SendGradient { step, micro, layer, tensor } => {
+            in_flight.push((owner(layer)?, StageEvent::Gradient { step, micro, layer, tensor }))
+        }
         Effect::Loss { micro, value, .. } => book.record(micro, value)?,
-        Effect::StepDone { .. } => {}
+        Effect::LayerUpdated { .. } => {}
     }
     Ok(())
 }
@@ -198,11 +138,7 @@ fn merge(stages: Vec<Stage>, losses: Vec<f32>) -> SimOutcome {
         counters.backward_layer_executions += stage.counters.backward_layer_executions;
         params.extend(stage.params);
     }
-    SimOutcome {
-        params,
-        losses,
-        counters,
-    }
+    SimOutcome { params, losses, counters }
 }
 
 /// Runs a whole job in memory: a [`Coordinator`] and one [`Worker`] per
@@ -212,28 +148,18 @@ fn merge(stages: Vec<Stage>, losses: Vec<f32>) -> SimOutcome {
 pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> Result<JobOutcome> {
     let workers = plan.workers;
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
-    let mut nodes: Vec<Worker> = (0..workers as u32)
-        .map(|w| Worker::new(w, factory()))
-        .collect();
+    let mut nodes: Vec<Worker> = (0..workers as u32).map(|w| Worker::new(w, factory())).collect();
     let mut frames: Vec<(Dest, u32, AlignedVec)> = Vec::new();
     for w in 0..workers as u32 {
-        let register = Message::Register {
-            worker: w,
-            protocol: PROTOCOL_VERSION,
-            address: format!("sim:{w}"),
-        };
+        let register = Message::Register { worker: w, protocol: PROTOCOL_VERSION, address: format!("sim:{w}") };
         frames.push((Dest::Coordinator, w, encode(&register)?));
     }
     let mut rng = SplitMix64::new(seed);
     loop {
-        let ready: Vec<usize> = (0..workers)
-            .filter(|&w| nodes[w].ready().is_some())
-            .collect();
+        let ready: Vec<usize> = (0..workers).filter(|&w| nodes[w].ready().is_some()).collect();
         let choices = ready.len() + frames.len();
         if choices == 0 {
-            return Err(Error::Pipeline(
-                "the job stalled: no frame in flight and no action ready".into(),
-            ));
+            return Err(Error::Pipeline("the job stalled: no frame in flight and no action ready".into()));
         }
         let pick = (rng.next_u64() % choices as u64) as usize;
         if pick < ready.len() {
@@ -246,10 +172,7 @@ pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> 
         let message = decode(&frame)?;
         match dest {
             Dest::Coordinator => {
-                for effect in coordinator.handle(CoordEvent::Message {
-                    worker: from,
-                    message,
-                }) {
+                for effect in coordinator.handle(CoordEvent::Message { worker: from, message }) {
                     match effect {
                         CoordEffect::Send { worker, message } => {
                             frames.push((Dest::Worker(worker), u32::MAX, encode(&message)?))
@@ -270,12 +193,7 @@ pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> 
 
 /// Turns a worker's outputs into frames; in memory every peer is connected
 /// at once, so a `Connect` is answered by `Ready` straight away.
-fn queue_outs(
-    from: u32,
-    outs: Vec<Out>,
-    node: &Worker,
-    frames: &mut Vec<(Dest, u32, AlignedVec)>,
-) -> Result<()> {
+fn queue_outs(from: u32, outs: Vec<Out>, node: &Worker, frames: &mut Vec<(Dest, u32, AlignedVec)>) -> Result<()> {
     for out in outs {
         let (to, message) = match out {
             Out::Send { to, message } => (to, message),

@@ -1,149 +1,131 @@
 //! One worker's share of a pipeline step, as a state machine without I/O.
 //!
-//! The driver feeds [`StageEvent`]s in, asks for the next ready action,
-//! runs it and carries out the returned [`Effect`]s (sending tensors, which
-//! it routes by layer through the current partition). Doing one action per
-//! call lets the driver time actions, count them and stop at an action
-//! boundary. Invariant: the bits a stage produces depend only on the
-//! parameters, the inputs and the micro-batch order, never on the partition
-//! or the timing of arrivals.
+//! The driver feeds [`StageEvent`]s in, asks for the next ready unit of
+//! work, runs it and carries out the returned [`Effect`]s (sending tensors,
+//! which it routes by layer through the current partition). One unit per
+//! call lets the driver time work, count it and stop at an action boundary.
+//!
+//! Invariants:
+//! - the bits a stage produces depend only on parameters, inputs and
+//!   micro-batch order, never on the partition or the timing of arrivals;
+//! - a pending activation or gradient names the layer it enters, so after a
+//!   migration a forward or backward resumes exactly where it stopped;
+//! - a layer's optimizer update runs once all M micro-batches' gradients
+//!   are summed, independently of the other layers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::schedule::{stage_actions, Action, Phase, ScheduleKind};
+use super::schedule::{plan_actions, Action, Phase, ScheduleKind};
 use crate::train::Counters;
-use crate::{
-    Error, GradAccumulator, Model, Optimizer, ParamStore, Result, Segment, SegmentKey, Targets,
-    Tensor,
-};
+use crate::{Error, GradAccumulator, Model, Optimizer, ParamStore, Result, Segment, SegmentKey, Targets, Tensor};
 
 /// What a stage learns from outside.
 #[derive(Clone, Debug)]
 pub enum StageEvent {
     /// Step `step` begins. `rows[m]` is micro-batch m's row count; the first
     /// stage gets the inputs, the last stage the targets.
-    StepStart {
-        step: u32,
-        rows: Vec<u32>,
-        inputs: Vec<(u32, Tensor)>,
-        targets: Vec<(u32, Targets)>,
-    },
+    StepStart { step: u32, rows: Vec<u32>, inputs: Vec<(u32, Tensor)>, targets: Vec<(u32, Targets)> },
     /// The activation entering `layer` for micro-batch `micro`.
-    Activation {
-        step: u32,
-        micro: u32,
-        layer: u32,
-        tensor: Tensor,
-    },
+    Activation { step: u32, micro: u32, layer: u32, tensor: Tensor },
     /// The gradient of the output of `layer` for micro-batch `micro`.
-    Gradient {
-        step: u32,
-        micro: u32,
-        layer: u32,
-        tensor: Tensor,
-    },
+    Gradient { step: u32, micro: u32, layer: u32, tensor: Tensor },
 }
 
 /// What a stage asks the driver to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Send the activation entering `layer` to that layer's owner.
-    SendActivation {
-        step: u32,
-        micro: u32,
-        layer: u32,
-        tensor: Tensor,
-    },
+    SendActivation { step: u32, micro: u32, layer: u32, tensor: Tensor },
     /// Send the gradient of `layer`'s output to that layer's owner.
-    SendGradient {
-        step: u32,
-        micro: u32,
-        layer: u32,
-        tensor: Tensor,
-    },
+    SendGradient { step: u32, micro: u32, layer: u32, tensor: Tensor },
     /// The loss of one micro-batch (last stage only), unweighted mean.
     Loss { step: u32, micro: u32, value: f32 },
-    /// All of this stage's actions of `step` ran and its parameters are updated.
-    StepDone { step: u32 },
+    /// `layer`'s parameters received their update for `step`.
+    LayerUpdated { step: u32, layer: u32 },
 }
 
-/// The next unit of work of a stage: a compute action, or the optimizer
-/// update once every action of the step ran.
+/// The next unit of work of a stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Work {
     Compute(Action),
-    Update { step: u32 },
+    /// The optimizer update of one layer, once its step gradient is complete.
+    Update {
+        step: u32,
+        layer: u32,
+    },
 }
 
 impl std::fmt::Display for Work {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Work::Compute(action) => action.fmt(f),
-            Work::Update { step } => write!(f, "update{step}"),
+            Work::Update { step, layer } => write!(f, "U{layer}.s{step}"),
         }
     }
 }
 
-/// One step in progress on this stage.
-#[derive(Debug)]
-struct StepState {
-    step: u32,
-    rows: Vec<u32>,
-    actions: VecDeque<Action>,
-    acc: GradAccumulator,
+/// The step in progress on this stage.
+#[derive(Clone, Debug)]
+pub(crate) struct StepState {
+    pub(crate) step: u32,
+    pub(crate) rows: Vec<u32>,
+    plan: VecDeque<Action>,
+    /// Follow `plan` strictly (a schedule made at step start), or take the
+    /// first ready action in plan order (a plan remade after a migration,
+    /// which must not wait on an order the new layout cannot honour).
+    strict: bool,
+    /// Layers whose update for this step is applied.
+    pub(crate) updated: BTreeSet<u32>,
 }
 
 /// One pipeline stage: contiguous layers, their parameters and optimizer
 /// state, and the unfinished tape of the step in progress.
 #[derive(Debug)]
 pub struct Stage {
-    model: Arc<Model>,
-    layers: Range<u32>,
-    stage: u32,
-    stages: u32,
+    pub(crate) model: Arc<Model>,
+    pub(crate) layers: Range<u32>,
+    pub(crate) position: (u32, u32),
     kind: ScheduleKind,
     pub params: ParamStore,
     pub optimizer: Optimizer,
     pub counters: Counters,
-    current: Option<StepState>,
-    /// Activations entering `layers.start`, by (step, micro).
-    inputs: BTreeMap<(u32, u32), Tensor>,
-    /// Gradients of the output of `layers.end - 1`, by (step, micro).
-    grads_in: BTreeMap<(u32, u32), Tensor>,
-    targets: BTreeMap<(u32, u32), Targets>,
-    /// Segments whose backward has not run, by (micro, layer).
-    tape: BTreeMap<(u32, u32), Segment>,
+    pub(crate) current: Option<StepState>,
+    pub(crate) acc: GradAccumulator,
+    /// Activations waiting, by (step, micro): the layer they enter and the tensor.
+    pub(crate) activations: BTreeMap<(u32, u32), (u32, Tensor)>,
+    /// Gradients waiting, by (step, micro): the layer whose output they belong to.
+    pub(crate) gradients: BTreeMap<(u32, u32), (u32, Tensor)>,
+    pub(crate) targets: BTreeMap<(u32, u32), Targets>,
+    /// Segments whose backward has not run, by (micro, layer); the loss
+    /// segment has layer == layer count.
+    pub(crate) tape: BTreeMap<(u32, u32), Segment>,
 }
 
 impl Stage {
-    /// Stage `stage` of `stages` holding `layers` with their `params`.
+    /// Stage `position.0` of `position.1` holding `layers` with their `params`.
     pub fn new(
         model: Arc<Model>,
         layers: Range<u32>,
-        (stage, stages): (u32, u32),
+        position: (u32, u32),
         kind: ScheduleKind,
         params: ParamStore,
         optimizer: Optimizer,
     ) -> Result<Stage> {
-        if layers.is_empty() || layers.end as usize > model.layers.len() || stage >= stages {
-            return Err(Error::Partition(format!(
-                "stage {stage}/{stages} with layers {layers:?} does not fit the model"
-            )));
-        }
+        check_range(&model, &layers, position)?;
         Ok(Stage {
             model,
             layers,
-            stage,
-            stages,
+            position,
             kind,
             params,
             optimizer,
             counters: Counters::default(),
             current: None,
-            inputs: BTreeMap::new(),
-            grads_in: BTreeMap::new(),
+            acc: GradAccumulator::new(),
+            activations: BTreeMap::new(),
+            gradients: BTreeMap::new(),
             targets: BTreeMap::new(),
             tape: BTreeMap::new(),
         })
@@ -153,107 +135,101 @@ impl Stage {
         self.layers.clone()
     }
 
-    fn is_last(&self) -> bool {
-        self.layers.end as usize == self.model.layers.len()
+    pub(crate) fn loss_layer(&self) -> u32 {
+        self.model.layers.len() as u32
+    }
+
+    pub(crate) fn is_last(&self) -> bool {
+        self.layers.end == self.loss_layer()
     }
 
     /// Takes in one event. Tensors may arrive before their step starts.
     pub fn handle(&mut self, event: StageEvent) -> Result<()> {
         match event {
-            StageEvent::StepStart {
-                step,
-                rows,
-                inputs,
-                targets,
-            } => {
-                if let Some(cur) = &self.current {
-                    return Err(Error::Pipeline(format!(
-                        "step {step} started while step {} runs",
-                        cur.step
-                    )));
+            StageEvent::StepStart { step, rows, inputs, targets } => {
+                if self.current.as_ref().is_some_and(|c| !self.step_finished(c)) {
+                    return Err(Error::Pipeline(format!("step {step} started before the previous one finished")));
                 }
-                let actions =
-                    stage_actions(self.kind, self.stage, self.stages, rows.len() as u32).into();
-                self.current = Some(StepState {
-                    step,
-                    rows,
-                    actions,
-                    acc: GradAccumulator::new(),
-                });
-                self.inputs
-                    .extend(inputs.into_iter().map(|(m, t)| ((step, m), t)));
-                self.targets
-                    .extend(targets.into_iter().map(|(m, t)| ((step, m), t)));
+                self.current =
+                    Some(StepState { step, rows, plan: VecDeque::new(), strict: true, updated: BTreeSet::new() });
+                self.activations.extend(inputs.into_iter().map(|(m, t)| ((step, m), (0, t))));
+                self.targets.extend(targets.into_iter().map(|(m, t)| ((step, m), t)));
+                self.replan(true);
             }
-            StageEvent::Activation {
-                step,
-                micro,
-                layer,
-                tensor,
-            } => {
-                self.expect_layer(layer, self.layers.start, "activation")?;
-                self.inputs.insert((step, micro), tensor);
+            StageEvent::Activation { step, micro, layer, tensor } => {
+                self.activations.insert((step, micro), (layer, tensor));
             }
-            StageEvent::Gradient {
-                step,
-                micro,
-                layer,
-                tensor,
-            } => {
-                self.expect_layer(layer, self.layers.end - 1, "gradient")?;
-                self.grads_in.insert((step, micro), tensor);
+            StageEvent::Gradient { step, micro, layer, tensor } => {
+                self.gradients.insert((step, micro), (layer, tensor));
             }
         }
         Ok(())
     }
 
-    fn expect_layer(&self, got: u32, want: u32, what: &str) -> Result<()> {
-        if got != want {
-            return Err(Error::Pipeline(format!(
-                "{what} for layer {got} reached the stage whose boundary is layer {want}"
-            )));
-        }
-        Ok(())
+    /// Rebuilds the plan of the step in progress from what is left to do.
+    pub(crate) fn replan(&mut self, strict: bool) {
+        let Some(cur) = &self.current else { return };
+        let micros = cur.rows.len() as u32;
+        let (first, last) = (self.layers.start, self.layers.end - 1);
+        let updated = |layer: u32| cur.updated.contains(&layer);
+        let forward_done = |m: u32| updated(last) || self.tape.contains_key(&(m, last)) || self.acc.has(last, m);
+        let backward_done = |m: u32| updated(first) || self.acc.has(first, m);
+        let forwards: Vec<u32> = (0..micros).filter(|&m| !forward_done(m)).collect();
+        let backwards: Vec<u32> = (0..micros).filter(|&m| !backward_done(m)).collect();
+        let in_flight = (0..micros).filter(|&m| forward_done(m) && !backward_done(m)).count();
+        let plan = plan_actions(self.kind, self.position, &forwards, &backwards, in_flight);
+        let cur = self.current.as_mut().expect("checked above");
+        cur.plan = plan.into();
+        cur.strict = strict;
     }
 
     /// The next unit of work of the step in progress, if its input is here.
     pub fn ready(&self) -> Option<Work> {
         let cur = self.current.as_ref()?;
-        let Some(&action) = cur.actions.front() else {
-            return Some(Work::Update { step: cur.step });
-        };
-        let key = (cur.step, action.micro);
-        let here = match action.phase {
-            Phase::Forward => self.inputs.contains_key(&key),
-            Phase::Backward if self.is_last() => true,
-            Phase::Backward => self.grads_in.contains_key(&key),
-        };
-        here.then_some(Work::Compute(action))
+        if let Some(layer) = self.update_due(cur) {
+            return Some(Work::Update { step: cur.step, layer });
+        }
+        let mut candidates = cur.plan.iter().take(if cur.strict { 1 } else { cur.plan.len() });
+        candidates.find(|a| self.inputs_here(cur.step, **a)).map(|a| Work::Compute(*a))
     }
 
-    /// True when no step is in progress.
+    fn inputs_here(&self, step: u32, action: Action) -> bool {
+        match action.phase {
+            Phase::Forward => self.activations.contains_key(&(step, action.micro)),
+            Phase::Backward => {
+                self.gradients.contains_key(&(step, action.micro))
+                    || (self.is_last() && self.tape.contains_key(&(action.micro, self.loss_layer())))
+            }
+        }
+    }
+
+    /// A layer whose step gradient is complete and not yet applied.
+    fn update_due(&self, cur: &StepState) -> Option<u32> {
+        let micros = cur.rows.len() as u32;
+        self.layers.clone().find(|l| !cur.updated.contains(l) && self.acc.summed(*l) == micros)
+    }
+
+    fn step_finished(&self, cur: &StepState) -> bool {
+        cur.plan.is_empty() && self.layers.clone().all(|l| cur.updated.contains(&l))
+    }
+
+    /// True when no work of the step in progress remains here.
     pub fn idle(&self) -> bool {
-        self.current.is_none()
+        self.current.as_ref().is_none_or(|c| self.step_finished(c))
     }
 
     /// Runs the next unit of work (which must be [`Stage::ready`]) and returns its effects.
     pub fn run_next(&mut self) -> Result<Vec<Effect>> {
-        let work = self
-            .ready()
-            .ok_or_else(|| Error::Pipeline("no work is ready".into()))?;
-        let action = match work {
-            Work::Update { .. } => return Ok(vec![self.finish_step()?]),
+        let action = match self.ready().ok_or_else(|| Error::Pipeline("no work is ready".into()))? {
+            Work::Update { step, layer } => return self.update(step, layer),
             Work::Compute(action) => action,
         };
         let effects = match action.phase {
             Phase::Forward => self.forward(action.micro)?,
             Phase::Backward => self.backward(action.micro)?,
         };
-        self.current
-            .as_mut()
-            .expect("ready() implies a step in progress")
-            .actions
-            .pop_front();
+        let cur = self.current.as_mut().expect("ready() implies a step in progress");
+        cur.plan.retain(|a| *a != action);
         Ok(effects)
     }
 
@@ -261,13 +237,18 @@ impl Stage {
         self.current.as_ref().map_or(0, |c| c.step)
     }
 
+    /// The step in progress (or last run).
+    pub fn current_step(&self) -> Option<u32> {
+        self.current.as_ref().map(|c| c.step)
+    }
+
+    /// Forward of `micro` from the layer its activation enters to the
+    /// stage's last layer (and the loss on the last stage).
     fn forward(&mut self, micro: u32) -> Result<Vec<Effect>> {
         let step = self.step();
-        let mut x = self
-            .inputs
-            .remove(&(step, micro))
-            .expect("ready() checked the input");
-        for layer in self.layers.clone() {
+        let (entry, mut x) = self.activations.remove(&(step, micro)).expect("ready() checked the input");
+        self.check_inside(entry, "activation")?;
+        for layer in entry..self.layers.end {
             let key = SegmentKey { step, micro, layer };
             let (segment, out) = self.model.forward_layer(key, &self.params, x)?;
             self.tape.insert((micro, layer), segment);
@@ -275,82 +256,85 @@ impl Stage {
             x = out;
         }
         if !self.is_last() {
-            return Ok(vec![Effect::SendActivation {
-                step,
-                micro,
-                layer: self.layers.end,
-                tensor: x,
-            }]);
+            return Ok(vec![Effect::SendActivation { step, micro, layer: self.layers.end, tensor: x }]);
         }
-        let targets = self.targets.remove(&(step, micro)).ok_or_else(|| {
-            Error::Pipeline(format!("no targets for step {step} micro-batch {micro}"))
-        })?;
-        let loss_layer = self.model.layers.len() as u32;
-        let (segment, value) = self.model.forward_loss(
-            SegmentKey {
-                step,
-                micro,
-                layer: loss_layer,
-            },
-            x,
-            &targets,
-        )?;
-        self.tape.insert((micro, loss_layer), segment);
+        let targets = self
+            .targets
+            .remove(&(step, micro))
+            .ok_or_else(|| Error::Pipeline(format!("no targets for step {step} micro-batch {micro}")))?;
+        let key = SegmentKey { step, micro, layer: self.loss_layer() };
+        let (segment, value) = self.model.forward_loss(key, x, &targets)?;
+        self.tape.insert((micro, self.loss_layer()), segment);
         Ok(vec![Effect::Loss { step, micro, value }])
     }
 
+    /// Backward of `micro` from the layer its gradient belongs to (or the
+    /// loss) down to the stage's first layer.
     fn backward(&mut self, micro: u32) -> Result<Vec<Effect>> {
         let step = self.step();
-        let mut grad = if self.is_last() {
-            let loss_layer = self.model.layers.len() as u32;
-            let segment = self.take_segment(micro, loss_layer)?;
-            let cur = self.current.as_ref().expect("step in progress");
-            let total: u32 = cur.rows.iter().sum();
-            let weight = cur.rows[micro as usize] as f32 / total as f32;
-            segment
-                .backward(&self.params, Tensor::scalar(weight), true)?
-                .input_grad
-        } else {
-            self.grads_in.remove(&(step, micro))
+        let (top, mut grad) = match self.gradients.remove(&(step, micro)) {
+            Some((layer, g)) => (layer, Some(g)),
+            None => (self.layers.end - 1, Some(self.loss_gradient(micro)?)),
         };
-        for layer in self.layers.clone().rev() {
+        self.check_inside(top, "gradient")?;
+        for layer in (self.layers.start..=top).rev() {
             let segment = self.take_segment(micro, layer)?;
-            let dy = grad
-                .take()
-                .ok_or_else(|| Error::Pipeline(format!("no gradient for layer {layer}")))?;
+            let dy = grad.take().ok_or_else(|| Error::Pipeline(format!("no gradient reaches layer {layer}")))?;
             let out = segment.backward(&self.params, dy, layer > 0)?;
-            let cur = self.current.as_mut().expect("step in progress");
-            cur.acc.add(layer, micro, out.param_grads)?;
+            self.acc.add(layer, micro, out.param_grads)?;
             self.counters.backward_layer_executions += 1;
             grad = out.input_grad;
         }
         Ok(match (self.layers.start, grad) {
             (0, _) | (_, None) => Vec::new(),
-            (first, Some(tensor)) => vec![Effect::SendGradient {
-                step,
-                micro,
-                layer: first - 1,
-                tensor,
-            }],
+            (first, Some(tensor)) => vec![Effect::SendGradient { step, micro, layer: first - 1, tensor }],
         })
+    }
+
+    /// Backward of the loss segment: the gradient of the last layer's output,
+    /// weighted by the micro-batch's share of the minibatch.
+    fn loss_gradient(&mut self, micro: u32) -> Result<Tensor> {
+        let segment = self.take_segment(micro, self.loss_layer())?;
+        let cur = self.current.as_ref().expect("step in progress");
+        let weight = super::plan::loss_weight(&cur.rows, micro as usize);
+        segment
+            .backward(&self.params, Tensor::scalar(weight), true)?
+            .input_grad
+            .ok_or_else(|| Error::Pipeline("the loss gave no gradient".into()))
+    }
+
+    fn check_inside(&self, layer: u32, what: &str) -> Result<()> {
+        if !self.layers.contains(&layer) {
+            return Err(Error::Pipeline(format!(
+                "{what} for layer {layer} reached the stage of layers {:?}",
+                self.layers
+            )));
+        }
+        Ok(())
     }
 
     fn take_segment(&mut self, micro: u32, layer: u32) -> Result<Segment> {
-        self.tape.remove(&(micro, layer)).ok_or_else(|| {
-            Error::Pipeline(format!(
-                "no recorded segment for micro-batch {micro} layer {layer}"
-            ))
-        })
+        self.tape
+            .remove(&(micro, layer))
+            .ok_or_else(|| Error::Pipeline(format!("no recorded segment for micro-batch {micro} layer {layer}")))
     }
 
-    /// Sums the step's gradients (micro-batch order) and updates every parameter.
-    fn finish_step(&mut self) -> Result<Effect> {
-        let cur = self.current.take().expect("step in progress");
-        let grads = cur.acc.finish(cur.rows.len() as u32)?;
+    /// Applies `layer`'s step gradient (summed in micro-batch order).
+    fn update(&mut self, step: u32, layer: u32) -> Result<Vec<Effect>> {
+        let grads = self.acc.take_sum(layer)?;
         for (name, grad) in grads.iter() {
             let param = self.params.get_mut(name)?;
             self.optimizer.update(name, param, grad)?;
         }
-        Ok(Effect::StepDone { step: cur.step })
+        self.current.as_mut().expect("step in progress").updated.insert(layer);
+        Ok(vec![Effect::LayerUpdated { step, layer }])
     }
+}
+
+/// A stage's layers must be a non-empty part of the model.
+pub(crate) fn check_range(model: &Model, layers: &Range<u32>, (stage, stages): (u32, u32)) -> Result<()> {
+    if layers.is_empty() || layers.end as usize > model.layers.len() || stage >= stages {
+        return Err(Error::Partition(format!("stage {stage}/{stages} with layers {layers:?} does not fit the model")));
+    }
+    Ok(())
 }

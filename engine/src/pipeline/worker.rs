@@ -44,13 +44,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(id: u32, factory: ModelFactory) -> Worker {
-        Worker {
-            id,
-            factory,
-            stage: None,
-            placements: Vec::new(),
-            spans: Vec::new(),
-        }
+        Worker { id, factory, stage: None, placements: Vec::new(), spans: Vec::new() }
     }
 
     /// True once the coordinator's assignment arrived.
@@ -60,11 +54,7 @@ impl Worker {
 
     /// Workers this one must be connected to before it is ready (all others).
     pub fn peers(&self) -> Vec<u32> {
-        self.placements
-            .iter()
-            .map(|p| p.worker)
-            .filter(|&w| w != self.id)
-            .collect()
+        self.placements.iter().map(|p| p.worker).filter(|&w| w != self.id).collect()
     }
 
     /// The message (to the coordinator) that says every peer is connected.
@@ -76,51 +66,15 @@ impl Worker {
     pub fn handle(&mut self, message: Message) -> Result<Vec<Out>> {
         let event = match message {
             Message::Assign(assignment) => return self.assign(assignment),
-            Message::StepStart {
-                step,
-                rows,
-                inputs,
-                targets,
-            } => StageEvent::StepStart {
-                step,
-                rows,
-                inputs,
-                targets,
-            },
-            Message::Activation {
-                step,
-                micro,
-                layer,
-                tensor,
-            } => StageEvent::Activation {
-                step,
-                micro,
-                layer,
-                tensor,
-            },
-            Message::Gradient {
-                step,
-                micro,
-                layer,
-                tensor,
-            } => StageEvent::Gradient {
-                step,
-                micro,
-                layer,
-                tensor,
-            },
+            Message::StepStart { step, rows, inputs, targets } => StageEvent::StepStart { step, rows, inputs, targets },
+            Message::Activation { step, micro, layer, tensor } => StageEvent::Activation { step, micro, layer, tensor },
+            Message::Gradient { step, micro, layer, tensor } => StageEvent::Gradient { step, micro, layer, tensor },
             Message::Finish => return self.finish(),
             Message::Abort { reason } => {
-                return Err(Error::Pipeline(format!(
-                    "the coordinator aborted the run: {reason}"
-                )))
+                return Err(Error::Pipeline(format!("the coordinator aborted the run: {reason}")))
             }
             other => {
-                return Err(Error::Pipeline(format!(
-                    "worker {} got an unexpected {} message",
-                    self.id,
-                    other.kind()
-                )))
+                return Err(Error::Pipeline(format!("worker {} got an unexpected {} message", self.id, other.kind())))
             }
         };
         self.stage_mut()?.handle(event)?;
@@ -128,9 +82,7 @@ impl Worker {
     }
 
     fn stage_mut(&mut self) -> Result<&mut Stage> {
-        self.stage
-            .as_mut()
-            .ok_or_else(|| Error::Pipeline("a step message arrived before the assignment".into()))
+        self.stage.as_mut().ok_or_else(|| Error::Pipeline("a step message arrived before the assignment".into()))
     }
 
     fn assign(&mut self, a: Assignment) -> Result<Vec<Out>> {
@@ -138,33 +90,21 @@ impl Worker {
             .placements
             .iter()
             .position(|p| p.worker == self.id)
-            .ok_or_else(|| {
-                Error::Pipeline(format!(
-                    "the assignment has no place for worker {}",
-                    self.id
-                ))
-            })?;
+            .ok_or_else(|| Error::Pipeline(format!("the assignment has no place for worker {}", self.id)))?;
         let model = Arc::new((self.factory)(&a.spec)?);
         let place = &a.placements[me];
         let params: ParamStore = a.params.into_iter().collect();
         let stages = (me as u32, a.placements.len() as u32);
         let optimizer = Optimizer::new(a.optimizer.parse()?);
-        self.stage = Some(Stage::new(
-            model,
-            place.first..place.end,
-            stages,
-            a.schedule.parse()?,
-            params,
-            optimizer,
-        )?);
-        let lower = a
-            .placements
-            .iter()
-            .filter(|p| p.worker < self.id)
-            .cloned()
-            .collect();
+        self.stage = Some(Stage::new(model, place.first..place.end, stages, a.schedule.parse()?, params, optimizer)?);
+        let lower = a.placements.iter().filter(|p| p.worker < self.id).cloned().collect();
         self.placements = a.placements;
         Ok(vec![Out::Connect(lower)])
+    }
+
+    /// The step in progress, once the stage has one.
+    pub fn current_step(&self) -> Option<u32> {
+        self.stage.as_ref().and_then(Stage::current_step)
     }
 
     /// The next ready unit of work, if any.
@@ -188,57 +128,22 @@ impl Worker {
 
     fn route(&self, effect: Effect) -> Result<Out> {
         let (to, message) = match effect {
-            Effect::SendActivation {
-                step,
-                micro,
-                layer,
-                tensor,
-            } => (
-                self.owner(layer)?,
-                Message::Activation {
-                    step,
-                    micro,
-                    layer,
-                    tensor,
-                },
-            ),
-            Effect::SendGradient {
-                step,
-                micro,
-                layer,
-                tensor,
-            } => (
-                self.owner(layer)?,
-                Message::Gradient {
-                    step,
-                    micro,
-                    layer,
-                    tensor,
-                },
-            ),
-            Effect::Loss { step, micro, value } => {
-                (Dest::Coordinator, Message::Loss { step, micro, value })
+            Effect::SendActivation { step, micro, layer, tensor } => {
+                (self.owner(layer)?, Message::Activation { step, micro, layer, tensor })
             }
-            Effect::StepDone { step } => (
-                Dest::Coordinator,
-                Message::StepDone {
-                    worker: self.id,
-                    step,
-                },
-            ),
+            Effect::SendGradient { step, micro, layer, tensor } => {
+                (self.owner(layer)?, Message::Gradient { step, micro, layer, tensor })
+            }
+            Effect::Loss { step, micro, value } => (Dest::Coordinator, Message::Loss { step, micro, value }),
+            Effect::LayerUpdated { step, layer } => (Dest::Coordinator, Message::LayerUpdated { step, layer }),
         };
         Ok(Out::Send { to, message })
     }
 
     fn finish(&mut self) -> Result<Vec<Out>> {
-        let stage = self
-            .stage
-            .take()
-            .ok_or_else(|| Error::Pipeline("finish before any assignment".into()))?;
+        let stage = self.stage.take().ok_or_else(|| Error::Pipeline("finish before any assignment".into()))?;
         if !stage.idle() {
-            return Err(Error::Pipeline(
-                "finish arrived in the middle of a step".into(),
-            ));
+            return Err(Error::Pipeline("finish arrived in the middle of a step".into()));
         }
         let message = Message::Final {
             worker: self.id,
@@ -246,12 +151,6 @@ impl Worker {
             counters: stage.counters,
             spans: std::mem::take(&mut self.spans),
         };
-        Ok(vec![
-            Out::Send {
-                to: Dest::Coordinator,
-                message,
-            },
-            Out::Exit,
-        ])
+        Ok(vec![Out::Send { to: Dest::Coordinator, message }, Out::Exit])
     }
 }

@@ -8,17 +8,11 @@ use baton_engine::{ParamStore, Recorder, Result, Segment, SegmentKey, Tensor, Te
 pub fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
     let mut rng = SplitMix64::new(seed);
     let n: usize = shape.iter().product();
-    let data = (0..n)
-        .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
-        .collect();
+    let data = (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect();
     Tensor::new(shape.to_vec(), data).unwrap()
 }
 
-pub const KEY: SegmentKey = SegmentKey {
-    step: 0,
-    micro: 0,
-    layer: 0,
-};
+pub const KEY: SegmentKey = SegmentKey { step: 0, micro: 0, layer: 0 };
 
 /// Records one segment with `build` on input `x`.
 pub fn record(
@@ -35,10 +29,7 @@ pub fn record(
 /// Max |a - b| over two equally long slices.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Bitwise equality of two f32 slices.

@@ -5,9 +5,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use baton_engine::pipeline::coordinator::{
-    CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan,
-};
+use baton_engine::pipeline::coordinator::{CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan};
 use baton_engine::pipeline::protocol::{self, Message};
 use baton_transport::{Event, Node, PeerId};
 use crossbeam_channel::RecvTimeoutError;
@@ -32,11 +30,7 @@ struct Roster {
 }
 
 /// Runs `plan` on `node` until the job is done or fails.
-pub fn run_coordinator(
-    node: &Node,
-    plan: JobPlan,
-    options: CoordinatorOptions<'_>,
-) -> anyhow::Result<JobOutcome> {
+pub fn run_coordinator(node: &Node, plan: JobPlan, options: CoordinatorOptions<'_>) -> anyhow::Result<JobOutcome> {
     let start = Instant::now();
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
     let mut roster = Roster::default();
@@ -46,10 +40,7 @@ pub fn run_coordinator(
             Err(RecvTimeoutError::Timeout) => Vec::new(),
             Err(RecvTimeoutError::Disconnected) => bail!("the transport stopped"),
         };
-        let mut effects: Vec<CoordEffect> = events
-            .into_iter()
-            .flat_map(|e| coordinator.handle(e))
-            .collect();
+        let mut effects: Vec<CoordEffect> = events.into_iter().flat_map(|e| coordinator.handle(e)).collect();
         effects.extend(coordinator.tick(start.elapsed()));
         if let Some(lost) = exited_child(options.children) {
             effects.extend(coordinator.handle(lost));
@@ -73,8 +64,7 @@ fn on_event(event: Event, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>
             Vec::new()
         }
         Event::Message { peer, bytes, .. } => {
-            let message =
-                protocol::decode(&bytes).with_context(|| format!("a frame from {peer}"))?;
+            let message = protocol::decode(&bytes).with_context(|| format!("a frame from {peer}"))?;
             if let Message::Register { worker, .. } = &message {
                 tracing::info!(worker, %peer, "worker registered");
                 check_claim(roster.names.get(&peer).map_or("", String::as_str), *worker)?;
@@ -83,10 +73,7 @@ fn on_event(event: Event, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>
             }
             match roster.worker_of.get(&peer) {
                 Some(&worker) => vec![CoordEvent::Message { worker, message }],
-                None => bail!(
-                    "{peer} sent a {} message before registering",
-                    message.kind()
-                ),
+                None => bail!("{peer} sent a {} message before registering", message.kind()),
             }
         }
         Event::Disconnected { peer, reason } => match roster.worker_of.get(&peer) {
@@ -106,24 +93,19 @@ fn deliver(node: &Node, roster: &Roster, worker: u32, message: &Message) -> anyh
         return Ok(());
     }
     let peer = peer.with_context(|| format!("worker {worker} is not connected"))?;
-    send(node, peer, message)
-        .with_context(|| format!("sending {} to worker {worker}", message.kind()))
+    send(node, peer, message).with_context(|| format!("sending {} to worker {worker}", message.kind()))
 }
 
 /// The first launched worker process that failed, as a lost-worker event.
 /// A worker exits successfully only after its final message was delivered,
 /// so a clean exit is not a loss.
 fn exited_child(children: &mut [Child]) -> Option<CoordEvent> {
-    children
-        .iter_mut()
-        .enumerate()
-        .find_map(|(i, child)| match child.try_wait() {
-            Ok(Some(status)) if !status.success() => Some(CoordEvent::Lost {
-                worker: i as u32,
-                reason: format!("its process exited ({status})"),
-            }),
-            _ => None,
-        })
+    children.iter_mut().enumerate().find_map(|(i, child)| match child.try_wait() {
+        Ok(Some(status)) if !status.success() => {
+            Some(CoordEvent::Lost { worker: i as u32, reason: format!("its process exited ({status})") })
+        }
+        _ => None,
+    })
 }
 
 /// Checks that a registering peer's certificate name matches the worker

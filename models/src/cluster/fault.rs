@@ -20,10 +20,9 @@ impl Crash {
     /// The crash planned for `worker` in the environment, if any.
     pub fn from_env(worker: u32) -> anyhow::Result<Option<Crash>> {
         match std::env::var(FAULT_ENV) {
-            Ok(text) => Ok(
-                Some(parse(&text).with_context(|| format!("{FAULT_ENV}={text}"))?)
-                    .filter(|c| c.worker == worker),
-            ),
+            Ok(text) => {
+                Ok(Some(parse(&text).with_context(|| format!("{FAULT_ENV}={text}"))?).filter(|c| c.worker == worker))
+            }
             Err(_) => Ok(None),
         }
     }
@@ -35,21 +34,11 @@ impl Crash {
 }
 
 fn parse(text: &str) -> anyhow::Result<Crash> {
-    let Some(args) = text.strip_prefix("crash:") else {
-        bail!("only `crash:worker=W,step=S,actions=A` is known")
-    };
-    let mut crash = Crash {
-        worker: u32::MAX,
-        step: 0,
-        actions: 0,
-    };
+    let Some(args) = text.strip_prefix("crash:") else { bail!("only `crash:worker=W,step=S,actions=A` is known") };
+    let mut crash = Crash { worker: u32::MAX, step: 0, actions: 0 };
     for pair in args.split(',') {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("`{pair}` is not key=value"))?;
-        let value: u32 = value
-            .parse()
-            .with_context(|| format!("`{key}` must be a number"))?;
+        let (key, value) = pair.split_once('=').with_context(|| format!("`{pair}` is not key=value"))?;
+        let value: u32 = value.parse().with_context(|| format!("`{key}` must be a number"))?;
         match key {
             "worker" => crash.worker = value,
             "step" => crash.step = value,
@@ -69,14 +58,7 @@ mod tests {
 
     #[test]
     fn parses_and_rejects() {
-        assert_eq!(
-            parse("crash:worker=1,step=2,actions=3").unwrap(),
-            Crash {
-                worker: 1,
-                step: 2,
-                actions: 3
-            }
-        );
+        assert_eq!(parse("crash:worker=1,step=2,actions=3").unwrap(), Crash { worker: 1, step: 2, actions: 3 });
         assert!(parse("hang:worker=1").is_err());
         assert!(parse("crash:step=1").is_err());
         assert!(parse("crash:worker=x").is_err());

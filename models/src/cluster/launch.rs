@@ -25,27 +25,16 @@ pub struct LocalJob<'a> {
 /// Runs `job` with `job.plan.workers` worker processes and returns the outcome.
 /// Worker processes are killed if anything fails.
 pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
-    let dir = tempfile::Builder::new()
-        .prefix("baton-cluster-")
-        .tempdir()
-        .context("creating the cluster directory")?;
-    let ca = ClusterCa::generate("baton-local")
-        .context("creating an ephemeral certificate authority")?;
+    let dir = tempfile::Builder::new().prefix("baton-cluster-").tempdir().context("creating the cluster directory")?;
+    let ca = ClusterCa::generate("baton-local").context("creating an ephemeral certificate authority")?;
     ca.save(dir.path())?;
     for w in 0..job.plan.workers as u32 {
         ca.issue(&worker_name(w))?.save(dir.path())?;
     }
-    let node = Node::start(
-        "127.0.0.1:0".parse()?,
-        ca.issue(COORDINATOR_NAME)?,
-        net_config(),
-    )
-    .context("starting the coordinator's endpoint")?;
+    let node = Node::start("127.0.0.1:0".parse()?, ca.issue(COORDINATOR_NAME)?, net_config())
+        .context("starting the coordinator's endpoint")?;
     let mut children = spawn_workers(&job, dir.path(), &node)?;
-    let options = CoordinatorOptions {
-        on_step: job.on_step,
-        children: &mut children,
-    };
+    let options = CoordinatorOptions { on_step: job.on_step, children: &mut children };
     let result = run_coordinator(&node, job.plan, options);
     // Closing our endpoint tells the lingering workers that every final
     // message was read; they exit on that.
@@ -63,13 +52,7 @@ fn spawn_workers(job: &LocalJob<'_>, dir: &Path, node: &Node) -> anyhow::Result<
     let mut children = Vec::new();
     for w in 0..job.plan.workers {
         let child = Command::new(job.exe)
-            .args([
-                "worker",
-                "--coordinator",
-                &coordinator,
-                "--id",
-                &w.to_string(),
-            ])
+            .args(["worker", "--coordinator", &coordinator, "--id", &w.to_string()])
             .arg("--cluster-dir")
             .arg(dir)
             .args(["--threads", &job.threads_per_worker.to_string()])
@@ -79,8 +62,7 @@ fn spawn_workers(job: &LocalJob<'_>, dir: &Path, node: &Node) -> anyhow::Result<
             Ok(child) => children.push(child),
             Err(e) => {
                 children.iter_mut().for_each(|c| drop(c.kill()));
-                return Err(e)
-                    .with_context(|| format!("starting worker {w} ({})", job.exe.display()));
+                return Err(e).with_context(|| format!("starting worker {w} ({})", job.exe.display()));
             }
         }
     }

@@ -33,21 +33,13 @@ pub fn worker_id(name: &str) -> Option<u32> {
 
 /// Transport settings for jobs: a lost peer is noticed within seconds.
 pub fn net_config() -> NetConfig {
-    NetConfig {
-        idle_timeout: Duration::from_secs(5),
-        keep_alive: Duration::from_millis(500),
-        ..NetConfig::default()
-    }
+    NetConfig { idle_timeout: Duration::from_secs(5), keep_alive: Duration::from_millis(500), ..NetConfig::default() }
 }
 
 /// Encodes `message` and queues it to `peer` on the lane its size calls for.
 fn send(node: &Node, peer: PeerId, message: &Message) -> anyhow::Result<()> {
     let frame = protocol::encode(message)?;
-    let lane = if message.is_bulk() {
-        Lane::Bulk
-    } else {
-        Lane::Control
-    };
+    let lane = if message.is_bulk() { Lane::Bulk } else { Lane::Control };
     node.send(peer, lane, bytes::Bytes::from(frame.into_vec()))?;
     Ok(())
 }

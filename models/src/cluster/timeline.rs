@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 pub fn chrome_trace(spans: &BTreeMap<u32, Vec<Span>>) -> Value {
     let mut events = Vec::new();
     for (&worker, list) in spans {
-        events.push(json!({"name": "process_name", "ph": "M", "pid": worker, "args": {"name": format!("worker {worker}")}}));
+        events.push(
+            json!({"name": "process_name", "ph": "M", "pid": worker, "args": {"name": format!("worker {worker}")}}),
+        );
         for span in list {
             events.push(json!({
                 "name": span.name, "cat": span.category, "ph": "X",
@@ -42,18 +44,12 @@ mod tests {
             start_us,
             duration_us: 5,
         };
-        let spans = BTreeMap::from([
-            (0, vec![span("0F0", "forward", 10)]),
-            (1, vec![span("1B0", "backward", 20)]),
-        ]);
+        let spans = BTreeMap::from([(0, vec![span("0F0", "forward", 10)]), (1, vec![span("1B0", "backward", 20)])]);
         let trace = chrome_trace(&spans);
         let events = trace["traceEvents"].as_array().unwrap();
         assert_eq!(events.len(), 4);
         let b = events.iter().find(|e| e["name"] == "1B0").unwrap();
-        assert_eq!(
-            (b["ph"].as_str(), b["pid"].as_u64(), b["ts"].as_u64()),
-            (Some("X"), Some(1), Some(20))
-        );
+        assert_eq!((b["ph"].as_str(), b["pid"].as_u64(), b["ts"].as_u64()), (Some("X"), Some(1), Some(20)));
         assert_eq!(b["cat"], "backward");
     }
 }

@@ -26,8 +26,8 @@ pub struct WorkerOptions {
 struct Links {
     coordinator: PeerId,
     crash: Option<Crash>,
-    /// Steps completed, and compute actions completed in the current step.
-    steps_done: u32,
+    /// The step being counted, and compute actions completed in it.
+    counted_step: u32,
     actions_done: u32,
     peers: HashMap<u32, PeerId>,
     workers: HashMap<PeerId, u32>,
@@ -42,29 +42,16 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
         .connect(options.coordinator)
         .with_context(|| format!("connecting to the coordinator at {}", options.coordinator))?;
     if name != COORDINATOR_NAME {
-        bail!(
-            "{} holds the certificate of `{name}`, not the coordinator's",
-            options.coordinator
-        );
+        bail!("{} holds the certificate of `{name}`, not the coordinator's", options.coordinator);
     }
-    let address = options
-        .advertise
-        .unwrap_or_else(|| node.local_addr().to_string());
+    let address = options.advertise.unwrap_or_else(|| node.local_addr().to_string());
     tracing::info!(worker = options.id, %address, "registering with the coordinator");
-    send(
-        node,
-        coordinator,
-        &Message::Register {
-            worker: options.id,
-            protocol: PROTOCOL_VERSION,
-            address,
-        },
-    )?;
+    send(node, coordinator, &Message::Register { worker: options.id, protocol: PROTOCOL_VERSION, address })?;
     let crash = Crash::from_env(options.id)?;
     let mut links = Links {
         coordinator,
         crash,
-        steps_done: 0,
+        counted_step: 0,
         actions_done: 0,
         peers: HashMap::new(),
         workers: HashMap::new(),
@@ -75,14 +62,7 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
     let result = serve(node, &mut worker, &mut links).map(|()| linger(node, &links));
     if let Err(e) = &result {
         // Tell the coordinator why, so the whole job stops with this reason.
-        send_wait(
-            node,
-            coordinator,
-            &Message::Abort {
-                reason: format!("worker {}: {e:#}", options.id),
-            },
-        )
-        .ok();
+        send_wait(node, coordinator, &Message::Abort { reason: format!("worker {}: {e:#}", options.id) }).ok();
     }
     result
 }
@@ -96,7 +76,7 @@ fn serve(node: &Node, worker: &mut Worker, links: &mut Links) -> anyhow::Result<
             if execute(node, worker, links, outs)? {
                 return Ok(());
             }
-            count(links, work);
+            count(links, work, worker.current_step().unwrap_or(0));
         }
         let event = match node.events().recv_timeout(Duration::from_millis(200)) {
             Ok(event) => event,
@@ -124,12 +104,7 @@ fn linger(node: &Node, links: &Links) {
 }
 
 /// Handles one transport event; true when the job is over for this worker.
-fn on_event(
-    node: &Node,
-    worker: &mut Worker,
-    links: &mut Links,
-    event: Event,
-) -> anyhow::Result<bool> {
+fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -> anyhow::Result<bool> {
     match event {
         Event::Connected { peer, name, .. } => {
             if let Some(id) = worker_id(&name) {
@@ -141,8 +116,7 @@ fn on_event(
         }
         Event::Message { peer, bytes, .. } => {
             let mut start = links.clock.elapsed();
-            let message = protocol::decode(&bytes)
-                .with_context(|| format!("a frame from {}", who(links, peer)))?;
+            let message = protocol::decode(&bytes).with_context(|| format!("a frame from {}", who(links, peer)))?;
             let kind = message.kind();
             tracing::debug!(worker = worker.id, from = %who(links, peer), kind, "received");
             if kind == "assign" {
@@ -152,13 +126,7 @@ fn on_event(
                 start = Duration::ZERO;
             }
             let outs = worker.handle(message)?;
-            push_span(
-                worker,
-                format!("recv {kind}"),
-                "receive",
-                start,
-                links.clock.elapsed(),
-            );
+            push_span(worker, format!("recv {kind}"), "receive", start, links.clock.elapsed());
             execute(node, worker, links, outs)
         }
         Event::Disconnected { peer, reason } if peer == links.coordinator => {
@@ -172,18 +140,10 @@ fn on_event(
 }
 
 /// Carries out a worker's outputs; true once it said `Exit`.
-fn execute(
-    node: &Node,
-    worker: &mut Worker,
-    links: &mut Links,
-    outs: Vec<Out>,
-) -> anyhow::Result<bool> {
+fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) -> anyhow::Result<bool> {
     for out in outs {
         match out {
-            Out::Send {
-                to: Dest::Coordinator,
-                message,
-            } if matches!(message, Message::Final { .. }) => {
+            Out::Send { to: Dest::Coordinator, message } if matches!(message, Message::Final { .. }) => {
                 send_wait(node, links.coordinator, &message)?;
             }
             Out::Send { to, message } => {
@@ -191,22 +151,14 @@ fn execute(
                 let peer = destination(links, to)?;
                 let kind = message.kind();
                 send(node, peer, &message)?;
-                push_span(
-                    worker,
-                    format!("send {kind}"),
-                    "send",
-                    start,
-                    links.clock.elapsed(),
-                );
+                push_span(worker, format!("send {kind}"), "send", start, links.clock.elapsed());
             }
             Out::Connect(placements) => {
                 for p in placements {
-                    let addr: SocketAddr = p.address.parse().with_context(|| {
-                        format!("worker {}'s address `{}`", p.worker, p.address)
-                    })?;
-                    let (peer, _) = node
-                        .connect(addr)
-                        .with_context(|| format!("connecting to worker {} at {addr}", p.worker))?;
+                    let addr: SocketAddr =
+                        p.address.parse().with_context(|| format!("worker {}'s address `{}`", p.worker, p.address))?;
+                    let (peer, _) =
+                        node.connect(addr).with_context(|| format!("connecting to worker {} at {addr}", p.worker))?;
                     links.peers.insert(p.worker, peer);
                     links.workers.insert(peer, p.worker);
                 }
@@ -218,16 +170,16 @@ fn execute(
     Ok(false)
 }
 
-/// Counts completed work and carries out a planned crash when it is due.
-fn count(links: &mut Links, work: Work) {
-    match work {
-        Work::Compute(_) => links.actions_done += 1,
-        Work::Update { .. } => (links.steps_done, links.actions_done) = (links.steps_done + 1, 0),
+/// Counts completed compute actions per step and carries out a planned
+/// crash when it is due.
+fn count(links: &mut Links, work: Work, step: u32) {
+    if step != links.counted_step {
+        (links.counted_step, links.actions_done) = (step, 0);
     }
-    if links
-        .crash
-        .is_some_and(|c| c.due(links.steps_done, links.actions_done))
-    {
+    if let Work::Compute(_) = work {
+        links.actions_done += 1;
+    }
+    if links.crash.is_some_and(|c| c.due(links.counted_step, links.actions_done)) {
         eprintln!("{FAULT_ENV}: crashing on purpose");
         std::process::abort();
     }
@@ -236,19 +188,14 @@ fn count(links: &mut Links, work: Work) {
 fn destination(links: &Links, to: Dest) -> anyhow::Result<PeerId> {
     match to {
         Dest::Coordinator => Ok(links.coordinator),
-        Dest::Worker(id) => links
-            .peers
-            .get(&id)
-            .copied()
-            .with_context(|| format!("worker {id} is not connected")),
+        Dest::Worker(id) => links.peers.get(&id).copied().with_context(|| format!("worker {id} is not connected")),
     }
 }
 
 /// Sends `Ready` once every peer of the assignment is connected.
 fn maybe_ready(node: &Node, worker: &Worker, links: &mut Links) -> anyhow::Result<()> {
     let peers = worker.peers();
-    if links.ready_sent || !worker.assigned() || !peers.iter().all(|p| links.peers.contains_key(p))
-    {
+    if links.ready_sent || !worker.assigned() || !peers.iter().all(|p| links.peers.contains_key(p)) {
         return Ok(());
     }
     links.ready_sent = true;
@@ -275,10 +222,5 @@ fn record(worker: &mut Worker, work: Work, start: Duration, end: Duration) {
 fn push_span(worker: &mut Worker, name: String, category: &str, start: Duration, end: Duration) {
     let start_us = start.as_micros() as u64;
     let duration_us = (end.saturating_sub(start)).as_micros() as u64;
-    worker.spans.push(Span {
-        name,
-        category: category.into(),
-        start_us,
-        duration_us,
-    });
+    worker.spans.push(Span { name, category: category.into(), start_us, duration_us });
 }
