@@ -10,10 +10,7 @@ pub fn mlp_trainer(width: usize, depth: usize, batch: usize) -> (Trainer, Batch)
     let params = baton_engine::init::init_params(&model.param_specs(), 0);
     let data = io::synthetic_data(&model, 1, batch, 0).remove(0);
     let optimizer = Optimizer::new("adam:lr=1e-4".parse().expect("valid optimizer"));
-    (
-        Trainer::new(model, params, optimizer).expect("parameters fit the model"),
-        data,
-    )
+    (Trainer::new(model, params, optimizer).expect("parameters fit the model"), data)
 }
 
 /// Multiply-adds of one forward+backward of a plain MLP, times two (flops).

@@ -71,12 +71,30 @@ fn bad_weight_files_name_the_tensor() {
 }
 
 #[test]
-fn unimplemented_preemption_says_so() {
+fn unimplemented_join_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().join("o.safetensors");
     let mut args = train_args("mlp12", "", "sgd:lr=0.1", save.to_str().unwrap());
-    args.extend(["--workers", "3", "--preempt", "1@0:2"]);
+    args.extend(["--workers", "2", "--join", "1:2"]);
     fails_with(&args, "not implemented yet (issue #4)");
+}
+
+#[test]
+fn impossible_preemption_points_are_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("o.safetensors");
+    for (preempt, expected) in [
+        ("5@0:1", "only workers 0..2"),
+        ("1@99:1", "steps count from 0"),
+        ("1@0:99", "at most 8 actions"),
+        ("1@0", "expected WORKER@STEP:ACTIONS"),
+        ("1@0:1,grace=never", "not a duration"),
+    ] {
+        let mut args = train_args("mlp12", "", "sgd:lr=0.1", save.to_str().unwrap());
+        args.extend(["--workers", "3", "--preempt", preempt]);
+        fails_with(&args, expected);
+        assert!(!save.exists(), "--preempt {preempt} trained anyway");
+    }
 }
 
 #[test]

@@ -76,13 +76,14 @@ fn whole_jobs_in_memory_match_one_process() {
                     params: golden.params.clone(),
                     batches: golden.data.clone(),
                     join_timeout: Duration::from_secs(30),
+                    notices: Vec::new(),
                 };
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();
                 let what = format!("{name} W={workers} {kind}");
                 assert!(bit_identical(&out.params, &reference), "{what}: weights differ from one process");
                 assert_eq!(out.losses, reference_losses, "{what}");
                 assert_eq!(out.partitions.len(), 1);
-                assert_eq!(out.partitions[0].1.stages.len(), workers);
+                assert_eq!(out.partitions[0].stages.len(), workers);
             }
         }
     }

@@ -17,36 +17,12 @@ fn bench_matmul(c: &mut Criterion) {
             threads::set_num_threads(t).expect("thread count");
             let id = BenchmarkId::new(format!("{m}x{k}x{n}/xWT"), format!("{t}thr"));
             group.bench_function(id, |bench| {
-                bench.iter(|| {
-                    matmul(
-                        &mut out,
-                        black_box(&a),
-                        Trans::No,
-                        black_box(&b),
-                        Trans::Yes,
-                        m,
-                        k,
-                        n,
-                        false,
-                    )
-                })
+                bench.iter(|| matmul(&mut out, black_box(&a), Trans::No, black_box(&b), Trans::Yes, m, k, n, false))
             });
             let id = BenchmarkId::new(format!("{m}x{k}x{n}/dyT_x"), format!("{t}thr"));
             let mut dw = vec![0.0f32; k * n];
             group.bench_function(id, |bench| {
-                bench.iter(|| {
-                    matmul(
-                        &mut dw,
-                        black_box(&a),
-                        Trans::Yes,
-                        black_box(&out),
-                        Trans::No,
-                        k,
-                        m,
-                        n,
-                        false,
-                    )
-                })
+                bench.iter(|| matmul(&mut dw, black_box(&a), Trans::Yes, black_box(&out), Trans::No, k, m, n, false))
             });
         }
     }

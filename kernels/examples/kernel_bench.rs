@@ -32,24 +32,9 @@ fn bench_matmul(m: usize, k: usize, n: usize, ta: Trans, tb: Trans) {
     let a = vec![0.5f32; m * k];
     let b = vec![0.25f32; k * n];
     let mut c = vec![0.0f32; m * n];
-    let s = time(|| {
-        matmul(
-            black_box(&mut c),
-            black_box(&a),
-            ta,
-            black_box(&b),
-            tb,
-            m,
-            k,
-            n,
-            false,
-        )
-    });
+    let s = time(|| matmul(black_box(&mut c), black_box(&a), ta, black_box(&b), tb, m, k, n, false));
     let gflops = 2.0 * (m * n * k) as f64 / s / 1e9;
-    println!(
-        "  matmul {m:>4}x{k:>4}x{n:>4} {ta:?}/{tb:?}: {gflops:7.1} GFLOP/s ({:.1} us)",
-        s * 1e6
-    );
+    println!("  matmul {m:>4}x{k:>4}x{n:>4} {ta:?}/{tb:?}: {gflops:7.1} GFLOP/s ({:.1} us)", s * 1e6);
 }
 
 fn bench_small() {
@@ -76,32 +61,12 @@ fn bench_big() {
     let mut db = vec![0.0f32; w];
     let mut stats = vec![0.0f32; 2 * b];
     let us = |s: f64| s * 1e6;
-    println!(
-        "  relu 256x1024: {:.0} us",
-        us(time(|| activation::relu(&x, &mut y)))
-    );
-    println!(
-        "  gelu 256x1024: {:.0} us",
-        us(time(|| activation::gelu(&x, &mut y)))
-    );
-    println!(
-        "  gelu_bwd 256x1024: {:.0} us",
-        us(time(|| activation::gelu_backward(&x, &x, &mut dx)))
-    );
-    println!(
-        "  add_bias_rows 256x1024: {:.0} us",
-        us(time(|| elementwise::add_bias_rows(&mut y, &g)))
-    );
-    println!(
-        "  sum_rows 256x1024: {:.0} us",
-        us(time(|| elementwise::sum_rows(&x, w, &mut dg, false)))
-    );
-    println!(
-        "  layernorm 256x1024: {:.0} us",
-        us(time(|| norm::layernorm(
-            &x, &g, &g, w, 1e-5, &mut y, &mut stats
-        )))
-    );
+    println!("  relu 256x1024: {:.0} us", us(time(|| activation::relu(&x, &mut y))));
+    println!("  gelu 256x1024: {:.0} us", us(time(|| activation::gelu(&x, &mut y))));
+    println!("  gelu_bwd 256x1024: {:.0} us", us(time(|| activation::gelu_backward(&x, &x, &mut dx))));
+    println!("  add_bias_rows 256x1024: {:.0} us", us(time(|| elementwise::add_bias_rows(&mut y, &g))));
+    println!("  sum_rows 256x1024: {:.0} us", us(time(|| elementwise::sum_rows(&x, w, &mut dg, false))));
+    println!("  layernorm 256x1024: {:.0} us", us(time(|| norm::layernorm(&x, &g, &g, w, 1e-5, &mut y, &mut stats))));
     let lnb = || norm::layernorm_backward(&x, &g, &stats, &x, w, &mut dx, &mut dg, &mut db, false);
     println!("  layernorm_bwd 256x1024: {:.0} us", us(time(lnb)));
     let t = vec![0.5f32; b * w];
@@ -111,25 +76,10 @@ fn bench_big() {
             black_box(loss::mse(&x, &t));
         }))
     );
-    let cfg = optim::AdamConfig {
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
-    let (mut p, mut m, mut v) = (
-        vec![0.1f32; w * w],
-        vec![0.0f32; w * w],
-        vec![0.0f32; w * w],
-    );
+    let cfg = optim::AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let (mut p, mut m, mut v) = (vec![0.1f32; w * w], vec![0.0f32; w * w], vec![0.0f32; w * w]);
     let gr = vec![0.01f32; w * w];
-    println!(
-        "  adam 1024x1024: {:.0} us",
-        us(time(|| optim::adam_step(
-            &mut p, &gr, &mut m, &mut v, 3, &cfg
-        )))
-    );
+    println!("  adam 1024x1024: {:.0} us", us(time(|| optim::adam_step(&mut p, &gr, &mut m, &mut v, 3, &cfg))));
 }
 
 fn main() {

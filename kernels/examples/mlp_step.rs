@@ -44,28 +44,12 @@ fn step(layers: &mut [Layer], x: &[f32], target: &[f32], acts: &mut [Vec<f32>], 
             let g = dy.clone();
             activation::relu_backward(&acts[i + 1], &g, &mut dy);
         }
-        matmul(
-            &mut l.dw,
-            &dy,
-            Trans::Yes,
-            &acts[i],
-            Trans::No,
-            W,
-            B,
-            W,
-            false,
-        );
+        matmul(&mut l.dw, &dy, Trans::Yes, &acts[i], Trans::No, W, B, W, false);
         elementwise::sum_rows(&dy, W, &mut l.db, false);
         matmul(&mut dx, &dy, Trans::No, &l.w, Trans::No, B, W, W, false);
         std::mem::swap(&mut dx, &mut dy);
     }
-    let cfg = AdamConfig {
-        lr: 1e-4,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
+    let cfg = AdamConfig { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     for l in layers.iter_mut() {
         let [mw, mb] = &mut l.m;
         let [vw, vb] = &mut l.v;
@@ -79,11 +63,7 @@ fn main() {
     if let Some(n) = std::env::args().nth(1).and_then(|s| s.parse().ok()) {
         threads::set_num_threads(n).expect("thread count");
     }
-    let init = |n: usize, s: f32| {
-        (0..n)
-            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * s)
-            .collect::<Vec<f32>>()
-    };
+    let init = |n: usize, s: f32| (0..n).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * s).collect::<Vec<f32>>();
     let mut layers: Vec<Layer> = (0..L)
         .map(|_| Layer {
             w: init(W * W, 0.15),
@@ -103,11 +83,7 @@ fn main() {
         let l = step(&mut layers, &x, &y, &mut acts, t);
         let s = start.elapsed().as_secs_f64();
         times.push(s);
-        println!(
-            "step {t}: loss {l:.5}, {:.1} ms, {:.1} GFLOP/s",
-            s * 1e3,
-            flops / s / 1e9
-        );
+        println!("step {t}: loss {l:.5}, {:.1} ms, {:.1} GFLOP/s", s * 1e3, flops / s / 1e9);
     }
     times.sort_by(f64::total_cmp);
     println!(

@@ -6,9 +6,9 @@
 use crate::threads::par_chunks_mut;
 
 /// 1/√2.
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+pub(crate) const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/√(2π).
-const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+pub(crate) const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 /// Applies `f(x[i])` to every element: `y[i] = f(x[i])`.
 fn map1(x: &[f32], y: &mut [f32], name: &str, f: impl Fn(f32) -> f32 + Sync + Send) {
@@ -22,18 +22,8 @@ fn map1(x: &[f32], y: &mut [f32], name: &str, f: impl Fn(f32) -> f32 + Sync + Se
 }
 
 /// `dx[i] = f(s[i], dy[i])` where `s` is the saved forward input or output.
-fn map2(
-    s: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    name: &str,
-    f: impl Fn(f32, f32) -> f32 + Sync + Send,
-) {
-    assert_eq!(
-        s.len(),
-        dx.len(),
-        "{name}: saved tensor and dx lengths differ"
-    );
+fn map2(s: &[f32], dy: &[f32], dx: &mut [f32], name: &str, f: impl Fn(f32, f32) -> f32 + Sync + Send) {
+    assert_eq!(s.len(), dx.len(), "{name}: saved tensor and dx lengths differ");
     assert_eq!(dy.len(), dx.len(), "{name}: dy and dx lengths differ");
     par_chunks_mut(dx, |off, dx| {
         let n = dx.len();
@@ -45,30 +35,17 @@ fn map2(
 
 /// `y = max(x, 0)`; NaN stays NaN, as in PyTorch.
 pub fn relu(x: &[f32], y: &mut [f32]) {
-    map1(
-        x,
-        y,
-        "relu",
-        |x| if x > 0.0 || x.is_nan() { x } else { 0.0 },
-    );
+    map1(x, y, "relu", |x| if x > 0.0 || x.is_nan() { x } else { 0.0 });
 }
 
 /// Uses the forward OUTPUT: `dx = dy` where `y > 0`, else 0.
 pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
-    map2(
-        y,
-        dy,
-        dx,
-        "relu_backward",
-        |y, g| if y > 0.0 { g } else { 0.0 },
-    );
+    map2(y, dy, dx, "relu_backward", |y, g| if y > 0.0 { g } else { 0.0 });
 }
 
 /// Exact GELU, `0.5·x·(1 + erf(x/√2))`, like PyTorch's default.
 pub fn gelu(x: &[f32], y: &mut [f32]) {
-    map1(x, y, "gelu", |x| {
-        0.5 * x * (1.0 + libm::erff(x * FRAC_1_SQRT_2))
-    });
+    map1(x, y, "gelu", |x| 0.5 * x * (1.0 + libm::erff(x * FRAC_1_SQRT_2)));
 }
 
 /// Uses the forward INPUT: `dx = dy·(Φ(x) + x·φ(x))`.

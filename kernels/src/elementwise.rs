@@ -13,19 +13,14 @@ pub fn add_bias_rows(y: &mut [f32], bias: &[f32]) {
         assert!(y.is_empty(), "add_bias_rows: empty bias with non-empty y");
         return;
     }
-    assert_eq!(
-        y.len() % cols,
-        0,
-        "add_bias_rows: y.len() % bias.len() != 0"
-    );
+    assert_eq!(y.len() % cols, 0, "add_bias_rows: y.len() % bias.len() != 0");
     let rows_per_chunk = (crate::threads::PAR_CHUNK / cols).max(1);
     match crate::threads::pool_for(y.len()) {
         None => add_bias_block(y, bias),
         Some(pool) => {
             use rayon::prelude::*;
             pool.install(|| {
-                y.par_chunks_mut(rows_per_chunk * cols)
-                    .for_each(|blk| add_bias_block(blk, bias));
+                y.par_chunks_mut(rows_per_chunk * cols).for_each(|blk| add_bias_block(blk, bias));
             });
         }
     }

@@ -22,9 +22,17 @@
 //! # Panics
 //!
 //! Kernels assert buffer lengths before touching memory. Callers validate
-//! shapes first, so an assertion firing is a caller bug.
+//! shapes first, so an assertion firing is a caller bug. (The GPU versions in
+//! [`cuda`] return errors instead.)
+//!
+//! # GPU
+//!
+//! [`cuda`] has the same ops on an NVIDIA GPU behind the `cuda` cargo feature
+//! (off by default). The module and its API exist either way; without the
+//! feature [`cuda::Gpu::new`] returns [`Error::CudaNotCompiled`].
 
 pub mod activation;
+pub mod cuda;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
@@ -38,7 +46,8 @@ pub use matmul::{matmul, Trans};
 /// Result alias for fallible kernel-crate operations.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Errors from the kernels crate (only thread-pool configuration can fail).
+/// Errors from the kernels crate: thread-pool configuration and the [`cuda`]
+/// module (the CPU kernels themselves never fail; they assert).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A thread count of zero was requested; ask for at least one thread.
@@ -47,4 +56,21 @@ pub enum Error {
     /// The rayon thread pool could not be built (usually the OS refused to spawn threads).
     #[error("could not build the kernel thread pool: {0}")]
     ThreadPool(String),
+    /// [`cuda::Gpu::new`] in a build without the `cuda` cargo feature.
+    #[error("this build has no CUDA support; rebuild with --features cuda")]
+    CudaNotCompiled,
+    /// The `cuda` feature is on but no GPU can be used here: the driver,
+    /// NVRTC or cuBLAS library is missing, or there is no device with that
+    /// ordinal. The text names what is missing.
+    #[error("no usable CUDA device: {0}")]
+    CudaUnavailable(String),
+    /// A GPU op was given buffers whose lengths do not fit its shape
+    /// arguments, or a buffer that lives in another CUDA context; the text
+    /// names the op and the lengths (a caller bug, as a CPU assertion would be).
+    #[error("invalid GPU op arguments: {0}")]
+    CudaInvalidArgument(String),
+    /// A CUDA driver, cuBLAS or NVRTC call failed; the text names the call
+    /// and the library's error. Usually out of device memory or a lost device.
+    #[error("CUDA call failed: {0}")]
+    CudaDriver(String),
 }

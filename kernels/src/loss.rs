@@ -13,9 +13,7 @@ use crate::threads::{block_sum, par_chunks_mut, par_rows_mut, pool_for};
 /// If `pred.len() != target.len()`.
 pub fn mse(pred: &[f32], target: &[f32]) -> f32 {
     assert_eq!(pred.len(), target.len(), "mse: pred.len() != target.len()");
-    let sum = block_sum(pred.len(), |r| {
-        sum_map2(&pred[r.clone()], &target[r], |p, t| (p - t) * (p - t)) as f64
-    });
+    let sum = block_sum(pred.len(), |r| sum_map2(&pred[r.clone()], &target[r], |p, t| (p - t) * (p - t)) as f64);
     (sum / pred.len() as f64) as f32
 }
 
@@ -24,24 +22,12 @@ pub fn mse(pred: &[f32], target: &[f32]) -> f32 {
 /// # Panics
 /// Unless `pred`, `target` and `dpred` have equal lengths.
 pub fn mse_backward(pred: &[f32], target: &[f32], scale: f32, dpred: &mut [f32]) {
-    assert_eq!(
-        pred.len(),
-        dpred.len(),
-        "mse_backward: pred.len() != dpred.len()"
-    );
-    assert_eq!(
-        target.len(),
-        dpred.len(),
-        "mse_backward: target.len() != dpred.len()"
-    );
+    assert_eq!(pred.len(), dpred.len(), "mse_backward: pred.len() != dpred.len()");
+    assert_eq!(target.len(), dpred.len(), "mse_backward: target.len() != dpred.len()");
     let k = (2.0 * scale as f64 / pred.len() as f64) as f32;
     par_chunks_mut(dpred, |off, d| {
         let n = d.len();
-        for ((d, &p), &t) in d
-            .iter_mut()
-            .zip(&pred[off..off + n])
-            .zip(&target[off..off + n])
-        {
+        for ((d, &p), &t) in d.iter_mut().zip(&pred[off..off + n]).zip(&target[off..off + n]) {
             *d = k * (p - t);
         }
     });
@@ -59,16 +45,8 @@ pub fn mse_backward(pred: &[f32], target: &[f32], scale: f32, dpred: &mut [f32])
 pub fn cross_entropy(logits: &[f32], classes: usize, targets: &[u32], probs: &mut [f32]) -> f32 {
     assert!(classes > 0, "cross_entropy: classes == 0");
     let rows = targets.len();
-    assert_eq!(
-        logits.len(),
-        rows * classes,
-        "cross_entropy: logits.len() != rows*classes"
-    );
-    assert_eq!(
-        probs.len(),
-        logits.len(),
-        "cross_entropy: probs.len() != logits.len()"
-    );
+    assert_eq!(logits.len(), rows * classes, "cross_entropy: logits.len() != rows*classes");
+    assert_eq!(probs.len(), logits.len(), "cross_entropy: probs.len() != logits.len()");
     check_targets(targets, classes);
     let mut losses = vec![0.0f64; rows];
     let block = |r0: usize, probs: &mut [f32], losses: &mut [f64]| {
@@ -96,11 +74,7 @@ pub fn cross_entropy(logits: &[f32], classes: usize, targets: &[u32], probs: &mu
 
 /// Panics with the offending index if a target is out of range.
 fn check_targets(targets: &[u32], classes: usize) {
-    if let Some((i, &t)) = targets
-        .iter()
-        .enumerate()
-        .find(|(_, &t)| t as usize >= classes)
-    {
+    if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t as usize >= classes) {
         panic!("cross_entropy: targets[{i}] = {t} >= classes = {classes}");
     }
 }
@@ -126,25 +100,11 @@ fn ce_row(row: &[f32], target: usize, probs: &mut [f32]) -> f64 {
 /// # Panics
 /// If `classes == 0`, `probs.len() != rows*classes`,
 /// `dlogits.len() != probs.len()` or a target is `>= classes`.
-pub fn cross_entropy_backward(
-    probs: &[f32],
-    classes: usize,
-    targets: &[u32],
-    scale: f32,
-    dlogits: &mut [f32],
-) {
+pub fn cross_entropy_backward(probs: &[f32], classes: usize, targets: &[u32], scale: f32, dlogits: &mut [f32]) {
     assert!(classes > 0, "cross_entropy_backward: classes == 0");
     let rows = targets.len();
-    assert_eq!(
-        probs.len(),
-        rows * classes,
-        "cross_entropy_backward: probs.len() != rows*classes"
-    );
-    assert_eq!(
-        dlogits.len(),
-        probs.len(),
-        "cross_entropy_backward: dlogits.len() != probs.len()"
-    );
+    assert_eq!(probs.len(), rows * classes, "cross_entropy_backward: probs.len() != rows*classes");
+    assert_eq!(dlogits.len(), probs.len(), "cross_entropy_backward: dlogits.len() != probs.len()");
     check_targets(targets, classes);
     let k = (scale as f64 / rows as f64) as f32;
     par_rows_mut(dlogits, classes, |r0, d| {

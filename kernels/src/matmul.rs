@@ -63,14 +63,7 @@ pub fn matmul(
         }
         return;
     }
-    let op = Gemm {
-        m,
-        k,
-        n,
-        a_strides: strides(ta, m, k),
-        b_strides: strides(tb, k, n),
-        accumulate,
-    };
+    let op = Gemm { m, k, n, a_strides: strides(ta, m, k), b_strides: strides(tb, k, n), accumulate };
     let (pool, nthreads) = threads::current();
     if nthreads > 1 && m.saturating_mul(n).saturating_mul(k) >= PAR_MIN_FLOPS {
         pool.install(|| op.run(c, a, b, Parallelism::Rayon(nthreads)));
@@ -81,21 +74,9 @@ pub fn matmul(
 
 /// Asserts the buffer lengths of [`matmul`] (with overflow checks).
 fn check_lengths(c: &[f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
-    assert_eq!(
-        a.len(),
-        m.checked_mul(k).expect("m*k overflows"),
-        "matmul: a.len() != m*k"
-    );
-    assert_eq!(
-        b.len(),
-        k.checked_mul(n).expect("k*n overflows"),
-        "matmul: b.len() != k*n"
-    );
-    assert_eq!(
-        c.len(),
-        m.checked_mul(n).expect("m*n overflows"),
-        "matmul: c.len() != m*n"
-    );
+    assert_eq!(a.len(), m.checked_mul(k).expect("m*k overflows"), "matmul: a.len() != m*k");
+    assert_eq!(b.len(), k.checked_mul(n).expect("k*n overflows"), "matmul: b.len() != k*n");
+    assert_eq!(c.len(), m.checked_mul(n).expect("m*n overflows"), "matmul: c.len() != m*n");
 }
 
 /// A validated product: `m·k·n` buffers, `(row, col)` strides of op(a), op(b).

@@ -14,15 +14,7 @@ use crate::threads::{par_rows_mut, pool_for, COL_BLOCK};
 /// # Panics
 /// If `cols == 0`, `x.len() % cols != 0`, `y.len() != x.len()`,
 /// `gamma.len() != cols`, `beta.len() != cols` or `stats.len() != 2*rows`.
-pub fn layernorm(
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    cols: usize,
-    eps: f32,
-    y: &mut [f32],
-    stats: &mut [f32],
-) {
+pub fn layernorm(x: &[f32], gamma: &[f32], beta: &[f32], cols: usize, eps: f32, y: &mut [f32], stats: &mut [f32]) {
     assert!(cols > 0, "layernorm: cols == 0");
     assert_eq!(x.len() % cols, 0, "layernorm: x.len() % cols != 0");
     let rows = x.len() / cols;
@@ -32,11 +24,7 @@ pub fn layernorm(
     assert_eq!(stats.len(), 2 * rows, "layernorm: stats.len() != 2*rows");
     let (mean, rstd) = stats.split_at_mut(rows);
     let block = |x: &[f32], y: &mut [f32], mean: &mut [f32], rstd: &mut [f32]| {
-        for (r, (xr, yr)) in x
-            .chunks_exact(cols)
-            .zip(y.chunks_exact_mut(cols))
-            .enumerate()
-        {
+        for (r, (xr, yr)) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)).enumerate() {
             (mean[r], rstd[r]) = ln_row(xr, gamma, beta, eps, yr);
         }
     };
@@ -87,18 +75,10 @@ pub fn layernorm_backward(
     assert_eq!(x.len() % cols, 0, "layernorm_backward: x.len() % cols != 0");
     let rows = x.len() / cols;
     assert_eq!(gamma.len(), cols, "layernorm_backward: gamma.len() != cols");
-    assert_eq!(
-        stats.len(),
-        2 * rows,
-        "layernorm_backward: stats.len() != 2*rows"
-    );
+    assert_eq!(stats.len(), 2 * rows, "layernorm_backward: stats.len() != 2*rows");
     assert_eq!(dy.len(), x.len(), "layernorm_backward: dy.len() != x.len()");
     assert_eq!(dx.len(), x.len(), "layernorm_backward: dx.len() != x.len()");
-    assert_eq!(
-        dgamma.len(),
-        cols,
-        "layernorm_backward: dgamma.len() != cols"
-    );
+    assert_eq!(dgamma.len(), cols, "layernorm_backward: dgamma.len() != cols");
     assert_eq!(dbeta.len(), cols, "layernorm_backward: dbeta.len() != cols");
     let (mean, rstd) = stats.split_at(rows);
     ln_backward_dx(x, gamma, mean, rstd, dy, cols, dx);
@@ -110,15 +90,7 @@ pub fn layernorm_backward(
 }
 
 /// `dx` for every row; rows are independent, so they run in parallel.
-fn ln_backward_dx(
-    x: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    dy: &[f32],
-    cols: usize,
-    dx: &mut [f32],
-) {
+fn ln_backward_dx(x: &[f32], gamma: &[f32], mean: &[f32], rstd: &[f32], dy: &[f32], cols: usize, dx: &mut [f32]) {
     par_rows_mut(dx, cols, |r0, dx| {
         for (i, dxr) in dx.chunks_exact_mut(cols).enumerate() {
             let r = r0 + i;
@@ -161,11 +133,7 @@ fn ln_backward_params(
             }
         }
     };
-    let pool = if cols >= 2 * COL_BLOCK {
-        pool_for(x.len())
-    } else {
-        None
-    };
+    let pool = if cols >= 2 * COL_BLOCK { pool_for(x.len()) } else { None };
     let Some(pool) = pool else {
         return block(0, dgamma, dbeta);
     };

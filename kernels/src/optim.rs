@@ -30,26 +30,12 @@ pub struct SgdConfig {
 /// # Panics
 /// If `grad.len() != param.len()`, or `momentum != 0` and
 /// `momentum_buf.len() != param.len()`.
-pub fn sgd_step(
-    param: &mut [f32],
-    grad: &[f32],
-    momentum_buf: &mut [f32],
-    first: bool,
-    cfg: &SgdConfig,
-) {
-    assert_eq!(
-        grad.len(),
-        param.len(),
-        "sgd_step: grad.len() != param.len()"
-    );
+pub fn sgd_step(param: &mut [f32], grad: &[f32], momentum_buf: &mut [f32], first: bool, cfg: &SgdConfig) {
+    assert_eq!(grad.len(), param.len(), "sgd_step: grad.len() != param.len()");
     if cfg.momentum == 0.0 {
         return sgd_plain(param, grad, cfg);
     }
-    assert_eq!(
-        momentum_buf.len(),
-        param.len(),
-        "sgd_step: momentum_buf.len() != param.len()"
-    );
+    assert_eq!(momentum_buf.len(), param.len(), "sgd_step: momentum_buf.len() != param.len()");
     sgd_momentum(param, grad, momentum_buf, first, cfg);
 }
 
@@ -141,20 +127,9 @@ pub struct AdamConfig {
 ///
 /// # Panics
 /// If `step == 0` or `grad`, `m`, `v` differ in length from `param`.
-pub fn adam_step(
-    param: &mut [f32],
-    grad: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    step: u64,
-    cfg: &AdamConfig,
-) {
+pub fn adam_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig) {
     assert!(step >= 1, "adam_step: step is 1-based");
-    assert_eq!(
-        grad.len(),
-        param.len(),
-        "adam_step: grad.len() != param.len()"
-    );
+    assert_eq!(grad.len(), param.len(), "adam_step: grad.len() != param.len()");
     assert_eq!(m.len(), param.len(), "adam_step: m.len() != param.len()");
     assert_eq!(v.len(), param.len(), "adam_step: v.len() != param.len()");
     let s = AdamScalars::new(cfg, step);
@@ -166,10 +141,7 @@ pub fn adam_step(
         // `param`, so each task borrows disjoint in-bounds ranges of `m` and
         // `v`, which stay exclusively borrowed by this function.
         let (m, v) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(mp.get().add(off), n),
-                std::slice::from_raw_parts_mut(vp.get().add(off), n),
-            )
+            (std::slice::from_raw_parts_mut(mp.get().add(off), n), std::slice::from_raw_parts_mut(vp.get().add(off), n))
         };
         for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(&grad[off..off + n]) {
             s.update(p, m, v, g);
@@ -179,19 +151,20 @@ pub fn adam_step(
 
 /// Per-step scalars of Adam, computed as PyTorch does (Python floats, then
 /// rounded to `f32` when passed to the kernels).
+/// (The CUDA kernel takes these same scalars, so both devices round alike.)
 #[derive(Clone, Copy)]
-struct AdamScalars {
-    wd: f32,
-    w1: f32,
-    beta2: f32,
-    w2: f32,
-    neg_step_size: f32,
-    bc2_sqrt: f32,
-    eps: f32,
+pub(crate) struct AdamScalars {
+    pub(crate) wd: f32,
+    pub(crate) w1: f32,
+    pub(crate) beta2: f32,
+    pub(crate) w2: f32,
+    pub(crate) neg_step_size: f32,
+    pub(crate) bc2_sqrt: f32,
+    pub(crate) eps: f32,
 }
 
 impl AdamScalars {
-    fn new(cfg: &AdamConfig, step: u64) -> Self {
+    pub(crate) fn new(cfg: &AdamConfig, step: u64) -> Self {
         let exp = i32::try_from(step).unwrap_or(i32::MAX);
         let bc1 = 1.0 - (cfg.beta1 as f64).powi(exp);
         let bc2 = 1.0 - (cfg.beta2 as f64).powi(exp);
@@ -211,11 +184,7 @@ impl AdamScalars {
         let g = decay(g, *p, self.wd);
         // torch's lerp: start + w·(end − start) for w < 0.5, else
         // end − (end − start)·(1 − w).
-        *m = if self.w1 < 0.5 {
-            *m + self.w1 * (g - *m)
-        } else {
-            g - (g - *m) * (1.0 - self.w1)
-        };
+        *m = if self.w1 < 0.5 { *m + self.w1 * (g - *m) } else { g - (g - *m) * (1.0 - self.w1) };
         *v = *v * self.beta2 + self.w2 * g * g;
         let denom = v.sqrt() / self.bc2_sqrt + self.eps;
         *p += self.neg_step_size * (*m / denom);

@@ -6,7 +6,7 @@
 //! `a*b + c` into an FMA, so the bits are the same on every x86-64 machine.
 
 /// Number of interleaved accumulators.
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
 
 /// Combines the lanes as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
 #[inline(always)]
@@ -58,16 +58,9 @@ pub(crate) fn sum_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32
 /// Unless `a`, `b` and `c` have equal lengths.
 #[inline(always)]
 pub(crate) fn sum_map3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    assert!(
-        a.len() == b.len() && a.len() == c.len(),
-        "sum_map3: lengths differ"
-    );
+    assert!(a.len() == b.len() && a.len() == c.len(), "sum_map3: lengths differ");
     let mut acc = [0.0f32; LANES];
-    let (ca, cb, cc) = (
-        a.chunks_exact(LANES),
-        b.chunks_exact(LANES),
-        c.chunks_exact(LANES),
-    );
+    let (ca, cb, cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
     let (ra, rb, rc) = (ca.remainder(), cb.remainder(), cc.remainder());
     for ((x, y), z) in ca.zip(cb).zip(cc) {
         for l in 0..LANES {
@@ -86,9 +79,7 @@ mod tests {
 
     #[test]
     fn sums_match_f64_and_the_documented_order() {
-        let a: Vec<f32> = (0..1000)
-            .map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5)
-            .collect();
+        let a: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5).collect();
         let b: Vec<f32> = a.iter().map(|x| x * 2.0 + 1.0).collect();
         let want: f64 = a.iter().map(|&x| x as f64).sum();
         assert!((sum_map(&a, |x| x) as f64 - want).abs() < 1e-4);

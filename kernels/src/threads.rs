@@ -31,24 +31,16 @@ fn slot() -> &'static RwLock<Pool> {
     static SLOT: OnceLock<RwLock<Pool>> = OnceLock::new();
     SLOT.get_or_init(|| {
         let n = default_threads();
-        let pool = build_pool(n)
-            .or_else(|_| build_pool(1))
-            .expect("could not build even a 1-thread rayon pool");
-        RwLock::new(Pool {
-            pool: Arc::new(pool),
-            threads: n,
-        })
+        let pool = build_pool(n).or_else(|_| build_pool(1)).expect("could not build even a 1-thread rayon pool");
+        RwLock::new(Pool { pool: Arc::new(pool), threads: n })
     })
 }
 
 /// `BATON_THREADS` if set to a positive integer, else the machine's
 /// available parallelism (1 if unknown). An invalid value is ignored.
 fn default_threads() -> usize {
-    parse_threads(std::env::var(THREADS_ENV).ok().as_deref()).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    })
+    parse_threads(std::env::var(THREADS_ENV).ok().as_deref())
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// A thread count from the environment: a positive integer, else `None`.
@@ -111,9 +103,7 @@ where
     };
     use rayon::prelude::*;
     pool.install(|| {
-        out.par_chunks_mut(PAR_CHUNK)
-            .enumerate()
-            .for_each(|(i, chunk)| f(i * PAR_CHUNK, chunk));
+        out.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(i, chunk)| f(i * PAR_CHUNK, chunk));
     });
 }
 
@@ -163,19 +153,13 @@ pub(crate) fn par_col_blocks<F>(out: &mut [f32], elems: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
 {
-    let pool = if out.len() >= 2 * COL_BLOCK {
-        pool_for(elems)
-    } else {
-        None
-    };
+    let pool = if out.len() >= 2 * COL_BLOCK { pool_for(elems) } else { None };
     let Some(pool) = pool else {
         return f(0, out);
     };
     use rayon::prelude::*;
     pool.install(|| {
-        out.par_chunks_mut(COL_BLOCK)
-            .enumerate()
-            .for_each(|(i, blk)| f(i * COL_BLOCK, blk));
+        out.par_chunks_mut(COL_BLOCK).enumerate().for_each(|(i, blk)| f(i * COL_BLOCK, blk));
     });
 }
 
@@ -192,9 +176,7 @@ where
     let rows_per_task = rows_per_task(cols);
     use rayon::prelude::*;
     pool.install(|| {
-        out.par_chunks_mut(rows_per_task * cols)
-            .enumerate()
-            .for_each(|(i, blk)| f(i * rows_per_task, blk));
+        out.par_chunks_mut(rows_per_task * cols).enumerate().for_each(|(i, blk)| f(i * rows_per_task, blk));
     });
 }
 

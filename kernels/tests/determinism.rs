@@ -34,33 +34,18 @@ fn run_all() -> Vec<(&'static str, Vec<u32>)> {
     out.push(("mse", bits(&[loss::mse(&x, &t)])));
     let targets: Vec<u32> = (0..rows).map(|r| (r * 7 % cols) as u32).collect();
     let mut probs = vec![0.0; x.len()];
-    out.push((
-        "ce",
-        bits(&[loss::cross_entropy(&x, cols, &targets, &mut probs)]),
-    ));
+    out.push(("ce", bits(&[loss::cross_entropy(&x, cols, &targets, &mut probs)])));
     out.push(("probs", bits(&probs)));
 
     let (mut p, mut m, mut v) = (y.clone(), vec![0.0; y.len()], vec![0.0; y.len()]);
-    let cfg = optim::AdamConfig {
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
+    let cfg = optim::AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
     for step in 1..=2 {
         optim::adam_step(&mut p, &dx, &mut m, &mut v, step, &cfg);
     }
     out.push(("adam", bits(&p)));
 
     let mut buf = vec![0.0; y.len()];
-    let cfg = optim::SgdConfig {
-        lr: 0.05,
-        momentum: 0.9,
-        dampening: 0.1,
-        weight_decay: 0.01,
-        nesterov: false,
-    };
+    let cfg = optim::SgdConfig { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 0.01, nesterov: false };
     optim::sgd_step(&mut p, &dx, &mut buf, true, &cfg);
     optim::sgd_step(&mut p, &dy, &mut buf, false, &cfg);
     out.push(("sgd", bits(&p)));
@@ -82,16 +67,8 @@ fn layernorm_all(
     let (mut y, mut stats) = (vec![0.0; rows * cols], vec![0.0; 2 * rows]);
     norm::layernorm(x, &gamma, &beta, cols, 1e-5, &mut y, &mut stats);
     let (mut dx, mut dg, mut db) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
-    norm::layernorm_backward(
-        x, &gamma, &stats, dy, cols, &mut dx, &mut dg, &mut db, false,
-    );
-    for (name, v) in [
-        ("ln_y", &y),
-        ("ln_stats", &stats),
-        ("ln_dx", &dx),
-        ("ln_dg", &dg),
-        ("ln_db", &db),
-    ] {
+    norm::layernorm_backward(x, &gamma, &stats, dy, cols, &mut dx, &mut dg, &mut db, false);
+    for (name, v) in [("ln_y", &y), ("ln_stats", &stats), ("ln_dx", &dx), ("ln_dg", &dg), ("ln_db", &db)] {
         out.push((name, bits(v)));
     }
 
@@ -105,12 +82,9 @@ fn matmul_all(rng: &mut Rng) -> Vec<f32> {
     for (m, k, n) in [(256, 512, 384), (96, 1100, 200)] {
         let a = rng.vec(m * k, -1.0, 1.0);
         let b = rng.vec(k * n, -1.0, 1.0);
-        for (ta, tb) in [
-            (Trans::No, Trans::No),
-            (Trans::Yes, Trans::No),
-            (Trans::No, Trans::Yes),
-            (Trans::Yes, Trans::Yes),
-        ] {
+        for (ta, tb) in
+            [(Trans::No, Trans::No), (Trans::Yes, Trans::No), (Trans::No, Trans::Yes), (Trans::Yes, Trans::Yes)]
+        {
             let mut c = vec![0.5; m * n];
             matmul(&mut c, &a, ta, &b, tb, m, k, n, ta == Trans::Yes);
             out.extend_from_slice(&c);
@@ -121,10 +95,7 @@ fn matmul_all(rng: &mut Rng) -> Vec<f32> {
 
 #[test]
 fn one_and_two_threads_give_identical_bits() {
-    assert!(matches!(
-        threads::set_num_threads(0),
-        Err(baton_kernels::Error::InvalidThreadCount(0))
-    ));
+    assert!(matches!(threads::set_num_threads(0), Err(baton_kernels::Error::InvalidThreadCount(0))));
     threads::set_num_threads(1).unwrap();
     assert_eq!(threads::num_threads(), 1);
     let one = run_all();
@@ -134,11 +105,6 @@ fn one_and_two_threads_give_identical_bits() {
     assert_eq!(threads::install(rayon::current_num_threads), 2);
     for ((name, a), (_, b)) in one.iter().zip(&two) {
         let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
-        assert_eq!(
-            diff,
-            0,
-            "{name}: {diff} of {} values differ between 1 and 2 threads",
-            a.len()
-        );
+        assert_eq!(diff, 0, "{name}: {diff} of {} values differ between 1 and 2 threads", a.len());
     }
 }

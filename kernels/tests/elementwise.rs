@@ -38,11 +38,7 @@ fn add_bias_rows_adds_per_column() {
     let cols = 700;
     let mut y = Rng::new(1).vec(cols * 200, -1.0, 1.0);
     let bias = Rng::new(2).vec(cols, -1.0, 1.0);
-    let want: Vec<f32> = y
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v + bias[i % cols])
-        .collect();
+    let want: Vec<f32> = y.iter().enumerate().map(|(i, v)| v + bias[i % cols]).collect();
     add_bias_rows(&mut y, &bias);
     assert_eq!(bits(&y), bits(&want));
 }

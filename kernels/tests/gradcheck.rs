@@ -55,58 +55,28 @@ fn check_activation(name: &str, fwd: Fwd, bwd: Bwd, saves_input: bool, x: &[f32]
 #[test]
 fn relu_grad() {
     // Keep away from the kink at 0, where the difference quotient is wrong.
-    let x: Vec<f32> = Rng::new(1)
-        .vec(64, -2.0, 2.0)
-        .into_iter()
-        .filter(|v| v.abs() > 0.05)
-        .collect();
+    let x: Vec<f32> = Rng::new(1).vec(64, -2.0, 2.0).into_iter().filter(|v| v.abs() > 0.05).collect();
     assert!(x.iter().any(|&v| v < 0.0) && x.iter().any(|&v| v > 0.0));
-    check_activation(
-        "relu",
-        activation::relu,
-        activation::relu_backward,
-        false,
-        &x,
-    );
+    check_activation("relu", activation::relu, activation::relu_backward, false, &x);
 }
 
 #[test]
 fn gelu_grad() {
     let x = Rng::new(2).vec(64, -4.0, 4.0);
-    check_activation(
-        "gelu",
-        activation::gelu,
-        activation::gelu_backward,
-        true,
-        &x,
-    );
+    check_activation("gelu", activation::gelu, activation::gelu_backward, true, &x);
 }
 
 #[test]
 fn tanh_grad() {
     let x = Rng::new(3).vec(64, -3.0, 3.0);
-    check_activation(
-        "tanh",
-        activation::tanh,
-        activation::tanh_backward,
-        false,
-        &x,
-    );
+    check_activation("tanh", activation::tanh, activation::tanh_backward, false, &x);
 }
 
 #[test]
 fn gelu_matches_reference_values() {
     // torch.nn.functional.gelu(torch.tensor([-3., -1., -0.5, 0., 0.5, 1., 3.]))
     let x = [-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0];
-    let want = [
-        -0.004049696,
-        -0.15865526,
-        -0.15426877,
-        0.0,
-        0.34573123,
-        0.8413447,
-        2.9959502,
-    ];
+    let want = [-0.004049696, -0.15865526, -0.15426877, 0.0, 0.34573123, 0.8413447, 2.9959502];
     let mut y = [0.0; 7];
     activation::gelu(&x, &mut y);
     assert_close("gelu", &y, &want, 1e-6, 1e-6);
@@ -150,26 +120,16 @@ fn layernorm_grads() {
     let mut dx = vec![0.0; t.x.len()];
     // Pre-filled to check accumulate adds onto existing values.
     let (mut dg, mut db) = (vec![1.0; t.cols], vec![-1.0; t.cols]);
-    norm::layernorm_backward(
-        &t.x, &t.gamma, &stats, &t.w, t.cols, &mut dx, &mut dg, &mut db, true,
-    );
+    norm::layernorm_backward(&t.x, &t.gamma, &stats, &t.w, t.cols, &mut dx, &mut dg, &mut db, true);
 
     let want_dx = numeric_grad(&t.x, |x| t.loss(x, &t.gamma, &t.beta));
-    let want_dg: Vec<f64> = numeric_grad(&t.gamma, |g| t.loss(&t.x, g, &t.beta))
-        .iter()
-        .map(|v| v + 1.0)
-        .collect();
-    let want_db: Vec<f64> = numeric_grad(&t.beta, |b| t.loss(&t.x, &t.gamma, b))
-        .iter()
-        .map(|v| v - 1.0)
-        .collect();
+    let want_dg: Vec<f64> = numeric_grad(&t.gamma, |g| t.loss(&t.x, g, &t.beta)).iter().map(|v| v + 1.0).collect();
+    let want_db: Vec<f64> = numeric_grad(&t.beta, |b| t.loss(&t.x, &t.gamma, b)).iter().map(|v| v - 1.0).collect();
     assert_close("ln dx", &dx, &want_dx, 5e-4, 3e-3);
     assert_close("ln dgamma", &dg, &want_dg, 5e-4, 3e-3);
     assert_close("ln dbeta", &db, &want_db, 5e-4, 3e-3);
 
-    norm::layernorm_backward(
-        &t.x, &t.gamma, &stats, &t.w, t.cols, &mut dx, &mut dg, &mut db, false,
-    );
+    norm::layernorm_backward(&t.x, &t.gamma, &stats, &t.w, t.cols, &mut dx, &mut dg, &mut db, false);
     let want_db: Vec<f64> = want_db.iter().map(|v| v + 1.0).collect();
     assert_close("ln dbeta (overwrite)", &db, &want_db, 5e-4, 3e-3);
 }
@@ -198,12 +158,7 @@ fn layernorm_forward_normalises() {
 fn mse_value_and_grad() {
     let mut rng = Rng::new(5);
     let (p, t) = (rng.vec(10, -1.0, 1.0), rng.vec(10, -1.0, 1.0));
-    let want: f64 = p
-        .iter()
-        .zip(&t)
-        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-        .sum::<f64>()
-        / 10.0;
+    let want: f64 = p.iter().zip(&t).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>() / 10.0;
     assert!((loss::mse(&p, &t) as f64 - want).abs() < 1e-7);
     let mut d = vec![0.0; 10];
     loss::mse_backward(&p, &t, 3.0, &mut d);
@@ -229,11 +184,7 @@ fn cross_entropy_value_and_grad() {
             assert!((probs[r * classes + c] as f64 - p).abs() < 1e-6);
         }
     }
-    assert!(
-        (got as f64 - want / rows as f64).abs() < 1e-6,
-        "{got} vs {}",
-        want / 4.0
-    );
+    assert!((got as f64 - want / rows as f64).abs() < 1e-6, "{got} vs {}", want / 4.0);
 
     let mut d = vec![0.0; rows * classes];
     loss::cross_entropy_backward(&probs, classes, &targets, 0.5, &mut d);

@@ -15,16 +15,7 @@ fn at(x: &[f32], t: Trans, rows: usize, cols: usize, i: usize, j: usize) -> f64 
 
 /// c0 (+)= op(a)·op(b) in f64.
 #[allow(clippy::too_many_arguments)]
-fn naive(
-    a: &[f32],
-    ta: Trans,
-    b: &[f32],
-    tb: Trans,
-    m: usize,
-    k: usize,
-    n: usize,
-    c0: Option<&[f32]>,
-) -> Vec<f64> {
+fn naive(a: &[f32], ta: Trans, b: &[f32], tb: Trans, m: usize, k: usize, n: usize, c0: Option<&[f32]>) -> Vec<f64> {
     let mut c = vec![0.0f64; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -62,17 +53,7 @@ fn check(m: usize, k: usize, n: usize, seed: u64) {
 
 #[test]
 fn odd_small_sizes() {
-    for (i, &(m, k, n)) in [
-        (1, 1, 1),
-        (3, 5, 7),
-        (7, 5, 3),
-        (1, 9, 1),
-        (2, 1, 17),
-        (17, 33, 5),
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, &(m, k, n)) in [(1, 1, 1), (3, 5, 7), (7, 5, 3), (1, 9, 1), (2, 1, 17), (17, 33, 5)].iter().enumerate() {
         check(m, k, n, i as u64);
     }
 }
@@ -99,28 +80,8 @@ fn zero_k_writes_zeros_or_keeps_c() {
 #[test]
 fn zero_m_or_n_is_a_noop() {
     let mut c: Vec<f32> = vec![];
-    matmul(
-        &mut c,
-        &[],
-        Trans::No,
-        &[1.0, 2.0],
-        Trans::No,
-        0,
-        2,
-        1,
-        false,
-    );
-    matmul(
-        &mut c,
-        &[1.0, 2.0],
-        Trans::No,
-        &[],
-        Trans::No,
-        1,
-        2,
-        0,
-        false,
-    );
+    matmul(&mut c, &[], Trans::No, &[1.0, 2.0], Trans::No, 0, 2, 1, false);
+    matmul(&mut c, &[1.0, 2.0], Trans::No, &[], Trans::No, 1, 2, 0, false);
 }
 
 #[test]
@@ -140,15 +101,5 @@ fn known_product() {
 #[should_panic(expected = "a.len() != m*k")]
 fn wrong_length_panics() {
     let mut c = [0.0f32; 4];
-    matmul(
-        &mut c,
-        &[1.0; 3],
-        Trans::No,
-        &[1.0; 4],
-        Trans::No,
-        2,
-        2,
-        2,
-        false,
-    );
+    matmul(&mut c, &[1.0; 3], Trans::No, &[1.0; 4], Trans::No, 2, 2, 2, false);
 }

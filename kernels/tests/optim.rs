@@ -3,20 +3,11 @@
 use baton_kernels::optim::{adam_step, sgd_step, AdamConfig, SgdConfig};
 
 fn close(got: f32, want: f64, what: &str) {
-    assert!(
-        (got as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
-        "{what}: got {got}, want {want}"
-    );
+    assert!((got as f64 - want).abs() <= 1e-6 * want.abs().max(1.0), "{what}: got {got}, want {want}");
 }
 
 fn sgd(momentum: f32, dampening: f32, weight_decay: f32, nesterov: bool) -> SgdConfig {
-    SgdConfig {
-        lr: 0.1,
-        momentum,
-        dampening,
-        weight_decay,
-        nesterov,
-    }
+    SgdConfig { lr: 0.1, momentum, dampening, weight_decay, nesterov }
 }
 
 /// Runs two steps from p = [1, −2] with grads g1, g2; returns (param, buf).
@@ -30,13 +21,7 @@ fn two_sgd_steps(cfg: &SgdConfig, g1: [f32; 2], g2: [f32; 2]) -> ([f32; 2], [f32
 #[test]
 fn sgd_plain() {
     let mut p = [1.0f32, -2.0];
-    sgd_step(
-        &mut p,
-        &[0.5, 1.0],
-        &mut [],
-        true,
-        &sgd(0.0, 0.0, 0.01, false),
-    );
+    sgd_step(&mut p, &[0.5, 1.0], &mut [], true, &sgd(0.0, 0.0, 0.01, false));
     // p − 0.1·(g + 0.01·p)
     close(p[0], 1.0 - 0.1 * 0.51, "p0");
     close(p[1], -2.0 - 0.1 * 0.98, "p1");
@@ -73,13 +58,7 @@ fn sgd_nesterov_weight_decay_two_steps() {
 }
 
 fn adam(weight_decay: f32) -> AdamConfig {
-    AdamConfig {
-        lr: 0.1,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay,
-    }
+    AdamConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
 }
 
 /// Two Adam steps from p = 1 with g1 = 0.5, g2 = −0.25; returns (p, m, v)

@@ -18,20 +18,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(window) = args.next() {
         config.stream_window = window.parse::<u64>()? << 20;
     }
-    println!(
-        "config: mtu {} stream window {} MiB",
-        config.mtu,
-        config.stream_window >> 20
-    );
+    println!("config: mtu {} stream window {} MiB", config.mtu, config.stream_window >> 20);
     println!("| size | QUIC MB/s | TCP MB/s |");
     println!("|---|---|---|");
     for mib in [1usize, 16, 256] {
         let bytes = mib << 20;
-        let quic: anyhow::Result<Vec<f64>> = (0..3)
-            .map(|_| Ok(bench::quic_throughput(bytes, &config)?))
-            .collect();
-        let tcp: anyhow::Result<Vec<f64>> =
-            (0..3).map(|_| Ok(bench::tcp_throughput(bytes)?)).collect();
+        let quic: anyhow::Result<Vec<f64>> = (0..3).map(|_| Ok(bench::quic_throughput(bytes, &config)?)).collect();
+        let tcp: anyhow::Result<Vec<f64>> = (0..3).map(|_| Ok(bench::tcp_throughput(bytes)?)).collect();
         println!("| {mib} MiB | {:.0} | {:.0} |", median(quic?), median(tcp?));
     }
     Ok(())

@@ -39,10 +39,7 @@ pub fn quic_throughput(bytes: usize, config: &NetConfig) -> Result<f64> {
             Ok(Event::Message { bytes: frame, .. }) => {
                 let elapsed = start.elapsed();
                 if frame.len() != bytes {
-                    return Err(Error::Bench(format!(
-                        "received {} bytes, sent {bytes}",
-                        frame.len()
-                    )));
+                    return Err(Error::Bench(format!("received {} bytes, sent {bytes}", frame.len())));
                 }
                 return Ok(mb_per_s(bytes, elapsed));
             }
@@ -78,10 +75,8 @@ pub fn tcp_throughput(bytes: usize) -> Result<f64> {
     for chunk in payload.chunks(1 << 20) {
         stream.write_all(chunk).map_err(bench_err("write"))?;
     }
-    let (end, got) = receiver
-        .join()
-        .map_err(|_| Error::Bench("receiver thread panicked".into()))?
-        .map_err(bench_err("read"))?;
+    let (end, got) =
+        receiver.join().map_err(|_| Error::Bench("receiver thread panicked".into()))?.map_err(bench_err("read"))?;
     debug_assert_eq!(got, bytes);
     Ok(mb_per_s(bytes, end.duration_since(start)))
 }

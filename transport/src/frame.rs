@@ -38,10 +38,7 @@ pub fn check_header(header: [u8; HEADER_LEN], max: usize) -> Result<usize> {
     let size = u64::from_le_bytes(header);
     match usize::try_from(size) {
         Ok(len) if len <= max => Ok(len),
-        _ => Err(Error::FrameTooLarge {
-            size,
-            max: max as u64,
-        }),
+        _ => Err(Error::FrameTooLarge { size, max: max as u64 }),
     }
 }
 
@@ -63,12 +60,7 @@ struct Body {
 impl FrameDecoder {
     /// A decoder that refuses frames longer than `max_frame_bytes`.
     pub fn new(max_frame_bytes: usize) -> Self {
-        FrameDecoder {
-            max: max_frame_bytes,
-            header: [0; HEADER_LEN],
-            header_have: 0,
-            body: None,
-        }
+        FrameDecoder { max: max_frame_bytes, header: [0; HEADER_LEN], header_have: 0, body: None }
     }
 
     /// Consumes all of `input`, handing every completed frame to `on_frame`.
@@ -92,11 +84,7 @@ impl FrameDecoder {
         Ok(())
     }
 
-    fn feed_header<'a>(
-        &mut self,
-        input: &'a [u8],
-        on_frame: &mut dyn FnMut(Frame),
-    ) -> Result<&'a [u8]> {
+    fn feed_header<'a>(&mut self, input: &'a [u8], on_frame: &mut dyn FnMut(Frame)) -> Result<&'a [u8]> {
         let n = (HEADER_LEN - self.header_have).min(input.len());
         self.header[self.header_have..self.header_have + n].copy_from_slice(&input[..n]);
         self.header_have += n;
@@ -106,10 +94,7 @@ impl FrameDecoder {
             if len == 0 {
                 on_frame(Frame::new());
             } else {
-                self.body = Some(Body {
-                    buf: receive_buffer(len),
-                    len,
-                });
+                self.body = Some(Body { buf: receive_buffer(len), len });
             }
         }
         Ok(&input[n..])
@@ -130,10 +115,9 @@ impl FrameDecoder {
                 received: (HEADER_LEN + body.buf.len()) as u64,
                 expected: (HEADER_LEN + body.len) as u64,
             }),
-            None if self.header_have > 0 => Err(Error::TruncatedFrame {
-                received: self.header_have as u64,
-                expected: HEADER_LEN as u64,
-            }),
+            None if self.header_have > 0 => {
+                Err(Error::TruncatedFrame { received: self.header_have as u64, expected: HEADER_LEN as u64 })
+            }
             None => Ok(()),
         }
     }
@@ -199,17 +183,10 @@ mod tests {
         for split in 0..wire.len() {
             let mut decoder = FrameDecoder::new(1000);
             let mut frames = Vec::new();
-            decoder
-                .feed(&wire[..split], &mut |f| frames.push(f))
-                .unwrap();
-            decoder
-                .feed(&wire[split..], &mut |f| frames.push(f))
-                .unwrap();
+            decoder.feed(&wire[..split], &mut |f| frames.push(f)).unwrap();
+            decoder.feed(&wire[split..], &mut |f| frames.push(f)).unwrap();
             decoder.finish().unwrap();
-            assert_eq!(
-                payloads(&frames),
-                vec![b"hello".to_vec(), vec![], vec![7u8; 100]]
-            );
+            assert_eq!(payloads(&frames), vec![b"hello".to_vec(), vec![], vec![7u8; 100]]);
         }
     }
 
@@ -219,9 +196,7 @@ mod tests {
         let mut decoder = FrameDecoder::new(64);
         let mut frames = Vec::new();
         for b in &wire {
-            decoder
-                .feed(std::slice::from_ref(b), &mut |f| frames.push(f))
-                .unwrap();
+            decoder.feed(std::slice::from_ref(b), &mut |f| frames.push(f)).unwrap();
         }
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].as_ptr() as usize % 16, 0);
@@ -244,27 +219,9 @@ mod tests {
     fn truncated_body_and_header_are_reported() {
         let wire = encode_frame(&[9u8; 10]);
         let err = decode_all(&wire[..12], 100).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::TruncatedFrame {
-                    received: 12,
-                    expected: 18
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, Error::TruncatedFrame { received: 12, expected: 18 }), "{err}");
         let err = decode_all(&wire[..3], 100).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::TruncatedFrame {
-                    received: 3,
-                    expected: 8
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, Error::TruncatedFrame { received: 3, expected: 8 }), "{err}");
         assert!(decode_all(&[], 100).unwrap().is_empty());
     }
 

@@ -71,17 +71,9 @@ pub(crate) fn decode_reply(bytes: &[u8]) -> Result<Reply> {
     let text = r.text()?;
     r.end()?;
     match status {
-        0 => Ok(Reply::Accept {
-            version,
-            name: text,
-        }),
-        1 => Ok(Reply::Reject {
-            version,
-            reason: text,
-        }),
-        other => Err(Error::Protocol(format!(
-            "hello reply has unknown status {other}"
-        ))),
+        0 => Ok(Reply::Accept { version, name: text }),
+        1 => Ok(Reply::Reject { version, reason: text }),
+        other => Err(Error::Protocol(format!("hello reply has unknown status {other}"))),
     }
 }
 
@@ -104,9 +96,7 @@ impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8], what: &'static str) -> Result<Self> {
         let mut r = Reader { rest: bytes, what };
         if r.take(MAGIC.len())? != MAGIC {
-            return Err(Error::Protocol(format!(
-                "{what} does not start with {MAGIC:?}: the peer is not a baton node"
-            )));
+            return Err(Error::Protocol(format!("{what} does not start with {MAGIC:?}: the peer is not a baton node")));
         }
         Ok(r)
     }
@@ -129,19 +119,14 @@ impl<'a> Reader<'a> {
         let b = self.take(2)?;
         let len = u16::from_le_bytes([b[0], b[1]]) as usize;
         let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| Error::Protocol(format!("{} text is not UTF-8", self.what)))
+        String::from_utf8(bytes.to_vec()).map_err(|_| Error::Protocol(format!("{} text is not UTF-8", self.what)))
     }
 
     fn end(&self) -> Result<()> {
         if self.rest.is_empty() {
             Ok(())
         } else {
-            Err(Error::Protocol(format!(
-                "{} has {} trailing bytes",
-                self.what,
-                self.rest.len()
-            )))
+            Err(Error::Protocol(format!("{} has {} trailing bytes", self.what, self.rest.len())))
         }
     }
 }
@@ -152,20 +137,11 @@ mod tests {
 
     #[test]
     fn hello_and_replies_round_trip() {
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            name: "worker-0".into(),
-        };
+        let hello = Hello { version: PROTOCOL_VERSION, name: "worker-0".into() };
         assert_eq!(decode_hello(&encode_hello(&hello)).unwrap(), hello);
         for reply in [
-            Reply::Accept {
-                version: 1,
-                name: "coordinator".into(),
-            },
-            Reply::Reject {
-                version: 7,
-                reason: "nope".into(),
-            },
+            Reply::Accept { version: 1, name: "coordinator".into() },
+            Reply::Reject { version: 7, reason: "nope".into() },
         ] {
             assert_eq!(decode_reply(&encode_reply(&reply)).unwrap(), reply);
         }
@@ -173,23 +149,12 @@ mod tests {
 
     #[test]
     fn garbage_hellos_are_protocol_errors() {
-        let good = encode_hello(&Hello {
-            version: 1,
-            name: "n".into(),
-        });
-        for bad in [
-            &b""[..],
-            &b"HTTP/1.1 200"[..],
-            &good[..good.len() - 1],
-            &[good.as_slice(), b"x"].concat()[..],
-        ] {
+        let good = encode_hello(&Hello { version: 1, name: "n".into() });
+        for bad in [&b""[..], &b"HTTP/1.1 200"[..], &good[..good.len() - 1], &[good.as_slice(), b"x"].concat()[..]] {
             let err = decode_hello(bad).unwrap_err();
             assert!(matches!(err, Error::Protocol(_)), "{err}");
         }
-        let mut bad_status = encode_reply(&Reply::Accept {
-            version: 1,
-            name: "n".into(),
-        });
+        let mut bad_status = encode_reply(&Reply::Accept { version: 1, name: "n".into() });
         bad_status[4] = 9;
         assert!(decode_reply(&bad_status).is_err());
     }

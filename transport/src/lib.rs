@@ -37,10 +37,7 @@ pub mod raw {
     pub const SERVER_NAME: &str = crate::tls::SERVER_NAME;
 
     /// The client configuration a [`crate::Node`] dials with.
-    pub fn client_config(
-        identity: &crate::Identity,
-        config: &crate::NetConfig,
-    ) -> crate::Result<quinn::ClientConfig> {
+    pub fn client_config(identity: &crate::Identity, config: &crate::NetConfig) -> crate::Result<quinn::ClientConfig> {
         crate::tls::client_config(identity, config)
     }
 }
@@ -65,11 +62,7 @@ pub enum Error {
     Protocol(String),
     /// Reading or writing a file failed.
     #[error("could not {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
     /// A file that would be overwritten already exists.
     #[error(
         "{path} already exists; refusing to overwrite a cluster's keys \
@@ -90,10 +83,7 @@ pub enum Error {
     Tls(String),
     /// Starting the runtime or binding the UDP socket failed.
     #[error("could not start the node on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     /// The peer rejected our certificate during the TLS handshake.
     #[error(
         "{addr} refused our certificate: it is not signed by this cluster's CA \
@@ -117,10 +107,7 @@ pub enum Error {
         "connecting to {addr} timed out after {after:?}; check the address, \
          firewalls, and that the peer runs"
     )]
-    Timeout {
-        addr: SocketAddr,
-        after: std::time::Duration,
-    },
+    Timeout { addr: SocketAddr, after: std::time::Duration },
     /// The peer is not (or no longer) connected.
     #[error(
         "no open connection to peer {0}: it disconnected or was never connected \

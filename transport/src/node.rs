@@ -77,17 +77,9 @@ pub enum Lane {
 pub enum Event {
     /// A peer passed TLS and the hello: it holds a certificate from our CA
     /// for `name` and speaks our protocol version.
-    Connected {
-        peer: PeerId,
-        name: String,
-        addr: SocketAddr,
-    },
+    Connected { peer: PeerId, name: String, addr: SocketAddr },
     /// One whole frame, 16-byte aligned.
-    Message {
-        peer: PeerId,
-        lane: Lane,
-        bytes: Frame,
-    },
+    Message { peer: PeerId, lane: Lane, bytes: Frame },
     /// The connection is gone; says why (closed, timed out, violation...).
     Disconnected { peer: PeerId, reason: String },
 }
@@ -120,32 +112,15 @@ impl Node {
         let client = tls::client_config(&identity, &config)?;
         let endpoint = {
             let _guard = runtime.enter();
-            quinn::Endpoint::new(
-                tls::endpoint_config(&config)?,
-                Some(server),
-                socket,
-                Arc::new(quinn::TokioRuntime),
-            )
-            .map_err(bind_err)?
+            quinn::Endpoint::new(tls::endpoint_config(&config)?, Some(server), socket, Arc::new(quinn::TokioRuntime))
+                .map_err(bind_err)?
         };
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
         let (tx, events) = crossbeam_channel::unbounded();
         let name = identity.name().to_string();
-        let shared = Arc::new(Shared::new(
-            name,
-            config,
-            client,
-            runtime.handle().clone(),
-            tx,
-        ));
+        let shared = Arc::new(Shared::new(name, config, client, runtime.handle().clone(), tx));
         runtime.spawn(peer::accept_loop(shared.clone(), endpoint.clone()));
-        Ok(Node {
-            shared,
-            events,
-            endpoint,
-            local_addr,
-            runtime: Some(runtime),
-        })
+        Ok(Node { shared, events, endpoint, local_addr, runtime: Some(runtime) })
     }
 
     /// The bound address (the real port when bound to port 0).
@@ -199,11 +174,8 @@ impl Node {
     pub fn send_wait(&self, peer: PeerId, lane: Lane, bytes: Bytes) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.shared.send(peer, lane, bytes, Some(tx))?;
-        rx.blocking_recv().unwrap_or_else(|_| {
-            Err(Error::NotDelivered(format!(
-                "the connection to {peer} closed first"
-            )))
-        })
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err(Error::NotDelivered(format!("the connection to {peer} closed first"))))
     }
 
     /// Every event of every peer.

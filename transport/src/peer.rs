@@ -43,9 +43,7 @@ async fn accept_one(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<(
     let addr = incoming.remote_address();
     let conn = incoming.await.map_err(|e| conn_error(addr, &e))?;
     let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| conn_error(addr, &e))?;
-    let hello = read_hello_frame(&mut recv, addr)
-        .await
-        .and_then(|bytes| hello::decode_hello(&bytes));
+    let hello = read_hello_frame(&mut recv, addr).await.and_then(|bytes| hello::decode_hello(&bytes));
     let verdict = match hello {
         Ok(hello) => check_hello(shared, &conn, hello),
         Err(e) => Err(e.to_string()),
@@ -57,26 +55,16 @@ async fn accept_one(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<(
             return Err(Error::Rejected { addr, reason });
         }
     };
-    let reply = Reply::Accept {
-        version: PROTOCOL_VERSION,
-        name: shared.name.clone(),
-    };
+    let reply = Reply::Accept { version: PROTOCOL_VERSION, name: shared.name.clone() };
     write_frame(&mut send, hello::encode_reply(&reply).into())
         .await
-        .map_err(|e| Error::Connect {
-            addr,
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| Error::Connect { addr, reason: e.to_string() })?;
     start_peer(shared, conn, send, recv, name, addr, false);
     Ok(())
 }
 
 /// The peer's name if its hello is acceptable, else why not.
-fn check_hello(
-    shared: &Shared,
-    conn: &quinn::Connection,
-    hello: Hello,
-) -> std::result::Result<String, String> {
+fn check_hello(shared: &Shared, conn: &quinn::Connection, hello: Hello) -> std::result::Result<String, String> {
     if hello.version != PROTOCOL_VERSION {
         return Err(format!(
             "protocol version mismatch: {} speaks baton protocol {PROTOCOL_VERSION}, \
@@ -95,15 +83,8 @@ fn check_hello(
 /// Sends the reject reply, waits briefly for it to arrive, and closes with
 /// the same reason (so the client learns it from either).
 async fn reject(conn: &quinn::Connection, mut send: SendStream, reason: &str) {
-    let reply = Reply::Reject {
-        version: PROTOCOL_VERSION,
-        reason: reason.to_string(),
-    };
-    if write_frame(&mut send, hello::encode_reply(&reply).into())
-        .await
-        .is_ok()
-        && send.finish().is_ok()
-    {
+    let reply = Reply::Reject { version: PROTOCOL_VERSION, reason: reason.to_string() };
+    if write_frame(&mut send, hello::encode_reply(&reply).into()).await.is_ok() && send.finish().is_ok() {
         let _ = tokio::time::timeout(REJECT_LINGER, send.stopped()).await;
     }
     conn.close(code::REJECTED, reason.as_bytes());
@@ -117,10 +98,7 @@ pub(crate) async fn dial(
 ) -> Result<(PeerId, String)> {
     let connecting = endpoint
         .connect_with(shared.client_config.clone(), addr, tls::SERVER_NAME)
-        .map_err(|e| Error::Connect {
-            addr,
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| Error::Connect { addr, reason: e.to_string() })?;
     let conn = connecting.await.map_err(|e| conn_error(addr, &e))?;
     let (send, recv, name) = match hello_exchange(shared, &conn, addr).await {
         Ok(done) => done,
@@ -139,13 +117,8 @@ async fn hello_exchange(
     addr: SocketAddr,
 ) -> Result<(SendStream, RecvStream, String)> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| conn_error(addr, &e))?;
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        name: shared.name.clone(),
-    };
-    write_frame(&mut send, hello::encode_hello(&hello).into())
-        .await
-        .map_err(|e| write_error(addr, e))?;
+    let hello = Hello { version: PROTOCOL_VERSION, name: shared.name.clone() };
+    write_frame(&mut send, hello::encode_hello(&hello).into()).await.map_err(|e| write_error(addr, e))?;
     let reply = hello::decode_reply(&read_hello_frame(&mut recv, addr).await?)?;
     let name = match reply {
         Reply::Accept { version, name } if version == PROTOCOL_VERSION => name,
@@ -183,13 +156,7 @@ fn start_peer(
 ) -> PeerId {
     let (control, queue) = mpsc::unbounded_channel();
     let link = Link::new(shared.next_id(), conn);
-    let entry = PeerEntry {
-        link: link.clone(),
-        name,
-        addr,
-        control,
-        we_dialed,
-    };
+    let entry = PeerEntry { link: link.clone(), name, addr, control, we_dialed };
     match shared.register(entry) {
         Registered::Duplicate(existing) => existing,
         Registered::Kept(id) => {
@@ -206,9 +173,8 @@ fn start_peer(
 /// connection (queue closed) or a write fails.
 async fn control_writer(mut send: SendStream, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
     while let Some(out) = queue.recv().await {
-        let result = write_frame(&mut send, out.bytes)
-            .await
-            .map_err(|e| Error::NotDelivered(format!("control stream: {e}")));
+        let result =
+            write_frame(&mut send, out.bytes).await.map_err(|e| Error::NotDelivered(format!("control stream: {e}")));
         let failed = result.is_err();
         if let Some(done) = out.done {
             let _ = done.send(result);
@@ -223,13 +189,7 @@ async fn control_writer(mut send: SendStream, mut queue: mpsc::UnboundedReceiver
 /// Reads the peer's control frames; a framing error closes the connection.
 async fn control_reader(shared: Arc<Shared>, mut recv: RecvStream, link: Link) {
     let mut decoder = FrameDecoder::new(shared.config.max_frame_bytes);
-    let mut emit = |bytes| {
-        shared.emit(Event::Message {
-            peer: link.id,
-            lane: Lane::Control,
-            bytes,
-        })
-    };
+    let mut emit = |bytes| shared.emit(Event::Message { peer: link.id, lane: Lane::Control, bytes });
     loop {
         let result = match recv.read_chunk(usize::MAX, true).await {
             Ok(Some(chunk)) => decoder.feed(&chunk.bytes, &mut emit),
@@ -261,11 +221,7 @@ async fn accept_bulk(shared: Arc<Shared>, link: Link) {
 /// has ended cleanly. A stream the sender reset is dropped quietly.
 async fn read_bulk(shared: Arc<Shared>, mut recv: RecvStream, link: Link) {
     match read_one_frame(&mut recv, shared.config.max_frame_bytes).await {
-        Ok(Some(bytes)) => shared.emit(Event::Message {
-            peer: link.id,
-            lane: Lane::Bulk,
-            bytes,
-        }),
+        Ok(Some(bytes)) => shared.emit(Event::Message { peer: link.id, lane: Lane::Bulk, bytes }),
         Ok(None) => tracing::debug!(peer = %link.id, "a bulk stream was reset by its sender"),
         Err(e) => link.violation(&e),
     }
@@ -282,22 +238,15 @@ async fn read_one_frame(recv: &mut RecvStream, max: usize) -> Result<Option<fram
                 Some(_) => extra = true,
             })?,
             Ok(None) => break,
-            Err(quinn::ReadError::ConnectionLost(_)) | Err(quinn::ReadError::Reset(_)) => {
-                return Ok(None)
-            }
+            Err(quinn::ReadError::ConnectionLost(_)) | Err(quinn::ReadError::Reset(_)) => return Ok(None),
             Err(e) => return Err(Error::Protocol(format!("bulk stream: {e}"))),
         }
         if extra || (frame.is_some() && !decoder.is_between_frames()) {
-            return Err(Error::Protocol(
-                "a bulk stream carried more than one frame".into(),
-            ));
+            return Err(Error::Protocol("a bulk stream carried more than one frame".into()));
         }
     }
     decoder.finish()?;
-    frame.map(Some).ok_or(Error::TruncatedFrame {
-        received: 0,
-        expected: HEADER_LEN as u64,
-    })
+    frame.map(Some).ok_or(Error::TruncatedFrame { received: 0, expected: HEADER_LEN as u64 })
 }
 
 /// Sends one bulk frame on a fresh stream; with `done`, waits until the
@@ -306,9 +255,7 @@ pub(crate) async fn send_bulk(conn: quinn::Connection, peer: PeerId, bytes: Byte
     let wait = done.is_some();
     let result = async {
         let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
-        write_frame(&mut stream, bytes)
-            .await
-            .map_err(|e| e.to_string())?;
+        write_frame(&mut stream, bytes).await.map_err(|e| e.to_string())?;
         stream.finish().map_err(|e| e.to_string())?;
         if wait {
             match stream.stopped().await {
@@ -336,18 +283,15 @@ pub(crate) async fn send_bulk(conn: quinn::Connection, peer: PeerId, bytes: Byte
 /// Waits for the connection to end, then reports it exactly once.
 async fn watch(shared: Arc<Shared>, link: Link) {
     let error = link.conn.closed().await;
-    let reason = link
-        .local_reason()
-        .unwrap_or_else(|| describe_close(&error, &shared));
+    let reason = link.local_reason().unwrap_or_else(|| describe_close(&error, &shared));
     shared.report_closed(&link, reason);
 }
 
 fn describe_close(error: &ConnectionError, shared: &Shared) -> String {
     match error {
-        ConnectionError::ApplicationClosed(close) => format!(
-            "the peer closed the connection: {}",
-            String::from_utf8_lossy(&close.reason)
-        ),
+        ConnectionError::ApplicationClosed(close) => {
+            format!("the peer closed the connection: {}", String::from_utf8_lossy(&close.reason))
+        }
         ConnectionError::TimedOut => format!(
             "no packets from the peer for {:?} (idle timeout): it died or the network failed",
             shared.config.idle_timeout
@@ -366,48 +310,31 @@ fn is_tls_alert(code: quinn::TransportErrorCode) -> bool {
 /// Maps a handshake-time connection error to what the user must fix.
 fn conn_error(addr: SocketAddr, error: &ConnectionError) -> Error {
     match error {
-        ConnectionError::TransportError(e) if is_tls_alert(e.code) => Error::UntrustedPeer {
-            addr,
-            detail: e.to_string(),
-        },
+        ConnectionError::TransportError(e) if is_tls_alert(e.code) => {
+            Error::UntrustedPeer { addr, detail: e.to_string() }
+        }
         ConnectionError::ConnectionClosed(c) if is_tls_alert(c.error_code) => {
-            Error::CertificateRefused {
-                addr,
-                detail: c.to_string(),
-            }
+            Error::CertificateRefused { addr, detail: c.to_string() }
         }
         ConnectionError::ApplicationClosed(c) if c.error_code == code::REJECTED => {
-            Error::Rejected {
-                addr,
-                reason: String::from_utf8_lossy(&c.reason).into_owned(),
-            }
+            Error::Rejected { addr, reason: String::from_utf8_lossy(&c.reason).into_owned() }
         }
-        ConnectionError::TimedOut => Error::Connect {
-            addr,
-            reason: "no answer (is a baton node listening there?)".into(),
-        },
-        other => Error::Connect {
-            addr,
-            reason: other.to_string(),
-        },
+        ConnectionError::TimedOut => {
+            Error::Connect { addr, reason: "no answer (is a baton node listening there?)".into() }
+        }
+        other => Error::Connect { addr, reason: other.to_string() },
     }
 }
 
 fn write_error(addr: SocketAddr, error: quinn::WriteError) -> Error {
     match error {
         quinn::WriteError::ConnectionLost(e) => conn_error(addr, &e),
-        other => Error::Connect {
-            addr,
-            reason: other.to_string(),
-        },
+        other => Error::Connect { addr, reason: other.to_string() },
     }
 }
 
 /// Header and payload as two chunks: the payload is not copied.
-async fn write_frame(
-    send: &mut SendStream,
-    payload: Bytes,
-) -> std::result::Result<(), quinn::WriteError> {
+async fn write_frame(send: &mut SendStream, payload: Bytes) -> std::result::Result<(), quinn::WriteError> {
     let header = Bytes::copy_from_slice(&frame::encode_header(payload.len()));
     send.write_all_chunks(&mut [header, payload]).await
 }
@@ -426,15 +353,10 @@ async fn read_hello_frame(recv: &mut RecvStream, addr: SocketAddr) -> Result<Vec
 async fn read_exact(recv: &mut RecvStream, buf: &mut [u8], addr: SocketAddr) -> Result<()> {
     let wanted = buf.len();
     recv.read_exact(buf).await.map_err(|e| match e {
-        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => {
-            conn_error(addr, &e)
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => conn_error(addr, &e),
+        quinn::ReadExactError::FinishedEarly(n) => {
+            Error::Protocol(format!("the peer ended the hello stream after {n} of {wanted} bytes"))
         }
-        quinn::ReadExactError::FinishedEarly(n) => Error::Protocol(format!(
-            "the peer ended the hello stream after {n} of {wanted} bytes"
-        )),
-        other => Error::Connect {
-            addr,
-            reason: other.to_string(),
-        },
+        other => Error::Connect { addr, reason: other.to_string() },
     })
 }

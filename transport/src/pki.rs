@@ -14,8 +14,8 @@
 
 use crate::{Error, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -50,24 +50,14 @@ impl ClusterCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("CA"))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "baton");
-        dn.push(
-            DnType::CommonName,
-            format!("baton cluster CA {cluster_name}"),
-        );
+        dn.push(DnType::CommonName, format!("baton cluster CA {cluster_name}"));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().map_err(cert_err("CA key"))?;
         let cert = params.self_signed(&key).map_err(cert_err("CA"))?;
-        Ok(ClusterCa {
-            cert_pem: cert.pem(),
-            cert: cert.der().clone(),
-            key,
-        })
+        Ok(ClusterCa { cert_pem: cert.pem(), cert: cert.der().clone(), key })
     }
 
     /// A leaf certificate for `node_name`, signed by this CA, good for both
@@ -76,31 +66,19 @@ impl ClusterCa {
     pub fn issue(&self, node_name: &str) -> Result<Identity> {
         validate_name(node_name)?;
         let issuer = Issuer::from_ca_cert_der(&self.cert, &self.key).map_err(cert_err("CA"))?;
-        let sans: Vec<String> = [node_name, SHARED_SAN, "localhost", "127.0.0.1", "::1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let sans: Vec<String> =
+            [node_name, SHARED_SAN, "localhost", "127.0.0.1", "::1"].iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(sans).map_err(cert_err(node_name))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "baton");
         dn.push(DnType::CommonName, node_name);
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().map_err(cert_err(node_name))?;
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(cert_err(node_name))?;
-        Identity::from_pems(
-            node_name,
-            cert.pem(),
-            key.serialize_pem(),
-            self.cert_pem.clone(),
-        )
+        let cert = params.signed_by(&key, &issuer).map_err(cert_err(node_name))?;
+        Identity::from_pems(node_name, cert.pem(), key.serialize_pem(), self.cert_pem.clone())
     }
 
     /// Writes `ca.pem` and `ca.key.pem` into `dir` (created if missing);
@@ -121,11 +99,7 @@ impl ClusterCa {
         let cert = parse_cert(&cert_pem, &dir.join(CA_CERT_FILE))?;
         let key = KeyPair::from_pem(&key_pem)
             .map_err(|e| Error::Certificate(format!("{}: {e}", dir.join(CA_KEY_FILE).display())))?;
-        Ok(ClusterCa {
-            cert_pem,
-            cert,
-            key,
-        })
+        Ok(ClusterCa { cert_pem, cert, key })
     }
 }
 
@@ -156,9 +130,7 @@ impl Clone for Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Identity").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -169,15 +141,7 @@ impl Identity {
         let ca = parse_cert(&ca_pem, Path::new(CA_CERT_FILE))?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| Error::Certificate(format!("private key of {name}: {e}")))?;
-        Ok(Identity {
-            name: name.to_string(),
-            cert_pem,
-            key_pem,
-            ca_pem,
-            cert,
-            ca,
-            key,
-        })
+        Ok(Identity { name: name.to_string(), cert_pem, key_pem, ca_pem, cert, ca, key })
     }
 
     /// The node name the certificate was issued for.
@@ -230,10 +194,7 @@ pub fn init_cluster(dir: &Path, nodes: &[String]) -> Result<()> {
     for file in [CA_CERT_FILE, CA_KEY_FILE] {
         refuse_existing(&dir.join(file))?;
     }
-    let cluster = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "baton".into());
+    let cluster = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "baton".into());
     let ca = ClusterCa::generate(&cluster)?;
     ca.save(dir)?;
     for node in nodes {
@@ -244,9 +205,7 @@ pub fn init_cluster(dir: &Path, nodes: &[String]) -> Result<()> {
 
 /// Node names become DNS names in certificates and file names on disk.
 pub(crate) fn validate_name(name: &str) -> Result<()> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     let ok_ends = !name.starts_with(['-', '.']) && !name.ends_with(['-', '.']);
     let reserved = ["localhost", SHARED_SAN, "ca"].contains(&name);
     if name.is_empty() || name.len() > 63 || !ok_chars || !ok_ends || reserved {
@@ -256,10 +215,7 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 }
 
 fn node_files(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key.pem")),
-    )
+    (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key.pem")))
 }
 
 fn cert_err(what: &str) -> impl Fn(rcgen::Error) -> Error + '_ {
@@ -267,37 +223,23 @@ fn cert_err(what: &str) -> impl Fn(rcgen::Error) -> Error + '_ {
 }
 
 fn parse_cert(pem: &str, source: &Path) -> Result<CertificateDer<'static>> {
-    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
-        Error::Certificate(format!(
-            "{} holds no PEM certificate: {e}",
-            source.display()
-        ))
-    })
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| Error::Certificate(format!("{} holds no PEM certificate: {e}", source.display())))
 }
 
 fn create_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|source| Error::Io {
-        action: "create directory",
-        path: dir.to_path_buf(),
-        source,
-    })
+    fs::create_dir_all(dir).map_err(|source| Error::Io { action: "create directory", path: dir.to_path_buf(), source })
 }
 
 fn refuse_existing(path: &Path) -> Result<()> {
     if path.exists() {
-        return Err(Error::AlreadyExists {
-            path: path.to_path_buf(),
-        });
+        return Err(Error::AlreadyExists { path: path.to_path_buf() });
     }
     Ok(())
 }
 
 fn read(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|source| Error::Io {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| Error::Io { action: "read", path: path.to_path_buf(), source })
 }
 
 /// Creates `path` (failing if it exists), private files with mode 0600.
@@ -311,16 +253,10 @@ fn write_new(path: &Path, contents: &str, private: bool) -> Result<()> {
     }
     #[cfg(not(unix))]
     let _ = private;
-    let io_err = |source| Error::Io {
-        action: "write",
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |source| Error::Io { action: "write", path: path.to_path_buf(), source };
     let mut file = options.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::AlreadyExists {
-                path: path.to_path_buf(),
-            }
+            Error::AlreadyExists { path: path.to_path_buf() }
         } else {
             io_err(e)
         }
@@ -338,17 +274,7 @@ mod tests {
         for good in ["coordinator", "worker-0", "w1.rack2"] {
             validate_name(good).unwrap();
         }
-        for bad in [
-            "",
-            "-x",
-            "x.",
-            "a b",
-            "ca",
-            "localhost",
-            "baton-node",
-            "x_y",
-            "é",
-        ] {
+        for bad in ["", "-x", "x.", "a b", "ca", "localhost", "baton-node", "x_y", "é"] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
     }

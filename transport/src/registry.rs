@@ -57,20 +57,12 @@ pub(crate) struct Link {
 
 impl Link {
     pub fn new(id: PeerId, conn: quinn::Connection) -> Self {
-        Link {
-            id,
-            conn,
-            closing: Arc::default(),
-            reported: Arc::default(),
-        }
+        Link { id, conn, closing: Arc::default(), reported: Arc::default() }
     }
 
     /// Closes the connection; `reason` is what both sides' events will say.
     pub fn close(&self, code: quinn::VarInt, reason: &str) {
-        self.closing
-            .lock()
-            .expect("close reason lock")
-            .get_or_insert_with(|| reason.to_string());
+        self.closing.lock().expect("close reason lock").get_or_insert_with(|| reason.to_string());
         self.conn.close(code, reason.as_bytes());
     }
 
@@ -151,19 +143,13 @@ impl Shared {
     }
 
     pub fn peer(&self, id: PeerId) -> Result<PeerEntry> {
-        self.table()
-            .get(&id)
-            .cloned()
-            .ok_or(Error::UnknownPeer(id.0))
+        self.table().get(&id).cloned().ok_or(Error::UnknownPeer(id.0))
     }
 
     /// A live connection to `addr`, whichever side opened it (a node's
     /// outgoing connections leave from its listening socket).
     pub fn peer_at(&self, addr: SocketAddr) -> Option<(PeerId, String)> {
-        self.table()
-            .values()
-            .find(|p| p.addr == addr)
-            .map(|p| (p.link.id, p.name.clone()))
+        self.table().values().find(|p| p.addr == addr).map(|p| (p.link.id, p.name.clone()))
     }
 
     /// Waits until a connection to `addr` is in the table (the caller
@@ -187,10 +173,7 @@ impl Shared {
         table.remove(&link.id);
         if !link.reported.swap(true, Ordering::SeqCst) {
             tracing::info!(peer = %link.id, "disconnected: {reason}");
-            self.emit(Event::Disconnected {
-                peer: link.id,
-                reason,
-            });
+            self.emit(Event::Disconnected { peer: link.id, reason });
         }
     }
 
@@ -221,18 +204,11 @@ impl Shared {
             let reason = format!("replaced by a newer connection to {}", entry.name);
             old.link.close(code::DUPLICATE, &reason);
             if !old.link.reported.swap(true, Ordering::SeqCst) {
-                self.emit(Event::Disconnected {
-                    peer: old.link.id,
-                    reason,
-                });
+                self.emit(Event::Disconnected { peer: old.link.id, reason });
             }
         }
         let id = entry.link.id;
-        self.emit(Event::Connected {
-            peer: id,
-            name: entry.name.clone(),
-            addr: entry.addr,
-        });
+        self.emit(Event::Connected { peer: id, name: entry.name.clone(), addr: entry.addr });
         table.insert(id, entry);
         self.registered.notify_waiters();
         Registered::Kept(id)
@@ -256,20 +232,14 @@ impl Shared {
 
     fn duplicate_reason(&self, entry: &PeerEntry) -> String {
         let smaller = self.name.as_str().min(entry.name.as_str());
-        format!(
-            "duplicate connection between {} and {}: keeping the one {smaller} opened",
-            self.name, entry.name
-        )
+        format!("duplicate connection between {} and {}: keeping the one {smaller} opened", self.name, entry.name)
     }
 
     /// Queues a frame; bulk frames get their own task and stream.
     pub fn send(&self, id: PeerId, lane: Lane, bytes: Bytes, done: Done) -> Result<()> {
         let max = self.config.max_frame_bytes;
         if bytes.len() > max {
-            return Err(Error::FrameTooLarge {
-                size: bytes.len() as u64,
-                max: max as u64,
-            });
+            return Err(Error::FrameTooLarge { size: bytes.len() as u64, max: max as u64 });
         }
         let entry = self.peer(id)?;
         match lane {
@@ -279,8 +249,7 @@ impl Shared {
                 .map_err(|_| Error::NotDelivered(format!("the connection to {id} is closing"))),
             Lane::Bulk => {
                 let conn = entry.link.conn.clone();
-                self.runtime
-                    .spawn(crate::peer::send_bulk(conn, id, bytes, done));
+                self.runtime.spawn(crate::peer::send_bulk(conn, id, bytes, done));
                 Ok(())
             }
         }

@@ -31,9 +31,7 @@ fn tls_err(what: &'static str) -> impl Fn(rustls::Error) -> Error {
 
 fn roots(identity: &Identity) -> Result<Arc<RootCertStore>> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(identity.ca.clone())
-        .map_err(tls_err("the cluster CA certificate is unusable"))?;
+    roots.add(identity.ca.clone()).map_err(tls_err("the cluster CA certificate is unusable"))?;
     Ok(Arc::new(roots))
 }
 
@@ -74,9 +72,7 @@ pub(crate) fn client_config(identity: &Identity, net: &NetConfig) -> Result<quin
 /// its packets at the default (CRATES.md: one of the three MTU knobs).
 pub(crate) fn endpoint_config(net: &NetConfig) -> Result<EndpointConfig> {
     let mut config = EndpointConfig::default();
-    config
-        .max_udp_payload_size(net.mtu.max(1200))
-        .map_err(|e| Error::Tls(format!("mtu {}: {e}", net.mtu)))?;
+    config.max_udp_payload_size(net.mtu.max(1200)).map_err(|e| Error::Tls(format!("mtu {}: {e}", net.mtu)))?;
     Ok(config)
 }
 
@@ -118,16 +114,10 @@ pub(crate) fn verify_peer_name(conn: &quinn::Connection, name: &str) -> Result<(
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or_else(|| Error::Protocol("the peer presented no certificate".into()))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Error::Protocol("the peer presented an empty certificate chain".into()))?;
-    let server_name = ServerName::try_from(name)
-        .map_err(|_| Error::Protocol(format!("{name:?} is not a valid node name")))?;
-    webpki::EndEntityCert::try_from(leaf)
-        .and_then(|cert| cert.verify_is_valid_for_subject_name(&server_name))
-        .map_err(|_| {
-            Error::Protocol(format!(
-                "the peer calls itself {name:?} but its certificate was issued for another node"
-            ))
-        })
+    let leaf = certs.first().ok_or_else(|| Error::Protocol("the peer presented an empty certificate chain".into()))?;
+    let server_name =
+        ServerName::try_from(name).map_err(|_| Error::Protocol(format!("{name:?} is not a valid node name")))?;
+    webpki::EndEntityCert::try_from(leaf).and_then(|cert| cert.verify_is_valid_for_subject_name(&server_name)).map_err(
+        |_| Error::Protocol(format!("the peer calls itself {name:?} but its certificate was issued for another node")),
+    )
 }

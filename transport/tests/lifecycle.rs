@@ -45,9 +45,7 @@ fn keep_alive_holds_an_idle_connection() -> Result<()> {
     let (peer_b, _) = a.connect(b.local_addr())?;
     wait_connected(&a)?;
     // Twice the idle timeout with no traffic but keep-alives.
-    let quiet = wait_for(&a, Duration::from_secs(3), |e| {
-        matches!(e, Event::Disconnected { .. }).then_some(())
-    });
+    let quiet = wait_for(&a, Duration::from_secs(3), |e| matches!(e, Event::Disconnected { .. }).then_some(()));
     assert!(quiet.is_err(), "an idle connection was dropped");
     a.send(peer_b, Lane::Control, Bytes::from_static(b"still here"))?;
     Ok(())
@@ -71,23 +69,13 @@ fn disconnect_reports_the_reason_on_both_sides() -> Result<()> {
 #[test]
 fn local_send_errors_are_immediate() -> Result<()> {
     let ca = ClusterCa::generate("t")?;
-    let small = NetConfig {
-        max_frame_bytes: 16,
-        ..fast_config()
-    };
+    let small = NetConfig { max_frame_bytes: 16, ..fast_config() };
     let a = node_with(&ca, "worker-0", small)?;
     let b = node(&ca, "worker-1")?;
     let (peer_b, _) = a.connect(b.local_addr())?;
-    let err = a
-        .send(peer_b, Lane::Bulk, Bytes::from(vec![0; 17]))
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::FrameTooLarge { size: 17, max: 16 }),
-        "{err}"
-    );
-    let err = a
-        .send(PeerId(999), Lane::Control, Bytes::new())
-        .unwrap_err();
+    let err = a.send(peer_b, Lane::Bulk, Bytes::from(vec![0; 17])).unwrap_err();
+    assert!(matches!(err, Error::FrameTooLarge { size: 17, max: 16 }), "{err}");
+    let err = a.send(PeerId(999), Lane::Control, Bytes::new()).unwrap_err();
     assert!(err.to_string().contains("no open connection"), "{err}");
     Ok(())
 }
@@ -131,11 +119,7 @@ fn simultaneous_dials_settle_on_one_connection() -> Result<()> {
     let (_, _) = from_b?;
     let settle = Duration::from_millis(500);
     let (live_a, live_b) = (live(&a, settle), live(&b, settle));
-    assert_eq!(
-        (live_a.len(), live_b.len()),
-        (1, 1),
-        "{live_a:?} {live_b:?}"
-    );
+    assert_eq!((live_a.len(), live_b.len()), (1, 1), "{live_a:?} {live_b:?}");
     // The id connect() returned on the surviving dialer side works.
     let survivor = live_a[0];
     assert!(survivor == id_b || a.send(id_b, Lane::Control, Bytes::new()).is_err());

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 /// FNV-1a over the whole buffer: cheap, and order-sensitive.
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -66,11 +64,7 @@ fn both_lanes_deliver_in_order_and_intact() -> Result<()> {
         }
     }
     let pong = wait_for(&a, WAIT, |e| match e {
-        Event::Message {
-            bytes,
-            lane: Lane::Control,
-            ..
-        } => Some(bytes),
+        Event::Message { bytes, lane: Lane::Control, .. } => Some(bytes),
         _ => None,
     })?;
     assert_eq!(pong.as_slice(), b"pong");
@@ -100,9 +94,7 @@ fn send_wait_bulk_returns_after_delivery() -> Result<()> {
 /// A node that trusts our CA but holds a certificate from another one.
 fn intruder(ours: &ClusterCa) -> Result<Node> {
     let dir = tempfile::tempdir()?;
-    ClusterCa::generate("theirs")?
-        .issue("worker-0")?
-        .save(dir.path())?;
+    ClusterCa::generate("theirs")?.issue("worker-0")?.save(dir.path())?;
     let ours_dir = tempfile::tempdir()?;
     ours.save(ours_dir.path())?;
     std::fs::copy(ours_dir.path().join("ca.pem"), dir.path().join("ca.pem"))?;
@@ -117,10 +109,7 @@ fn client_from_another_ca_is_refused() -> Result<()> {
     let intruder = intruder(&ours)?;
     let err = intruder.connect(server.local_addr()).unwrap_err();
     assert!(matches!(err, Error::CertificateRefused { .. }), "{err}");
-    assert!(
-        err.to_string().contains("not signed by this cluster's CA"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("not signed by this cluster's CA"), "{err}");
     assert_no_connected(&server, Duration::from_millis(500))?;
     assert_no_connected(&intruder, Duration::ZERO)?;
     Ok(())
@@ -144,10 +133,7 @@ fn server_from_another_ca_is_refused() -> Result<()> {
     let client = node(&ours, "worker-0")?;
     let err = client.connect(impostor.local_addr()).unwrap_err();
     assert!(matches!(err, Error::UntrustedPeer { .. }), "{err}");
-    assert!(
-        err.to_string().contains("not signed by the cluster CA"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("not signed by the cluster CA"), "{err}");
     assert_no_connected(&impostor, Duration::from_millis(500))?;
     assert_no_connected(&client, Duration::ZERO)?;
     Ok(())
@@ -156,10 +142,7 @@ fn server_from_another_ca_is_refused() -> Result<()> {
 #[test]
 fn nothing_listening_times_out_cleanly() -> Result<()> {
     let ca = ClusterCa::generate("t")?;
-    let config = baton_transport::NetConfig {
-        connect_timeout: Duration::from_millis(300),
-        ..fast_config()
-    };
+    let config = baton_transport::NetConfig { connect_timeout: Duration::from_millis(300), ..fast_config() };
     let client = node_with(&ca, "worker-0", config)?;
     let silent = std::net::UdpSocket::bind(local())?;
     let err = client.connect(silent.local_addr()?).unwrap_err();

@@ -16,12 +16,7 @@ fn init_cluster_round_trip() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let cluster = dir.path().join("cluster");
     init_cluster(&cluster, &names(&["coordinator", "worker-0", "worker-1"]))?;
-    for file in [
-        "ca.pem",
-        "ca.key.pem",
-        "coordinator.pem",
-        "worker-1.key.pem",
-    ] {
+    for file in ["ca.pem", "ca.key.pem", "coordinator.pem", "worker-1.key.pem"] {
         assert!(cluster.join(file).is_file(), "{file} missing");
     }
     #[cfg(unix)]
@@ -43,11 +38,7 @@ fn init_cluster_round_trip() -> Result<()> {
     let ca = ClusterCa::load(&cluster)?;
     let late = ca.issue("worker-2")?;
     late.save(&cluster)?;
-    let late = Node::start(
-        local(),
-        Identity::load(&cluster, "worker-2")?,
-        fast_config(),
-    )?;
+    let late = Node::start(local(), Identity::load(&cluster, "worker-2")?, fast_config())?;
     assert_eq!(late.connect(server.local_addr())?.1, "coordinator");
     Ok(())
 }
@@ -65,10 +56,7 @@ fn init_cluster_refuses_to_overwrite() -> Result<()> {
 
     // Saving an identity from another CA into this directory is refused too.
     let other = ClusterCa::generate("other")?.issue("worker-5")?;
-    assert!(matches!(
-        other.save(dir.path()),
-        Err(Error::AlreadyExists { .. })
-    ));
+    assert!(matches!(other.save(dir.path()), Err(Error::AlreadyExists { .. })));
     Ok(())
 }
 
@@ -79,17 +67,11 @@ fn bad_names_and_missing_files_are_clear_errors() -> Result<()> {
     assert!(matches!(err, Error::InvalidName(_)), "{err}");
     let err = init_cluster(dir.path(), &names(&["a", "a"])).unwrap_err();
     assert!(err.to_string().contains("listed twice"), "{err}");
-    assert!(
-        !dir.path().join("ca.pem").exists(),
-        "nothing is written on error"
-    );
+    assert!(!dir.path().join("ca.pem").exists(), "nothing is written on error");
     let err = Identity::load(dir.path(), "worker-0").unwrap_err();
     assert!(err.to_string().contains("worker-0.pem"), "{err}");
     std::fs::write(dir.path().join("ca.pem"), "not a pem")?;
     std::fs::write(dir.path().join("ca.key.pem"), "not a pem")?;
-    assert!(matches!(
-        ClusterCa::load(dir.path()),
-        Err(Error::Certificate(_))
-    ));
+    assert!(matches!(ClusterCa::load(dir.path()), Err(Error::Certificate(_))));
     Ok(())
 }

@@ -41,27 +41,16 @@ impl RawPeer {
     }
 
     fn connect_with(config: quinn::ClientConfig, server: SocketAddr, hello: &[u8]) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let frame = raw::encode_frame(hello);
         let (endpoint, conn, send, recv) = rt.block_on(async {
             let endpoint = quinn::Endpoint::client(local())?;
-            let conn = endpoint
-                .connect_with(config, server, raw::SERVER_NAME)?
-                .await?;
+            let conn = endpoint.connect_with(config, server, raw::SERVER_NAME)?.await?;
             let (mut send, recv) = conn.open_bi().await?;
             send.write_all(&frame).await?;
             anyhow::Ok((endpoint, conn, send, recv))
         })?;
-        Ok(RawPeer {
-            rt,
-            _endpoint: endpoint,
-            conn,
-            send,
-            recv,
-        })
+        Ok(RawPeer { rt, _endpoint: endpoint, conn, send, recv })
     }
 
     /// The server's reply: (status, text).
@@ -101,34 +90,22 @@ impl RawPeer {
 
     fn close_error(&self) -> Result<quinn::ConnectionError> {
         let conn = self.conn.clone();
-        self.rt.block_on(async {
-            tokio::time::timeout(WAIT, conn.closed())
-                .await
-                .context("connection not closed")
-        })
+        self.rt.block_on(async { tokio::time::timeout(WAIT, conn.closed()).await.context("connection not closed") })
     }
 
     /// How the server closed the connection (code, reason).
     fn closed(&self) -> Result<(u64, String)> {
         match self.close_error()? {
-            quinn::ConnectionError::ApplicationClosed(c) => Ok((
-                c.error_code.into_inner(),
-                String::from_utf8_lossy(&c.reason).into_owned(),
-            )),
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                Ok((c.error_code.into_inner(), String::from_utf8_lossy(&c.reason).into_owned()))
+            }
             other => bail!("closed otherwise: {other}"),
         }
     }
 }
 
 fn server(ca: &ClusterCa) -> Result<Node> {
-    node_with(
-        ca,
-        "coordinator",
-        NetConfig {
-            max_frame_bytes: MAX,
-            ..fast_config()
-        },
-    )
+    node_with(ca, "coordinator", NetConfig { max_frame_bytes: MAX, ..fast_config() })
 }
 
 /// A raw peer past a successful hello, and its id on the server.
@@ -150,10 +127,7 @@ fn wrong_protocol_version_is_refused_naming_both() -> Result<()> {
     let mut peer = RawPeer::connect(&ca, "worker-9", server.local_addr(), &hello)?;
     let (status, reason) = peer.reply()?;
     assert_eq!(status, 1, "{reason}");
-    assert!(
-        reason.contains(&format!("protocol {PROTOCOL_VERSION}")),
-        "{reason}"
-    );
+    assert!(reason.contains(&format!("protocol {PROTOCOL_VERSION}")), "{reason}");
     assert!(reason.contains("protocol 99"), "{reason}");
     let (code, close_reason) = peer.closed()?;
     assert_eq!((code, close_reason), (2, reason));
@@ -185,10 +159,7 @@ fn hello_with_another_nodes_name_is_refused() -> Result<()> {
 
 fn assert_oversize_disconnect(server: &Node, peer: &RawPeer, id: PeerId, size: u64) -> Result<()> {
     let reason = wait_disconnected(server, id, WAIT)?;
-    assert!(
-        reason.contains(&size.to_string()) && reason.contains(&MAX.to_string()),
-        "{reason}"
-    );
+    assert!(reason.contains(&size.to_string()) && reason.contains(&MAX.to_string()), "{reason}");
     let (code, peer_reason) = peer.closed()?;
     assert_eq!(code, 1);
     assert!(peer_reason.contains(&size.to_string()), "{peer_reason}");
@@ -201,9 +172,7 @@ fn oversized_control_frame_disconnects() -> Result<()> {
     let server = server(&ca)?;
     let (mut peer, id) = accepted(&ca, &server)?;
     peer.write(&raw::encode_frame(b"fine"))?;
-    wait_for(&server, WAIT, |e| {
-        matches!(e, Event::Message { .. }).then_some(())
-    })?;
+    wait_for(&server, WAIT, |e| matches!(e, Event::Message { .. }).then_some(()))?;
     peer.write(&raw::encode_header(MAX + 1))?;
     assert_oversize_disconnect(&server, &peer, id, MAX as u64 + 1)
 }
@@ -227,10 +196,7 @@ fn truncated_bulk_frame_disconnects() -> Result<()> {
     partial.extend_from_slice(&[1u8; 10]);
     peer.bulk(&partial)?;
     let reason = wait_disconnected(&server, id, WAIT)?;
-    assert!(
-        reason.contains("truncated") && reason.contains("18 of 1008"),
-        "{reason}"
-    );
+    assert!(reason.contains("truncated") && reason.contains("18 of 1008"), "{reason}");
     assert!(peer.closed()?.1.contains("truncated"));
     Ok(())
 }
@@ -245,10 +211,7 @@ fn truncated_control_frame_disconnects() -> Result<()> {
     peer.write(&partial)?;
     peer.send.finish()?;
     let reason = wait_disconnected(&server, id, WAIT)?;
-    assert!(
-        reason.contains("truncated") && reason.contains("13 of 108"),
-        "{reason}"
-    );
+    assert!(reason.contains("truncated") && reason.contains("13 of 108"), "{reason}");
     Ok(())
 }
 
@@ -289,9 +252,7 @@ fn client_without_certificate_is_refused() -> Result<()> {
     let config = anonymous_client(&ca)?;
     let frame = raw::encode_frame(&hello_bytes(PROTOCOL_VERSION, "worker-9"));
     let addr = server.local_addr();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let error = rt.block_on(async {
         let endpoint = quinn::Endpoint::client(local())?;
         // The client may see the handshake succeed (CRATES.md)...
@@ -307,10 +268,7 @@ fn client_without_certificate_is_refused() -> Result<()> {
             recv.read_exact(&mut header).await?;
             anyhow::Ok(())
         };
-        assert!(
-            exchange.await.is_err(),
-            "the server answered an anonymous client"
-        );
+        assert!(exchange.await.is_err(), "the server answered an anonymous client");
         Ok(tokio::time::timeout(WAIT, conn.closed()).await?)
     })?;
     match error {

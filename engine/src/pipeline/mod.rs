@@ -2,6 +2,7 @@
 //! worker runtime as a state machine without I/O.
 
 pub mod coordinator;
+pub mod migrate;
 pub mod partition;
 pub mod plan;
 pub mod protocol;
@@ -10,6 +11,6 @@ pub mod sim;
 pub mod stage;
 pub mod worker;
 
-pub use partition::Partition;
+pub use partition::{Layout, Partition};
 pub use schedule::{Action, Phase, ScheduleKind};
 pub use stage::{Effect, Stage, StageEvent, Work};

@@ -49,6 +49,26 @@ impl Partition {
     }
 }
 
+/// The partition of one generation with the worker holding each stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub generation: u32,
+    /// (worker, layers) in stage order.
+    pub stages: Vec<(u32, Range<u32>)>,
+}
+
+impl Layout {
+    /// Stage i of `partition` on `workers[i]`.
+    pub fn new(generation: u32, partition: &Partition, workers: &[u32]) -> Layout {
+        Layout { generation, stages: workers.iter().copied().zip(partition.stages.iter().cloned()).collect() }
+    }
+
+    /// The layer ranges alone.
+    pub fn partition(&self) -> Partition {
+        Partition { stages: self.stages.iter().map(|(_, r)| r.clone()).collect() }
+    }
+}
+
 /// The smallest achievable maximum stage cost (dynamic programme over
 /// prefixes; layer counts are small).
 fn min_bottleneck(costs: &[f64], workers: usize) -> f64 {

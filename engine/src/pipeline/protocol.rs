@@ -8,11 +8,12 @@
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
+use super::migrate::{Handover, MovedBytes};
 use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
 
 /// Bumped whenever [`Message`] changes shape; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A worker's place in one generation.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -36,6 +37,17 @@ pub struct Assignment {
     pub placements: Vec<Placement>,
     /// Initial values of the parameters of this worker's layers.
     pub params: Vec<(String, Tensor)>,
+    /// Scripted preemption notices for this worker (`--preempt`).
+    pub notices: Vec<PlannedNotice>,
+}
+
+/// A scripted notice: after `actions` compute actions of `step`, the worker
+/// is told it dies in `grace_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PlannedNotice {
+    pub step: u32,
+    pub actions: u32,
+    pub grace_ms: u64,
 }
 
 /// A named span of work for the timeline, in microseconds since the run started.
@@ -58,10 +70,10 @@ pub enum Message {
     Ready { worker: u32 },
     /// Coordinator → worker: a step begins (inputs for the first stage, targets for the last).
     StepStart { step: u32, rows: Vec<u32>, inputs: Vec<(u32, Tensor)>, targets: Vec<(u32, Targets)> },
-    /// Worker → worker: the activation entering `layer`.
-    Activation { step: u32, micro: u32, layer: u32, tensor: Tensor },
-    /// Worker → worker: the gradient of `layer`'s output.
-    Gradient { step: u32, micro: u32, layer: u32, tensor: Tensor },
+    /// Worker → worker: the activation entering `layer`, sent in `generation`.
+    Activation { generation: u32, step: u32, micro: u32, layer: u32, tensor: Tensor },
+    /// Worker → worker: the gradient of `layer`'s output, sent in `generation`.
+    Gradient { generation: u32, step: u32, micro: u32, layer: u32, tensor: Tensor },
     /// Last stage → coordinator: one micro-batch's mean loss.
     Loss { step: u32, micro: u32, value: f32 },
     /// Worker → coordinator: `layer` received its update for `step`.
@@ -70,6 +82,28 @@ pub enum Message {
     Finish,
     /// Worker → coordinator: final parameters, counters and timeline spans.
     Final { worker: u32, params: Vec<(String, Tensor)>, counters: Counters, spans: Vec<Span> },
+    /// Worker → coordinator: a preemption notice; the worker stopped at an
+    /// action boundary and must be gone within `grace_ms`.
+    Notice { worker: u32, grace_ms: u64 },
+    /// Coordinator → workers: stop at the next action boundary; generation
+    /// `generation` is being planned.
+    Pause { generation: u32 },
+    /// Worker → coordinator: paused; `sent[w]` data messages went to worker w
+    /// in the current generation.
+    Paused { worker: u32, sent: Vec<(u32, u64)> },
+    /// Coordinator → worker: the new layout. Receive `expected[w]` data
+    /// messages from worker w first (the old generation drains), then hand
+    /// layers to their new owners.
+    Repartition { generation: u32, placements: Vec<Placement>, expected: Vec<(u32, u64)> },
+    /// Worker → worker: layers (and what waits at them) that change owner.
+    Handover { generation: u32, handover: Handover },
+    /// Worker → coordinator: every handover of this worker was delivered;
+    /// a leaving worker adds its counters and timeline.
+    Migrated { worker: u32, generation: u32, bytes: MovedBytes, ship_us: u64, farewell: Option<(Counters, Vec<Span>)> },
+    /// Worker → coordinator: every handover to this worker arrived; computing again.
+    Resumed { worker: u32, generation: u32 },
+    /// Coordinator → leaving worker: your layers are safe elsewhere; exit.
+    Retire,
     /// Either way: stop now, with the reason.
     Abort { reason: String },
 }
@@ -88,6 +122,14 @@ impl Message {
             Message::LayerUpdated { .. } => "layer-updated",
             Message::Finish => "finish",
             Message::Final { .. } => "final",
+            Message::Notice { .. } => "notice",
+            Message::Pause { .. } => "pause",
+            Message::Paused { .. } => "paused",
+            Message::Repartition { .. } => "repartition",
+            Message::Handover { .. } => "handover",
+            Message::Migrated { .. } => "migrated",
+            Message::Resumed { .. } => "resumed",
+            Message::Retire => "retire",
             Message::Abort { .. } => "abort",
         }
     }
@@ -101,6 +143,7 @@ impl Message {
                 | Message::Activation { .. }
                 | Message::Gradient { .. }
                 | Message::Final { .. }
+                | Message::Handover { .. }
         )
     }
 }
@@ -120,6 +163,11 @@ pub fn decode(frame: &[u8]) -> Result<Message> {
     let message = rkyv::deserialize::<Message, BoxedError>(archived)
         .map_err(|e| Error::Protocol(format!("undecodable frame: {e}")))?;
     check_tensors(&message)?;
+    if let Message::Handover { handover, .. } = &message {
+        for segment in handover.layers.iter().flat_map(|l| &l.segments) {
+            segment.validate()?;
+        }
+    }
     Ok(message)
 }
 
@@ -136,6 +184,7 @@ fn check_tensors(message: &Message) -> Result<()> {
             }))
             .collect(),
         Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } => vec![tensor],
+        Message::Handover { handover, .. } => handover_tensors(handover),
         Message::Final { params, .. } => params.iter().map(|(_, t)| t).collect(),
         _ => Vec::new(),
     };
@@ -145,6 +194,19 @@ fn check_tensors(message: &Message) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every tensor a handover carries (saved tensors are checked by segment validation).
+fn handover_tensors(h: &Handover) -> Vec<&Tensor> {
+    let mut all: Vec<&Tensor> = h.activations.iter().chain(&h.gradients).map(|(_, _, _, t)| t).collect();
+    for layer in &h.layers {
+        all.extend(layer.params.iter().map(|(_, t)| t));
+        if let Some(g) = &layer.grads {
+            all.extend(g.sum.iter().map(|(_, t)| t));
+            all.extend(g.pending.iter().flat_map(|(_, p)| p.iter().map(|(_, t)| t)));
+        }
+    }
+    all
 }
 
 #[cfg(test)]
@@ -160,7 +222,7 @@ mod tests {
         let t = Tensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
         for m in [
             Message::Register { worker: 3, protocol: PROTOCOL_VERSION, address: "127.0.0.1:4000".into() },
-            Message::Activation { step: 1, micro: 2, layer: 4, tensor: t.clone() },
+            Message::Activation { generation: 0, step: 1, micro: 2, layer: 4, tensor: t.clone() },
             Message::StepStart {
                 step: 0,
                 rows: vec![2],
@@ -176,7 +238,7 @@ mod tests {
     #[test]
     fn garbage_and_truncated_frames_are_errors() {
         let t = Tensor::new(vec![3], vec![1.0, 2.0, 3.0]).unwrap();
-        let good = frame(&Message::Gradient { step: 0, micro: 0, layer: 1, tensor: t });
+        let good = frame(&Message::Gradient { generation: 0, step: 0, micro: 0, layer: 1, tensor: t });
         for cut in [0, 3, good.len() / 2, good.len() - 1] {
             let mut short = AlignedVec::<16>::new();
             short.extend_from_slice(&good[..cut]);
@@ -190,7 +252,8 @@ mod tests {
     #[test]
     fn inconsistent_tensors_are_refused() {
         let bad = Tensor { shape: vec![5], data: vec![1.0] };
-        let msg = decode(&frame(&Message::Activation { step: 0, micro: 0, layer: 1, tensor: bad })).unwrap_err();
+        let msg = decode(&frame(&Message::Activation { generation: 0, step: 0, micro: 0, layer: 1, tensor: bad }))
+            .unwrap_err();
         assert!(msg.to_string().contains("shape [5] carries 1 values"), "{msg}");
     }
 }

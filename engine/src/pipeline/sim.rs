@@ -144,63 +144,89 @@ fn merge(stages: Vec<Stage>, losses: Vec<f32>) -> SimOutcome {
 /// Runs a whole job in memory: a [`Coordinator`] and one [`Worker`] per
 /// stage exchanging encoded protocol frames, delivered in an order drawn
 /// from `seed` (more adversarial than any real network: frames between the
-/// same pair may overtake each other).
+/// same pair may overtake each other). Scripted notices in the plan trigger
+/// migrations exactly as in real processes. The clock advances one
+/// microsecond per delivered frame or unit of work.
 pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> Result<JobOutcome> {
     let workers = plan.workers;
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
     let mut nodes: Vec<Worker> = (0..workers as u32).map(|w| Worker::new(w, factory())).collect();
-    let mut frames: Vec<(Dest, u32, AlignedVec)> = Vec::new();
+    let mut exited = vec![false; workers];
+    let mut net = Network { frames: Vec::new() };
     for w in 0..workers as u32 {
         let register = Message::Register { worker: w, protocol: PROTOCOL_VERSION, address: format!("sim:{w}") };
-        frames.push((Dest::Coordinator, w, encode(&register)?));
+        net.push(Dest::Coordinator, Dest::Worker(w), &register)?;
     }
     let mut rng = SplitMix64::new(seed);
-    loop {
-        let ready: Vec<usize> = (0..workers).filter(|&w| nodes[w].ready().is_some()).collect();
-        let choices = ready.len() + frames.len();
+    for tick in 0u64.. {
+        let now = Duration::from_micros(tick);
+        let ready: Vec<usize> = (0..workers).filter(|&w| !exited[w] && nodes[w].ready().is_some()).collect();
+        let choices = ready.len() + net.frames.len();
         if choices == 0 {
-            return Err(Error::Pipeline("the job stalled: no frame in flight and no action ready".into()));
+            return Err(Error::Pipeline("the job stalled: no frame in flight and no work ready".into()));
         }
         let pick = (rng.next_u64() % choices as u64) as usize;
         if pick < ready.len() {
             let w = ready[pick];
             let outs = nodes[w].run_next()?;
-            queue_outs(w as u32, outs, &nodes[w], &mut frames)?;
+            exited[w] |= net.carry_out(&mut nodes[w], outs)?;
             continue;
         }
-        let (dest, from, frame) = frames.swap_remove(pick - ready.len());
+        let (to, from, frame) = net.frames.swap_remove(pick - ready.len());
         let message = decode(&frame)?;
-        match dest {
+        match to {
             Dest::Coordinator => {
-                for effect in coordinator.handle(CoordEvent::Message { worker: from, message }) {
+                let Dest::Worker(worker) = from else { continue };
+                for effect in coordinator.handle(CoordEvent::Message { worker, message }, now) {
                     match effect {
                         CoordEffect::Send { worker, message } => {
-                            frames.push((Dest::Worker(worker), u32::MAX, encode(&message)?))
+                            net.push(Dest::Worker(worker), Dest::Coordinator, &message)?
                         }
-                        CoordEffect::StepFinished { .. } => {}
                         CoordEffect::Done(outcome) => return Ok(*outcome),
                         CoordEffect::Failed(reason) => return Err(Error::Pipeline(reason)),
+                        CoordEffect::StepFinished { .. } | CoordEffect::Migrated(_) => {}
                     }
                 }
             }
+            Dest::Worker(w) if exited[w as usize] => {}
             Dest::Worker(w) => {
-                let outs = nodes[w as usize].handle(message)?;
-                queue_outs(w, outs, &nodes[w as usize], &mut frames)?;
+                let outs = nodes[w as usize].handle(from, message)?;
+                exited[w as usize] |= net.carry_out(&mut nodes[w as usize], outs)?;
             }
         }
     }
+    unreachable!("the tick counter does not run out")
 }
 
-/// Turns a worker's outputs into frames; in memory every peer is connected
-/// at once, so a `Connect` is answered by `Ready` straight away.
-fn queue_outs(from: u32, outs: Vec<Out>, node: &Worker, frames: &mut Vec<(Dest, u32, AlignedVec)>) -> Result<()> {
-    for out in outs {
-        let (to, message) = match out {
-            Out::Send { to, message } => (to, message),
-            Out::Connect(_) => (Dest::Coordinator, node.ready_message()),
-            Out::Exit => continue,
-        };
-        frames.push((to, from, encode(&message)?));
+/// Frames in flight: (to, from, bytes).
+struct Network {
+    frames: Vec<(Dest, Dest, AlignedVec)>,
+}
+
+impl Network {
+    fn push(&mut self, to: Dest, from: Dest, message: &Message) -> Result<()> {
+        self.frames.push((to, from, encode(message)?));
+        Ok(())
     }
-    Ok(())
+
+    /// Turns a worker's outputs into frames; returns true once it exited. In
+    /// memory every peer is connected at once, so `Connect` is answered by
+    /// `Ready` straight away, and shipping takes no time.
+    fn carry_out(&mut self, node: &mut Worker, outs: Vec<Out>) -> Result<bool> {
+        let me = Dest::Worker(node.id);
+        for out in outs {
+            match out {
+                Out::Send { to, message } => self.push(to, me, &message)?,
+                Out::Connect(_) => self.push(Dest::Coordinator, me, &node.ready_message())?,
+                Out::Ship { generation, handovers, bytes } => {
+                    for (to, message) in handovers {
+                        self.push(Dest::Worker(to), me, &message)?;
+                    }
+                    self.push(Dest::Coordinator, me, &node.migrated(generation, bytes, 0))?;
+                }
+                Out::Exit => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
 }

@@ -80,6 +80,13 @@ pub(crate) struct StepState {
     pub(crate) updated: BTreeSet<u32>,
 }
 
+impl StepState {
+    /// The state of a step a stage joins midway (it receives layers of it).
+    pub(crate) fn resumed(step: u32, rows: Vec<u32>) -> StepState {
+        StepState { step, rows, plan: VecDeque::new(), strict: false, updated: BTreeSet::new() }
+    }
+}
+
 /// One pipeline stage: contiguous layers, their parameters and optimizer
 /// state, and the unfinished tape of the step in progress.
 #[derive(Debug)]

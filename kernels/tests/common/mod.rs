@@ -33,10 +33,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let tol = atol + rtol * w.abs();
-        assert!(
-            (g as f64 - w).abs() <= tol,
-            "{what}[{i}]: got {g}, want {w} (tol {tol})"
-        );
+        assert!((g as f64 - w).abs() <= tol, "{what}[{i}]: got {g}, want {w} (tol {tol})");
     }
 }
 

@@ -36,20 +36,11 @@ pub struct WorkerArgs {
 /// Runs one worker until the coordinator finishes the job.
 pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     super::set_threads(args.threads)?;
-    let identity = Identity::load(&args.cluster_dir, &worker_name(args.id)).with_context(|| {
-        format!(
-            "--cluster-dir {}: worker {}'s certificate",
-            args.cluster_dir.display(),
-            args.id
-        )
-    })?;
+    let identity = Identity::load(&args.cluster_dir, &worker_name(args.id))
+        .with_context(|| format!("--cluster-dir {}: worker {}'s certificate", args.cluster_dir.display(), args.id))?;
     let node = Node::start(args.listen, identity, cluster::net_config())
         .with_context(|| format!("--listen {}", args.listen))?;
-    let options = WorkerOptions {
-        id: args.id,
-        coordinator: args.coordinator,
-        advertise: args.advertise,
-    };
+    let options = WorkerOptions { id: args.id, coordinator: args.coordinator, advertise: args.advertise };
     cluster::run_worker(&node, options).with_context(|| format!("worker {}", args.id))
 }
 
@@ -67,12 +58,8 @@ pub struct CoordinatorArgs {
 
 /// Runs a job whose workers are started by hand (`baton worker`) elsewhere.
 pub fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
-    let identity = Identity::load(&args.cluster_dir, COORDINATOR_NAME).with_context(|| {
-        format!(
-            "--cluster-dir {}: the coordinator's certificate",
-            args.cluster_dir.display()
-        )
-    })?;
+    let identity = Identity::load(&args.cluster_dir, COORDINATOR_NAME)
+        .with_context(|| format!("--cluster-dir {}: the coordinator's certificate", args.cluster_dir.display()))?;
     let node = Node::start(args.listen, identity, cluster::net_config())
         .with_context(|| format!("--listen {}", args.listen))?;
     eprintln!(
@@ -97,16 +84,11 @@ pub enum ClusterCommand {
 pub fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Init { dir, workers } => {
-            let names: Vec<String> = std::iter::once(COORDINATOR_NAME.to_string())
-                .chain((0..workers).map(worker_name))
-                .collect();
+            let names: Vec<String> =
+                std::iter::once(COORDINATOR_NAME.to_string()).chain((0..workers).map(worker_name)).collect();
             baton_transport::init_cluster(&dir, &names)
                 .with_context(|| format!("baton cluster init {}", dir.display()))?;
-            eprintln!(
-                "wrote a certificate authority and {} node certificates to {}",
-                names.len(),
-                dir.display()
-            );
+            eprintln!("wrote a certificate authority and {} node certificates to {}", names.len(), dir.display());
             Ok(())
         }
     }

@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 
 use baton_engine::pipeline::coordinator::JobPlan;
 use baton_engine::pipeline::ScheduleKind;
-use baton_engine::{
-    init, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Segment, SegmentKey, Tensor,
-    Trainer,
-};
+use baton_engine::{init, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Segment, SegmentKey, Tensor, Trainer};
 use baton_models::cluster::{launch_local, LocalJob};
 use baton_models::{io, spec};
 use clap::Args;
@@ -35,10 +32,7 @@ pub struct DemoArgs {
 
 /// Runs `baton demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    println!(
-        "baton demo: mlp12 (12 linear layers of width 64, mse), seed {}",
-        args.seed
-    );
+    println!("baton demo: mlp12 (12 linear layers of width 64, mse), seed {}", args.seed);
     println!(
         "note: preemption and live migration (worker 1 told it dies mid-step) come with issue #4; \
          this demo shows the pipeline and the relocation it builds on."
@@ -67,19 +61,17 @@ fn train(seed: u64) -> anyhow::Result<ParamStore> {
         params: params.clone(),
         batches: batches.clone(),
         join_timeout: Duration::from_secs(60),
+        notices: Vec::new(),
     };
     println!("\n1. pipeline on 3 worker processes over QUIC (1F1B, batch 32, M={MICRO_BATCHES}, {config})");
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
     let started = Instant::now();
     let mut on_step = |step: u32, loss: f32| println!("   step {step}: loss {loss:.6}");
-    let job = LocalJob {
-        plan,
-        exe: &exe,
-        threads_per_worker: 1,
-        on_step: &mut on_step,
-    };
+    let mut on_migration = |_: &baton_engine::pipeline::coordinator::MigrationRecord| {};
+    let job =
+        LocalJob { on_migration: &mut on_migration, plan, exe: &exe, threads_per_worker: 1, on_step: &mut on_step };
     let outcome = launch_local(job).context("the 3-worker pipeline failed")?;
-    let (partition, c) = (&outcome.partitions[0].1, outcome.counters);
+    let (partition, c) = (outcome.partitions[0].partition(), outcome.counters);
     println!(
         "   partition: {} (worker 0 | worker 1 | worker 2), {:.2}s",
         partition.describe(),
@@ -91,19 +83,11 @@ fn train(seed: u64) -> anyhow::Result<ParamStore> {
     );
     let mut trainer = Trainer::new(model, params, Optimizer::new(config))?;
     for (step, batch) in batches.iter().enumerate() {
-        trainer
-            .step(step as u32, batch, MICRO_BATCHES)
-            .with_context(|| format!("in-process step {step}"))?;
+        trainer.step(step as u32, batch, MICRO_BATCHES).with_context(|| format!("in-process step {step}"))?;
     }
     let same = outcome.params.len() == trainer.params.len()
-        && trainer
-            .params
-            .iter()
-            .all(|(n, t)| outcome.params.get(n).is_ok_and(|u| bit_compare(t, u).0));
-    println!(
-        "   same training in one process: bit-identical: {}",
-        if same { "yes" } else { "NO" }
-    );
+        && trainer.params.iter().all(|(n, t)| outcome.params.get(n).is_ok_and(|u| bit_compare(t, u).0));
+    println!("   same training in one process: bit-identical: {}", if same { "yes" } else { "NO" });
     if !same {
         bail!("the 3-worker pipeline and the one-process run disagree");
     }
@@ -112,16 +96,8 @@ fn train(seed: u64) -> anyhow::Result<ParamStore> {
 
 /// Forward of one micro-batch through every layer, recording segments;
 /// returns them and the loss segment.
-fn forward(
-    model: &Model,
-    params: &ParamStore,
-    batch: &Batch,
-) -> anyhow::Result<(Vec<Segment>, Segment)> {
-    let key = |layer| SegmentKey {
-        step: STEPS as u32,
-        micro: 0,
-        layer,
-    };
+fn forward(model: &Model, params: &ParamStore, batch: &Batch) -> anyhow::Result<(Vec<Segment>, Segment)> {
+    let key = |layer| SegmentKey { step: STEPS as u32, micro: 0, layer };
     let mut x = batch.x.clone();
     let mut segments = Vec::with_capacity(model.layers.len());
     for layer in 0..model.layers.len() as u32 {
@@ -142,26 +118,16 @@ fn relocate(params: &ParamStore, seed: u64) -> anyhow::Result<()> {
     let (segments, loss) = forward(&model, params, &batch)?;
     // The gradient arriving from worker 2 at layer 7's output.
     let from_loss = loss.backward(params, Tensor::scalar(1.0), true)?.input_grad;
-    let grad_at_8 = backward_chain(
-        &segments[8..],
-        params,
-        from_loss.context("the loss gave no gradient")?,
-    )?
-    .input
-    .context("layer 8 gave no input gradient")?;
-    let moved: Vec<Segment> = segments
-        .iter()
-        .filter(|s| MOVED.contains(&s.key.layer))
-        .cloned()
-        .collect();
+    let grad_at_8 = backward_chain(&segments[8..], params, from_loss.context("the loss gave no gradient")?)?
+        .input
+        .context("layer 8 gave no input gradient")?;
+    let moved: Vec<Segment> = segments.iter().filter(|s| MOVED.contains(&s.key.layer)).cloned().collect();
     let local = backward_chain(&moved, params, grad_at_8.clone())?;
 
     let saved_bytes: usize = moved.iter().map(Segment::saved_bytes).sum();
     let archive = segment::archive(&SegmentBatch(moved))?;
     let received = aligned_copy(&archive);
-    let receiver_params: ParamStore = MOVED
-        .flat_map(|l| params.with_prefix(&format!("layers.{l}.")))
-        .collect();
+    let receiver_params: ParamStore = MOVED.flat_map(|l| params.with_prefix(&format!("layers.{l}."))).collect();
     println!(
         "   worker 1 archives micro-batch 0's segments of layers 4-7: {} bytes ({saved_bytes} of saved tensors)",
         received.len()
@@ -180,10 +146,7 @@ fn compare(local: &ChainGrads, remote: &ChainGrads) -> anyhow::Result<()> {
     let mut worst = 0.0f32;
     let mut identical = local.params.len() == remote.params.len();
     for (name, a) in local.params.iter() {
-        let b = remote
-            .params
-            .get(name)
-            .with_context(|| format!("the receiver produced no gradient for {name}"))?;
+        let b = remote.params.get(name).with_context(|| format!("the receiver produced no gradient for {name}"))?;
         let (same, diff) = bit_compare(a, b);
         identical &= same;
         worst = worst.max(diff);
@@ -214,16 +177,7 @@ fn bit_compare(a: &Tensor, b: &Tensor) -> (bool, f32) {
     if a.shape != b.shape {
         return (false, f32::INFINITY);
     }
-    let same = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .all(|(x, y)| x.to_bits() == y.to_bits());
-    let diff = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max);
+    let same = a.data.iter().zip(&b.data).all(|(x, y)| x.to_bits() == y.to_bits());
+    let diff = a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
     (same, diff)
 }

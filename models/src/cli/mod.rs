@@ -5,6 +5,7 @@
 mod bench;
 mod cluster;
 mod demo;
+mod preempt;
 mod progress;
 mod report;
 mod splice;
@@ -16,11 +17,7 @@ use clap::{Parser, Subcommand};
 
 /// baton: pipeline-parallel training whose tape can move between machines.
 #[derive(Debug, Parser)]
-#[command(
-    name = "baton",
-    version,
-    about = "baton: pipeline-parallel training whose tape can move between machines"
-)]
+#[command(name = "baton", version, about = "baton: pipeline-parallel training whose tape can move between machines")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,11 +92,7 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
 /// Sets the kernel thread count when `threads` is given.
@@ -159,19 +152,8 @@ mod tests {
 
     #[test]
     fn unknown_optimizer_names_the_flag() {
-        let err = Cli::try_parse_from([
-            "baton",
-            "train",
-            "--optimizer",
-            "rmsprop:lr=1",
-            "--save",
-            "o",
-        ])
-        .unwrap_err();
+        let err = Cli::try_parse_from(["baton", "train", "--optimizer", "rmsprop:lr=1", "--save", "o"]).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("--optimizer") && text.contains("rmsprop"),
-            "{text}"
-        );
+        assert!(text.contains("--optimizer") && text.contains("rmsprop"), "{text}");
     }
 }

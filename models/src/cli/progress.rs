@@ -18,36 +18,21 @@ impl Progress {
     /// Starts the clock for a run of `total` steps.
     pub fn new(total: usize) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar =
-                ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg}")
-            {
+            let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {msg}") {
                 bar.set_style(style);
             }
             bar
         });
-        Progress {
-            bar,
-            start: Instant::now(),
-            total,
-            rows: 0,
-        }
+        Progress { bar, start: Instant::now(), total, rows: 0 }
     }
 
     /// Records that `step` (from 0) finished with `loss` over `rows` rows.
     pub fn step(&mut self, step: usize, loss: f32, rows: usize) {
         self.rows += rows;
         let elapsed = self.start.elapsed().as_secs_f64();
-        let rate = if elapsed > 0.0 {
-            self.rows as f64 / elapsed
-        } else {
-            0.0
-        };
-        let line = format!(
-            "step {}/{}  loss {loss:.6}  elapsed {elapsed:.2}s  {rate:.0} rows/s",
-            step + 1,
-            self.total
-        );
+        let rate = if elapsed > 0.0 { self.rows as f64 / elapsed } else { 0.0 };
+        let line = format!("step {}/{}  loss {loss:.6}  elapsed {elapsed:.2}s  {rate:.0} rows/s", step + 1, self.total);
         match &self.bar {
             Some(bar) => {
                 bar.println(&line);

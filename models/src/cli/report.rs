@@ -30,9 +30,57 @@ pub struct Counters {
     pub lost_microbatches: u64,
 }
 
-/// A migration of layers off a preempted worker (none yet: single process).
+/// Bytes moved in a migration, by kind.
 #[derive(Debug, Serialize)]
-pub struct Migration {}
+pub struct Bytes {
+    pub parameters: u64,
+    pub optimizer_state: u64,
+    pub gradients: u64,
+    pub segments: u64,
+    pub queued_messages: u64,
+    pub total: u64,
+}
+
+/// A migration of layers off preempted workers.
+#[derive(Debug, Serialize)]
+pub struct Migration {
+    pub generation: u32,
+    pub workers: Vec<u32>,
+    /// When the notice reached the coordinator, ms since the job started.
+    pub notice_ms: f64,
+    /// When the leaving worker must be gone, ms since the job started.
+    pub deadline_ms: f64,
+    pub bytes: Bytes,
+    pub ship_ms: f64,
+    /// From the notice until every survivor computed again.
+    pub resumed_after_ms: f64,
+    /// What the dying worker did: shipped its segments (no recompute fallback exists yet).
+    pub action: String,
+}
+
+impl From<&baton_engine::pipeline::coordinator::MigrationRecord> for Migration {
+    fn from(m: &baton_engine::pipeline::coordinator::MigrationRecord) -> Self {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let b = &m.bytes;
+        Migration {
+            generation: m.generation,
+            workers: m.leaving.clone(),
+            notice_ms: ms(m.notice_at),
+            deadline_ms: ms(m.deadline),
+            bytes: Bytes {
+                parameters: b.parameters,
+                optimizer_state: b.optimizer_state,
+                gradients: b.gradients,
+                segments: b.segments,
+                queued_messages: b.queued_messages,
+                total: b.total(),
+            },
+            ship_ms: ms(m.ship_time),
+            resumed_after_ms: ms(m.resumed_after),
+            action: "shipped segments".into(),
+        }
+    }
+}
 
 /// The run report.
 #[derive(Debug, Serialize)]
@@ -55,25 +103,21 @@ pub struct Report {
 }
 
 impl Report {
-    /// The partition of every generation, stage i on worker i.
-    pub fn partitions(generations: &[(u32, baton_engine::pipeline::Partition)]) -> Vec<Partition> {
-        let stage = |(worker, range): (usize, &std::ops::Range<u32>)| Stage {
-            worker,
+    /// The partition of every generation with the worker of each stage.
+    pub fn partitions(layouts: &[baton_engine::pipeline::Layout]) -> Vec<Partition> {
+        let stage = |(worker, range): &(u32, std::ops::Range<u32>)| Stage {
+            worker: *worker as usize,
             layers: [range.start as usize, range.end as usize - 1],
         };
-        generations
+        layouts
             .iter()
-            .map(|(generation, p)| Partition {
-                generation: u64::from(*generation),
-                stages: p.stages.iter().enumerate().map(stage).collect(),
-            })
+            .map(|l| Partition { generation: u64::from(l.generation), stages: l.stages.iter().map(stage).collect() })
             .collect()
     }
 
     /// Writes the report as pretty JSON.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(self).context("encoding the run report")?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("--report {}: cannot write", path.display()))
+        std::fs::write(path, json + "\n").with_context(|| format!("--report {}: cannot write", path.display()))
     }
 }

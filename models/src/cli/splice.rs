@@ -38,8 +38,7 @@ pub struct SpliceArgs {
 pub fn run(args: SpliceArgs) -> anyhow::Result<()> {
     let params = io::load_tensors(&args.params, "").context("--params")?;
     let bytes = read_aligned(&args.segments).context("--segments")?;
-    let views = segment::access(&bytes)
-        .with_context(|| format!("--segments {}", args.segments.display()))?;
+    let views = segment::access(&bytes).with_context(|| format!("--segments {}", args.segments.display()))?;
     let grad = io::load_f32(&args.grad, GRAD_TENSOR).context("--grad")?;
     let result = backward_chain(&views, &params, grad)?;
     let mut out = result.params;
@@ -52,11 +51,7 @@ pub fn run(args: SpliceArgs) -> anyhow::Result<()> {
         "backwarded {} segments ({} archive bytes): {grads} parameter gradients{} written to {}",
         views.len(),
         bytes.len(),
-        if out.contains(INPUT_GRAD_TENSOR) {
-            " and input_grad"
-        } else {
-            ""
-        },
+        if out.contains(INPUT_GRAD_TENSOR) { " and input_grad" } else { "" },
         args.out.display()
     );
     Ok(())
@@ -79,24 +74,14 @@ pub fn aligned_copy(data: &[u8]) -> AlignedVec {
 /// Something backward can run on: an owned segment or an archived view.
 pub trait Backward {
     fn key(&self) -> SegmentKey;
-    fn run(
-        &self,
-        params: &ParamStore,
-        grad: Tensor,
-        input_grad: bool,
-    ) -> baton_engine::Result<BackwardOutput>;
+    fn run(&self, params: &ParamStore, grad: Tensor, input_grad: bool) -> baton_engine::Result<BackwardOutput>;
 }
 
 impl Backward for Segment {
     fn key(&self) -> SegmentKey {
         self.key
     }
-    fn run(
-        &self,
-        params: &ParamStore,
-        grad: Tensor,
-        input_grad: bool,
-    ) -> baton_engine::Result<BackwardOutput> {
+    fn run(&self, params: &ParamStore, grad: Tensor, input_grad: bool) -> baton_engine::Result<BackwardOutput> {
         self.backward(params, grad, input_grad)
     }
 }
@@ -105,12 +90,7 @@ impl Backward for SegmentView<'_> {
     fn key(&self) -> SegmentKey {
         self.key
     }
-    fn run(
-        &self,
-        params: &ParamStore,
-        grad: Tensor,
-        input_grad: bool,
-    ) -> baton_engine::Result<BackwardOutput> {
+    fn run(&self, params: &ParamStore, grad: Tensor, input_grad: bool) -> baton_engine::Result<BackwardOutput> {
         self.backward(params, grad, input_grad)
     }
 }
@@ -127,22 +107,14 @@ pub struct ChainGrads {
 /// Backward from the last segment (highest layer) to the first, feeding each
 /// segment's input gradient to the one before. The segments must be one
 /// micro-batch of one step over consecutive layers, in any order.
-pub fn backward_chain<S: Backward>(
-    segments: &[S],
-    params: &ParamStore,
-    grad: Tensor,
-) -> anyhow::Result<ChainGrads> {
+pub fn backward_chain<S: Backward>(segments: &[S], params: &ParamStore, grad: Tensor) -> anyhow::Result<ChainGrads> {
     let order = chain_order(segments)?;
     let mut grads = ParamStore::new();
     let mut grad = Some(grad);
     for &i in order.iter().rev() {
         let key = segments[i].key();
-        let dy = grad
-            .take()
-            .ok_or_else(|| anyhow!("segment {key} received no gradient"))?;
-        let out = segments[i]
-            .run(params, dy, key.layer > 0)
-            .with_context(|| format!("backward of segment ({key})"))?;
+        let dy = grad.take().ok_or_else(|| anyhow!("segment {key} received no gradient"))?;
+        let out = segments[i].run(params, dy, key.layer > 0).with_context(|| format!("backward of segment ({key})"))?;
         for (name, g) in out.param_grads {
             if grads.contains(&name) {
                 grads.accumulate(&name, g.view())?;
@@ -152,10 +124,7 @@ pub fn backward_chain<S: Backward>(
         }
         grad = out.input_grad;
     }
-    Ok(ChainGrads {
-        params: grads,
-        input: grad,
-    })
+    Ok(ChainGrads { params: grads, input: grad })
 }
 
 /// Indices of `segments` by ascending layer; errors unless they form one chain.
@@ -187,11 +156,7 @@ mod tests {
         let model = spec::mlp12();
         let params = init::init_params(&model.param_specs(), 3);
         let batch = &io::synthetic_data(&model, 1, 4, 3)[0];
-        let key = |layer| SegmentKey {
-            step: 0,
-            micro: 0,
-            layer,
-        };
+        let key = |layer| SegmentKey { step: 0, micro: 0, layer };
         let mut x = batch.x.clone();
         let mut segments = Vec::new();
         for layer in 0..12 {
@@ -206,15 +171,9 @@ mod tests {
     #[test]
     fn archived_chain_matches_local_backward_bit_for_bit() {
         let (params, segments, loss) = forward();
-        let grad = loss
-            .backward(&params, Tensor::scalar(1.0), true)
-            .unwrap()
-            .input_grad
-            .unwrap();
+        let grad = loss.backward(&params, Tensor::scalar(1.0), true).unwrap().input_grad.unwrap();
         let local = backward_chain(&segments, &params, grad.clone()).unwrap();
-        let bytes = aligned_copy(
-            &segment::archive(&SegmentBatch(segments.iter().rev().cloned().collect())).unwrap(),
-        );
+        let bytes = aligned_copy(&segment::archive(&SegmentBatch(segments.iter().rev().cloned().collect())).unwrap());
         let views = segment::access(&bytes).unwrap();
         let remote = backward_chain(&views, &params, grad).unwrap();
         assert_eq!(local.params, remote.params);
@@ -236,19 +195,10 @@ mod tests {
     /// Files for a splice of layers 4-7 of micro-batch 0; returns the local result.
     fn write_inputs(dir: &Path) -> (SpliceArgs, ChainGrads) {
         let (params, segments, loss) = forward();
-        let mut grad = loss
-            .backward(&params, Tensor::scalar(1.0), true)
-            .unwrap()
-            .input_grad
-            .unwrap();
-        grad = backward_chain(&segments[8..], &params, grad)
-            .unwrap()
-            .input
-            .unwrap();
+        let mut grad = loss.backward(&params, Tensor::scalar(1.0), true).unwrap().input_grad.unwrap();
+        grad = backward_chain(&segments[8..], &params, grad).unwrap().input.unwrap();
         let local = backward_chain(&segments[4..8], &params, grad.clone()).unwrap();
-        let held: ParamStore = (4..8)
-            .flat_map(|l| params.with_prefix(&format!("layers.{l}.")))
-            .collect();
+        let held: ParamStore = (4..8).flat_map(|l| params.with_prefix(&format!("layers.{l}."))).collect();
         let args = SpliceArgs {
             params: dir.join("params.safetensors"),
             segments: dir.join("segments.rkyv"),
@@ -258,12 +208,7 @@ mod tests {
         io::save_params(&args.params, &held, None).unwrap();
         let archive = segment::archive(&SegmentBatch(segments[4..8].to_vec())).unwrap();
         std::fs::write(&args.segments, &archive[..]).unwrap();
-        io::save_params(
-            &args.grad,
-            &[(GRAD_TENSOR.to_string(), grad)].into_iter().collect(),
-            None,
-        )
-        .unwrap();
+        io::save_params(&args.grad, &[(GRAD_TENSOR.to_string(), grad)].into_iter().collect(), None).unwrap();
         (args, local)
     }
 
@@ -287,9 +232,6 @@ mod tests {
         bytes[n - 40..].fill(0xff);
         std::fs::write(&args.segments, &bytes).unwrap();
         let err = format!("{:#}", run(args).unwrap_err());
-        assert!(
-            err.contains("--segments") && err.contains("archive"),
-            "{err}"
-        );
+        assert!(err.contains("--segments") && err.contains("archive"), "{err}");
     }
 }

@@ -5,14 +5,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
-use baton_engine::pipeline::coordinator::JobPlan;
+use baton_engine::pipeline::coordinator::{JobPlan, MigrationRecord};
+use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::protocol::Span;
-use baton_engine::pipeline::{Partition, ScheduleKind};
+use baton_engine::pipeline::{Layout, Partition, ScheduleKind};
 use baton_engine::{init, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
 use baton_models::cluster::{launch_local, run_coordinator, CoordinatorOptions, LocalJob};
 use baton_models::{io, spec};
 use clap::{Args, ValueEnum};
 
+use super::preempt;
 use super::progress::Progress;
 use super::report::{self, Report};
 
@@ -145,9 +147,12 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
         args.optimizer
     );
     let (label, spec_text, layers) = (chosen.label, chosen.spec_text, chosen.model.layers.len());
+    let notices =
+        args.preempt.iter().map(|p| preempt::parse(p).context("--preempt")).collect::<anyhow::Result<Vec<_>>>()?;
+    preempt::check(&notices, args.workers, batches.len(), args.microbatches)?;
     let remote = matches!(launch, Launch::Remote(_));
     let run = if args.workers > 1 || args.timeline.is_some() || remote {
-        train_pipeline(&args, &spec_text, chosen.model, params, &batches, launch)?
+        train_pipeline(&args, &spec_text, (chosen.model, params), &batches, notices, launch)?
     } else {
         train_in_process(&args, chosen.model, params, &batches)?
     };
@@ -157,16 +162,7 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
         eprintln!("wrote timeline {}", path.display());
     }
     if let Some(path) = &args.report {
-        build_report(
-            &args,
-            Summary {
-                label,
-                layers,
-                rows,
-            },
-            run,
-        )
-        .write(path)?;
+        build_report(&args, Summary { label, layers, rows }, run).write(path)?;
         eprintln!("wrote report {}", path.display());
     }
     Ok(())
@@ -177,9 +173,25 @@ struct RunResult {
     params: ParamStore,
     losses: Vec<f32>,
     counters: baton_engine::train::Counters,
-    partitions: Vec<(u32, Partition)>,
+    partitions: Vec<Layout>,
+    migrations: Vec<MigrationRecord>,
     spans: BTreeMap<u32, Vec<Span>>,
     wall_seconds: f64,
+}
+
+/// One line about a finished migration, for the progress output.
+pub fn describe_migration(m: &MigrationRecord) -> String {
+    format!(
+        "migration to generation {}: worker(s) {:?} left; layers {} -> {}; shipped {:.1} KiB in {:.1} ms; \
+         training resumed {:.1} ms after the notice",
+        m.generation,
+        m.leaving,
+        m.before.describe(),
+        m.after.describe(),
+        m.bytes.total() as f64 / 1024.0,
+        m.ship_time.as_secs_f64() * 1e3,
+        m.resumed_after.as_secs_f64() * 1e3
+    )
 }
 
 fn train_in_process(
@@ -196,12 +208,8 @@ fn train_in_process(
         params: trainer.params,
         losses,
         counters: trainer.counters,
-        partitions: vec![(
-            0,
-            Partition {
-                stages: vec![0..layers],
-            },
-        )],
+        partitions: vec![Layout { generation: 0, stages: vec![(0, 0..layers)] }],
+        migrations: Vec::new(),
         spans: BTreeMap::new(),
         wall_seconds,
     })
@@ -211,9 +219,9 @@ fn train_in_process(
 fn train_pipeline(
     args: &TrainArgs,
     spec_text: &str,
-    model: Model,
-    params: ParamStore,
+    (model, params): (Model, ParamStore),
     batches: &[Batch],
+    notices: Vec<(u32, PlannedNotice)>,
     launch: Launch<'_>,
 ) -> anyhow::Result<RunResult> {
     let plan = JobPlan {
@@ -226,36 +234,26 @@ fn train_pipeline(
         params,
         batches: batches.to_vec(),
         join_timeout: std::time::Duration::from_secs(60),
+        notices,
     };
     let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
     let noun = if args.workers == 1 { "process" } else { "processes" };
-    eprintln!(
-        "pipeline on {} worker {noun} ({}): layers {}",
-        args.workers,
-        args.schedule.name(),
-        partition.describe()
-    );
+    eprintln!("pipeline on {} worker {noun} ({}): layers {}", args.workers, args.schedule.name(), partition.describe());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut progress = Progress::new(batches.len());
     let rows = batches[0].rows();
     let mut on_step = |step: u32, loss: f32| progress.step(step as usize, loss, rows);
+    let mut on_migration = |m: &MigrationRecord| eprintln!("{}", describe_migration(m));
     let outcome = match launch {
         Launch::Local => {
-            let exe =
-                std::env::current_exe().context("locating the baton binary to start workers")?;
+            let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
             let threads_per_worker = args.threads.unwrap_or((cores / args.workers).max(1));
-            launch_local(LocalJob {
-                plan,
-                exe: &exe,
-                threads_per_worker,
-                on_step: &mut on_step,
-            })?
+            let on_migration = &mut on_migration;
+            launch_local(LocalJob { plan, exe: &exe, threads_per_worker, on_step: &mut on_step, on_migration })?
         }
         Launch::Remote(node) => {
-            let options = CoordinatorOptions {
-                on_step: &mut on_step,
-                children: &mut [],
-            };
+            let options =
+                CoordinatorOptions { on_step: &mut on_step, on_migration: &mut on_migration, children: &mut [] };
             run_coordinator(node, plan, options)?
         }
     };
@@ -265,6 +263,7 @@ fn train_pipeline(
         losses: outcome.losses,
         counters: outcome.counters,
         partitions: outcome.partitions,
+        migrations: outcome.migrations,
         spans: outcome.spans,
         wall_seconds,
     })
@@ -295,7 +294,7 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
         schedule: args.schedule.name().to_string(),
         losses: run.losses,
         partitions: Report::partitions(&run.partitions),
-        migrations: Vec::new(),
+        migrations: run.migrations.iter().map(report::Migration::from).collect(),
         counters,
         wall_seconds: run.wall_seconds,
     }
@@ -303,12 +302,12 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
 
 /// Refuses what needs the multi-process runtime, rather than pretending.
 fn check_single_process(args: &TrainArgs) -> anyhow::Result<()> {
-    ensure!(
-        args.workers >= 1,
-        "--workers 0: at least one worker is needed"
-    );
-    if !args.preempt.is_empty() || !args.join.is_empty() {
-        bail!("live migration (--preempt, --join) is not implemented yet (issue #4); run without them");
+    ensure!(args.workers >= 1, "--workers 0: at least one worker is needed");
+    if !args.join.is_empty() {
+        bail!("growing the pipeline (--join) is not implemented yet (issue #4); run without it");
+    }
+    if !args.preempt.is_empty() && args.workers < 2 {
+        bail!("--preempt needs --workers 2 or more: someone must take over the preempted worker's layers");
     }
     Ok(())
 }
@@ -321,17 +320,8 @@ fn check_writable(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    ensure!(
-        dir.is_dir(),
-        "{flag} {}: directory {} does not exist",
-        path.display(),
-        dir.display()
-    );
-    ensure!(
-        !path.is_dir(),
-        "{flag} {}: is a directory, expected a file name",
-        path.display()
-    );
+    ensure!(dir.is_dir(), "{flag} {}: directory {} does not exist", path.display(), dir.display());
+    ensure!(!path.is_dir(), "{flag} {}: is a directory, expected a file name", path.display());
     Ok(())
 }
 
@@ -346,35 +336,19 @@ fn choose_model(args: &TrainArgs) -> anyhow::Result<Chosen> {
         } else {
             std::fs::read_to_string(text).with_context(|| format!("--model {text}"))?
         };
-        return Ok(Chosen {
-            label: abbreviate(text),
-            spec_text,
-            model,
-        });
+        return Ok(Chosen { label: abbreviate(text), spec_text, model });
     }
     if let Some(init) = &args.init {
         let metadata = io::read_metadata(init).context("--init")?;
         if let Some(text) = metadata.get("spec") {
-            let model = spec::parse(text).with_context(|| {
-                format!("--init {}: the `spec` in its metadata", init.display())
-            })?;
-            eprintln!(
-                "model: the spec stored in {} (pass --model to override)",
-                init.display()
-            );
+            let model =
+                spec::parse(text).with_context(|| format!("--init {}: the `spec` in its metadata", init.display()))?;
+            eprintln!("model: the spec stored in {} (pass --model to override)", init.display());
             let label = format!("spec of {}", init.display());
-            return Ok(Chosen {
-                label,
-                spec_text: text.clone(),
-                model,
-            });
+            return Ok(Chosen { label, spec_text: text.clone(), model });
         }
     }
-    Ok(Chosen {
-        label: "mlp12".into(),
-        spec_text: spec::mlp_json(64, 12),
-        model: spec::mlp12(),
-    })
+    Ok(Chosen { label: "mlp12".into(), spec_text: spec::mlp_json(64, 12), model: spec::mlp12() })
 }
 
 /// A spec argument short enough for a message (inline JSON can be long).
@@ -424,18 +398,12 @@ fn training_data(args: &TrainArgs, model: &Model) -> anyhow::Result<Vec<Batch>> 
 }
 
 /// Runs every step, reporting progress; returns the losses and wall seconds.
-fn train_steps(
-    trainer: &mut Trainer,
-    batches: &[Batch],
-    micro_batches: usize,
-) -> anyhow::Result<(Vec<f32>, f64)> {
+fn train_steps(trainer: &mut Trainer, batches: &[Batch], micro_batches: usize) -> anyhow::Result<(Vec<f32>, f64)> {
     let mut progress = Progress::new(batches.len());
     let mut losses = Vec::with_capacity(batches.len());
     for (step, batch) in batches.iter().enumerate() {
         let step_id = u32::try_from(step).context("too many steps")?;
-        let loss = trainer
-            .step(step_id, batch, micro_batches)
-            .with_context(|| format!("training step {step}"))?;
+        let loss = trainer.step(step_id, batch, micro_batches).with_context(|| format!("training step {step}"))?;
         progress.step(step, loss, batch.rows());
         losses.push(loss);
     }
@@ -443,23 +411,14 @@ fn train_steps(
 }
 
 /// Writes the final weights with the metadata needed to continue or compare.
-fn save(
-    args: &TrainArgs,
-    spec_text: &str,
-    params: &ParamStore,
-    steps: usize,
-    batch: usize,
-) -> anyhow::Result<()> {
+fn save(args: &TrainArgs, spec_text: &str, params: &ParamStore, steps: usize, batch: usize) -> anyhow::Result<()> {
     let metadata = HashMap::from([
         ("spec".to_string(), spec_text.to_string()),
         ("steps".to_string(), steps.to_string()),
         ("batch".to_string(), batch.to_string()),
         ("microbatches".to_string(), args.microbatches.to_string()),
         ("optimizer".to_string(), args.optimizer.to_string()),
-        (
-            "producer".to_string(),
-            format!("baton {}", env!("CARGO_PKG_VERSION")),
-        ),
+        ("producer".to_string(), format!("baton {}", env!("CARGO_PKG_VERSION"))),
     ]);
     io::save_params(&args.save, params, Some(metadata)).context("--save")?;
     eprintln!("saved final weights to {}", args.save.display());

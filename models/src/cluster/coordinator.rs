@@ -5,7 +5,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use baton_engine::pipeline::coordinator::{CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan};
+use baton_engine::pipeline::coordinator::{CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::{self, Message};
 use baton_transport::{Event, Node, PeerId};
 use crossbeam_channel::RecvTimeoutError;
@@ -16,6 +16,8 @@ use super::{send, worker_id};
 pub struct CoordinatorOptions<'a> {
     /// Called after every finished step with (step, minibatch-mean loss).
     pub on_step: &'a mut dyn FnMut(u32, f32),
+    /// Called after every completed migration.
+    pub on_migration: &'a mut dyn FnMut(&MigrationRecord),
     /// Worker processes launched by this coordinator, by worker number: an
     /// exit before the job ends fails the job at once.
     pub children: &'a mut [Child],
@@ -24,6 +26,8 @@ pub struct CoordinatorOptions<'a> {
 /// Who is who: transport peers and worker numbers.
 #[derive(Default)]
 struct Roster {
+    /// When each noticed worker must be gone (its process is killed then).
+    deadlines: Vec<(Instant, u32)>,
     names: HashMap<PeerId, String>,
     worker_of: HashMap<PeerId, u32>,
     peer_of: HashMap<u32, PeerId>,
@@ -40,15 +44,18 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, options: CoordinatorOptions<'
             Err(RecvTimeoutError::Timeout) => Vec::new(),
             Err(RecvTimeoutError::Disconnected) => bail!("the transport stopped"),
         };
-        let mut effects: Vec<CoordEffect> = events.into_iter().flat_map(|e| coordinator.handle(e)).collect();
-        effects.extend(coordinator.tick(start.elapsed()));
+        let now = start.elapsed();
+        let mut effects: Vec<CoordEffect> = events.into_iter().flat_map(|e| coordinator.handle(e, now)).collect();
+        effects.extend(coordinator.tick(now));
+        kill_at_deadline(&mut roster, options.children);
         if let Some(lost) = exited_child(options.children) {
-            effects.extend(coordinator.handle(lost));
+            effects.extend(coordinator.handle(lost, now));
         }
         for effect in effects {
             match effect {
                 CoordEffect::Send { worker, message } => deliver(node, &roster, worker, &message)?,
                 CoordEffect::StepFinished { step, loss } => (options.on_step)(step, loss),
+                CoordEffect::Migrated(record) => (options.on_migration)(&record),
                 CoordEffect::Done(outcome) => return Ok(*outcome),
                 CoordEffect::Failed(reason) => bail!("training failed: {reason}"),
             }
@@ -70,6 +77,9 @@ fn on_event(event: Event, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>
                 check_claim(roster.names.get(&peer).map_or("", String::as_str), *worker)?;
                 roster.worker_of.insert(peer, *worker);
                 roster.peer_of.insert(*worker, peer);
+            }
+            if let (Message::Notice { grace_ms, .. }, Some(&worker)) = (&message, roster.worker_of.get(&peer)) {
+                roster.deadlines.push((Instant::now() + Duration::from_millis(*grace_ms), worker));
             }
             match roster.worker_of.get(&peer) {
                 Some(&worker) => vec![CoordEvent::Message { worker, message }],
@@ -94,6 +104,24 @@ fn deliver(node: &Node, roster: &Roster, worker: u32, message: &Message) -> anyh
     }
     let peer = peer.with_context(|| format!("worker {worker} is not connected"))?;
     send(node, peer, message).with_context(|| format!("sending {} to worker {worker}", message.kind()))
+}
+
+/// Kills launched workers whose notice's grace ran out, whatever they are
+/// doing, as the cloud would.
+fn kill_at_deadline(roster: &mut Roster, children: &mut [Child]) {
+    let now = Instant::now();
+    roster.deadlines.retain(|&(deadline, worker)| {
+        if deadline > now {
+            return true;
+        }
+        if let Some(child) = children.get_mut(worker as usize) {
+            if matches!(child.try_wait(), Ok(None)) {
+                tracing::warn!(worker, "the grace period ran out: killing the worker");
+                child.kill().ok();
+            }
+        }
+        false
+    });
 }
 
 /// The first launched worker process that failed, as a lost-worker event.

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan};
+use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan, MigrationRecord};
 use baton_transport::{ClusterCa, Node};
 
 use super::{net_config, run_coordinator, worker_name, CoordinatorOptions, COORDINATOR_NAME};
@@ -20,6 +20,7 @@ pub struct LocalJob<'a> {
     /// Kernel threads per worker process.
     pub threads_per_worker: usize,
     pub on_step: &'a mut dyn FnMut(u32, f32),
+    pub on_migration: &'a mut dyn FnMut(&MigrationRecord),
 }
 
 /// Runs `job` with `job.plan.workers` worker processes and returns the outcome.
@@ -34,7 +35,7 @@ pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
     let node = Node::start("127.0.0.1:0".parse()?, ca.issue(COORDINATOR_NAME)?, net_config())
         .context("starting the coordinator's endpoint")?;
     let mut children = spawn_workers(&job, dir.path(), &node)?;
-    let options = CoordinatorOptions { on_step: job.on_step, children: &mut children };
+    let options = CoordinatorOptions { on_step: job.on_step, on_migration: job.on_migration, children: &mut children };
     let result = run_coordinator(&node, job.plan, options);
     // Closing our endpoint tells the lingering workers that every final
     // message was read; they exit on that.

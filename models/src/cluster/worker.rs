@@ -59,7 +59,12 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
         clock: Instant::now(),
     };
     let mut worker = Worker::new(options.id, crate::spec::factory());
-    let result = serve(node, &mut worker, &mut links).map(|()| linger(node, &links));
+    let result = serve(node, &mut worker, &mut links).map(|()| {
+        // A retired worker's layers are safe elsewhere: it just goes.
+        if !worker.retired() {
+            linger(node, &links);
+        }
+    });
     if let Err(e) = &result {
         // Tell the coordinator why, so the whole job stops with this reason.
         send_wait(node, coordinator, &Message::Abort { reason: format!("worker {}: {e:#}", options.id) }).ok();
@@ -125,7 +130,11 @@ fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -
                 links.clock = Instant::now();
                 start = Duration::ZERO;
             }
-            let outs = worker.handle(message)?;
+            let from = match links.workers.get(&peer) {
+                Some(&id) => Dest::Worker(id),
+                None => Dest::Coordinator,
+            };
+            let outs = worker.handle(from, message)?;
             push_span(worker, format!("recv {kind}"), "receive", start, links.clock.elapsed());
             execute(node, worker, links, outs)
         }
@@ -133,6 +142,8 @@ fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -
             bail!("the coordinator went away: {reason}")
         }
         Event::Disconnected { peer, reason } => match links.workers.get(&peer) {
+            // A worker that handed its layers away and retired may go.
+            Some(id) if !worker.peers().contains(id) => Ok(false),
             Some(id) => bail!("worker {id} went away: {reason}"),
             None => Ok(false),
         },
@@ -163,6 +174,18 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                     links.workers.insert(peer, p.worker);
                 }
                 maybe_ready(node, worker, links)?;
+            }
+            Out::Ship { generation, handovers, bytes } => {
+                let start = links.clock.elapsed();
+                for (to, message) in handovers {
+                    let peer = destination(links, Dest::Worker(to))?;
+                    send_wait(node, peer, &message).with_context(|| format!("handing layers to worker {to}"))?;
+                }
+                let shipped = links.clock.elapsed();
+                push_span(worker, format!("ship g{generation}"), "send", start, shipped);
+                let ship_us = (shipped - start).as_micros() as u64;
+                let report = worker.migrated(generation, bytes, ship_us);
+                send(node, links.coordinator, &report)?;
             }
             Out::Exit => return Ok(true),
         }

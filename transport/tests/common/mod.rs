@@ -33,11 +33,7 @@ pub fn node_with(ca: &ClusterCa, name: &str, config: NetConfig) -> Result<Node> 
 }
 
 /// The next event matching `pick`, skipping others, within `within`.
-pub fn wait_for<T>(
-    node: &Node,
-    within: Duration,
-    mut pick: impl FnMut(Event) -> Option<T>,
-) -> Result<T> {
+pub fn wait_for<T>(node: &Node, within: Duration, mut pick: impl FnMut(Event) -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -69,10 +65,7 @@ pub fn wait_disconnected(node: &Node, who: PeerId, within: Duration) -> Result<S
 /// Fails if `node` reports a `Connected` within `within`.
 pub fn assert_no_connected(node: &Node, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
-    while let Ok(event) = node
-        .events()
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-    {
+    while let Ok(event) = node.events().recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         if let Event::Connected { name, .. } = event {
             bail!("{} accepted {name}", node.name());
         }

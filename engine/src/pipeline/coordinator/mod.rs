@@ -1,17 +1,24 @@
 //! The coordinator's decisions as a state machine without I/O: membership,
-//! the partition, step progression, and the end of the run.
+//! the partition and its generations, step progression, migrations, and the
+//! end of the run.
 //!
-//! Events come from the driver (messages, lost peers, time); effects tell it
-//! what to send. Time is an argument, so deadlines are testable in memory.
+//! Events come from the driver (messages, lost peers) with the time as an
+//! argument; effects tell it what to send. So every deadline and every
+//! preemption point can be tested in memory.
 
-use std::collections::BTreeMap;
+mod migration;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
+use super::migrate::MovedBytes;
 use super::plan::{split_step, StepLosses};
-use super::protocol::{Assignment, Message, Placement, Span};
-use super::{Partition, ScheduleKind};
+use super::protocol::{Assignment, Message, Placement, PlannedNotice, Span};
+use super::{Layout, Partition, ScheduleKind};
 use crate::train::{Batch, Counters};
 use crate::{Error, OptimizerConfig, ParamStore, Result, Tensor};
+
+use migration::Migration;
 
 /// Everything the coordinator needs to run a job.
 #[derive(Clone, Debug)]
@@ -27,6 +34,8 @@ pub struct JobPlan {
     pub batches: Vec<Batch>,
     /// How long workers may take to register and connect.
     pub join_timeout: Duration,
+    /// Scripted preemption notices (`--preempt`), by worker.
+    pub notices: Vec<(u32, PlannedNotice)>,
 }
 
 /// What the driver reports.
@@ -50,10 +59,31 @@ pub enum CoordEffect {
         step: u32,
         loss: f32,
     },
+    /// A migration finished (for progress output).
+    Migrated(MigrationRecord),
     /// The job finished.
     Done(Box<JobOutcome>),
     /// The job cannot go on.
     Failed(String),
+}
+
+/// One completed migration, for the run report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationRecord {
+    pub generation: u32,
+    /// Workers that left.
+    pub leaving: Vec<u32>,
+    /// When the (first) notice reached the coordinator, since the job started.
+    pub notice_at: Duration,
+    /// When the first leaving worker must be gone.
+    pub deadline: Duration,
+    pub bytes: MovedBytes,
+    /// Longest time a worker spent delivering its handovers.
+    pub ship_time: Duration,
+    /// From the notice until every survivor computed again.
+    pub resumed_after: Duration,
+    pub before: Partition,
+    pub after: Partition,
 }
 
 /// The result of a finished job.
@@ -62,7 +92,9 @@ pub struct JobOutcome {
     pub params: ParamStore,
     pub losses: Vec<f32>,
     pub counters: Counters,
-    pub partitions: Vec<(u32, Partition)>,
+    /// The layout of every generation, in order.
+    pub partitions: Vec<Layout>,
+    pub migrations: Vec<MigrationRecord>,
     pub spans: BTreeMap<u32, Vec<Span>>,
 }
 
@@ -88,10 +120,20 @@ pub struct Coordinator {
     phase: Phase,
     started_at: Duration,
     addresses: BTreeMap<u32, String>,
-    ready: Vec<bool>,
+    /// Workers of the current generation, in stage order, with their layers.
+    placements: Vec<Placement>,
+    ready: BTreeSet<u32>,
+    retired: BTreeSet<u32>,
+    /// Notices not yet acted on: (worker, when, grace).
+    notices: VecDeque<(u32, Duration, Duration)>,
+    migration: Option<Migration>,
     losses: Vec<f32>,
     step_losses: Option<StepLosses>,
     finals: BTreeMap<u32, (Vec<(String, Tensor)>, Counters, Vec<Span>)>,
+    partitions: Vec<Layout>,
+    migrations: Vec<MigrationRecord>,
+    /// Counters and timelines of workers that left.
+    retired_work: Vec<(u32, Counters, Vec<Span>)>,
 }
 
 impl Coordinator {
@@ -101,18 +143,24 @@ impl Coordinator {
         if plan.batches.is_empty() {
             return Err(Error::Data("a job needs at least one step of data".into()));
         }
-        let ready = vec![false; plan.workers];
         Ok(Coordinator {
+            partitions: vec![Layout::new(0, &partition, &(0..plan.workers as u32).collect::<Vec<_>>())],
             plan,
             partition,
             generation: 0,
             phase: Phase::Registering,
             started_at: now,
             addresses: BTreeMap::new(),
-            ready,
+            placements: Vec::new(),
+            ready: BTreeSet::new(),
+            retired: BTreeSet::new(),
+            notices: VecDeque::new(),
+            migration: None,
             losses: Vec::new(),
             step_losses: None,
             finals: BTreeMap::new(),
+            migrations: Vec::new(),
+            retired_work: Vec::new(),
         })
     }
 
@@ -130,30 +178,36 @@ impl Coordinator {
         let waiting = matches!(self.phase, Phase::Registering | Phase::Connecting);
         if waiting && now.saturating_sub(self.started_at) > self.plan.join_timeout {
             let joined = self.addresses.len();
-            let ready = self.ready.iter().filter(|r| **r).count();
             return self.fail(format!(
-                "workers did not join within {:?}: {joined} of {} registered, {ready} connected to their peers",
-                self.plan.join_timeout, self.plan.workers
+                "workers did not join within {:?}: {joined} of {} registered, {} connected to their peers",
+                self.plan.join_timeout,
+                self.plan.workers,
+                self.ready.len()
             ));
         }
-        Vec::new()
+        match self.migration_overdue(now) {
+            Some(reason) => self.fail(reason),
+            None => Vec::new(),
+        }
     }
 
-    /// Takes in one event and returns what to do.
-    pub fn handle(&mut self, event: CoordEvent) -> Vec<CoordEffect> {
+    /// Takes in one event at time `now` and returns what to do.
+    pub fn handle(&mut self, event: CoordEvent, now: Duration) -> Vec<CoordEffect> {
         if self.phase == Phase::Over {
             return Vec::new();
         }
         let result = match event {
-            // A worker that delivered its final state may go away.
-            CoordEvent::Lost { worker, .. } if self.finals.contains_key(&worker) => Ok(Vec::new()),
+            // A worker that delivered its final state, or retired, may go away.
+            CoordEvent::Lost { worker, .. } if self.finals.contains_key(&worker) || self.retired.contains(&worker) => {
+                Ok(Vec::new())
+            }
             CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!("worker {worker} was lost: {reason}"))),
-            CoordEvent::Message { worker, message } => self.on_message(worker, message),
+            CoordEvent::Message { worker, message } => self.on_message(worker, message, now),
         };
         result.unwrap_or_else(|e| self.fail(e.to_string()))
     }
 
-    fn on_message(&mut self, worker: u32, message: Message) -> Result<Vec<CoordEffect>> {
+    fn on_message(&mut self, worker: u32, message: Message, now: Duration) -> Result<Vec<CoordEffect>> {
         if worker as usize >= self.plan.workers {
             return Err(Error::Pipeline(format!(
                 "worker {worker} is not part of this job of {} workers",
@@ -166,6 +220,12 @@ impl Coordinator {
             Message::Loss { step, micro, value } => self.on_loss(step, micro, value),
             Message::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer),
             Message::Final { params, counters, spans, .. } => self.on_final(worker, params, counters, spans),
+            Message::Notice { grace_ms, .. } => self.on_notice(worker, Duration::from_millis(grace_ms), now),
+            Message::Paused { sent, .. } => self.on_paused(worker, sent),
+            Message::Migrated { bytes, ship_us, farewell, .. } => {
+                self.on_migrated(worker, bytes, ship_us, farewell, now)
+            }
+            Message::Resumed { .. } => self.on_resumed(worker, now),
             Message::Abort { reason } => Err(Error::Pipeline(format!("worker {worker} aborted: {reason}"))),
             other => Err(Error::Pipeline(format!("worker {worker} sent an unexpected {} message", other.kind()))),
         }
@@ -185,56 +245,65 @@ impl Coordinator {
             return Ok(Vec::new());
         }
         self.phase = Phase::Connecting;
+        self.placements = self.placements_for(&self.partition, &(0..self.plan.workers as u32).collect::<Vec<_>>());
         (0..self.plan.workers as u32)
             .map(|w| Ok(CoordEffect::Send { worker: w, message: self.assignment(w) }))
             .collect()
     }
 
+    /// Placements of `partition` on `workers` (stage i on `workers[i]`).
+    fn placements_for(&self, partition: &Partition, workers: &[u32]) -> Vec<Placement> {
+        let place = |(r, &w): (&std::ops::Range<u32>, &u32)| Placement {
+            worker: w,
+            address: self.addresses.get(&w).cloned().unwrap_or_default(),
+            first: r.start,
+            end: r.end,
+        };
+        partition.stages.iter().zip(workers).map(place).collect()
+    }
+
     fn assignment(&self, worker: u32) -> Message {
-        let placements = self
-            .partition
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(w, r)| Placement {
-                worker: w as u32,
-                address: self.addresses[&(w as u32)].clone(),
-                first: r.start,
-                end: r.end,
-            })
-            .collect();
-        let layers = self.partition.stages[worker as usize].clone();
-        let params = layers.flat_map(|l| self.plan.params.with_prefix(&format!("layers.{l}."))).collect();
+        let mine = self.placements.iter().find(|p| p.worker == worker).expect("every registered worker is placed");
+        let params =
+            (mine.first..mine.end).flat_map(|l| self.plan.params.with_prefix(&format!("layers.{l}."))).collect();
+        let notices = self.plan.notices.iter().filter(|(w, _)| *w == worker).map(|(_, n)| *n).collect();
         Message::Assign(Assignment {
             generation: self.generation,
             spec: self.plan.spec.clone(),
             optimizer: self.plan.optimizer.to_string(),
             schedule: self.plan.schedule.to_string(),
-            placements,
+            placements: self.placements.clone(),
             params,
+            notices,
         })
     }
 
     fn on_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
-        if self.phase != Phase::Connecting {
+        if self.phase != Phase::Connecting || !self.ready.insert(worker) {
             return Err(Error::Pipeline(format!("worker {worker} reported ready out of turn")));
         }
-        self.ready[worker as usize] = true;
-        if self.ready.iter().all(|r| *r) {
+        if self.ready.len() == self.plan.workers {
             return self.start_step(0);
         }
         Ok(Vec::new())
+    }
+
+    fn members(&self) -> Vec<u32> {
+        self.placements.iter().map(|p| p.worker).collect()
     }
 
     fn start_step(&mut self, step: u32) -> Result<Vec<CoordEffect>> {
         let split = split_step(&self.plan.batches[step as usize], self.plan.micro_batches)?;
         self.step_losses = Some(StepLosses::new(split.rows.clone()));
         self.phase = Phase::Running { step, updated: vec![false; self.plan.costs.len()] };
-        let last = self.plan.workers as u32 - 1;
-        Ok((0..=last)
+        let first = self.placements.first().map(|p| p.worker);
+        let last = self.placements.last().map(|p| p.worker);
+        Ok(self
+            .members()
+            .into_iter()
             .map(|w| {
-                let inputs = if w == 0 { split.inputs.clone() } else { Vec::new() };
-                let targets = if w == last { split.targets.clone() } else { Vec::new() };
+                let inputs = if Some(w) == first { split.inputs.clone() } else { Vec::new() };
+                let targets = if Some(w) == last { split.targets.clone() } else { Vec::new() };
                 let message = Message::StepStart { step, rows: split.rows.clone(), inputs, targets };
                 CoordEffect::Send { worker: w, message }
             })
@@ -250,7 +319,8 @@ impl Coordinator {
     }
 
     fn on_layer_updated(&mut self, worker: u32, step: u32, layer: u32) -> Result<Vec<CoordEffect>> {
-        let out_of_turn = || Error::Pipeline(format!("worker {worker} updated layer {layer} for step {step} out of turn"));
+        let out_of_turn =
+            || Error::Pipeline(format!("worker {worker} updated layer {layer} for step {step} out of turn"));
         match &mut self.phase {
             Phase::Running { step: current, updated } if *current == step => {
                 let slot = updated.get_mut(layer as usize).ok_or_else(out_of_turn)?;
@@ -263,7 +333,9 @@ impl Coordinator {
         self.maybe_finish_step()
     }
 
-    /// A step ends when every layer received its update and every loss is in.
+    /// A step ends when every layer received its update and every loss is
+    /// in; the next begins unless a migration is under way (it then begins
+    /// when the migration completes).
     fn maybe_finish_step(&mut self) -> Result<Vec<CoordEffect>> {
         let Phase::Running { step, updated } = &self.phase else {
             return Ok(Vec::new());
@@ -272,7 +344,7 @@ impl Coordinator {
         let (step, Some(loss)) = (*step, loss) else {
             return Ok(Vec::new());
         };
-        if !updated.iter().all(|u| *u) {
+        if !updated.iter().all(|u| *u) || self.migration.is_some() {
             return Ok(Vec::new());
         }
         self.losses.push(loss);
@@ -281,9 +353,8 @@ impl Coordinator {
             effects.extend(self.start_step(step + 1)?);
         } else {
             self.phase = Phase::Finishing;
-            effects.extend(
-                (0..self.plan.workers as u32).map(|w| CoordEffect::Send { worker: w, message: Message::Finish }),
-            );
+            effects
+                .extend(self.members().into_iter().map(|w| CoordEffect::Send { worker: w, message: Message::Finish }));
         }
         Ok(effects)
     }
@@ -298,7 +369,7 @@ impl Coordinator {
         if self.phase != Phase::Finishing || self.finals.insert(worker, (params, counters, spans)).is_some() {
             return Err(Error::Pipeline(format!("worker {worker} sent its final state out of turn")));
         }
-        if self.finals.len() < self.plan.workers {
+        if self.finals.len() < self.placements.len() {
             return Ok(Vec::new());
         }
         self.phase = Phase::Over;
@@ -310,10 +381,13 @@ impl Coordinator {
             params: ParamStore::new(),
             losses: std::mem::take(&mut self.losses),
             counters: Counters::default(),
-            partitions: vec![(self.generation, self.partition.clone())],
+            partitions: std::mem::take(&mut self.partitions),
+            migrations: std::mem::take(&mut self.migrations),
             spans: BTreeMap::new(),
         };
-        for (worker, (params, counters, spans)) in std::mem::take(&mut self.finals) {
+        let finals = std::mem::take(&mut self.finals).into_iter().map(|(w, (p, c, s))| (w, p, c, s));
+        let retired = std::mem::take(&mut self.retired_work).into_iter().map(|(w, c, s)| (w, Vec::new(), c, s));
+        for (worker, params, counters, spans) in finals.chain(retired) {
             outcome.params.extend(params);
             outcome.counters.forward_layer_executions += counters.forward_layer_executions;
             outcome.counters.backward_layer_executions += counters.backward_layer_executions;

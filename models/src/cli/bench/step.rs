@@ -11,19 +11,15 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use baton_engine::{init, Optimizer, OptimizerConfig, Trainer};
 use baton_models::{io, spec};
-use clap::{Args, Subcommand};
+use clap::Args;
 use serde::Serialize;
 
+use super::{median, write_json};
+
 /// The PyTorch side of the comparison.
-const TORCH_SCRIPT: &str = include_str!("bench_torch.py");
+const TORCH_SCRIPT: &str = include_str!("../bench_torch.py");
 /// Environment variable naming the Python interpreter.
 const PYTHON_ENV: &str = "BATON_PYTHON";
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Training-step time of MLPs (forward, backward, Adam; M=1), vs PyTorch if available.
-    Step(StepArgs),
-}
 
 #[derive(Debug, Args)]
 pub struct StepArgs {
@@ -59,19 +55,10 @@ impl Config {
     }
 
     fn spec_json(&self) -> String {
-        let layer = |act: &str| {
-            format!(
-                r#"{{"type": "linear", "out": {}, "activation": "{act}"}}"#,
-                self.width
-            )
-        };
+        let layer = |act: &str| format!(r#"{{"type": "linear", "out": {}, "activation": "{act}"}}"#, self.width);
         let mut layers = vec![layer("relu"); self.layers - 1];
         layers.push(layer("none"));
-        format!(
-            r#"{{"input": {}, "layers": [{}], "loss": "mse"}}"#,
-            self.input,
-            layers.join(", ")
-        )
+        format!(r#"{{"input": {}, "layers": [{}], "loss": "mse"}}"#, self.input, layers.join(", "))
     }
 }
 
@@ -96,23 +83,14 @@ struct Table {
     rows: Vec<Row>,
 }
 
-/// Runs a bench subcommand.
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Step(args) => step(args),
-    }
-}
-
-fn step(args: StepArgs) -> anyhow::Result<()> {
+/// Runs `baton bench step`.
+pub fn run(args: StepArgs) -> anyhow::Result<()> {
     if args.steps == 0 {
         bail!("--steps 0: time at least one step");
     }
     let configs = configs(&thread_list(&args.threads_list)?, args.steps);
     eprintln!("timing {} configurations in baton...", configs.len());
-    let baton: Vec<f64> = configs
-        .iter()
-        .map(time_baton)
-        .collect::<anyhow::Result<_>>()?;
+    let baton: Vec<f64> = configs.iter().map(time_baton).collect::<anyhow::Result<_>>()?;
     let (torch, note) = match time_torch(&configs) {
         Ok((version, ms)) => (Some((version, ms)), None),
         Err(reason) => (None, Some(reason)),
@@ -123,16 +101,10 @@ fn step(args: StepArgs) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, (config, ms))| row(config, ms, torch.as_ref().map(|(_, t)| t[i])))
         .collect();
-    let table = Table {
-        torch: torch.map(|(v, _)| v),
-        note,
-        rows,
-    };
+    let table = Table { torch: torch.map(|(v, _)| v), note, rows };
     print_table(&table);
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&table)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("--json {}: cannot write", path.display()))?;
+        write_json(path, &table)?;
     }
     Ok(())
 }
@@ -170,11 +142,7 @@ fn configs(threads: &[usize], steps: usize) -> Vec<Config> {
         steps: steps * 20,
         ..big(t)
     };
-    threads
-        .iter()
-        .map(|&t| big(t))
-        .chain(threads.iter().map(|&t| small(t)))
-        .collect()
+    threads.iter().map(|&t| big(t)).chain(threads.iter().map(|&t| small(t))).collect()
 }
 
 /// Median milliseconds of one baton training step after warm-up.
@@ -196,23 +164,12 @@ fn time_baton(config: &Config) -> anyhow::Result<f64> {
     Ok(median(&mut times))
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// PyTorch's version and median ms per config, or why there is no comparison.
 fn time_torch(configs: &[Config]) -> Result<(String, Vec<f64>), String> {
     let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
-        .args(["-c", "import torch"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let probe = Command::new(&python).args(["-c", "import torch"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     if !probe.is_ok_and(|s| s.success()) {
-        return Err(format!(
-            "PyTorch not found ({python} -c 'import torch' failed): no comparison"
-        ));
+        return Err(format!("PyTorch not found ({python} -c 'import torch' failed): no comparison"));
     }
     eprintln!("timing the same steps in PyTorch ({python})...");
     let jobs = serde_json::to_string(configs).map_err(|e| e.to_string())?;
@@ -222,11 +179,7 @@ fn time_torch(configs: &[Config]) -> Result<(String, Vec<f64>), String> {
         .map_err(|e| format!("running {python} failed: {e}: no comparison"))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
-        return Err(format!(
-            "the PyTorch benchmark failed ({}): {}: no comparison",
-            output.status,
-            stderr.trim()
-        ));
+        return Err(format!("the PyTorch benchmark failed ({}): {}: no comparison", output.status, stderr.trim()));
     }
     #[derive(serde::Deserialize)]
     struct Reply {
@@ -236,9 +189,7 @@ fn time_torch(configs: &[Config]) -> Result<(String, Vec<f64>), String> {
     let reply: Reply = serde_json::from_slice(&output.stdout)
         .map_err(|e| format!("unreadable output of the PyTorch benchmark ({e}): no comparison"))?;
     if reply.ms.len() != configs.len() {
-        return Err(
-            "the PyTorch benchmark returned the wrong number of timings: no comparison".into(),
-        );
+        return Err("the PyTorch benchmark returned the wrong number of timings: no comparison".into());
     }
     Ok((reply.torch, reply.ms))
 }
@@ -256,10 +207,7 @@ fn row(config: Config, baton_ms: f64, torch_ms: Option<f64>) -> Row {
 }
 
 fn print_table(table: &Table) {
-    let torch = table
-        .torch
-        .as_deref()
-        .map_or(String::new(), |v| format!(" (PyTorch {v})"));
+    let torch = table.torch.as_deref().map_or(String::new(), |v| format!(" (PyTorch {v})"));
     println!("training step: forward + backward + Adam, M=1, median of timed steps{torch}");
     println!(
         "{:<18} {:>7} {:>10} {:>8} {:>10} {:>8} {:>12}",

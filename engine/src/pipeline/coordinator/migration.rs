@@ -1,0 +1,172 @@
+//! The coordinator's side of a migration: notices, the new layout, the
+//! drain counts, and completion.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::{CoordEffect, Coordinator, MigrationRecord, Phase};
+use crate::pipeline::migrate::MovedBytes;
+use crate::pipeline::protocol::{Message, Placement, Span};
+use crate::pipeline::{Layout, Partition};
+use crate::train::Counters;
+use crate::{Error, Result};
+
+/// A migration under way.
+#[derive(Debug)]
+pub(super) struct Migration {
+    generation: u32,
+    leaving: BTreeSet<u32>,
+    notice_at: Duration,
+    deadline: Duration,
+    partition: Partition,
+    placements: Vec<Placement>,
+    /// Data messages each member sent to each other member in the old generation.
+    paused: BTreeMap<u32, Vec<(u32, u64)>>,
+    migrated: BTreeMap<u32, (MovedBytes, Duration)>,
+    resumed: BTreeSet<u32>,
+}
+
+impl Coordinator {
+    pub(super) fn on_notice(&mut self, worker: u32, grace: Duration, now: Duration) -> Result<Vec<CoordEffect>> {
+        let leaving = self.migration.as_ref().is_some_and(|m| m.leaving.contains(&worker));
+        let queued = self.notices.iter().any(|(w, _, _)| *w == worker);
+        if leaving || queued || self.retired.contains(&worker) || self.phase == Phase::Finishing {
+            return Ok(Vec::new());
+        }
+        if !self.members().contains(&worker) {
+            return Err(Error::Pipeline(format!("a notice for worker {worker}, which holds no layers")));
+        }
+        self.notices.push_back((worker, now, now + grace));
+        self.start_migration()
+    }
+
+    /// Starts a migration for every queued notice, unless one is under way
+    /// (a notice arriving meanwhile waits for it to complete).
+    fn start_migration(&mut self) -> Result<Vec<CoordEffect>> {
+        if self.migration.is_some() || self.notices.is_empty() || !matches!(self.phase, Phase::Running { .. }) {
+            return Ok(Vec::new());
+        }
+        let notices: Vec<_> = self.notices.drain(..).collect();
+        let leaving: BTreeSet<u32> = notices.iter().map(|(w, _, _)| *w).collect();
+        let survivors: Vec<u32> = self.members().into_iter().filter(|w| !leaving.contains(w)).collect();
+        if survivors.is_empty() {
+            return Err(Error::Pipeline("every worker was preempted: nothing is left to take over the layers".into()));
+        }
+        let partition = Partition::balanced(&self.plan.costs, survivors.len())?;
+        let generation = self.generation + 1;
+        self.migration = Some(Migration {
+            generation,
+            notice_at: notices.iter().map(|n| n.1).min().unwrap_or_default(),
+            deadline: notices.iter().map(|n| n.2).min().unwrap_or_default(),
+            placements: self.placements_for(&partition, &survivors),
+            partition,
+            leaving,
+            paused: BTreeMap::new(),
+            migrated: BTreeMap::new(),
+            resumed: BTreeSet::new(),
+        });
+        let pause = |w| CoordEffect::Send { worker: w, message: Message::Pause { generation } };
+        Ok(self.members().into_iter().map(pause).collect())
+    }
+
+    fn migration_mut(&mut self, worker: u32, what: &str) -> Result<&mut Migration> {
+        self.migration
+            .as_mut()
+            .ok_or_else(|| Error::Pipeline(format!("worker {worker} sent `{what}` outside a migration")))
+    }
+
+    /// Once every member paused: the new layout, with each member's drain counts.
+    pub(super) fn on_paused(&mut self, worker: u32, sent: Vec<(u32, u64)>) -> Result<Vec<CoordEffect>> {
+        self.migration_mut(worker, "paused")?.paused.insert(worker, sent);
+        let members = self.members();
+        let m = self.migration.as_ref().expect("checked above");
+        if members.iter().any(|w| !m.paused.contains_key(w)) {
+            return Ok(Vec::new());
+        }
+        let expected_by = |receiver: u32| -> Vec<(u32, u64)> {
+            let from = |(sender, sent): (&u32, &Vec<(u32, u64)>)| {
+                sent.iter().find(|(to, _)| *to == receiver).map(|(_, n)| (*sender, *n))
+            };
+            m.paused.iter().filter_map(from).collect()
+        };
+        let repartition = |w: u32| CoordEffect::Send {
+            worker: w,
+            message: Message::Repartition {
+                generation: m.generation,
+                placements: m.placements.clone(),
+                expected: expected_by(w),
+            },
+        };
+        Ok(members.into_iter().map(repartition).collect())
+    }
+
+    pub(super) fn on_migrated(
+        &mut self,
+        worker: u32,
+        bytes: MovedBytes,
+        ship_us: u64,
+        farewell: Option<(Counters, Vec<Span>)>,
+        now: Duration,
+    ) -> Result<Vec<CoordEffect>> {
+        self.migration_mut(worker, "migrated")?.migrated.insert(worker, (bytes, Duration::from_micros(ship_us)));
+        if let Some((counters, spans)) = farewell {
+            self.retired_work.push((worker, counters, spans));
+        }
+        self.maybe_complete(now)
+    }
+
+    pub(super) fn on_resumed(&mut self, worker: u32, now: Duration) -> Result<Vec<CoordEffect>> {
+        self.migration_mut(worker, "resumed")?.resumed.insert(worker);
+        self.maybe_complete(now)
+    }
+
+    /// A migration completes when every member shipped and every survivor
+    /// resumed: the new generation is in force, leavers may exit, the next
+    /// queued notice (or the deferred end of step) is taken up.
+    fn maybe_complete(&mut self, now: Duration) -> Result<Vec<CoordEffect>> {
+        let members = self.members();
+        let Some(m) = &self.migration else { return Ok(Vec::new()) };
+        let survivors: Vec<u32> = m.placements.iter().map(|p| p.worker).collect();
+        if members.iter().any(|w| !m.migrated.contains_key(w)) || survivors.iter().any(|w| !m.resumed.contains(w)) {
+            return Ok(Vec::new());
+        }
+        let m = self.migration.take().expect("checked above");
+        let mut bytes = MovedBytes::default();
+        m.migrated.values().for_each(|(b, _)| bytes.add(b));
+        let record = MigrationRecord {
+            generation: m.generation,
+            leaving: m.leaving.iter().copied().collect(),
+            notice_at: m.notice_at,
+            deadline: m.deadline,
+            bytes,
+            ship_time: m.migrated.values().map(|(_, t)| *t).max().unwrap_or_default(),
+            resumed_after: now.saturating_sub(m.notice_at),
+            before: self.partition.clone(),
+            after: m.partition.clone(),
+        };
+        (self.generation, self.partition, self.placements) = (m.generation, m.partition.clone(), m.placements);
+        let workers: Vec<u32> = self.placements.iter().map(|p| p.worker).collect();
+        self.partitions.push(Layout::new(m.generation, &m.partition, &workers));
+        self.migrations.push(record.clone());
+        self.retired.extend(m.leaving.iter().copied());
+        let mut effects: Vec<CoordEffect> =
+            m.leaving.iter().map(|&w| CoordEffect::Send { worker: w, message: Message::Retire }).collect();
+        effects.push(CoordEffect::Migrated(record));
+        effects.extend(self.start_migration()?);
+        effects.extend(self.maybe_finish_step()?);
+        Ok(effects)
+    }
+
+    /// A migration whose leaving worker has not shipped by its deadline.
+    pub(super) fn migration_overdue(&self, now: Duration) -> Option<String> {
+        let m = self.migration.as_ref()?;
+        let late: Vec<u32> = m.leaving.iter().filter(|w| !m.migrated.contains_key(w)).copied().collect();
+        (now > m.deadline && !late.is_empty()).then(|| {
+            format!(
+                "worker(s) {late:?} did not finish shipping their layers before the preemption deadline \
+                 ({:?} after the notice); the recompute fallback is not implemented",
+                m.deadline.saturating_sub(m.notice_at)
+            )
+        })
+    }
+}

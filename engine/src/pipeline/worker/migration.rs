@@ -1,0 +1,146 @@
+//! The worker's side of a migration: pause, drain, ship, adopt, resume.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{owner_in, Dest, Mode, Out, Worker};
+use crate::pipeline::migrate::{Handover, MovedBytes};
+use crate::pipeline::protocol::{Message, Placement};
+use crate::pipeline::StageEvent;
+use crate::{Error, Result};
+
+impl Worker {
+    /// Stops at this action boundary and reports the data messages sent.
+    pub(super) fn pause(&mut self) -> Result<Vec<Out>> {
+        if let Mode::Running = self.mode {
+            self.mode = Mode::Paused;
+        }
+        let sent = self.sent.iter().map(|(w, n)| (*w, *n)).collect();
+        Ok(vec![Out::Send { to: Dest::Coordinator, message: Message::Paused { worker: self.id, sent } }])
+    }
+
+    /// An activation or gradient from a peer: counted and handed to the
+    /// stage, or kept for later when it belongs to the next generation.
+    pub(super) fn on_data(&mut self, from: Dest, generation: u32, message: Message) -> Result<Vec<Out>> {
+        let Dest::Worker(sender) = from else {
+            return Err(Error::Pipeline(format!("a {} message came from the coordinator", message.kind())));
+        };
+        if generation > self.generation {
+            self.early.push((sender, message));
+            return Ok(Vec::new());
+        }
+        if generation < self.generation {
+            return Err(Error::Pipeline(format!(
+                "worker {sender} sent a {} of generation {generation} after generation {} began",
+                message.kind(),
+                self.generation
+            )));
+        }
+        *self.received.entry(sender).or_default() += 1;
+        self.feed(message)?;
+        self.try_ship()
+    }
+
+    fn feed(&mut self, message: Message) -> Result<()> {
+        let event = match message {
+            Message::Activation { step, micro, layer, tensor, .. } => {
+                StageEvent::Activation { step, micro, layer, tensor }
+            }
+            Message::Gradient { step, micro, layer, tensor, .. } => StageEvent::Gradient { step, micro, layer, tensor },
+            other => return Err(Error::Pipeline(format!("{} is not a data message", other.kind()))),
+        };
+        self.stage_mut()?.handle(event)
+    }
+
+    /// Once every data message of the old generation is in: hands layers to
+    /// their new owners and starts waiting for the layers coming here.
+    pub(super) fn try_ship(&mut self) -> Result<Vec<Out>> {
+        let Mode::Draining { generation, placements, expected } = &self.mode else { return Ok(Vec::new()) };
+        if expected.iter().any(|(w, n)| self.received.get(w).copied().unwrap_or(0) < *n) {
+            return Ok(Vec::new());
+        }
+        let (generation, new) = (*generation, placements.clone());
+        let old = std::mem::replace(&mut self.placements, new.clone());
+        let (handovers, bytes) = self.release_moving(generation, &new)?;
+        let mut outs = vec![Out::Ship { generation, handovers, bytes }];
+        let Some(position) = new.iter().position(|p| p.worker == self.id) else {
+            self.mode = Mode::Leaving;
+            return Ok(outs);
+        };
+        let place = &new[position];
+        let from: BTreeSet<u32> = (place.first..place.end)
+            .map(|l| owner_in(&old, l))
+            .collect::<Result<BTreeSet<u32>>>()?
+            .into_iter()
+            .filter(|&w| w != self.id)
+            .collect();
+        self.stage_mut()?.reassign(place.first..place.end, (position as u32, new.len() as u32))?;
+        self.mode = Mode::Adopting { generation, from };
+        outs.extend(self.adopt_waiting()?);
+        Ok(outs)
+    }
+
+    /// Releases every layer whose owner changes, one handover per new owner.
+    fn release_moving(&mut self, generation: u32, new: &[Placement]) -> Result<(Vec<(u32, Message)>, MovedBytes)> {
+        let me = self.id;
+        let stage = self.stage_mut()?;
+        let mut by_owner: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for layer in stage.layers() {
+            let owner = owner_in(new, layer)?;
+            if owner != me {
+                by_owner.entry(owner).or_default().push(layer);
+            }
+        }
+        let mut bytes = MovedBytes::default();
+        let mut handovers = Vec::new();
+        for (owner, layers) in by_owner {
+            let handover = stage.release(&layers)?;
+            bytes.add(&handover.bytes());
+            handovers.push((owner, Message::Handover { generation, handover }));
+        }
+        Ok((handovers, bytes))
+    }
+
+    /// A handover for this worker: adopted now, or kept until this worker
+    /// has shipped its own (its layer range changes only then).
+    pub(super) fn on_handover(&mut self, from: Dest, generation: u32, handover: Handover) -> Result<Vec<Out>> {
+        let Dest::Worker(sender) = from else {
+            return Err(Error::Pipeline("a handover came from the coordinator".into()));
+        };
+        self.early.push((sender, Message::Handover { generation, handover }));
+        self.adopt_waiting()
+    }
+
+    /// Adopts the handovers that arrived, and resumes once all are in.
+    fn adopt_waiting(&mut self) -> Result<Vec<Out>> {
+        let Mode::Adopting { generation, .. } = self.mode else { return Ok(Vec::new()) };
+        let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early)
+            .into_iter()
+            .partition(|(_, m)| matches!(m, Message::Handover { generation: g, .. } if *g == generation));
+        self.early = rest;
+        for (sender, message) in ready {
+            let Message::Handover { handover, .. } = message else { unreachable!("partitioned on handovers") };
+            self.stage_mut()?.adopt(handover)?;
+            if let Mode::Adopting { from, .. } = &mut self.mode {
+                from.remove(&sender);
+            }
+        }
+        match &self.mode {
+            Mode::Adopting { from, .. } if from.is_empty() => self.resume(generation),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Every handover is in: the new generation begins here.
+    fn resume(&mut self, generation: u32) -> Result<Vec<Out>> {
+        self.stage_mut()?.resume();
+        (self.generation, self.mode) = (generation, Mode::Running);
+        self.sent.clear();
+        self.received.clear();
+        let mut outs =
+            vec![Out::Send { to: Dest::Coordinator, message: Message::Resumed { worker: self.id, generation } }];
+        for (sender, message) in std::mem::take(&mut self.early) {
+            outs.extend(self.handle(Dest::Worker(sender), message)?);
+        }
+        Ok(outs)
+    }
+}

@@ -1,0 +1,294 @@
+//! A worker's protocol logic without I/O: turns the coordinator's assignment
+//! into a [`Stage`], feeds it messages, routes its effects to the owner of
+//! each layer, and takes part in migrations. The driver moves the bytes and
+//! runs the ready work one unit at a time (so it can time it and stop at
+//! action boundaries).
+//!
+//! A migration, seen from one worker: `Pause` (stop at the next action
+//! boundary, report how many data messages went to each peer) →
+//! `Repartition` (wait until every data message of the old generation has
+//! arrived, then hand layers to their new owners) → adopt the handovers
+//! addressed to it → `Resumed`. Data messages carry their generation, so a
+//! message of the new generation that overtakes the drain waits its turn.
+
+mod migration;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::migrate::MovedBytes;
+use super::protocol::{Assignment, Message, Placement, PlannedNotice, Span};
+use super::stage::Work;
+use super::{Effect, ScheduleKind, Stage, StageEvent};
+use crate::{Error, Model, Optimizer, ParamStore, Result};
+
+/// Builds a model from its spec (JSON); the models crate provides it.
+pub type ModelFactory = Box<dyn Fn(&str) -> Result<Model> + Send>;
+
+/// Where a message goes, or where it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    Coordinator,
+    Worker(u32),
+}
+
+/// What the worker asks the driver to do.
+#[derive(Debug, PartialEq)]
+pub enum Out {
+    Send {
+        to: Dest,
+        message: Message,
+    },
+    /// Connect to these workers (the ones with a lower number; higher ones connect to us).
+    Connect(Vec<Placement>),
+    /// Deliver these handovers (waiting until each is received), then tell
+    /// the coordinator with `Migrated` how long it took ([`Worker::migrated`]).
+    Ship {
+        generation: u32,
+        handovers: Vec<(u32, Message)>,
+        bytes: MovedBytes,
+    },
+    /// This worker's part is over: the driver sends nothing more and exits.
+    Exit,
+}
+
+/// Where the worker is in a migration.
+#[derive(Debug)]
+enum Mode {
+    Running,
+    /// Stopped at an action boundary (after a notice or a `Pause`).
+    Paused,
+    /// Waiting for the old generation's data messages, then ships.
+    Draining {
+        generation: u32,
+        placements: Vec<Placement>,
+        expected: BTreeMap<u32, u64>,
+    },
+    /// Shipped; waiting for handovers from these workers.
+    Adopting {
+        generation: u32,
+        from: BTreeSet<u32>,
+    },
+    /// Not part of the new generation: everything shipped, waiting for `Retire`.
+    Leaving,
+}
+
+/// One worker process's state.
+pub struct Worker {
+    pub id: u32,
+    factory: ModelFactory,
+    stage: Option<Stage>,
+    placements: Vec<Placement>,
+    generation: u32,
+    mode: Mode,
+    /// Data messages sent to / received from each worker in this generation.
+    sent: BTreeMap<u32, u64>,
+    received: BTreeMap<u32, u64>,
+    /// Messages of the next generation that arrived during a migration.
+    early: Vec<(u32, Message)>,
+    notices: Vec<PlannedNotice>,
+    /// Compute actions completed in the step in progress (for scripted notices).
+    actions_in_step: (u32, u32),
+    pub spans: Vec<Span>,
+}
+
+impl Worker {
+    pub fn new(id: u32, factory: ModelFactory) -> Worker {
+        Worker {
+            id,
+            factory,
+            stage: None,
+            placements: Vec::new(),
+            generation: 0,
+            mode: Mode::Running,
+            sent: BTreeMap::new(),
+            received: BTreeMap::new(),
+            early: Vec::new(),
+            notices: Vec::new(),
+            actions_in_step: (0, 0),
+            spans: Vec::new(),
+        }
+    }
+
+    /// True once this worker handed all its layers away and was told to go.
+    pub fn retired(&self) -> bool {
+        matches!(self.mode, Mode::Leaving)
+    }
+
+    /// True once the coordinator's assignment arrived.
+    pub fn assigned(&self) -> bool {
+        self.stage.is_some()
+    }
+
+    /// Workers this one must be connected to before it is ready (all others).
+    pub fn peers(&self) -> Vec<u32> {
+        self.placements.iter().map(|p| p.worker).filter(|&w| w != self.id).collect()
+    }
+
+    /// The message (to the coordinator) that says every peer is connected.
+    pub fn ready_message(&self) -> Message {
+        Message::Ready { worker: self.id }
+    }
+
+    /// The step in progress, once the stage has one.
+    pub fn current_step(&self) -> Option<u32> {
+        self.stage.as_ref().and_then(Stage::current_step)
+    }
+
+    /// The next ready unit of work, if any (none while a migration is under way).
+    pub fn ready(&self) -> Option<Work> {
+        match self.mode {
+            Mode::Running => self.stage.as_ref().and_then(Stage::ready),
+            _ => None,
+        }
+    }
+
+    /// A preemption notice from outside (SIGTERM, a cloud poller, the
+    /// coordinator): stops at this action boundary and tells the coordinator.
+    pub fn notice(&mut self, grace_ms: u64) -> Vec<Out> {
+        if !matches!(self.mode, Mode::Running) {
+            return Vec::new();
+        }
+        self.mode = Mode::Paused;
+        vec![Out::Send { to: Dest::Coordinator, message: Message::Notice { worker: self.id, grace_ms } }]
+    }
+
+    /// Takes in a message from the coordinator or a peer.
+    pub fn handle(&mut self, from: Dest, message: Message) -> Result<Vec<Out>> {
+        match message {
+            Message::Assign(assignment) => self.assign(assignment),
+            Message::StepStart { step, rows, inputs, targets } => {
+                self.stage_mut()?.handle(StageEvent::StepStart { step, rows, inputs, targets })?;
+                Ok(self.due_notice(step, 0))
+            }
+            Message::Activation { generation, .. } | Message::Gradient { generation, .. } => {
+                self.on_data(from, generation, message)
+            }
+            Message::Pause { .. } => self.pause(),
+            Message::Repartition { generation, placements, expected } => {
+                self.mode = Mode::Draining { generation, placements, expected: expected.into_iter().collect() };
+                self.try_ship()
+            }
+            Message::Handover { generation, handover } => self.on_handover(from, generation, handover),
+            Message::Retire => Ok(vec![Out::Exit]),
+            Message::Finish => self.finish(),
+            Message::Abort { reason } => Err(Error::Pipeline(format!("the coordinator aborted the run: {reason}"))),
+            other => Err(Error::Pipeline(format!("worker {} got an unexpected {} message", self.id, other.kind()))),
+        }
+    }
+
+    fn stage_mut(&mut self) -> Result<&mut Stage> {
+        self.stage.as_mut().ok_or_else(|| Error::Pipeline("a step message arrived before the assignment".into()))
+    }
+
+    fn assign(&mut self, a: Assignment) -> Result<Vec<Out>> {
+        let position = a
+            .placements
+            .iter()
+            .position(|p| p.worker == self.id)
+            .ok_or_else(|| Error::Pipeline(format!("the assignment has no place for worker {}", self.id)))?;
+        let model = Arc::new((self.factory)(&a.spec)?);
+        let place = &a.placements[position];
+        let params: ParamStore = a.params.into_iter().collect();
+        let kind: ScheduleKind = a.schedule.parse()?;
+        let at = (position as u32, a.placements.len() as u32);
+        let stage = Stage::new(model, place.first..place.end, at, kind, params, Optimizer::new(a.optimizer.parse()?))?;
+        self.stage = Some(stage);
+        self.generation = a.generation;
+        self.notices = a.notices;
+        let lower = a.placements.iter().filter(|p| p.worker < self.id).cloned().collect();
+        self.placements = a.placements;
+        Ok(vec![Out::Connect(lower)])
+    }
+
+    /// Runs the next ready unit of work and routes its effects.
+    pub fn run_next(&mut self) -> Result<Vec<Out>> {
+        let work = self.ready();
+        let effects = self.stage_mut()?.run_next()?;
+        let mut outs = effects.into_iter().map(|e| self.route(e)).collect::<Result<Vec<Out>>>()?;
+        if let Some(Work::Compute(_)) = work {
+            outs.extend(self.count_action());
+        }
+        Ok(outs)
+    }
+
+    /// Counts compute actions per step and raises a scripted notice when due.
+    fn count_action(&mut self) -> Vec<Out> {
+        let step = self.current_step().unwrap_or(0);
+        let (counted, done) = self.actions_in_step;
+        self.actions_in_step = if counted == step { (step, done + 1) } else { (step, 1) };
+        self.due_notice(step, self.actions_in_step.1)
+    }
+
+    /// Raises the scripted notice for (`step`, `actions`), if there is one.
+    fn due_notice(&mut self, step: u32, actions: u32) -> Vec<Out> {
+        match self.notices.iter().position(|n| n.step == step && n.actions == actions) {
+            Some(i) => {
+                let notice = self.notices.remove(i);
+                self.notice(notice.grace_ms)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn owner(&self, layer: u32) -> Result<u32> {
+        owner_in(&self.placements, layer)
+    }
+
+    fn route(&mut self, effect: Effect) -> Result<Out> {
+        let generation = self.generation;
+        let (to, message) = match effect {
+            Effect::SendActivation { step, micro, layer, tensor } => {
+                (self.data_to(layer)?, Message::Activation { generation, step, micro, layer, tensor })
+            }
+            Effect::SendGradient { step, micro, layer, tensor } => {
+                (self.data_to(layer)?, Message::Gradient { generation, step, micro, layer, tensor })
+            }
+            Effect::Loss { step, micro, value } => (Dest::Coordinator, Message::Loss { step, micro, value }),
+            Effect::LayerUpdated { step, layer } => (Dest::Coordinator, Message::LayerUpdated { step, layer }),
+        };
+        Ok(Out::Send { to, message })
+    }
+
+    /// The owner of `layer`, counting the data message sent to it.
+    fn data_to(&mut self, layer: u32) -> Result<Dest> {
+        let owner = self.owner(layer)?;
+        *self.sent.entry(owner).or_default() += 1;
+        Ok(Dest::Worker(owner))
+    }
+
+    fn finish(&mut self) -> Result<Vec<Out>> {
+        let stage = self.stage.take().ok_or_else(|| Error::Pipeline("finish before any assignment".into()))?;
+        if !stage.idle() {
+            return Err(Error::Pipeline("finish arrived in the middle of a step".into()));
+        }
+        let message = Message::Final {
+            worker: self.id,
+            params: stage.params.into_iter().collect(),
+            counters: stage.counters,
+            spans: std::mem::take(&mut self.spans),
+        };
+        Ok(vec![Out::Send { to: Dest::Coordinator, message }, Out::Exit])
+    }
+}
+
+impl Worker {
+    /// The report after shipping; a leaving worker hands over its counters
+    /// and timeline, since it will send no final message.
+    pub fn migrated(&mut self, generation: u32, bytes: MovedBytes, ship_us: u64) -> Message {
+        let farewell = match (&self.mode, &self.stage) {
+            (Mode::Leaving, Some(stage)) => Some((stage.counters, std::mem::take(&mut self.spans))),
+            _ => None,
+        };
+        Message::Migrated { worker: self.id, generation, bytes, ship_us, farewell }
+    }
+}
+
+/// The worker that holds `layer` in `placements`.
+pub(crate) fn owner_in(placements: &[Placement], layer: u32) -> Result<u32> {
+    placements
+        .iter()
+        .find(|p| (p.first..p.end).contains(&layer))
+        .map(|p| p.worker)
+        .ok_or_else(|| Error::Pipeline(format!("no worker holds layer {layer}")))
+}

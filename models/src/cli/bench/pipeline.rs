@@ -1,0 +1,353 @@
+//! `baton bench pipeline`: what a training step costs on 3 worker processes
+//! against one process, for mlp12 and a 12-layer MLP of width 1024.
+//!
+//! Cost is total CPU time (user + system) of `baton train` run as a child of
+//! this process: `getrusage(RUSAGE_CHILDREN)` before and after waiting for
+//! it. That counts the coordinator and the worker processes it reaps, and
+//! compares fairly on a machine with fewer cores than processes, where wall
+//! time does not. Each configuration trains N and 3N steps and the table
+//! shows `(cost(3N) - cost(N)) / 2N`: process start-up, certificates,
+//! connection set-up, initialisation, reading the data file and saving the
+//! weights cost the same in both runs and cancel. Every process runs one
+//! kernel thread (`--threads 1`), so both sides do the same arithmetic on
+//! the same number of threads.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use baton_engine::init::SplitMix64;
+use baton_engine::{ParamStore, Tensor};
+use baton_models::{io, spec};
+use clap::Args;
+use serde::Serialize;
+
+use super::write_json;
+
+/// Worker processes of the pipelined side.
+const WORKERS: usize = 3;
+const MICROBATCHES: usize = 4;
+const OPTIMIZER: &str = "adam:lr=1e-4";
+/// mlp12 steps cost ~1/500 of a W=1024 step: it trains this many times as many.
+const SMALL_FACTOR: usize = 50;
+/// The issue's target for total CPU of the pipelined run over one process.
+const TARGET_RATIO: f64 = 1.15;
+
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// N: every configuration of the W=1024 model trains N and then 3N steps
+    /// (mlp12 50x as many); the difference is divided by 2N.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    steps: usize,
+    /// Also write the table as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// One benchmarked model: `spec::mlp_json(width, layers)` (input and output
+/// width too, relu, mse) trained on batches of `batch` rows.
+#[derive(Clone, Debug, Serialize)]
+struct Case {
+    name: &'static str,
+    width: usize,
+    layers: usize,
+    batch: usize,
+    /// N: the short run; the long run trains 3N.
+    steps: usize,
+}
+
+/// CPU and wall seconds of one run, or of one step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+struct Cost {
+    cpu_s: f64,
+    wall_s: f64,
+}
+
+impl Cost {
+    /// Cost per step of the `extra` steps `long` trained beyond `short`:
+    /// whatever both runs paid regardless of their length cancels.
+    fn per_step(short: Cost, long: Cost, extra: usize) -> Cost {
+        let n = extra.max(1) as f64;
+        Cost { cpu_s: (long.cpu_s - short.cpu_s) / n, wall_s: (long.wall_s - short.wall_s) / n }
+    }
+}
+
+/// One side (one process, or the workers) of a row: both runs and the per-step cost.
+#[derive(Debug, Serialize)]
+struct Side {
+    workers: usize,
+    short: Cost,
+    long: Cost,
+    per_step: Cost,
+}
+
+/// One model: both sides and the ratio the issue's target is about.
+#[derive(Debug, Serialize)]
+struct Row {
+    #[serde(flatten)]
+    case: Case,
+    single: Side,
+    pipelined: Side,
+    /// Pipelined CPU per step over single-process CPU per step.
+    cpu_ratio: f64,
+}
+
+/// The whole result, as written by --json.
+#[derive(Debug, Serialize)]
+struct Table {
+    cores: usize,
+    microbatches: usize,
+    optimizer: &'static str,
+    kernel_threads_per_process: usize,
+    target_cpu_ratio: f64,
+    rows: Vec<Row>,
+}
+
+/// Runs `baton bench pipeline`.
+pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
+    if args.steps == 0 {
+        bail!("--steps 0: the short run needs at least one step");
+    }
+    let exe = std::env::current_exe().context("locating the baton binary to run")?;
+    let dir = tempfile::Builder::new().prefix("baton-bench-").tempdir().context("creating a scratch directory")?;
+    let rows = cases(args.steps)
+        .into_iter()
+        .map(|case| measure_case(&exe, dir.path(), case))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let table = Table {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        microbatches: MICROBATCHES,
+        optimizer: OPTIMIZER,
+        kernel_threads_per_process: 1,
+        target_cpu_ratio: TARGET_RATIO,
+        rows,
+    };
+    print_table(&table);
+    if let Some(path) = &args.json {
+        write_json(path, &table)?;
+    }
+    Ok(())
+}
+
+/// mlp12 (W=64, B=32) and the 12-layer W=1024 MLP (B=256).
+fn cases(steps: usize) -> [Case; 2] {
+    [
+        Case { name: "mlp12 W=64 B=32", width: 64, layers: 12, batch: 32, steps: steps.saturating_mul(SMALL_FACTOR) },
+        Case { name: "mlp W=1024 B=256", width: 1024, layers: 12, batch: 256, steps },
+    ]
+}
+
+/// Trains `case` for N and 3N steps on one process and on `WORKERS`.
+fn measure_case(exe: &Path, dir: &Path, case: Case) -> anyhow::Result<Row> {
+    let (short, long) = (case.steps, case.steps.saturating_mul(3));
+    let data = dir.join(format!("data-{}.safetensors", case.width));
+    write_data(&data, &case, long)?;
+    let mut runs = Vec::new();
+    for steps in [short, long] {
+        for workers in [1, WORKERS] {
+            eprintln!("{}: {steps} steps on {workers} process{}...", case.name, if workers == 1 { "" } else { "es" });
+            let args = train_args(&case, &data, &dir.join("out.safetensors"), steps, workers);
+            runs.push(run_child(exe, &args)?);
+        }
+    }
+    let side = |workers, short: Cost, long: Cost| Side {
+        workers,
+        short,
+        long,
+        per_step: Cost::per_step(short, long, case.steps * 2),
+    };
+    let single = side(1, runs[0], runs[2]);
+    let pipelined = side(WORKERS, runs[1], runs[3]);
+    Ok(Row { cpu_ratio: pipelined.per_step.cpu_s / single.per_step.cpu_s, case, single, pipelined })
+}
+
+/// Uniform random inputs and targets for `steps` steps of `case`. A file
+/// rather than `baton train`'s synthetic data, whose targets cost a scalar
+/// B·W² product per step in the trainer's process and would count as training.
+fn write_data(path: &Path, case: &Case, steps: usize) -> anyhow::Result<()> {
+    let mut rng = SplitMix64::new(0xBE_4C4);
+    let shape = vec![steps, case.batch, case.width];
+    let mut uniform = |scale: f32| Tensor {
+        shape: shape.clone(),
+        data: (0..steps * case.batch * case.width).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect(),
+    };
+    let mut tensors = ParamStore::new();
+    tensors.insert(io::DATA_X, uniform(1.0));
+    tensors.insert(io::DATA_Y, uniform(0.5));
+    io::save_params(path, &tensors, None).context("writing the benchmark data")
+}
+
+/// The `baton train` command line of one run (`--threads 1` on both sides:
+/// in-process it is the trainer's, with workers every worker's).
+fn train_args(case: &Case, data: &Path, save: &Path, steps: usize, workers: usize) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["train", "--model"].map(OsString::from).to_vec();
+    args.push(spec::mlp_json(case.width, case.layers).into());
+    args.extend(["--data".into(), data.as_os_str().to_owned()]);
+    for (flag, value) in [
+        ("--steps", steps.to_string()),
+        ("--batch", case.batch.to_string()),
+        ("--microbatches", MICROBATCHES.to_string()),
+        ("--optimizer", OPTIMIZER.to_string()),
+        ("--workers", workers.to_string()),
+        ("--threads", "1".to_string()),
+    ] {
+        args.extend([flag.into(), value.into()]);
+    }
+    args.extend(["--save".into(), save.as_os_str().to_owned()]);
+    args
+}
+
+/// Runs `exe args` to completion; its CPU (and its reaped children's) and wall time.
+fn run_child(exe: &Path, args: &[OsString]) -> anyhow::Result<Cost> {
+    let cpu_before = children_cpu_seconds()?;
+    let start = Instant::now();
+    let output = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    let wall_s = start.elapsed().as_secs_f64();
+    let cpu_s = children_cpu_seconds()? - cpu_before;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        bail!("`baton train` failed ({}): {}", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / "));
+    }
+    Ok(Cost { cpu_s, wall_s })
+}
+
+/// User plus system CPU seconds of every child this process has waited for,
+/// including the descendants each of them waited for.
+#[cfg(unix)]
+fn children_cpu_seconds() -> anyhow::Result<f64> {
+    // SAFETY: `rusage` is a struct of integers, for which all-zero bytes are
+    // a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer is to `usage`, a live, exclusively borrowed
+    // `rusage`; getrusage writes exactly one `rusage` through it.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrusage(RUSAGE_CHILDREN)");
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
+#[cfg(not(unix))]
+fn children_cpu_seconds() -> anyhow::Result<f64> {
+    bail!("`baton bench pipeline` reads child CPU time with getrusage, which needs Unix")
+}
+
+const HEADER: [&str; 7] = ["model", "steps", "cpu 1p", "cpu 3w", "cpu 3w/1p", "wall 1p", "wall 3w"];
+
+fn format_header() -> String {
+    let [model, steps, cpu1, cpu3, ratio, wall1, wall3] = HEADER;
+    format!("{model:<18} {steps:>11} {cpu1:>9} {cpu3:>9} {ratio:>9} {wall1:>9} {wall3:>9}")
+}
+
+fn format_row(row: &Row) -> String {
+    let ms = |s: f64| s * 1e3;
+    format!(
+        "{:<18} {:>11} {:>9.3} {:>9.3} {:>9.2} {:>9.3} {:>9.3}",
+        row.case.name,
+        format!("{}/{}", row.case.steps, row.case.steps * 3),
+        ms(row.single.per_step.cpu_s),
+        ms(row.pipelined.per_step.cpu_s),
+        row.cpu_ratio,
+        ms(row.single.per_step.wall_s),
+        ms(row.pipelined.per_step.wall_s),
+    )
+}
+
+/// Whether `row` meets the target, in words.
+fn verdict(row: &Row) -> String {
+    let met = if row.cpu_ratio <= TARGET_RATIO { "met" } else { "NOT met" };
+    format!("{}: {:.2}x total CPU, target <= {TARGET_RATIO:.2}x {met}", row.case.name, row.cpu_ratio)
+}
+
+fn print_table(table: &Table) {
+    println!(
+        "training step cost, one process vs {WORKERS} worker processes, same run: \
+         {OPTIMIZER}, M={}, 1F1B, {} kernel thread per process (--threads 1)",
+        table.microbatches, table.kernel_threads_per_process
+    );
+    println!(
+        "ms per step = (run of 3N steps - run of N steps) / 2N; cpu = user+sys of `baton train` \
+         and its worker processes (getrusage RUSAGE_CHILDREN)"
+    );
+    println!(
+        "1p: --workers 1 (in-process); 3w: --workers {WORKERS} (coordinator + {WORKERS} \
+         worker processes, QUIC on loopback); this machine has {} cores",
+        table.cores
+    );
+    println!("{}", format_header());
+    for row in &table.rows {
+        println!("{}", format_row(row));
+    }
+    for row in &table.rows {
+        println!("{}", verdict(row));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cost(cpu_s: f64, wall_s: f64) -> Cost {
+        Cost { cpu_s, wall_s }
+    }
+
+    fn row(single: Cost, pipelined: Cost) -> Row {
+        let side = |workers, per_step| Side { workers, short: cost(0.0, 0.0), long: cost(0.0, 0.0), per_step };
+        let [_, big] = cases(10);
+        Row {
+            case: big,
+            cpu_ratio: pipelined.cpu_s / single.cpu_s,
+            single: side(1, single),
+            pipelined: side(WORKERS, pipelined),
+        }
+    }
+
+    #[test]
+    fn fixed_costs_cancel_in_the_per_step_difference() {
+        // 1.5 s of start-up in both runs, 0.25 s CPU and 0.1 s wall per step.
+        let short = cost(1.5 + 10.0 * 0.25, 2.0 + 10.0 * 0.1);
+        let long = cost(1.5 + 30.0 * 0.25, 2.0 + 30.0 * 0.1);
+        let per = Cost::per_step(short, long, 20);
+        assert!((per.cpu_s - 0.25).abs() < 1e-12, "{per:?}");
+        assert!((per.wall_s - 0.1).abs() < 1e-12, "{per:?}");
+    }
+
+    #[test]
+    fn rows_print_milliseconds_under_the_header() {
+        let r = row(cost(0.3, 0.31), cost(0.36, 0.2));
+        let line = format_row(&r);
+        assert_eq!(line, "mlp W=1024 B=256         10/30   300.000   360.000      1.20   310.000   200.000");
+        assert_eq!(line.len(), format_header().len());
+        assert!(verdict(&r).ends_with("1.20x total CPU, target <= 1.15x NOT met"));
+        let ok = row(cost(0.3, 0.3), cost(0.33, 0.2));
+        assert!(verdict(&ok).ends_with("target <= 1.15x met"), "{}", verdict(&ok));
+    }
+
+    #[test]
+    fn both_sides_train_with_one_kernel_thread_per_process() {
+        let [small, big] = cases(2);
+        assert_eq!((small.steps, big.steps), (100, 2));
+        let args = train_args(&big, Path::new("d"), Path::new("o"), 6, WORKERS);
+        let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).expect(flag);
+            args[i + 1].clone()
+        };
+        assert_eq!(args[0], "train");
+        assert_eq!(after("--model"), spec::mlp_json(1024, 12));
+        assert_eq!(after("--steps"), "6");
+        assert_eq!(after("--batch"), "256");
+        assert_eq!(after("--workers"), "3");
+        assert_eq!(after("--threads"), "1");
+        assert_eq!(after("--data"), "d");
+        assert_eq!(after("--save"), "o");
+    }
+}

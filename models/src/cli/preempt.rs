@@ -1,0 +1,106 @@
+//! `--preempt WORKER@STEP:ACTIONS[,grace=DURATION]`: scripted preemption
+//! notices, checked before training starts.
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use baton_engine::pipeline::protocol::PlannedNotice;
+
+/// Default grace of a notice, as AWS gives spot instances.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(120);
+
+/// Parses one `--preempt` value.
+pub fn parse(text: &str) -> anyhow::Result<(u32, PlannedNotice)> {
+    let form = "expected WORKER@STEP:ACTIONS[,grace=DURATION], e.g. 1@2:5,grace=120s";
+    let (point, options) = text.split_once(',').unwrap_or((text, ""));
+    let (worker, rest) = point.split_once('@').with_context(|| format!("`{text}`: {form}"))?;
+    let (step, actions) = rest.split_once(':').with_context(|| format!("`{text}`: {form}"))?;
+    let number = |what: &str, v: &str| {
+        v.trim().parse::<u32>().with_context(|| format!("`{text}`: {what} `{v}` is not a number"))
+    };
+    let mut grace = DEFAULT_GRACE;
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option.split_once('=') {
+            Some(("grace", value)) => grace = duration(value).with_context(|| format!("`{text}`"))?,
+            _ => bail!("`{text}`: unknown option `{option}` (grace=DURATION)"),
+        }
+    }
+    let notice = PlannedNotice {
+        step: number("step", step)?,
+        actions: number("actions", actions)?,
+        grace_ms: grace.as_millis() as u64,
+    };
+    Ok((number("worker", worker)?, notice))
+}
+
+/// Parses `120s`, `500ms`, `2m` or a plain number of seconds.
+pub fn duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
+    let value: f64 = digits.parse().with_context(|| format!("`{text}` is not a duration like 120s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        other => bail!("`{text}`: unknown unit `{other}` (ms, s, m)"),
+    };
+    ensure!(seconds.is_finite() && seconds > 0.0, "`{text}`: a grace must be positive");
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Checks that every notice names a worker, step and action that exist.
+pub fn check(
+    notices: &[(u32, PlannedNotice)],
+    workers: usize,
+    steps: usize,
+    micro_batches: usize,
+) -> anyhow::Result<()> {
+    let max_actions = 2 * micro_batches as u32;
+    for (worker, n) in notices {
+        ensure!((*worker as usize) < workers, "--preempt {worker}@..: there are only workers 0..{}", workers - 1);
+        ensure!(
+            (n.step as usize) < steps,
+            "--preempt {worker}@{}: steps count from 0 and this run has {steps}",
+            n.step
+        );
+        ensure!(
+            n.actions <= max_actions,
+            "--preempt {worker}@{}:{}: a worker completes at most {max_actions} actions per step (2 x {micro_batches} micro-batches)",
+            n.step,
+            n.actions
+        );
+    }
+    let mut seen: Vec<u32> = notices.iter().map(|(w, _)| *w).collect();
+    seen.sort_unstable();
+    ensure!(seen.windows(2).all(|w| w[0] != w[1]), "--preempt: a worker can be preempted only once");
+    ensure!(seen.len() < workers, "--preempt: every worker would be preempted, so nothing could take over the layers");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_points_and_graces() {
+        let (w, n) = parse("1@2:5,grace=120s").unwrap();
+        assert_eq!((w, n.step, n.actions, n.grace_ms), (1, 2, 5, 120_000));
+        assert_eq!(parse("0@0:0").unwrap().1.grace_ms, 120_000);
+        assert_eq!(parse("2@1:3,grace=250ms").unwrap().1.grace_ms, 250);
+        assert_eq!(parse("2@1:3,grace=2m").unwrap().1.grace_ms, 120_000);
+        for bad in ["1", "1@2", "x@2:5", "1@2:5,grace=soon", "1@2:5,wait=1s", "1@2:5,grace=-1s"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn impossible_points_are_refused() {
+        let n = |w, step, actions| (w, PlannedNotice { step, actions, grace_ms: 1000 });
+        assert!(check(&[n(1, 2, 5)], 3, 6, 4).is_ok());
+        assert!(check(&[n(3, 0, 1)], 3, 6, 4).unwrap_err().to_string().contains("only workers 0..2"));
+        assert!(check(&[n(1, 6, 1)], 3, 6, 4).unwrap_err().to_string().contains("has 6"));
+        assert!(check(&[n(1, 0, 9)], 3, 6, 4).unwrap_err().to_string().contains("at most 8 actions"));
+        assert!(check(&[n(1, 0, 1), n(1, 2, 1)], 3, 6, 4).is_err());
+        assert!(check(&[n(0, 0, 1), n(1, 0, 1)], 2, 6, 4).unwrap_err().to_string().contains("every worker"));
+    }
+}
