@@ -133,7 +133,9 @@ impl Worker {
     /// Every handover is in: the new generation begins here.
     fn resume(&mut self, generation: u32) -> Result<Vec<Out>> {
         self.stage_mut()?.resume();
-        (self.generation, self.mode) = (generation, Mode::Running);
+        // A worker noticed meanwhile stays paused: its own migration follows.
+        let mode = if self.noticed { Mode::Paused } else { Mode::Running };
+        (self.generation, self.mode) = (generation, mode);
         self.sent.clear();
         self.received.clear();
         let mut outs =

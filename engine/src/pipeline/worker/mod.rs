@@ -87,6 +87,8 @@ pub struct Worker {
     /// Messages of the next generation that arrived during a migration.
     early: Vec<(u32, Message)>,
     notices: Vec<PlannedNotice>,
+    /// True once this worker was told it will be preempted.
+    noticed: bool,
     /// Compute actions completed in the step in progress (for scripted notices).
     actions_in_step: (u32, u32),
     pub spans: Vec<Span>,
@@ -105,6 +107,7 @@ impl Worker {
             received: BTreeMap::new(),
             early: Vec::new(),
             notices: Vec::new(),
+            noticed: false,
             actions_in_step: (0, 0),
             spans: Vec::new(),
         }
@@ -145,11 +148,16 @@ impl Worker {
 
     /// A preemption notice from outside (SIGTERM, a cloud poller, the
     /// coordinator): stops at this action boundary and tells the coordinator.
+    /// A notice during someone else's migration is sent at once too (the
+    /// coordinator queues it); this worker finishes its part of that
+    /// migration first. Only the first notice counts.
     pub fn notice(&mut self, grace_ms: u64) -> Vec<Out> {
-        if !matches!(self.mode, Mode::Running) {
+        if std::mem::replace(&mut self.noticed, true) {
             return Vec::new();
         }
-        self.mode = Mode::Paused;
+        if let Mode::Running = self.mode {
+            self.mode = Mode::Paused;
+        }
         vec![Out::Send { to: Dest::Coordinator, message: Message::Notice { worker: self.id, grace_ms } }]
     }
 
