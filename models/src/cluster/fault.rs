@@ -1,7 +1,10 @@
 //! Scriptable fault injection for tests (STYLE: fault injection is
 //! scriptable). `BATON_FAULT=crash:worker=W,step=S,actions=A` makes worker W
 //! die abruptly (abort: no goodbye to its peers, like a SIGKILL) once it has
-//! completed A compute actions of step S.
+//! completed A compute actions of step S. `BATON_FAULT=hang-after-ship:worker=W`
+//! makes worker W hang once it has shipped its layers on leaving (before the
+//! coordinator retires it), so the launcher's SIGKILL at the end of its
+//! grace is what ends it.
 
 use anyhow::{bail, Context};
 
@@ -27,6 +30,11 @@ impl Crash {
         }
     }
 
+    /// True when `worker` must hang after retiring (`hang-after-ship:worker=W`).
+    pub fn hangs_after_ship(worker: u32) -> bool {
+        std::env::var(FAULT_ENV).is_ok_and(|t| t == format!("hang-after-ship:worker={worker}"))
+    }
+
     /// True when a worker that completed `actions` compute actions of `step` must die now.
     pub fn due(&self, step: u32, actions: u32) -> bool {
         step == self.step && actions == self.actions
@@ -34,7 +42,12 @@ impl Crash {
 }
 
 fn parse(text: &str) -> anyhow::Result<Crash> {
-    let Some(args) = text.strip_prefix("crash:") else { bail!("only `crash:worker=W,step=S,actions=A` is known") };
+    if text.starts_with("hang-after-ship:") {
+        return Ok(Crash { worker: u32::MAX, step: 0, actions: 0 });
+    }
+    let Some(args) = text.strip_prefix("crash:") else {
+        bail!("known faults: `crash:worker=W,step=S,actions=A`, `hang-after-ship:worker=W`")
+    };
     let mut crash = Crash { worker: u32::MAX, step: 0, actions: 0 };
     for pair in args.split(',') {
         let (key, value) = pair.split_once('=').with_context(|| format!("`{pair}` is not key=value"))?;

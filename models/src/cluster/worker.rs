@@ -186,6 +186,12 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                 let ship_us = (shipped - start).as_micros() as u64;
                 let report = worker.migrated(generation, bytes, ship_us);
                 send(node, links.coordinator, &report)?;
+                if worker.retired() && Crash::hangs_after_ship(worker.id) {
+                    eprintln!("{FAULT_ENV}: hanging after shipping, until killed");
+                    loop {
+                        std::thread::park();
+                    }
+                }
             }
             Out::Exit => return Ok(true),
         }

@@ -26,6 +26,13 @@ pub(super) struct Migration {
     resumed: BTreeSet<u32>,
 }
 
+impl Migration {
+    /// True for a leaving worker whose handovers were all delivered.
+    pub(super) fn has_shipped_and_leaves(&self, worker: u32) -> bool {
+        self.leaving.contains(&worker) && self.migrated.contains_key(&worker)
+    }
+}
+
 impl Coordinator {
     pub(super) fn on_notice(&mut self, worker: u32, grace: Duration, now: Duration) -> Result<Vec<CoordEffect>> {
         let leaving = self.migration.as_ref().is_some_and(|m| m.leaving.contains(&worker));

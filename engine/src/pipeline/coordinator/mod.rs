@@ -198,13 +198,20 @@ impl Coordinator {
         }
         let result = match event {
             // A worker that delivered its final state, or retired, may go away.
-            CoordEvent::Lost { worker, .. } if self.finals.contains_key(&worker) || self.retired.contains(&worker) => {
-                Ok(Vec::new())
-            }
+            CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
             CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!("worker {worker} was lost: {reason}"))),
             CoordEvent::Message { worker, message } => self.on_message(worker, message, now),
         };
         result.unwrap_or_else(|e| self.fail(e.to_string()))
+    }
+
+    /// A worker may disappear once its state is safe: after its final
+    /// message, after it retired, or once it has shipped its layers while
+    /// leaving (e.g. killed at the end of its grace before the retire came).
+    fn may_go(&self, worker: u32) -> bool {
+        self.finals.contains_key(&worker)
+            || self.retired.contains(&worker)
+            || self.migration.as_ref().is_some_and(|m| m.has_shipped_and_leaves(worker))
     }
 
     fn on_message(&mut self, worker: u32, message: Message, now: Duration) -> Result<Vec<CoordEffect>> {
