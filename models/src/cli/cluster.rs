@@ -40,7 +40,8 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--cluster-dir {}: worker {}'s certificate", args.cluster_dir.display(), args.id))?;
     let node = Node::start(args.listen, identity, cluster::net_config())
         .with_context(|| format!("--listen {}", args.listen))?;
-    let options = WorkerOptions { id: args.id, coordinator: args.coordinator, advertise: args.advertise };
+    let options =
+        WorkerOptions { id: args.id, coordinator: args.coordinator, advertise: args.advertise, notices: None };
     cluster::run_worker(&node, options).with_context(|| format!("worker {}", args.id))
 }
 

@@ -1,183 +1,171 @@
-//! `baton demo`: the seed scenario with embedded defaults, as far as it runs
-//! today. mlp12 trains for a few steps on 3 worker processes over QUIC
-//! (mutual TLS with an ephemeral CA, loopback), and the result is checked
-//! bit for bit against the same training in one process. Then the
-//! relocation at the heart of the scenario: worker 1's tape segments for
-//! layers 4-7 are archived, read back by a "receiver" holding only those
-//! layers' parameters, and backwarded there; the gradients must be
-//! bit-identical to a local backward. Any mismatch exits non-zero.
+//! `baton demo`: the seed scenario with embedded defaults. mlp12 trains on
+//! 3 worker processes over QUIC (mutual TLS, an ephemeral CA, loopback);
+//! in the middle of step 2, worker 1 is told it dies in 120 s. It ships its
+//! layers (parameters, optimizer state, gradient sums) and its unfinished
+//! tape segments to workers 0 and 2, which splice them in and finish the
+//! backward; worker 1 exits. The final weights are compared bit for bit
+//! with an uninterrupted one-process run; a mismatch exits non-zero.
 
-use anyhow::{bail, Context};
-use baton_engine::segment::{self, SegmentBatch};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use baton_engine::pipeline::coordinator::JobPlan;
+use anyhow::{bail, Context};
+use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan, MigrationRecord};
+use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::ScheduleKind;
-use baton_engine::{init, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Segment, SegmentKey, Tensor, Trainer};
-use baton_models::cluster::{launch_local, LocalJob};
+use baton_engine::{init, Batch, Optimizer, OptimizerConfig, ParamStore, Trainer};
+use baton_models::cluster::{launch_local, timeline, LocalJob};
 use baton_models::{io, spec};
 use clap::Args;
 
-use super::splice::{aligned_copy, backward_chain, ChainGrads};
-
-/// Layers worker 1 holds in the scenario (0-3 | 4-7 | 8-11).
-const MOVED: std::ops::RangeInclusive<u32> = 4..=7;
+use super::report::{self, Report};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Seed of the initial weights and the synthetic data.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where to write the report, the timeline (Chrome trace) and its SVG picture.
+    #[arg(long, value_name = "DIR", default_value = "baton-demo")]
+    out: PathBuf,
 }
+
+const STEPS: usize = 5;
+const MICRO_BATCHES: usize = 4;
+const BATCH: usize = 32;
+/// Worker 1 gets its notice in step 2 after 5 compute actions, 120 s grace.
+const NOTICE: (u32, PlannedNotice) = (1, PlannedNotice { step: 2, actions: 5, grace_ms: 120_000 });
 
 /// Runs `baton demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    println!("baton demo: mlp12 (12 linear layers of width 64, mse), seed {}", args.seed);
-    println!(
-        "note: preemption and live migration (worker 1 told it dies mid-step) come with issue #4; \
-         this demo shows the pipeline and the relocation it builds on."
-    );
-    let params = train(args.seed)?;
-    relocate(&params, args.seed)
+    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
+    let model = spec::mlp12();
+    let params = init::init_params(&model.param_specs(), args.seed);
+    let batches = io::synthetic_data(&model, STEPS, BATCH, args.seed);
+    let optimizer: OptimizerConfig = "adam:lr=1e-3".parse()?;
+    println!("baton demo: mlp12 (12 linear layers of width 64, mse) on 3 worker processes over QUIC");
+    println!("  {STEPS} steps of batch {BATCH}, M={MICRO_BATCHES} micro-batches, 1F1B, {optimizer}");
+    println!("  worker 1 is told in step 2, after 5 of its actions, that it dies in 120 s\n");
+    let started = Instant::now();
+    let outcome = pipeline(&params, &batches, optimizer)?;
+    let wall = started.elapsed();
+    let reference = uninterrupted(params, &batches, optimizer)?;
+    summarise(&outcome, wall)?;
+    write_outputs(&args.out, &outcome, optimizer, wall)?;
+    compare(&outcome.params, &reference)
 }
 
-const STEPS: usize = 4;
-const MICRO_BATCHES: usize = 4;
-
-/// Trains on 3 worker processes and in one process; the weights must agree
-/// bit for bit. Returns the trained weights.
-fn train(seed: u64) -> anyhow::Result<ParamStore> {
+fn pipeline(params: &ParamStore, batches: &[Batch], optimizer: OptimizerConfig) -> anyhow::Result<JobOutcome> {
     let model = spec::mlp12();
-    let params = init::init_params(&model.param_specs(), seed);
-    let batches = io::synthetic_data(&model, STEPS, 32, seed);
-    let config: OptimizerConfig = "adam:lr=1e-3".parse()?;
     let plan = JobPlan {
         spec: spec::mlp_json(64, 12),
-        optimizer: config,
+        optimizer,
         schedule: ScheduleKind::OneFOneB,
         micro_batches: MICRO_BATCHES,
         workers: 3,
         costs: model.layers.iter().map(|l| l.cost()).collect(),
         params: params.clone(),
-        batches: batches.clone(),
+        batches: batches.to_vec(),
         join_timeout: Duration::from_secs(60),
-        notices: Vec::new(),
+        notices: vec![NOTICE],
     };
-    println!("\n1. pipeline on 3 worker processes over QUIC (1F1B, batch 32, M={MICRO_BATCHES}, {config})");
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
-    let started = Instant::now();
-    let mut on_step = |step: u32, loss: f32| println!("   step {step}: loss {loss:.6}");
-    let mut on_migration = |_: &baton_engine::pipeline::coordinator::MigrationRecord| {};
+    let mut on_step = |step: u32, loss: f32| println!("  step {step}: loss {loss:.6}");
+    let mut on_migration = |m: &MigrationRecord| println!("  -- worker(s) {:?} preempted: layers moved --", m.leaving);
     let job =
-        LocalJob { on_migration: &mut on_migration, plan, exe: &exe, threads_per_worker: 1, on_step: &mut on_step };
-    let outcome = launch_local(job).context("the 3-worker pipeline failed")?;
-    let (partition, c) = (outcome.partitions[0].partition(), outcome.counters);
-    println!(
-        "   partition: {} (worker 0 | worker 1 | worker 2), {:.2}s",
-        partition.describe(),
-        started.elapsed().as_secs_f64()
-    );
-    println!(
-        "   forward layer executions {} (= M x layers x steps = {MICRO_BATCHES} x 12 x {STEPS}), backward {}",
-        c.forward_layer_executions, c.backward_layer_executions
-    );
-    let mut trainer = Trainer::new(model, params, Optimizer::new(config))?;
+        LocalJob { plan, exe: &exe, threads_per_worker: 1, on_step: &mut on_step, on_migration: &mut on_migration };
+    launch_local(job).context("the 3-worker pipeline failed")
+}
+
+/// The same training in one process, never interrupted.
+fn uninterrupted(params: ParamStore, batches: &[Batch], optimizer: OptimizerConfig) -> anyhow::Result<ParamStore> {
+    let mut trainer = Trainer::new(spec::mlp12(), params, Optimizer::new(optimizer))?;
     for (step, batch) in batches.iter().enumerate() {
-        trainer.step(step as u32, batch, MICRO_BATCHES).with_context(|| format!("in-process step {step}"))?;
+        trainer.step(step as u32, batch, MICRO_BATCHES).with_context(|| format!("uninterrupted step {step}"))?;
     }
-    let same = outcome.params.len() == trainer.params.len()
-        && trainer.params.iter().all(|(n, t)| outcome.params.get(n).is_ok_and(|u| bit_compare(t, u).0));
-    println!("   same training in one process: bit-identical: {}", if same { "yes" } else { "NO" });
-    if !same {
-        bail!("the 3-worker pipeline and the one-process run disagree");
-    }
-    Ok(outcome.params)
+    Ok(trainer.params)
 }
 
-/// Forward of one micro-batch through every layer, recording segments;
-/// returns them and the loss segment.
-fn forward(model: &Model, params: &ParamStore, batch: &Batch) -> anyhow::Result<(Vec<Segment>, Segment)> {
-    let key = |layer| SegmentKey { step: STEPS as u32, micro: 0, layer };
-    let mut x = batch.x.clone();
-    let mut segments = Vec::with_capacity(model.layers.len());
-    for layer in 0..model.layers.len() as u32 {
-        let (segment, out) = model.forward_layer(key(layer), params, x)?;
-        segments.push(segment);
-        x = out;
-    }
-    let (loss, _) = model.forward_loss(key(model.layers.len() as u32), x, &batch.targets)?;
-    Ok((segments, loss))
-}
-
-/// The relocation check: archive layers 4-7's segments, backward them on a
-/// receiver holding only their parameters, compare with local backward.
-fn relocate(params: &ParamStore, seed: u64) -> anyhow::Result<()> {
-    let model = spec::mlp12();
-    let batch = io::synthetic_data(&model, 1, 32, seed ^ 1)[0].slice(0..8)?;
-    println!("\n2. relocation of a tape: partition worker 0: layers 0-3 | worker 1: 4-7 | worker 2: 8-11");
-    let (segments, loss) = forward(&model, params, &batch)?;
-    // The gradient arriving from worker 2 at layer 7's output.
-    let from_loss = loss.backward(params, Tensor::scalar(1.0), true)?.input_grad;
-    let grad_at_8 = backward_chain(&segments[8..], params, from_loss.context("the loss gave no gradient")?)?
-        .input
-        .context("layer 8 gave no input gradient")?;
-    let moved: Vec<Segment> = segments.iter().filter(|s| MOVED.contains(&s.key.layer)).cloned().collect();
-    let local = backward_chain(&moved, params, grad_at_8.clone())?;
-
-    let saved_bytes: usize = moved.iter().map(Segment::saved_bytes).sum();
-    let archive = segment::archive(&SegmentBatch(moved))?;
-    let received = aligned_copy(&archive);
-    let receiver_params: ParamStore = MOVED.flat_map(|l| params.with_prefix(&format!("layers.{l}."))).collect();
+fn summarise(outcome: &JobOutcome, wall: Duration) -> anyhow::Result<()> {
+    let m = outcome.migrations.first().context("the notice did not lead to a migration")?;
+    let kib = |b: u64| b as f64 / 1024.0;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("\npartition before: {}", m.before.describe());
+    println!("partition after:  {}  (worker 1 gone)", m.after.describe());
+    let b = &m.bytes;
     println!(
-        "   worker 1 archives micro-batch 0's segments of layers 4-7: {} bytes ({saved_bytes} of saved tensors)",
-        received.len()
+        "shipped {:.1} KiB: parameters {:.1}, optimizer state {:.1}, gradient sums {:.1}, \
+         tape segments {:.1}, queued tensors {:.1}",
+        kib(b.total()),
+        kib(b.parameters),
+        kib(b.optimizer_state),
+        kib(b.gradients),
+        kib(b.segments),
+        kib(b.queued_messages)
     );
     println!(
-        "   a receiver holding only {} tensors (layers 4-7's parameters) reads them zero-copy and runs backward",
-        receiver_params.len()
+        "time to ship: {:.1} ms; from notice until training resumed: {:.1} ms",
+        ms(m.ship_time),
+        ms(m.resumed_after)
     );
-    let views = segment::access(&received).context("the receiver could not read the archive")?;
-    let remote = backward_chain(&views, &receiver_params, grad_at_8)?;
-    compare(&local, &remote)
+    println!("deadline was {:.0} s after the notice", (m.deadline - m.notice_at).as_secs_f64());
+    let c = outcome.counters;
+    let expected = (12 * STEPS * MICRO_BATCHES) as u64;
+    println!(
+        "forward layer executions {} (M x layers x steps = {expected}), recomputed forwards 0, lost micro-batches 0",
+        c.forward_layer_executions
+    );
+    if c.forward_layer_executions != expected || c.backward_layer_executions != expected {
+        bail!("work was redone or lost: {c:?}");
+    }
+    println!("whole run: {:.2} s", wall.as_secs_f64());
+    Ok(())
 }
 
-/// Prints and checks bit-identity of parameter and input gradients.
-fn compare(local: &ChainGrads, remote: &ChainGrads) -> anyhow::Result<()> {
+fn write_outputs(dir: &Path, outcome: &JobOutcome, optimizer: OptimizerConfig, wall: Duration) -> anyhow::Result<()> {
+    let counters = report::Counters {
+        forward_layer_executions: outcome.counters.forward_layer_executions,
+        backward_layer_executions: outcome.counters.backward_layer_executions,
+        recomputed_forward_layers: 0,
+        lost_microbatches: 0,
+    };
+    let report = Report {
+        model: "mlp12".into(),
+        layers: 12,
+        steps: STEPS,
+        microbatches: MICRO_BATCHES,
+        batch: BATCH,
+        optimizer: optimizer.to_string(),
+        workers: 3,
+        schedule: "1f1b".into(),
+        losses: outcome.losses.clone(),
+        partitions: Report::partitions(&outcome.partitions),
+        migrations: outcome.migrations.iter().map(report::Migration::from).collect(),
+        counters,
+        wall_seconds: wall.as_secs_f64(),
+    };
+    report.write(&dir.join("report.json"))?;
+    timeline::write_chrome_trace(&dir.join("timeline.json"), &outcome.spans)?;
+    let svg = dir.join("timeline.svg");
+    std::fs::write(&svg, timeline::svg(&outcome.spans)).with_context(|| format!("writing {}", svg.display()))?;
+    println!("wrote {0}/report.json, {0}/timeline.json (Perfetto) and {0}/timeline.svg", dir.display());
+    Ok(())
+}
+
+fn compare(pipeline: &ParamStore, reference: &ParamStore) -> anyhow::Result<()> {
     let mut worst = 0.0f32;
-    let mut identical = local.params.len() == remote.params.len();
-    for (name, a) in local.params.iter() {
-        let b = remote.params.get(name).with_context(|| format!("the receiver produced no gradient for {name}"))?;
-        let (same, diff) = bit_compare(a, b);
-        identical &= same;
-        worst = worst.max(diff);
-    }
-    match (&local.input, &remote.input) {
-        (Some(a), Some(b)) => {
-            let (same, diff) = bit_compare(a, b);
-            identical &= same;
-            worst = worst.max(diff);
+    let mut identical = pipeline.len() == reference.len();
+    for (name, want) in reference.iter() {
+        let got = pipeline.get(name).with_context(|| format!("the pipeline lost {name}"))?;
+        for (a, b) in got.data.iter().zip(&want.data) {
+            identical &= a.to_bits() == b.to_bits();
+            worst = worst.max((a - b).abs());
         }
-        _ => bail!("the gradient of layer 4's input is missing"),
     }
-    println!(
-        "   compared {} parameter gradients and the gradient into layer 4 with a local backward",
-        local.params.len()
-    );
     if identical {
-        println!("   bit-identical: yes");
-        Ok(())
-    } else {
-        println!("   bit-identical: NO (max |difference| {worst:e})");
-        bail!("relocated backward differs from local backward (max |difference| {worst:e})")
+        println!("final weights vs an uninterrupted run: bit-identical: yes");
+        return Ok(());
     }
-}
-
-/// Whether two tensors have the same shape and bits, and their max |difference|.
-fn bit_compare(a: &Tensor, b: &Tensor) -> (bool, f32) {
-    if a.shape != b.shape {
-        return (false, f32::INFINITY);
-    }
-    let same = a.data.iter().zip(&b.data).all(|(x, y)| x.to_bits() == y.to_bits());
-    let diff = a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-    (same, diff)
+    println!("final weights vs an uninterrupted run: bit-identical: NO (max |difference| {worst:e})");
+    bail!("the preempted run and the uninterrupted run disagree")
 }

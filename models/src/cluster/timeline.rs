@@ -32,9 +32,61 @@ pub fn write_chrome_trace(path: &Path, spans: &BTreeMap<u32, Vec<Span>>) -> anyh
     std::fs::write(path, text).with_context(|| format!("writing the timeline {}", path.display()))
 }
 
+/// Colour of a span category in the SVG picture.
+fn colour(category: &str, name: &str) -> &'static str {
+    match category {
+        "forward" => "#4e79a7",
+        "backward" => "#f28e2b",
+        "optimizer" => "#59a14f",
+        "send" if name.starts_with("ship") => "#e15759",
+        _ => "#bab0ac",
+    }
+}
+
+/// An SVG picture of the timeline: one row per worker, one box per span
+/// (forward blue, backward orange, optimizer green, shipping red, messages
+/// grey). A migration shows as a red box where a row ends and the other
+/// rows' boxes grow.
+pub fn svg(spans: &BTreeMap<u32, Vec<Span>>) -> String {
+    let end_us = spans.values().flatten().map(|s| s.start_us + s.duration_us).max().unwrap_or(1).max(1);
+    let (width, row, left) = (1200.0, 40.0, 90.0);
+    let scale = (width - left - 10.0) / end_us as f64;
+    let height = 40.0 + row * spans.len() as f64;
+    let mut out = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='12'>\n\
+         <text x='{left}' y='16'>baton timeline: {:.1} ms (forward blue, backward orange, optimizer green, shipping red)</text>\n",
+        end_us as f64 / 1e3
+    );
+    for (i, (worker, list)) in spans.iter().enumerate() {
+        let y = 30.0 + row * i as f64;
+        out.push_str(&format!("<text x='4' y='{}'>worker {worker}</text>\n", y + row / 2.0));
+        for span in list {
+            let (x, w) = (left + span.start_us as f64 * scale, (span.duration_us as f64 * scale).max(0.5));
+            let fill = colour(&span.category, &span.name);
+            out.push_str(&format!(
+                "<rect x='{x:.2}' y='{y}' width='{w:.2}' height='{}' fill='{fill}'><title>{}</title></rect>\n",
+                row - 8.0,
+                span.name
+            ));
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn svg_has_a_row_per_worker_and_a_box_per_span() {
+        let span =
+            |name: &str, cat: &str| Span { name: name.into(), category: cat.into(), start_us: 3, duration_us: 5 };
+        let spans = BTreeMap::from([(0, vec![span("0F0", "forward")]), (1, vec![span("ship g1", "send")])]);
+        let picture = svg(&spans);
+        assert_eq!(picture.matches("<rect").count(), 2);
+        assert!(picture.contains("worker 1") && picture.contains("#e15759"));
+    }
 
     #[test]
     fn spans_become_complete_events_per_worker() {

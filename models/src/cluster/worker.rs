@@ -9,7 +9,7 @@ use baton_engine::pipeline::protocol::{self, Message, Span, PROTOCOL_VERSION};
 use baton_engine::pipeline::worker::{Dest, Out, Worker};
 use baton_engine::pipeline::Work;
 use baton_transport::{Event, Node, PeerId};
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::Receiver;
 
 use super::fault::{Crash, FAULT_ENV};
 use super::{send, send_wait, worker_id, COORDINATOR_NAME};
@@ -20,6 +20,9 @@ pub struct WorkerOptions {
     pub coordinator: SocketAddr,
     /// The address peers should dial (default: the node's bound address).
     pub advertise: Option<String>,
+    /// Preemption notices from outside (SIGTERM, a cloud metadata poller):
+    /// each carries the grace in milliseconds.
+    pub notices: Option<Receiver<u64>>,
 }
 
 /// The transport side of one worker.
@@ -59,7 +62,8 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
         clock: Instant::now(),
     };
     let mut worker = Worker::new(options.id, crate::spec::factory());
-    let result = serve(node, &mut worker, &mut links).map(|()| {
+    let notices = options.notices.unwrap_or_else(crossbeam_channel::never);
+    let result = serve(node, &mut worker, &mut links, &notices).map(|()| {
         // A retired worker's layers are safe elsewhere: it just goes.
         if !worker.retired() {
             linger(node, &links);
@@ -72,9 +76,12 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
     result
 }
 
-fn serve(node: &Node, worker: &mut Worker, links: &mut Links) -> anyhow::Result<()> {
+fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver<u64>) -> anyhow::Result<()> {
     loop {
-        while let Some(work) = worker.ready() {
+        if let Ok(grace_ms) = notices.try_recv() {
+            on_notice(node, worker, links, grace_ms)?;
+        }
+        if let Some(work) = worker.ready() {
             let start = links.clock.elapsed();
             let outs = worker.run_next()?;
             record(worker, work, start, links.clock.elapsed());
@@ -82,16 +89,29 @@ fn serve(node: &Node, worker: &mut Worker, links: &mut Links) -> anyhow::Result<
                 return Ok(());
             }
             count(links, work, worker.current_step().unwrap_or(0));
+            continue;
         }
-        let event = match node.events().recv_timeout(Duration::from_millis(200)) {
-            Ok(event) => event,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => bail!("the transport stopped"),
+        let event = crossbeam_channel::select! {
+            recv(node.events()) -> event => event.map_err(|_| anyhow::anyhow!("the transport stopped"))?,
+            recv(notices) -> grace => {
+                if let Ok(grace_ms) = grace {
+                    on_notice(node, worker, links, grace_ms)?;
+                }
+                continue;
+            }
+            default(Duration::from_millis(200)) => continue,
         };
         if on_event(node, worker, links, event)? {
             return Ok(());
         }
     }
+}
+
+/// A notice from outside: the worker stops at this action boundary.
+fn on_notice(node: &Node, worker: &mut Worker, links: &mut Links, grace_ms: u64) -> anyhow::Result<()> {
+    tracing::warn!(worker = worker.id, grace_ms, "preemption notice");
+    let outs = worker.notice(grace_ms);
+    execute(node, worker, links, outs).map(drop)
 }
 
 /// After the final message: waits until the coordinator closes the
