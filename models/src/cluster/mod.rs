@@ -6,6 +6,7 @@
 mod coordinator;
 pub mod fault;
 mod launch;
+pub mod notice;
 pub mod timeline;
 mod worker;
 

@@ -10,7 +10,9 @@
 //! connection set-up, initialisation, reading the data file and saving the
 //! weights cost the same in both runs and cancel. Every process runs one
 //! kernel thread (`--threads 1`), so both sides do the same arithmetic on
-//! the same number of threads.
+//! the same number of threads. The four runs are repeated for several
+//! rounds; the table shows medians and the range of the per-round ratios,
+//! because on a shared machine one round can be 20% off.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,7 @@ use baton_models::{io, spec};
 use clap::Args;
 use serde::Serialize;
 
-use super::write_json;
+use super::{median, write_json};
 
 /// Worker processes of the pipelined side.
 const WORKERS: usize = 3;
@@ -39,8 +41,11 @@ const TARGET_RATIO: f64 = 1.15;
 pub struct PipelineArgs {
     /// N: every configuration of the W=1024 model trains N and then 3N steps
     /// (mlp12 50x as many); the difference is divided by 2N.
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    #[arg(long, value_name = "N", default_value_t = 8)]
     steps: usize,
+    /// How many times to repeat the four runs of each model.
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    rounds: usize,
     /// Also write the table as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -83,21 +88,71 @@ struct Side {
     per_step: Cost,
 }
 
-/// One model: both sides and the ratio the issue's target is about.
+/// Both sides of one model trained N and 3N steps, close together in time.
 #[derive(Debug, Serialize)]
-struct Row {
-    #[serde(flatten)]
-    case: Case,
+struct Round {
     single: Side,
     pipelined: Side,
     /// Pipelined CPU per step over single-process CPU per step.
     cpu_ratio: f64,
 }
 
+impl Round {
+    /// A round from its runs in the order [`measure_case`] makes them:
+    /// (N, 1 process), (N, workers), (3N, 1 process), (3N, workers).
+    fn of(runs: [Cost; 4], steps: usize) -> Round {
+        let side = |workers, short: Cost, long: Cost| Side {
+            workers,
+            short,
+            long,
+            per_step: Cost::per_step(short, long, steps * 2),
+        };
+        let single = side(1, runs[0], runs[2]);
+        let pipelined = side(WORKERS, runs[1], runs[3]);
+        Round { cpu_ratio: pipelined.per_step.cpu_s / single.per_step.cpu_s, single, pipelined }
+    }
+}
+
+/// One model: medians over its rounds.
+#[derive(Debug, Serialize)]
+struct Row {
+    #[serde(flatten)]
+    case: Case,
+    /// Median per-step cost on one process (CPU and wall each the median).
+    single: Cost,
+    /// Median per-step cost on the workers.
+    pipelined: Cost,
+    /// Median of the rounds' CPU ratios, and the smallest and largest.
+    cpu_ratio: f64,
+    cpu_ratio_min: f64,
+    cpu_ratio_max: f64,
+    rounds: Vec<Round>,
+}
+
+impl Row {
+    fn of(case: Case, rounds: Vec<Round>) -> Row {
+        let mid = |f: &dyn Fn(&Round) -> f64| median(&mut rounds.iter().map(f).collect::<Vec<_>>());
+        let single = Cost { cpu_s: mid(&|r| r.single.per_step.cpu_s), wall_s: mid(&|r| r.single.per_step.wall_s) };
+        let pipelined =
+            Cost { cpu_s: mid(&|r| r.pipelined.per_step.cpu_s), wall_s: mid(&|r| r.pipelined.per_step.wall_s) };
+        let ratios = rounds.iter().map(|r| r.cpu_ratio);
+        Row {
+            case,
+            single,
+            pipelined,
+            cpu_ratio: mid(&|r| r.cpu_ratio),
+            cpu_ratio_min: ratios.clone().fold(f64::INFINITY, f64::min),
+            cpu_ratio_max: ratios.fold(f64::NEG_INFINITY, f64::max),
+            rounds,
+        }
+    }
+}
+
 /// The whole result, as written by --json.
 #[derive(Debug, Serialize)]
 struct Table {
     cores: usize,
+    rounds: usize,
     microbatches: usize,
     optimizer: &'static str,
     kernel_threads_per_process: usize,
@@ -110,14 +165,18 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     if args.steps == 0 {
         bail!("--steps 0: the short run needs at least one step");
     }
+    if args.rounds == 0 {
+        bail!("--rounds 0: measure at least one round");
+    }
     let exe = std::env::current_exe().context("locating the baton binary to run")?;
     let dir = tempfile::Builder::new().prefix("baton-bench-").tempdir().context("creating a scratch directory")?;
     let rows = cases(args.steps)
         .into_iter()
-        .map(|case| measure_case(&exe, dir.path(), case))
+        .map(|case| measure_case(&exe, dir.path(), case, args.rounds))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let table = Table {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        rounds: args.rounds,
         microbatches: MICROBATCHES,
         optimizer: OPTIMIZER,
         kernel_threads_per_process: 1,
@@ -139,28 +198,24 @@ fn cases(steps: usize) -> [Case; 2] {
     ]
 }
 
-/// Trains `case` for N and 3N steps on one process and on `WORKERS`.
-fn measure_case(exe: &Path, dir: &Path, case: Case) -> anyhow::Result<Row> {
+/// Trains `case` for N and 3N steps on one process and on `WORKERS`,
+/// `rounds` times.
+fn measure_case(exe: &Path, dir: &Path, case: Case, rounds: usize) -> anyhow::Result<Row> {
     let (short, long) = (case.steps, case.steps.saturating_mul(3));
     let data = dir.join(format!("data-{}.safetensors", case.width));
     write_data(&data, &case, long)?;
-    let mut runs = Vec::new();
-    for steps in [short, long] {
-        for workers in [1, WORKERS] {
-            eprintln!("{}: {steps} steps on {workers} process{}...", case.name, if workers == 1 { "" } else { "es" });
-            let args = train_args(&case, &data, &dir.join("out.safetensors"), steps, workers);
-            runs.push(run_child(exe, &args)?);
+    let save = dir.join("out.safetensors");
+    let mut measured = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        eprintln!("{}: round {round}/{rounds}: {short} and {long} steps, 1 and {WORKERS} workers...", case.name);
+        let mut runs = [Cost { cpu_s: 0.0, wall_s: 0.0 }; 4];
+        for (i, (steps, workers)) in [(short, 1), (short, WORKERS), (long, 1), (long, WORKERS)].into_iter().enumerate()
+        {
+            runs[i] = run_child(exe, &train_args(&case, &data, &save, steps, workers))?;
         }
+        measured.push(Round::of(runs, case.steps));
     }
-    let side = |workers, short: Cost, long: Cost| Side {
-        workers,
-        short,
-        long,
-        per_step: Cost::per_step(short, long, case.steps * 2),
-    };
-    let single = side(1, runs[0], runs[2]);
-    let pipelined = side(WORKERS, runs[1], runs[3]);
-    Ok(Row { cpu_ratio: pipelined.per_step.cpu_s / single.per_step.cpu_s, case, single, pipelined })
+    Ok(Row::of(case, measured))
 }
 
 /// Uniform random inputs and targets for `steps` steps of `case`. A file
@@ -240,31 +295,37 @@ fn children_cpu_seconds() -> anyhow::Result<f64> {
     bail!("`baton bench pipeline` reads child CPU time with getrusage, which needs Unix")
 }
 
-const HEADER: [&str; 7] = ["model", "steps", "cpu 1p", "cpu 3w", "cpu 3w/1p", "wall 1p", "wall 3w"];
+const HEADER: [&str; 8] = ["model", "steps", "cpu 1p", "cpu 3w", "cpu 3w/1p", "range", "wall 1p", "wall 3w"];
 
 fn format_header() -> String {
-    let [model, steps, cpu1, cpu3, ratio, wall1, wall3] = HEADER;
-    format!("{model:<18} {steps:>11} {cpu1:>9} {cpu3:>9} {ratio:>9} {wall1:>9} {wall3:>9}")
+    let [model, steps, cpu1, cpu3, ratio, range, wall1, wall3] = HEADER;
+    format!("{model:<18} {steps:>11} {cpu1:>9} {cpu3:>9} {ratio:>9} {range:>11} {wall1:>9} {wall3:>9}")
 }
 
 fn format_row(row: &Row) -> String {
     let ms = |s: f64| s * 1e3;
     format!(
-        "{:<18} {:>11} {:>9.3} {:>9.3} {:>9.2} {:>9.3} {:>9.3}",
+        "{:<18} {:>11} {:>9.3} {:>9.3} {:>9.2} {:>11} {:>9.3} {:>9.3}",
         row.case.name,
         format!("{}/{}", row.case.steps, row.case.steps * 3),
-        ms(row.single.per_step.cpu_s),
-        ms(row.pipelined.per_step.cpu_s),
+        ms(row.single.cpu_s),
+        ms(row.pipelined.cpu_s),
         row.cpu_ratio,
-        ms(row.single.per_step.wall_s),
-        ms(row.pipelined.per_step.wall_s),
+        format!("{:.2}-{:.2}", row.cpu_ratio_min, row.cpu_ratio_max),
+        ms(row.single.wall_s),
+        ms(row.pipelined.wall_s),
     )
 }
 
 /// Whether `row` meets the target, in words.
 fn verdict(row: &Row) -> String {
     let met = if row.cpu_ratio <= TARGET_RATIO { "met" } else { "NOT met" };
-    format!("{}: {:.2}x total CPU, target <= {TARGET_RATIO:.2}x {met}", row.case.name, row.cpu_ratio)
+    format!(
+        "{}: {:.2}x total CPU (median of {} rounds), target <= {TARGET_RATIO:.2}x {met}",
+        row.case.name,
+        row.cpu_ratio,
+        row.rounds.len()
+    )
 }
 
 fn print_table(table: &Table) {
@@ -274,8 +335,10 @@ fn print_table(table: &Table) {
         table.microbatches, table.kernel_threads_per_process
     );
     println!(
-        "ms per step = (run of 3N steps - run of N steps) / 2N; cpu = user+sys of `baton train` \
-         and its worker processes (getrusage RUSAGE_CHILDREN)"
+        "ms per step = (run of 3N steps - run of N steps) / 2N, median of {} rounds (range: the rounds' \
+         smallest and largest ratio); cpu = user+sys of `baton train` and its worker processes \
+         (getrusage RUSAGE_CHILDREN)",
+        table.rounds
     );
     println!(
         "1p: --workers 1 (in-process); 3w: --workers {WORKERS} (coordinator + {WORKERS} \
@@ -299,15 +362,12 @@ mod tests {
         Cost { cpu_s, wall_s }
     }
 
+    /// A row of one round whose runs cost `single` and `pipelined` per step and nothing else.
     fn row(single: Cost, pipelined: Cost) -> Row {
-        let side = |workers, per_step| Side { workers, short: cost(0.0, 0.0), long: cost(0.0, 0.0), per_step };
         let [_, big] = cases(10);
-        Row {
-            case: big,
-            cpu_ratio: pipelined.cpu_s / single.cpu_s,
-            single: side(1, single),
-            pipelined: side(WORKERS, pipelined),
-        }
+        let thrice = |c: Cost| cost(c.cpu_s * 30.0, c.wall_s * 30.0);
+        let once = |c: Cost| cost(c.cpu_s * 10.0, c.wall_s * 10.0);
+        Row::of(big, vec![Round::of([once(single), once(pipelined), thrice(single), thrice(pipelined)], 10)])
     }
 
     #[test]
@@ -324,11 +384,29 @@ mod tests {
     fn rows_print_milliseconds_under_the_header() {
         let r = row(cost(0.3, 0.31), cost(0.36, 0.2));
         let line = format_row(&r);
-        assert_eq!(line, "mlp W=1024 B=256         10/30   300.000   360.000      1.20   310.000   200.000");
+        assert_eq!(
+            line,
+            "mlp W=1024 B=256         10/30   300.000   360.000      1.20   1.20-1.20   310.000   200.000"
+        );
         assert_eq!(line.len(), format_header().len());
-        assert!(verdict(&r).ends_with("1.20x total CPU, target <= 1.15x NOT met"));
+        assert!(verdict(&r).ends_with("1.20x total CPU (median of 1 rounds), target <= 1.15x NOT met"));
         let ok = row(cost(0.3, 0.3), cost(0.33, 0.2));
         assert!(verdict(&ok).ends_with("target <= 1.15x met"), "{}", verdict(&ok));
+    }
+
+    #[test]
+    fn rounds_summarise_by_median_and_range() {
+        let [small, _] = cases(1);
+        let round = |ratio: f64| {
+            let single = [cost(1.0, 1.0), cost(0.0, 0.0), cost(3.0, 2.0), cost(0.0, 0.0)];
+            let mut runs = single;
+            runs[3] = cost(2.0 * ratio, 0.5);
+            Round::of(runs, 1)
+        };
+        let r = Row::of(small, vec![round(1.3), round(0.9), round(1.1)]);
+        assert!((r.cpu_ratio - 1.1).abs() < 1e-12, "{r:?}");
+        assert!((r.cpu_ratio_min - 0.9).abs() < 1e-12 && (r.cpu_ratio_max - 1.3).abs() < 1e-12, "{r:?}");
+        assert!((r.single.cpu_s - 1.0).abs() < 1e-12 && (r.single.wall_s - 0.5).abs() < 1e-12, "{r:?}");
     }
 
     #[test]
