@@ -71,12 +71,17 @@ fn bad_weight_files_name_the_tensor() {
 }
 
 #[test]
-fn unimplemented_join_says_so() {
+fn impossible_join_points_are_refused_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().join("o.safetensors");
-    let mut args = train_args("mlp12", "", "sgd:lr=0.1", save.to_str().unwrap());
-    args.extend(["--workers", "2", "--join", "1:2"]);
-    fails_with(&args, "not implemented yet (issue #4)");
+    for (join, expected) in
+        [("5:0", "steps count from 0"), ("0:9", "at most 4 micro-batch losses"), ("x", "not a number")]
+    {
+        let mut args = train_args("mlp12", "", "sgd:lr=0.1", save.to_str().unwrap());
+        args.extend(["--workers", "2", "--join", join]);
+        fails_with(&args, expected);
+        assert!(!save.exists(), "--join {join} trained anyway");
+    }
 }
 
 #[test]

@@ -140,3 +140,16 @@ fn a_leaving_worker_killed_at_its_deadline_after_shipping() {
     assert!(stderr.contains("hanging after shipping"), "the fault did not fire:\n{stderr}");
     assert!(stderr.contains("grace period ran out: killing"), "the deadline kill did not happen:\n{stderr}");
 }
+
+#[test]
+fn a_worker_joins_and_the_pipeline_grows() {
+    let golden = Golden::load("mlp12_adam", 1e-4);
+    let dir = tempfile::tempdir().unwrap();
+    let reference = train(&golden, dir.path(), "plain", &["--workers", "1"], None).params;
+    let args = ["--workers", "2", "--preempt", "1@1:3", "--join", "3:2"];
+    let run = train(&golden, dir.path(), "regrow", &args, None);
+    check(&golden, &run, &reference, "2 -> 1 -> 2", 2);
+    assert_eq!(stages(&run.report, 1), vec![(0, 0, 11)]);
+    assert_eq!(stages(&run.report, 2), vec![(0, 0, 5), (2, 6, 11)]);
+    assert_eq!(run.report["migrations"][1]["joined"], serde_json::json!([2]));
+}

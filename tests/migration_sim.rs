@@ -42,6 +42,17 @@ impl Case {
     }
 
     fn run(&self, workers: usize, kind: ScheduleKind, notices: Vec<(u32, PlannedNotice)>, seed: u64) -> JobOutcome {
+        self.run_with_joins(workers, kind, notices, Vec::new(), seed)
+    }
+
+    fn run_with_joins(
+        &self,
+        workers: usize,
+        kind: ScheduleKind,
+        notices: Vec<(u32, PlannedNotice)>,
+        joins: Vec<(u32, u32)>,
+        seed: u64,
+    ) -> JobOutcome {
         let g = &self.golden;
         let plan = JobPlan {
             spec: g.spec.clone(),
@@ -54,6 +65,7 @@ impl Case {
             batches: g.data.clone(),
             join_timeout: Duration::from_secs(60),
             notices: notices.clone(),
+            joins: joins.clone(),
         };
         sim::run_job(plan, &spec::factory, seed)
             .unwrap_or_else(|e| panic!("W={workers} {kind} notices {notices:?} seed {seed}: {e}"))
@@ -152,6 +164,7 @@ fn every_worker_preempted_is_a_clear_failure() {
         batches: g.data.clone(),
         join_timeout: Duration::from_secs(60),
         notices: vec![notice(0, 0, 1), notice(1, 0, 1)],
+        joins: Vec::new(),
     };
     let mut failures = 0;
     for seed in 0..8 {
@@ -166,4 +179,32 @@ fn every_worker_preempted_is_a_clear_failure() {
         }
     }
     assert_eq!(failures, 8);
+}
+
+#[test]
+fn joins_at_every_safe_point() {
+    let case = Case::new("mlp12_adam", 1e-4);
+    let micro = case.golden.micro_batches as u32;
+    for workers in 1..=3usize {
+        for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+            for losses in 0..=micro {
+                let seed = (workers as u64) * 100 + u64::from(losses);
+                let out = case.run_with_joins(workers, kind, Vec::new(), vec![(1, losses)], seed);
+                let what = format!("W={workers} {kind} join after {losses} losses of step 1");
+                case.check(&what, &out, 1);
+                assert_eq!(out.migrations[0].joining, vec![workers as u32], "{what}");
+                assert_eq!(out.partitions[1].stages.len(), workers + 1, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn shrink_then_grow_again() {
+    let case = Case::new("mlp12_sgd", 1e-4);
+    for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+        let out = case.run_with_joins(3, kind, vec![notice(1, 0, 3)], vec![(2, 2)], 3);
+        case.check(&format!("3 -> 2 -> 3 {kind}"), &out, 2);
+        assert_eq!(out.partitions.last().unwrap().stages.len(), 3);
+    }
 }

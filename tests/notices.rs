@@ -391,7 +391,9 @@ fn sigterm_is_one_notice_with_the_configured_grace() {
 
 // ------------------------------------------------------------- whole jobs
 
-const STEPS: &str = "200";
+/// Enough steps (~1.5 s) that a notice sent at step 3 always lands mid-job,
+/// even on a loaded machine: a poller finds it within a few 20 ms polls.
+const STEPS: &str = "600";
 const OPTIMIZER: &str = "sgd:lr=0.05";
 const JOB_LIMIT: Duration = Duration::from_secs(240);
 
@@ -499,7 +501,7 @@ impl Job {
     /// Waits for every process to exit and checks they all succeeded.
     fn finish(mut self) -> String {
         let deadline = Instant::now() + JOB_LIMIT;
-        let mut done = vec![false; 3];
+        let mut done = [false; 3];
         while done.iter().any(|d| !d) {
             for (i, child) in std::iter::once(&mut self.coordinator).chain(&mut self.workers).enumerate() {
                 if let Some(status) = child.try_wait().unwrap() {

@@ -53,6 +53,11 @@ impl StepLosses {
         Ok(())
     }
 
+    /// How many micro-batch losses were recorded.
+    pub fn recorded(&self) -> usize {
+        self.values.len()
+    }
+
     /// The minibatch-mean loss once every micro-batch reported, summed in
     /// micro-batch order.
     pub fn total(&self) -> Option<f32> {

@@ -160,7 +160,7 @@ pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> 
     let mut rng = SplitMix64::new(seed);
     for tick in 0u64.. {
         let now = Duration::from_micros(tick);
-        let ready: Vec<usize> = (0..workers).filter(|&w| !exited[w] && nodes[w].ready().is_some()).collect();
+        let ready: Vec<usize> = (0..nodes.len()).filter(|&w| !exited[w] && nodes[w].ready().is_some()).collect();
         let choices = ready.len() + net.frames.len();
         if choices == 0 {
             return Err(Error::Pipeline("the job stalled: no frame in flight and no work ready".into()));
@@ -181,6 +181,16 @@ pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> 
                     match effect {
                         CoordEffect::Send { worker, message } => {
                             net.push(Dest::Worker(worker), Dest::Coordinator, &message)?
+                        }
+                        CoordEffect::Spawn { worker } => {
+                            nodes.push(Worker::new(worker, factory()));
+                            exited.push(false);
+                            let register = Message::Register {
+                                worker,
+                                protocol: PROTOCOL_VERSION,
+                                address: format!("sim:{worker}"),
+                            };
+                            net.push(Dest::Coordinator, Dest::Worker(worker), &register)?;
                         }
                         CoordEffect::Done(outcome) => return Ok(*outcome),
                         CoordEffect::Failed(reason) => return Err(Error::Pipeline(reason)),

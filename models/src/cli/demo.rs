@@ -68,6 +68,7 @@ fn pipeline(params: &ParamStore, batches: &[Batch], optimizer: OptimizerConfig) 
         batches: batches.to_vec(),
         join_timeout: Duration::from_secs(60),
         notices: vec![NOTICE],
+        joins: Vec::new(),
     };
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
     let mut on_step = |step: u32, loss: f32| println!("  step {step}: loss {loss:.6}");

@@ -77,6 +77,28 @@ pub fn check(
     Ok(())
 }
 
+/// Parses one `--join STEP[:LOSSES]` value.
+pub fn parse_join(text: &str) -> anyhow::Result<(u32, u32)> {
+    let (step, losses) = text.split_once(':').unwrap_or((text, "0"));
+    let number = |what: &str, v: &str| {
+        v.trim().parse::<u32>().with_context(|| format!("`{text}`: {what} `{v}` is not a number (STEP[:LOSSES])"))
+    };
+    Ok((number("step", step)?, number("losses", losses)?))
+}
+
+/// Checks that every join point exists; joins happen in the order given.
+pub fn check_joins(joins: &[(u32, u32)], steps: usize, micro_batches: usize) -> anyhow::Result<()> {
+    for &(step, losses) in joins {
+        ensure!((step as usize) < steps, "--join {step}: steps count from 0 and this run has {steps}");
+        ensure!(
+            losses as usize <= micro_batches,
+            "--join {step}:{losses}: a step reports at most {micro_batches} micro-batch losses"
+        );
+    }
+    ensure!(joins.windows(2).all(|w| w[0] <= w[1]), "--join: give join points in order");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,16 +45,20 @@ pub struct Bytes {
 #[derive(Debug, Serialize)]
 pub struct Migration {
     pub generation: u32,
+    /// Workers that left (preempted).
     pub workers: Vec<u32>,
-    /// When the notice reached the coordinator, ms since the job started.
+    /// Workers that joined.
+    pub joined: Vec<u32>,
+    /// When the notice (or the join) reached the coordinator, ms since the job started.
     pub notice_ms: f64,
-    /// When the leaving worker must be gone, ms since the job started.
-    pub deadline_ms: f64,
+    /// When the leaving worker must be gone, ms since the job started (none for a join).
+    pub deadline_ms: Option<f64>,
     pub bytes: Bytes,
     pub ship_ms: f64,
     /// From the notice until every survivor computed again.
     pub resumed_after_ms: f64,
-    /// What the dying worker did: shipped its segments (no recompute fallback exists yet).
+    /// What happened: a preempted worker shipped its segments (no recompute
+    /// fallback exists yet), or the pipeline grew.
     pub action: String,
 }
 
@@ -65,8 +69,9 @@ impl From<&baton_engine::pipeline::coordinator::MigrationRecord> for Migration {
         Migration {
             generation: m.generation,
             workers: m.leaving.clone(),
+            joined: m.joining.clone(),
             notice_ms: ms(m.notice_at),
-            deadline_ms: ms(m.deadline),
+            deadline_ms: (!m.leaving.is_empty()).then(|| ms(m.deadline)),
             bytes: Bytes {
                 parameters: b.parameters,
                 optimizer_state: b.optimizer_state,
@@ -77,7 +82,8 @@ impl From<&baton_engine::pipeline::coordinator::MigrationRecord> for Migration {
             },
             ship_ms: ms(m.ship_time),
             resumed_after_ms: ms(m.resumed_after),
-            action: "shipped segments".into(),
+            action: if m.leaving.is_empty() { "grew: layers moved to the new worker" } else { "shipped segments" }
+                .into(),
         }
     }
 }

@@ -75,8 +75,9 @@ pub struct TrainArgs {
     /// Preempt a worker: `WORKER@STEP:ACTIONS[,grace=DURATION]` (repeatable).
     #[arg(long, value_name = "WORKER@STEP:ACTIONS[,grace=DURATION]")]
     preempt: Vec<String>,
-    /// A worker joins: `STEP[:ACTIONS]` (repeatable).
-    #[arg(long, value_name = "STEP[:ACTIONS]")]
+    /// A worker joins once step STEP reported LOSSES micro-batch losses:
+    /// `STEP[:LOSSES]` (repeatable; default LOSSES 0, at the step's start).
+    #[arg(long, value_name = "STEP[:LOSSES]")]
     join: Vec<String>,
     /// Rows per step of synthetic data (default 32); with --data it must match the file.
     #[arg(long, value_name = "B")]
@@ -150,9 +151,12 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     let notices =
         args.preempt.iter().map(|p| preempt::parse(p).context("--preempt")).collect::<anyhow::Result<Vec<_>>>()?;
     preempt::check(&notices, args.workers, batches.len(), args.microbatches)?;
+    let joins =
+        args.join.iter().map(|j| preempt::parse_join(j).context("--join")).collect::<anyhow::Result<Vec<_>>>()?;
+    preempt::check_joins(&joins, batches.len(), args.microbatches)?;
     let remote = matches!(launch, Launch::Remote(_));
-    let run = if args.workers > 1 || args.timeline.is_some() || remote {
-        train_pipeline(&args, &spec_text, (chosen.model, params), &batches, notices, launch)?
+    let run = if args.workers > 1 || args.timeline.is_some() || remote || !joins.is_empty() {
+        train_pipeline(&args, &spec_text, (chosen.model, params), &batches, (notices, joins), launch)?
     } else {
         train_in_process(&args, chosen.model, params, &batches)?
     };
@@ -181,11 +185,15 @@ struct RunResult {
 
 /// One line about a finished migration, for the progress output.
 pub fn describe_migration(m: &MigrationRecord) -> String {
+    let who = match (m.leaving.is_empty(), m.joining.is_empty()) {
+        (false, true) => format!("worker(s) {:?} left", m.leaving),
+        (true, false) => format!("worker(s) {:?} joined", m.joining),
+        _ => format!("worker(s) {:?} left, {:?} joined", m.leaving, m.joining),
+    };
     format!(
-        "migration to generation {}: worker(s) {:?} left; layers {} -> {}; shipped {:.1} KiB in {:.1} ms; \
-         training resumed {:.1} ms after the notice",
+        "migration to generation {}: {who}; layers {} -> {}; shipped {:.1} KiB in {:.1} ms; \
+         training resumed {:.1} ms after it began",
         m.generation,
-        m.leaving,
         m.before.describe(),
         m.after.describe(),
         m.bytes.total() as f64 / 1024.0,
@@ -221,7 +229,7 @@ fn train_pipeline(
     spec_text: &str,
     (model, params): (Model, ParamStore),
     batches: &[Batch],
-    notices: Vec<(u32, PlannedNotice)>,
+    (notices, joins): (Vec<(u32, PlannedNotice)>, Vec<(u32, u32)>),
     launch: Launch<'_>,
 ) -> anyhow::Result<RunResult> {
     let plan = JobPlan {
@@ -235,6 +243,7 @@ fn train_pipeline(
         batches: batches.to_vec(),
         join_timeout: std::time::Duration::from_secs(60),
         notices,
+        joins,
     };
     let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
     let noun = if args.workers == 1 { "process" } else { "processes" };
@@ -252,8 +261,12 @@ fn train_pipeline(
             launch_local(LocalJob { plan, exe: &exe, threads_per_worker, on_step: &mut on_step, on_migration })?
         }
         Launch::Remote(node) => {
-            let options =
-                CoordinatorOptions { on_step: &mut on_step, on_migration: &mut on_migration, children: &mut [] };
+            let options = CoordinatorOptions {
+                on_step: &mut on_step,
+                on_migration: &mut on_migration,
+                children: &mut Vec::new(),
+                spawn: None,
+            };
             run_coordinator(node, plan, options)?
         }
     };
@@ -303,9 +316,6 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
 /// Refuses what needs the multi-process runtime, rather than pretending.
 fn check_single_process(args: &TrainArgs) -> anyhow::Result<()> {
     ensure!(args.workers >= 1, "--workers 0: at least one worker is needed");
-    if !args.join.is_empty() {
-        bail!("growing the pipeline (--join) is not implemented yet (issue #4); run without it");
-    }
     if !args.preempt.is_empty() && args.workers < 2 {
         bail!("--preempt needs --workers 2 or more: someone must take over the preempted worker's layers");
     }

@@ -20,7 +20,9 @@ pub struct CoordinatorOptions<'a> {
     pub on_migration: &'a mut dyn FnMut(&MigrationRecord),
     /// Worker processes launched by this coordinator, by worker number: an
     /// exit before the job ends fails the job at once.
-    pub children: &'a mut [Child],
+    pub children: &'a mut Vec<Child>,
+    /// Starts the process of a joining worker (local launches only).
+    pub spawn: Option<&'a mut dyn FnMut(u32) -> anyhow::Result<Child>>,
 }
 
 /// Who is who: transport peers and worker numbers.
@@ -34,7 +36,7 @@ struct Roster {
 }
 
 /// Runs `plan` on `node` until the job is done or fails.
-pub fn run_coordinator(node: &Node, plan: JobPlan, options: CoordinatorOptions<'_>) -> anyhow::Result<JobOutcome> {
+pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptions<'_>) -> anyhow::Result<JobOutcome> {
     let start = Instant::now();
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
     let mut roster = Roster::default();
@@ -54,6 +56,10 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, options: CoordinatorOptions<'
         for effect in effects {
             match effect {
                 CoordEffect::Send { worker, message } => deliver(node, &roster, worker, &message)?,
+                CoordEffect::Spawn { worker } => match options.spawn.as_mut() {
+                    Some(spawn) => options.children.push(spawn(worker)?),
+                    None => eprintln!("waiting for worker {worker} to join: start `baton worker --id {worker} ...`"),
+                },
                 CoordEffect::StepFinished { step, loss } => (options.on_step)(step, loss),
                 CoordEffect::Migrated(record) => (options.on_migration)(&record),
                 CoordEffect::Done(outcome) => return Ok(*outcome),

@@ -29,13 +29,30 @@ pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
     let dir = tempfile::Builder::new().prefix("baton-cluster-").tempdir().context("creating the cluster directory")?;
     let ca = ClusterCa::generate("baton-local").context("creating an ephemeral certificate authority")?;
     ca.save(dir.path())?;
-    for w in 0..job.plan.workers as u32 {
+    for w in 0..(job.plan.workers + job.plan.joins.len()) as u32 {
         ca.issue(&worker_name(w))?.save(dir.path())?;
     }
     let node = Node::start("127.0.0.1:0".parse()?, ca.issue(COORDINATOR_NAME)?, net_config())
         .context("starting the coordinator's endpoint")?;
-    let mut children = spawn_workers(&job, dir.path(), &node)?;
-    let options = CoordinatorOptions { on_step: job.on_step, on_migration: job.on_migration, children: &mut children };
+    let coordinator = node.local_addr().to_string();
+    let (exe, threads) = (job.exe, job.threads_per_worker);
+    let mut spawn = |w: u32| spawn_worker(exe, dir.path(), &coordinator, w, threads);
+    let mut children = Vec::new();
+    for w in 0..job.plan.workers as u32 {
+        match spawn(w) {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                children.iter_mut().for_each(|c| drop(c.kill()));
+                return Err(e);
+            }
+        }
+    }
+    let options = CoordinatorOptions {
+        on_step: job.on_step,
+        on_migration: job.on_migration,
+        children: &mut children,
+        spawn: Some(&mut spawn),
+    };
     let result = run_coordinator(&node, job.plan, options);
     // Closing our endpoint tells the lingering workers that every final
     // message was read; they exit on that.
@@ -48,26 +65,15 @@ pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
     result
 }
 
-fn spawn_workers(job: &LocalJob<'_>, dir: &Path, node: &Node) -> anyhow::Result<Vec<Child>> {
-    let coordinator = node.local_addr().to_string();
-    let mut children = Vec::new();
-    for w in 0..job.plan.workers {
-        let child = Command::new(job.exe)
-            .args(["worker", "--coordinator", &coordinator, "--id", &w.to_string()])
-            .arg("--cluster-dir")
-            .arg(dir)
-            .args(["--threads", &job.threads_per_worker.to_string()])
-            .stdin(Stdio::null())
-            .spawn();
-        match child {
-            Ok(child) => children.push(child),
-            Err(e) => {
-                children.iter_mut().for_each(|c| drop(c.kill()));
-                return Err(e).with_context(|| format!("starting worker {w} ({})", job.exe.display()));
-            }
-        }
-    }
-    Ok(children)
+fn spawn_worker(exe: &Path, dir: &Path, coordinator: &str, w: u32, threads: usize) -> anyhow::Result<Child> {
+    Command::new(exe)
+        .args(["worker", "--coordinator", coordinator, "--id", &w.to_string()])
+        .arg("--cluster-dir")
+        .arg(dir)
+        .args(["--threads", &threads.to_string()])
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting worker {w} ({})", exe.display()))
 }
 
 /// Waits up to `patience` for the workers to exit, then kills the rest.

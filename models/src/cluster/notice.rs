@@ -133,6 +133,7 @@ pub enum Cloud {
 }
 
 impl Cloud {
+    /// The name used in log lines and thread names.
     pub fn name(self) -> &'static str {
         match self {
             Cloud::Aws => "AWS",

@@ -16,6 +16,7 @@ use crate::{Error, Result};
 pub(super) struct Migration {
     generation: u32,
     leaving: BTreeSet<u32>,
+    joining: Vec<u32>,
     notice_at: Duration,
     deadline: Duration,
     partition: Partition,
@@ -47,27 +48,42 @@ impl Coordinator {
         self.start_migration()
     }
 
-    /// Starts a migration for every queued notice, unless one is under way
-    /// (a notice arriving meanwhile waits for it to complete).
-    fn start_migration(&mut self) -> Result<Vec<CoordEffect>> {
-        if self.migration.is_some() || self.notices.is_empty() || !matches!(self.phase, Phase::Running { .. }) {
+    /// Starts a migration for every queued notice and every joiner whose
+    /// join point was reached, unless one is under way (a notice or join
+    /// arriving meanwhile waits for it to complete).
+    pub(super) fn start_migration(&mut self) -> Result<Vec<CoordEffect>> {
+        let joining: Vec<u32> = match self.join_due() {
+            true => self.joiners.iter().copied().take(1).collect(),
+            false => Vec::new(),
+        };
+        let idle = self.notices.is_empty() && joining.is_empty();
+        if self.migration.is_some() || idle || !matches!(self.phase, Phase::Running { .. }) {
             return Ok(Vec::new());
+        }
+        for w in &joining {
+            self.joiners.remove(w);
+            self.joins.pop_front();
+            self.join_wait_since = None;
         }
         let notices: Vec<_> = self.notices.drain(..).collect();
         let leaving: BTreeSet<u32> = notices.iter().map(|(w, _, _)| *w).collect();
-        let survivors: Vec<u32> = self.members().into_iter().filter(|w| !leaving.contains(w)).collect();
+        let mut survivors: Vec<u32> = self.members().into_iter().filter(|w| !leaving.contains(w)).collect();
+        survivors.extend(&joining);
+        survivors.sort_unstable();
         if survivors.is_empty() {
             return Err(Error::Pipeline("every worker was preempted: nothing is left to take over the layers".into()));
         }
         let partition = Partition::balanced(&self.plan.costs, survivors.len())?;
         let generation = self.generation + 1;
+        let now = notices.iter().map(|n| n.1).min();
         self.migration = Some(Migration {
             generation,
-            notice_at: notices.iter().map(|n| n.1).min().unwrap_or_default(),
-            deadline: notices.iter().map(|n| n.2).min().unwrap_or_default(),
+            notice_at: now.unwrap_or(self.now),
+            deadline: notices.iter().map(|n| n.2).min().unwrap_or(Duration::MAX),
             placements: self.placements_for(&partition, &survivors),
             partition,
             leaving,
+            joining,
             paused: BTreeMap::new(),
             migrated: BTreeMap::new(),
             resumed: BTreeSet::new(),
@@ -104,7 +120,7 @@ impl Coordinator {
                 expected: expected_by(w),
             },
         };
-        Ok(members.into_iter().map(repartition).collect())
+        Ok(members.into_iter().chain(m.joining.iter().copied()).map(repartition).collect())
     }
 
     pub(super) fn on_migrated(
@@ -134,7 +150,8 @@ impl Coordinator {
         let members = self.members();
         let Some(m) = &self.migration else { return Ok(Vec::new()) };
         let survivors: Vec<u32> = m.placements.iter().map(|p| p.worker).collect();
-        if members.iter().any(|w| !m.migrated.contains_key(w)) || survivors.iter().any(|w| !m.resumed.contains(w)) {
+        let shipped = members.iter().chain(&m.joining).all(|w| m.migrated.contains_key(w));
+        if !shipped || survivors.iter().any(|w| !m.resumed.contains(w)) {
             return Ok(Vec::new());
         }
         let m = self.migration.take().expect("checked above");
@@ -143,6 +160,7 @@ impl Coordinator {
         let record = MigrationRecord {
             generation: m.generation,
             leaving: m.leaving.iter().copied().collect(),
+            joining: m.joining.clone(),
             notice_at: m.notice_at,
             deadline: m.deadline,
             bytes,

@@ -36,6 +36,10 @@ pub struct JobPlan {
     pub join_timeout: Duration,
     /// Scripted preemption notices (`--preempt`), by worker.
     pub notices: Vec<(u32, PlannedNotice)>,
+    /// Workers that join the running job (`--join STEP[:LOSSES]`): once step
+    /// `STEP` has reported `LOSSES` micro-batch losses. They get the numbers
+    /// `workers`, `workers + 1`, ...
+    pub joins: Vec<(u32, u32)>,
 }
 
 /// What the driver reports.
@@ -53,6 +57,11 @@ pub enum CoordEffect {
     Send {
         worker: u32,
         message: Message,
+    },
+    /// Start worker `worker` (a planned join); launchers that cannot start
+    /// processes wait for it to be started by hand.
+    Spawn {
+        worker: u32,
     },
     /// Step `step` is complete with minibatch-mean `loss`.
     StepFinished {
@@ -73,6 +82,8 @@ pub struct MigrationRecord {
     pub generation: u32,
     /// Workers that left.
     pub leaving: Vec<u32>,
+    /// Workers that joined.
+    pub joining: Vec<u32>,
     /// When the (first) notice reached the coordinator, since the job started.
     pub notice_at: Duration,
     /// When the first leaving worker must be gone.
@@ -111,6 +122,16 @@ enum Phase {
     Over,
 }
 
+fn check_protocol(worker: u32, protocol: u32) -> Result<()> {
+    use super::protocol::PROTOCOL_VERSION;
+    if protocol != PROTOCOL_VERSION {
+        return Err(Error::Protocol(format!(
+            "worker {worker} speaks protocol {protocol}, this coordinator {PROTOCOL_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
 /// The coordinator of one job.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -119,6 +140,8 @@ pub struct Coordinator {
     generation: u32,
     phase: Phase,
     started_at: Duration,
+    /// The time of the event being handled.
+    now: Duration,
     addresses: BTreeMap<u32, String>,
     /// Workers of the current generation, in stage order, with their layers.
     placements: Vec<Placement>,
@@ -127,6 +150,14 @@ pub struct Coordinator {
     /// Notices not yet acted on: (worker, when, grace).
     notices: VecDeque<(u32, Duration, Duration)>,
     migration: Option<Migration>,
+    /// Joiners connected to every member, waiting for their join point.
+    joiners: BTreeSet<u32>,
+    /// Joiners whose process start was asked for.
+    spawned: BTreeSet<u32>,
+    /// Since when the end of a step waits for a due joiner.
+    join_wait_since: Option<Duration>,
+    /// Planned joins not yet done, in order.
+    joins: VecDeque<(u32, u32)>,
     losses: Vec<f32>,
     step_losses: Option<StepLosses>,
     finals: BTreeMap<u32, (Vec<(String, Tensor)>, Counters, Vec<Span>)>,
@@ -143,6 +174,7 @@ impl Coordinator {
         if plan.batches.is_empty() {
             return Err(Error::Data("a job needs at least one step of data".into()));
         }
+        let joins = plan.joins.iter().copied().collect();
         Ok(Coordinator {
             partitions: vec![Layout::new(0, &partition, &(0..plan.workers as u32).collect::<Vec<_>>())],
             plan,
@@ -150,12 +182,17 @@ impl Coordinator {
             generation: 0,
             phase: Phase::Registering,
             started_at: now,
+            now,
             addresses: BTreeMap::new(),
             placements: Vec::new(),
             ready: BTreeSet::new(),
             retired: BTreeSet::new(),
             notices: VecDeque::new(),
             migration: None,
+            joiners: BTreeSet::new(),
+            spawned: BTreeSet::new(),
+            join_wait_since: None,
+            joins,
             losses: Vec::new(),
             step_losses: None,
             finals: BTreeMap::new(),
@@ -175,6 +212,7 @@ impl Coordinator {
 
     /// Checks deadlines at time `now`.
     pub fn tick(&mut self, now: Duration) -> Vec<CoordEffect> {
+        self.now = now;
         let waiting = matches!(self.phase, Phase::Registering | Phase::Connecting);
         if waiting && now.saturating_sub(self.started_at) > self.plan.join_timeout {
             let joined = self.addresses.len();
@@ -185,6 +223,10 @@ impl Coordinator {
                 self.ready.len()
             ));
         }
+        let join_overdue = self.join_wait_since.is_some_and(|t| now.saturating_sub(t) > self.plan.join_timeout);
+        if join_overdue && self.join_due() {
+            return self.fail(format!("a planned worker did not join within {:?}", self.plan.join_timeout));
+        }
         match self.migration_overdue(now) {
             Some(reason) => self.fail(reason),
             None => Vec::new(),
@@ -193,6 +235,7 @@ impl Coordinator {
 
     /// Takes in one event at time `now` and returns what to do.
     pub fn handle(&mut self, event: CoordEvent, now: Duration) -> Vec<CoordEffect> {
+        self.now = now;
         if self.phase == Phase::Over {
             return Vec::new();
         }
@@ -215,14 +258,16 @@ impl Coordinator {
     }
 
     fn on_message(&mut self, worker: u32, message: Message, now: Duration) -> Result<Vec<CoordEffect>> {
-        if worker as usize >= self.plan.workers {
-            return Err(Error::Pipeline(format!(
-                "worker {worker} is not part of this job of {} workers",
-                self.plan.workers
-            )));
+        let known = self.plan.workers + self.plan.joins.len();
+        if worker as usize >= known {
+            return Err(Error::Pipeline(format!("worker {worker} is not part of this job of {known} workers")));
         }
         match message {
+            Message::Register { protocol, address, .. } if worker as usize >= self.plan.workers => {
+                self.on_join_register(worker, protocol, address)
+            }
             Message::Register { protocol, address, .. } => self.on_register(worker, protocol, address),
+            Message::Ready { .. } if worker as usize >= self.plan.workers => self.on_join_ready(worker),
             Message::Ready { .. } => self.on_ready(worker),
             Message::Loss { step, micro, value } => self.on_loss(step, micro, value),
             Message::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer),
@@ -239,12 +284,7 @@ impl Coordinator {
     }
 
     fn on_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
-        use super::protocol::PROTOCOL_VERSION;
-        if protocol != PROTOCOL_VERSION {
-            return Err(Error::Protocol(format!(
-                "worker {worker} speaks protocol {protocol}, this coordinator {PROTOCOL_VERSION}"
-            )));
-        }
+        check_protocol(worker, protocol)?;
         if self.phase != Phase::Registering || self.addresses.insert(worker, address).is_some() {
             return Err(Error::Pipeline(format!("worker {worker} registered twice")));
         }
@@ -256,6 +296,23 @@ impl Coordinator {
         (0..self.plan.workers as u32)
             .map(|w| Ok(CoordEffect::Send { worker: w, message: self.assignment(w) }))
             .collect()
+    }
+
+    /// A joiner registers: it gets the current layout (without layers of its
+    /// own) and connects to every member.
+    fn on_join_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
+        check_protocol(worker, protocol)?;
+        if !matches!(self.phase, Phase::Running { .. }) || self.addresses.insert(worker, address).is_some() {
+            return Err(Error::Pipeline(format!("worker {worker} registered twice or outside training")));
+        }
+        Ok(vec![CoordEffect::Send { worker, message: self.assignment(worker) }])
+    }
+
+    fn on_join_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
+        if !self.addresses.contains_key(&worker) || !self.joiners.insert(worker) {
+            return Err(Error::Pipeline(format!("worker {worker} reported ready out of turn")));
+        }
+        self.start_migration()
     }
 
     /// Placements of `partition` on `workers` (stage i on `workers[i]`).
@@ -270,9 +327,13 @@ impl Coordinator {
     }
 
     fn assignment(&self, worker: u32) -> Message {
-        let mine = self.placements.iter().find(|p| p.worker == worker).expect("every registered worker is placed");
-        let params =
-            (mine.first..mine.end).flat_map(|l| self.plan.params.with_prefix(&format!("layers.{l}."))).collect();
+        // A joiner has no layers yet: its parameters come in handovers.
+        let params = match self.placements.iter().find(|p| p.worker == worker) {
+            Some(mine) => {
+                (mine.first..mine.end).flat_map(|l| self.plan.params.with_prefix(&format!("layers.{l}."))).collect()
+            }
+            None => Vec::new(),
+        };
         let notices = self.plan.notices.iter().filter(|(w, _)| *w == worker).map(|(_, n)| *n).collect();
         Message::Assign(Assignment {
             generation: self.generation,
@@ -303,18 +364,18 @@ impl Coordinator {
         let split = split_step(&self.plan.batches[step as usize], self.plan.micro_batches)?;
         self.step_losses = Some(StepLosses::new(split.rows.clone()));
         self.phase = Phase::Running { step, updated: vec![false; self.plan.costs.len()] };
+        let mut spawn = self.spawn_due_joiner();
         let first = self.placements.first().map(|p| p.worker);
         let last = self.placements.last().map(|p| p.worker);
-        Ok(self
-            .members()
-            .into_iter()
-            .map(|w| {
-                let inputs = if Some(w) == first { split.inputs.clone() } else { Vec::new() };
-                let targets = if Some(w) == last { split.targets.clone() } else { Vec::new() };
-                let message = Message::StepStart { step, rows: split.rows.clone(), inputs, targets };
-                CoordEffect::Send { worker: w, message }
-            })
-            .collect())
+        let starts = self.members().into_iter().map(|w| {
+            let inputs = if Some(w) == first { split.inputs.clone() } else { Vec::new() };
+            let targets = if Some(w) == last { split.targets.clone() } else { Vec::new() };
+            let message = Message::StepStart { step, rows: split.rows.clone(), inputs, targets };
+            CoordEffect::Send { worker: w, message }
+        });
+        spawn.extend(starts);
+        spawn.extend(self.start_migration()?);
+        Ok(spawn)
     }
 
     fn on_loss(&mut self, step: u32, micro: u32, value: f32) -> Result<Vec<CoordEffect>> {
@@ -322,7 +383,36 @@ impl Coordinator {
             (Phase::Running { step: current, .. }, Some(book)) if *current == step => book.record(micro, value)?,
             _ => return Err(Error::Pipeline(format!("loss of step {step} arrived out of turn"))),
         }
-        self.maybe_finish_step()
+        let mut effects = self.spawn_due_joiner();
+        effects.extend(self.start_migration()?);
+        effects.extend(self.maybe_finish_step()?);
+        Ok(effects)
+    }
+
+    /// Losses reported so far in the step in progress.
+    fn losses_in_step(&self) -> (u32, u32) {
+        match (&self.phase, &self.step_losses) {
+            (Phase::Running { step, .. }, Some(book)) => (*step, book.recorded() as u32),
+            _ => (u32::MAX, 0),
+        }
+    }
+
+    /// True when the next planned join's point has been reached.
+    fn join_due(&self) -> bool {
+        let (step, losses) = self.losses_in_step();
+        self.joins.front().is_some_and(|&(s, l)| step != u32::MAX && (step, losses) >= (s, l))
+    }
+
+    /// The joiner's process is started once its join point is reached.
+    fn spawn_due_joiner(&mut self) -> Vec<CoordEffect> {
+        let worker = (self.plan.workers + self.plan.joins.len() - self.joins.len()) as u32;
+        match self.join_due() && !self.addresses.contains_key(&worker) && !self.spawned.contains(&worker) {
+            true => {
+                self.spawned.insert(worker);
+                vec![CoordEffect::Spawn { worker }]
+            }
+            false => Vec::new(),
+        }
     }
 
     fn on_layer_updated(&mut self, worker: u32, step: u32, layer: u32) -> Result<Vec<CoordEffect>> {
@@ -351,7 +441,12 @@ impl Coordinator {
         let (step, Some(loss)) = (*step, loss) else {
             return Ok(Vec::new());
         };
-        if !updated.iter().all(|u| *u) || self.migration.is_some() {
+        // A due join holds the next step until the newcomer is connected
+        // (tick() fails the job if it never comes).
+        if !updated.iter().all(|u| *u) || self.migration.is_some() || self.join_due() {
+            if self.join_due() && self.join_wait_since.is_none() {
+                self.join_wait_since = Some(self.now);
+            }
             return Ok(Vec::new());
         }
         self.losses.push(loss);
@@ -407,7 +502,8 @@ impl Coordinator {
     fn fail(&mut self, reason: String) -> Vec<CoordEffect> {
         self.phase = Phase::Over;
         let abort = |w: u32| CoordEffect::Send { worker: w, message: Message::Abort { reason: reason.clone() } };
-        let mut effects: Vec<CoordEffect> = (0..self.plan.workers as u32).map(abort).collect();
+        let known: Vec<u32> = self.addresses.keys().copied().collect();
+        let mut effects: Vec<CoordEffect> = known.into_iter().map(abort).collect();
         effects.push(CoordEffect::Failed(reason));
         effects
     }

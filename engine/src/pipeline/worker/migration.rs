@@ -73,7 +73,13 @@ impl Worker {
             .into_iter()
             .filter(|&w| w != self.id)
             .collect();
-        self.stage_mut()?.reassign(place.first..place.end, (position as u32, new.len() as u32))?;
+        let at = (position as u32, new.len() as u32);
+        match (&mut self.stage, &self.setup) {
+            (Some(stage), _) => stage.reassign(place.first..place.end, at)?,
+            // A joiner builds its stage now; parameters arrive in handovers.
+            (None, Some(setup)) => self.stage = Some(setup.stage(place.first..place.end, at, Default::default())?),
+            (None, None) => return Err(Error::Pipeline("a repartition arrived before the assignment".into())),
+        }
         self.mode = Mode::Adopting { generation, from };
         outs.extend(self.adopt_waiting()?);
         Ok(outs)
@@ -82,7 +88,7 @@ impl Worker {
     /// Releases every layer whose owner changes, one handover per new owner.
     fn release_moving(&mut self, generation: u32, new: &[Placement]) -> Result<(Vec<(u32, Message)>, MovedBytes)> {
         let me = self.id;
-        let stage = self.stage_mut()?;
+        let Some(stage) = self.stage.as_mut() else { return Ok((Vec::new(), MovedBytes::default())) };
         let mut by_owner: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for layer in stage.layers() {
             let owner = owner_in(new, layer)?;

@@ -73,10 +73,25 @@ enum Mode {
     Leaving,
 }
 
+/// What a worker needs to build a stage (kept for a joiner, whose stage is
+/// built when it receives layers).
+struct Setup {
+    model: Arc<Model>,
+    kind: ScheduleKind,
+    optimizer: crate::OptimizerConfig,
+}
+
+impl Setup {
+    fn stage(&self, layers: std::ops::Range<u32>, at: (u32, u32), params: ParamStore) -> Result<Stage> {
+        Stage::new(self.model.clone(), layers, at, self.kind, params, Optimizer::new(self.optimizer))
+    }
+}
+
 /// One worker process's state.
 pub struct Worker {
     pub id: u32,
     factory: ModelFactory,
+    setup: Option<Setup>,
     stage: Option<Stage>,
     placements: Vec<Placement>,
     generation: u32,
@@ -99,6 +114,7 @@ impl Worker {
         Worker {
             id,
             factory,
+            setup: None,
             stage: None,
             placements: Vec::new(),
             generation: 0,
@@ -120,7 +136,7 @@ impl Worker {
 
     /// True once the coordinator's assignment arrived.
     pub fn assigned(&self) -> bool {
-        self.stage.is_some()
+        self.setup.is_some()
     }
 
     /// Workers this one must be connected to before it is ready (all others).
@@ -189,21 +205,26 @@ impl Worker {
         self.stage.as_mut().ok_or_else(|| Error::Pipeline("a step message arrived before the assignment".into()))
     }
 
+    /// Builds the stage of an assignment; a worker that joins a running job
+    /// is assigned no layers yet: it connects to every member and gets its
+    /// layers in the next migration.
     fn assign(&mut self, a: Assignment) -> Result<Vec<Out>> {
-        let position = a
-            .placements
-            .iter()
-            .position(|p| p.worker == self.id)
-            .ok_or_else(|| Error::Pipeline(format!("the assignment has no place for worker {}", self.id)))?;
-        let model = Arc::new((self.factory)(&a.spec)?);
-        let place = &a.placements[position];
-        let params: ParamStore = a.params.into_iter().collect();
-        let kind: ScheduleKind = a.schedule.parse()?;
-        let at = (position as u32, a.placements.len() as u32);
-        let stage = Stage::new(model, place.first..place.end, at, kind, params, Optimizer::new(a.optimizer.parse()?))?;
-        self.stage = Some(stage);
+        let setup = Setup {
+            model: Arc::new((self.factory)(&a.spec)?),
+            kind: a.schedule.parse()?,
+            optimizer: a.optimizer.parse()?,
+        };
         self.generation = a.generation;
         self.notices = a.notices;
+        let Some(position) = a.placements.iter().position(|p| p.worker == self.id) else {
+            (self.setup, self.placements) = (Some(setup), a.placements.clone());
+            return Ok(vec![Out::Connect(a.placements)]);
+        };
+        let place = &a.placements[position];
+        let params: ParamStore = a.params.into_iter().collect();
+        let at = (position as u32, a.placements.len() as u32);
+        self.stage = Some(setup.stage(place.first..place.end, at, params)?);
+        self.setup = Some(setup);
         let lower = a.placements.iter().filter(|p| p.worker < self.id).cloned().collect();
         self.placements = a.placements;
         Ok(vec![Out::Connect(lower)])
