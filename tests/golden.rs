@@ -6,7 +6,7 @@ mod common;
 
 use baton_engine::{Optimizer, Trainer};
 use baton_models::io;
-use common::{assert_params_close, max_abs, run_baton_ok, Golden, GOLDEN_FILES};
+use common::{assert_params_close, max_abs, run_baton_ok_owned, Golden, GOLDEN_FILES};
 
 fn assert_losses(name: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{name}: step count");
@@ -44,30 +44,9 @@ fn cli_matches_pytorch() {
     for (name, tol) in GOLDEN_FILES {
         let golden = Golden::load(name, tol);
         let (out, report) = (dir.path().join(format!("{name}.safetensors")), dir.path().join(format!("{name}.json")));
-        let file = golden.path.to_str().unwrap();
-        let (steps, micro, optimizer) =
-            (golden.steps.to_string(), golden.micro_batches.to_string(), golden.optimizer.to_string());
-        run_baton_ok(&[
-            "train",
-            "--model",
-            &golden.spec,
-            "--init",
-            file,
-            "--data",
-            file,
-            "--steps",
-            &steps,
-            "--microbatches",
-            &micro,
-            "--optimizer",
-            &optimizer,
-            "--workers",
-            "1",
-            "--save",
-            out.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-        ]);
+        let mut args = golden.train_args(&out);
+        args.extend(["--workers", "1", "--report", report.to_str().unwrap()].map(String::from));
+        run_baton_ok_owned(&args);
         let saved = io::load_tensors(&out, "").unwrap();
         assert_params_close(&format!("{name} via baton train"), &saved, &golden.final_params(), |_| tol);
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use baton_engine::ParamStore;
 use baton_models::io;
-use common::{assert_params_close, bit_identical, run_baton_ok, run_with_watchdog, Golden};
+use common::{assert_params_close, bit_identical, run_with_watchdog, Golden};
 use serde_json::Value;
 
 struct Run {
@@ -22,34 +22,16 @@ struct Run {
 
 fn train(golden: &Golden, dir: &Path, name: &str, args: &[&str], fault: Option<&str>) -> Run {
     let (out, report) = (dir.join(format!("{name}.safetensors")), dir.join(format!("{name}.json")));
-    let file = golden.path.to_str().unwrap();
-    let (micro, optimizer) = (golden.micro_batches.to_string(), golden.optimizer.to_string());
-    let mut all = vec![
-        "train",
-        "--model",
-        &golden.spec,
-        "--init",
-        file,
-        "--data",
-        file,
-        "--microbatches",
-        &micro,
-        "--optimizer",
-        &optimizer,
-        "--save",
-        out.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    match fault {
-        None => drop(run_baton_ok(&all)),
-        Some(fault) => {
-            let output =
-                run_with_watchdog(common::baton().args(&all).env("BATON_FAULT", fault), Duration::from_secs(300));
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        }
+    let mut all = golden.train_args(&out);
+    all.extend(["--report", report.to_str().unwrap()].map(String::from));
+    all.extend(args.iter().map(|a| a.to_string()));
+    let mut cmd = common::baton();
+    cmd.args(&all);
+    if let Some(fault) = fault {
+        cmd.env("BATON_FAULT", fault);
     }
+    let output = run_with_watchdog(&mut cmd, Duration::from_secs(300));
+    assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
     let report = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     Run { params: io::load_tensors(&out, "").unwrap(), report }
 }

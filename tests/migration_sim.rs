@@ -14,7 +14,7 @@ use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan};
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::sim;
 use baton_engine::pipeline::ScheduleKind;
-use baton_engine::{Optimizer, ParamStore, Trainer};
+use baton_engine::ParamStore;
 use baton_models::spec;
 use common::{bit_identical, Golden};
 
@@ -30,15 +30,8 @@ impl Case {
     fn new(name: &str, tolerance: f32) -> Case {
         let mut golden = Golden::load(name, tolerance);
         golden.data.truncate(STEPS);
-        let model = spec::parse(&golden.spec).unwrap();
-        let mut trainer = Trainer::new(model, golden.params.clone(), Optimizer::new(golden.optimizer)).unwrap();
-        let losses = golden
-            .data
-            .iter()
-            .enumerate()
-            .map(|(s, b)| trainer.step(s as u32, b, golden.micro_batches).unwrap())
-            .collect();
-        Case { golden, reference: trainer.params, losses }
+        let (reference, losses) = golden.train_in_process();
+        Case { golden, reference, losses }
     }
 
     fn run(&self, workers: usize, kind: ScheduleKind, notices: Vec<(u32, PlannedNotice)>, seed: u64) -> JobOutcome {

@@ -9,36 +9,14 @@ use std::time::{Duration, Instant};
 
 use baton_engine::ParamStore;
 use baton_models::io;
-use common::{assert_params_close, bit_identical, run_baton, run_baton_ok, Golden, GOLDEN_FILES};
+use common::{assert_params_close, bit_identical, run_baton, run_baton_ok_owned, Golden, GOLDEN_FILES};
 
 fn train(golden: &Golden, dir: &std::path::Path, workers: usize, schedule: &str, extra: &[&str]) -> ParamStore {
     let out = dir.join(format!("w{workers}-{schedule}.safetensors"));
-    let file = golden.path.to_str().unwrap();
-    let (steps, micro, optimizer, w) =
-        (golden.steps.to_string(), golden.micro_batches.to_string(), golden.optimizer.to_string(), workers.to_string());
-    let mut args = vec![
-        "train",
-        "--model",
-        &golden.spec,
-        "--init",
-        file,
-        "--data",
-        file,
-        "--steps",
-        &steps,
-        "--microbatches",
-        &micro,
-        "--optimizer",
-        &optimizer,
-        "--workers",
-        &w,
-        "--schedule",
-        schedule,
-        "--save",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run_baton_ok(&args);
+    let mut args = golden.train_args(&out);
+    args.extend(["--workers", &workers.to_string(), "--schedule", schedule].map(String::from));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    run_baton_ok_owned(&args);
     io::load_tensors(&out, "").unwrap()
 }
 

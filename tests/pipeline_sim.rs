@@ -11,25 +11,12 @@ use std::time::Duration;
 use baton_engine::pipeline::coordinator::JobPlan;
 use baton_engine::pipeline::sim::{self, SimConfig};
 use baton_engine::pipeline::ScheduleKind;
-use baton_engine::{Optimizer, ParamStore, Trainer};
 use baton_models::spec;
 use common::{assert_params_close, bit_identical, Golden};
 
-fn single_process(golden: &Golden) -> (ParamStore, Vec<f32>) {
-    let model = spec::parse(&golden.spec).unwrap();
-    let mut trainer = Trainer::new(model, golden.params.clone(), Optimizer::new(golden.optimizer)).unwrap();
-    let losses = golden
-        .data
-        .iter()
-        .enumerate()
-        .map(|(step, batch)| trainer.step(step as u32, batch, golden.micro_batches).unwrap())
-        .collect();
-    (trainer.params, losses)
-}
-
 fn check_all_layouts(name: &str, tolerance: f32, seeds: &[u64]) {
     let golden = Golden::load(name, tolerance);
-    let (reference, reference_losses) = single_process(&golden);
+    let (reference, reference_losses) = golden.train_in_process();
     let model = Arc::new(spec::parse(&golden.spec).unwrap());
     for workers in 1..=6 {
         for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
@@ -63,7 +50,7 @@ fn resmlp12_ce_in_memory_pipelines_match_one_process() {
 fn whole_jobs_in_memory_match_one_process() {
     for (name, tol) in [("mlp12_sgd", 1e-4), ("resmlp12_ce", 1e-3)] {
         let golden = Golden::load(name, tol);
-        let (reference, reference_losses) = single_process(&golden);
+        let (reference, reference_losses) = golden.train_in_process();
         for workers in [1, 2, 3, 4, 6] {
             for (kind, seed) in [(ScheduleKind::Gpipe, 11), (ScheduleKind::OneFOneB, 12)] {
                 let plan = JobPlan {

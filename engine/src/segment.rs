@@ -165,12 +165,18 @@ pub fn archive(batch: &SegmentBatch) -> Result<AlignedVec> {
 /// f32 data is borrowed from `bytes`, only the small op lists are decoded.
 /// `bytes` must be 16-byte aligned (receive into an [`AlignedVec`]).
 pub fn access(bytes: &[u8]) -> Result<Vec<SegmentView<'_>>> {
-    if bytes.as_ptr() as usize % 16 != 0 {
+    if !is_aligned(bytes) {
         return Err(Error::Archive("archive buffer is not 16-byte aligned".into()));
     }
     let batch = rkyv::access::<ArchivedSegmentBatch, BoxedError>(bytes)
         .map_err(|e| Error::Archive(format!("invalid segment archive: {e}")))?;
     batch.0.iter().map(SegmentView::new).collect()
+}
+
+/// True when `bytes` starts on a 16-byte boundary, as rkyv's validated
+/// access (and reading f32 in place) needs.
+pub(crate) fn is_aligned(bytes: &[u8]) -> bool {
+    (bytes.as_ptr() as usize).is_multiple_of(16)
 }
 
 /// A validated, zero-copy view of an archived segment.

@@ -58,6 +58,43 @@ impl Golden {
         }
     }
 
+    /// `baton train` arguments that replay this run (model, weights, data,
+    /// steps, micro-batches, optimizer) and save to `save`; add the layout.
+    pub fn train_args(&self, save: &Path) -> Vec<String> {
+        let file = self.path.to_str().unwrap();
+        [
+            "train",
+            "--model",
+            &self.spec,
+            "--init",
+            file,
+            "--data",
+            file,
+            "--steps",
+            &self.steps.to_string(),
+            "--microbatches",
+            &self.micro_batches.to_string(),
+            "--optimizer",
+            &self.optimizer.to_string(),
+            "--save",
+            save.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The same training in one process, through the library: final
+    /// parameters and per-step losses.
+    pub fn train_in_process(&self) -> (ParamStore, Vec<f32>) {
+        let model = spec::parse(&self.spec).unwrap();
+        let mut trainer =
+            baton_engine::Trainer::new(model, self.params.clone(), baton_engine::Optimizer::new(self.optimizer))
+                .unwrap();
+        let losses =
+            self.data.iter().enumerate().map(|(s, b)| trainer.step(s as u32, b, self.micro_batches).unwrap()).collect();
+        (trainer.params, losses)
+    }
+
     /// PyTorch's gradients of step 0 (before any update).
     pub fn grad0(&self) -> ParamStore {
         io::load_tensors(&self.path, "expect.grad0.").unwrap()
@@ -161,6 +198,12 @@ pub fn run_with_watchdog(cmd: &mut Command, limit: Duration) -> Output {
 /// Runs baton with `args` (watchdog 300 s) and returns the output.
 pub fn run_baton(args: &[&str]) -> Output {
     run_with_watchdog(baton().args(args), Duration::from_secs(300))
+}
+
+/// Runs baton with owned arguments, expecting success.
+pub fn run_baton_ok_owned(args: &[String]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_baton_ok(&args)
 }
 
 /// Runs baton expecting success; panics with its stderr otherwise.

@@ -155,7 +155,7 @@ pub fn encode(message: &Message) -> Result<AlignedVec> {
 
 /// Validates and decodes one frame (16-byte aligned).
 pub fn decode(frame: &[u8]) -> Result<Message> {
-    if frame.as_ptr() as usize % 16 != 0 {
+    if !crate::segment::is_aligned(frame) {
         return Err(Error::Protocol("frame buffer is not 16-byte aligned".into()));
     }
     let archived = rkyv::access::<ArchivedMessage, BoxedError>(frame)

@@ -223,13 +223,16 @@ fn train_in_process(
     })
 }
 
+/// Scripted preemptions (worker, notice) and joins (step, losses).
+type Scripted = (Vec<(u32, PlannedNotice)>, Vec<(u32, u32)>);
+
 /// Runs the job on `--workers` worker processes over QUIC on loopback.
 fn train_pipeline(
     args: &TrainArgs,
     spec_text: &str,
     (model, params): (Model, ParamStore),
     batches: &[Batch],
-    (notices, joins): (Vec<(u32, PlannedNotice)>, Vec<(u32, u32)>),
+    (notices, joins): Scripted,
     launch: Launch<'_>,
 ) -> anyhow::Result<RunResult> {
     let plan = JobPlan {

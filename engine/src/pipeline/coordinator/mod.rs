@@ -132,6 +132,9 @@ fn check_protocol(worker: u32, protocol: u32) -> Result<()> {
     Ok(())
 }
 
+/// What a worker reports at the end: parameters, counters, timeline.
+type FinalState = (Vec<(String, Tensor)>, Counters, Vec<Span>);
+
 /// The coordinator of one job.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -160,7 +163,7 @@ pub struct Coordinator {
     joins: VecDeque<(u32, u32)>,
     losses: Vec<f32>,
     step_losses: Option<StepLosses>,
-    finals: BTreeMap<u32, (Vec<(String, Tensor)>, Counters, Vec<Span>)>,
+    finals: BTreeMap<u32, FinalState>,
     partitions: Vec<Layout>,
     migrations: Vec<MigrationRecord>,
     /// Counters and timelines of workers that left.
