@@ -135,3 +135,18 @@ fn a_worker_joins_and_the_pipeline_grows() {
     assert_eq!(stages(&run.report, 2), vec![(0, 0, 5), (2, 6, 11)]);
     assert_eq!(run.report["migrations"][1]["joined"], serde_json::json!([2]));
 }
+
+#[test]
+fn bf16_shipping_halves_segment_bytes_and_says_it_is_not_bit_identical() {
+    let golden = Golden::load("mlp12_sgd", 1e-4);
+    let dir = tempfile::tempdir().unwrap();
+    let f32_run = train(&golden, dir.path(), "f32", &["--workers", "3", "--preempt", "1@2:5"], None);
+    let args = ["--workers", "3", "--preempt", "1@2:5", "--ship-dtype", "bf16"];
+    let bf16_run = train(&golden, dir.path(), "bf16", &args, None);
+    let segments = |r: &Run| r.report["migrations"][0]["bytes"]["segments"].as_u64().unwrap();
+    assert_eq!(segments(&bf16_run) * 2, segments(&f32_run));
+    assert_eq!(bf16_run.report["bit_identical_to_uninterrupted"], false);
+    assert_eq!(f32_run.report["bit_identical_to_uninterrupted"], true);
+    assert!(!bit_identical(&bf16_run.params, &f32_run.params), "bf16 shipping should change the last bits");
+    assert_params_close("bf16 shipping", &bf16_run.params, &golden.final_params(), |_| 1e-3);
+}

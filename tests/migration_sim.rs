@@ -59,6 +59,7 @@ impl Case {
             join_timeout: Duration::from_secs(60),
             notices: notices.clone(),
             joins: joins.clone(),
+            ship_bf16: false,
         };
         sim::run_job(plan, &spec::factory, seed)
             .unwrap_or_else(|e| panic!("W={workers} {kind} notices {notices:?} seed {seed}: {e}"))
@@ -158,6 +159,7 @@ fn every_worker_preempted_is_a_clear_failure() {
         join_timeout: Duration::from_secs(60),
         notices: vec![notice(0, 0, 1), notice(1, 0, 1)],
         joins: Vec::new(),
+        ship_bf16: false,
     };
     let mut failures = 0;
     for seed in 0..8 {

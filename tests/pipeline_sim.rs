@@ -65,6 +65,7 @@ fn whole_jobs_in_memory_match_one_process() {
                     join_timeout: Duration::from_secs(30),
                     notices: Vec::new(),
                     joins: Vec::new(),
+                    ship_bf16: false,
                 };
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();
                 let what = format!("{name} W={workers} {kind}");

@@ -39,6 +39,9 @@ pub struct Assignment {
     pub params: Vec<(String, Tensor)>,
     /// Scripted preemption notices for this worker (`--preempt`).
     pub notices: Vec<PlannedNotice>,
+    /// Ship saved tensors as bf16 in migrations (halves their bytes; the
+    /// run is then no longer bit-identical to an uninterrupted one).
+    pub ship_bf16: bool,
 }
 
 /// A scripted notice: after `actions` compute actions of `step`, the worker

@@ -69,6 +69,7 @@ fn pipeline(params: &ParamStore, batches: &[Batch], optimizer: OptimizerConfig) 
         join_timeout: Duration::from_secs(60),
         notices: vec![NOTICE],
         joins: Vec::new(),
+        ship_bf16: false,
     };
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
     let mut on_step = |step: u32, loss: f32| println!("  step {step}: loss {loss:.6}");
@@ -139,6 +140,8 @@ fn write_outputs(dir: &Path, outcome: &JobOutcome, optimizer: OptimizerConfig, w
         optimizer: optimizer.to_string(),
         workers: 3,
         schedule: "1f1b".into(),
+        ship_dtype: "f32".into(),
+        bit_identical_to_uninterrupted: true,
         losses: outcome.losses.clone(),
         partitions: Report::partitions(&outcome.partitions),
         migrations: outcome.migrations.iter().map(report::Migration::from).collect(),

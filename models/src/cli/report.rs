@@ -100,6 +100,10 @@ pub struct Report {
     pub optimizer: String,
     pub workers: usize,
     pub schedule: String,
+    /// Precision saved tensors were shipped in (`--ship-dtype`).
+    pub ship_dtype: String,
+    /// False when bf16 shipping made the run differ from an uninterrupted one.
+    pub bit_identical_to_uninterrupted: bool,
     /// Minibatch-mean loss of every step, in step order.
     pub losses: Vec<f32>,
     pub partitions: Vec<Partition>,

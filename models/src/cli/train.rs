@@ -94,6 +94,11 @@ pub struct TrainArgs {
     /// Where to write the run report (JSON).
     #[arg(long, value_name = "OUT.json")]
     report: Option<PathBuf>,
+    /// Precision of saved tensors shipped in migrations: f32 keeps the run
+    /// bit-identical; bf16 halves their bytes when grace is tight, and the
+    /// run is then no longer bit-identical (the report says so).
+    #[arg(long, value_name = "f32|bf16", default_value = "f32", value_parser = ["f32", "bf16"])]
+    ship_dtype: String,
     /// Where to write the timeline of every worker's forward, backward,
     /// optimizer, send and receive spans (Chrome trace JSON, for Perfetto).
     /// Implies worker processes even with --workers 1.
@@ -247,6 +252,7 @@ fn train_pipeline(
         join_timeout: std::time::Duration::from_secs(60),
         notices,
         joins,
+        ship_bf16: args.ship_dtype == "bf16",
     };
     let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
     let noun = if args.workers == 1 { "process" } else { "processes" };
@@ -309,6 +315,8 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
         workers: args.workers,
         schedule: args.schedule.name().to_string(),
         losses: run.losses,
+        ship_dtype: args.ship_dtype.clone(),
+        bit_identical_to_uninterrupted: args.ship_dtype == "f32" || run.migrations.is_empty(),
         partitions: Report::partitions(&run.partitions),
         migrations: run.migrations.iter().map(report::Migration::from).collect(),
         counters,

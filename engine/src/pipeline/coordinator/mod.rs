@@ -36,6 +36,8 @@ pub struct JobPlan {
     pub join_timeout: Duration,
     /// Scripted preemption notices (`--preempt`), by worker.
     pub notices: Vec<(u32, PlannedNotice)>,
+    /// Ship saved tensors as bf16 in migrations (`--ship-dtype bf16`).
+    pub ship_bf16: bool,
     /// Workers that join the running job (`--join STEP[:LOSSES]`): once step
     /// `STEP` has reported `LOSSES` micro-batch losses. They get the numbers
     /// `workers`, `workers + 1`, ...
@@ -346,6 +348,7 @@ impl Coordinator {
             placements: self.placements.clone(),
             params,
             notices,
+            ship_bf16: self.plan.ship_bf16,
         })
     }
 

@@ -6,6 +6,7 @@ use super::{owner_in, Dest, Mode, Out, Worker};
 use crate::pipeline::migrate::{Handover, MovedBytes};
 use crate::pipeline::protocol::{Message, Placement};
 use crate::pipeline::StageEvent;
+use crate::segment::Segment;
 use crate::{Error, Result};
 
 impl Worker {
@@ -87,7 +88,7 @@ impl Worker {
 
     /// Releases every layer whose owner changes, one handover per new owner.
     fn release_moving(&mut self, generation: u32, new: &[Placement]) -> Result<(Vec<(u32, Message)>, MovedBytes)> {
-        let me = self.id;
+        let (me, bf16) = (self.id, self.ship_bf16);
         let Some(stage) = self.stage.as_mut() else { return Ok((Vec::new(), MovedBytes::default())) };
         let mut by_owner: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for layer in stage.layers() {
@@ -99,7 +100,10 @@ impl Worker {
         let mut bytes = MovedBytes::default();
         let mut handovers = Vec::new();
         for (owner, layers) in by_owner {
-            let handover = stage.release(&layers)?;
+            let mut handover = stage.release(&layers)?;
+            if bf16 {
+                handover.layers.iter_mut().flat_map(|l| &mut l.segments).for_each(Segment::compact_bf16);
+            }
             bytes.add(&handover.bytes());
             handovers.push((owner, Message::Handover { generation, handover }));
         }

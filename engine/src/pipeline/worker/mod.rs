@@ -104,6 +104,8 @@ pub struct Worker {
     notices: Vec<PlannedNotice>,
     /// True once this worker was told it will be preempted.
     noticed: bool,
+    /// Ship saved tensors as bf16.
+    ship_bf16: bool,
     /// Compute actions completed in the step in progress (for scripted notices).
     actions_in_step: (u32, u32),
     pub spans: Vec<Span>,
@@ -124,6 +126,7 @@ impl Worker {
             early: Vec::new(),
             notices: Vec::new(),
             noticed: false,
+            ship_bf16: false,
             actions_in_step: (0, 0),
             spans: Vec::new(),
         }
@@ -216,6 +219,7 @@ impl Worker {
         };
         self.generation = a.generation;
         self.notices = a.notices;
+        self.ship_bf16 = a.ship_bf16;
         let Some(position) = a.placements.iter().position(|p| p.worker == self.id) else {
             (self.setup, self.placements) = (Some(setup), a.placements.clone());
             return Ok(vec![Out::Connect(a.placements)]);
