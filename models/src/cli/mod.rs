@@ -30,7 +30,7 @@ enum Command {
     /// Run the seed scenario with embedded defaults: train mlp12 briefly,
     /// then move the tape of layers 4-7 and check backward there is bit-identical.
     Demo(demo::DemoArgs),
-    /// Benchmarks (training step time, compared with PyTorch when available).
+    /// Benchmarks: training step (vs PyTorch when it imports), transport (QUIC vs TCP), pipeline overhead.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Run one worker of a job (started by `baton train`, or by hand against `baton coordinator`).
