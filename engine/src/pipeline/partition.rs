@@ -63,10 +63,6 @@ impl Layout {
         Layout { generation, stages: workers.iter().copied().zip(partition.stages.iter().cloned()).collect() }
     }
 
-    /// The layer ranges alone.
-    pub fn partition(&self) -> Partition {
-        Partition { stages: self.stages.iter().map(|(_, r)| r.clone()).collect() }
-    }
 }
 
 /// The smallest achievable maximum stage cost (dynamic programme over

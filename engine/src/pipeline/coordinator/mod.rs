@@ -206,15 +206,6 @@ impl Coordinator {
         })
     }
 
-    pub fn partition(&self) -> &Partition {
-        &self.partition
-    }
-
-    /// True once the job is done or failed.
-    pub fn is_over(&self) -> bool {
-        self.phase == Phase::Over
-    }
-
     /// Checks deadlines at time `now`.
     pub fn tick(&mut self, now: Duration) -> Vec<CoordEffect> {
         self.now = now;
