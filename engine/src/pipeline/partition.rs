@@ -62,7 +62,6 @@ impl Layout {
     pub fn new(generation: u32, partition: &Partition, workers: &[u32]) -> Layout {
         Layout { generation, stages: workers.iter().copied().zip(partition.stages.iter().cloned()).collect() }
     }
-
 }
 
 /// The smallest achievable maximum stage cost (dynamic programme over

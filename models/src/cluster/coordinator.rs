@@ -40,6 +40,7 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
     let start = Instant::now();
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
     let mut roster = Roster::default();
+    let mut last_child_check = Duration::ZERO;
     loop {
         let events = match node.events().recv_timeout(Duration::from_millis(100)) {
             Ok(event) => on_event(event, &mut roster)?,
@@ -49,9 +50,13 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
         let now = start.elapsed();
         let mut effects: Vec<CoordEffect> = events.into_iter().flat_map(|e| coordinator.handle(e, now)).collect();
         effects.extend(coordinator.tick(now));
-        kill_at_deadline(&mut roster, options.children);
-        if let Some(lost) = exited_child(options.children) {
-            effects.extend(coordinator.handle(lost, now));
+        // Child processes are checked every 50 ms, not on every message.
+        if now.saturating_sub(last_child_check) >= Duration::from_millis(50) {
+            last_child_check = now;
+            kill_at_deadline(&mut roster, options.children);
+            if let Some(lost) = exited_child(options.children) {
+                effects.extend(coordinator.handle(lost, now));
+            }
         }
         for effect in effects {
             match effect {
