@@ -4,7 +4,9 @@
 //! 1F1B, every worker is preempted after every possible number of completed
 //! actions of a step; every run must give weights bit-identical to one
 //! process, the same losses, and exactly M x layers x steps forward and
-//! backward layer executions (nothing recomputed, nothing lost).
+//! backward layer executions (nothing recomputed, nothing lost). With no
+//! grace to ship in, the same points take the recompute fallback: still
+//! bit-identical, with the left-out segments rebuilt by replayed forwards.
 
 mod common;
 
@@ -81,6 +83,19 @@ fn notice(worker: u32, step: u32, actions: u32) -> (u32, PlannedNotice) {
     (worker, PlannedNotice { step, actions, grace_ms: 120_000 })
 }
 
+/// A notice with no time to ship: every segment that can be recomputed is left out.
+fn tight_notice(worker: u32, step: u32, actions: u32) -> (u32, PlannedNotice) {
+    (worker, PlannedNotice { step, actions, grace_ms: 0 })
+}
+
+/// Recomputed forwards happen exactly when a migration left segments out.
+fn check_fallback(what: &str, out: &JobOutcome) -> bool {
+    let unshipped: u64 = out.migrations.iter().map(|m| m.bytes.unshipped_segments).sum();
+    let recomputed = out.counters.recomputed_forward_layers;
+    assert_eq!(unshipped > 0, recomputed > 0, "{what}: {unshipped} bytes left out, {recomputed} layers recomputed");
+    recomputed > 0
+}
+
 #[test]
 fn every_worker_at_every_action_boundary() {
     let case = Case::new("mlp12_adam", 1e-4);
@@ -105,12 +120,61 @@ fn every_worker_at_every_action_boundary() {
 }
 
 #[test]
+fn every_worker_at_every_action_boundary_without_time_to_ship() {
+    let case = Case::new("mlp12_sgd", 1e-4);
+    let max_actions = 2 * case.golden.micro_batches as u32;
+    let (mut runs, mut fallbacks) = (0, 0);
+    for workers in 2..=4u32 {
+        for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+            for worker in 0..workers {
+                for actions in 0..=max_actions {
+                    let seed = u64::from(workers * 1000 + worker * 100 + actions) + 7;
+                    let out = case.run(workers as usize, kind, vec![tight_notice(worker, 1, actions)], seed);
+                    let what = format!("W={workers} {kind} worker {worker} after {actions} actions, grace 0");
+                    case.check(&what, &out, 1);
+                    fallbacks += usize::from(check_fallback(&what, &out));
+                    runs += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(runs, 2 * 9 * (2 + 3 + 4));
+    // Every point with a micro-batch between its forward and backward on the
+    // leaving worker falls back; the rest (nothing in flight there) need not.
+    assert!(fallbacks > runs / 2, "only {fallbacks} of {runs} runs recomputed anything");
+}
+
+#[test]
+fn the_fallback_under_repeated_and_simultaneous_notices() {
+    let case = Case::new("mlp12_adam", 1e-4);
+    for seed in 0..10 {
+        for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+            let out = case.run(4, kind, vec![tight_notice(1, 1, 3), tight_notice(2, 1, 3)], seed);
+            let what = format!("4 -> 2 with grace 0, {kind}, seed {seed}");
+            assert!(bit_identical(&out.params, &case.reference), "{what}");
+            assert_eq!(out.losses, case.losses, "{what}");
+            assert!(check_fallback(&what, &out), "{what}: nothing was recomputed");
+            // The survivor that took the left-out layers leaves before replaying them.
+            let notices = vec![tight_notice(1, 1, 4), tight_notice(0, 1, 5)];
+            let out = case.run(3, kind, notices, seed);
+            let what = format!("3 -> 2 -> 1 with grace 0 in one step, {kind}, seed {seed}");
+            case.check(&what, &out, 2);
+            check_fallback(&what, &out);
+        }
+    }
+}
+
+#[test]
 fn residual_layers_with_layernorm_migrate_too() {
     let case = Case::new("resmlp12_ce", 1e-3);
     for (worker, actions) in [(0, 1), (1, 5), (2, 12)] {
         for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
             let out = case.run(3, kind, vec![notice(worker, 1, actions)], 7 + u64::from(actions));
             case.check(&format!("resmlp W=3 {kind} worker {worker} after {actions}"), &out, 1);
+            let out = case.run(3, kind, vec![tight_notice(worker, 1, actions)], 8 + u64::from(actions));
+            let what = format!("resmlp W=3 {kind} worker {worker} after {actions}, grace 0");
+            case.check(&what, &out, 1);
+            check_fallback(&what, &out);
         }
     }
 }

@@ -83,8 +83,20 @@ pub fn micro_batch_ranges(rows: usize, micro_batches: usize) -> Result<Vec<Range
 /// Work done, for the run report (invariant 4: nothing lost, nothing redone).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Counters {
+    /// First forward of a (micro-batch, layer): M x layers per step, always.
     pub forward_layer_executions: u64,
     pub backward_layer_executions: u64,
+    /// Forwards run again to rebuild segments a migration could not ship in time.
+    pub recomputed_forward_layers: u64,
+}
+
+impl Counters {
+    /// Adds another worker's counters to these.
+    pub fn add(&mut self, other: &Counters) {
+        self.forward_layer_executions += other.forward_layer_executions;
+        self.backward_layer_executions += other.backward_layer_executions;
+        self.recomputed_forward_layers += other.recomputed_forward_layers;
+    }
 }
 
 /// Trains a model in one process.

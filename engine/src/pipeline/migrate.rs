@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use super::recompute::keeper_of;
 use super::stage::{check_range, Stage, StepState};
 use crate::accumulate::LayerGrads;
 use crate::optim::OptState;
@@ -39,6 +40,16 @@ pub struct LayerState {
     pub updated: bool,
     /// Unfinished segments of this layer (and the loss segments, for the last layer).
     pub segments: Vec<Segment>,
+    /// Activations entering the next layer (layer 0: its own inputs) kept
+    /// for recomputation, as (step, micro, layer entered, value).
+    pub kept: Vec<Waiting>,
+    /// (step, micro) whose forward entered this layer from a kept activation.
+    pub entries: Vec<(u32, u32)>,
+    /// Micro-batches whose segment of this layer was left out and will be
+    /// recomputed by a replay.
+    pub replays: Vec<u32>,
+    /// Kept activations to send again: (step, micro, layer entered, stop).
+    pub resends: Vec<(u32, u32, u32, u32)>,
 }
 
 /// What one worker hands another when layers move.
@@ -50,6 +61,8 @@ pub struct Handover {
     pub activations: Vec<Waiting>,
     pub gradients: Vec<Waiting>,
     pub targets: Vec<(u32, u32, Targets)>,
+    /// Replayed activations waiting at these layers: (step, micro, layer, stop, value).
+    pub replays: Vec<(u32, u32, u32, u32, Tensor)>,
 }
 
 /// Bytes moved, by kind, for the run report.
@@ -60,11 +73,20 @@ pub struct MovedBytes {
     pub gradients: u64,
     pub segments: u64,
     pub queued_messages: u64,
+    /// Activations kept for recomputation that move with their layer.
+    pub kept_activations: u64,
+    /// Saved-tensor bytes left out (recompute fallback): not shipped.
+    pub unshipped_segments: u64,
 }
 
 impl MovedBytes {
     pub fn total(&self) -> u64 {
-        self.parameters + self.optimizer_state + self.gradients + self.segments + self.queued_messages
+        self.parameters
+            + self.optimizer_state
+            + self.gradients
+            + self.segments
+            + self.queued_messages
+            + self.kept_activations
     }
 
     pub fn add(&mut self, other: &MovedBytes) {
@@ -73,6 +95,8 @@ impl MovedBytes {
         self.gradients += other.gradients;
         self.segments += other.segments;
         self.queued_messages += other.queued_messages;
+        self.kept_activations += other.kept_activations;
+        self.unshipped_segments += other.unshipped_segments;
     }
 }
 
@@ -83,7 +107,11 @@ fn tensor_bytes<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> u64 {
 impl Handover {
     /// True when nothing moves.
     pub fn is_empty(&self) -> bool {
-        self.layers.is_empty() && self.activations.is_empty() && self.gradients.is_empty() && self.targets.is_empty()
+        self.layers.is_empty()
+            && self.activations.is_empty()
+            && self.gradients.is_empty()
+            && self.targets.is_empty()
+            && self.replays.is_empty()
     }
 
     /// Payload bytes by kind.
@@ -98,9 +126,11 @@ impl Handover {
                 b.gradients += tensor_bytes(g.sum.iter().map(|(_, t)| t).chain(pending));
             }
             b.segments += l.segments.iter().map(|s| s.saved_bytes() as u64).sum::<u64>();
+            b.kept_activations += tensor_bytes(l.kept.iter().map(|(_, _, _, t)| t));
         }
         let waiting = self.activations.iter().chain(&self.gradients).map(|(_, _, _, t)| t);
-        b.queued_messages = tensor_bytes(waiting);
+        let replays = self.replays.iter().map(|(_, _, _, _, t)| t);
+        b.queued_messages = tensor_bytes(waiting.chain(replays));
         b
     }
 }
@@ -118,6 +148,11 @@ impl Stage {
         let moving = |layer: &u32| layers.contains(layer);
         handover.activations = drain_waiting(&mut self.activations, moving);
         handover.gradients = drain_waiting(&mut self.gradients, moving);
+        let replaying: Vec<(u32, u32, u32)> = self.replays.keys().filter(|(_, _, l)| moving(l)).copied().collect();
+        for (step, micro, layer) in replaying {
+            let (stop, tensor) = self.replays.remove(&(step, micro, layer)).expect("key listed above");
+            handover.replays.push((step, micro, layer, stop, tensor));
+        }
         if layers.contains(&(self.loss_layer() - 1)) {
             let targets = std::mem::take(&mut self.targets);
             handover.targets = targets.into_iter().map(|((s, m), t)| (s, m, t)).collect();
@@ -139,7 +174,18 @@ impl Stage {
         let keys: Vec<(u32, u32)> =
             self.tape.keys().filter(|(_, l)| *l == layer || (*l == loss && layer == loss - 1)).copied().collect();
         let segments = keys.iter().filter_map(|k| self.tape.remove(k)).collect();
-        Ok(LayerState { layer, params, optimizer, grads, updated, segments })
+        let kept_here = |entered: u32| keeper_of(entered) == layer;
+        let kept_keys: Vec<(u32, u32, u32)> = self.kept.keys().filter(|(_, _, e)| kept_here(*e)).copied().collect();
+        let resend_keys: Vec<(u32, u32, u32)> =
+            self.resends.keys().filter(|(_, _, e)| kept_here(*e)).copied().collect();
+        let resends =
+            resend_keys.into_iter().filter_map(|k| self.resends.remove(&k).map(|stop| (k.0, k.1, k.2, stop))).collect();
+        let kept = kept_keys.into_iter().filter_map(|k| self.kept.remove(&k).map(|t| (k.0, k.1, k.2, t))).collect();
+        let entries = self.entries.iter().filter(|(_, _, l)| *l == layer).map(|(s, m, _)| (*s, *m)).collect();
+        self.entries.retain(|(_, _, l)| *l != layer);
+        let replays = self.awaiting.iter().filter(|(_, l)| *l == layer).map(|(m, _)| *m).collect();
+        self.awaiting.retain(|(_, l)| *l != layer);
+        Ok(LayerState { layer, params, optimizer, grads, updated, segments, kept, entries, replays, resends })
     }
 
     /// Installs layers and waiting tensors handed over by another worker.
@@ -156,6 +202,8 @@ impl Stage {
         self.activations.extend(waiting(handover.activations));
         self.gradients.extend(waiting(handover.gradients));
         self.targets.extend(handover.targets.into_iter().map(|(s, m, t)| ((s, m), t)));
+        let replays = handover.replays.into_iter().map(|(s, m, l, stop, t)| ((s, m, l), (stop, t)));
+        self.replays.extend(replays);
         Ok(())
     }
 
@@ -179,6 +227,10 @@ impl Stage {
         for segment in state.segments {
             self.tape.insert((segment.key.micro, segment.key.layer), segment);
         }
+        self.kept.extend(state.kept.into_iter().map(|(s, m, l, t)| ((s, m, l), t)));
+        self.entries.extend(state.entries.into_iter().map(|(s, m)| (s, m, state.layer)));
+        self.awaiting.extend(state.replays.into_iter().map(|m| (m, state.layer)));
+        self.resends.extend(state.resends.into_iter().map(|(s, m, l, stop)| ((s, m, l), stop)));
         Ok(())
     }
 

@@ -6,6 +6,7 @@ pub mod migrate;
 pub mod partition;
 pub mod plan;
 pub mod protocol;
+pub mod recompute;
 pub mod schedule;
 pub mod sim;
 pub mod stage;

@@ -13,7 +13,7 @@ use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
 
 /// Bumped whenever [`Message`] changes shape; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A worker's place in one generation.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -109,6 +109,18 @@ pub enum Message {
     Retire,
     /// Either way: stop now, with the reason.
     Abort { reason: String },
+    /// Admin → coordinator (`baton preempt`): preempt `worker` with this
+    /// grace; coordinator → that worker: the same, taken as a notice.
+    Preempt { worker: u32, grace_ms: u64 },
+    /// Coordinator → admin: the request was taken (`error` is None) or refused.
+    Reply { error: Option<String> },
+    /// Leaving worker → holder of the activation entering `layer` (sent in
+    /// `generation`, the new one): micro-batch `micro`'s segments of layers
+    /// `layer..stop` were not shipped; send that activation again as a [`Message::Replay`].
+    Recompute { generation: u32, step: u32, micro: u32, layer: u32, stop: u32 },
+    /// Worker → worker: the activation entering `layer`, sent again so that
+    /// the forward of layers `layer..stop` is recomputed (and goes no further).
+    Replay { generation: u32, step: u32, micro: u32, layer: u32, stop: u32, tensor: Tensor },
 }
 
 impl Message {
@@ -134,6 +146,10 @@ impl Message {
             Message::Resumed { .. } => "resumed",
             Message::Retire => "retire",
             Message::Abort { .. } => "abort",
+            Message::Preempt { .. } => "preempt",
+            Message::Reply { .. } => "reply",
+            Message::Recompute { .. } => "recompute",
+            Message::Replay { .. } => "replay",
         }
     }
 
@@ -145,6 +161,7 @@ impl Message {
                 | Message::StepStart { .. }
                 | Message::Activation { .. }
                 | Message::Gradient { .. }
+                | Message::Replay { .. }
                 | Message::Final { .. }
                 | Message::Handover { .. }
         )
@@ -186,7 +203,9 @@ fn check_tensors(message: &Message) -> Result<()> {
                 Targets::Classes(_) => None,
             }))
             .collect(),
-        Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } => vec![tensor],
+        Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } | Message::Replay { tensor, .. } => {
+            vec![tensor]
+        }
         Message::Handover { handover, .. } => handover_tensors(handover),
         Message::Final { params, .. } => params.iter().map(|(_, t)| t).collect(),
         _ => Vec::new(),
@@ -204,6 +223,7 @@ fn handover_tensors(h: &Handover) -> Vec<&Tensor> {
     let mut all: Vec<&Tensor> = h.activations.iter().chain(&h.gradients).map(|(_, _, _, t)| t).collect();
     for layer in &h.layers {
         all.extend(layer.params.iter().map(|(_, t)| t));
+        all.extend(layer.kept.iter().map(|(_, _, _, t)| t));
         if let Some(g) = &layer.grads {
             all.extend(g.sum.iter().map(|(_, t)| t));
             all.extend(g.pending.iter().flat_map(|(_, p)| p.iter().map(|(_, t)| t)));

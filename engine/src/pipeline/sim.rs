@@ -124,6 +124,9 @@ fn route(
         Effect::SendGradient { step, micro, layer, tensor } => {
             in_flight.push((owner(layer)?, StageEvent::Gradient { step, micro, layer, tensor }))
         }
+        Effect::SendReplay { step, micro, layer, stop, tensor } => {
+            in_flight.push((owner(layer)?, StageEvent::Replay { step, micro, layer, stop, tensor }))
+        }
         Effect::Loss { micro, value, .. } => book.record(micro, value)?,
         Effect::LayerUpdated { .. } => {}
     }
@@ -134,19 +137,24 @@ fn merge(stages: Vec<Stage>, losses: Vec<f32>) -> SimOutcome {
     let mut params = ParamStore::new();
     let mut counters = Counters::default();
     for stage in stages {
-        counters.forward_layer_executions += stage.counters.forward_layer_executions;
-        counters.backward_layer_executions += stage.counters.backward_layer_executions;
+        counters.add(&stage.counters);
         params.extend(stage.params);
     }
     SimOutcome { params, losses, counters }
 }
 
+/// The simulated network's bandwidth for ship budgets: a noticed worker may
+/// ship `grace_ms x SIM_BYTES_PER_MS` bytes (so a grace of 0 forces the
+/// recompute fallback for everything that can be recomputed).
+pub const SIM_BYTES_PER_MS: u64 = 1000;
+
 /// Runs a whole job in memory: a [`Coordinator`] and one [`Worker`] per
 /// stage exchanging encoded protocol frames, delivered in an order drawn
 /// from `seed` (more adversarial than any real network: frames between the
 /// same pair may overtake each other). Scripted notices in the plan trigger
-/// migrations exactly as in real processes. The clock advances one
-/// microsecond per delivered frame or unit of work.
+/// migrations exactly as in real processes, with ship budgets from
+/// [`SIM_BYTES_PER_MS`]. The clock advances one microsecond per delivered
+/// frame or unit of work.
 pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> Result<JobOutcome> {
     let workers = plan.workers;
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
@@ -163,7 +171,11 @@ pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> 
         let ready: Vec<usize> = (0..nodes.len()).filter(|&w| !exited[w] && nodes[w].ready().is_some()).collect();
         let choices = ready.len() + net.frames.len();
         if choices == 0 {
-            return Err(Error::Pipeline("the job stalled: no frame in flight and no work ready".into()));
+            let states: Vec<String> = nodes.iter().map(Worker::describe).collect();
+            return Err(Error::Pipeline(format!(
+                "the job stalled: no frame in flight and no work ready; {}",
+                states.join("; ")
+            )));
         }
         let pick = (rng.next_u64() % choices as u64) as usize;
         if pick < ready.len() {
@@ -226,7 +238,12 @@ impl Network {
         let me = Dest::Worker(node.id);
         for out in outs {
             match out {
-                Out::Send { to, message } => self.push(to, me, &message)?,
+                Out::Send { to, message } => {
+                    if let Message::Notice { grace_ms, .. } = message {
+                        node.set_ship_budget(Some(grace_ms.saturating_mul(SIM_BYTES_PER_MS)));
+                    }
+                    self.push(to, me, &message)?
+                }
                 Out::Connect(_) => self.push(Dest::Coordinator, me, &node.ready_message())?,
                 Out::Ship { generation, handovers, bytes } => {
                     for (to, message) in handovers {

@@ -31,6 +31,12 @@ pub enum StageEvent {
     Activation { step: u32, micro: u32, layer: u32, tensor: Tensor },
     /// The gradient of the output of `layer` for micro-batch `micro`.
     Gradient { step: u32, micro: u32, layer: u32, tensor: Tensor },
+    /// The activation entering `layer`, sent again so the forward of layers
+    /// `layer..stop` is recomputed (their segments were not shipped in time).
+    Replay { step: u32, micro: u32, layer: u32, stop: u32, tensor: Tensor },
+    /// Send the kept activation entering `layer` again as a replay of
+    /// layers `layer..stop` (their segments were left out of a migration).
+    Recompute { step: u32, micro: u32, layer: u32, stop: u32 },
 }
 
 /// What a stage asks the driver to do.
@@ -40,6 +46,8 @@ pub enum Effect {
     SendActivation { step: u32, micro: u32, layer: u32, tensor: Tensor },
     /// Send the gradient of `layer`'s output to that layer's owner.
     SendGradient { step: u32, micro: u32, layer: u32, tensor: Tensor },
+    /// Send the activation entering `layer` again, to recompute layers `layer..stop`.
+    SendReplay { step: u32, micro: u32, layer: u32, stop: u32, tensor: Tensor },
     /// The loss of one micro-batch (last stage only), unweighted mean.
     Loss { step: u32, micro: u32, value: f32 },
     /// `layer`'s parameters received their update for `step`.
@@ -50,6 +58,18 @@ pub enum Effect {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Work {
     Compute(Action),
+    /// The recomputed forward of one micro-batch (a migration fallback).
+    Replay {
+        step: u32,
+        micro: u32,
+        layer: u32,
+    },
+    /// Sending a kept activation again, for a replay elsewhere.
+    Resend {
+        step: u32,
+        micro: u32,
+        layer: u32,
+    },
     /// The optimizer update of one layer, once its step gradient is complete.
     Update {
         step: u32,
@@ -62,6 +82,8 @@ impl std::fmt::Display for Work {
         match self {
             Work::Compute(action) => action.fmt(f),
             Work::Update { step, layer } => write!(f, "U{layer}.s{step}"),
+            Work::Replay { micro, layer, .. } => write!(f, "R{micro}@{layer}"),
+            Work::Resend { micro, layer, .. } => write!(f, "K{micro}@{layer}"),
         }
     }
 }
@@ -71,7 +93,7 @@ impl std::fmt::Display for Work {
 pub(crate) struct StepState {
     pub(crate) step: u32,
     pub(crate) rows: Vec<u32>,
-    plan: VecDeque<Action>,
+    pub(crate) plan: VecDeque<Action>,
     /// Follow `plan` strictly (a schedule made at step start), or take the
     /// first ready action in plan order (a plan remade after a migration,
     /// which must not wait on an order the new layout cannot honour).
@@ -108,6 +130,21 @@ pub struct Stage {
     /// Segments whose backward has not run, by (micro, layer); the loss
     /// segment has layer == layer count.
     pub(crate) tape: BTreeMap<(u32, u32), Segment>,
+    /// Activations this stage sent (or, on the first stage, its inputs), by
+    /// (step, micro, layer entered): kept until the backward of that
+    /// micro-batch passes `layer - 1` here, so a migration that cannot ship a
+    /// segment in time can have it recomputed. They move with layer
+    /// `layer - 1` (layer 0 for inputs).
+    pub(crate) kept: BTreeMap<(u32, u32, u32), Tensor>,
+    /// (step, micro, layer) where a forward entered from a kept activation:
+    /// the segments of that micro-batch from `layer` up may be recomputed.
+    pub(crate) entries: BTreeSet<(u32, u32, u32)>,
+    /// (micro, layer) whose segment was not shipped and awaits a replay.
+    pub(crate) awaiting: BTreeSet<(u32, u32)>,
+    /// Replayed activations waiting, by (step, micro, layer): (stop, tensor).
+    pub(crate) replays: BTreeMap<(u32, u32, u32), (u32, Tensor)>,
+    /// Kept activations to send again, by (step, micro, layer entered): stop.
+    pub(crate) resends: BTreeMap<(u32, u32, u32), u32>,
 }
 
 impl Stage {
@@ -135,6 +172,11 @@ impl Stage {
             gradients: BTreeMap::new(),
             targets: BTreeMap::new(),
             tape: BTreeMap::new(),
+            kept: BTreeMap::new(),
+            entries: BTreeSet::new(),
+            awaiting: BTreeSet::new(),
+            replays: BTreeMap::new(),
+            resends: BTreeMap::new(),
         })
     }
 
@@ -159,6 +201,7 @@ impl Stage {
                 }
                 self.current =
                     Some(StepState { step, rows, plan: VecDeque::new(), strict: true, updated: BTreeSet::new() });
+                self.forget_before(step);
                 self.activations.extend(inputs.into_iter().map(|(m, t)| ((step, m), (0, t))));
                 self.targets.extend(targets.into_iter().map(|(m, t)| ((step, m), t)));
                 self.replan(true);
@@ -168,6 +211,12 @@ impl Stage {
             }
             StageEvent::Gradient { step, micro, layer, tensor } => {
                 self.gradients.insert((step, micro), (layer, tensor));
+            }
+            StageEvent::Replay { step, micro, layer, stop, tensor } => {
+                self.replays.insert((step, micro, layer), (stop, tensor));
+            }
+            StageEvent::Recompute { step, micro, layer, stop } => {
+                self.resends.insert((step, micro, layer), stop);
             }
         }
         Ok(())
@@ -179,7 +228,12 @@ impl Stage {
         let micros = cur.rows.len() as u32;
         let (first, last) = (self.layers.start, self.layers.end - 1);
         let updated = |layer: u32| cur.updated.contains(&layer);
-        let forward_done = |m: u32| updated(last) || self.tape.contains_key(&(m, last)) || self.acc.has(last, m);
+        let forward_done = |m: u32| {
+            updated(last)
+                || self.tape.contains_key(&(m, last))
+                || self.awaiting.contains(&(m, last))
+                || self.acc.has(last, m)
+        };
         let backward_done = |m: u32| updated(first) || self.acc.has(first, m);
         let forwards: Vec<u32> = (0..micros).filter(|&m| !forward_done(m)).collect();
         let backwards: Vec<u32> = (0..micros).filter(|&m| !backward_done(m)).collect();
@@ -196,6 +250,12 @@ impl Stage {
         if let Some(layer) = self.update_due(cur) {
             return Some(Work::Update { step: cur.step, layer });
         }
+        if let Some(&(step, micro, layer)) = self.resends.keys().find(|(s, _, _)| *s == cur.step) {
+            return Some(Work::Resend { step, micro, layer });
+        }
+        if let Some(&(step, micro, layer)) = self.replays.keys().find(|(s, _, _)| *s == cur.step) {
+            return Some(Work::Replay { step, micro, layer });
+        }
         let mut candidates = cur.plan.iter().take(if cur.strict { 1 } else { cur.plan.len() });
         candidates.find(|a| self.inputs_here(cur.step, **a)).map(|a| Work::Compute(*a))
     }
@@ -204,8 +264,9 @@ impl Stage {
         match action.phase {
             Phase::Forward => self.activations.contains_key(&(step, action.micro)),
             Phase::Backward => {
-                self.gradients.contains_key(&(step, action.micro))
-                    || (self.is_last() && self.tape.contains_key(&(action.micro, self.loss_layer())))
+                let grad = self.gradients.contains_key(&(step, action.micro))
+                    || (self.is_last() && self.tape.contains_key(&(action.micro, self.loss_layer())));
+                grad && !self.awaits_replay(action.micro)
             }
         }
     }
@@ -229,6 +290,8 @@ impl Stage {
     pub fn run_next(&mut self) -> Result<Vec<Effect>> {
         let action = match self.ready().ok_or_else(|| Error::Pipeline("no work is ready".into()))? {
             Work::Update { step, layer } => return self.update(step, layer),
+            Work::Replay { step, micro, layer } => return self.replay(step, micro, layer),
+            Work::Resend { step, micro, layer } => return self.resend(step, micro, layer),
             Work::Compute(action) => action,
         };
         let effects = match action.phase {
@@ -255,6 +318,10 @@ impl Stage {
         let step = self.step();
         let (entry, mut x) = self.activations.remove(&(step, micro)).expect("ready() checked the input");
         self.check_inside(entry, "activation")?;
+        if entry == 0 {
+            self.kept.insert((step, micro, 0), x.clone());
+        }
+        self.entries.insert((step, micro, entry));
         for layer in entry..self.layers.end {
             let key = SegmentKey { step, micro, layer };
             let (segment, out) = self.model.forward_layer(key, &self.params, x)?;
@@ -263,6 +330,7 @@ impl Stage {
             x = out;
         }
         if !self.is_last() {
+            self.kept.insert((step, micro, self.layers.end), x.clone());
             return Ok(vec![Effect::SendActivation { step, micro, layer: self.layers.end, tensor: x }]);
         }
         let targets = self
@@ -290,6 +358,7 @@ impl Stage {
             let out = segment.backward(&self.params, dy, layer > 0)?;
             self.acc.add(layer, micro, out.param_grads)?;
             self.counters.backward_layer_executions += 1;
+            self.forget_layer(step, micro, layer);
             grad = out.input_grad;
         }
         Ok(match (self.layers.start, grad) {
@@ -310,7 +379,7 @@ impl Stage {
             .ok_or_else(|| Error::Pipeline("the loss gave no gradient".into()))
     }
 
-    fn check_inside(&self, layer: u32, what: &str) -> Result<()> {
+    pub(crate) fn check_inside(&self, layer: u32, what: &str) -> Result<()> {
         if !self.layers.contains(&layer) {
             return Err(Error::Pipeline(format!(
                 "{what} for layer {layer} reached the stage of layers {:?}",

@@ -38,14 +38,15 @@ fn colour(category: &str, name: &str) -> &'static str {
         "forward" => "#4e79a7",
         "backward" => "#f28e2b",
         "optimizer" => "#59a14f",
+        "recompute" => "#b07aa1",
         "send" if name.starts_with("ship") => "#e15759",
         _ => "#bab0ac",
     }
 }
 
 /// An SVG picture of the timeline: one row per worker, one box per span
-/// (forward blue, backward orange, optimizer green, shipping red, messages
-/// grey). A migration shows as a red box where a row ends and the other
+/// (forward blue, backward orange, optimizer green, recomputed forwards
+/// purple, shipping red, messages grey). A migration shows as a red box where a row ends and the other
 /// rows' boxes grow.
 pub fn svg(spans: &BTreeMap<u32, Vec<Span>>) -> String {
     let end_us = spans.values().flatten().map(|s| s.start_us + s.duration_us).max().unwrap_or(1).max(1);
@@ -54,7 +55,7 @@ pub fn svg(spans: &BTreeMap<u32, Vec<Span>>) -> String {
     let height = 40.0 + row * spans.len() as f64;
     let mut out = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='12'>\n\
-         <text x='{left}' y='16'>baton timeline: {:.1} ms (forward blue, backward orange, optimizer green, shipping red)</text>\n",
+         <text x='{left}' y='16'>baton timeline: {:.1} ms (forward blue, backward orange, optimizer green, recompute purple, shipping red)</text>\n",
         end_us as f64 / 1e3
     );
     for (i, (worker, list)) in spans.iter().enumerate() {

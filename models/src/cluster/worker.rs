@@ -264,6 +264,8 @@ fn record(worker: &mut Worker, work: Work, start: Duration, end: Duration) {
         Work::Compute(a) if a.phase == baton_engine::pipeline::Phase::Forward => "forward",
         Work::Compute(_) => "backward",
         Work::Update { .. } => "optimizer",
+        Work::Replay { .. } => "recompute",
+        Work::Resend { .. } => "send",
     };
     push_span(worker, work.to_string(), category, start, end);
 }

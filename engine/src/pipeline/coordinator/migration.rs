@@ -35,6 +35,26 @@ impl Migration {
 }
 
 impl Coordinator {
+    /// An admin's request (`baton preempt`) to preempt `worker` with
+    /// `grace`: the worker is told, and answers with its notice as if it
+    /// came from its cloud. Refused (the job goes on) when the worker holds
+    /// no layers, is already leaving, or training is not running.
+    pub fn preempt(&self, worker: u32, grace: Duration) -> Result<Vec<CoordEffect>> {
+        let refuse = |why: String| Err(Error::Pipeline(format!("cannot preempt worker {worker}: {why}")));
+        if !matches!(self.phase, Phase::Running { .. }) {
+            return refuse("training is not running (it has not started, or is finishing)".into());
+        }
+        let leaving = self.migration.as_ref().is_some_and(|m| m.leaving.contains(&worker));
+        if leaving || self.notices.iter().any(|(w, _, _)| *w == worker) {
+            return refuse("it is already leaving".into());
+        }
+        if !self.members().contains(&worker) {
+            return refuse(format!("it is not a member of the job (members: {:?})", self.members()));
+        }
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        Ok(vec![CoordEffect::Send { worker, message: Message::Preempt { worker, grace_ms } }])
+    }
+
     pub(super) fn on_notice(&mut self, worker: u32, grace: Duration, now: Duration) -> Result<Vec<CoordEffect>> {
         let leaving = self.migration.as_ref().is_some_and(|m| m.leaving.contains(&worker));
         let queued = self.notices.iter().any(|(w, _, _)| *w == worker);
@@ -189,7 +209,7 @@ impl Coordinator {
         (now > m.deadline && !late.is_empty()).then(|| {
             format!(
                 "worker(s) {late:?} did not finish shipping their layers before the preemption deadline \
-                 ({:?} after the notice); the recompute fallback is not implemented",
+                 ({:?} after the notice), even leaving out segments to recompute",
                 m.deadline.saturating_sub(m.notice_at)
             )
         })

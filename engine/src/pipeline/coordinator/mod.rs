@@ -488,8 +488,7 @@ impl Coordinator {
         let retired = std::mem::take(&mut self.retired_work).into_iter().map(|(w, c, s)| (w, Vec::new(), c, s));
         for (worker, params, counters, spans) in finals.chain(retired) {
             outcome.params.extend(params);
-            outcome.counters.forward_layer_executions += counters.forward_layer_executions;
-            outcome.counters.backward_layer_executions += counters.backward_layer_executions;
+            outcome.counters.add(&counters);
             outcome.spans.insert(worker, spans);
         }
         outcome

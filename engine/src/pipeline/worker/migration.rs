@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{owner_in, Dest, Mode, Out, Worker};
 use crate::pipeline::migrate::{Handover, MovedBytes};
 use crate::pipeline::protocol::{Message, Placement};
+use crate::pipeline::recompute::{keeper_of, leave_out_segments};
 use crate::pipeline::StageEvent;
 use crate::segment::Segment;
 use crate::{Error, Result};
@@ -47,6 +48,9 @@ impl Worker {
                 StageEvent::Activation { step, micro, layer, tensor }
             }
             Message::Gradient { step, micro, layer, tensor, .. } => StageEvent::Gradient { step, micro, layer, tensor },
+            Message::Replay { step, micro, layer, stop, tensor, .. } => {
+                StageEvent::Replay { step, micro, layer, stop, tensor }
+            }
             other => return Err(Error::Pipeline(format!("{} is not a data message", other.kind()))),
         };
         self.stage_mut()?.handle(event)
@@ -86,9 +90,13 @@ impl Worker {
         Ok(outs)
     }
 
-    /// Releases every layer whose owner changes, one handover per new owner.
+    /// Releases every layer whose owner changes, one handover per new
+    /// owner. A leaving worker with a ship budget leaves out what does not
+    /// fit and asks the keepers of the inputs for replays (the recompute
+    /// fallback): those `Recompute` messages follow the handovers.
     fn release_moving(&mut self, generation: u32, new: &[Placement]) -> Result<(Vec<(u32, Message)>, MovedBytes)> {
         let (me, bf16) = (self.id, self.ship_bf16);
+        let budget = self.ship_budget.filter(|_| !new.iter().any(|p| p.worker == me));
         let Some(stage) = self.stage.as_mut() else { return Ok((Vec::new(), MovedBytes::default())) };
         let mut by_owner: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for layer in stage.layers() {
@@ -97,17 +105,69 @@ impl Worker {
                 by_owner.entry(owner).or_default().push(layer);
             }
         }
-        let mut bytes = MovedBytes::default();
+        let mut owners = Vec::new();
         let mut handovers = Vec::new();
         for (owner, layers) in by_owner {
             let mut handover = stage.release(&layers)?;
             if bf16 {
                 handover.layers.iter_mut().flat_map(|l| &mut l.segments).for_each(Segment::compact_bf16);
             }
-            bytes.add(&handover.bytes());
-            handovers.push((owner, Message::Handover { generation, handover }));
+            owners.push(owner);
+            handovers.push(handover);
         }
-        Ok((handovers, bytes))
+        let left_out = budget.map(|b| leave_out_segments(&mut handovers, b)).unwrap_or_default();
+        let mut bytes = MovedBytes::default();
+        handovers.iter().for_each(|h| bytes.add(&h.bytes()));
+        bytes.unshipped_segments = left_out.iter().map(|l| l.bytes).sum();
+        let mut messages: Vec<(u32, Message)> = owners
+            .into_iter()
+            .zip(handovers)
+            .map(|(o, handover)| (o, Message::Handover { generation, handover }))
+            .collect();
+        for l in left_out {
+            let keeper = owner_in(new, l.keeper_layer())?;
+            let (step, micro, layer, stop) = (l.step, l.micro, l.first, l.stop);
+            messages.push((keeper, Message::Recompute { generation, step, micro, layer, stop }));
+        }
+        Ok((messages, bytes))
+    }
+
+    /// A request to send a kept activation again: queued in the stage
+    /// (it runs as work once this worker computes in that generation), or
+    /// passed on when the keeping layer has moved since.
+    pub(super) fn on_recompute(
+        &mut self,
+        from: Dest,
+        generation: u32,
+        (step, micro, layer, stop): (u32, u32, u32, u32),
+    ) -> Result<Vec<Out>> {
+        let request = Message::Recompute { generation, step, micro, layer, stop };
+        if generation > self.generation {
+            let Dest::Worker(sender) = from else {
+                return Err(Error::Pipeline("a recompute request came from the coordinator".into()));
+            };
+            self.early.push((sender, request));
+            return Ok(Vec::new());
+        }
+        let keeper = owner_in(&self.placements, keeper_of(layer))?;
+        if keeper != self.id {
+            let generation = self.generation;
+            let message = Message::Recompute { generation, step, micro, layer, stop };
+            return Ok(vec![Out::Send { to: Dest::Worker(keeper), message }]);
+        }
+        self.stage_mut()?.handle(StageEvent::Recompute { step, micro, layer, stop })?;
+        Ok(Vec::new())
+    }
+
+    /// How many bytes this worker can still ship before its deadline (the
+    /// driver's estimate from measured bandwidth); None lifts the limit.
+    pub fn set_ship_budget(&mut self, bytes: Option<u64>) {
+        self.ship_budget = bytes;
+    }
+
+    /// True once this worker received a preemption notice.
+    pub fn noticed(&self) -> bool {
+        self.noticed
     }
 
     /// A handover for this worker: adopted now, or kept until this worker

@@ -106,6 +106,9 @@ pub struct Worker {
     noticed: bool,
     /// Ship saved tensors as bf16.
     ship_bf16: bool,
+    /// Bytes this worker can still ship before its deadline (set by the
+    /// driver from measured bandwidth once noticed); None: no limit.
+    ship_budget: Option<u64>,
     /// Compute actions completed in the step in progress (for scripted notices).
     actions_in_step: (u32, u32),
     pub spans: Vec<Span>,
@@ -127,6 +130,7 @@ impl Worker {
             notices: Vec::new(),
             noticed: false,
             ship_bf16: false,
+            ship_budget: None,
             actions_in_step: (0, 0),
             spans: Vec::new(),
         }
@@ -188,9 +192,13 @@ impl Worker {
                 self.stage_mut()?.handle(StageEvent::StepStart { step, rows, inputs, targets })?;
                 Ok(self.due_notice(step, 0))
             }
-            Message::Activation { generation, .. } | Message::Gradient { generation, .. } => {
-                self.on_data(from, generation, message)
+            Message::Activation { generation, .. }
+            | Message::Gradient { generation, .. }
+            | Message::Replay { generation, .. } => self.on_data(from, generation, message),
+            Message::Recompute { generation, step, micro, layer, stop } => {
+                self.on_recompute(from, generation, (step, micro, layer, stop))
             }
+            Message::Preempt { grace_ms, .. } => Ok(self.notice(grace_ms)),
             Message::Pause { .. } => self.pause(),
             Message::Repartition { generation, placements, expected } => {
                 self.mode = Mode::Draining { generation, placements, expected: expected.into_iter().collect() };
@@ -234,11 +242,21 @@ impl Worker {
         Ok(vec![Out::Connect(lower)])
     }
 
-    /// Runs the next ready unit of work and routes its effects.
+    /// Runs the next ready unit of work and routes its effects; data for
+    /// this worker's own layers (a replay it passes to itself) is taken in
+    /// at once.
     pub fn run_next(&mut self) -> Result<Vec<Out>> {
         let work = self.ready();
         let effects = self.stage_mut()?.run_next()?;
-        let mut outs = effects.into_iter().map(|e| self.route(e)).collect::<Result<Vec<Out>>>()?;
+        let mut outs = Vec::new();
+        for effect in effects {
+            match self.route(effect)? {
+                Out::Send { to: Dest::Worker(to), message } if to == self.id => {
+                    outs.extend(self.handle(Dest::Worker(to), message)?)
+                }
+                out => outs.push(out),
+            }
+        }
         if let Some(Work::Compute(_)) = work {
             outs.extend(self.count_action());
         }
@@ -277,6 +295,9 @@ impl Worker {
             Effect::SendGradient { step, micro, layer, tensor } => {
                 (self.data_to(layer)?, Message::Gradient { generation, step, micro, layer, tensor })
             }
+            Effect::SendReplay { step, micro, layer, stop, tensor } => {
+                (self.data_to(layer)?, Message::Replay { generation, step, micro, layer, stop, tensor })
+            }
             Effect::Loss { step, micro, value } => (Dest::Coordinator, Message::Loss { step, micro, value }),
             Effect::LayerUpdated { step, layer } => (Dest::Coordinator, Message::LayerUpdated { step, layer }),
         };
@@ -306,6 +327,12 @@ impl Worker {
 }
 
 impl Worker {
+    /// A one-line summary of where this worker is, for diagnostics.
+    pub fn describe(&self) -> String {
+        let Some(stage) = &self.stage else { return format!("worker {} ({:?}, no stage)", self.id, self.mode) };
+        format!("worker {} (generation {}, {:?}): {}", self.id, self.generation, self.mode, stage.describe())
+    }
+
     /// The report after shipping; a leaving worker hands over its counters
     /// and timeline, since it will send no final message.
     pub fn migrated(&mut self, generation: u32, bytes: MovedBytes, ship_us: u64) -> Message {
