@@ -84,6 +84,23 @@ pub enum Event {
     Disconnected { peer: PeerId, reason: String },
 }
 
+/// QUIC's view of one path, from [`Node::path`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathEstimate {
+    pub rtt: Duration,
+    /// Congestion window in bytes.
+    pub cwnd: u64,
+}
+
+impl PathEstimate {
+    /// Bytes per second the path allows now (`cwnd / rtt`); None when no
+    /// round trip was measured yet.
+    pub fn bytes_per_second(&self) -> Option<f64> {
+        let rtt = self.rtt.as_secs_f64();
+        (rtt > 0.0).then(|| self.cwnd as f64 / rtt)
+    }
+}
+
 /// One QUIC endpoint that both accepts and opens connections.
 ///
 /// Must not be created, used or dropped from inside a tokio runtime: its
@@ -176,6 +193,15 @@ impl Node {
         self.shared.send(peer, lane, bytes, Some(tx))?;
         rx.blocking_recv()
             .unwrap_or_else(|_| Err(Error::NotDelivered(format!("the connection to {peer} closed first"))))
+    }
+
+    /// What QUIC currently measures on the path to `peer`: the smoothed
+    /// round-trip time and the congestion window. `cwnd / rtt` estimates the
+    /// bytes per second a transfer can expect now. None for unknown peers.
+    pub fn path(&self, peer: PeerId) -> Option<PathEstimate> {
+        let entry = self.shared.peer(peer).ok()?;
+        let stats = entry.link.conn.stats();
+        Some(PathEstimate { rtt: stats.path.rtt, cwnd: stats.path.cwnd })
     }
 
     /// Every event of every peer.

@@ -149,3 +149,19 @@ fn restarted_peer_replaces_its_stale_connection() -> Result<()> {
     assert_eq!(name, "worker-0");
     Ok(())
 }
+
+#[test]
+fn a_connected_path_has_a_bandwidth_estimate_and_an_unknown_one_none() -> Result<()> {
+    let ca = ClusterCa::generate("t")?;
+    let a = node(&ca, "worker-0")?;
+    let b = node(&ca, "worker-1")?;
+    let (peer_b, _) = a.connect(b.local_addr())?;
+    a.send_wait(peer_b, Lane::Bulk, Bytes::from(vec![7u8; 1 << 20]))?;
+    let path = a.path(peer_b).expect("a live connection has a path");
+    assert!(path.rtt > Duration::ZERO && path.rtt < Duration::from_secs(1), "{path:?}");
+    assert!(path.cwnd > 0, "{path:?}");
+    let rate = path.bytes_per_second().expect("an rtt was measured");
+    assert!(rate > 1e5, "loopback at {rate} bytes/s");
+    assert_eq!(a.path(PeerId(u64::MAX)), None);
+    Ok(())
+}
