@@ -2,12 +2,14 @@
 //!
 //! Invariant: backward reads only the segment's saved tensors and the named
 //! parameters' values, so it gives the same bits on every worker that holds
-//! those parameters.
+//! those parameters. The rules run on a [`Backend`] that the caller picks
+//! (the receiver's device), whatever device recorded the segment.
 
 use std::collections::BTreeMap;
 
-use baton_kernels::{activation, elementwise, loss, matmul, norm, Trans};
+use baton_kernels::{elementwise, Trans};
 
+use crate::device::{self, Backend};
 use crate::segment::{SavedTensors, SegmentView};
 use crate::{Activation, Error, Op, ParamStore, Result, Segment, SegmentKey, Tensor, TensorId, TensorRef};
 
@@ -29,18 +31,42 @@ pub struct Tape<'a> {
 }
 
 impl Segment {
-    /// Backward of this segment given the gradient of its output.
+    /// Backward of this segment given the gradient of its output, on the
+    /// process's default backend ([`device::process_default`]).
     pub fn backward(&self, params: &ParamStore, grad_output: Tensor, input_grad: bool) -> Result<BackwardOutput> {
+        self.backward_on(&device::process_default(), params, grad_output, input_grad)
+    }
+
+    /// Backward on `backend`, whatever device recorded the segment.
+    pub fn backward_on(
+        &self,
+        backend: &Backend,
+        params: &ParamStore,
+        grad_output: Tensor,
+        input_grad: bool,
+    ) -> Result<BackwardOutput> {
         let tape = Tape { key: self.key, input: self.input, output: self.output, ops: &self.ops };
-        backward(&tape, self, params, grad_output, input_grad)
+        backward_on(backend, &tape, self, params, grad_output, input_grad)
     }
 }
 
 impl SegmentView<'_> {
-    /// Backward straight from the archive (saved tensors are not copied).
+    /// Backward straight from the archive (saved tensors are not copied), on
+    /// the process's default backend.
     pub fn backward(&self, params: &ParamStore, grad_output: Tensor, input_grad: bool) -> Result<BackwardOutput> {
+        self.backward_on(&device::process_default(), params, grad_output, input_grad)
+    }
+
+    /// Backward from the archive on `backend`, whatever device recorded it.
+    pub fn backward_on(
+        &self,
+        backend: &Backend,
+        params: &ParamStore,
+        grad_output: Tensor,
+        input_grad: bool,
+    ) -> Result<BackwardOutput> {
         let tape = Tape { key: self.key, input: self.input, output: self.output, ops: &self.ops };
-        backward(&tape, self, params, grad_output, input_grad)
+        backward_on(backend, &tape, self, params, grad_output, input_grad)
     }
 }
 
@@ -65,8 +91,21 @@ impl Grads {
     }
 }
 
-/// Runs backward over `tape`, reading saved tensors from `saved`.
+/// Runs backward over `tape`, reading saved tensors from `saved`, on the
+/// process's default backend.
 pub fn backward(
+    tape: &Tape<'_>,
+    saved: &dyn SavedTensors,
+    params: &ParamStore,
+    grad_output: Tensor,
+    input_grad: bool,
+) -> Result<BackwardOutput> {
+    backward_on(&device::process_default(), tape, saved, params, grad_output, input_grad)
+}
+
+/// Runs backward over `tape` on `backend`, reading saved tensors from `saved`.
+pub fn backward_on(
+    backend: &Backend,
     tape: &Tape<'_>,
     saved: &dyn SavedTensors,
     params: &ParamStore,
@@ -80,7 +119,7 @@ pub fn backward(
         let Some(dy) = grads.by_id.remove(&op.output()) else {
             continue;
         };
-        let ctx = OpCtx { saved, params, key: tape.key };
+        let ctx = OpCtx { saved, params, key: tape.key, backend };
         match op {
             Op::Linear { x, weight, bias, .. } => {
                 linear(&ctx, *x, weight, bias.as_deref(), &dy, &mut grads, &mut param_grads)?
@@ -108,6 +147,7 @@ struct OpCtx<'a> {
     saved: &'a dyn SavedTensors,
     params: &'a ParamStore,
     key: SegmentKey,
+    backend: &'a Backend,
 }
 
 impl OpCtx<'_> {
@@ -156,16 +196,16 @@ fn linear(
     }
     ctx.check_grad(dy, &[rows, out])?;
     let mut dw = Tensor::zeros(&[out, inp]);
-    matmul(&mut dw.data, &dy.data, Trans::Yes, &xv.data, Trans::No, out, rows, inp, false);
+    ctx.backend.matmul(&mut dw.data, &dy.data, Trans::Yes, &xv.data, Trans::No, out, rows, inp, false)?;
     add_param_grad(param_grads, weight, dw)?;
     if let Some(bias) = bias {
         let mut db = Tensor::zeros(&[out]);
-        elementwise::sum_rows(&dy.data, out, &mut db.data, false);
+        ctx.backend.sum_rows(&dy.data, out, &mut db.data, false)?;
         add_param_grad(param_grads, bias, db)?;
     }
     if grads.wants(x) {
         let mut dx = Tensor::zeros(&[rows, inp]);
-        matmul(&mut dx.data, &dy.data, Trans::No, &w.data, Trans::No, rows, out, inp, false);
+        ctx.backend.matmul(&mut dx.data, &dy.data, Trans::No, &w.data, Trans::No, rows, out, inp, false)?;
         grads.add(x, dx);
     }
     Ok(())
@@ -182,11 +222,7 @@ fn activation_grad(
     let saved = ctx.saved(if kind == Activation::Gelu { x } else { out })?;
     ctx.check_grad(dy, &saved.shape)?;
     let mut dx = Tensor::zeros(&saved.shape);
-    match kind {
-        Activation::Relu => activation::relu_backward(&saved.data, &dy.data, &mut dx.data),
-        Activation::Gelu => activation::gelu_backward(&saved.data, &dy.data, &mut dx.data),
-        Activation::Tanh => activation::tanh_backward(&saved.data, &dy.data, &mut dx.data),
-    }
+    ctx.backend.activation_backward(kind, &saved.data, &dy.data, &mut dx.data)?;
     grads.add(x, dx);
     Ok(())
 }
@@ -210,7 +246,7 @@ fn layernorm(
     }
     ctx.check_grad(dy, &[rows, cols])?;
     let (mut dx, mut dg, mut db) = (Tensor::zeros(&[rows, cols]), Tensor::zeros(&[cols]), Tensor::zeros(&[cols]));
-    norm::layernorm_backward(
+    ctx.backend.layernorm_backward(
         &xv.data,
         &gamma.data,
         &sv.data,
@@ -220,7 +256,7 @@ fn layernorm(
         &mut dg.data,
         &mut db.data,
         false,
-    );
+    )?;
     add_param_grad(param_grads, weight, dg)?;
     add_param_grad(param_grads, bias, db)?;
     grads.add(x, dx);
@@ -241,7 +277,7 @@ fn mse(ctx: &OpCtx<'_>, pred: TensorId, target: TensorId, dy: &Tensor, grads: &m
         return Err(ctx.mismatch(format!("mse prediction {:?} vs target {:?}", pv.shape, tv.shape)));
     }
     let mut dpred = Tensor::zeros(&pv.shape);
-    loss::mse_backward(&pv.data, &tv.data, g, &mut dpred.data);
+    ctx.backend.mse_backward(&pv.data, &tv.data, g, &mut dpred.data)?;
     grads.add(pred, dpred);
     Ok(())
 }
@@ -260,7 +296,7 @@ fn cross_entropy(
     let targets = class_indices(&tv.data)?;
     crate::record::check_classes(&targets, rows, classes)?;
     let mut dlogits = Tensor::zeros(&[rows, classes]);
-    loss::cross_entropy_backward(&pv.data, classes, &targets, g, &mut dlogits.data);
+    ctx.backend.cross_entropy_backward(&pv.data, classes, &targets, g, &mut dlogits.data)?;
     grads.add(logits, dlogits);
     Ok(())
 }

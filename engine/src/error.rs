@@ -42,6 +42,11 @@ pub enum Error {
     /// A frame that is not a valid protocol message.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// A device name that does not parse, or a device that cannot be used
+    /// here (no GPU, no driver, a build without CUDA); the text says which
+    /// and what to do.
+    #[error("device {0}")]
+    Device(String),
     /// The kernels refused (e.g. an invalid thread count).
     #[error(transparent)]
     Kernel(#[from] baton_kernels::Error),

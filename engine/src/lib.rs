@@ -8,9 +8,13 @@
 //! backward reads. A segment archives with rkyv, can be read back zero-copy
 //! on another worker ([`segment::access`]) and backwarded there with the same
 //! bits.
+//!
+//! Ops run on the CPU kernels or, per op, on a CUDA GPU ([`device`]): the
+//! tensors themselves always live in host memory.
 
 pub mod accumulate;
 pub mod backward;
+pub mod device;
 mod error;
 pub mod id;
 pub mod init;
@@ -26,6 +30,7 @@ pub mod train;
 
 pub use accumulate::GradAccumulator;
 pub use backward::BackwardOutput;
+pub use device::{Backend, Device};
 pub use error::{Error, Result};
 pub use id::{SegmentKey, TensorId};
 pub use model::{Layer, Loss, Model};

@@ -4,9 +4,13 @@
 //! [`Recorder`]. That is the whole contract: a layer written outside this
 //! crate is relocatable like the built-ins because its tape holds only the
 //! engine's ops.
+//!
+//! A model also says where its forward runs ([`Model::on_device`]); layers
+//! do not know, since they call only [`Recorder`] ops.
 
 use std::fmt;
 
+use crate::device::{self, Backend, Device};
 use crate::{Error, ParamSpec, ParamStore, Recorder, Result, Segment, SegmentKey, Tensor, TensorId};
 
 /// One layer of a model: the unit of placement and migration.
@@ -37,12 +41,13 @@ pub enum Loss {
     CrossEntropy,
 }
 
-/// Layers in order plus the loss.
+/// Layers in order plus the loss, and the backend their forward runs on.
 #[derive(Debug)]
 pub struct Model {
     pub input: usize,
     pub layers: Vec<Box<dyn Layer>>,
     pub loss: Loss,
+    backend: Backend,
 }
 
 /// Name of parameter `relative` of layer `layer` (`layers.3.weight`).
@@ -51,7 +56,9 @@ pub fn param_name(layer: usize, relative: &str) -> String {
 }
 
 impl Model {
-    /// A model; errors unless each layer's input width is the previous output width.
+    /// A model; errors unless each layer's input width is the previous output
+    /// width. It runs on the process's default backend
+    /// ([`device::process_default`], the CPU unless the process chose one).
     pub fn new(input: usize, layers: Vec<Box<dyn Layer>>, loss: Loss) -> Result<Model> {
         if layers.is_empty() {
             return Err(Error::Model("a model needs at least one layer".into()));
@@ -67,7 +74,32 @@ impl Model {
             }
             width = layer.out_features();
         }
-        Ok(Model { input, layers, loss })
+        Ok(Model { input, layers, loss, backend: device::process_default() })
+    }
+
+    /// The same model running on `device`.
+    ///
+    /// # Errors
+    /// [`Error::Device`] when `device` cannot be used here (see
+    /// [`Backend::open`]): no GPU, or a build without CUDA.
+    pub fn on_device(self, device: Device) -> Result<Model> {
+        Ok(self.with_backend(Backend::open(device)?))
+    }
+
+    /// The same model running on `backend`.
+    pub fn with_backend(self, backend: Backend) -> Model {
+        Model { backend, ..self }
+    }
+
+    /// The device the model's forward runs on.
+    pub fn device(&self) -> Device {
+        self.backend.device()
+    }
+
+    /// The backend the model's forward runs on (the natural choice for its
+    /// backward and optimizer too).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Width of the model's output.
@@ -109,7 +141,7 @@ impl Model {
     pub fn forward_layer(&self, key: SegmentKey, params: &ParamStore, x: Tensor) -> Result<(Segment, Tensor)> {
         let index = key.layer as usize;
         let layer = self.layers.get(index).ok_or_else(|| Error::Model(format!("the model has no layer {index}")))?;
-        let mut rec = Recorder::new(key, format!("layers.{index}."), params, x);
+        let mut rec = Recorder::with_backend(key, format!("layers.{index}."), params, x, self.backend.clone());
         let input = rec.input();
         let out = layer.forward(&mut rec, input)?;
         rec.finish(out)
@@ -119,7 +151,7 @@ impl Model {
     /// `targets`, returning it and the micro-batch's mean loss.
     pub fn forward_loss(&self, key: SegmentKey, pred: Tensor, targets: &crate::Targets) -> Result<(Segment, f32)> {
         let empty = ParamStore::new();
-        let mut rec = Recorder::new(key, String::new(), &empty, pred);
+        let mut rec = Recorder::with_backend(key, String::new(), &empty, pred, self.backend.clone());
         let input = rec.input();
         let out = match (self.loss, targets) {
             (Loss::Mse, crate::Targets::Values(t)) => rec.mse_loss(input, t.clone())?,

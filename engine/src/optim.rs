@@ -1,12 +1,14 @@
 //! Optimizers with PyTorch semantics, with per-parameter state that migrates
-//! with its parameter.
+//! with its parameter. Updates run on the optimizer's [`Backend`]; the
+//! state stays host data, so it migrates the same from any device.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use baton_kernels::optim::{adam_step, sgd_step, AdamConfig, SgdConfig};
+use baton_kernels::optim::{AdamConfig, SgdConfig};
 
+use crate::device::{self, Backend};
 use crate::{Error, Result, Tensor};
 
 /// Which optimizer, with its hyper-parameters.
@@ -29,11 +31,25 @@ pub struct OptState {
 pub struct Optimizer {
     pub config: OptimizerConfig,
     state: BTreeMap<String, OptState>,
+    backend: Backend,
 }
 
 impl Optimizer {
+    /// An optimizer whose updates run on the process's default backend
+    /// ([`device::process_default`]).
     pub fn new(config: OptimizerConfig) -> Self {
-        Optimizer { config, state: BTreeMap::new() }
+        Optimizer { config, state: BTreeMap::new(), backend: device::process_default() }
+    }
+
+    /// The same optimizer with its updates running on `backend`.
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The backend the updates run on.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Applies one update of `param` (called `name`) with `grad`.
@@ -52,7 +68,7 @@ impl Optimizer {
                     state.buffers.push(vec![0.0; param.len()]);
                 }
                 let buffer = state.buffers.first_mut().map_or(&mut [][..], |b| &mut b[..]);
-                sgd_step(&mut param.data, &grad.data, buffer, first, cfg);
+                self.backend.sgd_step(&mut param.data, &grad.data, buffer, first, cfg)?;
             }
             OptimizerConfig::Adam(cfg) => {
                 if state.buffers.is_empty() {
@@ -61,7 +77,7 @@ impl Optimizer {
                 let [m, v] = &mut state.buffers[..] else {
                     return Err(Error::Optimizer(format!("Adam state of {name} must hold two buffers")));
                 };
-                adam_step(&mut param.data, &grad.data, m, v, state.step + 1, cfg);
+                self.backend.adam_step(&mut param.data, &grad.data, m, v, state.step + 1, cfg)?;
             }
         }
         state.step += 1;

@@ -3,11 +3,16 @@
 //! A [`Recorder`] runs ops eagerly on one (micro-batch, layer) and appends
 //! them to the segment's tape. Layers written by users call only these
 //! methods, so whatever they build is relocatable like the built-ins.
+//!
+//! Each op runs on the recorder's [`Backend`]; the values it records stay
+//! host tensors whatever the device, and the segment notes which device
+//! recorded it.
 
 use std::collections::BTreeMap;
 
-use baton_kernels::{activation, elementwise, loss, matmul, norm, Trans};
+use baton_kernels::Trans;
 
+use crate::device::{self, Backend};
 use crate::segment::{SavedTensor, Storage};
 use crate::{Activation, Error, Op, ParamStore, Result, Segment, SegmentKey, Tensor, TensorId};
 
@@ -19,15 +24,33 @@ pub struct Recorder<'p> {
     values: BTreeMap<TensorId, Tensor>,
     ops: Vec<Op>,
     next_slot: u32,
+    backend: Backend,
 }
 
 impl<'p> Recorder<'p> {
     /// Starts recording `key` with `input` as its boundary tensor. Parameter
     /// names given to the op methods are relative to `prefix` (`layers.3.`).
+    /// Ops run on the process's default backend ([`device::process_default`]).
     pub fn new(key: SegmentKey, prefix: String, params: &'p ParamStore, input: Tensor) -> Self {
+        Self::with_backend(key, prefix, params, input, device::process_default())
+    }
+
+    /// Like [`Recorder::new`], with ops running on `backend`.
+    pub fn with_backend(
+        key: SegmentKey,
+        prefix: String,
+        params: &'p ParamStore,
+        input: Tensor,
+        backend: Backend,
+    ) -> Self {
         let mut values = BTreeMap::new();
         values.insert(TensorId::boundary(key), input);
-        Recorder { key, prefix, params, values, ops: Vec::new(), next_slot: 1 }
+        Recorder { key, prefix, params, values, ops: Vec::new(), next_slot: 1, backend }
+    }
+
+    /// The backend the ops run on.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// The id of the segment's boundary input.
@@ -59,13 +82,13 @@ impl<'p> Recorder<'p> {
             return Err(shape_err(format!("{weight} is [{out}, {w_in}] but the input has {inp} features")));
         }
         let mut y = Tensor::zeros(&[rows, out]);
-        matmul(&mut y.data, &xv.data, Trans::No, &w.data, Trans::Yes, rows, inp, out, false);
+        self.backend.matmul(&mut y.data, &xv.data, Trans::No, &w.data, Trans::Yes, rows, inp, out, false)?;
         if let Some(bias) = bias {
             let b = self.params.get(bias)?;
             if b.shape[..] != [out] {
                 return Err(shape_err(format!("{bias} has shape {:?}, expected [{out}]", b.shape)));
             }
-            elementwise::add_bias_rows(&mut y.data, &b.data);
+            self.backend.add_bias_rows(&mut y.data, &b.data)?;
         }
         Ok(y)
     }
@@ -74,11 +97,7 @@ impl<'p> Recorder<'p> {
     pub fn activation(&mut self, x: TensorId, kind: Activation) -> Result<TensorId> {
         let xv = self.value(x)?;
         let mut y = Tensor::zeros(&xv.shape);
-        match kind {
-            Activation::Relu => activation::relu(&xv.data, &mut y.data),
-            Activation::Gelu => activation::gelu(&xv.data, &mut y.data),
-            Activation::Tanh => activation::tanh(&xv.data, &mut y.data),
-        }
+        self.backend.activation(kind, &xv.data, &mut y.data)?;
         let out = self.push(y);
         self.ops.push(Op::Activation { kind, x, out });
         Ok(out)
@@ -95,7 +114,7 @@ impl<'p> Recorder<'p> {
         }
         let mut y = Tensor::zeros(&[rows, cols]);
         let mut stats = Tensor::zeros(&[2, rows]);
-        norm::layernorm(&xv.data, &g.data, &b.data, cols, eps, &mut y.data, &mut stats.data);
+        self.backend.layernorm(&xv.data, &g.data, &b.data, cols, eps, &mut y.data, &mut stats.data)?;
         let stats = self.push(stats);
         let out = self.push(y);
         self.ops.push(Op::LayerNorm { x, weight, bias, eps, stats, out });
@@ -109,7 +128,7 @@ impl<'p> Recorder<'p> {
             return Err(shape_err(format!("add of {:?} and {:?}", av.shape, bv.shape)));
         }
         let mut y = Tensor::zeros(&av.shape);
-        elementwise::add(&av.data, &bv.data, &mut y.data);
+        self.backend.add(&av.data, &bv.data, &mut y.data)?;
         let out = self.push(y);
         self.ops.push(Op::Add { a, b, out });
         Ok(out)
@@ -121,7 +140,7 @@ impl<'p> Recorder<'p> {
         if pv.shape != target.shape {
             return Err(shape_err(format!("mse of {:?} against targets {:?}", pv.shape, target.shape)));
         }
-        let value = loss::mse(&pv.data, &target.data);
+        let value = self.backend.mse(&pv.data, &target.data)?;
         let target = self.put(TensorId::local(self.key, crate::id::TARGET_SLOT), target);
         let out = self.push(Tensor::scalar(value));
         self.ops.push(Op::MseLoss { pred, target, out });
@@ -134,7 +153,7 @@ impl<'p> Recorder<'p> {
         let (rows, n_classes) = lv.view().matrix("cross-entropy logits")?;
         check_classes(classes, rows, n_classes)?;
         let mut probs = Tensor::zeros(&[rows, n_classes]);
-        let value = loss::cross_entropy(&lv.data, n_classes, classes, &mut probs.data);
+        let value = self.backend.cross_entropy(&lv.data, n_classes, classes, &mut probs.data)?;
         let as_f32 = classes.iter().map(|&c| c as f32).collect();
         let target_tensor = Tensor { shape: vec![rows], data: as_f32 };
         let target = self.put(TensorId::local(self.key, crate::id::TARGET_SLOT), target_tensor);
@@ -145,7 +164,7 @@ impl<'p> Recorder<'p> {
     }
 
     /// Ends recording: returns the segment (holding exactly the tensors its
-    /// backward reads) and the value of `output`.
+    /// backward reads, tagged with the recording device) and the value of `output`.
     pub fn finish(mut self, output: TensorId) -> Result<(Segment, Tensor)> {
         let mut ids: Vec<TensorId> = self.ops.iter().flat_map(Op::saved).collect();
         ids.sort();
@@ -159,7 +178,8 @@ impl<'p> Recorder<'p> {
             let tensor = self.values.remove(&id).ok_or(Error::UnknownTensor { id, segment: self.key })?;
             saved.push(SavedTensor { id, shape: tensor.shape, storage: Storage::F32(tensor.data) });
         }
-        let segment = Segment { key: self.key, input: TensorId::boundary(self.key), output, ops: self.ops, saved };
+        let (key, input, device) = (self.key, TensorId::boundary(self.key), self.backend.device());
+        let segment = Segment { key, input, output, ops: self.ops, saved, device };
         Ok((segment, out_value))
     }
 

@@ -5,12 +5,20 @@
 //! [`TensorId`]s of its own [`SegmentKey`] and parameters by name, and
 //! `saved` holds every tensor any op's backward reads, so the segment can be
 //! backwarded on any worker that holds the named parameters.
+//!
+//! A segment also notes the [`Device`] that recorded it. That is provenance,
+//! not a constraint: saved tensors are host data, and backward runs on
+//! whatever backend the receiver chooses (a segment recorded on a CUDA worker
+//! is backwarded on a CPU worker after a migration, and the other way round).
+//! Results then agree within float rounding, bit for bit only when both
+//! devices are of the same kind.
 
 use std::borrow::Cow;
 
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
+use crate::device::{ArchivedDevice, Device};
 use crate::id::{ArchivedSegmentKey, ArchivedTensorId};
 use crate::{Error, Op, Result, SegmentKey, TensorId, TensorRef};
 
@@ -55,6 +63,9 @@ pub struct Segment {
     pub ops: Vec<Op>,
     /// Exactly the tensors that `ops`' backward reads, sorted by id.
     pub saved: Vec<SavedTensor>,
+    /// The device whose kernels recorded the forward (provenance: backward
+    /// may run on any device).
+    pub device: Device,
 }
 
 /// Segments shipped or stored together (one archive).
@@ -163,6 +174,7 @@ pub fn archive(batch: &SegmentBatch) -> Result<AlignedVec> {
 
 /// Validates an archive and returns zero-copy views of its segments: saved
 /// f32 data is borrowed from `bytes`, only the small op lists are decoded.
+/// Validation covers the device tag too: an unknown tag is an error.
 /// `bytes` must be 16-byte aligned (receive into an [`AlignedVec`]).
 pub fn access(bytes: &[u8]) -> Result<Vec<SegmentView<'_>>> {
     if !is_aligned(bytes) {
@@ -185,6 +197,8 @@ pub struct SegmentView<'a> {
     pub input: TensorId,
     pub output: TensorId,
     pub ops: Vec<Op>,
+    /// The device that recorded the segment.
+    pub device: Device,
     archived: &'a ArchivedSegment,
 }
 
@@ -193,8 +207,9 @@ impl<'a> SegmentView<'a> {
         let key = native_key(&archived.key);
         let ops = rkyv::deserialize::<Vec<Op>, BoxedError>(&archived.ops)
             .map_err(|e| Error::Archive(format!("segment {key}: undecodable ops: {e}")))?;
-        let view =
-            SegmentView { key, input: native_id(&archived.input), output: native_id(&archived.output), ops, archived };
+        let (input, output, device) =
+            (native_id(&archived.input), native_id(&archived.output), native_device(&archived.device));
+        let view = SegmentView { key, input, output, ops, device, archived };
         let shapes: Vec<(TensorId, Vec<usize>, usize)> = archived
             .saved
             .iter()
@@ -234,6 +249,13 @@ fn native_id(id: &ArchivedTensorId) -> TensorId {
         micro: id.micro.to_native(),
         layer: id.layer.to_native(),
         slot: id.slot.to_native(),
+    }
+}
+
+fn native_device(device: &ArchivedDevice) -> Device {
+    match device {
+        ArchivedDevice::Cpu => Device::Cpu,
+        ArchivedDevice::Cuda(ordinal) => Device::Cuda(ordinal.to_native()),
     }
 }
 

@@ -110,8 +110,11 @@ pub struct Trainer {
 
 impl Trainer {
     /// A trainer; errors unless `params` are exactly the model's parameters.
+    /// Forward, backward and optimizer updates all run on the model's
+    /// backend ([`Model::on_device`]): the optimizer is moved onto it.
     pub fn new(model: Model, params: ParamStore, optimizer: Optimizer) -> Result<Trainer> {
         model.check_params(&params)?;
+        let optimizer = optimizer.with_backend(model.backend().clone());
         Ok(Trainer { model, params, optimizer, counters: Counters::default() })
     }
 
@@ -151,10 +154,11 @@ impl Trainer {
             self.counters.forward_layer_executions += 1;
         }
         let (loss_segment, micro_loss) = self.model.forward_loss(key(layers), x, targets)?;
-        let mut grad = loss_segment.backward(&self.params, Tensor::scalar(weight), true)?.input_grad;
+        let backend = self.model.backend();
+        let mut grad = loss_segment.backward_on(backend, &self.params, Tensor::scalar(weight), true)?.input_grad;
         for segment in segments.iter().rev() {
             let dy = grad.take().ok_or_else(|| Error::Model("a layer output has no gradient".into()))?;
-            let out = segment.backward(&self.params, dy, segment.key.layer > 0)?;
+            let out = segment.backward_on(backend, &self.params, dy, segment.key.layer > 0)?;
             acc.add(segment.key.layer, micro, out.param_grads)?;
             grad = out.input_grad;
             self.counters.backward_layer_executions += 1;

@@ -170,7 +170,24 @@ impl Message {
 
 /// Archives a message into one frame.
 pub fn encode(message: &Message) -> Result<AlignedVec> {
-    rkyv::to_bytes::<BoxedError>(message).map_err(|e| Error::Protocol(format!("cannot encode {}: {e}", message.kind())))
+    // Sized up front: growing a buffer of hundreds of MiB by doubling would
+    // copy it several times.
+    let buffer = AlignedVec::with_capacity(size_hint(message));
+    rkyv::api::high::to_bytes_in::<_, BoxedError>(message, buffer)
+        .map_err(|e| Error::Protocol(format!("cannot encode {}: {e}", message.kind())))
+}
+
+/// About the archived size of `message`: its tensor payload plus room for
+/// names and headers.
+fn size_hint(message: &Message) -> usize {
+    let payload = match message {
+        Message::Handover { handover, .. } => handover.bytes().total() as usize,
+        Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } | Message::Replay { tensor, .. } => {
+            tensor.len() * 4
+        }
+        _ => 0,
+    };
+    payload + 4096
 }
 
 /// Validates and decodes one frame (16-byte aligned).

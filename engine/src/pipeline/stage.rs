@@ -158,6 +158,8 @@ impl Stage {
         optimizer: Optimizer,
     ) -> Result<Stage> {
         check_range(&model, &layers, position)?;
+        // Updates run where the model computes (its device).
+        let optimizer = optimizer.with_backend(model.backend().clone());
         Ok(Stage {
             model,
             layers,
@@ -355,7 +357,7 @@ impl Stage {
         for layer in (self.layers.start..=top).rev() {
             let segment = self.take_segment(micro, layer)?;
             let dy = grad.take().ok_or_else(|| Error::Pipeline(format!("no gradient reaches layer {layer}")))?;
-            let out = segment.backward(&self.params, dy, layer > 0)?;
+            let out = segment.backward_on(self.model.backend(), &self.params, dy, layer > 0)?;
             self.acc.add(layer, micro, out.param_grads)?;
             self.counters.backward_layer_executions += 1;
             self.forget_layer(step, micro, layer);
@@ -374,7 +376,7 @@ impl Stage {
         let cur = self.current.as_ref().expect("step in progress");
         let weight = super::plan::loss_weight(&cur.rows, micro as usize);
         segment
-            .backward(&self.params, Tensor::scalar(weight), true)?
+            .backward_on(self.model.backend(), &self.params, Tensor::scalar(weight), true)?
             .input_grad
             .ok_or_else(|| Error::Pipeline("the loss gave no gradient".into()))
     }

@@ -51,6 +51,14 @@ impl Coordinator {
         if !self.members().contains(&worker) {
             return refuse(format!("it is not a member of the job (members: {:?})", self.members()));
         }
+        let going = |w: &u32| {
+            *w == worker
+                || self.migration.as_ref().is_some_and(|m| m.leaving.contains(w))
+                || self.notices.iter().any(|(n, _, _)| n == w)
+        };
+        if self.members().iter().all(going) {
+            return refuse("it is the last worker left: nobody could take over its layers".into());
+        }
         let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         Ok(vec![CoordEffect::Send { worker, message: Message::Preempt { worker, grace_ms } }])
     }

@@ -109,6 +109,8 @@ pub struct JobOutcome {
     pub partitions: Vec<Layout>,
     pub migrations: Vec<MigrationRecord>,
     pub spans: BTreeMap<u32, Vec<Span>>,
+    /// Micro-batch losses counted (each exactly once; M x steps when nothing was lost).
+    pub microbatch_losses: u64,
 }
 
 #[derive(Debug, PartialEq)]
@@ -165,6 +167,8 @@ pub struct Coordinator {
     joins: VecDeque<(u32, u32)>,
     losses: Vec<f32>,
     step_losses: Option<StepLosses>,
+    /// Micro-batch losses recorded over the whole run.
+    microbatch_losses: u64,
     finals: BTreeMap<u32, FinalState>,
     partitions: Vec<Layout>,
     migrations: Vec<MigrationRecord>,
@@ -200,6 +204,7 @@ impl Coordinator {
             joins,
             losses: Vec::new(),
             step_losses: None,
+            microbatch_losses: 0,
             finals: BTreeMap::new(),
             migrations: Vec::new(),
             retired_work: Vec::new(),
@@ -380,6 +385,7 @@ impl Coordinator {
             (Phase::Running { step: current, .. }, Some(book)) if *current == step => book.record(micro, value)?,
             _ => return Err(Error::Pipeline(format!("loss of step {step} arrived out of turn"))),
         }
+        self.microbatch_losses += 1;
         let mut effects = self.spawn_due_joiner();
         effects.extend(self.start_migration()?);
         effects.extend(self.maybe_finish_step()?);
@@ -483,6 +489,7 @@ impl Coordinator {
             partitions: std::mem::take(&mut self.partitions),
             migrations: std::mem::take(&mut self.migrations),
             spans: BTreeMap::new(),
+            microbatch_losses: self.microbatch_losses,
         };
         let finals = std::mem::take(&mut self.finals).into_iter().map(|(w, (p, c, s))| (w, p, c, s));
         let retired = std::mem::take(&mut self.retired_work).into_iter().map(|(w, c, s)| (w, Vec::new(), c, s));
