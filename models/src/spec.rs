@@ -129,9 +129,18 @@ fn spec_err(detail: String) -> Error {
 }
 
 /// Builds models from spec JSON for pipeline workers, which receive the
-/// spec from the coordinator.
+/// spec from the coordinator. They run on the process's default backend.
 pub fn factory() -> baton_engine::pipeline::worker::ModelFactory {
     Box::new(|json: &str| parse(json).map_err(|e| baton_engine::Error::Model(e.to_string())))
+}
+
+/// Like [`factory`], with every model running on `backend` (opened, and so
+/// checked, before the worker starts: building a model cannot fail on it).
+pub fn factory_on(backend: baton_engine::Backend) -> baton_engine::pipeline::worker::ModelFactory {
+    Box::new(move |json: &str| {
+        let model = parse(json).map_err(|e| baton_engine::Error::Model(e.to_string()))?;
+        Ok(model.with_backend(backend.clone()))
+    })
 }
 
 #[cfg(test)]

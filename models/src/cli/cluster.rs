@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use baton_engine::{Backend, Device};
 use baton_models::cluster::notice::{self, NoticeConfig};
-use baton_models::cluster::{self, worker_name, WorkerOptions, COORDINATOR_NAME};
+use baton_models::cluster::{self, worker_name, WorkerOptions, ADMIN_NAME, COORDINATOR_NAME};
 use baton_transport::{Identity, Node};
 use clap::{Args, Subcommand};
 
@@ -34,6 +35,10 @@ pub struct WorkerArgs {
     /// Kernel threads (default: BATON_THREADS or all cores).
     #[arg(long, value_name = "T")]
     threads: Option<usize>,
+    /// Where this worker computes: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+    /// Checked before anything else: no GPU here is an immediate error.
+    #[arg(long, value_name = "cpu|cuda[:N]", default_value = "cpu")]
+    device: Device,
     #[command(flatten)]
     notices: NoticeArgs,
 }
@@ -73,6 +78,8 @@ impl NoticeArgs {
 
 /// Runs one worker until the coordinator finishes the job.
 pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    // First of all: a worker that cannot compute should not join a job.
+    Backend::open(args.device).with_context(|| format!("--device {}", args.device))?;
     super::set_threads(args.threads)?;
     // First, so that a SIGTERM while connecting is a notice, not an exit.
     let notices = notice::spawn_sources(&args.notices.config()).context("starting the preemption notice sources")?;
@@ -80,8 +87,13 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--cluster-dir {}: worker {}'s certificate", args.cluster_dir.display(), args.id))?;
     let node = Node::start(args.listen, identity, cluster::net_config())
         .with_context(|| format!("--listen {}", args.listen))?;
-    let options =
-        WorkerOptions { id: args.id, coordinator: args.coordinator, advertise: args.advertise, notices: Some(notices) };
+    let options = WorkerOptions {
+        id: args.id,
+        coordinator: args.coordinator,
+        advertise: args.advertise,
+        notices: Some(notices),
+        device: args.device,
+    };
     cluster::run_worker(&node, options).with_context(|| format!("worker {}", args.id))
 }
 
@@ -108,13 +120,18 @@ pub fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         node.local_addr(),
         node.local_addr()
     );
+    eprintln!(
+        "preempt a worker of this job with: baton preempt --coordinator {} --cluster-dir DIR --worker N",
+        node.local_addr()
+    );
     train::run_with(args.train, train::Launch::Remote(&node))
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Writes a certificate authority and certificates for the coordinator
-    /// and `--workers` workers into DIR (copy it to every machine).
+    /// Writes a certificate authority and certificates for the coordinator,
+    /// `--workers` workers and `admin` (for `baton preempt`) into DIR (copy
+    /// it to every machine; keep `admin.key.pem` where admins work).
     Init {
         dir: PathBuf,
         #[arg(long, value_name = "W", default_value_t = 3)]
@@ -125,11 +142,17 @@ pub enum ClusterCommand {
 pub fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Init { dir, workers } => {
-            let names: Vec<String> =
-                std::iter::once(COORDINATOR_NAME.to_string()).chain((0..workers).map(worker_name)).collect();
+            let names: Vec<String> = [COORDINATOR_NAME, ADMIN_NAME]
+                .map(String::from)
+                .into_iter()
+                .chain((0..workers).map(worker_name))
+                .collect();
             baton_transport::init_cluster(&dir, &names)
                 .with_context(|| format!("baton cluster init {}", dir.display()))?;
-            eprintln!("wrote a certificate authority and {} node certificates to {}", names.len(), dir.display());
+            eprintln!(
+                "wrote a certificate authority and certificates for the coordinator, {workers} workers and {ADMIN_NAME} to {}",
+                dir.display()
+            );
             Ok(())
         }
     }

@@ -74,8 +74,14 @@ fn pipeline(params: &ParamStore, batches: &[Batch], optimizer: OptimizerConfig) 
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
     let mut on_step = |step: u32, loss: f32| println!("  step {step}: loss {loss:.6}");
     let mut on_migration = |m: &MigrationRecord| println!("  -- worker(s) {:?} preempted: layers moved --", m.leaving);
-    let job =
-        LocalJob { plan, exe: &exe, threads_per_worker: 1, on_step: &mut on_step, on_migration: &mut on_migration };
+    let job = LocalJob {
+        plan,
+        exe: &exe,
+        threads_per_worker: 1,
+        on_step: &mut on_step,
+        on_migration: &mut on_migration,
+        admin_dir: None,
+    };
     launch_local(job).context("the 3-worker pipeline failed")
 }
 
@@ -97,13 +103,14 @@ fn summarise(outcome: &JobOutcome, wall: Duration) -> anyhow::Result<()> {
     let b = &m.bytes;
     println!(
         "shipped {:.1} KiB: parameters {:.1}, optimizer state {:.1}, gradient sums {:.1}, \
-         tape segments {:.1}, queued tensors {:.1}",
+         tape segments {:.1}, queued tensors {:.1}, kept activations {:.1}",
         kib(b.total()),
         kib(b.parameters),
         kib(b.optimizer_state),
         kib(b.gradients),
         kib(b.segments),
-        kib(b.queued_messages)
+        kib(b.queued_messages),
+        kib(b.kept_activations)
     );
     println!(
         "time to ship: {:.1} ms; from notice until training resumed: {:.1} ms",
@@ -113,11 +120,12 @@ fn summarise(outcome: &JobOutcome, wall: Duration) -> anyhow::Result<()> {
     println!("deadline was {:.0} s after the notice", (m.deadline - m.notice_at).as_secs_f64());
     let c = outcome.counters;
     let expected = (12 * STEPS * MICRO_BATCHES) as u64;
+    let lost = ((STEPS * MICRO_BATCHES) as u64).saturating_sub(outcome.microbatch_losses);
     println!(
-        "forward layer executions {} (M x layers x steps = {expected}), recomputed forwards 0, lost micro-batches 0",
-        c.forward_layer_executions
+        "forward layer executions {} (M x layers x steps = {expected}), recomputed forwards {}, lost micro-batches {lost}",
+        c.forward_layer_executions, c.recomputed_forward_layers
     );
-    if c.forward_layer_executions != expected || c.backward_layer_executions != expected {
+    if c.forward_layer_executions != expected || c.backward_layer_executions != expected || lost != 0 {
         bail!("work was redone or lost: {c:?}");
     }
     println!("whole run: {:.2} s", wall.as_secs_f64());
@@ -125,12 +133,7 @@ fn summarise(outcome: &JobOutcome, wall: Duration) -> anyhow::Result<()> {
 }
 
 fn write_outputs(dir: &Path, outcome: &JobOutcome, optimizer: OptimizerConfig, wall: Duration) -> anyhow::Result<()> {
-    let counters = report::Counters {
-        forward_layer_executions: outcome.counters.forward_layer_executions,
-        backward_layer_executions: outcome.counters.backward_layer_executions,
-        recomputed_forward_layers: 0,
-        lost_microbatches: 0,
-    };
+    let counters = report::Counters::new(&outcome.counters, outcome.microbatch_losses, (STEPS * MICRO_BATCHES) as u64);
     let report = Report {
         model: "mlp12".into(),
         layers: 12,

@@ -2,9 +2,11 @@
 //! returns `anyhow::Result`; [`main`] turns an error into a message and a
 //! non-zero exit status.
 
+mod admin;
 mod bench;
 mod cluster;
 mod demo;
+mod device;
 mod preempt;
 mod progress;
 mod report;
@@ -30,20 +32,27 @@ enum Command {
     /// Run the seed scenario with embedded defaults: train mlp12 briefly,
     /// then move the tape of layers 4-7 and check backward there is bit-identical.
     Demo(demo::DemoArgs),
-    /// Benchmarks: training step (vs PyTorch when it imports), transport (QUIC vs TCP), pipeline overhead.
+    /// Benchmarks: training step (vs PyTorch when it imports), transport (QUIC vs TCP), pipeline overhead, migration.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Run one worker of a job (started by `baton train`, or by hand against `baton coordinator`).
     Worker(cluster::WorkerArgs),
     /// Coordinate a job whose workers run on other machines (`baton worker`).
     Coordinator(cluster::CoordinatorArgs),
-    /// Cluster set-up: certificates for coordinator and workers.
+    /// Preempt a worker of a running job: it ships its layers to the others
+    /// and leaves (as the cluster's `admin`).
+    Preempt(admin::PreemptArgs),
+    /// Cluster set-up: certificates for coordinator, workers and admin.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
     /// Backward of archived segments on a "receiver" that holds only their
     /// parameters (the relocation half of a relocation test).
     #[command(hide = true)]
     Splice(splice::SpliceArgs),
+    /// Restore layers from a checkpoint and recompute their in-flight
+    /// forwards, then exit (the restarted worker of `baton bench migrate`).
+    #[command(hide = true)]
+    BenchRestart(bench::RestartArgs),
 }
 
 /// Parses the command line, runs the command, and maps errors to exit status 1.
@@ -55,9 +64,11 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Splice(args) => splice::run(args),
+        Command::BenchRestart(args) => bench::restart(args),
         Command::Worker(args) => cluster::run_worker(args),
         Command::Coordinator(args) => cluster::run_coordinator(args),
         Command::Cluster(cmd) => cluster::run_cluster(cmd),
+        Command::Preempt(args) => admin::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,6 +30,19 @@ pub struct Counters {
     pub lost_microbatches: u64,
 }
 
+impl Counters {
+    /// The report's counters from the engine's, with `losses` micro-batch
+    /// losses counted out of `expected` (M x steps).
+    pub fn new(counters: &baton_engine::train::Counters, losses: u64, expected: u64) -> Counters {
+        Counters {
+            forward_layer_executions: counters.forward_layer_executions,
+            backward_layer_executions: counters.backward_layer_executions,
+            recomputed_forward_layers: counters.recomputed_forward_layers,
+            lost_microbatches: expected.saturating_sub(losses),
+        }
+    }
+}
+
 /// Bytes moved in a migration, by kind.
 #[derive(Debug, Serialize)]
 pub struct Bytes {
@@ -38,7 +51,12 @@ pub struct Bytes {
     pub gradients: u64,
     pub segments: u64,
     pub queued_messages: u64,
+    /// Activations kept upstream for recomputation, moving with their layer.
+    pub kept_activations: u64,
     pub total: u64,
+    /// Saved tensors left out because they would not fit before the
+    /// deadline (not in `total`): their forwards were recomputed.
+    pub unshipped_segments: u64,
 }
 
 /// A migration of layers off preempted workers.
@@ -57,8 +75,8 @@ pub struct Migration {
     pub ship_ms: f64,
     /// From the notice until every survivor computed again.
     pub resumed_after_ms: f64,
-    /// What happened: a preempted worker shipped its segments (no recompute
-    /// fallback exists yet), or the pipeline grew.
+    /// What happened: a preempted worker shipped its segments, left some
+    /// out to be recomputed (the deadline fallback), or the pipeline grew.
     pub action: String,
 }
 
@@ -78,13 +96,22 @@ impl From<&baton_engine::pipeline::coordinator::MigrationRecord> for Migration {
                 gradients: b.gradients,
                 segments: b.segments,
                 queued_messages: b.queued_messages,
+                kept_activations: b.kept_activations,
                 total: b.total(),
+                unshipped_segments: b.unshipped_segments,
             },
             ship_ms: ms(m.ship_time),
             resumed_after_ms: ms(m.resumed_after),
-            action: if m.leaving.is_empty() { "grew: layers moved to the new worker" } else { "shipped segments" }
-                .into(),
+            action: action(m).into(),
         }
+    }
+}
+
+fn action(m: &baton_engine::pipeline::coordinator::MigrationRecord) -> &'static str {
+    match (m.leaving.is_empty(), m.bytes.unshipped_segments) {
+        (true, _) => "grew: layers moved to the new worker",
+        (false, 0) => "shipped segments",
+        (false, _) => "deadline fallback: shipped state first, left segments out and recomputed their forwards",
     }
 }
 

@@ -9,11 +9,12 @@ use baton_engine::pipeline::coordinator::{JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::protocol::Span;
 use baton_engine::pipeline::{Layout, Partition, ScheduleKind};
-use baton_engine::{init, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
-use baton_models::cluster::{launch_local, run_coordinator, CoordinatorOptions, LocalJob};
+use baton_engine::{init, Backend, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
+use baton_models::cluster::{launch_local_on, run_coordinator, CoordinatorOptions, LocalJob};
 use baton_models::{io, spec};
 use clap::{Args, ValueEnum};
 
+use super::device::DeviceList;
 use super::preempt;
 use super::progress::Progress;
 use super::report::{self, Report};
@@ -104,6 +105,18 @@ pub struct TrainArgs {
     /// Implies worker processes even with --workers 1.
     #[arg(long, value_name = "OUT.json")]
     timeline: Option<PathBuf>,
+    /// Where the workers compute: `cpu`, `cuda` (= `cuda:0`), `cuda:N`, or a
+    /// comma list with one per worker, joiners included (`cuda:0,cpu,cpu`).
+    /// Checked before training starts. Default: cpu.
+    #[arg(long, value_name = "cpu|cuda[:N][,..]", value_parser = DeviceList::parse)]
+    device: Option<DeviceList>,
+    /// Write the job's admin identity (`admin.pem`, `admin.key.pem`,
+    /// `ca.pem`) and `coordinator.addr` into DIR once the coordinator listens,
+    /// so that `baton preempt --admin-dir DIR --worker N` can preempt a worker
+    /// of this running job. Replaces those files of an earlier job. Needs
+    /// --workers 2 or more.
+    #[arg(long, value_name = "DIR")]
+    admin_dir: Option<PathBuf>,
 }
 
 /// The model to train and how to name it in the saved file and report.
@@ -131,6 +144,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// Runs a training job with workers from `launch`.
 pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     check_single_process(&args)?;
+    ensure!(
+        args.admin_dir.is_none() || matches!(launch, Launch::Local),
+        "--admin-dir is for `baton train`; preempt a worker of `baton coordinator` with \
+         `baton preempt --coordinator ADDR --cluster-dir DIR` (the cluster's `admin` certificate)"
+    );
+    let devices = check_devices(&args, &launch)?;
     check_writable("--save", Some(&args.save))?;
     check_writable("--report", args.report.as_deref())?;
     super::set_threads(args.threads)?;
@@ -144,7 +163,7 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
         args.microbatches
     );
     eprintln!(
-        "training {} ({} layers, {} parameters) for {} steps, batch {rows}, M={}, {}",
+        "training {} ({} layers, {} parameters) for {} steps, batch {rows}, M={}, {}, device {devices}",
         chosen.label,
         chosen.model.layers.len(),
         params.iter().map(|(_, t)| t.len()).sum::<usize>(),
@@ -161,9 +180,10 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     preempt::check_joins(&joins, batches.len(), args.microbatches)?;
     let remote = matches!(launch, Launch::Remote(_));
     let run = if args.workers > 1 || args.timeline.is_some() || remote || !joins.is_empty() {
-        train_pipeline(&args, &spec_text, (chosen.model, params), &batches, (notices, joins), launch)?
+        train_pipeline(&args, &spec_text, (chosen.model, params), &batches, (notices, joins), (launch, &devices))?
     } else {
-        train_in_process(&args, chosen.model, params, &batches)?
+        let model = chosen.model.with_backend(Backend::open(devices.single()).context("--device")?);
+        train_in_process(&args, model, params, &batches)?
     };
     save(&args, &spec_text, &run.params, batches.len(), rows)?;
     if let Some(path) = &args.timeline {
@@ -185,6 +205,8 @@ struct RunResult {
     partitions: Vec<Layout>,
     migrations: Vec<MigrationRecord>,
     spans: BTreeMap<u32, Vec<Span>>,
+    /// Micro-batch losses counted.
+    microbatch_losses: u64,
     wall_seconds: f64,
 }
 
@@ -196,13 +218,18 @@ pub fn describe_migration(m: &MigrationRecord) -> String {
         _ => format!("worker(s) {:?} left, {:?} joined", m.leaving, m.joining),
     };
     format!(
-        "migration to generation {}: {who}; layers {} -> {}; shipped {:.1} KiB in {:.1} ms; \
+        "migration to generation {}: {who}; layers {} -> {}; shipped {:.1} KiB in {:.1} ms{}; \
          training resumed {:.1} ms after it began",
         m.generation,
         m.before.describe(),
         m.after.describe(),
         m.bytes.total() as f64 / 1024.0,
         m.ship_time.as_secs_f64() * 1e3,
+        match m.bytes.unshipped_segments {
+            0 => String::new(),
+            left =>
+                format!(" ({:.1} KiB of segments left out to recompute: no time to ship them)", left as f64 / 1024.0),
+        },
         m.resumed_after.as_secs_f64() * 1e3
     )
 }
@@ -224,6 +251,7 @@ fn train_in_process(
         partitions: vec![Layout { generation: 0, stages: vec![(0, 0..layers)] }],
         migrations: Vec::new(),
         spans: BTreeMap::new(),
+        microbatch_losses: (batches.len() * args.microbatches) as u64,
         wall_seconds,
     })
 }
@@ -238,7 +266,7 @@ fn train_pipeline(
     (model, params): (Model, ParamStore),
     batches: &[Batch],
     (notices, joins): Scripted,
-    launch: Launch<'_>,
+    (launch, devices): (Launch<'_>, &DeviceList),
 ) -> anyhow::Result<RunResult> {
     let plan = JobPlan {
         spec: spec_text.to_string(),
@@ -267,7 +295,9 @@ fn train_pipeline(
             let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
             let threads_per_worker = args.threads.unwrap_or((cores / args.workers).max(1));
             let on_migration = &mut on_migration;
-            launch_local(LocalJob { plan, exe: &exe, threads_per_worker, on_step: &mut on_step, on_migration })?
+            let admin_dir = args.admin_dir.as_deref();
+            let job = LocalJob { plan, exe: &exe, threads_per_worker, on_step: &mut on_step, on_migration, admin_dir };
+            launch_local_on(job, devices.devices())?
         }
         Launch::Remote(node) => {
             let options = CoordinatorOptions {
@@ -287,6 +317,7 @@ fn train_pipeline(
         partitions: outcome.partitions,
         migrations: outcome.migrations,
         spans: outcome.spans,
+        microbatch_losses: outcome.microbatch_losses,
         wall_seconds,
     })
 }
@@ -299,12 +330,8 @@ struct Summary {
 }
 
 fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
-    let counters = report::Counters {
-        forward_layer_executions: run.counters.forward_layer_executions,
-        backward_layer_executions: run.counters.backward_layer_executions,
-        recomputed_forward_layers: 0,
-        lost_microbatches: 0,
-    };
+    let expected = (run.losses.len() * args.microbatches) as u64;
+    let counters = report::Counters::new(&run.counters, run.microbatch_losses, expected);
     Report {
         model: summary.label,
         layers: summary.layers,
@@ -330,7 +357,21 @@ fn check_single_process(args: &TrainArgs) -> anyhow::Result<()> {
     if !args.preempt.is_empty() && args.workers < 2 {
         bail!("--preempt needs --workers 2 or more: someone must take over the preempted worker's layers");
     }
+    if args.admin_dir.is_some() && args.workers < 2 {
+        bail!("--admin-dir needs --workers 2 or more: someone must take over a preempted worker's layers");
+    }
     Ok(())
+}
+
+/// The workers' devices, checked before training (count, and that each
+/// can be opened here); refused when the workers are started by hand.
+fn check_devices(args: &TrainArgs, launch: &Launch<'_>) -> anyhow::Result<DeviceList> {
+    if matches!(launch, Launch::Remote(_)) {
+        DeviceList::refuse_remote(args.device.as_ref())?;
+    }
+    let devices = args.device.clone().unwrap_or_default();
+    devices.check(args.workers, args.join.len())?;
+    Ok(devices)
 }
 
 /// Fails before training when an output file could not be created (its

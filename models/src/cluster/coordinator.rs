@@ -1,16 +1,17 @@
 //! The coordinator's I/O loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use baton_engine::pipeline::coordinator::{CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::{self, Message};
+use baton_transport::frame::Frame;
 use baton_transport::{Event, Node, PeerId};
 use crossbeam_channel::RecvTimeoutError;
 
-use super::{send, worker_id};
+use super::{admin, send, worker_id, ADMIN_NAME};
 
 /// How the coordinator reports and watches.
 pub struct CoordinatorOptions<'a> {
@@ -33,6 +34,16 @@ struct Roster {
     names: HashMap<PeerId, String>,
     worker_of: HashMap<PeerId, u32>,
     peer_of: HashMap<u32, PeerId>,
+    /// Connected peers with the `admin` certificate (`baton preempt`).
+    admins: HashSet<PeerId>,
+}
+
+/// What one transport event asks of the coordinator.
+enum Inbound {
+    /// Events for the state machine (none for a connect or an ignored frame).
+    Job(Vec<CoordEvent>),
+    /// A request frame from an admin, answered by [`admin::serve`].
+    Admin(PeerId, Frame),
 }
 
 /// Runs `plan` on `node` until the job is done or fails.
@@ -42,13 +53,16 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
     let mut roster = Roster::default();
     let mut last_child_check = Duration::ZERO;
     loop {
-        let events = match node.events().recv_timeout(Duration::from_millis(100)) {
-            Ok(event) => on_event(event, &mut roster)?,
-            Err(RecvTimeoutError::Timeout) => Vec::new(),
+        let inbound = match node.events().recv_timeout(Duration::from_millis(100)) {
+            Ok(event) => on_event(node, event, &mut roster)?,
+            Err(RecvTimeoutError::Timeout) => Inbound::Job(Vec::new()),
             Err(RecvTimeoutError::Disconnected) => bail!("the transport stopped"),
         };
         let now = start.elapsed();
-        let mut effects: Vec<CoordEffect> = events.into_iter().flat_map(|e| coordinator.handle(e, now)).collect();
+        let mut effects: Vec<CoordEffect> = match inbound {
+            Inbound::Job(events) => events.into_iter().flat_map(|e| coordinator.handle(e, now)).collect(),
+            Inbound::Admin(peer, frame) => admin::serve(node, &coordinator, peer, &frame),
+        };
         effects.extend(coordinator.tick(now));
         // Child processes are checked every 50 ms, not on every message.
         if now.saturating_sub(last_child_check) >= Duration::from_millis(50) {
@@ -74,34 +88,53 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
     }
 }
 
-/// Turns a transport event into coordinator events.
-fn on_event(event: Event, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>> {
+/// Turns a transport event into coordinator events or an admin request.
+/// A peer that is neither a worker nor the admin is disconnected at once.
+fn on_event(node: &Node, event: Event, roster: &mut Roster) -> anyhow::Result<Inbound> {
     Ok(match event {
         Event::Connected { peer, name, .. } => {
+            if name == ADMIN_NAME {
+                roster.admins.insert(peer);
+            } else if worker_id(&name).is_none() {
+                tracing::warn!(%peer, name, "refusing a peer that is neither a worker nor the admin");
+                node.disconnect(peer, &format!("the coordinator takes only workers and `{ADMIN_NAME}`, not `{name}`"));
+            }
             roster.names.insert(peer, name);
-            Vec::new()
+            Inbound::Job(Vec::new())
         }
-        Event::Message { peer, bytes, .. } => {
-            let message = protocol::decode(&bytes).with_context(|| format!("a frame from {peer}"))?;
-            if let Message::Register { worker, .. } = &message {
-                tracing::info!(worker, %peer, "worker registered");
-                check_claim(roster.names.get(&peer).map_or("", String::as_str), *worker)?;
-                roster.worker_of.insert(peer, *worker);
-                roster.peer_of.insert(*worker, peer);
-            }
-            if let (Message::Notice { grace_ms, .. }, Some(&worker)) = (&message, roster.worker_of.get(&peer)) {
-                roster.deadlines.push((Instant::now() + Duration::from_millis(*grace_ms), worker));
-            }
+        Event::Message { peer, bytes, .. } if roster.admins.contains(&peer) => Inbound::Admin(peer, bytes),
+        Event::Message { peer, bytes, .. } => Inbound::Job(on_message(peer, &bytes, roster)?),
+        Event::Disconnected { peer, reason } => {
+            roster.admins.remove(&peer);
             match roster.worker_of.get(&peer) {
-                Some(&worker) => vec![CoordEvent::Message { worker, message }],
-                None => bail!("{peer} sent a {} message before registering", message.kind()),
+                Some(&worker) => Inbound::Job(vec![CoordEvent::Lost { worker, reason }]),
+                None => Inbound::Job(Vec::new()),
             }
         }
-        Event::Disconnected { peer, reason } => match roster.worker_of.get(&peer) {
-            Some(&worker) => vec![CoordEvent::Lost { worker, reason }],
-            None => Vec::new(),
-        },
     })
+}
+
+/// A frame from a worker (or a refused peer's, still in flight: ignored).
+fn on_message(peer: PeerId, bytes: &Frame, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>> {
+    let name = roster.names.get(&peer).map_or("", String::as_str);
+    if worker_id(name).is_none() {
+        tracing::warn!(%peer, name, "ignoring a frame from a refused peer");
+        return Ok(Vec::new());
+    }
+    let message = protocol::decode(bytes).with_context(|| format!("a frame from {peer}"))?;
+    if let Message::Register { worker, .. } = &message {
+        tracing::info!(worker, %peer, "worker registered");
+        check_claim(name, *worker)?;
+        roster.worker_of.insert(peer, *worker);
+        roster.peer_of.insert(*worker, peer);
+    }
+    if let (Message::Notice { grace_ms, .. }, Some(&worker)) = (&message, roster.worker_of.get(&peer)) {
+        roster.deadlines.push((Instant::now() + Duration::from_millis(*grace_ms), worker));
+    }
+    match roster.worker_of.get(&peer) {
+        Some(&worker) => Ok(vec![CoordEvent::Message { worker, message }]),
+        None => bail!("{peer} sent a {} message before registering", message.kind()),
+    }
 }
 
 fn deliver(node: &Node, roster: &Roster, worker: u32, message: &Message) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan, MigrationRecord};
+use baton_engine::Device;
 use baton_transport::{ClusterCa, Node};
 
 use super::{net_config, run_coordinator, worker_name, CoordinatorOptions, COORDINATOR_NAME};
@@ -21,11 +22,25 @@ pub struct LocalJob<'a> {
     pub threads_per_worker: usize,
     pub on_step: &'a mut dyn FnMut(u32, f32),
     pub on_migration: &'a mut dyn FnMut(&MigrationRecord),
+    /// Where to write an admin identity of the ephemeral CA and the
+    /// coordinator's address, for `baton preempt --admin-dir` (see
+    /// [`super::admin::write_admin_dir`]).
+    pub admin_dir: Option<&'a Path>,
 }
 
 /// Runs `job` with `job.plan.workers` worker processes and returns the outcome.
-/// Worker processes are killed if anything fails.
+/// Worker processes are killed if anything fails. Workers compute on their
+/// default device (the CPU).
 pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
+    launch_local_on(job, &[])
+}
+
+/// Like [`launch_local`], with worker `w` started with `--device
+/// devices[w]`: one device names every worker's (joiners included), none
+/// leaves each worker its default. The caller checks the count and that
+/// the devices can be opened ([`launch_local`] cannot tell which failure
+/// of a worker process was its device).
+pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> anyhow::Result<JobOutcome> {
     let dir = tempfile::Builder::new().prefix("baton-cluster-").tempdir().context("creating the cluster directory")?;
     let ca = ClusterCa::generate("baton-local").context("creating an ephemeral certificate authority")?;
     ca.save(dir.path())?;
@@ -35,8 +50,16 @@ pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
     let node = Node::start("127.0.0.1:0".parse()?, ca.issue(COORDINATOR_NAME)?, net_config())
         .context("starting the coordinator's endpoint")?;
     let coordinator = node.local_addr().to_string();
+    if let Some(admin_dir) = job.admin_dir {
+        super::admin::write_admin_dir(&ca, node.local_addr(), admin_dir)?;
+        eprintln!(
+            "admin identity written to {0}: preempt a worker with `baton preempt --admin-dir {0} --worker N [--grace 120s]`",
+            admin_dir.display()
+        );
+    }
     let (exe, threads) = (job.exe, job.threads_per_worker);
-    let mut spawn = |w: u32| spawn_worker(exe, dir.path(), &coordinator, w, threads);
+    let device_of = |w: u32| if devices.len() == 1 { devices.first() } else { devices.get(w as usize) };
+    let mut spawn = |w: u32| spawn_worker(exe, dir.path(), &coordinator, (w, device_of(w).copied()), threads);
     let mut children = Vec::new();
     for w in 0..job.plan.workers as u32 {
         match spawn(w) {
@@ -65,9 +88,19 @@ pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
     result
 }
 
-fn spawn_worker(exe: &Path, dir: &Path, coordinator: &str, w: u32, threads: usize) -> anyhow::Result<Child> {
-    Command::new(exe)
-        .args(["worker", "--coordinator", coordinator, "--id", &w.to_string()])
+fn spawn_worker(
+    exe: &Path,
+    dir: &Path,
+    coordinator: &str,
+    (w, device): (u32, Option<Device>),
+    threads: usize,
+) -> anyhow::Result<Child> {
+    let mut command = Command::new(exe);
+    command.args(["worker", "--coordinator", coordinator, "--id", &w.to_string()]);
+    if let Some(device) = device {
+        command.args(["--device", &device.to_string()]);
+    }
+    command
         .arg("--cluster-dir")
         .arg(dir)
         .args(["--threads", &threads.to_string()])

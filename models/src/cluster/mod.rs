@@ -3,6 +3,8 @@
 //! machines of `baton_engine::pipeline`, plus launching a whole job on this
 //! machine with an ephemeral certificate authority.
 
+pub mod admin;
+pub mod budget;
 mod coordinator;
 pub mod fault;
 mod launch;
@@ -16,11 +18,15 @@ use baton_engine::pipeline::protocol::{self, Message};
 use baton_transport::{Lane, NetConfig, Node, PeerId};
 
 pub use coordinator::{run_coordinator, CoordinatorOptions};
-pub use launch::{launch_local, LocalJob};
+pub use launch::{launch_local, launch_local_on, LocalJob};
 pub use worker::{run_worker, WorkerOptions};
 
 /// Certificate name of the coordinator.
 pub const COORDINATOR_NAME: &str = "coordinator";
+
+/// Certificate name of an administrator (`baton preempt`): a peer that may
+/// send requests to the coordinator of a running job, and nothing else.
+pub const ADMIN_NAME: &str = "admin";
 
 /// Certificate name of worker `id`.
 pub fn worker_name(id: u32) -> String {
@@ -41,13 +47,13 @@ pub fn net_config() -> NetConfig {
 fn send(node: &Node, peer: PeerId, message: &Message) -> anyhow::Result<()> {
     let frame = protocol::encode(message)?;
     let lane = if message.is_bulk() { Lane::Bulk } else { Lane::Control };
-    node.send(peer, lane, bytes::Bytes::from(frame.into_vec()))?;
+    node.send(peer, lane, bytes::Bytes::from_owner(frame))?;
     Ok(())
 }
 
 /// Like [`send`] but waits until the peer received it (for the last message).
 fn send_wait(node: &Node, peer: PeerId, message: &Message) -> anyhow::Result<()> {
     let frame = protocol::encode(message)?;
-    node.send_wait(peer, Lane::Bulk, bytes::Bytes::from(frame.into_vec()))?;
+    node.send_wait(peer, Lane::Bulk, bytes::Bytes::from_owner(frame))?;
     Ok(())
 }

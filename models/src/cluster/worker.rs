@@ -8,9 +8,11 @@ use anyhow::{bail, Context};
 use baton_engine::pipeline::protocol::{self, Message, Span, PROTOCOL_VERSION};
 use baton_engine::pipeline::worker::{Dest, Out, Worker};
 use baton_engine::pipeline::Work;
+use baton_engine::{device, Backend, Device};
 use baton_transport::{Event, Node, PeerId};
 use crossbeam_channel::Receiver;
 
+use super::budget::ShipBudget;
 use super::fault::{Crash, FAULT_ENV};
 use super::{send, send_wait, worker_id, COORDINATOR_NAME};
 
@@ -23,6 +25,9 @@ pub struct WorkerOptions {
     /// Preemption notices from outside (SIGTERM, a cloud metadata poller):
     /// each carries the grace in milliseconds.
     pub notices: Option<Receiver<u64>>,
+    /// Where this worker computes: forward, backward and optimizer updates of
+    /// its layers, including layers and segments it adopts in a migration.
+    pub device: Device,
 }
 
 /// The transport side of one worker.
@@ -36,11 +41,20 @@ struct Links {
     workers: HashMap<PeerId, u32>,
     ready_sent: bool,
     clock: Instant,
+    /// Set once this worker is noticed: what it can ship before its deadline.
+    budget: Option<ShipBudget>,
 }
 
 /// Registers with the coordinator and runs the assigned stage until the
 /// coordinator says the job is finished.
+///
+/// Opens `options.device` first (so a missing GPU fails before anything is
+/// sent) and makes it the process's default backend: the stage runs forward,
+/// backward and updates there, whatever device recorded a segment it adopts.
 pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
+    let backend = Backend::open(options.device).with_context(|| format!("--device {}", options.device))?;
+    device::set_process_default(backend.clone())?;
+    tracing::info!(worker = options.id, device = %backend.describe(), "computing on");
     let (coordinator, name) = node
         .connect(options.coordinator)
         .with_context(|| format!("connecting to the coordinator at {}", options.coordinator))?;
@@ -51,6 +65,7 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
     tracing::info!(worker = options.id, %address, "registering with the coordinator");
     send(node, coordinator, &Message::Register { worker: options.id, protocol: PROTOCOL_VERSION, address })?;
     let crash = Crash::from_env(options.id)?;
+    super::budget::bandwidth_from_env()?;
     let mut links = Links {
         coordinator,
         crash,
@@ -60,8 +75,9 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
         workers: HashMap::new(),
         ready_sent: false,
         clock: Instant::now(),
+        budget: None,
     };
-    let mut worker = Worker::new(options.id, crate::spec::factory());
+    let mut worker = Worker::new(options.id, crate::spec::factory_on(backend));
     let notices = options.notices.unwrap_or_else(crossbeam_channel::never);
     let result = serve(node, &mut worker, &mut links, &notices).map(|()| {
         // A retired worker's layers are safe elsewhere: it just goes.
@@ -154,6 +170,9 @@ fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -
                 Some(&id) => Dest::Worker(id),
                 None => Dest::Coordinator,
             };
+            if let Some(budget) = links.budget {
+                worker.set_ship_budget(Some(budget.bytes(node, links.peers.values().copied(), Instant::now())));
+            }
             let outs = worker.handle(from, message)?;
             push_span(worker, format!("recv {kind}"), "receive", start, links.clock.elapsed());
             execute(node, worker, links, outs)
@@ -178,6 +197,9 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                 send_wait(node, links.coordinator, &message)?;
             }
             Out::Send { to, message } => {
+                if let Message::Notice { grace_ms, .. } = message {
+                    links.budget = Some(ShipBudget::new(Instant::now(), Duration::from_millis(grace_ms))?);
+                }
                 let start = links.clock.elapsed();
                 let peer = destination(links, to)?;
                 let kind = message.kind();
@@ -196,6 +218,14 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                 maybe_ready(node, worker, links)?;
             }
             Out::Ship { generation, handovers, bytes } => {
+                if bytes.unshipped_segments > 0 {
+                    tracing::warn!(
+                        worker = worker.id,
+                        left_out = bytes.unshipped_segments,
+                        shipping = bytes.total(),
+                        "not enough time to ship every segment: the new owners recompute the rest"
+                    );
+                }
                 let start = links.clock.elapsed();
                 for (to, message) in handovers {
                     let peer = destination(links, Dest::Worker(to))?;

@@ -4,7 +4,10 @@
 //! - `transport`: QUIC bulk throughput on loopback next to plain TCP.
 //! - `pipeline`: total CPU per training step on 3 worker processes against
 //!   one process, by differencing runs of the `baton` binary itself.
+//! - `migrate`: notice to resumed training when a worker's layers move:
+//!   segment shipping vs recompute vs checkpoint-restart vs raw transfers.
 
+mod migrate;
 mod pipeline;
 mod step;
 mod transport;
@@ -15,6 +18,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 
+pub use migrate::{restart, RestartArgs};
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Training-step time of MLPs (forward, backward, Adam; M=1), vs PyTorch if available.
@@ -23,6 +28,8 @@ pub enum BenchCommand {
     Transport(transport::TransportArgs),
     /// Total CPU per training step on 3 worker processes vs one process.
     Pipeline(pipeline::PipelineArgs),
+    /// Notice to resumed training when 4 layers move: segments vs recompute vs checkpoint-restart vs raw QUIC/TCP.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Runs a bench subcommand.
@@ -31,6 +38,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Step(args) => step::run(args),
         BenchCommand::Transport(args) => transport::run(args),
         BenchCommand::Pipeline(args) => pipeline::run(args),
+        BenchCommand::Migrate(args) => migrate::run(args),
     }
 }
 
@@ -72,6 +80,8 @@ mod tests {
             &["bench", "step", "--steps", "2", "--threads-list", "1,2"][..],
             &["bench", "transport", "--sizes", "1,16", "--json", "t.json"],
             &["bench", "pipeline", "--steps", "3", "--json", "p.json"],
+            &["bench", "migrate", "--widths", "64,256", "--in-flight", "1,4", "--repeats", "2", "--json", "m.json"],
+            &["bench", "migrate", "--rows", "8", "--dir", "/tmp"],
         ] {
             let parsed = Bench::try_parse_from(argv);
             assert!(parsed.is_ok(), "{argv:?}: {}", parsed.unwrap_err());

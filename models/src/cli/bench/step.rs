@@ -3,13 +3,17 @@
 //! step in PyTorch when `python3 -c "import torch"` works.
 //!
 //! `BATON_PYTHON` names the Python interpreter (default `python3`).
+//!
+//! `--device cuda[:N]` times baton on that GPU (per-op staging: every op
+//! uploads its inputs and downloads its outputs); the PyTorch comparison is
+//! then left out, since the script times PyTorch on the CPU.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use baton_engine::{init, Optimizer, OptimizerConfig, Trainer};
+use baton_engine::{init, Backend, Device, Optimizer, OptimizerConfig, Trainer};
 use baton_models::{io, spec};
 use clap::Args;
 use serde::Serialize;
@@ -32,6 +36,9 @@ pub struct StepArgs {
     /// Also write the table as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Where baton computes: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+    #[arg(long, value_name = "cpu|cuda[:N]", default_value = "cpu")]
+    device: Device,
 }
 
 /// One benchmarked model: `layers` linear layers `input → width → .. → width`,
@@ -78,6 +85,8 @@ struct Row {
 /// The whole result, as written by --json.
 #[derive(Debug, Serialize)]
 struct Table {
+    /// Where baton ran (`cpu`, or `cuda:N (GPU name)`).
+    device: String,
     torch: Option<String>,
     note: Option<String>,
     rows: Vec<Row>,
@@ -88,10 +97,12 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
     if args.steps == 0 {
         bail!("--steps 0: time at least one step");
     }
+    let backend = Backend::open(args.device).with_context(|| format!("--device {}", args.device))?;
     let configs = configs(&thread_list(&args.threads_list)?, args.steps);
-    eprintln!("timing {} configurations in baton...", configs.len());
-    let baton: Vec<f64> = configs.iter().map(time_baton).collect::<anyhow::Result<_>>()?;
-    let (torch, note) = match time_torch(&configs) {
+    eprintln!("timing {} configurations in baton on {}...", configs.len(), backend.describe());
+    let baton: Vec<f64> = configs.iter().map(|c| time_baton(c, &backend)).collect::<anyhow::Result<_>>()?;
+    let compare = if args.device == Device::Cpu { time_torch(&configs) } else { Err(GPU_NOTE.to_string()) };
+    let (torch, note) = match compare {
         Ok((version, ms)) => (Some((version, ms)), None),
         Err(reason) => (None, Some(reason)),
     };
@@ -101,7 +112,7 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, (config, ms))| row(config, ms, torch.as_ref().map(|(_, t)| t[i])))
         .collect();
-    let table = Table { torch: torch.map(|(v, _)| v), note, rows };
+    let table = Table { device: backend.describe(), torch: torch.map(|(v, _)| v), note, rows };
     print_table(&table);
     if let Some(path) = &args.json {
         write_json(path, &table)?;
@@ -145,10 +156,13 @@ fn configs(threads: &[usize], steps: usize) -> Vec<Config> {
     threads.iter().map(|&t| big(t)).chain(threads.iter().map(|&t| small(t))).collect()
 }
 
-/// Median milliseconds of one baton training step after warm-up.
-fn time_baton(config: &Config) -> anyhow::Result<f64> {
+/// Why a GPU run has no PyTorch column.
+const GPU_NOTE: &str = "no PyTorch comparison: its script times the CPU, baton ran on a GPU";
+
+/// Median milliseconds of one baton training step on `backend` after warm-up.
+fn time_baton(config: &Config, backend: &Backend) -> anyhow::Result<f64> {
     baton_kernels::threads::set_num_threads(config.threads)?;
-    let model = spec::parse(&config.spec_json()).context("building the benchmark model")?;
+    let model = spec::parse(&config.spec_json()).context("building the benchmark model")?.with_backend(backend.clone());
     let params = init::init_params(&model.param_specs(), 0);
     let batch = io::synthetic_data(&model, 1, config.batch, 0).remove(0);
     let adam: OptimizerConfig = "adam:lr=1e-3".parse()?;
@@ -208,7 +222,7 @@ fn row(config: Config, baton_ms: f64, torch_ms: Option<f64>) -> Row {
 
 fn print_table(table: &Table) {
     let torch = table.torch.as_deref().map_or(String::new(), |v| format!(" (PyTorch {v})"));
-    println!("training step: forward + backward + Adam, M=1, median of timed steps{torch}");
+    println!("training step on {}: forward + backward + Adam, M=1, median of timed steps{torch}", table.device);
     println!(
         "{:<18} {:>7} {:>10} {:>8} {:>10} {:>8} {:>12}",
         "model", "threads", "baton ms", "GFLOP/s", "torch ms", "GFLOP/s", "baton/torch"
