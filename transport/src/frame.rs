@@ -126,12 +126,13 @@ impl FrameDecoder {
 /// Frames at least this large get huge pages where the OS allows.
 const HUGE_PAGE_MIN: usize = 8 << 20;
 
-/// An empty buffer with room for exactly `len` bytes.
+/// An empty buffer with room for exactly `len` bytes, for a frame being
+/// received or written.
 ///
 /// Filling a fresh buffer costs a page fault per 4 KiB page, which capped
 /// receiving at about 1 GB/s on our 2-core machine; asking Linux for
 /// transparent huge pages (2 MiB) raised the fill rate to about 4 GB/s.
-pub(crate) fn receive_buffer(len: usize) -> Frame {
+pub fn receive_buffer(len: usize) -> Frame {
     let mut buf = Frame::with_capacity(len);
     #[cfg(target_os = "linux")]
     if len >= HUGE_PAGE_MIN {

@@ -20,7 +20,7 @@ mod registry;
 mod tls;
 
 pub use hello::PROTOCOL_VERSION;
-pub use node::{Event, Lane, NetConfig, Node, PathEstimate, PeerId};
+pub use node::{Delivery, Event, Lane, NetConfig, Node, PathEstimate, PeerId};
 pub use pki::{init_cluster, ClusterCa, Identity};
 
 use std::net::SocketAddr;

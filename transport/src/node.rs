@@ -84,6 +84,24 @@ pub enum Event {
     Disconnected { peer: PeerId, reason: String },
 }
 
+/// A frame on its way, from [`Node::send_tracked`].
+#[derive(Debug)]
+pub struct Delivery {
+    peer: PeerId,
+    done: tokio::sync::oneshot::Receiver<Result<()>>,
+}
+
+impl Delivery {
+    /// Blocks until delivery is known, with [`Node::send_wait`]'s meaning.
+    /// Must not be called from inside a tokio runtime.
+    pub fn wait(self) -> Result<()> {
+        let peer = self.peer;
+        self.done
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(Error::NotDelivered(format!("the connection to {peer} closed first"))))
+    }
+}
+
 /// QUIC's view of one path, from [`Node::path`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PathEstimate {
@@ -189,10 +207,15 @@ impl Node {
     /// window (per-frame acknowledgment is not observable on a shared
     /// stream); time transfers on the bulk lane.
     pub fn send_wait(&self, peer: PeerId, lane: Lane, bytes: Bytes) -> Result<()> {
+        self.send_tracked(peer, lane, bytes)?.wait()
+    }
+
+    /// Like [`Node::send`], returning a [`Delivery`] to wait on later, so
+    /// the caller can prepare the next frame while this one travels.
+    pub fn send_tracked(&self, peer: PeerId, lane: Lane, bytes: Bytes) -> Result<Delivery> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.shared.send(peer, lane, bytes, Some(tx))?;
-        rx.blocking_recv()
-            .unwrap_or_else(|_| Err(Error::NotDelivered(format!("the connection to {peer} closed first"))))
+        Ok(Delivery { peer, done: rx })
     }
 
     /// What QUIC currently measures on the path to `peer`: the smoothed

@@ -63,6 +63,9 @@ pub struct Handover {
     pub targets: Vec<(u32, u32, Targets)>,
     /// Replayed activations waiting at these layers: (step, micro, layer, stop, value).
     pub replays: Vec<(u32, u32, u32, u32, Tensor)>,
+    /// How many handovers the sender sends this receiver in this migration
+    /// (one per layer, see [`Handover::into_parts`]); 0 counts as 1.
+    pub parts: u32,
 }
 
 /// Bytes moved, by kind, for the run report.
@@ -105,6 +108,29 @@ fn tensor_bytes<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> u64 {
 }
 
 impl Handover {
+    /// Splits into one handover per layer, so the sender can archive the
+    /// next while the previous travels and the receiver adopts each as it
+    /// arrives. The waiting tensors, targets and replays ride with the
+    /// first; every part carries the step and the count of parts.
+    pub fn into_parts(mut self) -> Vec<Handover> {
+        let layers = std::mem::take(&mut self.layers);
+        let count = layers.len().max(1) as u32;
+        let step = self.step.clone();
+        let mut parts = vec![Handover { parts: count, ..self }];
+        for (i, layer) in layers.into_iter().enumerate() {
+            match i {
+                0 => parts[0].layers.push(layer),
+                _ => parts.push(Handover {
+                    step: step.clone(),
+                    layers: vec![layer],
+                    parts: count,
+                    ..Handover::default()
+                }),
+            }
+        }
+        parts
+    }
+
     /// True when nothing moves.
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()

@@ -172,14 +172,18 @@ impl Message {
 pub fn encode(message: &Message) -> Result<AlignedVec> {
     // Sized up front: growing a buffer of hundreds of MiB by doubling would
     // copy it several times.
-    let buffer = AlignedVec::with_capacity(size_hint(message));
+    encode_in(message, AlignedVec::with_capacity(size_hint(message)))
+}
+
+/// Archives a message into `buffer` (best given [`size_hint`] bytes of room).
+pub fn encode_in(message: &Message, buffer: AlignedVec) -> Result<AlignedVec> {
     rkyv::api::high::to_bytes_in::<_, BoxedError>(message, buffer)
         .map_err(|e| Error::Protocol(format!("cannot encode {}: {e}", message.kind())))
 }
 
 /// About the archived size of `message`: its tensor payload plus room for
 /// names and headers.
-fn size_hint(message: &Message) -> usize {
+pub fn size_hint(message: &Message) -> usize {
     let payload = match message {
         Message::Handover { handover, .. } => handover.bytes().total() as usize,
         Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } | Message::Replay { tensor, .. } => {

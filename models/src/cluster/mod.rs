@@ -43,17 +43,22 @@ pub fn net_config() -> NetConfig {
     NetConfig { idle_timeout: Duration::from_secs(5), keep_alive: Duration::from_millis(500), ..NetConfig::default() }
 }
 
+/// One message as a transport frame: archived into a buffer sized (and,
+/// when large, backed by huge pages) up front, handed over without a copy.
+pub fn frame_of(message: &Message) -> anyhow::Result<bytes::Bytes> {
+    let buffer = baton_transport::frame::receive_buffer(protocol::size_hint(message));
+    Ok(bytes::Bytes::from_owner(protocol::encode_in(message, buffer)?))
+}
+
 /// Encodes `message` and queues it to `peer` on the lane its size calls for.
 fn send(node: &Node, peer: PeerId, message: &Message) -> anyhow::Result<()> {
-    let frame = protocol::encode(message)?;
     let lane = if message.is_bulk() { Lane::Bulk } else { Lane::Control };
-    node.send(peer, lane, bytes::Bytes::from_owner(frame))?;
+    node.send(peer, lane, frame_of(message)?)?;
     Ok(())
 }
 
 /// Like [`send`] but waits until the peer received it (for the last message).
 fn send_wait(node: &Node, peer: PeerId, message: &Message) -> anyhow::Result<()> {
-    let frame = protocol::encode(message)?;
-    node.send_wait(peer, Lane::Bulk, bytes::Bytes::from_owner(frame))?;
+    node.send_wait(peer, Lane::Bulk, frame_of(message)?)?;
     Ok(())
 }

@@ -9,12 +9,12 @@ use baton_engine::pipeline::protocol::{self, Message, Span, PROTOCOL_VERSION};
 use baton_engine::pipeline::worker::{Dest, Out, Worker};
 use baton_engine::pipeline::Work;
 use baton_engine::{device, Backend, Device};
-use baton_transport::{Event, Node, PeerId};
+use baton_transport::{Event, Lane, Node, PeerId};
 use crossbeam_channel::Receiver;
 
 use super::budget::ShipBudget;
 use super::fault::{Crash, FAULT_ENV};
-use super::{send, send_wait, worker_id, COORDINATOR_NAME};
+use super::{frame_of, send, send_wait, worker_id, COORDINATOR_NAME};
 
 /// Where the worker finds the coordinator and what it advertises to peers.
 pub struct WorkerOptions {
@@ -227,9 +227,15 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                     );
                 }
                 let start = links.clock.elapsed();
+                // Archive each part while the ones before it travel; then
+                // wait until every part is delivered.
+                let mut deliveries = Vec::new();
                 for (to, message) in handovers {
                     let peer = destination(links, Dest::Worker(to))?;
-                    send_wait(node, peer, &message).with_context(|| format!("handing layers to worker {to}"))?;
+                    deliveries.push((to, node.send_tracked(peer, Lane::Bulk, frame_of(&message)?)?));
+                }
+                for (to, delivery) in deliveries {
+                    delivery.wait().with_context(|| format!("handing layers to worker {to}"))?;
                 }
                 let shipped = links.clock.elapsed();
                 push_span(worker, format!("ship g{generation}"), "send", start, shipped);

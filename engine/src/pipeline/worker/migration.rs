@@ -85,7 +85,7 @@ impl Worker {
             (None, Some(setup)) => self.stage = Some(setup.stage(place.first..place.end, at, Default::default())?),
             (None, None) => return Err(Error::Pipeline("a repartition arrived before the assignment".into())),
         }
-        self.mode = Mode::Adopting { generation, from };
+        self.mode = Mode::Adopting { generation, from, parts_due: BTreeMap::new() };
         outs.extend(self.adopt_waiting()?);
         Ok(outs)
     }
@@ -119,11 +119,11 @@ impl Worker {
         let mut bytes = MovedBytes::default();
         handovers.iter().for_each(|h| bytes.add(&h.bytes()));
         bytes.unshipped_segments = left_out.iter().map(|l| l.bytes).sum();
-        let mut messages: Vec<(u32, Message)> = owners
-            .into_iter()
-            .zip(handovers)
-            .map(|(o, handover)| (o, Message::Handover { generation, handover }))
-            .collect();
+        let mut messages = Vec::new();
+        for (owner, handover) in owners.into_iter().zip(handovers) {
+            let parts = handover.into_parts().into_iter();
+            messages.extend(parts.map(|handover| (owner, Message::Handover { generation, handover })));
+        }
         for l in left_out {
             let keeper = owner_in(new, l.keeper_layer())?;
             let (step, micro, layer, stop) = (l.step, l.micro, l.first, l.stop);
@@ -189,9 +189,14 @@ impl Worker {
         self.early = rest;
         for (sender, message) in ready {
             let Message::Handover { handover, .. } = message else { unreachable!("partitioned on handovers") };
+            let parts = handover.parts.max(1);
             self.stage_mut()?.adopt(handover)?;
-            if let Mode::Adopting { from, .. } = &mut self.mode {
-                from.remove(&sender);
+            if let Mode::Adopting { from, parts_due, .. } = &mut self.mode {
+                let due = parts_due.entry(sender).or_insert(parts);
+                *due -= 1;
+                if *due == 0 {
+                    from.remove(&sender);
+                }
             }
         }
         match &self.mode {

@@ -64,10 +64,12 @@ enum Mode {
         placements: Vec<Placement>,
         expected: BTreeMap<u32, u64>,
     },
-    /// Shipped; waiting for handovers from these workers.
+    /// Shipped; waiting for handovers from these workers (with how many
+    /// parts of each are still due, once the first says how many).
     Adopting {
         generation: u32,
         from: BTreeSet<u32>,
+        parts_due: BTreeMap<u32, u32>,
     },
     /// Not part of the new generation: everything shipped, waiting for `Retire`.
     Leaving,

@@ -66,13 +66,26 @@ impl Links {
     /// Sends `frame` on the bulk lane and returns it as the receiver's node delivered it.
     pub fn quic(&self, frame: Bytes) -> anyhow::Result<Frame> {
         let len = frame.len();
+        self.queue(frame)?;
+        self.receive(Some(len))
+    }
+
+    /// Queues `frame` from the sender on the bulk lane (as a worker ships).
+    pub fn queue(&self, frame: Bytes) -> anyhow::Result<()> {
+        let len = frame.len();
         self.sender.send(self.peer, Lane::Bulk, frame).with_context(|| format!("sending {len} bytes over QUIC"))?;
+        Ok(())
+    }
+
+    /// The next frame from the sender as the receiver's node delivered it
+    /// (checked to be `len` bytes when given).
+    pub fn receive(&self, len: Option<usize>) -> anyhow::Result<Frame> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.receiver.events().recv_timeout(left) {
                 Ok(Event::Message { peer, bytes, .. }) if peer == self.from => {
-                    if bytes.len() != len {
+                    if let Some(len) = len.filter(|&l| l != bytes.len()) {
                         bail!("QUIC delivered {} bytes, {len} were sent", bytes.len());
                     }
                     return Ok(bytes);
@@ -81,7 +94,7 @@ impl Links {
                     bail!("the QUIC connection closed: {reason}")
                 }
                 Ok(_) => {}
-                Err(_) => bail!("no QUIC frame of {len} bytes within {DEADLINE:?}"),
+                Err(_) => bail!("no QUIC frame within {DEADLINE:?}"),
             }
         }
     }

@@ -1,8 +1,9 @@
 //! The five ways of moving the layers, each timed from the notice (t0) to
 //! the moment the receiver could run its first backward:
 //!
-//! - (a) segments: release, encode one `Message::Handover`, send it over
-//!   QUIC, decode, reassign, adopt and re-plan (what `baton train` does);
+//! - (a) segments: release, encode one `Message::Handover` per layer and
+//!   queue each on QUIC as soon as it is encoded, decode and adopt each as
+//!   it arrives, re-plan (what `baton train` does);
 //! - (b) recompute: the same message without the tape but with the
 //!   activations that entered the layers; the receiver runs those forwards
 //!   again after adopting;
@@ -74,16 +75,14 @@ pub fn segments(fixture: &Fixture, links: &Links, reference: Option<&mut Referen
     let moved = handover.bytes();
     let kept = reference.is_some().then(|| handover.layers.iter().flat_map(|l| l.segments.clone()).collect());
     let mut marks = vec![("release", Instant::now())];
-    let frame = pack(handover, &mut marks)?;
-    let received = links.quic(frame.clone())?;
-    marks.push(("transfer", Instant::now()));
-    take(&mut receiver, &received)?;
-    marks.push(("adopt", Instant::now()));
+    let (bytes, parts) = ship(links, handover, &mut marks)?;
+    take(&mut receiver, links, parts)?;
+    marks.push(("transfer and adopt", Instant::now()));
     if let (Some(reference), Some(segments)) = (reference, kept) {
         *reference = Reference { segments, moved };
         fixture::check_backward(&mut receiver, fixture).context("(a) segment shipping")?;
     }
-    Ok(Run::from_marks(t0, &marks, frame.len() as u64))
+    Ok(Run::from_marks(t0, &marks, bytes))
 }
 
 /// (b): ships the inputs of the in-flight micro-batches instead of the
@@ -98,11 +97,9 @@ pub fn recompute(fixture: &Fixture, links: &Links, reference: Option<&Reference>
     }
     handover.activations.extend(entered.into_iter().map(|(micro, t)| (step, micro, MOVING[0], t)));
     let mut marks = vec![("release", Instant::now())];
-    let frame = pack(handover, &mut marks)?;
-    let received = links.quic(frame.clone())?;
-    marks.push(("transfer", Instant::now()));
-    take(&mut receiver, &received)?;
-    marks.push(("adopt", Instant::now()));
+    let (bytes, parts) = ship(links, handover, &mut marks)?;
+    take(&mut receiver, links, parts)?;
+    marks.push(("transfer and adopt", Instant::now()));
     let forwards = fixture::recompute(&mut receiver)?;
     marks.push(("recompute", Instant::now()));
     if forwards != fixture.in_flight {
@@ -115,7 +112,7 @@ pub fn recompute(fixture: &Fixture, links: &Links, reference: Option<&Reference>
             bail!("(b) the recomputed tape differs from the shipped one");
         }
     }
-    Ok(Run::from_marks(t0, &marks, frame.len() as u64))
+    Ok(Run::from_marks(t0, &marks, bytes))
 }
 
 /// Where checkpoint-restart writes, what it starts, and whom that joins.
@@ -172,24 +169,32 @@ pub fn raw_tcp(links: &mut Links, payload: &[u8]) -> anyhow::Result<Run> {
 }
 
 /// The frame of one handover message, made as the cluster's worker makes
-/// it (`cluster::send`): rkyv archive into a buffer sized up front, then
-/// handed to `Bytes` without a copy. Marks the end of both phases.
-fn pack(handover: Handover, marks: &mut Vec<(&'static str, Instant)>) -> anyhow::Result<Bytes> {
-    let frame = protocol::encode(&Message::Handover { generation: 1, handover })?;
+/// it: one part per layer ([`Handover::into_parts`]), each archived by
+/// [`baton_models::cluster::frame_of`] and queued while the ones before it
+/// travel. Marks the end of the encoding; returns the bytes and the parts.
+fn ship(links: &Links, handover: Handover, marks: &mut Vec<(&'static str, Instant)>) -> anyhow::Result<(u64, usize)> {
+    let parts = handover.into_parts();
+    let (count, mut bytes) = (parts.len(), 0);
+    for handover in parts {
+        let frame = baton_models::cluster::frame_of(&Message::Handover { generation: 1, handover })?;
+        bytes += frame.len() as u64;
+        links.queue(frame)?;
+    }
     marks.push(("encode", Instant::now()));
-    let bytes = Bytes::from_owner(frame);
-    marks.push(("copy", Instant::now()));
-    Ok(bytes)
+    Ok((bytes, count))
 }
 
-/// Decodes a handover frame and installs it: the receiver takes layers
-/// 0-4 as stage 0 of 2, adopts, and re-plans what is left of the step.
-fn take(receiver: &mut Stage, frame: &[u8]) -> anyhow::Result<()> {
-    let Message::Handover { handover, .. } = protocol::decode(frame)? else {
-        bail!("the frame is not a handover");
-    };
+/// Receives `parts` handover frames and installs each as it arrives: the
+/// receiver takes layers 0-4 as stage 0 of 2, adopts, and re-plans what is
+/// left of the step once all are in.
+fn take(receiver: &mut Stage, links: &Links, parts: usize) -> anyhow::Result<()> {
     receiver.reassign(RECEIVER_LAYERS, RECEIVER_POSITION)?;
-    receiver.adopt(handover)?;
+    for _ in 0..parts {
+        let Message::Handover { handover, .. } = protocol::decode(&links.receive(None)?)? else {
+            bail!("the frame is not a handover");
+        };
+        receiver.adopt(handover)?;
+    }
     receiver.resume();
     Ok(())
 }
