@@ -165,11 +165,6 @@ impl Worker {
         self.ship_budget = bytes;
     }
 
-    /// True once this worker received a preemption notice.
-    pub fn noticed(&self) -> bool {
-        self.noticed
-    }
-
     /// A handover for this worker: adopted now, or kept until this worker
     /// has shipped its own (its layer range changes only then).
     pub(super) fn on_handover(&mut self, from: Dest, generation: u32, handover: Handover) -> Result<Vec<Out>> {

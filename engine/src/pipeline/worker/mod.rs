@@ -41,8 +41,10 @@ pub enum Out {
     },
     /// Connect to these workers (the ones with a lower number; higher ones connect to us).
     Connect(Vec<Placement>),
-    /// Deliver these handovers (waiting until each is received), then tell
-    /// the coordinator with `Migrated` how long it took ([`Worker::migrated`]).
+    /// Deliver these messages (the parts of each handover, then any
+    /// recompute requests of the deadline fallback), waiting until each is
+    /// received; then tell the coordinator with `Migrated` how long it took
+    /// ([`Worker::migrated`]).
     Ship {
         generation: u32,
         handovers: Vec<(u32, Message)>,
