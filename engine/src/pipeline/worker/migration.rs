@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{owner_in, Dest, Mode, Out, Worker};
 use crate::pipeline::migrate::{Handover, MovedBytes};
 use crate::pipeline::protocol::{Message, Placement};
-use crate::pipeline::recompute::{keeper_of, leave_out_segments};
+use crate::pipeline::recompute::{keeper_of, leave_out_segments, LeftOut};
 use crate::pipeline::StageEvent;
 use crate::segment::Segment;
 use crate::{Error, Result};
@@ -119,17 +119,7 @@ impl Worker {
         let mut bytes = MovedBytes::default();
         handovers.iter().for_each(|h| bytes.add(&h.bytes()));
         bytes.unshipped_segments = left_out.iter().map(|l| l.bytes).sum();
-        let mut messages = Vec::new();
-        for (owner, handover) in owners.into_iter().zip(handovers) {
-            let parts = handover.into_parts().into_iter();
-            messages.extend(parts.map(|handover| (owner, Message::Handover { generation, handover })));
-        }
-        for l in left_out {
-            let keeper = owner_in(new, l.keeper_layer())?;
-            let (step, micro, layer, stop) = (l.step, l.micro, l.first, l.stop);
-            messages.push((keeper, Message::Recompute { generation, step, micro, layer, stop }));
-        }
-        Ok((messages, bytes))
+        Ok((ship_messages(generation, new, owners.into_iter().zip(handovers), left_out)?, bytes))
     }
 
     /// A request to send a kept activation again: queued in the stage
@@ -215,4 +205,25 @@ impl Worker {
         }
         Ok(outs)
     }
+}
+
+/// What a migration ships: each handover as one part per layer, then a
+/// recompute request to the keeper of the input of each left-out micro-batch.
+fn ship_messages(
+    generation: u32,
+    new: &[Placement],
+    handovers: impl Iterator<Item = (u32, Handover)>,
+    left_out: Vec<LeftOut>,
+) -> Result<Vec<(u32, Message)>> {
+    let mut messages = Vec::new();
+    for (owner, handover) in handovers {
+        let parts = handover.into_parts().into_iter();
+        messages.extend(parts.map(|handover| (owner, Message::Handover { generation, handover })));
+    }
+    for l in left_out {
+        let keeper = owner_in(new, l.keeper_layer())?;
+        let (step, micro, layer, stop) = (l.step, l.micro, l.first, l.stop);
+        messages.push((keeper, Message::Recompute { generation, step, micro, layer, stop }));
+    }
+    Ok(messages)
 }
