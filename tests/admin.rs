@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use baton_engine::pipeline::protocol::{self, Message};
-use baton_engine::ParamStore;
+use baton_engine::{ParamStore, Tensor};
 use baton_models::cluster::{self, admin::COORDINATOR_ADDR_FILE};
 use baton_models::io;
 use baton_transport::{ClusterCa, Event, Lane, Node};
@@ -104,9 +104,12 @@ impl LongGolden {
         let golden = Golden::load("mlp12_sgd", 1e-4);
         let mut data = ParamStore::new();
         for (name, t) in io::load_tensors(&golden.path, "data.").unwrap().iter() {
-            let mut long = t.clone();
-            long.shape[0] *= REPEATS;
-            long.data = t.data.repeat(REPEATS);
+            let mut shape = t.shape().to_vec();
+            shape[0] *= REPEATS;
+            let long = match t.ids() {
+                Ok(ids) => Tensor::from_ids(shape, ids.repeat(REPEATS)).unwrap(),
+                Err(_) => Tensor::new(shape, t.values().unwrap().repeat(REPEATS)).unwrap(),
+            };
             data.insert(format!("data.{name}"), long);
         }
         let path = dir.join("long-data.safetensors");

@@ -62,6 +62,8 @@ impl Case {
             notices: notices.clone(),
             joins: joins.clone(),
             ship_bf16: false,
+            clip_grad_norm: None,
+            seed: 0,
         };
         sim::run_job(plan, &spec::factory, seed)
             .unwrap_or_else(|e| panic!("W={workers} {kind} notices {notices:?} seed {seed}: {e}"))
@@ -224,6 +226,8 @@ fn every_worker_preempted_is_a_clear_failure() {
         notices: vec![notice(0, 0, 1), notice(1, 0, 1)],
         joins: Vec::new(),
         ship_bf16: false,
+        clip_grad_norm: None,
+        seed: 0,
     };
     let mut failures = 0;
     for seed in 0..8 {

@@ -66,6 +66,8 @@ fn whole_jobs_in_memory_match_one_process() {
                     notices: Vec::new(),
                     joins: Vec::new(),
                     ship_bf16: false,
+                    clip_grad_norm: None,
+                    seed: 0,
                 };
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();
                 let what = format!("{name} W={workers} {kind}");

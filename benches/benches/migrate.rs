@@ -38,9 +38,9 @@ impl Fixture {
         let params = init::init_params(&model.param_specs(), 0);
         let mut rng = SplitMix64::new(7);
         let mut batch = |scale: f32| -> Vec<Tensor> {
-            let tensor = |rng: &mut SplitMix64| Tensor {
-                shape: vec![ROWS, WIDTH],
-                data: (0..ROWS * WIDTH).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect(),
+            let tensor = |rng: &mut SplitMix64| {
+                let data = (0..ROWS * WIDTH).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect();
+                Tensor::new(vec![ROWS, WIDTH], data).expect("ROWS x WIDTH values")
             };
             (0..IN_FLIGHT).map(|_| tensor(&mut rng)).collect()
         };

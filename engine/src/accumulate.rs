@@ -82,6 +82,14 @@ impl GradAccumulator {
         }
     }
 
+    /// A layer's complete summed gradient, left in place (for its norms).
+    pub fn peek_sum(&self, layer: u32) -> Result<&ParamStore> {
+        match self.layers.get(&layer) {
+            Some(acc) if acc.pending.is_empty() => Ok(&acc.sum),
+            _ => Err(Error::Accumulation(format!("layer {layer} has no complete gradient to measure"))),
+        }
+    }
+
     /// Removes a layer's running sum (to ship it when the layer migrates).
     pub fn take_layer(&mut self, layer: u32) -> Option<LayerGrads> {
         self.layers.remove(&layer)

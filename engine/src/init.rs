@@ -19,6 +19,14 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
+    /// Standard normal by Box-Muller over two uniforms, in f64 with `libm`,
+    /// so the bits are the same on every machine.
+    pub fn next_normal(&mut self) -> f32 {
+        let u1 = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        (libm::sqrt(-2.0 * libm::log(u1)) * libm::cos(std::f64::consts::TAU * u2)) as f32
+    }
+
     /// Uniform in [0, 1) with 24 bits of precision.
     pub fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
@@ -37,8 +45,9 @@ pub fn init_params(specs: &[ParamSpec], seed: u64) -> ParamStore {
             let data = match spec.init {
                 Init::Uniform { bound } => (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * bound).collect(),
                 Init::Constant(c) => vec![c; n],
+                Init::Normal { std } => (0..n).map(|_| rng.next_normal() * std).collect(),
             };
-            (spec.name.clone(), Tensor { shape: spec.shape.clone(), data })
+            (spec.name.clone(), Tensor::new(spec.shape.clone(), data).expect("n is the product of the shape"))
         })
         .collect()
 }

@@ -14,12 +14,13 @@
 
 pub mod accumulate;
 pub mod backward;
+pub mod clip;
 pub mod device;
 mod error;
 pub mod id;
 pub mod init;
 pub mod model;
-mod op;
+pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod pipeline;
@@ -27,6 +28,7 @@ pub mod record;
 pub mod segment;
 mod tensor;
 pub mod train;
+pub mod validate;
 
 pub use accumulate::GradAccumulator;
 pub use backward::BackwardOutput;
@@ -34,10 +36,12 @@ pub use device::{Backend, Device};
 pub use error::{Error, Result};
 pub use id::{SegmentKey, TensorId};
 pub use model::{Layer, Loss, Model};
-pub use op::{Activation, Op};
+pub use ops::activation::Activation;
+pub use ops::binary::BinaryOp;
+pub use ops::Op;
 pub use optim::{OptState, Optimizer, OptimizerConfig};
 pub use params::{Init, ParamSpec, ParamStore};
 pub use record::Recorder;
 pub use segment::{Segment, SegmentBatch, SegmentView};
-pub use tensor::{Tensor, TensorRef};
+pub use tensor::{DType, RefData, Tensor, TensorRef};
 pub use train::{Batch, Targets, Trainer};

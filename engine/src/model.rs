@@ -25,6 +25,10 @@ pub trait Layer: fmt::Debug + Send + Sync {
     fn params(&self) -> Vec<ParamSpec>;
     /// Records the forward of `x` (`[rows, in_features]`), returning the output id.
     fn forward(&self, rec: &mut Recorder<'_>, x: TensorId) -> Result<TensorId>;
+    /// Whether the layer takes token ids (an embedding) rather than values.
+    fn takes_tokens(&self) -> bool {
+        false
+    }
     /// Relative cost of one row through this layer, used to balance partitions.
     /// Default: forward multiply-adds of a dense layer, i.e. the parameter count.
     fn cost(&self) -> f64 {
@@ -37,17 +41,23 @@ pub trait Layer: fmt::Debug + Send + Sync {
 pub enum Loss {
     /// Mean over all elements of the squared error.
     Mse,
-    /// Mean over rows of softmax cross-entropy against integer classes.
+    /// Mean over every position (rows, and tokens of each row for token
+    /// models) of softmax cross-entropy against integer classes.
     CrossEntropy,
 }
 
 /// Layers in order plus the loss, and the backend their forward runs on.
 #[derive(Debug)]
 pub struct Model {
+    /// Width of the input features, or the vocabulary size of a token model.
     pub input: usize,
+    /// Sequence length of a token model (rows are sequences of token ids).
+    pub seq: Option<usize>,
     pub layers: Vec<Box<dyn Layer>>,
     pub loss: Loss,
     backend: Backend,
+    /// Keys counter-based randomness (dropout masks) with tensor ids.
+    seed: u64,
 }
 
 /// Name of parameter `relative` of layer `layer` (`layers.3.weight`).
@@ -60,11 +70,33 @@ impl Model {
     /// width. It runs on the process's default backend
     /// ([`device::process_default`], the CPU unless the process chose one).
     pub fn new(input: usize, layers: Vec<Box<dyn Layer>>, loss: Loss) -> Result<Model> {
+        Self::build(input, None, layers, loss)
+    }
+
+    /// A token model: rows are `seq` token ids in `0..vocab`, and the first
+    /// layer takes tokens (an embedding of `vocab` rows).
+    pub fn tokens(vocab: usize, seq: usize, layers: Vec<Box<dyn Layer>>, loss: Loss) -> Result<Model> {
+        if seq == 0 || vocab == 0 {
+            return Err(Error::Model("a token model needs tokens >= 1 and seq >= 1".into()));
+        }
+        Self::build(vocab, Some(seq), layers, loss)
+    }
+
+    fn build(input: usize, seq: Option<usize>, layers: Vec<Box<dyn Layer>>, loss: Loss) -> Result<Model> {
         if layers.is_empty() {
             return Err(Error::Model("a model needs at least one layer".into()));
         }
         let mut width = input;
         for (i, layer) in layers.iter().enumerate() {
+            let wants_tokens = i == 0 && seq.is_some();
+            if layer.takes_tokens() != wants_tokens {
+                let why =
+                    if wants_tokens { "a token model must start with" } else { "only layer 0 of a token model may be" };
+                return Err(Error::Model(format!(
+                    "layer {i} ({}): {why} a layer that takes tokens (embedding)",
+                    layer.kind()
+                )));
+            }
             if layer.in_features() != width {
                 return Err(Error::Model(format!(
                     "layer {i} ({}) takes {} features but receives {width}",
@@ -74,7 +106,22 @@ impl Model {
             }
             width = layer.out_features();
         }
-        Ok(Model { input, layers, loss, backend: device::process_default() })
+        Ok(Model { input, seq, layers, loss, backend: device::process_default(), seed: 0 })
+    }
+
+    /// The same model with dropout masks keyed by `seed`.
+    pub fn with_seed(self, seed: u64) -> Model {
+        Model { seed, ..self }
+    }
+
+    /// The seed that keys dropout masks.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Shape of one row of input: `[input]`, or `[seq]` token ids.
+    pub fn row_shape(&self) -> Vec<usize> {
+        vec![self.seq.unwrap_or(self.input)]
     }
 
     /// The same model running on `device`.
@@ -124,10 +171,12 @@ impl Model {
         let specs = self.param_specs();
         for spec in &specs {
             let tensor = params.get(&spec.name)?;
-            if tensor.shape != spec.shape {
+            if tensor.shape() != spec.shape {
                 return Err(Error::Shape(format!(
                     "parameter {} has shape {:?}, the model expects {:?}",
-                    spec.name, tensor.shape, spec.shape
+                    spec.name,
+                    tensor.shape(),
+                    spec.shape
                 )));
             }
         }
@@ -141,7 +190,8 @@ impl Model {
     pub fn forward_layer(&self, key: SegmentKey, params: &ParamStore, x: Tensor) -> Result<(Segment, Tensor)> {
         let index = key.layer as usize;
         let layer = self.layers.get(index).ok_or_else(|| Error::Model(format!("the model has no layer {index}")))?;
-        let mut rec = Recorder::with_backend(key, format!("layers.{index}."), params, x, self.backend.clone());
+        let mut rec = Recorder::with_backend(key, format!("layers.{index}."), params, x, self.backend.clone())
+            .with_seed(self.seed);
         let input = rec.input();
         let out = layer.forward(&mut rec, input)?;
         rec.finish(out)
@@ -155,12 +205,13 @@ impl Model {
         let input = rec.input();
         let out = match (self.loss, targets) {
             (Loss::Mse, crate::Targets::Values(t)) => rec.mse_loss(input, t.clone())?,
-            (Loss::CrossEntropy, crate::Targets::Classes(c)) => rec.cross_entropy_loss(input, c)?,
+            (Loss::CrossEntropy, crate::Targets::Classes(c)) => rec.cross_entropy_loss(input, c.clone())?,
             (loss, _) => {
                 return Err(Error::Data(format!("{loss:?} loss got the wrong kind of targets")));
             }
         };
         let (segment, value) = rec.finish(out)?;
-        Ok((segment, value.data[0]))
+        let loss = value.values()?.first().copied();
+        Ok((segment, loss.ok_or_else(|| Error::Model("the loss is not a scalar".into()))?))
     }
 }

@@ -54,10 +54,11 @@ impl Optimizer {
 
     /// Applies one update of `param` (called `name`) with `grad`.
     pub fn update(&mut self, name: &str, param: &mut Tensor, grad: &Tensor) -> Result<()> {
-        if param.shape != grad.shape {
+        if param.shape() != grad.shape() {
             return Err(Error::Shape(format!(
                 "gradient of {name} has shape {:?}, parameter {:?}",
-                grad.shape, param.shape
+                grad.shape(),
+                param.shape()
             )));
         }
         let state = self.state.entry(name.to_string()).or_default();
@@ -68,7 +69,7 @@ impl Optimizer {
                     state.buffers.push(vec![0.0; param.len()]);
                 }
                 let buffer = state.buffers.first_mut().map_or(&mut [][..], |b| &mut b[..]);
-                self.backend.sgd_step(&mut param.data, &grad.data, buffer, first, cfg)?;
+                self.backend.sgd_step(param.values_mut()?, grad.values()?, buffer, first, cfg)?;
             }
             OptimizerConfig::Adam(cfg) => {
                 if state.buffers.is_empty() {
@@ -77,7 +78,7 @@ impl Optimizer {
                 let [m, v] = &mut state.buffers[..] else {
                     return Err(Error::Optimizer(format!("Adam state of {name} must hold two buffers")));
                 };
-                self.backend.adam_step(&mut param.data, &grad.data, m, v, state.step + 1, cfg)?;
+                self.backend.adam_step(param.values_mut()?, grad.values()?, m, v, state.step + 1, cfg)?;
             }
         }
         state.step += 1;

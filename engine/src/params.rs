@@ -13,6 +13,9 @@ pub enum Init {
     Uniform { bound: f32 },
     /// Every element equal to the value (layer-norm weight 1, bias 0).
     Constant(f32),
+    /// Normal with mean 0 and standard deviation `std` (PyTorch's
+    /// `nn.Embedding` default is `std = 1`).
+    Normal { std: f32 },
 }
 
 /// A parameter a layer declares: its name relative to the layer
@@ -83,13 +86,14 @@ impl ParamStore {
     /// accumulator produces the same bits whatever it received before.
     pub fn accumulate(&mut self, name: &str, grad: TensorRef<'_>) -> Result<()> {
         let slot = self.tensors.entry(name.to_string()).or_insert_with(|| Tensor::zeros(&grad.shape));
-        if slot.shape[..] != grad.shape[..] {
+        if slot.shape() != &grad.shape[..] {
             return Err(Error::Shape(format!(
                 "gradient of {name} has shape {:?}, expected {:?}",
-                grad.shape, slot.shape
+                grad.shape,
+                slot.shape()
             )));
         }
-        baton_kernels::elementwise::add_assign(&mut slot.data, &grad.data);
+        baton_kernels::elementwise::add_assign(slot.values_mut()?, grad.values()?);
         Ok(())
     }
 

@@ -20,6 +20,9 @@ use rkyv::util::AlignedVec;
 
 use crate::device::{ArchivedDevice, Device};
 use crate::id::{ArchivedSegmentKey, ArchivedTensorId};
+use crate::ops::Meta;
+use crate::tensor::{ArchivedDType, DType, RefData};
+use crate::validate::{validate, Parts, SavedMeta};
 use crate::{Error, Op, Result, SegmentKey, TensorId, TensorRef};
 
 #[cfg(not(target_endian = "little"))]
@@ -32,6 +35,8 @@ pub enum Storage {
     F32(Vec<f32>),
     /// bfloat16 bit patterns: half the bytes, no longer bit-identical.
     Bf16(Vec<u16>),
+    /// Token ids and class targets.
+    Ids(Vec<u32>),
 }
 
 impl Storage {
@@ -39,6 +44,14 @@ impl Storage {
         match self {
             Storage::F32(v) => v.len(),
             Storage::Bf16(v) => v.len(),
+            Storage::Ids(v) => v.len(),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            Storage::F32(_) | Storage::Bf16(_) => DType::F32,
+            Storage::Ids(_) => DType::Ids,
         }
     }
 }
@@ -57,6 +70,10 @@ pub struct Segment {
     pub key: SegmentKey,
     /// The activation entering the segment.
     pub input: TensorId,
+    /// Shape of the input (shape inference starts from it).
+    pub input_shape: Vec<usize>,
+    /// Element kind of the input (token ids for an embedding).
+    pub input_dtype: DType,
     /// The tensor the segment produces (the next layer's input, or the loss).
     pub output: TensorId,
     /// Ops in recording (topological) order.
@@ -97,6 +114,7 @@ impl Segment {
             .map(|t| match &t.storage {
                 Storage::F32(v) => v.len() * 4,
                 Storage::Bf16(v) => v.len() * 2,
+                Storage::Ids(v) => v.len() * 4,
             })
             .sum()
     }
@@ -112,11 +130,23 @@ impl Segment {
         }
     }
 
-    /// Checks the invariants a received segment must hold before backward.
+    /// Checks the invariants a received segment must hold before backward
+    /// (see [`crate::validate`]): shape inference over every op, saved
+    /// tensors that match it, and ops that connect the input to the output.
     pub fn validate(&self) -> Result<()> {
-        let saved: Vec<(TensorId, &[usize], usize)> =
-            self.saved.iter().map(|t| (t.id, &t.shape[..], t.storage.len())).collect();
-        validate_parts(self.key, self.input, self.output, &self.ops, &saved)
+        let saved: Vec<SavedMeta<'_>> = self
+            .saved
+            .iter()
+            .map(|t| SavedMeta { id: t.id, shape: &t.shape, dtype: t.storage.dtype(), len: t.storage.len() })
+            .collect();
+        validate(&Parts {
+            key: self.key,
+            input: self.input,
+            input_meta: Meta { shape: self.input_shape.clone(), dtype: self.input_dtype },
+            output: self.output,
+            ops: &self.ops,
+            saved: &saved,
+        })
     }
 }
 
@@ -124,8 +154,9 @@ impl SavedTensors for Segment {
     fn saved(&self, id: TensorId) -> Result<TensorRef<'_>> {
         let tensor = self.saved.iter().find(|t| t.id == id).ok_or(Error::MissingSaved { id, segment: self.key })?;
         let data = match &tensor.storage {
-            Storage::F32(v) => Cow::Borrowed(&v[..]),
-            Storage::Bf16(bits) => Cow::Owned(decode_bf16(bits.iter().copied())),
+            Storage::F32(v) => RefData::F32(Cow::Borrowed(&v[..])),
+            Storage::Bf16(bits) => RefData::F32(Cow::Owned(decode_bf16(bits.iter().copied()))),
+            Storage::Ids(v) => RefData::Ids(Cow::Borrowed(&v[..])),
         };
         Ok(TensorRef { shape: Cow::Borrowed(&tensor.shape), data })
     }
@@ -135,52 +166,48 @@ fn decode_bf16(bits: impl Iterator<Item = u16>) -> Vec<f32> {
     bits.map(|b| half::bf16::from_bits(b).to_f32()).collect()
 }
 
-/// Checks that every id belongs to the segment, the output is produced, and
-/// every tensor the ops' backward reads is saved with a consistent shape.
-fn validate_parts(
-    key: SegmentKey,
-    input: TensorId,
-    output: TensorId,
-    ops: &[Op],
-    saved: &[(TensorId, &[usize], usize)],
-) -> Result<()> {
-    let corrupt = |what: String| Err(Error::Archive(format!("segment {key}: {what}")));
-    if input.segment() != key || output.segment() != key {
-        return corrupt(format!("boundary ids {input} / {output} belong to another segment"));
-    }
-    if !ops.iter().any(|op| op.output() == output) {
-        return corrupt(format!("no op produces the output {output}"));
-    }
-    for (id, shape, len) in saved {
-        if id.segment() != key {
-            return corrupt(format!("saved tensor {id} belongs to another segment"));
-        }
-        if shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) != Some(*len) {
-            return corrupt(format!("saved tensor {id} has shape {shape:?} but {len} elements"));
-        }
-    }
-    for needed in ops.iter().flat_map(Op::saved) {
-        if !saved.iter().any(|(id, _, _)| *id == needed) {
-            return corrupt(format!("saved tensor {needed} is missing"));
-        }
-    }
-    Ok(())
-}
+/// Magic that starts every segment archive, followed by the payload length
+/// (u64 little-endian): 16 bytes, so the rkyv payload stays 16-aligned.
+const MAGIC: &[u8; 8] = b"BATONSG1";
+const HEADER: usize = 16;
 
-/// Archives segments into one aligned buffer.
+/// Archives segments into one aligned buffer: a 16-byte header (magic and
+/// payload length) then the rkyv payload. rkyv alone cannot tell a
+/// truncated buffer from a shorter valid one; the header can.
 pub fn archive(batch: &SegmentBatch) -> Result<AlignedVec> {
-    rkyv::to_bytes::<BoxedError>(batch).map_err(|e| Error::Archive(e.to_string()))
+    let payload = rkyv::to_bytes::<BoxedError>(batch).map_err(|e| Error::Archive(e.to_string()))?;
+    let mut out = AlignedVec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
 }
 
 /// Validates an archive and returns zero-copy views of its segments: saved
 /// f32 data is borrowed from `bytes`, only the small op lists are decoded.
-/// Validation covers the device tag too: an unknown tag is an error.
+/// Validation covers the header, the device tag and every segment's shapes
+/// and connectivity ([`crate::validate`]).
 /// `bytes` must be 16-byte aligned (receive into an [`AlignedVec`]).
 pub fn access(bytes: &[u8]) -> Result<Vec<SegmentView<'_>>> {
-    if !is_aligned(bytes) {
-        return Err(Error::Archive("archive buffer is not 16-byte aligned".into()));
+    if bytes.is_empty() {
+        return Err(Error::Archive("the archive is empty (0 bytes): nothing was written or received".into()));
     }
-    let batch = rkyv::access::<ArchivedSegmentBatch, BoxedError>(bytes)
+    if !is_aligned(bytes) {
+        return Err(Error::Archive(
+            "the archive must start on a 16-byte boundary in memory; read it into an aligned buffer".into(),
+        ));
+    }
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(Error::Archive("not a baton segment archive (its first bytes are not the magic)".into()));
+    }
+    let declared = u64::from_le_bytes(bytes[8..HEADER].try_into().expect("8 bytes"));
+    let actual = (bytes.len() - HEADER) as u64;
+    if declared != actual {
+        return Err(Error::Archive(format!(
+            "truncated or padded: the header says {declared} bytes follow, {actual} do"
+        )));
+    }
+    let batch = rkyv::access::<ArchivedSegmentBatch, BoxedError>(&bytes[HEADER..])
         .map_err(|e| Error::Archive(format!("invalid segment archive: {e}")))?;
     batch.0.iter().map(SegmentView::new).collect()
 }
@@ -195,6 +222,8 @@ pub(crate) fn is_aligned(bytes: &[u8]) -> bool {
 pub struct SegmentView<'a> {
     pub key: SegmentKey,
     pub input: TensorId,
+    pub input_shape: Vec<usize>,
+    pub input_dtype: DType,
     pub output: TensorId,
     pub ops: Vec<Op>,
     /// The device that recorded the segment.
@@ -209,14 +238,24 @@ impl<'a> SegmentView<'a> {
             .map_err(|e| Error::Archive(format!("segment {key}: undecodable ops: {e}")))?;
         let (input, output, device) =
             (native_id(&archived.input), native_id(&archived.output), native_device(&archived.device));
-        let view = SegmentView { key, input, output, ops, device, archived };
-        let shapes: Vec<(TensorId, Vec<usize>, usize)> = archived
+        let input_shape = native_shape(&archived.input_shape);
+        let input_dtype = native_dtype(&archived.input_dtype);
+        let view = SegmentView { key, input, input_shape, input_dtype, output, ops, device, archived };
+        let shapes: Vec<(TensorId, Vec<usize>, DType, usize)> = archived
             .saved
             .iter()
-            .map(|t| (native_id(&t.id), native_shape(&t.shape), archived_len(&t.storage)))
+            .map(|t| (native_id(&t.id), native_shape(&t.shape), archived_dtype(&t.storage), archived_len(&t.storage)))
             .collect();
-        let saved: Vec<(TensorId, &[usize], usize)> = shapes.iter().map(|(id, s, n)| (*id, &s[..], *n)).collect();
-        validate_parts(view.key, view.input, view.output, &view.ops, &saved)?;
+        let saved: Vec<SavedMeta<'_>> =
+            shapes.iter().map(|(id, s, dtype, n)| SavedMeta { id: *id, shape: s, dtype: *dtype, len: *n }).collect();
+        validate(&Parts {
+            key: view.key,
+            input: view.input,
+            input_meta: Meta { shape: view.input_shape.clone(), dtype: view.input_dtype },
+            output: view.output,
+            ops: &view.ops,
+            saved: &saved,
+        })?;
         Ok(view)
     }
 
@@ -236,8 +275,9 @@ impl SavedTensors for SegmentView<'_> {
             .find(|t| native_id(&t.id) == id)
             .ok_or(Error::MissingSaved { id, segment: self.key })?;
         let data = match &tensor.storage {
-            ArchivedStorage::F32(v) => Cow::Borrowed(bytemuck::cast_slice::<_, f32>(v.as_slice())),
-            ArchivedStorage::Bf16(bits) => Cow::Owned(decode_bf16(bits.iter().map(|b| b.to_native()))),
+            ArchivedStorage::F32(v) => RefData::F32(Cow::Borrowed(bytemuck::cast_slice::<_, f32>(v.as_slice()))),
+            ArchivedStorage::Bf16(bits) => RefData::F32(Cow::Owned(decode_bf16(bits.iter().map(|b| b.to_native())))),
+            ArchivedStorage::Ids(v) => RefData::Ids(Cow::Owned(v.iter().map(|i| i.to_native()).collect())),
         };
         Ok(TensorRef { shape: Cow::Owned(native_shape(&tensor.shape)), data })
     }
@@ -271,5 +311,20 @@ fn archived_len(storage: &ArchivedStorage) -> usize {
     match storage {
         ArchivedStorage::F32(v) => v.len(),
         ArchivedStorage::Bf16(v) => v.len(),
+        ArchivedStorage::Ids(v) => v.len(),
+    }
+}
+
+fn archived_dtype(storage: &ArchivedStorage) -> DType {
+    match storage {
+        ArchivedStorage::F32(_) | ArchivedStorage::Bf16(_) => DType::F32,
+        ArchivedStorage::Ids(_) => DType::Ids,
+    }
+}
+
+fn native_dtype(dtype: &ArchivedDType) -> DType {
+    match dtype {
+        ArchivedDType::F32 => DType::F32,
+        ArchivedDType::Ids => DType::Ids,
     }
 }

@@ -11,22 +11,22 @@ use crate::{Error, GradAccumulator, Model, Optimizer, ParamStore, Result, Segmen
 pub enum Targets {
     /// Regression targets shaped like the model output (`mse`).
     Values(Tensor),
-    /// One class index per row (`cross_entropy`).
-    Classes(Vec<u32>),
+    /// Integer class ids (`cross_entropy`): `[rows]`, or `[rows, T]` for a
+    /// token model (one target per position).
+    Classes(Tensor),
 }
 
 impl Targets {
     fn rows(&self) -> usize {
         match self {
-            Targets::Values(t) => t.shape.first().copied().unwrap_or(0),
-            Targets::Classes(c) => c.len(),
+            Targets::Values(t) | Targets::Classes(t) => t.shape().first().copied().unwrap_or(0),
         }
     }
 
     fn slice(&self, rows: Range<usize>) -> Result<Targets> {
         Ok(match self {
             Targets::Values(t) => Targets::Values(t.rows(rows.start, rows.end)?),
-            Targets::Classes(c) => Targets::Classes(c[rows].to_vec()),
+            Targets::Classes(c) => Targets::Classes(c.rows(rows.start, rows.end)?),
         })
     }
 }
@@ -39,9 +39,9 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// A batch; errors unless `x` is a matrix with as many rows as targets.
+    /// A batch; errors unless `x` has a row dimension and as many rows as targets.
     pub fn new(x: Tensor, targets: Targets) -> Result<Batch> {
-        let (rows, _) = x.view().matrix("batch input")?;
+        let rows = *x.shape().first().ok_or_else(|| Error::Data("a batch input needs a row dimension".into()))?;
         if rows == 0 {
             return Err(Error::Data("a batch needs at least one row".into()));
         }
@@ -52,7 +52,7 @@ impl Batch {
     }
 
     pub fn rows(&self) -> usize {
-        self.x.shape[0]
+        self.x.shape()[0]
     }
 
     /// Rows `range` of the batch.
@@ -106,6 +106,10 @@ pub struct Trainer {
     pub params: ParamStore,
     pub optimizer: Optimizer,
     pub counters: Counters,
+    /// `--clip-grad-norm`: the maximum total gradient norm, if clipping.
+    clip_grad_norm: Option<f32>,
+    /// The total gradient norm of each step taken, when clipping.
+    pub grad_norms: Vec<f32>,
 }
 
 impl Trainer {
@@ -115,7 +119,41 @@ impl Trainer {
     pub fn new(model: Model, params: ParamStore, optimizer: Optimizer) -> Result<Trainer> {
         model.check_params(&params)?;
         let optimizer = optimizer.with_backend(model.backend().clone());
-        Ok(Trainer { model, params, optimizer, counters: Counters::default() })
+        Ok(Trainer {
+            model,
+            params,
+            optimizer,
+            counters: Counters::default(),
+            clip_grad_norm: None,
+            grad_norms: Vec::new(),
+        })
+    }
+
+    /// The same trainer clipping gradients to a total norm of `max_norm`
+    /// before each update (`torch.nn.utils.clip_grad_norm_`).
+    pub fn with_clip_grad_norm(mut self, max_norm: Option<f32>) -> Result<Trainer> {
+        if let Some(max) = max_norm {
+            crate::clip::check_max_norm(max)?;
+        }
+        self.clip_grad_norm = max_norm;
+        Ok(self)
+    }
+
+    /// Clips `grads` (a whole step's) to the configured total norm; returns
+    /// the total norm, or None when not clipping. The total combines the
+    /// per-parameter norms layer by layer, as the pipeline does.
+    pub fn clip(&mut self, grads: &mut ParamStore) -> Result<Option<f32>> {
+        let Some(max) = self.clip_grad_norm else {
+            return Ok(None);
+        };
+        let mut norms = Vec::with_capacity(grads.len());
+        for layer in 0..self.model.layers.len() {
+            norms.extend(crate::clip::norms(&grads.with_prefix(&format!("layers.{layer}.")))?);
+        }
+        let (total, factor) = crate::clip::scale(norms, max);
+        crate::clip::apply(grads, factor)?;
+        self.grad_norms.push(total);
+        Ok(Some(total))
     }
 
     /// Forward and backward of every micro-batch of `batch`: the minibatch-mean
@@ -177,7 +215,8 @@ impl Trainer {
 
     /// One training step; returns the minibatch-mean loss.
     pub fn step(&mut self, step: u32, batch: &Batch, micro_batches: usize) -> Result<f32> {
-        let (loss, grads) = self.gradients(step, batch, micro_batches)?;
+        let (loss, mut grads) = self.gradients(step, batch, micro_batches)?;
+        self.clip(&mut grads)?;
         self.apply(&grads)?;
         Ok(loss)
     }

@@ -89,8 +89,10 @@ impl Layer for Block {
         ]
     }
     fn forward(&self, rec: &mut Recorder<'_>, x: TensorId) -> Result<TensorId> {
-        let n = rec.layernorm(x, "norm.weight", "norm.bias", 1e-5)?;
-        let h = rec.linear(n, "fc.weight", Some("fc.bias"))?;
+        let (g, b) = (rec.param("norm.weight")?, rec.param("norm.bias")?);
+        let n = rec.layernorm(x, g, b, 1e-5)?;
+        let (w, b) = (rec.param("fc.weight")?, rec.param("fc.bias")?);
+        let h = rec.linear(n, w, Some(b))?;
         let a = rec.activation(h, self.act)?;
         rec.add(x, a)
     }
@@ -106,7 +108,10 @@ fn model(loss: Loss) -> Model {
 fn batch(loss: Loss, rows: usize) -> Batch {
     let targets = match loss {
         Loss::Mse => Targets::Values(random(&[rows, WIDTH], 8, 1.0)),
-        Loss::CrossEntropy => Targets::Classes((0..rows as u32).map(|r| r * 5 % WIDTH as u32).collect()),
+        Loss::CrossEntropy => Targets::Classes(
+            baton_engine::Tensor::from_ids(vec![rows], (0..rows as u32).map(|r| r * 5 % WIDTH as u32).collect())
+                .unwrap(),
+        ),
     };
     Batch::new(random(&[rows, WIDTH], 7, 1.0), targets).unwrap()
 }
@@ -159,10 +164,10 @@ fn close(what: &str, got: &[f32], want: &[f32], exact: bool) {
 }
 
 fn compare(got: &Grads, want: &Grads, exact: bool) {
-    close("input gradient", &got.input.data, &want.input.data, exact);
+    close("input gradient", got.input.values().unwrap(), want.input.values().unwrap(), exact);
     assert_eq!(got.params.names().collect::<Vec<_>>(), want.params.names().collect::<Vec<_>>());
     for (name, grad) in got.params.iter() {
-        close(name, &grad.data, &want.params.get(name).unwrap().data, exact);
+        close(name, grad.values().unwrap(), want.params.get(name).unwrap().values().unwrap(), exact);
     }
 }
 
@@ -212,7 +217,7 @@ fn optimizer_updates(dev: &Backend) {
             on_dev.update("w", &mut p_dev, &grad).unwrap();
             on_cpu.update("w", &mut p_cpu, &grad).unwrap();
         }
-        assert!(bits_equal(&p_dev.data, &p_cpu.data), "{config}: parameters");
+        assert!(bits_equal(p_dev.values().unwrap(), p_cpu.values().unwrap()), "{config}: parameters");
         assert_eq!(on_dev.state("w"), on_cpu.state("w"), "{config}: optimizer state");
     }
 }
@@ -233,7 +238,7 @@ fn training(dev: &Backend) {
         close(&format!("step {step} loss"), &[a], &[b], exact);
     }
     for (name, p) in on_dev.params.iter() {
-        close(name, &p.data, &on_cpu.params.get(name).unwrap().data, exact);
+        close(name, p.values().unwrap(), on_cpu.params.get(name).unwrap().values().unwrap(), exact);
     }
 }
 

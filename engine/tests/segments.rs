@@ -10,7 +10,8 @@ use common::{bits_equal, random};
 
 /// A two-op layer: tanh(x Wᵀ + b), parameters prefixed by the layer index.
 fn layer(rec: &mut Recorder<'_>, x: TensorId) -> Result<TensorId> {
-    let y = rec.linear(x, "weight", Some("bias"))?;
+    let (w, b) = (rec.param("weight")?, rec.param("bias")?);
+    let y = rec.linear(x, w, Some(b))?;
     rec.activation(y, Activation::Tanh)
 }
 
@@ -43,7 +44,7 @@ fn forward(params: &ParamStore, layers: u32, x: Tensor) -> (Vec<Segment>, Tensor
 fn archived_backward_on_another_worker_gives_the_same_bits() {
     let all = params(4, 8);
     let (segments, out) = forward(&all, 4, random(&[5, 8], 1, 1.0));
-    let dy = random(&out.shape, 2, 1.0);
+    let dy = random(out.shape(), 2, 1.0);
     // Local backward of layers 3 and 2 where the forward ran.
     let local3 = segments[3].backward(&all, dy.clone(), true).unwrap();
     let local2 = segments[2].backward(&all, local3.input_grad.clone().unwrap(), true).unwrap();
@@ -56,10 +57,12 @@ fn archived_backward_on_another_worker_gives_the_same_bits() {
     let remote2 = views[0].backward(&receiver, remote3.input_grad.clone().unwrap(), true).unwrap();
 
     for (local, remote) in [(&local3, &remote3), (&local2, &remote2)] {
-        assert!(bits_equal(&local.input_grad.as_ref().unwrap().data, &remote.input_grad.as_ref().unwrap().data));
+        let (l, r) = (local.input_grad.as_ref().unwrap(), remote.input_grad.as_ref().unwrap());
+        assert!(bits_equal(l.values().unwrap(), r.values().unwrap()));
         assert_eq!(local.param_grads.len(), 2);
         for (name, g) in local.param_grads.iter() {
-            assert!(bits_equal(&g.data, &remote.param_grads.get(name).unwrap().data), "{name}");
+            let r = remote.param_grads.get(name).unwrap();
+            assert!(bits_equal(g.values().unwrap(), r.values().unwrap()), "{name}");
         }
     }
     assert_eq!(views[0].to_segment().unwrap(), segments[2]);
@@ -70,9 +73,11 @@ fn segment_carries_exactly_what_backward_reads() {
     let all = params(1, 4);
     let (segments, _) = forward(&all, 1, random(&[2, 4], 3, 1.0));
     let s = &segments[0];
-    // linear saves its input (slot 0), tanh saves its output; the linear output is not carried.
+    // Slots 1 and 2 are the parameter reads (never carried: the receiver
+    // reads its own copy by name), linear saves its input (slot 0), tanh its
+    // output (slot 4); the linear output (slot 3) is not carried.
     let ids: Vec<u32> = s.saved.iter().map(|t| t.id.slot).collect();
-    assert_eq!(ids, vec![0, 2]);
+    assert_eq!(ids, vec![0, 4]);
     assert_eq!(s.params(), vec!["layers.0.weight", "layers.0.bias"]);
     assert_eq!(s.saved_bytes(), 2 * 2 * 4 * 4);
 }
@@ -119,11 +124,43 @@ fn inconsistent_segments_are_rejected_with_the_reason() {
     let mut bad_shape = segments[0].clone();
     bad_shape.saved[0].shape = vec![3, 4];
     let msg = access_err(bad_shape);
-    assert!(msg.contains("has shape [3, 4] but 8 elements"), "{msg}");
+    assert!(msg.contains("has shape [3, 4] (8 elements"), "{msg}");
 
     let mut foreign = segments[0].clone();
     foreign.saved[0].id.layer = 9;
     assert!(access_err(foreign).contains("belongs to another segment"));
+}
+
+#[test]
+fn an_op_reading_a_tensor_nobody_defined_is_refused_naming_the_op() {
+    // As a new user found: an archive whose tanh reads slot 7 instead of the
+    // linear's output must not backward into an incomplete gradient.
+    let all = params(1, 4);
+    let (segments, _) = forward(&all, 1, random(&[2, 4], 6, 1.0));
+    let mut bad = segments[0].clone();
+    let baton_engine::Op::Activation(tanh) = &mut bad.ops[3] else { panic!("op 3 is the tanh: {:?}", bad.ops) };
+    tanh.x.slot = 7;
+    let msg = access_err(bad);
+    assert!(
+        msg.contains("op 3 (tanh)") && msg.contains("t7") && msg.contains("neither the segment's input nor defined"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn ops_that_do_not_reach_the_output_are_refused() {
+    let all = params(1, 4);
+    let (segments, _) = forward(&all, 1, random(&[2, 4], 6, 1.0));
+    // The output claimed to be the linear's result leaves the tanh dangling.
+    let mut dangling = segments[0].clone();
+    dangling.output.slot = 3;
+    let msg = access_err(dangling);
+    assert!(msg.contains("does not contribute"), "{msg}");
+    // A shape that does not fit the ops: the input claimed to be wider.
+    let mut wide = segments[0].clone();
+    wide.input_shape = vec![2, 5];
+    let msg = access_err(wide);
+    assert!(msg.contains("op 2 (linear)") && msg.contains("5 features"), "{msg}");
 }
 
 fn access_err(segment: Segment) -> String {
@@ -155,11 +192,11 @@ fn bf16_compaction_halves_saved_bytes_and_stays_close() {
     compact.compact_bf16();
     assert!(compact.saved.iter().all(|t| matches!(t.storage, Storage::Bf16(_))));
     assert_eq!(compact.saved_bytes() * 2, segments[0].saved_bytes());
-    let dy = random(&out.shape, 9, 1.0);
+    let dy = random(out.shape(), 9, 1.0);
     let exact = segments[0].backward(&all, dy.clone(), true).unwrap();
     let approx = compact.backward(&all, dy, true).unwrap();
     let (e, a) = (exact.input_grad.unwrap(), approx.input_grad.unwrap());
-    assert!(common::max_diff(&e.data, &a.data) < 0.05);
+    assert!(common::max_diff(e.values().unwrap(), a.values().unwrap()) < 0.05);
 }
 
 #[test]
@@ -174,8 +211,9 @@ fn accumulation_order_does_not_depend_on_arrival_order() {
         acc.finish(4).unwrap().get("layers.0.weight").unwrap().clone()
     };
     let in_order = sum(&[0, 1, 2, 3]);
-    assert!(bits_equal(&in_order.data, &sum(&[3, 1, 0, 2]).data));
-    assert!(bits_equal(&in_order.data, &sum(&[2, 3, 1, 0]).data));
+    let same = |order: &[usize]| bits_equal(in_order.values().unwrap(), sum(order).values().unwrap());
+    assert!(same(&[3, 1, 0, 2]));
+    assert!(same(&[2, 3, 1, 0]));
 
     let mut acc = GradAccumulator::new();
     acc.add(0, 1, grads[1].clone()).unwrap();

@@ -66,3 +66,16 @@ pub fn tanh(x: &[f32], y: &mut [f32]) {
 pub fn tanh_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
     map2(y, dy, dx, "tanh_backward", |y, g| g * (1.0 - y * y));
 }
+
+/// `y = x · sigmoid(x)` (SiLU, a.k.a. swish).
+pub fn silu(x: &[f32], y: &mut [f32]) {
+    map1(x, y, "silu", |x| x / (1.0 + libm::expf(-x)));
+}
+
+/// Uses the forward INPUT: `dx = dy · s (1 + x (1 − s))`, `s = sigmoid(x)`.
+pub fn silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map2(x, dy, dx, "silu_backward", |x, g| {
+        let s = 1.0 / (1.0 + libm::expf(-x));
+        g * (s * (1.0 + x * (1.0 - s)))
+    });
+}

@@ -32,13 +32,18 @@
 //! feature [`cuda::Gpu::new`] returns [`Error::CudaNotCompiled`].
 
 pub mod activation;
+pub mod broadcast;
 pub mod cuda;
+pub mod dropout;
 pub mod elementwise;
+pub mod embedding;
+pub mod layout;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
 mod reduce;
+pub mod softmax;
 pub mod threads;
 
 pub use matmul::{matmul, Trans};

@@ -145,3 +145,56 @@ fn ln_backward_params(
             .for_each(|(i, (dg, db))| block(i * COL_BLOCK, dg, db));
     });
 }
+
+/// Forward RMSNorm over rows of `cols`: `y = x · rstd · gamma`,
+/// `rstd = 1/sqrt(mean(x²) + eps)`, written per row into `rstd`.
+///
+/// # Panics
+/// If `cols == 0`, `x.len() % cols != 0`, `y.len() != x.len()`,
+/// `gamma.len() != cols` or `rstd.len() != rows`.
+pub fn rmsnorm(x: &[f32], gamma: &[f32], cols: usize, eps: f32, y: &mut [f32], rstd: &mut [f32]) {
+    assert!(cols > 0, "rmsnorm: cols == 0");
+    assert_eq!(x.len() % cols, 0, "rmsnorm: x.len() % cols != 0");
+    assert_eq!(y.len(), x.len(), "rmsnorm: y.len() != x.len()");
+    assert_eq!(gamma.len(), cols, "rmsnorm: gamma.len() != cols");
+    assert_eq!(rstd.len(), x.len() / cols, "rmsnorm: rstd.len() != rows");
+    let inv_n = 1.0 / cols as f32;
+    for ((xr, yr), s) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)).zip(rstd.iter_mut()) {
+        *s = 1.0 / (sum_map(xr, |v| v * v) * inv_n + eps).sqrt();
+        for ((y, &x), &g) in yr.iter_mut().zip(xr).zip(gamma) {
+            *y = x * *s * g;
+        }
+    }
+}
+
+/// Backward RMSNorm: `dx = rstd (gamma dy) − x rstd³ / n · Σ gamma dy x`;
+/// `dgamma = Σ_rows dy x rstd`, rows summed in order; both written.
+///
+/// # Panics
+/// On any length mismatch (see [`rmsnorm`]).
+pub fn rmsnorm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    cols: usize,
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+) {
+    assert!(cols > 0, "rmsnorm_backward: cols == 0");
+    assert_eq!(x.len() % cols, 0, "rmsnorm_backward: x.len() % cols != 0");
+    let rows = x.len() / cols;
+    assert!(dy.len() == x.len() && dx.len() == x.len(), "rmsnorm_backward: dy/dx lengths");
+    assert!(gamma.len() == cols && dgamma.len() == cols && rstd.len() == rows, "rmsnorm_backward: lengths");
+    let inv_n = 1.0 / cols as f32;
+    dgamma.fill(0.0);
+    for r in 0..rows {
+        let (xr, gr, s) = (&x[r * cols..(r + 1) * cols], &dy[r * cols..(r + 1) * cols], rstd[r]);
+        let dot = sum_map3(xr, gr, gamma, |x, g, w| x * g * w);
+        let k = s * s * s * inv_n * dot;
+        for c in 0..cols {
+            dx[r * cols + c] = s * (gamma[c] * gr[c]) - xr[c] * k;
+            dgamma[c] += gr[c] * xr[c] * s;
+        }
+    }
+}

@@ -42,8 +42,10 @@ impl Layer for PreNormTanhResidual {
         ]
     }
     fn forward(&self, rec: &mut Recorder<'_>, x: TensorId) -> baton_engine::Result<TensorId> {
-        let h = rec.layernorm(x, "norm.weight", "norm.bias", 1e-5)?;
-        let h = rec.linear(h, "proj.weight", Some("proj.bias"))?;
+        let (g, b) = (rec.param("norm.weight")?, rec.param("norm.bias")?);
+        let h = rec.layernorm(x, g, b, 1e-5)?;
+        let (w, b) = (rec.param("proj.weight")?, rec.param("proj.bias")?);
+        let h = rec.linear(h, w, Some(b))?;
         let h = rec.activation(h, Activation::Tanh)?;
         rec.add(x, h)
     }
@@ -63,7 +65,7 @@ fn main() -> anyhow::Result<()> {
     let key = SegmentKey { step: 0, micro: 0, layer: 1 };
     let (_, hidden) = model.forward_layer(SegmentKey { layer: 0, ..key }, &params, data[0].x.clone())?;
     let (segment, out) = model.forward_layer(key, &params, hidden)?;
-    let dy = Tensor::new(out.shape.clone(), vec![0.01; out.len()])?;
+    let dy = Tensor::new(out.shape().to_vec(), vec![0.01; out.len()])?;
     let local = segment.backward(&params, dy.clone(), true)?;
     let bytes = segment::archive(&SegmentBatch(vec![segment]))?;
     let receiver = params.with_prefix("layers.1.");

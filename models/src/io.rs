@@ -105,8 +105,11 @@ pub fn load_params(path: &Path, model: &Model) -> Result<ParamStore> {
 pub fn save_params(path: &Path, params: &ParamStore, metadata: Option<HashMap<String, String>>) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = params
         .iter()
-        .map(|(name, t)| (name.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
+        .map(|(name, t)| {
+            let values = t.values().map_err(|e| file_error(path, format!("cannot save `{name}`: {e}")))?;
+            Ok((name.clone(), t.shape().to_vec(), values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        })
+        .collect::<Result<_>>()?;
     let views = bytes
         .iter()
         .map(|(name, shape, data)| {
@@ -161,7 +164,8 @@ pub fn data_steps(path: &Path) -> Result<usize> {
     let bytes = read_bytes(path)?;
     let st = parse(path, &bytes)?;
     let x = tensor(path, &st, DATA_X)?;
-    check(path, DATA_X, &x, Dtype::F32, &[None, None, None])?;
+    let dtype = if x.dtype() == Dtype::I64 { Dtype::I64 } else { Dtype::F32 };
+    check(path, DATA_X, &x, dtype, &[None, None, None])?;
     Ok(x.shape()[0])
 }
 
@@ -170,6 +174,9 @@ pub fn data_steps(path: &Path) -> Result<usize> {
 pub fn load_data(path: &Path, model: &Model, steps: usize) -> Result<Vec<Batch>> {
     let bytes = read_bytes(path)?;
     let st = parse(path, &bytes)?;
+    if let Some(seq) = model.seq {
+        return load_token_data(path, &st, model, seq, steps);
+    }
     let x = tensor(path, &st, DATA_X)?;
     check(path, DATA_X, &x, Dtype::F32, &[None, None, Some(model.input)])?;
     let (held, batch) = (x.shape()[0], x.shape()[1]);
@@ -192,6 +199,49 @@ pub fn load_data(path: &Path, model: &Model, steps: usize) -> Result<Vec<Batch>>
         .map(|(s, t)| {
             let x = Tensor::new(vec![batch, model.input], xs[s * row..(s + 1) * row].to_vec())?;
             Batch::new(x, t).map_err(|e| file_error(path, format!("step {s}: {e}")))
+        })
+        .collect()
+}
+
+/// Token data: `data.x` and `data.y` i64 `[held, batch, seq]`, ids below
+/// the vocabulary (x) and the output width (y).
+fn load_token_data(path: &Path, st: &SafeTensors<'_>, model: &Model, seq: usize, steps: usize) -> Result<Vec<Batch>> {
+    let (x, y) = (tensor(path, st, DATA_X)?, tensor(path, st, DATA_Y)?);
+    check(path, DATA_X, &x, Dtype::I64, &[None, None, Some(seq)])
+        .map_err(|e| hint(e, "a token model needs i64 token ids [steps, batch, seq]"))?;
+    let (held, batch) = (x.shape()[0], x.shape()[1]);
+    if steps > held {
+        return Err(file_error(path, format!("{steps} steps requested but `{DATA_X}` holds only {held}")));
+    }
+    if batch == 0 {
+        return Err(file_error(path, format!("`{DATA_X}` has an empty batch dimension")));
+    }
+    check(path, DATA_Y, &y, Dtype::I64, &[Some(held), Some(batch), Some(seq)])
+        .map_err(|e| hint(e, "a token model needs i64 next-token targets [steps, batch, seq]"))?;
+    let per = batch * seq;
+    let xs = token_ids(path, DATA_X, &i64_data(&x)[..steps * per], batch, seq, model.input)?;
+    let ys = token_ids(path, DATA_Y, &i64_data(&y)[..steps * per], batch, seq, model.output())?;
+    (0..steps)
+        .map(|s| {
+            let x = Tensor::from_ids(vec![batch, seq], xs[s * per..(s + 1) * per].to_vec())?;
+            let t = Tensor::from_ids(vec![batch, seq], ys[s * per..(s + 1) * per].to_vec())?;
+            Batch::new(x, Targets::Classes(t)).map_err(|e| file_error(path, format!("step {s}: {e}")))
+        })
+        .collect()
+}
+
+/// i64 ids as u32, each in `0..limit`; the error names step, row and position.
+fn token_ids(path: &Path, name: &str, values: &[i64], batch: usize, seq: usize, limit: usize) -> Result<Vec<u32>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v >= 0 && (v as u64) < limit as u64 {
+                return Ok(v as u32);
+            }
+            let (s, r, t) = (i / (batch * seq), i / seq % batch, i % seq);
+            let detail = format!("`{name}` step {s} row {r} position {t} holds token {v}, outside 0..{limit}");
+            Err(file_error(path, detail))
         })
         .collect()
 }
@@ -237,7 +287,7 @@ fn class_targets(
                 }
                 out.push(class as u32);
             }
-            Ok(Targets::Classes(out))
+            Ok(Targets::Classes(Tensor::from_ids(vec![batch], out)?))
         })
         .collect()
 }
@@ -247,6 +297,9 @@ fn class_targets(
 /// step of a seed): `tanh(A x)` for mse, `argmax(A x)` for cross-entropy.
 /// Learnable by construction, and identical on every machine for a seed.
 pub fn synthetic_data(model: &Model, steps: usize, batch: usize, seed: u64) -> Vec<Batch> {
+    if let Some(seq) = model.seq {
+        return synthetic_tokens(model.input.min(model.output()), seq, steps, batch, seed);
+    }
     let (input, out) = (model.input, model.output());
     let mut rng = SplitMix64::new(seed ^ 0x5EED_DA7A_0000_0001);
     let scale = 2.0 / (input.max(1) as f32).sqrt();
@@ -256,13 +309,43 @@ pub fn synthetic_data(model: &Model, steps: usize, batch: usize, seed: u64) -> V
             let x: Vec<f32> = (0..batch * input).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
             let z = apply_map(&map, &x, input, out);
             let targets = match model.loss {
-                Loss::Mse => Targets::Values(Tensor {
-                    shape: vec![batch, out],
-                    data: z.iter().map(|&v| libm::tanhf(v)).collect(),
-                }),
-                Loss::CrossEntropy => Targets::Classes(z.chunks_exact(out.max(1)).map(argmax).collect()),
+                Loss::Mse => Targets::Values(tensor_of(vec![batch, out], z.iter().map(|&v| libm::tanhf(v)).collect())),
+                Loss::CrossEntropy => {
+                    let classes = z.chunks_exact(out.max(1)).map(argmax).collect();
+                    Targets::Classes(Tensor::from_ids(vec![batch], classes).expect("one class per row"))
+                }
             };
-            Batch { x: Tensor { shape: vec![batch, input], data: x }, targets }
+            Batch { x: tensor_of(vec![batch, input], x), targets }
+        })
+        .collect()
+}
+
+fn tensor_of(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
+    Tensor::new(shape, data).expect("synthetic data has the shape's element count")
+}
+
+/// Synthetic token sequences for a token model without a data file: each
+/// row is a stream where the next token is `(3 t + 1) mod vocab` with
+/// probability 3/4 and a seeded random token otherwise, so a model can
+/// learn it; x holds positions `0..seq` and y the next tokens.
+fn synthetic_tokens(vocab: usize, seq: usize, steps: usize, batch: usize, seed: u64) -> Vec<Batch> {
+    let mut rng = SplitMix64::new(seed ^ 0x5EED_70CE_0000_0002);
+    let vocab = vocab.max(1) as u64;
+    (0..steps)
+        .map(|_| {
+            let (mut xs, mut ys) = (Vec::with_capacity(batch * seq), Vec::with_capacity(batch * seq));
+            for _ in 0..batch {
+                let mut t = rng.next_u64() % vocab;
+                for _ in 0..seq {
+                    let next = if rng.next_u64() % 4 == 0 { rng.next_u64() % vocab } else { (3 * t + 1) % vocab };
+                    xs.push(t as u32);
+                    ys.push(next as u32);
+                    t = next;
+                }
+            }
+            let x = Tensor::from_ids(vec![batch, seq], xs).expect("batch x seq ids");
+            let y = Tensor::from_ids(vec![batch, seq], ys).expect("batch x seq ids");
+            Batch { x, targets: Targets::Classes(y) }
         })
         .collect()
 }

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use baton_engine::{Activation, Layer, Loss, Model};
 
-use crate::layers::{LayerNorm, Linear, ResidualMlp};
+use crate::layers::{Embedding, LayerNorm, Linear, ResidualMlp, TransformerBlock};
 use crate::{Error, Result};
 
 /// JSON of a plain MLP: `depth` linear layers of width `width`, relu on all
@@ -49,7 +49,7 @@ pub fn parse(json: &str) -> Result<Model> {
     let value: Value = serde_json::from_str(json).map_err(|e| spec_err(format!("not valid JSON: {e}")))?;
     let root = value.as_object().ok_or_else(|| spec_err("the spec must be a JSON object".into()))?;
     check_fields(root, &["input", "layers", "loss"], "the spec")?;
-    let input = positive(root, "input", "input")?;
+    let (input, seq) = parse_input(root)?;
     let loss = match root.get("loss").and_then(Value::as_str) {
         Some("mse") => Loss::Mse,
         Some("cross_entropy") => Loss::CrossEntropy,
@@ -64,14 +64,32 @@ pub fn parse(json: &str) -> Result<Model> {
     let mut layers: Vec<Box<dyn Layer>> = Vec::with_capacity(entries.len());
     let mut width = input;
     for (i, entry) in entries.iter().enumerate() {
-        let layer = parse_layer(entry, i, width)?;
+        let layer = parse_layer(entry, i, width, seq)?;
         width = layer.out_features();
         layers.push(layer);
     }
-    Ok(Model::new(input, layers, loss)?)
+    if seq.is_some() && loss != Loss::CrossEntropy {
+        return Err(spec_err("loss: a token model trains with \"cross_entropy\" over next tokens".into()));
+    }
+    let model = match seq {
+        Some(seq) => Model::tokens(input, seq, layers, loss),
+        None => Model::new(input, layers, loss),
+    };
+    model.map_err(|e| spec_err(e.to_string()))
 }
 
-fn parse_layer(entry: &Value, i: usize, width: usize) -> Result<Box<dyn Layer>> {
+/// `input`: a feature width, or `{"tokens": V, "seq": T}` for a token model.
+fn parse_input(root: &Map<String, Value>) -> Result<(usize, Option<usize>)> {
+    match root.get("input") {
+        Some(Value::Object(obj)) => {
+            check_fields(obj, &["tokens", "seq"], "input")?;
+            Ok((positive(obj, "tokens", "input.tokens")?, Some(positive(obj, "seq", "input.seq")?)))
+        }
+        _ => Ok((positive(root, "input", "input")?, None)),
+    }
+}
+
+fn parse_layer(entry: &Value, i: usize, width: usize, seq: Option<usize>) -> Result<Box<dyn Layer>> {
     let at = format!("layers[{i}]");
     let obj = entry.as_object().ok_or_else(|| spec_err(format!("{at}: must be an object")))?;
     let kind = obj.get("type").and_then(Value::as_str).ok_or_else(|| spec_err(format!("{at}.type: missing")))?;
@@ -91,10 +109,43 @@ fn parse_layer(entry: &Value, i: usize, width: usize) -> Result<Box<dyn Layer>> 
             check_fields(obj, &["type"], &at)?;
             Box::new(LayerNorm { width })
         }
-        other => {
-            return Err(spec_err(format!("{at}.type: unknown layer type `{other}` (linear, residual_mlp, layernorm)")))
+        "embedding" => {
+            check_fields(obj, &["type", "dim"], &at)?;
+            let seq = match (i, seq) {
+                (0, Some(seq)) => seq,
+                _ => {
+                    return Err(spec_err(format!(
+                        "{at}: an embedding must be layer 0 of a model whose input is tokens"
+                    )))
+                }
+            };
+            Box::new(Embedding { vocab: width, seq, dim: positive(obj, "dim", &format!("{at}.dim"))? })
         }
+        "transformer_block" => parse_block(obj, &at, width, seq)?,
+        other => return Err(spec_err(format!(
+            "{at}.type: unknown layer type `{other}` (linear, residual_mlp, layernorm, embedding, transformer_block)"
+        ))),
     })
+}
+
+fn parse_block(obj: &Map<String, Value>, at: &str, width: usize, seq: Option<usize>) -> Result<Box<dyn Layer>> {
+    check_fields(obj, &["type", "heads", "hidden", "dropout"], at)?;
+    let Some(seq) = seq else {
+        return Err(spec_err(format!("{at}: a transformer_block needs a token input ({{\"tokens\": V, \"seq\": T}})")));
+    };
+    let heads = positive(obj, "heads", &format!("{at}.heads"))?;
+    if width % heads != 0 {
+        return Err(spec_err(format!("{at}.heads: {heads} heads do not divide the width {width}")));
+    }
+    let hidden = positive(obj, "hidden", &format!("{at}.hidden"))?;
+    let dropout = match obj.get("dropout") {
+        None => 0.0,
+        Some(v) => match v.as_f64() {
+            Some(p) if (0.0..1.0).contains(&p) => p as f32,
+            _ => return Err(spec_err(format!("{at}.dropout: must be a number in [0, 1)"))),
+        },
+    };
+    Ok(Box::new(TransformerBlock { width, heads, hidden, seq, dropout }))
 }
 
 fn parse_activation(value: Option<&Value>, at: &str) -> Result<Option<Activation>> {

@@ -49,7 +49,7 @@ impl Golden {
             data: io::load_data(&path, &model, steps).unwrap(),
             micro_batches: meta["microbatches"].parse().unwrap(),
             optimizer: optimizer_from_metadata(&meta["optimizer"]),
-            losses: io::load_f32(&path, "expect.loss").unwrap().data,
+            losses: io::load_f32(&path, "expect.loss").unwrap().into_values().unwrap().1,
             spec,
             model,
             steps,
@@ -135,9 +135,10 @@ pub fn assert_params_close(what: &str, actual: &ParamStore, expected: &ParamStor
     assert_eq!(actual.len(), expected.len(), "{what}: tensor count");
     for (name, want) in expected.iter() {
         let got = actual.get(name).unwrap_or_else(|_| panic!("{what}: {name} missing"));
-        assert_eq!(got.shape, want.shape, "{what}: {name} shape");
-        let diff = got.data.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        let tol = tolerance(&want.data);
+        assert_eq!(got.shape(), want.shape(), "{what}: {name} shape");
+        let (got, want) = (got.values().unwrap(), want.values().unwrap());
+        let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let tol = tolerance(want);
         assert!(diff <= tol, "{what}: {name} max |Δ| = {diff:e} > {tol:e}");
     }
 }
@@ -151,7 +152,8 @@ pub fn bit_identical(a: &ParamStore, b: &ParamStore) -> bool {
     a.len() == b.len()
         && a.iter().all(|(name, t)| {
             b.get(name).is_ok_and(|u| {
-                u.shape == t.shape && u.data.iter().zip(&t.data).all(|(x, y)| x.to_bits() == y.to_bits())
+                u.shape() == t.shape()
+                    && u.values().unwrap().iter().zip(t.values().unwrap()).all(|(x, y)| x.to_bits() == y.to_bits())
             })
         })
 }

@@ -77,11 +77,17 @@ impl Backend {
 
     /// `y = act(x)`.
     pub fn activation(&self, kind: Activation, x: &[f32], y: &mut [f32]) -> Result<()> {
+        if kind == Activation::Silu {
+            // No CUDA kernel yet: tensors are host-resident, so it runs here.
+            activation::silu(x, y);
+            return Ok(());
+        }
         match &self.inner {
             Inner::Cpu => match kind {
                 Activation::Relu => activation::relu(x, y),
                 Activation::Gelu => activation::gelu(x, y),
                 Activation::Tanh => activation::tanh(x, y),
+                Activation::Silu => unreachable!("handled above"),
             },
             Inner::Cuda(gpu) => {
                 let (x, mut out) = (gpu.upload(x)?, gpu.zeros(y.len())?);
@@ -89,6 +95,7 @@ impl Backend {
                     Activation::Relu => gpu.relu(&x, &mut out)?,
                     Activation::Gelu => gpu.gelu(&x, &mut out)?,
                     Activation::Tanh => gpu.tanh(&x, &mut out)?,
+                    Activation::Silu => unreachable!("handled above"),
                 }
                 download_into(gpu, &out, y)?;
             }
@@ -99,11 +106,16 @@ impl Backend {
     /// `dx` of `act`, from the saved tensor its rule reads (the forward
     /// output for relu and tanh, the input for gelu).
     pub fn activation_backward(&self, kind: Activation, saved: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
+        if kind == Activation::Silu {
+            activation::silu_backward(saved, dy, dx);
+            return Ok(());
+        }
         match &self.inner {
             Inner::Cpu => match kind {
                 Activation::Relu => activation::relu_backward(saved, dy, dx),
                 Activation::Gelu => activation::gelu_backward(saved, dy, dx),
                 Activation::Tanh => activation::tanh_backward(saved, dy, dx),
+                Activation::Silu => unreachable!("handled above"),
             },
             Inner::Cuda(gpu) => {
                 let (s, dy, mut out) = (gpu.upload(saved)?, gpu.upload(dy)?, gpu.zeros(dx.len())?);
@@ -111,6 +123,7 @@ impl Backend {
                     Activation::Relu => gpu.relu_backward(&s, &dy, &mut out)?,
                     Activation::Gelu => gpu.gelu_backward(&s, &dy, &mut out)?,
                     Activation::Tanh => gpu.tanh_backward(&s, &dy, &mut out)?,
+                    Activation::Silu => unreachable!("handled above"),
                 }
                 download_into(gpu, &out, dx)?;
             }

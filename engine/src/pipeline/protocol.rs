@@ -42,6 +42,10 @@ pub struct Assignment {
     /// Ship saved tensors as bf16 in migrations (halves their bytes; the
     /// run is then no longer bit-identical to an uninterrupted one).
     pub ship_bf16: bool,
+    /// `--clip-grad-norm`: updates wait for each step's [`Message::ClipScale`].
+    pub clip_grad_norm: Option<f32>,
+    /// The run's seed, which keys dropout masks (the same on every worker).
+    pub seed: u64,
 }
 
 /// A scripted notice: after `actions` compute actions of `step`, the worker
@@ -81,6 +85,12 @@ pub enum Message {
     Loss { step: u32, micro: u32, value: f32 },
     /// Worker → coordinator: `layer` received its update for `step`.
     LayerUpdated { step: u32, layer: u32 },
+    /// Worker → coordinator (clipping): the norms of `layer`'s complete step
+    /// gradient, its parameters in name order.
+    LayerNorms { step: u32, layer: u32, norms: Vec<f32> },
+    /// Coordinator → workers (clipping): multiply step `step`'s gradients by
+    /// `scale` before updating.
+    ClipScale { step: u32, scale: f32 },
     /// Coordinator → worker: training is over; send parameters and report.
     Finish,
     /// Worker → coordinator: final parameters, counters and timeline spans.
@@ -135,6 +145,8 @@ impl Message {
             Message::Gradient { .. } => "gradient",
             Message::Loss { .. } => "loss",
             Message::LayerUpdated { .. } => "layer-updated",
+            Message::LayerNorms { .. } => "layer-norms",
+            Message::ClipScale { .. } => "clip-scale",
             Message::Finish => "finish",
             Message::Final { .. } => "final",
             Message::Notice { .. } => "notice",
@@ -219,9 +231,8 @@ fn check_tensors(message: &Message) -> Result<()> {
         Message::StepStart { inputs, targets, .. } => inputs
             .iter()
             .map(|(_, t)| t)
-            .chain(targets.iter().filter_map(|(_, t)| match t {
-                Targets::Values(v) => Some(v),
-                Targets::Classes(_) => None,
+            .chain(targets.iter().map(|(_, t)| match t {
+                Targets::Values(v) | Targets::Classes(v) => v,
             }))
             .collect(),
         Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } | Message::Replay { tensor, .. } => {
@@ -232,9 +243,7 @@ fn check_tensors(message: &Message) -> Result<()> {
         _ => Vec::new(),
     };
     for t in tensors {
-        if t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(t.data.len()) {
-            return Err(Error::Protocol(format!("tensor of shape {:?} carries {} values", t.shape, t.data.len())));
-        }
+        t.check().map_err(|e| Error::Protocol(format!("a received tensor is malformed: {e}")))?;
     }
     Ok(())
 }
@@ -271,7 +280,7 @@ mod tests {
                 step: 0,
                 rows: vec![2],
                 inputs: vec![(0, t.clone())],
-                targets: vec![(0, Targets::Classes(vec![1, 0]))],
+                targets: vec![(0, Targets::Classes(Tensor::from_ids(vec![2], vec![1, 0]).unwrap()))],
             },
             Message::Abort { reason: "bye".into() },
         ] {
@@ -295,9 +304,9 @@ mod tests {
 
     #[test]
     fn inconsistent_tensors_are_refused() {
-        let bad = Tensor { shape: vec![5], data: vec![1.0] };
+        let bad = Tensor::malformed(vec![5], vec![1.0]);
         let msg = decode(&frame(&Message::Activation { generation: 0, step: 0, micro: 0, layer: 1, tensor: bad }))
             .unwrap_err();
-        assert!(msg.to_string().contains("shape [5] carries 1 values"), "{msg}");
+        assert!(msg.to_string().contains("shape [5] holds 5 elements but 1 were given"), "{msg}");
     }
 }

@@ -129,6 +129,9 @@ fn route(
         }
         Effect::Loss { micro, value, .. } => book.record(micro, value)?,
         Effect::LayerUpdated { .. } => {}
+        Effect::LayerNorms { layer, .. } => {
+            return Err(Error::Pipeline(format!("layer {layer}: the stage-level simulation does not clip gradients")))
+        }
     }
     Ok(())
 }

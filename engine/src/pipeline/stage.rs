@@ -37,6 +37,9 @@ pub enum StageEvent {
     /// Send the kept activation entering `layer` again as a replay of
     /// layers `layer..stop` (their segments were left out of a migration).
     Recompute { step: u32, micro: u32, layer: u32, stop: u32 },
+    /// Gradient clipping: multiply step `step`'s gradients by `scale`
+    /// before the updates (the coordinator combined every layer's norms).
+    ClipScale { step: u32, scale: f32 },
 }
 
 /// What a stage asks the driver to do.
@@ -52,6 +55,9 @@ pub enum Effect {
     Loss { step: u32, micro: u32, value: f32 },
     /// `layer`'s parameters received their update for `step`.
     LayerUpdated { step: u32, layer: u32 },
+    /// With clipping: the norms of `layer`'s step gradients (its parameters
+    /// in name order), for the coordinator to combine.
+    LayerNorms { step: u32, layer: u32, norms: Vec<f32> },
 }
 
 /// The next unit of work of a stage.
@@ -70,8 +76,14 @@ pub enum Work {
         micro: u32,
         layer: u32,
     },
-    /// The optimizer update of one layer, once its step gradient is complete.
+    /// The optimizer update of one layer, once its step gradient is complete
+    /// (and, when clipping, the step's clip scale is known).
     Update {
+        step: u32,
+        layer: u32,
+    },
+    /// With clipping: report a complete layer gradient's norms.
+    Norms {
         step: u32,
         layer: u32,
     },
@@ -82,6 +94,7 @@ impl std::fmt::Display for Work {
         match self {
             Work::Compute(action) => action.fmt(f),
             Work::Update { step, layer } => write!(f, "U{layer}.s{step}"),
+            Work::Norms { step, layer } => write!(f, "N{layer}.s{step}"),
             Work::Replay { micro, layer, .. } => write!(f, "R{micro}@{layer}"),
             Work::Resend { micro, layer, .. } => write!(f, "K{micro}@{layer}"),
         }
@@ -100,12 +113,21 @@ pub(crate) struct StepState {
     strict: bool,
     /// Layers whose update for this step is applied.
     pub(crate) updated: BTreeSet<u32>,
+    /// With clipping: layers whose gradient norms this stage reported.
+    normed: BTreeSet<u32>,
+    /// With clipping: the factor of this step's gradients, once known.
+    clip_scale: Option<f32>,
 }
 
 impl StepState {
+    fn new(step: u32, rows: Vec<u32>, strict: bool) -> StepState {
+        let (updated, normed) = (BTreeSet::new(), BTreeSet::new());
+        StepState { step, rows, plan: VecDeque::new(), strict, updated, normed, clip_scale: None }
+    }
+
     /// The state of a step a stage joins midway (it receives layers of it).
     pub(crate) fn resumed(step: u32, rows: Vec<u32>) -> StepState {
-        StepState { step, rows, plan: VecDeque::new(), strict: false, updated: BTreeSet::new() }
+        StepState::new(step, rows, false)
     }
 }
 
@@ -145,6 +167,8 @@ pub struct Stage {
     pub(crate) replays: BTreeMap<(u32, u32, u32), (u32, Tensor)>,
     /// Kept activations to send again, by (step, micro, layer entered): stop.
     pub(crate) resends: BTreeMap<(u32, u32, u32), u32>,
+    /// Whether updates wait for a global clip scale (`--clip-grad-norm`).
+    clipping: bool,
 }
 
 impl Stage {
@@ -179,7 +203,15 @@ impl Stage {
             awaiting: BTreeSet::new(),
             replays: BTreeMap::new(),
             resends: BTreeMap::new(),
+            clipping: false,
         })
+    }
+
+    /// The same stage, its updates waiting for the coordinator's clip scale
+    /// of each step (gradient clipping by global norm).
+    pub fn with_clipping(mut self, clipping: bool) -> Stage {
+        self.clipping = clipping;
+        self
     }
 
     pub fn layers(&self) -> Range<u32> {
@@ -201,8 +233,7 @@ impl Stage {
                 if self.current.as_ref().is_some_and(|c| !self.step_finished(c)) {
                     return Err(Error::Pipeline(format!("step {step} started before the previous one finished")));
                 }
-                self.current =
-                    Some(StepState { step, rows, plan: VecDeque::new(), strict: true, updated: BTreeSet::new() });
+                self.current = Some(StepState::new(step, rows, true));
                 self.forget_before(step);
                 self.activations.extend(inputs.into_iter().map(|(m, t)| ((step, m), (0, t))));
                 self.targets.extend(targets.into_iter().map(|(m, t)| ((step, m), t)));
@@ -220,6 +251,12 @@ impl Stage {
             StageEvent::Recompute { step, micro, layer, stop } => {
                 self.resends.insert((step, micro, layer), stop);
             }
+            StageEvent::ClipScale { step, scale } => match self.current.as_mut() {
+                Some(cur) if cur.step == step => cur.clip_scale = Some(scale),
+                // A scale for a step this stage is not in (it joined later,
+                // or finished it) changes nothing here.
+                _ => {}
+            },
         }
         Ok(())
     }
@@ -249,6 +286,9 @@ impl Stage {
     /// The next unit of work of the step in progress, if its input is here.
     pub fn ready(&self) -> Option<Work> {
         let cur = self.current.as_ref()?;
+        if let Some(layer) = self.norms_due(cur) {
+            return Some(Work::Norms { step: cur.step, layer });
+        }
         if let Some(layer) = self.update_due(cur) {
             return Some(Work::Update { step: cur.step, layer });
         }
@@ -273,10 +313,25 @@ impl Stage {
         }
     }
 
-    /// A layer whose step gradient is complete and not yet applied.
+    /// A layer whose step gradient is complete and not yet applied (when
+    /// clipping, once the step's scale is known).
     fn update_due(&self, cur: &StepState) -> Option<u32> {
+        if self.clipping && cur.clip_scale.is_none() {
+            return None;
+        }
         let micros = cur.rows.len() as u32;
         self.layers.clone().find(|l| !cur.updated.contains(l) && self.acc.summed(*l) == micros)
+    }
+
+    /// When clipping: a complete layer gradient whose norms are not reported yet.
+    fn norms_due(&self, cur: &StepState) -> Option<u32> {
+        if !self.clipping || cur.clip_scale.is_some() {
+            return None;
+        }
+        let micros = cur.rows.len() as u32;
+        self.layers
+            .clone()
+            .find(|l| !cur.normed.contains(l) && !cur.updated.contains(l) && self.acc.summed(*l) == micros)
     }
 
     fn step_finished(&self, cur: &StepState) -> bool {
@@ -292,6 +347,7 @@ impl Stage {
     pub fn run_next(&mut self) -> Result<Vec<Effect>> {
         let action = match self.ready().ok_or_else(|| Error::Pipeline("no work is ready".into()))? {
             Work::Update { step, layer } => return self.update(step, layer),
+            Work::Norms { step, layer } => return self.norms(step, layer),
             Work::Replay { step, micro, layer } => return self.replay(step, micro, layer),
             Work::Resend { step, micro, layer } => return self.resend(step, micro, layer),
             Work::Compute(action) => action,
@@ -397,9 +453,20 @@ impl Stage {
             .ok_or_else(|| Error::Pipeline(format!("no recorded segment for micro-batch {micro} layer {layer}")))
     }
 
-    /// Applies `layer`'s step gradient (summed in micro-batch order).
+    /// The norms of `layer`'s complete step gradient, for the coordinator.
+    fn norms(&mut self, step: u32, layer: u32) -> Result<Vec<Effect>> {
+        let norms = crate::clip::norms(self.acc.peek_sum(layer)?)?;
+        self.current.as_mut().expect("step in progress").normed.insert(layer);
+        Ok(vec![Effect::LayerNorms { step, layer, norms }])
+    }
+
+    /// Applies `layer`'s step gradient (summed in micro-batch order), scaled
+    /// by the step's clip factor when clipping.
     fn update(&mut self, step: u32, layer: u32) -> Result<Vec<Effect>> {
-        let grads = self.acc.take_sum(layer)?;
+        let mut grads = self.acc.take_sum(layer)?;
+        if let Some(scale) = self.current.as_ref().and_then(|c| c.clip_scale) {
+            crate::clip::apply(&mut grads, scale)?;
+        }
         for (name, grad) in grads.iter() {
             let param = self.params.get_mut(name)?;
             self.optimizer.update(name, param, grad)?;

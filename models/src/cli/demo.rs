@@ -70,6 +70,8 @@ fn pipeline(params: &ParamStore, batches: &[Batch], optimizer: OptimizerConfig) 
         notices: vec![NOTICE],
         joins: Vec::new(),
         ship_bf16: false,
+        clip_grad_norm: None,
+        seed: 0,
     };
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
     let mut on_step = |step: u32, loss: f32| println!("  step {step}: loss {loss:.6}");
@@ -149,6 +151,7 @@ fn write_outputs(dir: &Path, outcome: &JobOutcome, optimizer: OptimizerConfig, w
         partitions: Report::partitions(&outcome.partitions),
         migrations: outcome.migrations.iter().map(report::Migration::from).collect(),
         counters,
+        grad_norms: outcome.grad_norms.clone(),
         wall_seconds: wall.as_secs_f64(),
     };
     report.write(&dir.join("report.json"))?;
@@ -164,7 +167,7 @@ fn compare(pipeline: &ParamStore, reference: &ParamStore) -> anyhow::Result<()> 
     let mut identical = pipeline.len() == reference.len();
     for (name, want) in reference.iter() {
         let got = pipeline.get(name).with_context(|| format!("the pipeline lost {name}"))?;
-        for (a, b) in got.data.iter().zip(&want.data) {
+        for (a, b) in got.values()?.iter().zip(want.values()?) {
             identical &= a.to_bits() == b.to_bits();
             worst = worst.max((a - b).abs());
         }

@@ -136,6 +136,9 @@ pub struct Report {
     pub partitions: Vec<Partition>,
     pub migrations: Vec<Migration>,
     pub counters: Counters,
+    /// With `--clip-grad-norm`: each step's total gradient norm before clipping.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grad_norms: Vec<f32>,
     pub wall_seconds: f64,
 }
 

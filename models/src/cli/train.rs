@@ -67,6 +67,10 @@ pub struct TrainArgs {
     /// `sgd:lr=..,momentum=..` or `adam:lr=..,beta1=..,beta2=..,eps=..`.
     #[arg(long, value_name = "SPEC", default_value = "adam:lr=1e-3")]
     optimizer: OptimizerConfig,
+    /// Clip each step's gradients to this total norm over every parameter
+    /// of every stage (`torch.nn.utils.clip_grad_norm_`), before the update.
+    #[arg(long, value_name = "MAX")]
+    clip_grad_norm: Option<f32>,
     /// Worker processes (pipeline stages).
     #[arg(long, value_name = "W", default_value_t = 1)]
     workers: usize,
@@ -83,7 +87,7 @@ pub struct TrainArgs {
     /// Rows per step of synthetic data (default 32); with --data it must match the file.
     #[arg(long, value_name = "B")]
     batch: Option<usize>,
-    /// Seed of the default initial weights and synthetic data.
+    /// Seed of the default initial weights, synthetic data and dropout masks.
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
     /// Kernel threads (default: BATON_THREADS or all cores). Results do not depend on it.
@@ -207,6 +211,8 @@ struct RunResult {
     spans: BTreeMap<u32, Vec<Span>>,
     /// Micro-batch losses counted.
     microbatch_losses: u64,
+    /// With --clip-grad-norm: every step's total gradient norm.
+    grad_norms: Vec<f32>,
     wall_seconds: f64,
 }
 
@@ -241,8 +247,10 @@ fn train_in_process(
     batches: &[Batch],
 ) -> anyhow::Result<RunResult> {
     let layers = model.layers.len() as u32;
-    let mut trainer = Trainer::new(model, params, Optimizer::new(args.optimizer))
-        .context("the initial weights do not fit the model")?;
+    let mut trainer = Trainer::new(model.with_seed(args.seed), params, Optimizer::new(args.optimizer))
+        .context("the initial weights do not fit the model")?
+        .with_clip_grad_norm(args.clip_grad_norm)
+        .context("--clip-grad-norm")?;
     let (losses, wall_seconds) = train_steps(&mut trainer, batches, args.microbatches)?;
     Ok(RunResult {
         params: trainer.params,
@@ -252,6 +260,7 @@ fn train_in_process(
         migrations: Vec::new(),
         spans: BTreeMap::new(),
         microbatch_losses: (batches.len() * args.microbatches) as u64,
+        grad_norms: trainer.grad_norms,
         wall_seconds,
     })
 }
@@ -281,6 +290,8 @@ fn train_pipeline(
         notices,
         joins,
         ship_bf16: args.ship_dtype == "bf16",
+        clip_grad_norm: args.clip_grad_norm,
+        seed: args.seed,
     };
     let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
     let noun = if args.workers == 1 { "process" } else { "processes" };
@@ -318,6 +329,7 @@ fn train_pipeline(
         migrations: outcome.migrations,
         spans: outcome.spans,
         microbatch_losses: outcome.microbatch_losses,
+        grad_norms: outcome.grad_norms,
         wall_seconds,
     })
 }
@@ -347,6 +359,7 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
         partitions: Report::partitions(&run.partitions),
         migrations: run.migrations.iter().map(report::Migration::from).collect(),
         counters,
+        grad_norms: run.grad_norms,
         wall_seconds: run.wall_seconds,
     }
 }
@@ -354,6 +367,9 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
 /// Refuses what needs the multi-process runtime, rather than pretending.
 fn check_single_process(args: &TrainArgs) -> anyhow::Result<()> {
     ensure!(args.workers >= 1, "--workers 0: at least one worker is needed");
+    if let Some(max) = args.clip_grad_norm {
+        baton_engine::clip::check_max_norm(max).context("--clip-grad-norm")?;
+    }
     if !args.preempt.is_empty() && args.workers < 2 {
         bail!("--preempt needs --workers 2 or more: someone must take over the preempted worker's layers");
     }

@@ -299,7 +299,7 @@ fn record(worker: &mut Worker, work: Work, start: Duration, end: Duration) {
     let category = match work {
         Work::Compute(a) if a.phase == baton_engine::pipeline::Phase::Forward => "forward",
         Work::Compute(_) => "backward",
-        Work::Update { .. } => "optimizer",
+        Work::Update { .. } | Work::Norms { .. } => "optimizer",
         Work::Replay { .. } => "recompute",
         Work::Resend { .. } => "send",
     };

@@ -32,7 +32,8 @@ impl Layer for Dense {
         ]
     }
     fn forward(&self, rec: &mut Recorder<'_>, x: TensorId) -> baton_engine::Result<TensorId> {
-        rec.linear(x, "weight", Some("bias"))
+        let (w, b) = (rec.param("weight")?, rec.param("bias")?);
+        rec.linear(x, w, Some(b))
     }
 }
 
@@ -138,10 +139,10 @@ fn mse_data_loads_per_step() {
     assert_eq!(data_steps(&path).unwrap(), 3);
     let batches = load_data(&path, &model(Loss::Mse), 2).unwrap();
     assert_eq!(batches.len(), 2);
-    assert_eq!(batches[1].x.shape, vec![5, 3]);
-    assert_eq!(batches[1].x.data[0], 15.0 * 0.25);
+    assert_eq!(batches[1].x.shape(), [5, 3]);
+    assert_eq!(batches[1].x.values().unwrap()[0], 15.0 * 0.25);
     match &batches[1].targets {
-        Targets::Values(t) => assert_eq!((t.shape.clone(), t.data[0]), (vec![5, 2], 10.0 * 0.25)),
+        Targets::Values(t) => assert_eq!((t.shape().to_vec(), t.values().unwrap()[0]), (vec![5, 2], 10.0 * 0.25)),
         other => panic!("{other:?}"),
     }
 }
@@ -175,7 +176,7 @@ fn class_targets_are_validated() {
     let x = ("data.x", Dtype::F32, vec![2, 2, 3], f32_bytes(12));
     write_raw(&path, &[x.clone(), ("data.y", Dtype::I64, vec![2, 2], classes(&[0, 1, 1, 0]))]);
     let batches = load_data(&path, &model(Loss::CrossEntropy), 2).unwrap();
-    assert_eq!(batches[1].targets, Targets::Classes(vec![1, 0]));
+    assert_eq!(batches[1].targets, Targets::Classes(Tensor::from_ids(vec![2], vec![1, 0]).unwrap()));
     write_raw(&path, &[x.clone(), ("data.y", Dtype::I64, vec![2, 2], classes(&[0, 1, 2, 0]))]);
     let err = load_data(&path, &model(Loss::CrossEntropy), 2).unwrap_err().to_string();
     assert!(err.contains("step 1 row 0") && err.contains("class 2"), "{err}");
@@ -192,10 +193,10 @@ fn synthetic_data_is_deterministic_and_shaped() {
         assert_eq!(a, synthetic_data(&m, 3, 6, 11));
         assert_ne!(a, synthetic_data(&m, 3, 6, 12));
         assert_eq!(a.len(), 3);
-        assert!(a.iter().all(|b| b.x.shape == vec![6, 3] && b.x.data.iter().all(|v| v.abs() <= 1.0)));
+        assert!(a.iter().all(|b| b.x.shape() == [6, 3] && b.x.values().unwrap().iter().all(|v| v.abs() <= 1.0)));
         match &a[0].targets {
-            Targets::Values(t) => assert_eq!(t.shape, vec![6, 2]),
-            Targets::Classes(c) => assert!(c.len() == 6 && c.iter().all(|&c| c < 2)),
+            Targets::Values(t) => assert_eq!(t.shape(), [6, 2]),
+            Targets::Classes(c) => assert!(c.len() == 6 && c.ids().unwrap().iter().all(|&c| c < 2)),
         }
     }
 }

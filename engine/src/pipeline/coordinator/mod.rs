@@ -42,6 +42,10 @@ pub struct JobPlan {
     /// `STEP` has reported `LOSSES` micro-batch losses. They get the numbers
     /// `workers`, `workers + 1`, ...
     pub joins: Vec<(u32, u32)>,
+    /// `--clip-grad-norm`: the maximum total gradient norm of a step.
+    pub clip_grad_norm: Option<f32>,
+    /// The run's seed (keys dropout masks on every worker).
+    pub seed: u64,
 }
 
 /// What the driver reports.
@@ -111,6 +115,8 @@ pub struct JobOutcome {
     pub spans: BTreeMap<u32, Vec<Span>>,
     /// Micro-batch losses counted (each exactly once; M x steps when nothing was lost).
     pub microbatch_losses: u64,
+    /// With clipping: each step's total gradient norm (before clipping).
+    pub grad_norms: Vec<f32>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -174,6 +180,17 @@ pub struct Coordinator {
     migrations: Vec<MigrationRecord>,
     /// Counters and timelines of workers that left.
     retired_work: Vec<(u32, Counters, Vec<Span>)>,
+    /// With clipping: the step in progress's per-layer gradient norms, and
+    /// its clip scale once every layer reported.
+    clip: ClipState,
+    grad_norms: Vec<f32>,
+}
+
+/// Gradient norms of the step in progress, by layer, and its clip scale.
+#[derive(Debug, Default)]
+struct ClipState {
+    norms: BTreeMap<u32, Vec<f32>>,
+    scale: Option<f32>,
 }
 
 impl Coordinator {
@@ -208,6 +225,8 @@ impl Coordinator {
             finals: BTreeMap::new(),
             migrations: Vec::new(),
             retired_work: Vec::new(),
+            clip: ClipState::default(),
+            grad_norms: Vec::new(),
         })
     }
 
@@ -272,6 +291,7 @@ impl Coordinator {
             Message::Ready { .. } => self.on_ready(worker),
             Message::Loss { step, micro, value } => self.on_loss(step, micro, value),
             Message::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer),
+            Message::LayerNorms { step, layer, norms } => self.on_layer_norms(worker, step, layer, norms),
             Message::Final { params, counters, spans, .. } => self.on_final(worker, params, counters, spans),
             Message::Notice { grace_ms, .. } => self.on_notice(worker, Duration::from_millis(grace_ms), now),
             Message::Paused { sent, .. } => self.on_paused(worker, sent),
@@ -345,6 +365,8 @@ impl Coordinator {
             params,
             notices,
             ship_bf16: self.plan.ship_bf16,
+            clip_grad_norm: self.plan.clip_grad_norm,
+            seed: self.plan.seed,
         })
     }
 
@@ -366,6 +388,7 @@ impl Coordinator {
         let split = split_step(&self.plan.batches[step as usize], self.plan.micro_batches)?;
         self.step_losses = Some(StepLosses::new(split.rows.clone()));
         self.phase = Phase::Running { step, updated: vec![false; self.plan.costs.len()] };
+        self.clip = ClipState::default();
         let mut spawn = self.spawn_due_joiner();
         let first = self.placements.first().map(|p| p.worker);
         let last = self.placements.last().map(|p| p.worker);
@@ -416,6 +439,35 @@ impl Coordinator {
             }
             false => Vec::new(),
         }
+    }
+
+    /// Collects a layer's gradient norms; once every layer reported, the
+    /// step's clip scale goes to every member. A layer that changed owner
+    /// reports again from its new owner: the same bits, so the repeat only
+    /// asks for the scale, which that worker then gets if it is known.
+    fn on_layer_norms(&mut self, worker: u32, step: u32, layer: u32, norms: Vec<f32>) -> Result<Vec<CoordEffect>> {
+        let (Some(max), Phase::Running { step: current, updated }) = (self.plan.clip_grad_norm, &self.phase) else {
+            return Err(Error::Pipeline(format!("worker {worker} sent gradient norms but the run does not clip")));
+        };
+        if *current != step || layer as usize >= updated.len() {
+            return Err(Error::Pipeline(format!(
+                "worker {worker} sent norms of layer {layer} for step {step} out of turn"
+            )));
+        }
+        let layers = updated.len();
+        if self.clip.norms.contains_key(&layer) {
+            let scale = self.clip.scale.map(|scale| Message::ClipScale { step, scale });
+            return Ok(scale.map(|message| CoordEffect::Send { worker, message }).into_iter().collect());
+        }
+        self.clip.norms.insert(layer, norms);
+        if self.clip.norms.len() < layers {
+            return Ok(Vec::new());
+        }
+        let (total, scale) = crate::clip::scale(self.clip.norms.values().flatten().copied(), max);
+        self.clip.scale = Some(scale);
+        self.grad_norms.push(total);
+        let message = Message::ClipScale { step, scale };
+        Ok(self.members().into_iter().map(|w| CoordEffect::Send { worker: w, message: message.clone() }).collect())
     }
 
     fn on_layer_updated(&mut self, worker: u32, step: u32, layer: u32) -> Result<Vec<CoordEffect>> {
@@ -490,6 +542,7 @@ impl Coordinator {
             migrations: std::mem::take(&mut self.migrations),
             spans: BTreeMap::new(),
             microbatch_losses: self.microbatch_losses,
+            grad_norms: std::mem::take(&mut self.grad_norms),
         };
         let finals = std::mem::take(&mut self.finals).into_iter().map(|(w, (p, c, s))| (w, p, c, s));
         let retired = std::mem::take(&mut self.retired_work).into_iter().map(|(w, c, s)| (w, Vec::new(), c, s));

@@ -83,11 +83,13 @@ struct Setup {
     model: Arc<Model>,
     kind: ScheduleKind,
     optimizer: crate::OptimizerConfig,
+    clipping: bool,
 }
 
 impl Setup {
     fn stage(&self, layers: std::ops::Range<u32>, at: (u32, u32), params: ParamStore) -> Result<Stage> {
-        Stage::new(self.model.clone(), layers, at, self.kind, params, Optimizer::new(self.optimizer))
+        let stage = Stage::new(self.model.clone(), layers, at, self.kind, params, Optimizer::new(self.optimizer))?;
+        Ok(stage.with_clipping(self.clipping))
     }
 }
 
@@ -203,6 +205,12 @@ impl Worker {
                 self.on_recompute(from, generation, (step, micro, layer, stop))
             }
             Message::Preempt { grace_ms, .. } => Ok(self.notice(grace_ms)),
+            Message::ClipScale { step, scale } => {
+                if let Some(stage) = self.stage.as_mut() {
+                    stage.handle(StageEvent::ClipScale { step, scale })?;
+                }
+                Ok(Vec::new())
+            }
             Message::Pause { .. } => self.pause(),
             Message::Repartition { generation, placements, expected } => {
                 self.mode = Mode::Draining { generation, placements, expected: expected.into_iter().collect() };
@@ -224,10 +232,14 @@ impl Worker {
     /// is assigned no layers yet: it connects to every member and gets its
     /// layers in the next migration.
     fn assign(&mut self, a: Assignment) -> Result<Vec<Out>> {
+        if let Some(max) = a.clip_grad_norm {
+            crate::clip::check_max_norm(max)?;
+        }
         let setup = Setup {
-            model: Arc::new((self.factory)(&a.spec)?),
+            model: Arc::new((self.factory)(&a.spec)?.with_seed(a.seed)),
             kind: a.schedule.parse()?,
             optimizer: a.optimizer.parse()?,
+            clipping: a.clip_grad_norm.is_some(),
         };
         self.generation = a.generation;
         self.notices = a.notices;
@@ -304,6 +316,9 @@ impl Worker {
             }
             Effect::Loss { step, micro, value } => (Dest::Coordinator, Message::Loss { step, micro, value }),
             Effect::LayerUpdated { step, layer } => (Dest::Coordinator, Message::LayerUpdated { step, layer }),
+            Effect::LayerNorms { step, layer, norms } => {
+                (Dest::Coordinator, Message::LayerNorms { step, layer, norms })
+            }
         };
         Ok(Out::Send { to, message })
     }

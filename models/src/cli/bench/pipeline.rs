@@ -224,9 +224,9 @@ fn measure_case(exe: &Path, dir: &Path, case: Case, rounds: usize) -> anyhow::Re
 fn write_data(path: &Path, case: &Case, steps: usize) -> anyhow::Result<()> {
     let mut rng = SplitMix64::new(0xBE_4C4);
     let shape = vec![steps, case.batch, case.width];
-    let mut uniform = |scale: f32| Tensor {
-        shape: shape.clone(),
-        data: (0..steps * case.batch * case.width).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect(),
+    let mut uniform = |scale: f32| {
+        let data = (0..steps * case.batch * case.width).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect();
+        Tensor::new(shape.clone(), data).expect("steps x batch x width values")
     };
     let mut tensors = ParamStore::new();
     tensors.insert(io::DATA_X, uniform(1.0));

@@ -190,5 +190,5 @@ pub fn check_backward(receiver: &mut Stage, fixture: &Fixture) -> anyhow::Result
 /// A `rows x width` tensor, uniform in `[-scale, scale)`.
 fn random(rng: &mut SplitMix64, rows: usize, width: usize, scale: f32) -> Tensor {
     let data = (0..rows * width).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect();
-    Tensor { shape: vec![rows, width], data }
+    Tensor::new(vec![rows, width], data).expect("rows x width values")
 }

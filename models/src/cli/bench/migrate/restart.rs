@@ -120,7 +120,7 @@ impl Checkpoint {
         let mut tensors: ParamStore = self.params.into_iter().collect();
         for (name, state) in self.states {
             for (k, buffer) in state.buffers.into_iter().enumerate() {
-                tensors.insert(format!("optimizer.{name}.{k}"), Tensor { shape: vec![buffer.len()], data: buffer });
+                tensors.insert(format!("optimizer.{name}.{k}"), Tensor::new(vec![buffer.len()], buffer)?);
             }
         }
         for (micro, input) in self.inputs {
@@ -176,7 +176,7 @@ impl Checkpoint {
                 let (param, k) =
                     rest.rsplit_once('.').with_context(|| format!("{}: tensor `{name}`", path.display()))?;
                 let k = k.parse().with_context(|| format!("{}: tensor `{name}`", path.display()))?;
-                buffers.entry(param.to_string()).or_default().insert(k, tensor.data);
+                buffers.entry(param.to_string()).or_default().insert(k, tensor.into_values()?.1);
             } else {
                 self.params.push((name.to_string(), tensor));
             }
@@ -198,11 +198,11 @@ impl Checkpoint {
         let prefixes: Vec<String> = self.layers.clone().map(|l| format!("layers.{l}.")).collect();
         for p in model.param_specs().iter().filter(|p| prefixes.iter().any(|x| p.name.starts_with(x))) {
             let found = params.get(&p.name).with_context(|| format!("the checkpoint lacks parameter {}", p.name))?;
-            if found.shape != p.shape {
+            if found.shape() != p.shape {
                 bail!(
                     "parameter {} has shape {:?} in the checkpoint, the model says {:?}",
                     p.name,
-                    found.shape,
+                    found.shape(),
                     p.shape
                 );
             }
