@@ -122,9 +122,11 @@ fn parse_layer(entry: &Value, i: usize, width: usize, seq: Option<usize>) -> Res
             Box::new(Embedding { vocab: width, seq, dim: positive(obj, "dim", &format!("{at}.dim"))? })
         }
         "transformer_block" => parse_block(obj, &at, width, seq)?,
-        other => return Err(spec_err(format!(
+        other => {
+            return Err(spec_err(format!(
             "{at}.type: unknown layer type `{other}` (linear, residual_mlp, layernorm, embedding, transformer_block)"
-        ))),
+        )))
+        }
     })
 }
 
