@@ -20,7 +20,7 @@ fn example() -> std::path::PathBuf {
 
 #[test]
 fn process_b_updates_its_own_copy_of_the_layer_process_a_recorded() {
-    let out = Command::new(example()).env("BATON_GOLDEN_DIR", golden_dir()).output().expect("run the example");
+    let out = Command::new(example()).env("BATON_GOLDEN_DIR", golden_dir()).output().expect("run the seed_question example (cargo test --all-targets builds it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let line = stdout.lines().find_map(|l| l.strip_prefix("receiver: ")).expect("B's numbers");
