@@ -8,24 +8,24 @@ mod common;
 
 use std::process::Command;
 
-use baton_models::io;
+use baton_models::{io, seed_question};
 use common::golden_dir;
 
-/// The example binary, built by `cargo test` beside this test's binary.
-fn example() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    profile_dir.join("examples").join(format!("seed_question{}", std::env::consts::EXE_SUFFIX))
-}
+/// Set in the child: this test binary is then process B.
+const RECEIVER: &str = "BATON_SEED_QUESTION_RECEIVER";
+const NAME: &str = "process_b_updates_its_own_copy_of_the_layer_process_a_recorded";
 
 #[test]
 fn process_b_updates_its_own_copy_of_the_layer_process_a_recorded() {
-    let out = Command::new(example()).env("BATON_GOLDEN_DIR", golden_dir()).output().expect("run the seed_question example (cargo test --all-targets builds it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let line = stdout.lines().find_map(|l| l.strip_prefix("receiver: ")).expect("B's numbers");
-    let got: serde_json::Value = serde_json::from_str(line).unwrap();
+    if std::env::var_os(RECEIVER).is_some() {
+        seed_question::receive().unwrap();
+        std::process::exit(0);
+    }
+    let mut receiver = Command::new(std::env::current_exe().unwrap());
+    receiver.args(["--exact", NAME, "--nocapture", "--test-threads", "1"]).env(RECEIVER, "1");
     let path = golden_dir().join("seed_question.safetensors");
+    let line = seed_question::send(&path, receiver).unwrap();
+    let got: serde_json::Value = serde_json::from_str(&line).unwrap();
     for (key, tensor) in [
         ("y", "expect.y"),
         ("grad.weight", "expect.grad.weight"),
