@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod io;
 pub mod layers;
+pub mod runtime;
 pub mod seed_question;
 pub mod spec;
 

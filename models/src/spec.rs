@@ -44,8 +44,46 @@ pub fn load(model: &str) -> Result<Model> {
     })
 }
 
+/// Builds a layer type the spec does not know from its JSON entry, the width
+/// it receives and the entry's location (`layers[3]`, for error messages).
+pub type LayerBuilder = fn(&Map<String, Value>, usize, &str) -> Result<Box<dyn Layer>>;
+
+/// Layer types a user's own binary adds to the spec: a coordinator and its
+/// workers built from the same registry build the same model from the same
+/// JSON, so a custom layer runs across processes like the built-ins.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    builders: Vec<(String, LayerBuilder)>,
+}
+
+impl Registry {
+    /// The built-in layer types only.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Adds layer type `kind` (a built-in's name keeps its built-in meaning).
+    pub fn with(mut self, kind: &str, build: LayerBuilder) -> Registry {
+        self.builders.push((kind.to_string(), build));
+        self
+    }
+
+    fn get(&self, kind: &str) -> Option<LayerBuilder> {
+        self.builders.iter().find(|(k, _)| k == kind).map(|(_, b)| *b)
+    }
+
+    fn names(&self) -> String {
+        self.builders.iter().map(|(k, _)| format!(", {k}")).collect()
+    }
+}
+
 /// A model from spec JSON text.
 pub fn parse(json: &str) -> Result<Model> {
+    parse_with(json, &Registry::new())
+}
+
+/// A model from spec JSON text whose layers may also be of `registry`'s types.
+pub fn parse_with(json: &str, registry: &Registry) -> Result<Model> {
     let value: Value = serde_json::from_str(json).map_err(|e| spec_err(format!("not valid JSON: {e}")))?;
     let root = value.as_object().ok_or_else(|| spec_err("the spec must be a JSON object".into()))?;
     check_fields(root, &["input", "layers", "loss"], "the spec")?;
@@ -64,7 +102,7 @@ pub fn parse(json: &str) -> Result<Model> {
     let mut layers: Vec<Box<dyn Layer>> = Vec::with_capacity(entries.len());
     let mut width = input;
     for (i, entry) in entries.iter().enumerate() {
-        let layer = parse_layer(entry, i, width, seq)?;
+        let layer = parse_layer(entry, i, width, seq, registry)?;
         width = layer.out_features();
         layers.push(layer);
     }
@@ -89,7 +127,13 @@ fn parse_input(root: &Map<String, Value>) -> Result<(usize, Option<usize>)> {
     }
 }
 
-fn parse_layer(entry: &Value, i: usize, width: usize, seq: Option<usize>) -> Result<Box<dyn Layer>> {
+fn parse_layer(
+    entry: &Value,
+    i: usize,
+    width: usize,
+    seq: Option<usize>,
+    registry: &Registry,
+) -> Result<Box<dyn Layer>> {
     let at = format!("layers[{i}]");
     let obj = entry.as_object().ok_or_else(|| spec_err(format!("{at}: must be an object")))?;
     let kind = obj.get("type").and_then(Value::as_str).ok_or_else(|| spec_err(format!("{at}.type: missing")))?;
@@ -122,11 +166,16 @@ fn parse_layer(entry: &Value, i: usize, width: usize, seq: Option<usize>) -> Res
             Box::new(Embedding { vocab: width, seq, dim: positive(obj, "dim", &format!("{at}.dim"))? })
         }
         "transformer_block" => parse_block(obj, &at, width, seq)?,
-        other => {
-            return Err(spec_err(format!(
-            "{at}.type: unknown layer type `{other}` (linear, residual_mlp, layernorm, embedding, transformer_block)"
-        )))
-        }
+        other => match registry.get(other) {
+            Some(build) => build(obj, width, &at)?,
+            None => {
+                return Err(spec_err(format!(
+                    "{at}.type: unknown layer type `{other}` (linear, residual_mlp, layernorm, embedding, \
+                     transformer_block{})",
+                    registry.names()
+                )))
+            }
+        },
     })
 }
 
@@ -163,14 +212,17 @@ fn parse_activation(value: Option<&Value>, at: &str) -> Result<Option<Activation
     }
 }
 
-fn positive(obj: &Map<String, Value>, key: &str, at: &str) -> Result<usize> {
+/// `obj[key]` as a positive integer (at most 2^24), or an error naming `at`;
+/// for custom layer builders too.
+pub fn positive(obj: &Map<String, Value>, key: &str, at: &str) -> Result<usize> {
     match obj.get(key).and_then(Value::as_u64) {
         Some(n) if n > 0 && n <= 1 << 24 => Ok(n as usize),
         _ => Err(spec_err(format!("{at}: must be a positive integer (at most 16777216)"))),
     }
 }
 
-fn check_fields(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<()> {
+/// Refuses fields of `obj` outside `allowed`, naming `at`; for custom layer builders too.
+pub fn check_fields(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<()> {
     match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(spec_err(format!("{at}: unknown field `{k}` (allowed: {})", allowed.join(", ")))),
         None => Ok(()),
@@ -188,12 +240,18 @@ pub fn factory() -> baton_engine::pipeline::worker::ModelFactory {
 }
 
 /// Like [`factory`], with every model running on `backend` (opened, and so
-/// checked, before the worker starts: building a model cannot fail on it).
-pub fn factory_on(backend: baton_engine::Backend) -> baton_engine::pipeline::worker::ModelFactory {
+/// checked, before the worker starts: building a model cannot fail on it)
+/// and layers of `registry`'s types as well as the built-ins.
+pub fn factory_on(backend: baton_engine::Backend, registry: Registry) -> baton_engine::pipeline::worker::ModelFactory {
     Box::new(move |json: &str| {
-        let model = parse(json).map_err(|e| baton_engine::Error::Model(e.to_string()))?;
+        let model = parse_with(json, &registry).map_err(|e| baton_engine::Error::Model(e.to_string()))?;
         Ok(model.with_backend(backend.clone()))
     })
+}
+
+/// Like [`factory`], knowing `registry`'s layer types too (for in-memory jobs).
+pub fn factory_with(registry: Registry) -> baton_engine::pipeline::worker::ModelFactory {
+    Box::new(move |json: &str| parse_with(json, &registry).map_err(|e| baton_engine::Error::Model(e.to_string())))
 }
 
 #[cfg(test)]

@@ -3,98 +3,18 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
-use baton_engine::{Backend, Device};
-use baton_models::cluster::notice::{self, NoticeConfig};
-use baton_models::cluster::{self, worker_name, WorkerOptions, ADMIN_NAME, COORDINATOR_NAME};
+use baton_models::cluster::{self, worker_name, ADMIN_NAME, COORDINATOR_NAME};
+pub use baton_models::runtime::WorkerArgs;
 use baton_transport::{Identity, Node};
 use clap::{Args, Subcommand};
 
-use super::preempt;
 use super::train::{self, TrainArgs};
 
-#[derive(Debug, Args)]
-pub struct WorkerArgs {
-    /// The coordinator's address.
-    #[arg(long, value_name = "ADDR")]
-    coordinator: SocketAddr,
-    /// This worker's number (0..W); its certificate is `worker-ID` in --cluster-dir.
-    #[arg(long, value_name = "ID")]
-    id: u32,
-    /// Directory written by `baton cluster init` (the CA and node certificates).
-    #[arg(long, value_name = "DIR")]
-    cluster_dir: PathBuf,
-    /// Address to listen on for peer workers.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
-    /// Address peers should dial, if not the listening one (e.g. behind NAT).
-    #[arg(long, value_name = "HOST:PORT")]
-    advertise: Option<String>,
-    /// Kernel threads (default: BATON_THREADS or all cores).
-    #[arg(long, value_name = "T")]
-    threads: Option<usize>,
-    /// Where this worker computes: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
-    /// Checked before anything else: no GPU here is an immediate error.
-    #[arg(long, value_name = "cpu|cuda[:N]", default_value = "cpu")]
-    device: Device,
-    #[command(flatten)]
-    notices: NoticeArgs,
-}
-
-/// Where a worker learns it will be preempted. SIGTERM always counts.
-#[derive(Debug, Args)]
-pub struct NoticeArgs {
-    /// Grace announced on SIGTERM: how long until the SIGKILL that follows it.
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = preempt::duration)]
-    grace: Duration,
-    /// Poll AWS IMDSv2 for a spot interruption [URL default: http://169.254.169.254].
-    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = notice::AWS_METADATA)]
-    aws_metadata: Option<String>,
-    /// Poll the GCP metadata server for preemption [URL default: http://metadata.google.internal].
-    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = notice::GCP_METADATA)]
-    gcp_metadata: Option<String>,
-    /// Poll Azure Scheduled Events for a Preempt event [URL default: http://169.254.169.254].
-    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = notice::AZURE_METADATA)]
-    azure_metadata: Option<String>,
-    /// Time between two polls of a metadata service.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = preempt::duration)]
-    metadata_poll: Duration,
-}
-
-impl NoticeArgs {
-    fn config(&self) -> NoticeConfig {
-        NoticeConfig {
-            grace: self.grace,
-            sigterm: true,
-            aws: self.aws_metadata.clone(),
-            gcp: self.gcp_metadata.clone(),
-            azure: self.azure_metadata.clone(),
-            poll_interval: self.metadata_poll,
-        }
-    }
-}
-
-/// Runs one worker until the coordinator finishes the job.
+/// Runs `baton worker`: the built-in layer types only.
 pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    // First of all: a worker that cannot compute should not join a job.
-    Backend::open(args.device).with_context(|| format!("--device {}", args.device))?;
-    super::set_threads(args.threads)?;
-    // First, so that a SIGTERM while connecting is a notice, not an exit.
-    let notices = notice::spawn_sources(&args.notices.config()).context("starting the preemption notice sources")?;
-    let identity = Identity::load(&args.cluster_dir, &worker_name(args.id))
-        .with_context(|| format!("--cluster-dir {}: worker {}'s certificate", args.cluster_dir.display(), args.id))?;
-    let node = Node::start(args.listen, identity, cluster::net_config())
-        .with_context(|| format!("--listen {}", args.listen))?;
-    let options = WorkerOptions {
-        id: args.id,
-        coordinator: args.coordinator,
-        advertise: args.advertise,
-        notices: Some(notices),
-        device: args.device,
-    };
-    cluster::run_worker(&node, options).with_context(|| format!("worker {}", args.id))
+    baton_models::runtime::run_worker(args, baton_models::spec::Registry::new())
 }
 
 #[derive(Debug, Args)]

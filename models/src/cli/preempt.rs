@@ -33,20 +33,7 @@ pub fn parse(text: &str) -> anyhow::Result<(u32, PlannedNotice)> {
     Ok((number("worker", worker)?, notice))
 }
 
-/// Parses `120s`, `500ms`, `2m` or a plain number of seconds.
-pub fn duration(text: &str) -> anyhow::Result<Duration> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
-    let value: f64 = digits.parse().with_context(|| format!("`{text}` is not a duration like 120s, 500ms or 2m"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" => value * 60.0,
-        other => bail!("`{text}`: unknown unit `{other}` (ms, s, m)"),
-    };
-    ensure!(seconds.is_finite() && seconds > 0.0, "`{text}`: a grace must be positive");
-    Ok(Duration::from_secs_f64(seconds))
-}
+pub use baton_models::runtime::duration;
 
 /// Checks that every notice names a worker, step and action that exist.
 pub fn check(

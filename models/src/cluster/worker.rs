@@ -28,6 +28,9 @@ pub struct WorkerOptions {
     /// Where this worker computes: forward, backward and optimizer updates of
     /// its layers, including layers and segments it adopts in a migration.
     pub device: Device,
+    /// Layer types beyond the built-ins that the job's spec may name (a
+    /// user's own binary registers its layers here).
+    pub layers: crate::spec::Registry,
 }
 
 /// The transport side of one worker.
@@ -77,7 +80,7 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
         clock: Instant::now(),
         budget: None,
     };
-    let mut worker = Worker::new(options.id, crate::spec::factory_on(backend));
+    let mut worker = Worker::new(options.id, crate::spec::factory_on(backend, options.layers));
     let notices = options.notices.unwrap_or_else(crossbeam_channel::never);
     let result = serve(node, &mut worker, &mut links, &notices).map(|()| {
         // A retired worker's layers are safe elsewhere: it just goes.
