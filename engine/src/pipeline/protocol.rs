@@ -13,7 +13,7 @@ use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
 
 /// Bumped whenever [`Message`] changes shape; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A worker's place in one generation.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -32,6 +32,8 @@ pub struct Assignment {
     /// The model spec (JSON), so every worker builds the same layers.
     pub spec: String,
     pub optimizer: String,
+    /// The learning rate of each step; checked against the optimizer's rate.
+    pub lr_schedule: crate::LrSchedule,
     pub schedule: String,
     /// Every worker's placement, in stage order.
     pub placements: Vec<Placement>,

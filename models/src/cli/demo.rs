@@ -60,6 +60,7 @@ fn pipeline(params: &ParamStore, batches: &[Batch], optimizer: OptimizerConfig) 
     let plan = JobPlan {
         spec: spec::mlp_json(64, 12),
         optimizer,
+        lr_schedule: Default::default(),
         schedule: ScheduleKind::OneFOneB,
         micro_batches: MICRO_BATCHES,
         workers: 3,

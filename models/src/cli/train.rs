@@ -9,7 +9,7 @@ use baton_engine::pipeline::coordinator::{JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::protocol::Span;
 use baton_engine::pipeline::{Layout, Partition, ScheduleKind};
-use baton_engine::{init, Backend, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
+use baton_engine::{init, Backend, Batch, LrSchedule, LrShape, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
 use baton_models::cluster::{launch_local_on, run_coordinator, CoordinatorOptions, LocalJob};
 use baton_models::{io, spec};
 use clap::{Args, ValueEnum};
@@ -64,9 +64,14 @@ pub struct TrainArgs {
     /// Micro-batches per step (M).
     #[arg(long, value_name = "M", default_value_t = 4)]
     microbatches: usize,
-    /// `sgd:lr=..,momentum=..` or `adam:lr=..,beta1=..,beta2=..,eps=..`.
+    /// `sgd:lr=..,momentum=..`, `adam:lr=..,beta1=..,beta2=..,eps=..` or
+    /// `adamw:lr=..,beta1=..,beta2=..,eps=..,weight_decay=..`.
     #[arg(long, value_name = "SPEC", default_value = "adam:lr=1e-3")]
     optimizer: OptimizerConfig,
+    /// Learning rate per step: `constant`, `cosine:warmup=W,min=LR` or
+    /// `linear:warmup=W` (warmup `lr·(s+1)/W`, then decay over the run's steps).
+    #[arg(long, value_name = "constant|cosine:warmup=W,min=LR|linear:warmup=W", default_value = "constant")]
+    lr_schedule: LrShape,
     /// Worker processes (pipeline stages).
     #[arg(long, value_name = "W", default_value_t = 1)]
     workers: usize,
@@ -157,6 +162,7 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     let params = initial_params(&args, &chosen.model)?;
     let batches = training_data(&args, &chosen.model)?;
     let rows = batches[0].rows();
+    let lr_schedule = lr_schedule(&args, batches.len())?;
     ensure!(
         args.microbatches >= 1 && args.microbatches <= rows,
         "--microbatches {}: a batch of {rows} rows can be split into 1..={rows} micro-batches",
@@ -180,10 +186,11 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     preempt::check_joins(&joins, batches.len(), args.microbatches)?;
     let remote = matches!(launch, Launch::Remote(_));
     let run = if args.workers > 1 || args.timeline.is_some() || remote || !joins.is_empty() {
-        train_pipeline(&args, &spec_text, (chosen.model, params), &batches, (notices, joins), (launch, &devices))?
+        let scripted = (notices, joins);
+        train_pipeline(&args, &spec_text, (chosen.model, params, lr_schedule), &batches, scripted, (launch, &devices))?
     } else {
         let model = chosen.model.with_backend(Backend::open(devices.single()).context("--device")?);
-        train_in_process(&args, model, params, &batches)?
+        train_in_process(&args, model, params, lr_schedule, &batches)?
     };
     save(&args, &spec_text, &run.params, batches.len(), rows)?;
     if let Some(path) = &args.timeline {
@@ -234,15 +241,22 @@ pub fn describe_migration(m: &MigrationRecord) -> String {
     )
 }
 
+/// The `--lr-schedule` over a run of `steps` steps, checked against the optimizer's rate.
+fn lr_schedule(args: &TrainArgs, steps: usize) -> anyhow::Result<LrSchedule> {
+    let steps = u32::try_from(steps).context("too many steps")?;
+    LrSchedule::new(args.lr_schedule, steps, args.optimizer.lr()).context("--lr-schedule")
+}
+
 fn train_in_process(
     args: &TrainArgs,
     model: Model,
     params: ParamStore,
+    lr_schedule: LrSchedule,
     batches: &[Batch],
 ) -> anyhow::Result<RunResult> {
     let layers = model.layers.len() as u32;
-    let mut trainer = Trainer::new(model, params, Optimizer::new(args.optimizer))
-        .context("the initial weights do not fit the model")?;
+    let optimizer = Optimizer::new(args.optimizer).with_lr_schedule(lr_schedule);
+    let mut trainer = Trainer::new(model, params, optimizer).context("the initial weights do not fit the model")?;
     let (losses, wall_seconds) = train_steps(&mut trainer, batches, args.microbatches)?;
     Ok(RunResult {
         params: trainer.params,
@@ -263,7 +277,7 @@ type Scripted = (Vec<(u32, PlannedNotice)>, Vec<(u32, u32)>);
 fn train_pipeline(
     args: &TrainArgs,
     spec_text: &str,
-    (model, params): (Model, ParamStore),
+    (model, params, lr_schedule): (Model, ParamStore, LrSchedule),
     batches: &[Batch],
     (notices, joins): Scripted,
     (launch, devices): (Launch<'_>, &DeviceList),
@@ -271,6 +285,7 @@ fn train_pipeline(
     let plan = JobPlan {
         spec: spec_text.to_string(),
         optimizer: args.optimizer,
+        lr_schedule,
         schedule: args.schedule.kind(),
         micro_batches: args.microbatches,
         workers: args.workers,
@@ -480,6 +495,7 @@ fn save(args: &TrainArgs, spec_text: &str, params: &ParamStore, steps: usize, ba
         ("batch".to_string(), batch.to_string()),
         ("microbatches".to_string(), args.microbatches.to_string()),
         ("optimizer".to_string(), args.optimizer.to_string()),
+        ("lr_schedule".to_string(), args.lr_schedule.to_string()),
         ("producer".to_string(), format!("baton {}", env!("CARGO_PKG_VERSION"))),
     ]);
     io::save_params(&args.save, params, Some(metadata)).context("--save")?;

@@ -83,11 +83,13 @@ struct Setup {
     model: Arc<Model>,
     kind: ScheduleKind,
     optimizer: crate::OptimizerConfig,
+    lr_schedule: crate::LrSchedule,
 }
 
 impl Setup {
     fn stage(&self, layers: std::ops::Range<u32>, at: (u32, u32), params: ParamStore) -> Result<Stage> {
-        Stage::new(self.model.clone(), layers, at, self.kind, params, Optimizer::new(self.optimizer))
+        let optimizer = Optimizer::new(self.optimizer).with_lr_schedule(self.lr_schedule);
+        Stage::new(self.model.clone(), layers, at, self.kind, params, optimizer)
     }
 }
 
@@ -228,7 +230,9 @@ impl Worker {
             model: Arc::new((self.factory)(&a.spec)?),
             kind: a.schedule.parse()?,
             optimizer: a.optimizer.parse()?,
+            lr_schedule: a.lr_schedule,
         };
+        setup.lr_schedule.check(setup.optimizer.lr())?;
         self.generation = a.generation;
         self.notices = a.notices;
         self.ship_bf16 = a.ship_bf16;
