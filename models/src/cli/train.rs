@@ -2,7 +2,7 @@
 //! (or seeded defaults), saving the final weights and an optional report.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context};
 use baton_engine::pipeline::coordinator::{JobPlan, MigrationRecord};
@@ -16,6 +16,7 @@ use clap::{Args, ValueEnum};
 
 use super::device::DeviceList;
 use super::preempt;
+use super::preflight;
 use super::progress::Progress;
 use super::report::{self, Report};
 
@@ -155,10 +156,16 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
          `baton preempt --coordinator ADDR --cluster-dir DIR` (the cluster's `admin` certificate)"
     );
     let devices = check_devices(&args, &launch)?;
-    check_writable("--save", Some(&args.save))?;
-    check_writable("--report", args.report.as_deref())?;
+    let inputs = preflight::files(&[("--init", args.init.as_deref()), ("--data", args.data.as_deref())]);
+    let outputs = preflight::files(&[
+        ("--save", Some(&args.save)),
+        ("--report", args.report.as_deref()),
+        ("--timeline", args.timeline.as_deref()),
+    ]);
+    preflight::check_files(&inputs, &outputs)?;
     super::set_threads(args.threads)?;
     let chosen = choose_model(&args)?;
+    check_memory(&args, &chosen.model)?;
     let params = initial_params(&args, &chosen.model)?;
     let batches = training_data(&args, &chosen.model)?;
     let rows = batches[0].rows();
@@ -168,22 +175,21 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
         "--microbatches {}: a batch of {rows} rows can be split into 1..={rows} micro-batches",
         args.microbatches
     );
-    eprintln!(
-        "training {} ({} layers, {} parameters) for {} steps, batch {rows}, M={}, {}, device {devices}",
-        chosen.label,
-        chosen.model.layers.len(),
-        params.iter().map(|(_, t)| t.len()).sum::<usize>(),
-        batches.len(),
-        args.microbatches,
-        args.optimizer
-    );
     let (label, spec_text, layers) = (chosen.label, chosen.spec_text, chosen.model.layers.len());
-    let notices =
-        args.preempt.iter().map(|p| preempt::parse(p).context("--preempt")).collect::<anyhow::Result<Vec<_>>>()?;
-    preempt::check(&notices, args.workers, batches.len(), args.microbatches)?;
     let joins =
         args.join.iter().map(|j| preempt::parse_join(j).context("--join")).collect::<anyhow::Result<Vec<_>>>()?;
     preempt::check_joins(&joins, batches.len(), args.microbatches)?;
+    let notices =
+        args.preempt.iter().map(|p| preempt::parse(p).context("--preempt")).collect::<anyhow::Result<Vec<_>>>()?;
+    preempt::check(&notices, args.workers, &joins, batches.len(), args.microbatches)?;
+    eprintln!(
+        "training {label} ({layers} layers, {} parameters) for {} steps, batch {rows}, M={}, {}, lr {}, device {devices}",
+        params.iter().map(|(_, t)| t.len()).sum::<usize>(),
+        batches.len(),
+        args.microbatches,
+        args.optimizer,
+        args.lr_schedule
+    );
     let remote = matches!(launch, Launch::Remote(_));
     let run = if args.workers > 1 || args.timeline.is_some() || remote || !joins.is_empty() {
         let scripted = (notices, joins);
@@ -369,8 +375,10 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
 /// Refuses what needs the multi-process runtime, rather than pretending.
 fn check_single_process(args: &TrainArgs) -> anyhow::Result<()> {
     ensure!(args.workers >= 1, "--workers 0: at least one worker is needed");
-    if !args.preempt.is_empty() && args.workers < 2 {
-        bail!("--preempt needs --workers 2 or more: someone must take over the preempted worker's layers");
+    if !args.preempt.is_empty() && args.workers < 2 && args.join.is_empty() {
+        bail!(
+            "--preempt needs --workers 2 or more (or a --join): someone must take over the preempted worker's layers"
+        );
     }
     if args.admin_dir.is_some() && args.workers < 2 {
         bail!("--admin-dir needs --workers 2 or more: someone must take over a preempted worker's layers");
@@ -389,17 +397,17 @@ fn check_devices(args: &TrainArgs, launch: &Launch<'_>) -> anyhow::Result<Device
     Ok(devices)
 }
 
-/// Fails before training when an output file could not be created (its
-/// directory does not exist), so no training time is lost to a typo.
-fn check_writable(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
-    let Some(path) = path else { return Ok(()) };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
+/// Refuses a model too large for this machine before anything is
+/// allocated. The batch is --batch (32 for synthetic data; 1 when a --data
+/// file decides it, whose own size is checked as it is read).
+fn check_memory(args: &TrainArgs, model: &Model) -> anyhow::Result<()> {
+    let batch = args.batch.unwrap_or(if args.data.is_some() { 1 } else { 32 });
+    let synthetic_rows = match args.data {
+        Some(_) => 0,
+        None => args.steps.unwrap_or(10) as u128 * batch as u128,
     };
-    ensure!(dir.is_dir(), "{flag} {}: directory {} does not exist", path.display(), dir.display());
-    ensure!(!path.is_dir(), "{flag} {}: is a directory, expected a file name", path.display());
-    Ok(())
+    let estimate = preflight::MemoryEstimate::new(model, &args.optimizer, batch, synthetic_rows);
+    estimate.check(model, preflight::memory_limit()).context("--model")
 }
 
 /// The model from --model, else from the spec in --init's metadata, else mlp12.
