@@ -116,7 +116,7 @@ impl TokenFile {
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         let bytes = map.len() as u64;
         let width = dtype.width() as u64;
-        if bytes % width != 0 {
+        if !bytes.is_multiple_of(width) {
             let detail = format!("{bytes} bytes is not a whole number of {width}-byte tokens");
             return Err(Error::File { path: path.display().to_string(), detail });
         }

@@ -259,6 +259,29 @@ fn handover_tensors(h: &Handover) -> Vec<&Tensor> {
     all
 }
 
+/// `text` (an rkyv validation error) with the memory addresses it prints
+/// replaced by offsets into `buffer` ("offset 24"), or by "outside the
+/// buffer": an address says nothing to a user and differs on every run.
+pub fn without_addresses(text: &str, buffer: &[u8]) -> String {
+    let base = buffer.as_ptr() as usize;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 2..].find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len() - at - 2);
+        match usize::from_str_radix(&rest[at + 2..at + 2 + digits], 16) {
+            Ok(address) if digits > 0 && (base..=base + buffer.len()).contains(&address) => {
+                out.push_str(&format!("offset {}", address - base))
+            }
+            Ok(_) if digits > 0 => out.push_str("(outside the buffer)"),
+            _ => out.push_str(&rest[at..at + 2 + digits]),
+        }
+        rest = &rest[at + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,27 +329,4 @@ mod tests {
             .unwrap_err();
         assert!(msg.to_string().contains("shape [5] carries 1 values"), "{msg}");
     }
-}
-
-/// `text` (an rkyv validation error) with the memory addresses it prints
-/// replaced by offsets into `buffer` ("offset 24"), or by "outside the
-/// buffer": an address says nothing to a user and differs on every run.
-pub fn without_addresses(text: &str, buffer: &[u8]) -> String {
-    let base = buffer.as_ptr() as usize;
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("0x") {
-        out.push_str(&rest[..at]);
-        let digits = rest[at + 2..].find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len() - at - 2);
-        match usize::from_str_radix(&rest[at + 2..at + 2 + digits], 16) {
-            Ok(address) if digits > 0 && (base..=base + buffer.len()).contains(&address) => {
-                out.push_str(&format!("offset {}", address - base))
-            }
-            Ok(_) if digits > 0 => out.push_str("(outside the buffer)"),
-            _ => out.push_str(&rest[at..at + 2 + digits]),
-        }
-        rest = &rest[at + 2 + digits..];
-    }
-    out.push_str(rest);
-    out
 }

@@ -142,6 +142,7 @@ fn write_outputs(dir: &Path, outcome: &JobOutcome, optimizer: OptimizerConfig, w
         microbatches: MICRO_BATCHES,
         batch: BATCH,
         optimizer: optimizer.to_string(),
+        lr_schedule: "constant".into(),
         workers: 3,
         schedule: "1f1b".into(),
         ship_dtype: "f32".into(),

@@ -360,6 +360,7 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
         microbatches: args.microbatches,
         batch: summary.rows,
         optimizer: args.optimizer.to_string(),
+        lr_schedule: args.lr_schedule.to_string(),
         workers: args.workers,
         schedule: args.schedule.name().to_string(),
         losses: run.losses,
