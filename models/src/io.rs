@@ -138,7 +138,24 @@ pub fn save_params(path: &Path, params: &ParamStore, metadata: Option<HashMap<St
     let plain =
         safetensors::serialize(views, None).map_err(|e| file_error(path, format!("cannot encode safetensors: {e}")))?;
     let bytes = with_sorted_metadata(&plain, metadata).map_err(|detail| file_error(path, detail))?;
-    std::fs::write(path, bytes).map_err(|cause| Error::Io { path: path.display().to_string(), cause })
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over
+/// `path`: a reader (or a crash) sees the old file or the new one, never a
+/// torn mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |cause| Error::Io { path: path.display().to_string(), cause };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.as_file().sync_all().map_err(io)?;
+    file.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// `file` (a safetensors file written without metadata) with `metadata`
