@@ -108,8 +108,8 @@ fn init_logging() {
 }
 
 /// Sets the kernel thread count from `--threads`, else from `BATON_THREADS`
-/// when it is set: a value that is not a positive number is an error either
-/// way (the kernels alone would ignore a bad `BATON_THREADS`).
+/// when it is set and not empty: a value that is not a positive number is an
+/// error either way (the kernels alone would ignore a bad `BATON_THREADS`).
 fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     use anyhow::Context;
     use baton_kernels::threads::{set_num_threads, THREADS_ENV};
@@ -117,8 +117,9 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
         return set_num_threads(n).with_context(|| format!("--threads {n}"));
     }
     let value = match std::env::var(THREADS_ENV) {
-        Ok(value) => value,
-        Err(std::env::VarError::NotPresent) => return Ok(()),
+        Ok(value) if !value.trim().is_empty() => value,
+        // Unset, or set to nothing (`BATON_THREADS= baton ...`): the default.
+        Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(()),
         Err(std::env::VarError::NotUnicode(v)) => anyhow::bail!("{THREADS_ENV}={v:?}: not a number of threads"),
     };
     let n: usize = value
