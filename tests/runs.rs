@@ -5,9 +5,14 @@
 
 mod common;
 
-use baton_engine::ParamStore;
-use baton_models::io;
-use common::{bit_identical, run_baton, run_baton_ok_owned};
+use std::time::Duration;
+
+use baton_engine::pipeline::coordinator::JobPlan;
+use baton_engine::pipeline::protocol::PlannedNotice;
+use baton_engine::pipeline::{sim, ScheduleKind};
+use baton_engine::{LrSchedule, Optimizer, OptimizerConfig, ParamStore, Trainer};
+use baton_models::{io, spec};
+use common::{bit_identical, run_baton, run_baton_ok_owned, Golden};
 
 /// Runs `baton args`, expecting failure with exit `code`, `expected` in
 /// stderr, no panic, and no file written at `save`.
@@ -105,5 +110,53 @@ fn scheduled_runs_are_bit_identical_for_any_worker_count() {
         );
         let constant = train(dir.path(), "constant", &["--optimizer", optimizer]);
         assert!(!bit_identical(&one, &constant), "{optimizer}: --lr-schedule {schedule} changed nothing");
+    }
+}
+
+/// In memory, exhaustively: AdamW with a cosine schedule on 3 workers, each
+/// worker preempted after every possible action count of step 2 (the first
+/// after the warmup), both schedules: bit-identical to one process with the
+/// same schedule.
+#[test]
+fn scheduled_steps_survive_every_preemption_point_in_memory() {
+    let mut golden = Golden::load("mlp12_adam", 1e-4);
+    golden.data.truncate(4);
+    let optimizer: OptimizerConfig = "adamw:lr=3e-3,weight_decay=0.1".parse().unwrap();
+    let schedule = LrSchedule::new("cosine:warmup=2,min=1e-4".parse().unwrap(), 4, optimizer.lr()).unwrap();
+    let mut trainer = Trainer::new(
+        spec::parse(&golden.spec).unwrap(),
+        golden.params.clone(),
+        Optimizer::new(optimizer).with_lr_schedule(schedule),
+    )
+    .unwrap();
+    for (step, batch) in golden.data.iter().enumerate() {
+        trainer.step(step as u32, batch, golden.micro_batches).unwrap();
+    }
+    let max_actions = 2 * golden.micro_batches as u32;
+    for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+        for worker in 0..3u32 {
+            for actions in 0..=max_actions {
+                let plan = JobPlan {
+                    spec: golden.spec.clone(),
+                    optimizer,
+                    lr_schedule: schedule,
+                    schedule: kind,
+                    micro_batches: golden.micro_batches,
+                    workers: 3,
+                    costs: golden.model.layers.iter().map(|l| l.cost()).collect(),
+                    params: golden.params.clone(),
+                    batches: golden.data.clone(),
+                    join_timeout: Duration::from_secs(60),
+                    notices: vec![(worker, PlannedNotice { step: 2, actions, grace_ms: 120_000 })],
+                    joins: Vec::new(),
+                    ship_bf16: false,
+                };
+                let seed = u64::from(worker * 100 + actions);
+                let out = sim::run_job(plan, &spec::factory, seed).unwrap();
+                let what = format!("{kind} worker {worker} after {actions} actions");
+                assert_eq!(out.migrations.len(), 1, "{what}");
+                assert!(bit_identical(&out.params, &trainer.params), "{what}: weights differ from one process");
+            }
+        }
     }
 }
