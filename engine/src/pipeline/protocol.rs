@@ -329,4 +329,17 @@ mod tests {
             .unwrap_err();
         assert!(msg.to_string().contains("shape [5] carries 1 values"), "{msg}");
     }
+
+    #[test]
+    fn errors_name_offsets_not_addresses() {
+        let buf = vec![0u8; 64];
+        let base = buf.as_ptr() as usize;
+        let text = format!("ptr {:#x} in range {:#x}..{:#x}, far {:#x}", base + 8, base, base + 64, 0x10usize);
+        assert_eq!(
+            without_addresses(&text, &buf),
+            "ptr offset 8 in range offset 0..offset 64, far (outside the buffer)"
+        );
+        assert_eq!(without_addresses("0x without digits", &buf), "0x without digits");
+        assert!(decode(&[]).unwrap_err().to_string().contains("empty frame (0 bytes)"));
+    }
 }
