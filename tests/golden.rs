@@ -29,7 +29,7 @@ fn library_matches_pytorch() {
                 let want = io::load_tensors(&golden.path, "expect.grad0.").unwrap();
                 assert_params_close(&format!("{name} step-0 gradients"), &grads, &want, |g| 1e-5 * max_abs(g));
             }
-            trainer.apply(&grads).unwrap();
+            trainer.apply(step as u32, &grads).unwrap();
             losses.push(loss);
         }
         assert_losses(name, &losses, &golden.losses);

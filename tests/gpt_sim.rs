@@ -75,6 +75,7 @@ impl Case {
             joins: Vec::new(),
             ship_bf16: false,
             clip_grad_norm: Some(CLIP),
+            lr_schedule: Default::default(),
             seed: SEED,
         };
         sim::run_job(plan, &spec::factory, seed)

@@ -52,6 +52,7 @@ impl Case {
         let plan = JobPlan {
             spec: g.spec.clone(),
             optimizer: g.optimizer,
+            lr_schedule: Default::default(),
             schedule: kind,
             micro_batches: g.micro_batches,
             workers,
@@ -216,6 +217,7 @@ fn every_worker_preempted_is_a_clear_failure() {
     let plan = JobPlan {
         spec: g.spec.clone(),
         optimizer: g.optimizer,
+        lr_schedule: Default::default(),
         schedule: ScheduleKind::OneFOneB,
         micro_batches: g.micro_batches,
         workers: 2,

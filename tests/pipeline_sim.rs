@@ -56,6 +56,7 @@ fn whole_jobs_in_memory_match_one_process() {
                 let plan = JobPlan {
                     spec: golden.spec.clone(),
                     optimizer: golden.optimizer,
+                    lr_schedule: Default::default(),
                     schedule: kind,
                     micro_batches: golden.micro_batches,
                     workers,

@@ -1,6 +1,11 @@
 //! Optimizers with PyTorch semantics, with per-parameter state that migrates
 //! with its parameter. Updates run on the optimizer's [`Backend`]; the
 //! state stays host data, so it migrates the same from any device.
+//!
+//! Hyper-parameters that PyTorch's constructors refuse are refused when a
+//! configuration is parsed ([`OptimizerConfig::check`]), naming the option.
+//! The learning rate of each update comes from the optimizer's
+//! [`LrSchedule`] for the step being applied.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,13 +14,96 @@ use std::str::FromStr;
 use baton_kernels::optim::{AdamConfig, SgdConfig};
 
 use crate::device::{self, Backend};
+use crate::lr_schedule::LrSchedule;
 use crate::{Error, Result, Tensor};
 
 /// Which optimizer, with its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerConfig {
+    /// `torch.optim.SGD`.
     Sgd(SgdConfig),
+    /// `torch.optim.Adam` (L2 weight decay).
     Adam(AdamConfig),
+    /// `torch.optim.AdamW` (decoupled weight decay).
+    AdamW(AdamConfig),
+}
+
+impl OptimizerConfig {
+    /// The base learning rate.
+    pub fn lr(&self) -> f32 {
+        match self {
+            OptimizerConfig::Sgd(c) => c.lr,
+            OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => c.lr,
+        }
+    }
+
+    /// The same configuration with learning rate `lr`.
+    pub fn with_lr(mut self, lr: f32) -> Self {
+        match &mut self {
+            OptimizerConfig::Sgd(c) => c.lr = lr,
+            OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => c.lr = lr,
+        }
+        self
+    }
+
+    /// Refuses what PyTorch's constructors refuse (`lr < 0`, `momentum < 0`,
+    /// `weight_decay < 0`, nesterov without momentum or with dampening,
+    /// betas outside [0, 1)), plus `eps <= 0` and non-finite values, naming
+    /// the option.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            OptimizerConfig::Sgd(c) => {
+                let name = "sgd";
+                finite(name, &[("lr", c.lr), ("momentum", c.momentum), ("dampening", c.dampening)])?;
+                finite(name, &[("weight_decay", c.weight_decay)])?;
+                at_least_zero(name, &[("lr", c.lr), ("momentum", c.momentum), ("weight_decay", c.weight_decay)])?;
+                if c.nesterov && (c.momentum <= 0.0 || c.dampening != 0.0) {
+                    return Err(Error::Optimizer(format!(
+                        "sgd `nesterov` needs momentum > 0 and dampening = 0 (got momentum={}, dampening={}), \
+                         as torch.optim.SGD requires",
+                        c.momentum, c.dampening
+                    )));
+                }
+                Ok(())
+            }
+            OptimizerConfig::Adam(c) => check_adam("adam", c),
+            OptimizerConfig::AdamW(c) => check_adam("adamw", c),
+        }
+    }
+}
+
+fn check_adam(name: &str, c: &AdamConfig) -> Result<()> {
+    finite(name, &[("lr", c.lr), ("beta1", c.beta1), ("beta2", c.beta2), ("eps", c.eps)])?;
+    finite(name, &[("weight_decay", c.weight_decay)])?;
+    at_least_zero(name, &[("lr", c.lr), ("weight_decay", c.weight_decay)])?;
+    for (key, beta) in [("beta1", c.beta1), ("beta2", c.beta2)] {
+        if !(0.0..1.0).contains(&beta) {
+            return Err(Error::Optimizer(format!(
+                "{name} `{key}`={beta} must be in [0, 1), as torch.optim refuses it"
+            )));
+        }
+    }
+    if c.eps <= 0.0 {
+        return Err(Error::Optimizer(format!(
+            "{name} `eps`={} must be > 0 (it keeps the update's denominator from 0)",
+            c.eps
+        )));
+    }
+    Ok(())
+}
+
+fn finite(name: &str, values: &[(&str, f32)]) -> Result<()> {
+    match values.iter().find(|(_, v)| !v.is_finite()) {
+        Some((key, v)) => Err(Error::Optimizer(format!("{name} `{key}`={v} must be finite"))),
+        None => Ok(()),
+    }
+}
+
+fn at_least_zero(name: &str, values: &[(&str, f32)]) -> Result<()> {
+    match values.iter().find(|(_, v)| *v < 0.0) {
+        Some((key, v)) => Err(Error::Optimizer(format!("{name} `{key}`={v} must be >= 0, as torch.optim refuses it"))),
+        None => Ok(()),
+    }
 }
 
 /// State of one parameter: the number of updates applied and the buffers
@@ -30,6 +118,8 @@ pub struct OptState {
 #[derive(Clone, Debug)]
 pub struct Optimizer {
     pub config: OptimizerConfig,
+    /// The learning rate of each step (constant unless set).
+    pub lr_schedule: LrSchedule,
     state: BTreeMap<String, OptState>,
     backend: Backend,
 }
@@ -38,7 +128,18 @@ impl Optimizer {
     /// An optimizer whose updates run on the process's default backend
     /// ([`device::process_default`]).
     pub fn new(config: OptimizerConfig) -> Self {
-        Optimizer { config, state: BTreeMap::new(), backend: device::process_default() }
+        Optimizer {
+            config,
+            lr_schedule: LrSchedule::default(),
+            state: BTreeMap::new(),
+            backend: device::process_default(),
+        }
+    }
+
+    /// The same optimizer with learning rates from `schedule`.
+    pub fn with_lr_schedule(mut self, schedule: LrSchedule) -> Self {
+        self.lr_schedule = schedule;
+        self
     }
 
     /// The same optimizer with its updates running on `backend`.
@@ -52,8 +153,9 @@ impl Optimizer {
         &self.backend
     }
 
-    /// Applies one update of `param` (called `name`) with `grad`.
-    pub fn update(&mut self, name: &str, param: &mut Tensor, grad: &Tensor) -> Result<()> {
+    /// Applies the update of step `step` (from 0) to `param` (called
+    /// `name`) with `grad`, at the learning rate the schedule gives that step.
+    pub fn update(&mut self, step: u32, name: &str, param: &mut Tensor, grad: &Tensor) -> Result<()> {
         if param.shape() != grad.shape() {
             return Err(Error::Shape(format!(
                 "gradient of {name} has shape {:?}, parameter {:?}",
@@ -62,7 +164,8 @@ impl Optimizer {
             )));
         }
         let state = self.state.entry(name.to_string()).or_default();
-        match &self.config {
+        let config = self.config.with_lr(self.lr_schedule.lr(self.config.lr(), step));
+        match &config {
             OptimizerConfig::Sgd(cfg) => {
                 let first = state.step == 0;
                 if cfg.momentum != 0.0 && state.buffers.is_empty() {
@@ -71,14 +174,18 @@ impl Optimizer {
                 let buffer = state.buffers.first_mut().map_or(&mut [][..], |b| &mut b[..]);
                 self.backend.sgd_step(param.values_mut()?, grad.values()?, buffer, first, cfg)?;
             }
-            OptimizerConfig::Adam(cfg) => {
+            OptimizerConfig::Adam(cfg) | OptimizerConfig::AdamW(cfg) => {
                 if state.buffers.is_empty() {
                     state.buffers = vec![vec![0.0; param.len()], vec![0.0; param.len()]];
                 }
                 let [m, v] = &mut state.buffers[..] else {
                     return Err(Error::Optimizer(format!("Adam state of {name} must hold two buffers")));
                 };
-                self.backend.adam_step(param.values_mut()?, grad.values()?, m, v, state.step + 1, cfg)?;
+                let (p, g, t) = (param.values_mut()?, grad.values()?, state.step + 1);
+                match config {
+                    OptimizerConfig::AdamW(_) => self.backend.adamw_step(p, g, m, v, t, cfg)?,
+                    _ => self.backend.adam_step(p, g, m, v, t, cfg)?,
+                }
             }
         }
         state.step += 1;
@@ -104,39 +211,51 @@ impl Optimizer {
 impl FromStr for OptimizerConfig {
     type Err = Error;
 
-    /// Parses `sgd:lr=0.05,momentum=0.9` or `adam:lr=1e-3,beta1=0.9,beta2=0.999,eps=1e-8`.
+    /// Parses `sgd:lr=0.05,momentum=0.9`, `adam:lr=1e-3,beta1=0.9,beta2=0.999,eps=1e-8`
+    /// or `adamw:lr=1e-3,...,weight_decay=0.01`, with PyTorch's defaults,
+    /// and refuses what [`OptimizerConfig::check`] refuses.
     fn from_str(text: &str) -> Result<Self> {
-        let (name, args) = text.split_once(':').unwrap_or((text, ""));
-        let args = parse_args(args)?;
-        match name.trim() {
-            "sgd" => {
-                let keys = ["lr", "momentum", "dampening", "weight_decay", "nesterov"];
-                let get = |k: &str, d: f32| args.get(k).copied().unwrap_or(d);
-                check_keys(&args, &keys, "sgd")?;
-                Ok(OptimizerConfig::Sgd(SgdConfig {
-                    lr: require(&args, "lr", "sgd")?,
-                    momentum: get("momentum", 0.0),
-                    dampening: get("dampening", 0.0),
-                    weight_decay: get("weight_decay", 0.0),
-                    nesterov: get("nesterov", 0.0) != 0.0,
-                }))
-            }
-            "adam" => {
-                let keys = ["lr", "beta1", "beta2", "eps", "weight_decay"];
-                let get = |k: &str, d: f32| args.get(k).copied().unwrap_or(d);
-                check_keys(&args, &keys, "adam")?;
-                Ok(OptimizerConfig::Adam(AdamConfig {
-                    lr: get("lr", 1e-3),
-                    beta1: get("beta1", 0.9),
-                    beta2: get("beta2", 0.999),
-                    eps: get("eps", 1e-8),
-                    weight_decay: get("weight_decay", 0.0),
-                }))
-            }
-            other => Err(Error::Optimizer(format!(
-                "unknown optimizer `{other}`; use sgd:lr=..,momentum=.. or adam:lr=..,beta1=..,beta2=..,eps=.."
-            ))),
+        let config = parse_config(text)?;
+        config.check()?;
+        Ok(config)
+    }
+}
+
+fn parse_config(text: &str) -> Result<OptimizerConfig> {
+    let (name, args) = text.split_once(':').unwrap_or((text, ""));
+    let args = parse_args(args)?;
+    match name.trim() {
+        "sgd" => {
+            let keys = ["lr", "momentum", "dampening", "weight_decay", "nesterov"];
+            let get = |k: &str, d: f32| args.get(k).copied().unwrap_or(d);
+            check_keys(&args, &keys, "sgd")?;
+            Ok(OptimizerConfig::Sgd(SgdConfig {
+                lr: require(&args, "lr", "sgd")?,
+                momentum: get("momentum", 0.0),
+                dampening: get("dampening", 0.0),
+                weight_decay: get("weight_decay", 0.0),
+                nesterov: get("nesterov", 0.0) != 0.0,
+            }))
         }
+        name @ ("adam" | "adamw") => {
+            let keys = ["lr", "beta1", "beta2", "eps", "weight_decay"];
+            let get = |k: &str, d: f32| args.get(k).copied().unwrap_or(d);
+            check_keys(&args, &keys, name)?;
+            // torch.optim.AdamW's default weight decay is 0.01, Adam's 0.
+            let decoupled = name == "adamw";
+            let cfg = AdamConfig {
+                lr: get("lr", 1e-3),
+                beta1: get("beta1", 0.9),
+                beta2: get("beta2", 0.999),
+                eps: get("eps", 1e-8),
+                weight_decay: get("weight_decay", if decoupled { 0.01 } else { 0.0 }),
+            };
+            Ok(if decoupled { OptimizerConfig::AdamW(cfg) } else { OptimizerConfig::Adam(cfg) })
+        }
+        other => Err(Error::Optimizer(format!(
+            "unknown optimizer `{other}`; use sgd:lr=..,momentum=.., adam:lr=..,beta1=..,beta2=..,eps=.. \
+             or adamw:lr=..,weight_decay=.."
+        ))),
     }
 }
 
@@ -177,10 +296,15 @@ impl fmt::Display for OptimizerConfig {
                 "sgd:lr={},momentum={},dampening={},weight_decay={},nesterov={}",
                 c.lr, c.momentum, c.dampening, c.weight_decay, c.nesterov
             ),
-            OptimizerConfig::Adam(c) => write!(
+            OptimizerConfig::Adam(c) | OptimizerConfig::AdamW(c) => write!(
                 f,
-                "adam:lr={},beta1={},beta2={},eps={},weight_decay={}",
-                c.lr, c.beta1, c.beta2, c.eps, c.weight_decay
+                "{}:lr={},beta1={},beta2={},eps={},weight_decay={}",
+                if matches!(self, OptimizerConfig::AdamW(_)) { "adamw" } else { "adam" },
+                c.lr,
+                c.beta1,
+                c.beta2,
+                c.eps,
+                c.weight_decay
             ),
         }
     }

@@ -204,11 +204,12 @@ impl Trainer {
         Ok(micro_loss)
     }
 
-    /// Applies one optimizer update to every parameter with a gradient.
-    pub fn apply(&mut self, grads: &ParamStore) -> Result<()> {
+    /// Applies the optimizer update of step `step` (from 0: it picks the
+    /// learning rate) to every parameter with a gradient.
+    pub fn apply(&mut self, step: u32, grads: &ParamStore) -> Result<()> {
         for (name, grad) in grads.iter() {
             let param = self.params.get_mut(name)?;
-            self.optimizer.update(name, param, grad)?;
+            self.optimizer.update(step, name, param, grad)?;
         }
         Ok(())
     }
@@ -217,7 +218,7 @@ impl Trainer {
     pub fn step(&mut self, step: u32, batch: &Batch, micro_batches: usize) -> Result<f32> {
         let (loss, mut grads) = self.gradients(step, batch, micro_batches)?;
         self.clip(&mut grads)?;
-        self.apply(&grads)?;
+        self.apply(step, &grads)?;
         Ok(loss)
     }
 }

@@ -203,10 +203,14 @@ fn recorded_on_cpu_backwarded_on_device(dev: &Backend) {
     }
 }
 
-/// SGD and Adam updates use only exact IEEE operations on every device, so
-/// they give the CPU's bits everywhere.
+/// SGD, Adam and AdamW updates use only exact IEEE operations on every
+/// device, so they give the CPU's bits everywhere.
 fn optimizer_updates(dev: &Backend) {
-    let configs = ["sgd:lr=0.1,momentum=0.9,weight_decay=0.01,nesterov=true", "adam:lr=1e-2,weight_decay=0.01"];
+    let configs = [
+        "sgd:lr=0.1,momentum=0.9,weight_decay=0.01,nesterov=true",
+        "adam:lr=1e-2,weight_decay=0.01",
+        "adamw:lr=1e-2,weight_decay=0.1",
+    ];
     for config in configs {
         let config = config.parse().unwrap();
         let mut on_dev = Optimizer::new(config).with_backend(dev.clone());
@@ -214,8 +218,8 @@ fn optimizer_updates(dev: &Backend) {
         let (mut p_dev, mut p_cpu) = (random(&[7, 5], 1, 1.0), random(&[7, 5], 1, 1.0));
         for step in 0..3 {
             let grad = random(&[7, 5], 10 + step, 1.0);
-            on_dev.update("w", &mut p_dev, &grad).unwrap();
-            on_cpu.update("w", &mut p_cpu, &grad).unwrap();
+            on_dev.update(step as u32, "w", &mut p_dev, &grad).unwrap();
+            on_cpu.update(step as u32, "w", &mut p_cpu, &grad).unwrap();
         }
         assert!(bits_equal(p_dev.values().unwrap(), p_cpu.values().unwrap()), "{config}: parameters");
         assert_eq!(on_dev.state("w"), on_cpu.state("w"), "{config}: optimizer state");

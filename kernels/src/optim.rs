@@ -1,5 +1,6 @@
-//! Optimizer updates with PyTorch semantics (`torch.optim.SGD` and
-//! `torch.optim.Adam`, the `foreach=False` single-tensor path). Scalars that
+//! Optimizer updates with PyTorch semantics (`torch.optim.SGD`,
+//! `torch.optim.Adam` and `torch.optim.AdamW`, the `foreach=False`
+//! single-tensor path). Scalars that
 //! PyTorch computes as Python floats are computed in `f64` and rounded to
 //! `f32` once, as PyTorch does when it passes them to an `f32` kernel.
 
@@ -102,7 +103,8 @@ impl SyncPtr {
     }
 }
 
-/// Hyper-parameters of [`adam_step`] (`torch.optim.Adam`, L2 weight decay).
+/// Hyper-parameters of [`adam_step`] (`torch.optim.Adam`, L2 weight decay)
+/// and [`adamw_step`] (`torch.optim.AdamW`, decoupled weight decay).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamConfig {
     /// Learning rate.
@@ -113,7 +115,8 @@ pub struct AdamConfig {
     pub beta2: f32,
     /// Added to the denominator for numerical stability.
     pub eps: f32,
-    /// L2 penalty added to the gradient (not decoupled AdamW decay).
+    /// Weight decay: an L2 penalty added to the gradient in [`adam_step`],
+    /// decoupled (`param *= 1 − lr·wd` before the update) in [`adamw_step`].
     pub weight_decay: f32,
 }
 
@@ -123,16 +126,35 @@ pub struct AdamConfig {
 /// `g = grad + wd·param`; `m = m + (1−β1)·(g − m)` (torch `lerp_`);
 /// `v = β2·v + (1−β2)·g·g`; `bc1 = 1−β1^step`, `bc2 = 1−β2^step` (in `f64`);
 /// `step_size = lr/bc1`; `denom = sqrt(v)/sqrt(bc2) + eps`;
-/// `param −= step_size · m/denom`.
+/// `param += (−step_size · m) / denom` (torch's `addcdiv_(m, denom, value=−step_size)`,
+/// which multiplies before it divides).
 ///
 /// # Panics
 /// If `step == 0` or `grad`, `m`, `v` differ in length from `param`.
 pub fn adam_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig) {
+    adam_update(param, grad, m, v, step, AdamScalars::new(cfg, step));
+}
+
+/// One AdamW update following torch's `_single_tensor_adam` with
+/// `decoupled_weight_decay=True`; `step` is 1-based.
+///
+/// `param *= 1 − lr·wd` (the factor computed in `f64`, rounded to `f32`
+/// once, as torch's `param.mul_(1 - lr * weight_decay)`), then the update
+/// of [`adam_step`] with no L2 term: `m`, `v`, bias corrections and
+/// the parameter update exactly as there.
+///
+/// # Panics
+/// If `step == 0` or `grad`, `m`, `v` differ in length from `param`.
+pub fn adamw_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig) {
+    adam_update(param, grad, m, v, step, AdamScalars::decoupled(cfg, step));
+}
+
+/// The shared loop of [`adam_step`] and [`adamw_step`].
+fn adam_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], step: u64, s: AdamScalars) {
     assert!(step >= 1, "adam_step: step is 1-based");
     assert_eq!(grad.len(), param.len(), "adam_step: grad.len() != param.len()");
     assert_eq!(m.len(), param.len(), "adam_step: m.len() != param.len()");
     assert_eq!(v.len(), param.len(), "adam_step: v.len() != param.len()");
-    let s = AdamScalars::new(cfg, step);
     let (mp, vp) = (SyncPtr(m.as_mut_ptr()), SyncPtr(v.as_mut_ptr()));
     par_chunks_mut(param, |off, p| {
         let n = p.len();
@@ -154,6 +176,10 @@ pub fn adam_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], 
 /// (The CUDA kernel takes these same scalars, so both devices round alike.)
 #[derive(Clone, Copy)]
 pub(crate) struct AdamScalars {
+    /// AdamW's decoupled decay factor `1 − lr·wd` (1 for Adam, where
+    /// multiplying by it is the identity on every value).
+    pub(crate) keep: f32,
+    /// Adam's L2 coefficient (0 for AdamW).
     pub(crate) wd: f32,
     pub(crate) w1: f32,
     pub(crate) beta2: f32,
@@ -169,6 +195,7 @@ impl AdamScalars {
         let bc1 = 1.0 - (cfg.beta1 as f64).powi(exp);
         let bc2 = 1.0 - (cfg.beta2 as f64).powi(exp);
         Self {
+            keep: 1.0,
             wd: cfg.weight_decay,
             w1: (1.0 - cfg.beta1 as f64) as f32,
             beta2: cfg.beta2,
@@ -179,14 +206,24 @@ impl AdamScalars {
         }
     }
 
+    /// AdamW's scalars: Adam's with no L2 term and the decoupled factor
+    /// `1 − lr·wd` (skipped, as torch does, when `wd == 0`).
+    pub(crate) fn decoupled(cfg: &AdamConfig, step: u64) -> Self {
+        let keep = if cfg.weight_decay != 0.0 { (1.0 - cfg.lr as f64 * cfg.weight_decay as f64) as f32 } else { 1.0 };
+        Self { keep, wd: 0.0, ..Self::new(cfg, step) }
+    }
+
     #[inline(always)]
     fn update(&self, p: &mut f32, m: &mut f32, v: &mut f32, g: f32) {
+        if self.keep != 1.0 {
+            *p *= self.keep;
+        }
         let g = decay(g, *p, self.wd);
         // torch's lerp: start + w·(end − start) for w < 0.5, else
         // end − (end − start)·(1 − w).
         *m = if self.w1 < 0.5 { *m + self.w1 * (g - *m) } else { g - (g - *m) * (1.0 - self.w1) };
         *v = *v * self.beta2 + self.w2 * g * g;
         let denom = v.sqrt() / self.bc2_sqrt + self.eps;
-        *p += self.neg_step_size * (*m / denom);
+        *p += self.neg_step_size * *m / denom;
     }
 }

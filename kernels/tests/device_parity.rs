@@ -269,15 +269,20 @@ fn optimizers(dev: &dyn Device) {
         exact(&format!("sgd {cfg:?}"), &p, &cp);
         exact("sgd momentum buffer", &buf, &cbuf);
     }
-    for beta1 in [0.9, 0.3] {
+    for (beta1, decoupled) in [(0.9, false), (0.3, false), (0.9, true), (0.3, true)] {
         let cfg = AdamConfig { lr: 1e-2, beta1, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 };
         let (mut p, mut m, mut v) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
         let (mut cp, mut cm, mut cv) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
         for (i, g) in grads.iter().enumerate() {
-            dev.adam_step(&mut p, g, &mut m, &mut v, i as u64 + 1, &cfg);
-            Cpu.adam_step(&mut cp, g, &mut cm, &mut cv, i as u64 + 1, &cfg);
+            if decoupled {
+                dev.adamw_step(&mut p, g, &mut m, &mut v, i as u64 + 1, &cfg);
+                Cpu.adamw_step(&mut cp, g, &mut cm, &mut cv, i as u64 + 1, &cfg);
+            } else {
+                dev.adam_step(&mut p, g, &mut m, &mut v, i as u64 + 1, &cfg);
+                Cpu.adam_step(&mut cp, g, &mut cm, &mut cv, i as u64 + 1, &cfg);
+            }
         }
-        exact(&format!("adam beta1={beta1}"), &p, &cp);
+        exact(&format!("adam beta1={beta1} decoupled={decoupled}"), &p, &cp);
         exact("adam m", &m, &cm);
         exact("adam v", &v, &cv);
     }

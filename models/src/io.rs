@@ -83,14 +83,32 @@ fn to_tensor(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Tensor> {
     Tensor::new(view.shape().to_vec(), f32_data(view)).map_err(|e| file_error(path, format!("tensor `{name}`: {e}")))
 }
 
-/// Reads every parameter of `model` by its PyTorch name. The file may hold
-/// other tensors too (data, expectations); they are ignored. Each parameter
-/// must be present, F32 and of the model's shape.
+/// Reads every parameter of `model` by its PyTorch name. Each parameter
+/// must be present, F32 and of the model's shape; a tensor under `layers.`
+/// that the model lacks is refused, naming it, as PyTorch's
+/// `load_state_dict(strict=True)` does (a typo must not go unnoticed).
+/// Other tensors (`data.*`, `expect.*`) may sit beside the parameters.
 pub fn load_params(path: &Path, model: &Model) -> Result<ParamStore> {
     let bytes = read_bytes(path)?;
     let st = parse(path, &bytes)?;
+    let specs = model.param_specs();
+    let mut unexpected: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|name| name.starts_with("layers.") && !specs.iter().any(|s| s.name == *name))
+        .map(str::to_string)
+        .collect();
+    if !unexpected.is_empty() {
+        unexpected.sort();
+        let shown = unexpected.iter().take(8).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+        let more = if unexpected.len() > 8 { format!(" and {} more", unexpected.len() - 8) } else { String::new() };
+        return Err(file_error(
+            path,
+            format!("holds {shown}{more}, which the model has no parameter for (check the names and the spec)"),
+        ));
+    }
     let mut params = ParamStore::new();
-    for spec in model.param_specs() {
+    for spec in specs {
         let view = tensor(path, &st, &spec.name)
             .map_err(|_| file_error(path, format!("parameter `{}` (shape {:?}) is missing", spec.name, spec.shape)))?;
         let shape: Vec<Option<usize>> = spec.shape.iter().copied().map(Some).collect();
@@ -102,6 +120,8 @@ pub fn load_params(path: &Path, model: &Model) -> Result<ParamStore> {
 
 /// Writes `params` as F32 little-endian tensors under their names, with
 /// optional string metadata (the CLI stores spec, steps and optimizer).
+/// The bytes depend only on the tensors and the metadata: tensors in the
+/// safetensors crate's order (dtype, then name), metadata keys sorted.
 pub fn save_params(path: &Path, params: &ParamStore, metadata: Option<HashMap<String, String>>) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = params
         .iter()
@@ -118,8 +138,51 @@ pub fn save_params(path: &Path, params: &ParamStore, metadata: Option<HashMap<St
                 .map_err(|e| file_error(path, format!("cannot encode tensor `{name}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, metadata, path)
-        .map_err(|e| file_error(path, format!("cannot write safetensors file: {e}")))
+    let plain =
+        safetensors::serialize(views, None).map_err(|e| file_error(path, format!("cannot encode safetensors: {e}")))?;
+    let bytes = with_sorted_metadata(&plain, metadata).map_err(|detail| file_error(path, detail))?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over
+/// `path`: a reader (or a crash) sees the old file or the new one, never a
+/// torn mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |cause| Error::Io { path: path.display().to_string(), cause };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.as_file().sync_all().map_err(io)?;
+    file.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// `file` (a safetensors file written without metadata) with `metadata`
+/// added to its header as `__metadata__`, keys in sorted order. The crate
+/// writes metadata from a `HashMap`, whose order changes from run to run;
+/// the tensors' offsets are relative to the data section, so they stay valid.
+fn with_sorted_metadata(
+    file: &[u8],
+    metadata: Option<HashMap<String, String>>,
+) -> std::result::Result<Vec<u8>, String> {
+    let Some(metadata) = metadata else { return Ok(file.to_vec()) };
+    let n = u64::from_le_bytes(file[..8].try_into().map_err(|_| "short safetensors header")?) as usize;
+    let header = std::str::from_utf8(&file[8..8 + n]).map_err(|_| "safetensors header is not UTF-8")?.trim_end();
+    let tensors = header.strip_prefix('{').ok_or("safetensors header is not a JSON object")?;
+    let sorted: std::collections::BTreeMap<String, String> = metadata.into_iter().collect();
+    let sorted = serde_json::to_string(&sorted).map_err(|e| format!("cannot encode metadata: {e}"))?;
+    let separator = if tensors.trim_start().starts_with('}') { "" } else { "," };
+    let mut header = format!("{{\"__metadata__\":{sorted}{separator}{tensors}").into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + file.len() - 8 - n);
+    out.extend((header.len() as u64).to_le_bytes());
+    out.extend(header);
+    out.extend(&file[8 + n..]);
+    Ok(out)
 }
 
 /// Every F32 tensor whose name starts with `prefix`, stored under its name

@@ -5,6 +5,7 @@
 //! [`baton_engine::Recorder`] ops; see `examples/custom_layer.rs`.
 
 pub mod cluster;
+pub mod data;
 pub mod io;
 pub mod layers;
 pub mod runtime;

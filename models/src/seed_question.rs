@@ -121,7 +121,7 @@ pub fn receive() -> anyhow::Result<()> {
         optimizer.insert_state(name, state);
     }
     for (name, grad) in grads.iter() {
-        optimizer.update(name, params.get_mut(name)?, grad)?;
+        optimizer.update(0, name, params.get_mut(name)?, grad)?;
     }
     let values = |t: &Tensor| t.values().map(<[f32]>::to_vec);
     let report = serde_json::json!({

@@ -118,13 +118,20 @@ fn optimizer_from_metadata(json: &str) -> OptimizerConfig {
             weight_decay: f("weight_decay", 0.0),
             nesterov: v.get("nesterov").and_then(Value::as_bool).unwrap_or(false),
         }),
-        "adam" => OptimizerConfig::Adam(AdamConfig {
-            lr: f("lr", 1e-3),
-            beta1: v["betas"][0].as_f64().unwrap() as f32,
-            beta2: v["betas"][1].as_f64().unwrap() as f32,
-            eps: f("eps", 1e-8),
-            weight_decay: f("weight_decay", 0.0),
-        }),
+        name @ ("adam" | "adamw") => {
+            let cfg = AdamConfig {
+                lr: f("lr", 1e-3),
+                beta1: v["betas"][0].as_f64().unwrap() as f32,
+                beta2: v["betas"][1].as_f64().unwrap() as f32,
+                eps: f("eps", 1e-8),
+                weight_decay: f("weight_decay", if name == "adamw" { 0.01 } else { 0.0 }),
+            };
+            if name == "adamw" {
+                OptimizerConfig::AdamW(cfg)
+            } else {
+                OptimizerConfig::Adam(cfg)
+            }
+        }
         other => panic!("unknown optimizer {other} in golden metadata"),
     }
 }

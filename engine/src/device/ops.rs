@@ -4,7 +4,7 @@
 //! assert, the GPU ones return errors).
 
 use baton_kernels::cuda::{Gpu, GpuBuf};
-use baton_kernels::optim::{adam_step, sgd_step, AdamConfig, SgdConfig};
+use baton_kernels::optim::{adam_step, adamw_step, sgd_step, AdamConfig, SgdConfig};
 use baton_kernels::{activation, elementwise, loss, matmul, norm, Trans};
 
 use super::{Backend, Inner};
@@ -278,6 +278,30 @@ impl Backend {
                 let (mut p, g) = (gpu.upload(param)?, gpu.upload(grad)?);
                 let (mut mb, mut vb) = (gpu.upload(m)?, gpu.upload(v)?);
                 gpu.adam_step(&mut p, &g, &mut mb, &mut vb, step, cfg)?;
+                download_into(gpu, &p, param)?;
+                download_into(gpu, &mb, m)?;
+                download_into(gpu, &vb, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One AdamW update (decoupled weight decay); `step` is 1-based.
+    pub fn adamw_step(
+        &self,
+        param: &mut [f32],
+        grad: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        step: u64,
+        cfg: &AdamConfig,
+    ) -> Result<()> {
+        match &self.inner {
+            Inner::Cpu => adamw_step(param, grad, m, v, step, cfg),
+            Inner::Cuda(gpu) => {
+                let (mut p, g) = (gpu.upload(param)?, gpu.upload(grad)?);
+                let (mut mb, mut vb) = (gpu.upload(m)?, gpu.upload(v)?);
+                gpu.adamw_step(&mut p, &g, &mut mb, &mut vb, step, cfg)?;
                 download_into(gpu, &p, param)?;
                 download_into(gpu, &mb, m)?;
                 download_into(gpu, &vb, v)?;

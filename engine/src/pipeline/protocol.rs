@@ -13,7 +13,7 @@ use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
 
 /// Bumped whenever [`Message`] changes shape; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A worker's place in one generation.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -32,6 +32,8 @@ pub struct Assignment {
     /// The model spec (JSON), so every worker builds the same layers.
     pub spec: String,
     pub optimizer: String,
+    /// The learning rate of each step; checked against the optimizer's rate.
+    pub lr_schedule: crate::LrSchedule,
     pub schedule: String,
     /// Every worker's placement, in stage order.
     pub placements: Vec<Placement>,
@@ -208,11 +210,15 @@ pub fn size_hint(message: &Message) -> usize {
 
 /// Validates and decodes one frame (16-byte aligned).
 pub fn decode(frame: &[u8]) -> Result<Message> {
+    if frame.is_empty() {
+        return Err(Error::Protocol("empty frame (0 bytes): not a message".into()));
+    }
     if !crate::segment::is_aligned(frame) {
         return Err(Error::Protocol("frame buffer is not 16-byte aligned".into()));
     }
-    let archived = rkyv::access::<ArchivedMessage, BoxedError>(frame)
-        .map_err(|e| Error::Protocol(format!("invalid frame of {} bytes: {e}", frame.len())))?;
+    let archived = rkyv::access::<ArchivedMessage, BoxedError>(frame).map_err(|e| {
+        Error::Protocol(format!("invalid frame of {} bytes: {}", frame.len(), without_addresses(&e.to_string(), frame)))
+    })?;
     let message = rkyv::deserialize::<Message, BoxedError>(archived)
         .map_err(|e| Error::Protocol(format!("undecodable frame: {e}")))?;
     check_tensors(&message)?;
@@ -262,6 +268,29 @@ fn handover_tensors(h: &Handover) -> Vec<&Tensor> {
     all
 }
 
+/// `text` (an rkyv validation error) with the memory addresses it prints
+/// replaced by offsets into `buffer` ("offset 24"), or by "outside the
+/// buffer": an address says nothing to a user and differs on every run.
+pub fn without_addresses(text: &str, buffer: &[u8]) -> String {
+    let base = buffer.as_ptr() as usize;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 2..].find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len() - at - 2);
+        match usize::from_str_radix(&rest[at + 2..at + 2 + digits], 16) {
+            Ok(address) if digits > 0 && (base..=base + buffer.len()).contains(&address) => {
+                out.push_str(&format!("offset {}", address - base))
+            }
+            Ok(_) if digits > 0 => out.push_str("(outside the buffer)"),
+            _ => out.push_str(&rest[at..at + 2 + digits]),
+        }
+        rest = &rest[at + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +337,18 @@ mod tests {
         let msg = decode(&frame(&Message::Activation { generation: 0, step: 0, micro: 0, layer: 1, tensor: bad }))
             .unwrap_err();
         assert!(msg.to_string().contains("shape [5] holds 5 elements but 1 were given"), "{msg}");
+    }
+
+    #[test]
+    fn errors_name_offsets_not_addresses() {
+        let buf = vec![0u8; 64];
+        let base = buf.as_ptr() as usize;
+        let text = format!("ptr {:#x} in range {:#x}..{:#x}, far {:#x}", base + 8, base, base + 64, 0x10usize);
+        assert_eq!(
+            without_addresses(&text, &buf),
+            "ptr offset 8 in range offset 0..offset 64, far (outside the buffer)"
+        );
+        assert_eq!(without_addresses("0x without digits", &buf), "0x without digits");
+        assert!(decode(&[]).unwrap_err().to_string().contains("empty frame (0 bytes)"));
     }
 }

@@ -469,7 +469,9 @@ impl Stage {
         }
         for (name, grad) in grads.iter() {
             let param = self.params.get_mut(name)?;
-            self.optimizer.update(name, param, grad)?;
+            // The step's learning rate comes from `step` alone, so it is the
+            // same bits on whichever worker holds the layer now.
+            self.optimizer.update(step, name, param, grad)?;
         }
         self.current.as_mut().expect("step in progress").updated.insert(layer);
         Ok(vec![Effect::LayerUpdated { step, layer }])

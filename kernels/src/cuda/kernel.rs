@@ -124,6 +124,7 @@ kernels! {
     SgdPlain => "baton_sgd_plain" [Out, In, F32, F32, U32];
     SgdMomentum => "baton_sgd_momentum" [Out, In, Out, U32, F32, F32, U32, F32, F32, U32];
     Adam => "baton_adam" [Out, In, Out, Out, F32, F32, F32, F32, F32, F32, F32, U32];
+    AdamW => "baton_adamw" [Out, In, Out, Out, F32, F32, F32, F32, F32, F32, F32, U32];
 }
 
 impl Kernel {

@@ -276,7 +276,23 @@ extern "C" __global__ void baton_adam(float* param, const float* grad, float* m,
     float denom = sqrtf(vi) / bc2_sqrt + eps;
     m[i] = mi;
     v[i] = vi;
-    param[i] = p + neg_step_size * (mi / denom);
+    param[i] = p + neg_step_size * mi / denom;
+}
+
+/* torch's AdamW (decoupled decay): param *= keep (= 1 - lr*wd, host-rounded), then Adam with no L2 term. */
+extern "C" __global__ void baton_adamw(float* param, const float* grad, float* m, float* v, float keep, float w1,
+                                       float beta2, float w2, float neg_step_size, float bc2_sqrt, float eps, u32 n) {
+    u32 i = gid();
+    if (i >= n) return;
+    float p = keep != 1.0f ? param[i] * keep : param[i];
+    float g = grad[i];
+    float mi = m[i];
+    mi = w1 < 0.5f ? mi + w1 * (g - mi) : g - (g - mi) * (1.0f - w1);
+    float vi = v[i] * beta2 + w2 * g * g;
+    float denom = sqrtf(vi) / bc2_sqrt + eps;
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = p + neg_step_size * mi / denom;
 }
 "#;
 

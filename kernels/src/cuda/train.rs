@@ -219,19 +219,48 @@ impl Gpu {
         step: u64,
         cfg: &AdamConfig,
     ) -> Result<()> {
-        const OP: &str = "adam_step";
-        ensure(step >= 1, OP, || "step is 1-based".into())?;
-        eq(OP, ("grad.len()", grad.len()), ("param.len()", param.len()))?;
-        eq(OP, ("m.len()", m.len()), ("param.len()", param.len()))?;
-        eq(OP, ("v.len()", v.len()), ("param.len()", param.len()))?;
-        let n = dim(OP, param.len())?;
         let s = AdamScalars::new(cfg, step);
+        self.adam_launch(Kernel::Adam, [param, m, v], grad, step, s, s.wd)
+    }
+
+    /// [`crate::optim::adamw_step`] (decoupled weight decay); `step` is
+    /// 1-based. The per-step scalars are the CPU kernel's own.
+    pub fn adamw_step(
+        &self,
+        param: &mut GpuBuf,
+        grad: &GpuBuf,
+        m: &mut GpuBuf,
+        v: &mut GpuBuf,
+        step: u64,
+        cfg: &AdamConfig,
+    ) -> Result<()> {
+        let s = AdamScalars::decoupled(cfg, step);
+        self.adam_launch(Kernel::AdamW, [param, m, v], grad, step, s, s.keep)
+    }
+
+    /// Checks and launches `baton_adam` (`first` = the L2 coefficient) or
+    /// `baton_adamw` (`first` = the decoupled factor).
+    fn adam_launch(
+        &self,
+        kernel: Kernel,
+        [param, m, v]: [&mut GpuBuf; 3],
+        grad: &GpuBuf,
+        step: u64,
+        s: AdamScalars,
+        first: f32,
+    ) -> Result<()> {
+        let op = kernel.name();
+        ensure(step >= 1, op, || "step is 1-based".into())?;
+        eq(op, ("grad.len()", grad.len()), ("param.len()", param.len()))?;
+        eq(op, ("m.len()", m.len()), ("param.len()", param.len()))?;
+        eq(op, ("v.len()", v.len()), ("param.len()", param.len()))?;
+        let n = dim(op, param.len())?;
         let args = &mut [
             Arg::Out(&mut param.slice),
             Arg::In(&grad.slice),
             Arg::Out(&mut m.slice),
             Arg::Out(&mut v.slice),
-            Arg::F32(s.wd),
+            Arg::F32(first),
             Arg::F32(s.w1),
             Arg::F32(s.beta2),
             Arg::F32(s.w2),
@@ -240,7 +269,7 @@ impl Gpu {
             Arg::F32(s.eps),
             Arg::U32(n),
         ];
-        self.launch(Kernel::Adam, Shape::threads(n), args)
+        self.launch(kernel, Shape::threads(n), args)
     }
 }
 

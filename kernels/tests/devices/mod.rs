@@ -57,6 +57,7 @@ pub trait Device {
     fn cross_entropy_backward(&self, probs: &[f32], classes: usize, targets: &[u32], scale: f32, d: &mut [f32]);
     fn sgd_step(&self, p: &mut [f32], g: &[f32], buf: &mut [f32], first: bool, cfg: &SgdConfig);
     fn adam_step(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig);
+    fn adamw_step(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig);
 }
 
 /// The CPU kernels.
@@ -144,6 +145,9 @@ impl Device for Cpu {
     }
     fn adam_step(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig) {
         optim::adam_step(p, g, m, v, step, cfg)
+    }
+    fn adamw_step(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig) {
+        optim::adamw_step(p, g, m, v, step, cfg)
     }
 }
 
@@ -290,6 +294,12 @@ impl Device for Cuda {
     fn adam_step(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig) {
         let (grad, mut mb, mut vb) = (self.up(g), self.up(m), self.up(v));
         self.with_out(p, |gpu, p| gpu.adam_step(p, &grad, &mut mb, &mut vb, step, cfg));
+        self.down(&mb, m);
+        self.down(&vb, v);
+    }
+    fn adamw_step(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: u64, cfg: &AdamConfig) {
+        let (grad, mut mb, mut vb) = (self.up(g), self.up(m), self.up(v));
+        self.with_out(p, |gpu, p| gpu.adamw_step(p, &grad, &mut mb, &mut vb, step, cfg));
         self.down(&mb, m);
         self.down(&vb, v);
     }

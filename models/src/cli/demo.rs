@@ -60,6 +60,7 @@ fn pipeline(params: &ParamStore, batches: &[Batch], optimizer: OptimizerConfig) 
     let plan = JobPlan {
         spec: spec::mlp_json(64, 12),
         optimizer,
+        lr_schedule: Default::default(),
         schedule: ScheduleKind::OneFOneB,
         micro_batches: MICRO_BATCHES,
         workers: 3,
@@ -143,6 +144,7 @@ fn write_outputs(dir: &Path, outcome: &JobOutcome, optimizer: OptimizerConfig, w
         microbatches: MICRO_BATCHES,
         batch: BATCH,
         optimizer: optimizer.to_string(),
+        lr_schedule: "constant".into(),
         workers: 3,
         schedule: "1f1b".into(),
         ship_dtype: "f32".into(),

@@ -8,6 +8,7 @@ mod cluster;
 mod demo;
 mod device;
 mod preempt;
+mod preflight;
 mod progress;
 mod report;
 mod splice;
@@ -106,13 +107,26 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
-/// Sets the kernel thread count when `threads` is given.
+/// Sets the kernel thread count from `--threads`, else from `BATON_THREADS`
+/// when it is set and not empty: a value that is not a positive number is an
+/// error either way (the kernels alone would ignore a bad `BATON_THREADS`).
 fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     use anyhow::Context;
+    use baton_kernels::threads::{set_num_threads, THREADS_ENV};
     if let Some(n) = threads {
-        baton_kernels::threads::set_num_threads(n).with_context(|| format!("--threads {n}"))?;
+        return set_num_threads(n).with_context(|| format!("--threads {n}"));
     }
-    Ok(())
+    let value = match std::env::var(THREADS_ENV) {
+        Ok(value) if !value.trim().is_empty() => value,
+        // Unset, or set to nothing (`BATON_THREADS= baton ...`): the default.
+        Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(()),
+        Err(std::env::VarError::NotUnicode(v)) => anyhow::bail!("{THREADS_ENV}={v:?}: not a number of threads"),
+    };
+    let n: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{THREADS_ENV}={value:?}: expected a positive whole number of kernel threads"))?;
+    set_num_threads(n).with_context(|| format!("{THREADS_ENV}={value}"))
 }
 
 #[cfg(test)]

@@ -35,10 +35,15 @@ pub fn parse(text: &str) -> anyhow::Result<(u32, PlannedNotice)> {
 
 pub use baton_models::runtime::duration;
 
-/// Checks that every notice names a worker, step and action that exist.
+/// Checks that every notice names a worker, step and action that exist, and
+/// that someone is left to take the layers at each notice: the workers not
+/// yet preempted, plus those that joined (`--join`) in an earlier step (a
+/// step waits for the joiners due before it; one joining in the same step
+/// might not be there yet).
 pub fn check(
     notices: &[(u32, PlannedNotice)],
     workers: usize,
+    joins: &[(u32, u32)],
     steps: usize,
     micro_batches: usize,
 ) -> anyhow::Result<()> {
@@ -60,7 +65,21 @@ pub fn check(
     let mut seen: Vec<u32> = notices.iter().map(|(w, _)| *w).collect();
     seen.sort_unstable();
     ensure!(seen.windows(2).all(|w| w[0] != w[1]), "--preempt: a worker can be preempted only once");
-    ensure!(seen.len() < workers, "--preempt: every worker would be preempted, so nothing could take over the layers");
+    for (worker, n) in notices {
+        let joined = joins.iter().filter(|(step, _)| *step < n.step).count();
+        let gone = notices.iter().filter(|(_, m)| (m.step, m.actions) <= (n.step, n.actions)).count();
+        ensure!(
+            gone < workers + joined,
+            "--preempt {worker}@{}:{}: every worker would be preempted by then ({gone} of {workers} started{}), \
+             so nothing could take over the layers",
+            n.step,
+            n.actions,
+            match joined {
+                0 => String::new(),
+                j => format!(" and {j} joined before step {}", n.step),
+            }
+        );
+    }
     Ok(())
 }
 
@@ -105,11 +124,23 @@ mod tests {
     #[test]
     fn impossible_points_are_refused() {
         let n = |w, step, actions| (w, PlannedNotice { step, actions, grace_ms: 1000 });
-        assert!(check(&[n(1, 2, 5)], 3, 6, 4).is_ok());
-        assert!(check(&[n(3, 0, 1)], 3, 6, 4).unwrap_err().to_string().contains("only workers 0..2"));
-        assert!(check(&[n(1, 6, 1)], 3, 6, 4).unwrap_err().to_string().contains("has 6"));
-        assert!(check(&[n(1, 0, 9)], 3, 6, 4).unwrap_err().to_string().contains("at most 8 actions"));
-        assert!(check(&[n(1, 0, 1), n(1, 2, 1)], 3, 6, 4).is_err());
-        assert!(check(&[n(0, 0, 1), n(1, 0, 1)], 2, 6, 4).unwrap_err().to_string().contains("every worker"));
+        assert!(check(&[n(1, 2, 5)], 3, &[], 6, 4).is_ok());
+        assert!(check(&[n(3, 0, 1)], 3, &[], 6, 4).unwrap_err().to_string().contains("only workers 0..2"));
+        assert!(check(&[n(1, 6, 1)], 3, &[], 6, 4).unwrap_err().to_string().contains("has 6"));
+        assert!(check(&[n(1, 0, 9)], 3, &[], 6, 4).unwrap_err().to_string().contains("at most 8 actions"));
+        assert!(check(&[n(1, 0, 1), n(1, 2, 1)], 3, &[], 6, 4).is_err());
+        assert!(check(&[n(0, 0, 1), n(1, 0, 1)], 2, &[], 6, 4).unwrap_err().to_string().contains("every worker"));
+    }
+
+    #[test]
+    fn a_joiner_can_take_the_layers_of_every_preempted_worker() {
+        let n = |w, step, actions| (w, PlannedNotice { step, actions, grace_ms: 1000 });
+        assert!(check(&[n(0, 2, 1)], 1, &[(1, 0)], 6, 4).is_ok());
+        assert!(check(&[n(0, 2, 1), n(1, 3, 0)], 2, &[(0, 2)], 6, 4).is_ok());
+        // The joiner is due in the same step: it may not be there yet.
+        let err = check(&[n(0, 1, 1)], 1, &[(1, 0)], 6, 4).unwrap_err().to_string();
+        assert!(err.contains("every worker would be preempted by then"), "{err}");
+        // Two preempted, one joined: the second notice leaves nobody.
+        assert!(check(&[n(0, 2, 1), n(1, 3, 0)], 2, &[], 6, 4).is_err());
     }
 }

@@ -125,6 +125,8 @@ pub struct Report {
     pub microbatches: usize,
     pub batch: usize,
     pub optimizer: String,
+    /// `--lr-schedule` (`constant` by default).
+    pub lr_schedule: String,
     pub workers: usize,
     pub schedule: String,
     /// Precision saved tensors were shipped in (`--ship-dtype`).

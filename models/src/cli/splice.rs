@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, ensure, Context};
+use baton_engine::pipeline::protocol::without_addresses;
 use baton_engine::segment::{self, SegmentView};
 use baton_engine::{BackwardOutput, ParamStore, Segment, SegmentKey, Tensor};
 use baton_models::io;
@@ -38,7 +39,9 @@ pub struct SpliceArgs {
 pub fn run(args: SpliceArgs) -> anyhow::Result<()> {
     let params = io::load_tensors(&args.params, "").context("--params")?;
     let bytes = read_aligned(&args.segments).context("--segments")?;
-    let views = segment::access(&bytes).with_context(|| format!("--segments {}", args.segments.display()))?;
+    let views = segment::access(&bytes)
+        .map_err(|e| anyhow!("{}", without_addresses(&e.to_string(), &bytes)))
+        .with_context(|| format!("--segments {}", args.segments.display()))?;
     let grad = io::load_f32(&args.grad, GRAD_TENSOR).context("--grad")?;
     let result = backward_chain(&views, &params, grad)?;
     let mut out = result.params;
@@ -60,6 +63,7 @@ pub fn run(args: SpliceArgs) -> anyhow::Result<()> {
 /// Reads a file into a 16-byte aligned buffer, as [`segment::access`] needs.
 pub fn read_aligned(path: &Path) -> anyhow::Result<AlignedVec> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    ensure!(!data.is_empty(), "{} is empty (0 bytes): not a segment archive", path.display());
     Ok(aligned_copy(&data))
 }
 

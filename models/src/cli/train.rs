@@ -2,20 +2,21 @@
 //! (or seeded defaults), saving the final weights and an optional report.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context};
 use baton_engine::pipeline::coordinator::{JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::protocol::Span;
 use baton_engine::pipeline::{Layout, Partition, ScheduleKind};
-use baton_engine::{init, Backend, Batch, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
+use baton_engine::{init, Backend, Batch, LrSchedule, LrShape, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
 use baton_models::cluster::{launch_local_on, run_coordinator, CoordinatorOptions, LocalJob};
 use baton_models::{io, spec};
 use clap::{Args, ValueEnum};
 
 use super::device::DeviceList;
 use super::preempt;
+use super::preflight;
 use super::progress::Progress;
 use super::report::{self, Report};
 
@@ -64,13 +65,18 @@ pub struct TrainArgs {
     /// Micro-batches per step (M).
     #[arg(long, value_name = "M", default_value_t = 4)]
     microbatches: usize,
-    /// `sgd:lr=..,momentum=..` or `adam:lr=..,beta1=..,beta2=..,eps=..`.
+    /// `sgd:lr=..,momentum=..`, `adam:lr=..,beta1=..,beta2=..,eps=..` or
+    /// `adamw:lr=..,beta1=..,beta2=..,eps=..,weight_decay=..`.
     #[arg(long, value_name = "SPEC", default_value = "adam:lr=1e-3")]
     optimizer: OptimizerConfig,
     /// Clip each step's gradients to this total norm over every parameter
     /// of every stage (`torch.nn.utils.clip_grad_norm_`), before the update.
     #[arg(long, value_name = "MAX")]
     clip_grad_norm: Option<f32>,
+    /// Learning rate per step: `constant`, `cosine:warmup=W,min=LR` or
+    /// `linear:warmup=W` (warmup `lr·(s+1)/W`, then decay over the run's steps).
+    #[arg(long, value_name = "constant|cosine:warmup=W,min=LR|linear:warmup=W", default_value = "constant")]
+    lr_schedule: LrShape,
     /// Worker processes (pipeline stages).
     #[arg(long, value_name = "W", default_value_t = 1)]
     workers: usize,
@@ -154,40 +160,47 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
          `baton preempt --coordinator ADDR --cluster-dir DIR` (the cluster's `admin` certificate)"
     );
     let devices = check_devices(&args, &launch)?;
-    check_writable("--save", Some(&args.save))?;
-    check_writable("--report", args.report.as_deref())?;
+    let inputs = preflight::files(&[("--init", args.init.as_deref()), ("--data", args.data.as_deref())]);
+    let outputs = preflight::files(&[
+        ("--save", Some(&args.save)),
+        ("--report", args.report.as_deref()),
+        ("--timeline", args.timeline.as_deref()),
+    ]);
+    preflight::check_files(&inputs, &outputs)?;
     super::set_threads(args.threads)?;
     let chosen = choose_model(&args)?;
+    check_memory(&args, &chosen.model)?;
     let params = initial_params(&args, &chosen.model)?;
     let batches = training_data(&args, &chosen.model)?;
     let rows = batches[0].rows();
+    let lr_schedule = lr_schedule(&args, batches.len())?;
     ensure!(
         args.microbatches >= 1 && args.microbatches <= rows,
         "--microbatches {}: a batch of {rows} rows can be split into 1..={rows} micro-batches",
         args.microbatches
     );
-    eprintln!(
-        "training {} ({} layers, {} parameters) for {} steps, batch {rows}, M={}, {}, device {devices}",
-        chosen.label,
-        chosen.model.layers.len(),
-        params.iter().map(|(_, t)| t.len()).sum::<usize>(),
-        batches.len(),
-        args.microbatches,
-        args.optimizer
-    );
     let (label, spec_text, layers) = (chosen.label, chosen.spec_text, chosen.model.layers.len());
-    let notices =
-        args.preempt.iter().map(|p| preempt::parse(p).context("--preempt")).collect::<anyhow::Result<Vec<_>>>()?;
-    preempt::check(&notices, args.workers, batches.len(), args.microbatches)?;
     let joins =
         args.join.iter().map(|j| preempt::parse_join(j).context("--join")).collect::<anyhow::Result<Vec<_>>>()?;
     preempt::check_joins(&joins, batches.len(), args.microbatches)?;
+    let notices =
+        args.preempt.iter().map(|p| preempt::parse(p).context("--preempt")).collect::<anyhow::Result<Vec<_>>>()?;
+    preempt::check(&notices, args.workers, &joins, batches.len(), args.microbatches)?;
+    eprintln!(
+        "training {label} ({layers} layers, {} parameters) for {} steps, batch {rows}, M={}, {}, lr {}, device {devices}",
+        params.iter().map(|(_, t)| t.len()).sum::<usize>(),
+        batches.len(),
+        args.microbatches,
+        args.optimizer,
+        args.lr_schedule
+    );
     let remote = matches!(launch, Launch::Remote(_));
     let run = if args.workers > 1 || args.timeline.is_some() || remote || !joins.is_empty() {
-        train_pipeline(&args, &spec_text, (chosen.model, params), &batches, (notices, joins), (launch, &devices))?
+        let scripted = (notices, joins);
+        train_pipeline(&args, &spec_text, (chosen.model, params, lr_schedule), &batches, scripted, (launch, &devices))?
     } else {
         let model = chosen.model.with_backend(Backend::open(devices.single()).context("--device")?);
-        train_in_process(&args, model, params, &batches)?
+        train_in_process(&args, model, params, lr_schedule, &batches)?
     };
     save(&args, &spec_text, &run.params, batches.len(), rows)?;
     if let Some(path) = &args.timeline {
@@ -240,14 +253,22 @@ pub fn describe_migration(m: &MigrationRecord) -> String {
     )
 }
 
+/// The `--lr-schedule` over a run of `steps` steps, checked against the optimizer's rate.
+fn lr_schedule(args: &TrainArgs, steps: usize) -> anyhow::Result<LrSchedule> {
+    let steps = u32::try_from(steps).context("too many steps")?;
+    LrSchedule::new(args.lr_schedule, steps, args.optimizer.lr()).context("--lr-schedule")
+}
+
 fn train_in_process(
     args: &TrainArgs,
     model: Model,
     params: ParamStore,
+    lr_schedule: LrSchedule,
     batches: &[Batch],
 ) -> anyhow::Result<RunResult> {
     let layers = model.layers.len() as u32;
-    let mut trainer = Trainer::new(model.with_seed(args.seed), params, Optimizer::new(args.optimizer))
+    let optimizer = Optimizer::new(args.optimizer).with_lr_schedule(lr_schedule);
+    let mut trainer = Trainer::new(model.with_seed(args.seed), params, optimizer)
         .context("the initial weights do not fit the model")?
         .with_clip_grad_norm(args.clip_grad_norm)
         .context("--clip-grad-norm")?;
@@ -272,7 +293,7 @@ type Scripted = (Vec<(u32, PlannedNotice)>, Vec<(u32, u32)>);
 fn train_pipeline(
     args: &TrainArgs,
     spec_text: &str,
-    (model, params): (Model, ParamStore),
+    (model, params, lr_schedule): (Model, ParamStore, LrSchedule),
     batches: &[Batch],
     (notices, joins): Scripted,
     (launch, devices): (Launch<'_>, &DeviceList),
@@ -280,6 +301,7 @@ fn train_pipeline(
     let plan = JobPlan {
         spec: spec_text.to_string(),
         optimizer: args.optimizer,
+        lr_schedule,
         schedule: args.schedule.kind(),
         micro_batches: args.microbatches,
         workers: args.workers,
@@ -351,6 +373,7 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
         microbatches: args.microbatches,
         batch: summary.rows,
         optimizer: args.optimizer.to_string(),
+        lr_schedule: args.lr_schedule.to_string(),
         workers: args.workers,
         schedule: args.schedule.name().to_string(),
         losses: run.losses,
@@ -370,8 +393,10 @@ fn check_single_process(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(max) = args.clip_grad_norm {
         baton_engine::clip::check_max_norm(max).context("--clip-grad-norm")?;
     }
-    if !args.preempt.is_empty() && args.workers < 2 {
-        bail!("--preempt needs --workers 2 or more: someone must take over the preempted worker's layers");
+    if !args.preempt.is_empty() && args.workers < 2 && args.join.is_empty() {
+        bail!(
+            "--preempt needs --workers 2 or more (or a --join): someone must take over the preempted worker's layers"
+        );
     }
     if args.admin_dir.is_some() && args.workers < 2 {
         bail!("--admin-dir needs --workers 2 or more: someone must take over a preempted worker's layers");
@@ -390,17 +415,17 @@ fn check_devices(args: &TrainArgs, launch: &Launch<'_>) -> anyhow::Result<Device
     Ok(devices)
 }
 
-/// Fails before training when an output file could not be created (its
-/// directory does not exist), so no training time is lost to a typo.
-fn check_writable(flag: &str, path: Option<&Path>) -> anyhow::Result<()> {
-    let Some(path) = path else { return Ok(()) };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
+/// Refuses a model too large for this machine before anything is
+/// allocated. The batch is --batch (32 for synthetic data; 1 when a --data
+/// file decides it, whose own size is checked as it is read).
+fn check_memory(args: &TrainArgs, model: &Model) -> anyhow::Result<()> {
+    let batch = args.batch.unwrap_or(if args.data.is_some() { 1 } else { 32 });
+    let synthetic_rows = match args.data {
+        Some(_) => 0,
+        None => args.steps.unwrap_or(10) as u128 * batch as u128,
     };
-    ensure!(dir.is_dir(), "{flag} {}: directory {} does not exist", path.display(), dir.display());
-    ensure!(!path.is_dir(), "{flag} {}: is a directory, expected a file name", path.display());
-    Ok(())
+    let estimate = preflight::MemoryEstimate::new(model, &args.optimizer, batch, synthetic_rows);
+    estimate.check(model, preflight::memory_limit()).context("--model")
 }
 
 /// The model from --model, else from the spec in --init's metadata, else mlp12.
@@ -496,6 +521,7 @@ fn save(args: &TrainArgs, spec_text: &str, params: &ParamStore, steps: usize, ba
         ("batch".to_string(), batch.to_string()),
         ("microbatches".to_string(), args.microbatches.to_string()),
         ("optimizer".to_string(), args.optimizer.to_string()),
+        ("lr_schedule".to_string(), args.lr_schedule.to_string()),
         ("producer".to_string(), format!("baton {}", env!("CARGO_PKG_VERSION"))),
     ]);
     io::save_params(&args.save, params, Some(metadata)).context("--save")?;

@@ -16,7 +16,7 @@ use super::plan::{split_step, StepLosses};
 use super::protocol::{Assignment, Message, Placement, PlannedNotice, Span};
 use super::{Layout, Partition, ScheduleKind};
 use crate::train::{Batch, Counters};
-use crate::{Error, OptimizerConfig, ParamStore, Result, Tensor};
+use crate::{Error, LrSchedule, OptimizerConfig, ParamStore, Result, Tensor};
 
 use migration::Migration;
 
@@ -25,6 +25,8 @@ use migration::Migration;
 pub struct JobPlan {
     pub spec: String,
     pub optimizer: OptimizerConfig,
+    /// The learning rate of each step (`--lr-schedule`).
+    pub lr_schedule: LrSchedule,
     pub schedule: ScheduleKind,
     pub micro_batches: usize,
     pub workers: usize,
@@ -360,6 +362,7 @@ impl Coordinator {
             generation: self.generation,
             spec: self.plan.spec.clone(),
             optimizer: self.plan.optimizer.to_string(),
+            lr_schedule: self.plan.lr_schedule,
             schedule: self.plan.schedule.to_string(),
             placements: self.placements.clone(),
             params,

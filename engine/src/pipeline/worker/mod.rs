@@ -84,11 +84,13 @@ struct Setup {
     kind: ScheduleKind,
     optimizer: crate::OptimizerConfig,
     clipping: bool,
+    lr_schedule: crate::LrSchedule,
 }
 
 impl Setup {
     fn stage(&self, layers: std::ops::Range<u32>, at: (u32, u32), params: ParamStore) -> Result<Stage> {
-        let stage = Stage::new(self.model.clone(), layers, at, self.kind, params, Optimizer::new(self.optimizer))?;
+        let optimizer = Optimizer::new(self.optimizer).with_lr_schedule(self.lr_schedule);
+        let stage = Stage::new(self.model.clone(), layers, at, self.kind, params, optimizer)?;
         Ok(stage.with_clipping(self.clipping))
     }
 }
@@ -240,7 +242,9 @@ impl Worker {
             kind: a.schedule.parse()?,
             optimizer: a.optimizer.parse()?,
             clipping: a.clip_grad_norm.is_some(),
+            lr_schedule: a.lr_schedule,
         };
+        setup.lr_schedule.check(setup.optimizer.lr())?;
         self.generation = a.generation;
         self.notices = a.notices;
         self.ship_bf16 = a.ship_bf16;
