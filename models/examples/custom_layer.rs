@@ -1,23 +1,32 @@
-//! Defining a new layer type in Rust, outside the engine.
+//! A layer type defined in Rust, outside the engine, trained across
+//! processes exactly like the built-ins.
 //!
 //! `PreNormTanhResidual` computes `y = x + tanh(layernorm(x) Wᵀ + b)` using
-//! only the public `Layer` trait and `Recorder` ops, so its segments are as
-//! relocatable as the built-ins'. The example trains a model that mixes it
-//! with built-in layers, then ships one micro-batch's segment of the custom
-//! layer through an archive and checks that backward on the "receiver" gives
-//! the same bits.
+//! only the public `Layer` trait and `Recorder` ops, and registers itself
+//! as the spec type `prenorm_tanh_residual`. This binary is both the
+//! coordinator and its workers: it launches itself three times as worker
+//! processes (`worker_if_requested` recognises those), trains a model mixing
+//! the custom layer with built-ins, preempts worker 1 in step 2 (its layers,
+//! custom ones included, migrate with their unfinished tape segments), and
+//! checks the final weights against one-process training bit for bit.
 //!
 //! Run: `cargo run --release -p baton-models --example custom_layer`
 
-use baton_engine::segment::{self, SegmentBatch};
-use baton_engine::{
-    Activation, Init, Layer, Loss, Model, Optimizer, ParamSpec, Recorder, SegmentKey, Tensor, TensorId, Trainer,
-};
-use baton_models::io;
-use baton_models::layers::Linear;
+use std::time::Duration;
 
+use anyhow::ensure;
+use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan, MigrationRecord};
+use baton_engine::pipeline::protocol::PlannedNotice;
+use baton_engine::pipeline::ScheduleKind;
+use baton_engine::{init, Init, Layer, Optimizer, OptimizerConfig, ParamSpec, ParamStore, Recorder, TensorId, Trainer};
+use baton_models::cluster::{launch_local, LocalJob};
+use baton_models::spec::{self, Registry};
+use baton_models::{io, runtime};
+use serde_json::{Map, Value};
+
+/// `y = x + tanh(layernorm(x) Wᵀ + b)`.
 #[derive(Debug)]
-struct PreNormTanhResidual {
+pub struct PreNormTanhResidual {
     width: usize,
 }
 
@@ -46,45 +55,103 @@ impl Layer for PreNormTanhResidual {
         let h = rec.layernorm(x, g, b, 1e-5)?;
         let (w, b) = (rec.param("proj.weight")?, rec.param("proj.bias")?);
         let h = rec.linear(h, w, Some(b))?;
-        let h = rec.activation(h, Activation::Tanh)?;
+        let h = rec.activation(h, baton_engine::Activation::Tanh)?;
         rec.add(x, h)
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let layers: Vec<Box<dyn Layer>> = vec![
-        Box::new(Linear { inp: 16, out: 32, activation: Some(Activation::Gelu) }),
-        Box::new(PreNormTanhResidual { width: 32 }),
-        Box::new(Linear { inp: 32, out: 16, activation: None }),
-    ];
-    let model = Model::new(16, layers, Loss::Mse)?;
-    let params = baton_engine::init::init_params(&model.param_specs(), 1);
-    let data = io::synthetic_data(&model, 20, 32, 2);
+/// `{"type": "prenorm_tanh_residual"}` in a spec.
+fn build(obj: &Map<String, Value>, width: usize, at: &str) -> baton_models::Result<Box<dyn Layer>> {
+    spec::check_fields(obj, &["type"], at)?;
+    Ok(Box::new(PreNormTanhResidual { width }))
+}
 
-    // Relocate one segment of the custom layer before training changes the weights.
-    let key = SegmentKey { step: 0, micro: 0, layer: 1 };
-    let (_, hidden) = model.forward_layer(SegmentKey { layer: 0, ..key }, &params, data[0].x.clone())?;
-    let (segment, out) = model.forward_layer(key, &params, hidden)?;
-    let dy = Tensor::new(out.shape().to_vec(), vec![0.01; out.len()])?;
-    let local = segment.backward(&params, dy.clone(), true)?;
-    let bytes = segment::archive(&SegmentBatch(vec![segment]))?;
-    let receiver = params.with_prefix("layers.1.");
-    let views = segment::access(&bytes)?;
-    let remote = views[0].backward(&receiver, dy, true)?;
-    let same = local.input_grad == remote.input_grad && local.param_grads == remote.param_grads;
-    println!(
-        "custom layer segment: {} archive bytes, backward on the receiver bit-identical: {}",
-        bytes.len(),
-        if same { "yes" } else { "NO" }
-    );
+/// The layer types this binary adds to the spec.
+pub fn registry() -> Registry {
+    Registry::new().with("prenorm_tanh_residual", build)
+}
 
-    let mut trainer = Trainer::new(model, params, Optimizer::new("adam:lr=3e-3".parse()?))?;
+pub const SPEC: &str = r#"{"input": 16, "loss": "mse", "layers": [
+    {"type": "linear", "out": 32, "activation": "gelu"},
+    {"type": "prenorm_tanh_residual"}, {"type": "prenorm_tanh_residual"},
+    {"type": "prenorm_tanh_residual"}, {"type": "prenorm_tanh_residual"},
+    {"type": "linear", "out": 16}]}"#;
+
+const STEPS: usize = 4;
+const MICRO: usize = 4;
+
+/// What the example produced: the pipeline's outcome and one process's weights.
+pub struct Run {
+    pub outcome: JobOutcome,
+    pub reference: ParamStore,
+}
+
+/// Trains [`SPEC`] on 3 worker processes (this binary) with worker 1
+/// preempted in step 2, and in this process for reference.
+pub fn run() -> anyhow::Result<Run> {
+    let model = spec::parse_with(SPEC, &registry())?;
+    let params = init::init_params(&model.param_specs(), 1);
+    let data = io::synthetic_data(&model, STEPS, 32, 2);
+    let optimizer: OptimizerConfig = "adam:lr=3e-3".parse()?;
+    let mut trainer = Trainer::new(spec::parse_with(SPEC, &registry())?, params.clone(), Optimizer::new(optimizer))?;
     for (step, batch) in data.iter().enumerate() {
-        let loss = trainer.step(step as u32, batch, 4)?;
-        if step % 5 == 0 || step + 1 == data.len() {
-            println!("step {step:>2}: loss {loss:.5}");
-        }
+        trainer.step(step as u32, batch, MICRO)?;
     }
-    anyhow::ensure!(same, "relocated backward differed");
+    let plan = JobPlan {
+        spec: SPEC.to_string(),
+        optimizer,
+        lr_schedule: Default::default(),
+        schedule: ScheduleKind::OneFOneB,
+        micro_batches: MICRO,
+        workers: 3,
+        costs: model.layers.iter().map(|l| l.cost()).collect(),
+        params,
+        batches: data,
+        join_timeout: Duration::from_secs(60),
+        notices: vec![(1, PlannedNotice { step: 2, actions: 3, grace_ms: 120_000 })],
+        joins: Vec::new(),
+        ship_bf16: false,
+        clip_grad_norm: None,
+        seed: 0,
+    };
+    let exe = std::env::current_exe()?;
+    let mut on_step = |step: u32, loss: f32| println!("step {step}: loss {loss:.6}");
+    let mut on_migration = |m: &MigrationRecord| {
+        println!("worker(s) {:?} preempted: layers {} -> {}", m.leaving, m.before.describe(), m.after.describe())
+    };
+    let job = LocalJob {
+        plan,
+        exe: &exe,
+        threads_per_worker: 1,
+        on_step: &mut on_step,
+        on_migration: &mut on_migration,
+        admin_dir: None,
+    };
+    Ok(Run { outcome: launch_local(job)?, reference: trainer.params })
+}
+
+/// Bitwise equality of two parameter stores.
+pub fn same_bits(a: &ParamStore, b: &ParamStore) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|(name, t)| {
+            b.get(name).is_ok_and(|u| {
+                t.shape() == u.shape()
+                    && t.values()
+                        .ok()
+                        .zip(u.values().ok())
+                        .is_some_and(|(x, y)| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()))
+            })
+        })
+}
+
+#[allow(dead_code)] // the test that includes this file has its own main
+fn main() -> anyhow::Result<()> {
+    if let Some(worker) = runtime::worker_if_requested(&registry()) {
+        return worker;
+    }
+    let run = run()?;
+    let same = same_bits(&run.outcome.params, &run.reference);
+    println!("3 worker processes with a preemption vs one process: bit-identical: {}", if same { "yes" } else { "NO" });
+    ensure!(same, "the pipeline's weights differ from one process");
     Ok(())
 }
