@@ -49,11 +49,18 @@ enum Inbound {
 /// Runs `plan` on `node` until the job is done or fails.
 pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptions<'_>) -> anyhow::Result<JobOutcome> {
     let start = Instant::now();
+    super::lifetime::install()?;
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
     let mut roster = Roster::default();
     let mut last_child_check = Duration::ZERO;
     loop {
-        let inbound = match node.events().recv_timeout(Duration::from_millis(100)) {
+        let event = node.events().recv_timeout(Duration::from_millis(100));
+        // Before the event: a Ctrl-C that also reached the workers must
+        // read as a stop, not as a lost worker.
+        if let Some(signal) = super::lifetime::stop_signal() {
+            return Err(stop(node, &roster, &mut coordinator, signal, start.elapsed()));
+        }
+        let inbound = match event {
             Ok(event) => on_event(node, event, &mut roster)?,
             Err(RecvTimeoutError::Timeout) => Inbound::Job(Vec::new()),
             Err(RecvTimeoutError::Disconnected) => bail!("the transport stopped"),
@@ -86,6 +93,20 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
             }
         }
     }
+}
+
+/// A signal stops the job: the final-checkpoint hook, then every worker is
+/// told to abort (best effort: the caller closes the connections next).
+fn stop(node: &Node, roster: &Roster, coordinator: &mut Coordinator, signal: i32, now: Duration) -> anyhow::Error {
+    let checkpoint = super::lifetime::final_checkpoint();
+    let interrupted = super::lifetime::Interrupted { signal, checkpoint };
+    let reason = format!("the coordinator was {interrupted}");
+    for effect in coordinator.handle(CoordEvent::Stop { reason }, now) {
+        if let CoordEffect::Send { worker, message } = effect {
+            deliver(node, roster, worker, &message).ok();
+        }
+    }
+    anyhow::Error::new(interrupted)
 }
 
 /// Turns a transport event into coordinator events or an admin request.

@@ -51,6 +51,9 @@ pub enum CoordEvent {
     Message { worker: u32, message: Message },
     /// The connection to `worker` is gone.
     Lost { worker: u32, reason: String },
+    /// The job must stop now (the coordinator process got SIGINT or
+    /// SIGTERM): every worker is told to abort, and the job fails with `reason`.
+    Stop { reason: String },
 }
 
 /// What the coordinator asks the driver to do.
@@ -245,6 +248,7 @@ impl Coordinator {
             CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
             CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!("worker {worker} was lost: {reason}"))),
             CoordEvent::Message { worker, message } => self.on_message(worker, message, now),
+            CoordEvent::Stop { reason } => return self.fail(reason),
         };
         result.unwrap_or_else(|e| self.fail(e.to_string()))
     }

@@ -188,8 +188,17 @@ impl Worker {
         vec![Out::Send { to: Dest::Coordinator, message: Message::Notice { worker: self.id, grace_ms } }]
     }
 
-    /// Takes in a message from the coordinator or a peer.
+    /// Takes in a message from the coordinator or a peer. Only the
+    /// coordinator may send control messages (everything but the data and
+    /// handovers workers exchange): from a worker they are refused.
     pub fn handle(&mut self, from: Dest, message: Message) -> Result<Vec<Out>> {
+        if let (Dest::Worker(w), false) = (from, message.is_between_workers()) {
+            return Err(Error::Pipeline(format!(
+                "worker {w} sent worker {} a `{}` message, which only the coordinator may send",
+                self.id,
+                message.kind()
+            )));
+        }
         match message {
             Message::Assign(assignment) => self.assign(assignment),
             Message::StepStart { step, rows, inputs, targets } => {
