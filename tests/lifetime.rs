@@ -295,7 +295,7 @@ fn a_duplicate_worker_and_an_admin_cannot_disturb_a_running_job() {
     let steps = 1200;
     let (mut coordinator, addr) = coordinator(dir.path(), 2, 2, steps);
     let (first, worker0) = worker_at(dir.path(), &addr, 0);
-    let mut workers = vec![first, worker(dir.path(), &addr, 1)];
+    let mut workers = [first, worker(dir.path(), &addr, 1)];
     coordinator.wait_for_line("step 3/");
 
     let mut twin = worker(dir.path(), &addr, 1);
@@ -330,6 +330,38 @@ fn a_duplicate_worker_and_an_admin_cannot_disturb_a_running_job() {
         }
     }
     assert_eq!(report(dir.path())["migrations"], serde_json::json!([]), "{log}");
+    let got = io::load_tensors(&dir.path().join("out.safetensors"), "").unwrap();
+    assert!(bit_identical(&got, &single_process(dir.path(), steps)), "weights differ from the undisturbed run");
+}
+
+/// `baton coordinator --workers 2` with two hand-started workers; once it
+/// trains, a third `baton worker --id 2` (a certificate of the cluster, no
+/// `--join` anywhere) is started: it is admitted at the next safe point,
+/// takes layers, and the weights are bit-identical to an undisturbed run.
+#[test]
+fn a_hand_started_worker_joins_a_running_job_and_takes_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 1200;
+    let (mut coordinator, addr) = coordinator(dir.path(), 2, 3, steps);
+    let mut workers: Vec<Proc> = (0..2).map(|id| worker(dir.path(), &addr, id)).collect();
+    coordinator.wait_for_line("step 3/");
+    workers.push(worker(dir.path(), &addr, 2));
+    let joined = coordinator.wait_for_line("migration to generation 1");
+    assert!(joined.contains("worker(s) [2] joined"), "{joined}");
+    let log = coordinator.finish();
+    for (id, w) in workers.iter_mut().enumerate() {
+        let wlog = w.finish();
+        assert!(!wlog.contains("error"), "worker {id}:\n{wlog}");
+    }
+    let report = report(dir.path());
+    let migrations = report["migrations"].as_array().unwrap();
+    assert_eq!(migrations.len(), 1, "{log}");
+    assert_eq!(migrations[0]["joined"], serde_json::json!([2]), "{}", migrations[0]);
+    let last = report["partitions"].as_array().unwrap().last().unwrap().clone();
+    let stages = last["stages"].as_array().unwrap();
+    let holders: Vec<u64> = stages.iter().map(|s| s["worker"].as_u64().unwrap()).collect();
+    assert_eq!(holders, vec![0, 1, 2], "the joiner holds no layers: {last}");
+    assert_eq!(report["counters"]["lost_microbatches"], 0);
     let got = io::load_tensors(&dir.path().join("out.safetensors"), "").unwrap();
     assert!(bit_identical(&got, &single_process(dir.path(), steps)), "weights differ from the undisturbed run");
 }

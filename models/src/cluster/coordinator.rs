@@ -124,11 +124,11 @@ fn on_event(node: &Node, event: Event, roster: &mut Roster) -> anyhow::Result<In
             Inbound::Job(Vec::new())
         }
         Event::Message { peer, bytes, .. } if roster.admins.contains(&peer) => Inbound::Admin(peer, bytes),
-        Event::Message { peer, bytes, .. } => Inbound::Job(on_message(peer, &bytes, roster)?),
+        Event::Message { peer, bytes, .. } => Inbound::Job(on_message(node, peer, &bytes, roster)?),
         Event::Disconnected { peer, reason } => {
             roster.admins.remove(&peer);
-            match roster.worker_of.get(&peer) {
-                Some(&worker) => Inbound::Job(vec![CoordEvent::Lost { worker, reason }]),
+            match roster.worker_of.remove(&peer) {
+                Some(worker) => Inbound::Job(vec![CoordEvent::Lost { worker, reason }]),
                 None => Inbound::Job(Vec::new()),
             }
         }
@@ -136,7 +136,7 @@ fn on_event(node: &Node, event: Event, roster: &mut Roster) -> anyhow::Result<In
 }
 
 /// A frame from a worker (or a refused peer's, still in flight: ignored).
-fn on_message(peer: PeerId, bytes: &Frame, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>> {
+fn on_message(node: &Node, peer: PeerId, bytes: &Frame, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>> {
     let name = roster.names.get(&peer).map_or("", String::as_str);
     if worker_id(name).is_none() {
         tracing::warn!(%peer, name, "ignoring a frame from a refused peer");
@@ -146,6 +146,13 @@ fn on_message(peer: PeerId, bytes: &Frame, roster: &mut Roster) -> anyhow::Resul
     if let Message::Register { worker, .. } = &message {
         tracing::info!(worker, %peer, "worker registered");
         check_claim(name, *worker)?;
+        if roster.peer_of.get(worker).is_some_and(|&other| other != peer && roster.worker_of.contains_key(&other)) {
+            // The transport refuses a second live connection of one name;
+            // this catches one that raced it. The member keeps its place.
+            tracing::warn!(worker, %peer, "refusing a second registration of a connected worker");
+            node.disconnect(peer, &format!("duplicate identity: worker {worker} is already connected"));
+            return Ok(Vec::new());
+        }
         roster.worker_of.insert(peer, *worker);
         roster.peer_of.insert(*worker, peer);
     }

@@ -80,18 +80,22 @@ impl Coordinator {
     /// join point was reached, unless one is under way (a notice or join
     /// arriving meanwhile waits for it to complete).
     pub(super) fn start_migration(&mut self) -> Result<Vec<CoordEffect>> {
-        let joining: Vec<u32> = match self.join_due() {
-            true => self.joiners.iter().copied().take(1).collect(),
-            false => Vec::new(),
-        };
+        // A planned joiner comes in at its join point; one that connected
+        // by itself (a hand joiner) as soon as it is ready.
+        let due = self.join_due();
+        let hand = self.joiners.iter().copied().find(|w| self.hand_joiners.contains(w));
+        let planned = self.joiners.iter().copied().find(|w| !self.hand_joiners.contains(w)).filter(|_| due);
+        let joining: Vec<u32> = planned.or(hand).into_iter().collect();
         let idle = self.notices.is_empty() && joining.is_empty();
         if self.migration.is_some() || idle || !matches!(self.phase, Phase::Running { .. }) {
             return Ok(Vec::new());
         }
         for w in &joining {
             self.joiners.remove(w);
-            self.joins.pop_front();
-            self.join_wait_since = None;
+            if !self.hand_joiners.remove(w) {
+                self.joins.pop_front();
+                self.join_wait_since = None;
+            }
         }
         let notices: Vec<_> = self.notices.drain(..).collect();
         let leaving: BTreeSet<u32> = notices.iter().map(|(w, _, _)| *w).collect();
@@ -205,6 +209,7 @@ impl Coordinator {
         let mut effects: Vec<CoordEffect> =
             m.leaving.iter().map(|&w| CoordEffect::Send { worker: w, message: Message::Retire }).collect();
         effects.push(CoordEffect::Migrated(record));
+        effects.extend(self.assign_waiting_joiner());
         effects.extend(self.start_migration()?);
         effects.extend(self.maybe_finish_step()?);
         Ok(effects)

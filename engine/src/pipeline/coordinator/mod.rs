@@ -164,6 +164,12 @@ pub struct Coordinator {
     joiners: BTreeSet<u32>,
     /// Joiners whose process start was asked for.
     spawned: BTreeSet<u32>,
+    /// Workers that connected by themselves (not a planned `--join`) and
+    /// are not members yet: admitted one at a time, at the next safe point.
+    hand_joiners: BTreeSet<u32>,
+    /// Hand joiners registered while another joined or a migration ran,
+    /// in order: each gets its assignment once the job is idle again.
+    waiting: VecDeque<(u32, String)>,
     /// Since when the end of a step waits for a due joiner.
     join_wait_since: Option<Duration>,
     /// Planned joins not yet done, in order.
@@ -203,6 +209,8 @@ impl Coordinator {
             migration: None,
             joiners: BTreeSet::new(),
             spawned: BTreeSet::new(),
+            hand_joiners: BTreeSet::new(),
+            waiting: VecDeque::new(),
             join_wait_since: None,
             joins,
             losses: Vec::new(),
@@ -246,6 +254,7 @@ impl Coordinator {
         let result = match event {
             // A worker that delivered its final state, or retired, may go away.
             CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
+            CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
             CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!("worker {worker} was lost: {reason}"))),
             CoordEvent::Message { worker, message } => self.on_message(worker, message, now),
             CoordEvent::Stop { reason } => return self.fail(reason),
@@ -264,14 +273,19 @@ impl Coordinator {
 
     fn on_message(&mut self, worker: u32, message: Message, now: Duration) -> Result<Vec<CoordEffect>> {
         let known = self.plan.workers + self.plan.joins.len();
-        if worker as usize >= known {
+        let registering = matches!(message, Message::Register { .. });
+        if worker as usize >= known && !registering && !self.addresses.contains_key(&worker) {
             return Err(Error::Pipeline(format!("worker {worker} is not part of this job of {known} workers")));
         }
         match message {
+            Message::Register { protocol, address, .. } if self.is_hand_joiner(worker) => {
+                self.on_hand_register(worker, protocol, address)
+            }
             Message::Register { protocol, address, .. } if worker as usize >= self.plan.workers => {
                 self.on_join_register(worker, protocol, address)
             }
             Message::Register { protocol, address, .. } => self.on_register(worker, protocol, address),
+            Message::Ready { .. } if self.hand_joiners.contains(&worker) => self.on_join_ready(worker),
             Message::Ready { .. } if worker as usize >= self.plan.workers => self.on_join_ready(worker),
             Message::Ready { .. } => self.on_ready(worker),
             Message::Loss { step, micro, value } => self.on_loss(step, micro, value),
@@ -318,6 +332,73 @@ impl Coordinator {
             return Err(Error::Pipeline(format!("worker {worker} reported ready out of turn")));
         }
         self.start_migration()
+    }
+
+    /// Whether a `Register` from `worker` is a worker joining by itself (not
+    /// an initial member, not a planned `--join`): an id the plan does not
+    /// know, or, once training runs, a former member coming back.
+    fn is_hand_joiner(&self, worker: u32) -> bool {
+        let planned = (worker as usize) < self.plan.workers + self.plan.joins.len();
+        match self.phase {
+            Phase::Registering | Phase::Connecting => !planned,
+            _ => !planned || (self.addresses.contains_key(&worker) && !self.members().contains(&worker)),
+        }
+    }
+
+    /// A worker that connected by itself registers: it waits its turn (one
+    /// joiner at a time, never during a migration), then gets the current
+    /// layout without layers, connects to every member, and takes layers at
+    /// the next safe point, through the same repartition as `--join`.
+    fn on_hand_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
+        check_protocol(worker, protocol)?;
+        let refuse = |reason: String| Ok(vec![CoordEffect::Send { worker, message: Message::Abort { reason } }]);
+        if matches!(self.phase, Phase::Finishing | Phase::Over) {
+            return refuse(format!("worker {worker} cannot join: the job is finishing"));
+        }
+        if !self.hand_joiners.insert(worker) {
+            return refuse(format!("worker {worker} registered twice while waiting to join"));
+        }
+        self.retired.remove(&worker);
+        self.waiting.push_back((worker, address));
+        Ok(self.assign_waiting_joiner())
+    }
+
+    /// The next waiting hand joiner gets its assignment once training runs,
+    /// no migration is under way and no other hand joiner is on its way in.
+    fn assign_waiting_joiner(&mut self) -> Vec<CoordEffect> {
+        let on_its_way = self.hand_joiners.iter().any(|w| !self.waiting.iter().any(|(v, _)| v == w));
+        if on_its_way || self.migration.is_some() || !matches!(self.phase, Phase::Running { .. }) {
+            return Vec::new();
+        }
+        let Some((worker, address)) = self.waiting.pop_front() else { return Vec::new() };
+        self.addresses.insert(worker, address);
+        vec![CoordEffect::Send { worker, message: self.assignment(worker) }]
+    }
+
+    /// True for a hand joiner that is not a member yet.
+    fn is_pending_hand_joiner(&self, worker: u32) -> bool {
+        self.hand_joiners.contains(&worker)
+    }
+
+    /// A hand joiner that went away before it held layers: forgotten, and
+    /// the job goes on (the next waiting joiner may come in).
+    fn forget_joiner(&mut self, worker: u32) -> Vec<CoordEffect> {
+        self.hand_joiners.remove(&worker);
+        self.waiting.retain(|(w, _)| *w != worker);
+        self.joiners.remove(&worker);
+        self.addresses.remove(&worker);
+        self.assign_waiting_joiner()
+    }
+
+    /// At the end of training: hand joiners that never got layers are told so.
+    fn turn_away_joiners(&mut self) -> Vec<CoordEffect> {
+        let reason = |w: u32| format!("worker {w} cannot join: the job finished before it could take layers");
+        let turned: Vec<u32> = std::mem::take(&mut self.hand_joiners).into_iter().collect();
+        self.waiting.clear();
+        turned
+            .into_iter()
+            .map(|w| CoordEffect::Send { worker: w, message: Message::Abort { reason: reason(w) } })
+            .collect()
     }
 
     /// Placements of `partition` on `workers` (stage i on `workers[i]`).
@@ -371,6 +452,7 @@ impl Coordinator {
         self.step_losses = Some(StepLosses::new(split.rows.clone()));
         self.phase = Phase::Running { step, updated: vec![false; self.plan.costs.len()] };
         let mut spawn = self.spawn_due_joiner();
+        spawn.extend(self.assign_waiting_joiner());
         let first = self.placements.first().map(|p| p.worker);
         let last = self.placements.last().map(|p| p.worker);
         let starts = self.members().into_iter().map(|w| {
@@ -464,6 +546,7 @@ impl Coordinator {
             self.phase = Phase::Finishing;
             effects
                 .extend(self.members().into_iter().map(|w| CoordEffect::Send { worker: w, message: Message::Finish }));
+            effects.extend(self.turn_away_joiners());
         }
         Ok(effects)
     }
