@@ -7,6 +7,8 @@
 //! preemption point can be tested in memory.
 
 mod migration;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;

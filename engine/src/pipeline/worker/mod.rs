@@ -12,6 +12,8 @@
 //! message of the new generation that overtakes the drain waits its turn.
 
 mod migration;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
