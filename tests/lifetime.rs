@@ -365,3 +365,27 @@ fn a_hand_started_worker_joins_a_running_job_and_takes_layers() {
     let got = io::load_tensors(&dir.path().join("out.safetensors"), "").unwrap();
     assert!(bit_identical(&got, &single_process(dir.path(), steps)), "weights differ from the undisturbed run");
 }
+
+/// A `baton coordinator` killed without a word (SIGKILL): its hand-started
+/// workers have no pipe to it, so they learn it from QUIC's idle timeout
+/// (5 s in `cluster::net_config`) and exit non-zero saying so (the one
+/// that notices first; the other may see that one go first).
+#[test]
+fn the_workers_of_a_sigkilled_coordinator_exit_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut coordinator, addr) = coordinator(dir.path(), 2, 2, 5000);
+    let mut workers: Vec<Proc> = (0..2).map(|id| worker(dir.path(), &addr, id)).collect();
+    coordinator.wait_for_line("step 3/");
+    coordinator.child.kill().unwrap();
+    coordinator.child.wait().unwrap();
+    let killed = Instant::now();
+    let pids: Vec<i32> = workers.iter().map(Proc::pid).collect();
+    assert_exit_within(&pids, Duration::from_secs(8), "SIGKILL of `baton coordinator`");
+    eprintln!("workers gone {:?} after the coordinator's SIGKILL", killed.elapsed());
+    for (id, w) in workers.iter_mut().enumerate() {
+        let (status, log) = w.wait_exit(Duration::from_secs(1));
+        assert!(!status.success(), "worker {id} exited successfully from an abandoned job:\n{log}");
+        // The first to notice exits; the other may learn it from that one.
+        assert!(log.contains("went away"), "worker {id}:\n{log}");
+    }
+}

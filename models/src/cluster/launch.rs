@@ -42,6 +42,8 @@ pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
 /// the devices can be opened ([`launch_local`] cannot tell which failure
 /// of a worker process was its device).
 pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> anyhow::Result<JobOutcome> {
+    // Before any worker starts: from here on a Ctrl-C stops the job in order.
+    super::lifetime::install()?;
     // The CA lives in this process only: each worker gets its identity
     // through its stdin (see [`super::handoff`]), so no key is on disk.
     let ca = ClusterCa::generate("baton-local").context("creating an ephemeral certificate authority")?;
