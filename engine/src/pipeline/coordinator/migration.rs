@@ -40,7 +40,7 @@ impl Coordinator {
     /// came from its cloud. Refused (the job goes on) when the worker holds
     /// no layers, is already leaving, or training is not running.
     pub fn preempt(&self, worker: u32, grace: Duration) -> Result<Vec<CoordEffect>> {
-        let refuse = |why: String| Err(Error::Pipeline(format!("cannot preempt worker {worker}: {why}")));
+        let refuse = |why: String| Err(Error::Usage(format!("cannot preempt worker {worker}: {why}")));
         if !matches!(self.phase, Phase::Running { .. }) {
             return refuse("training is not running (it has not started, or is finishing)".into());
         }
@@ -70,7 +70,7 @@ impl Coordinator {
             return Ok(Vec::new());
         }
         if !self.members().contains(&worker) {
-            return Err(Error::Pipeline(format!("a notice for worker {worker}, which holds no layers")));
+            return Err(Error::peer(format!("worker {worker}"), "it sent a notice but holds no layers"));
         }
         self.notices.push_back((worker, now, now + grace));
         self.start_migration()
@@ -103,7 +103,7 @@ impl Coordinator {
         survivors.extend(&joining);
         survivors.sort_unstable();
         if survivors.is_empty() {
-            return Err(Error::Pipeline("every worker was preempted: nothing is left to take over the layers".into()));
+            return Err(Error::Usage("every worker was preempted: nothing is left to take over the layers".into()));
         }
         let partition = Partition::balanced(&self.plan.costs, survivors.len())?;
         let generation = self.generation + 1;
@@ -127,7 +127,7 @@ impl Coordinator {
     fn migration_mut(&mut self, worker: u32, what: &str) -> Result<&mut Migration> {
         self.migration
             .as_mut()
-            .ok_or_else(|| Error::Pipeline(format!("worker {worker} sent `{what}` outside a migration")))
+            .ok_or_else(|| Error::peer(format!("worker {worker}"), format!("it sent `{what}` outside a migration")))
     }
 
     /// Once every member paused: the new layout, with each member's drain counts.

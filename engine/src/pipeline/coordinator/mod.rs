@@ -253,15 +253,40 @@ impl Coordinator {
         if self.phase == Phase::Over {
             return Vec::new();
         }
+        let sender = match &event {
+            CoordEvent::Message { worker, .. } => Some(*worker),
+            _ => None,
+        };
         let result = match event {
             // A worker that delivered its final state, or retired, may go away.
             CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
             CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
-            CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!("worker {worker} was lost: {reason}"))),
+            CoordEvent::Lost { worker, reason } => Err(Error::Lost { worker, reason }),
             CoordEvent::Message { worker, message } => self.on_message(worker, message, now),
             CoordEvent::Stop { reason } => return self.fail(reason),
         };
-        result.unwrap_or_else(|e| self.fail(e.to_string()))
+        match (result, sender) {
+            (Ok(effects), _) => effects,
+            // The job does not depend on a peer that holds nothing: drop it.
+            (Err(e), Some(worker)) if e.is_peer() && self.may_drop(worker) => self.drop_peer(worker, &e),
+            (Err(e), _) => self.fail(e.to_string()),
+        }
+    }
+
+    /// A peer whose misbehaviour need not fail the job: one that never
+    /// registered, or a hand joiner that holds no layers yet.
+    fn may_drop(&self, worker: u32) -> bool {
+        self.is_pending_hand_joiner(worker) || !self.addresses.contains_key(&worker)
+    }
+
+    /// Tells a misbehaving peer why it is dropped, and forgets it.
+    fn drop_peer(&mut self, worker: u32, error: &Error) -> Vec<CoordEffect> {
+        let reason = format!("the coordinator dropped worker {worker}: {error}");
+        let mut effects = vec![CoordEffect::Send { worker, message: Message::Abort { reason } }];
+        if self.is_pending_hand_joiner(worker) {
+            effects.extend(self.forget_joiner(worker));
+        }
+        effects
     }
 
     /// A worker may disappear once its state is safe: after its final
@@ -277,7 +302,10 @@ impl Coordinator {
         let known = self.plan.workers + self.plan.joins.len();
         let registering = matches!(message, Message::Register { .. });
         if worker as usize >= known && !registering && !self.addresses.contains_key(&worker) {
-            return Err(Error::Pipeline(format!("worker {worker} is not part of this job of {known} workers")));
+            return Err(Error::peer(
+                format!("worker {worker}"),
+                format!("it is not part of this job of {known} workers"),
+            ));
         }
         match message {
             Message::Register { protocol, address, .. } if self.is_hand_joiner(worker) => {
@@ -290,7 +318,7 @@ impl Coordinator {
             Message::Ready { .. } if self.hand_joiners.contains(&worker) => self.on_join_ready(worker),
             Message::Ready { .. } if worker as usize >= self.plan.workers => self.on_join_ready(worker),
             Message::Ready { .. } => self.on_ready(worker),
-            Message::Loss { step, micro, value } => self.on_loss(step, micro, value),
+            Message::Loss { step, micro, value } => self.on_loss(worker, step, micro, value),
             Message::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer),
             Message::Final { params, counters, spans, .. } => self.on_final(worker, params, counters, spans),
             Message::Notice { grace_ms, .. } => self.on_notice(worker, Duration::from_millis(grace_ms), now),
@@ -299,15 +327,17 @@ impl Coordinator {
                 self.on_migrated(worker, bytes, ship_us, farewell, now)
             }
             Message::Resumed { .. } => self.on_resumed(worker, now),
-            Message::Abort { reason } => Err(Error::Pipeline(format!("worker {worker} aborted: {reason}"))),
-            other => Err(Error::Pipeline(format!("worker {worker} sent an unexpected {} message", other.kind()))),
+            Message::Abort { reason } => Err(Error::Aborted { by: format!("worker {worker}"), reason }),
+            other => {
+                Err(Error::peer(format!("worker {worker}"), format!("it sent an unexpected {} message", other.kind())))
+            }
         }
     }
 
     fn on_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
         check_protocol(worker, protocol)?;
         if self.phase != Phase::Registering || self.addresses.insert(worker, address).is_some() {
-            return Err(Error::Pipeline(format!("worker {worker} registered twice")));
+            return Err(Error::peer(format!("worker {worker}"), "it registered twice"));
         }
         if self.addresses.len() < self.plan.workers {
             return Ok(Vec::new());
@@ -324,14 +354,14 @@ impl Coordinator {
     fn on_join_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
         check_protocol(worker, protocol)?;
         if !matches!(self.phase, Phase::Running { .. }) || self.addresses.insert(worker, address).is_some() {
-            return Err(Error::Pipeline(format!("worker {worker} registered twice or outside training")));
+            return Err(Error::peer(format!("worker {worker}"), "it registered twice or outside training"));
         }
         Ok(vec![CoordEffect::Send { worker, message: self.assignment(worker) }])
     }
 
     fn on_join_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
         if !self.addresses.contains_key(&worker) || !self.joiners.insert(worker) {
-            return Err(Error::Pipeline(format!("worker {worker} reported ready out of turn")));
+            return Err(Error::peer(format!("worker {worker}"), "it reported ready out of turn"));
         }
         self.start_migration()
     }
@@ -437,7 +467,7 @@ impl Coordinator {
 
     fn on_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
         if self.phase != Phase::Connecting || !self.ready.insert(worker) {
-            return Err(Error::Pipeline(format!("worker {worker} reported ready out of turn")));
+            return Err(Error::peer(format!("worker {worker}"), "it reported ready out of turn"));
         }
         if self.ready.len() == self.plan.workers {
             return self.start_step(0);
@@ -468,10 +498,16 @@ impl Coordinator {
         Ok(spawn)
     }
 
-    fn on_loss(&mut self, step: u32, micro: u32, value: f32) -> Result<Vec<CoordEffect>> {
+    fn on_loss(&mut self, worker: u32, step: u32, micro: u32, value: f32) -> Result<Vec<CoordEffect>> {
+        let who = || format!("worker {worker}");
         match (&self.phase, self.step_losses.as_mut()) {
-            (Phase::Running { step: current, .. }, Some(book)) if *current == step => book.record(micro, value)?,
-            _ => return Err(Error::Pipeline(format!("loss of step {step} arrived out of turn"))),
+            (Phase::Running { step: current, .. }, Some(book)) if *current == step => {
+                book.record(micro, value).map_err(|e| match e {
+                    Error::Peer { detail, .. } => Error::peer(who(), detail),
+                    other => other,
+                })?
+            }
+            _ => return Err(Error::peer(who(), format!("its loss of step {step} arrived out of turn"))),
         }
         self.microbatch_losses += 1;
         let mut effects = self.spawn_due_joiner();
@@ -508,7 +544,7 @@ impl Coordinator {
 
     fn on_layer_updated(&mut self, worker: u32, step: u32, layer: u32) -> Result<Vec<CoordEffect>> {
         let out_of_turn =
-            || Error::Pipeline(format!("worker {worker} updated layer {layer} for step {step} out of turn"));
+            || Error::peer(format!("worker {worker}"), format!("it updated layer {layer} for step {step} out of turn"));
         match &mut self.phase {
             Phase::Running { step: current, updated } if *current == step => {
                 let slot = updated.get_mut(layer as usize).ok_or_else(out_of_turn)?;
@@ -561,7 +597,7 @@ impl Coordinator {
         spans: Vec<Span>,
     ) -> Result<Vec<CoordEffect>> {
         if self.phase != Phase::Finishing || self.finals.insert(worker, (params, counters, spans)).is_some() {
-            return Err(Error::Pipeline(format!("worker {worker} sent its final state out of turn")));
+            return Err(Error::peer(format!("worker {worker}"), "it sent its final state out of turn"));
         }
         if self.finals.len() < self.placements.len() {
             return Ok(Vec::new());

@@ -100,3 +100,23 @@ fn a_stop_aborts_every_worker_and_fails_the_job_with_the_reason() {
     assert_eq!(effects.last(), Some(&CoordEffect::Failed("stopped by SIGINT".into())));
     assert!(c.handle(CoordEvent::Lost { worker: 0, reason: "x".into() }, Duration::ZERO).is_empty());
 }
+
+#[test]
+fn a_joiner_that_breaks_the_protocol_is_dropped_and_the_job_goes_on() {
+    let mut c = running();
+    register(&mut c, 7);
+    register(&mut c, 8);
+    let bad = Message::Final { worker: 7, params: Vec::new(), counters: Default::default(), spans: Vec::new() };
+    let effects = from(&mut c, 7, bad);
+    assert_eq!(sends(&effects), vec![(7, "abort"), (8, "assign")]);
+    let Some(CoordEffect::Send { message: Message::Abort { reason }, .. }) = effects.first() else { unreachable!() };
+    assert!(reason.contains("worker 7 broke the protocol"), "{reason}");
+}
+
+#[test]
+fn a_member_that_breaks_the_protocol_fails_the_job_naming_it() {
+    let mut c = running();
+    let effects = from(&mut c, 1, Message::Ready { worker: 1 });
+    let Some(CoordEffect::Failed(reason)) = effects.last() else { panic!("{effects:?}") };
+    assert!(reason.contains("worker 1 broke the protocol"), "{reason}");
+}
