@@ -282,6 +282,7 @@ fn sigterm_stops_a_coordinator_and_its_hand_started_workers_exit() {
         let (status, log) = w.wait_exit(Duration::from_secs(1));
         assert!(!status.success(), "worker {id} exited successfully from an abandoned job:\n{log}");
         assert!(log.contains("coordinator"), "worker {id} does not say its coordinator is gone:\n{log}");
+        eprintln!("worker {id}: {}", log.lines().last().unwrap_or_default());
     }
 }
 
@@ -302,6 +303,7 @@ fn a_duplicate_worker_and_an_admin_cannot_disturb_a_running_job() {
     let (status, log) = twin.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "a second worker 1 was accepted:\n{log}");
     assert!(log.contains("duplicate identity") && log.contains("`worker-1` is already connected"), "{log}");
+    eprintln!("the second worker 1: {}", log.lines().last().unwrap_or_default());
 
     // The admin sends worker 0 an abort and a finish: dropped, disconnected.
     let admin = Identity::load(&dir.path().join("cluster"), cluster::ADMIN_NAME).unwrap();
