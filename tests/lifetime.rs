@@ -10,7 +10,8 @@
 //!   layers.
 //!
 //! Every process is started here and killed by its own handle on failure;
-//! every wait has a deadline.
+//! every wait has a deadline. Unix only (signals, /proc).
+#![cfg(unix)]
 
 mod common;
 
@@ -293,7 +294,8 @@ fn sigterm_stops_a_coordinator_and_its_hand_started_workers_exit() {
 #[test]
 fn a_duplicate_worker_and_an_admin_cannot_disturb_a_running_job() {
     let dir = tempfile::tempdir().unwrap();
-    let steps = 1200;
+    // Long enough that the job still runs when the late process connects.
+    let steps = 3000;
     let (mut coordinator, addr) = coordinator(dir.path(), 2, 2, steps);
     let (first, worker0) = worker_at(dir.path(), &addr, 0);
     let mut workers = [first, worker(dir.path(), &addr, 1)];
@@ -343,7 +345,8 @@ fn a_duplicate_worker_and_an_admin_cannot_disturb_a_running_job() {
 #[test]
 fn a_hand_started_worker_joins_a_running_job_and_takes_layers() {
     let dir = tempfile::tempdir().unwrap();
-    let steps = 1200;
+    // Long enough that the job still runs when the late process connects.
+    let steps = 3000;
     let (mut coordinator, addr) = coordinator(dir.path(), 2, 3, steps);
     let mut workers: Vec<Proc> = (0..2).map(|id| worker(dir.path(), &addr, id)).collect();
     coordinator.wait_for_line("step 3/");
