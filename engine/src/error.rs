@@ -36,9 +36,27 @@ pub enum Error {
     /// Layers that cannot be placed on the workers.
     #[error("partition: {0}")]
     Partition(String),
-    /// A pipeline event that does not fit the stage's state.
-    #[error("pipeline: {0}")]
-    Pipeline(String),
+    /// A peer (a worker, the coordinator) sent something that breaks the
+    /// protocol or does not fit the state it is in: the peer's fault. A
+    /// coordinator can drop such a peer when it holds no layers yet.
+    #[error("{peer} broke the protocol: {detail}")]
+    Peer { peer: String, detail: String },
+    /// A member of the job vanished (its process exited, its connection
+    /// was lost) before its layers were safe elsewhere.
+    #[error("worker {worker} was lost: {reason}")]
+    Lost { worker: u32, reason: String },
+    /// A participant stopped the run on purpose and said why (a worker that
+    /// failed, the coordinator that was stopped).
+    #[error("{by} stopped the run: {reason}")]
+    Aborted { by: String, reason: String },
+    /// A request the job cannot carry out as asked (an admin's preempt of a
+    /// worker that is no member, every worker preempted): the user's call.
+    #[error("{0}")]
+    Usage(String),
+    /// A broken internal invariant of the pipeline: a bug in baton, whoever
+    /// triggered it. Please report it with the message.
+    #[error("internal error (a bug in baton): {0}")]
+    Internal(String),
     /// A frame that is not a valid protocol message.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -50,6 +68,18 @@ pub enum Error {
     /// The kernels refused (e.g. an invalid thread count).
     #[error(transparent)]
     Kernel(#[from] baton_kernels::Error),
+}
+
+impl Error {
+    /// A protocol breach by `peer` (e.g. `worker 3`, `the coordinator`).
+    pub fn peer(peer: impl std::fmt::Display, detail: impl Into<String>) -> Error {
+        Error::Peer { peer: peer.to_string(), detail: detail.into() }
+    }
+
+    /// True when a peer is at fault ([`Error::Peer`]).
+    pub fn is_peer(&self) -> bool {
+        matches!(self, Error::Peer { .. })
+    }
 }
 
 /// The engine's result type.

@@ -72,8 +72,13 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "ID")]
     id: u32,
     /// Directory written by `baton cluster init` (the CA and node certificates).
-    #[arg(long, value_name = "DIR")]
-    cluster_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "identity_stdin")]
+    cluster_dir: Option<PathBuf>,
+    /// Read this worker's identity (certificate, key, CA certificate) from
+    /// stdin instead of a directory, and exit once stdin closes: how `baton
+    /// train` hands identities to its local workers without writing keys.
+    #[arg(long, hide = true, conflicts_with = "cluster_dir")]
+    identity_stdin: bool,
     /// Address to listen on for peer workers.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -134,10 +139,12 @@ pub fn run_worker(args: WorkerArgs, layers: Registry) -> anyhow::Result<()> {
     }
     // First, so that a SIGTERM while connecting is a notice, not an exit.
     let notices = notice::spawn_sources(&args.notices.config()).context("starting the preemption notice sources")?;
-    let identity = Identity::load(&args.cluster_dir, &worker_name(args.id))
-        .with_context(|| format!("--cluster-dir {}: worker {}'s certificate", args.cluster_dir.display(), args.id))?;
+    let identity = worker_identity(&args)?;
     let node = Node::start(args.listen, identity, cluster::net_config())
         .with_context(|| format!("--listen {}", args.listen))?;
+    if args.cluster_dir.is_some() {
+        eprintln!("worker {} listening on {} for its peers", args.id, node.local_addr());
+    }
     let options = WorkerOptions {
         id: args.id,
         coordinator: args.coordinator,
@@ -147,4 +154,18 @@ pub fn run_worker(args: WorkerArgs, layers: Registry) -> anyhow::Result<()> {
         layers,
     };
     cluster::run_worker(&node, options).with_context(|| format!("worker {}", args.id))
+}
+
+/// The worker's identity: from --cluster-dir, or handed over on stdin.
+fn worker_identity(args: &WorkerArgs) -> anyhow::Result<Identity> {
+    let name = worker_name(args.id);
+    let identity = match &args.cluster_dir {
+        Some(dir) => Identity::load(dir, &name)
+            .with_context(|| format!("--cluster-dir {}: worker {}'s certificate", dir.display(), args.id))?,
+        None => cluster::handoff::receive_identity(&format!("worker {}", args.id)).context("--identity-stdin")?,
+    };
+    if identity.name() != name {
+        bail!("--identity-stdin: the identity is `{}`, not `{name}` (--id {})", identity.name(), args.id);
+    }
+    Ok(identity)
 }

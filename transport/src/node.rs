@@ -35,6 +35,13 @@ pub struct NetConfig {
     /// on a busy 2-core machine. Linux caps it at `net.core.rmem_max` and
     /// `wmem_max`: raise those for it to take effect.
     pub socket_buffer: usize,
+    /// Refuse a second incoming connection from a node name that already
+    /// has a live incoming connection (the hello is rejected, saying so),
+    /// instead of letting the newer one replace it. A job sets this: two
+    /// processes claiming one worker's identity must not take over a
+    /// member's connection. A peer that restarted is then let in once its
+    /// old connection timed out (`idle_timeout`).
+    pub refuse_duplicate_names: bool,
 }
 
 impl Default for NetConfig {
@@ -47,6 +54,7 @@ impl Default for NetConfig {
             mtu: 6000,
             stream_window: 16 << 20,
             socket_buffer: 4 << 20,
+            refuse_duplicate_names: false,
         }
     }
 }

@@ -77,6 +77,9 @@ fn check_hello(shared: &Shared, conn: &quinn::Connection, hello: Hello) -> std::
     }
     pki::validate_name(&hello.name).map_err(|e| e.to_string())?;
     tls::verify_peer_name(conn, &hello.name).map_err(|e| e.to_string())?;
+    if let Some(reason) = shared.refuses_duplicate(&hello.name) {
+        return Err(reason);
+    }
     Ok(hello.name)
 }
 

@@ -170,6 +170,35 @@ impl Identity {
         write_new(&cert_path, &self.cert_pem, false)
     }
 
+    /// The identity as one text (its name, then the certificate, key and CA
+    /// certificate as PEM), for handing to a child process through a pipe
+    /// so that the key never touches a disk. [`Identity::from_bundle`]
+    /// reads it back; the text ends with [`BUNDLE_END`] on a line of its own.
+    pub fn to_bundle(&self) -> String {
+        let mut text = format!("{BUNDLE_START} {}\n", self.name);
+        for pem in [&self.cert_pem, &self.key_pem, &self.ca_pem] {
+            text.push_str(pem.trim_end());
+            text.push('\n');
+        }
+        text.push_str(BUNDLE_END);
+        text.push('\n');
+        text
+    }
+
+    /// Reads an identity written by [`Identity::to_bundle`].
+    pub fn from_bundle(text: &str) -> Result<Identity> {
+        let bad = |why: &str| Error::Certificate(format!("identity bundle: {why}"));
+        let (first, rest) = text.split_once('\n').ok_or_else(|| bad("it is empty or has no newline"))?;
+        let name = first.strip_prefix(BUNDLE_START).map(str::trim).ok_or_else(|| bad("no header line"))?;
+        validate_name(name)?;
+        let body = rest.trim_end().strip_suffix(BUNDLE_END).ok_or_else(|| bad("it does not end with its end line"))?;
+        let blocks = pem_blocks(body);
+        let [cert, key, ca] = blocks.as_slice() else {
+            return Err(bad(&format!("expected 3 PEM blocks (certificate, key, CA), found {}", blocks.len())));
+        };
+        Identity::from_pems(name, cert.clone(), key.clone(), ca.clone())
+    }
+
     /// Reads node `node_name`'s identity from `dir`.
     pub fn load(dir: &Path, node_name: &str) -> Result<Identity> {
         validate_name(node_name)?;
@@ -179,6 +208,30 @@ impl Identity {
         let ca_pem = read(&dir.join(CA_CERT_FILE))?;
         Identity::from_pems(node_name, cert_pem, key_pem, ca_pem)
     }
+}
+
+/// The first line of an identity bundle ([`Identity::to_bundle`]), before the name.
+pub const BUNDLE_START: &str = "baton-identity";
+/// The last line of an identity bundle: a reader of a pipe stops there.
+pub const BUNDLE_END: &str = "end baton-identity";
+
+/// The PEM blocks of `text`, each from its `-----BEGIN` line to its `-----END` line.
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN ") {
+            current = Some(String::new());
+        }
+        if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+            if line.starts_with("-----END ") {
+                blocks.extend(current.take());
+            }
+        }
+    }
+    blocks
 }
 
 /// `baton cluster init DIR`: a new CA and an identity for each of `nodes`,
@@ -276,6 +329,20 @@ mod tests {
         }
         for bad in ["", "-x", "x.", "a b", "ca", "localhost", "baton-node", "x_y", "é"] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn an_identity_survives_its_bundle() {
+        let ca = ClusterCa::generate("t").unwrap();
+        let id = ca.issue("worker-3").unwrap();
+        let text = id.to_bundle();
+        assert!(text.ends_with(&format!("{BUNDLE_END}\n")));
+        let back = Identity::from_bundle(&text).unwrap();
+        assert_eq!((back.name(), &back.cert, &back.ca), ("worker-3", &id.cert, &id.ca));
+        assert_eq!(back.key_pem, id.key_pem);
+        for bad in ["", "x\n", &text[..text.len() / 2], &text.replace("worker-3", "bad name")] {
+            assert!(Identity::from_bundle(bad).is_err(), "{bad:?} accepted");
         }
     }
 

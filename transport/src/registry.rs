@@ -6,7 +6,9 @@
 //!   `Event::Connected` is sent under the lock as it enters, so no message or
 //!   disconnect of that peer can be seen before its `Connected`;
 //! - at most one connection per peer name: when a second one arrives,
-//!   the same rule on both nodes picks the survivor (see [`Shared::register`]);
+//!   the same rule on both nodes picks the survivor (see [`Shared::register`]),
+//!   or, with `NetConfig::refuse_duplicate_names`, a second incoming one is
+//!   refused while the first is live;
 //! - exactly one `Event::Disconnected` per `Connected`: sent by the
 //!   connection's watcher task when quinn reports it closed, or, for a
 //!   connection replaced by a newer one, just before the newer `Connected`.
@@ -32,6 +34,15 @@ pub(crate) mod code {
     pub const REJECTED: VarInt = VarInt::from_u32(2);
     /// Another connection between the same two nodes survives.
     pub const DUPLICATE: VarInt = VarInt::from_u32(3);
+}
+
+/// The refusal of a second connection claiming a connected node's name.
+fn duplicate_name(name: &str) -> String {
+    format!(
+        "duplicate identity: `{name}` is already connected here, and a second connection \
+         claiming to be `{name}` is refused (the member keeps its connection); \
+         give this process another identity, or stop the other one"
+    )
 }
 
 /// Where a send's outcome goes when the caller waits for it.
@@ -194,9 +205,11 @@ impl Shared {
         let mut table = self.table();
         let old = table.values().find(|p| p.name == entry.name).cloned();
         if let Some(old) = &old {
-            if !self.new_wins(old, &entry) {
+            // Two hellos of one name raced past `refuses_duplicate`.
+            let refused = self.refuses(old, &entry);
+            if refused || !self.new_wins(old, &entry) {
                 drop(table);
-                let reason = self.duplicate_reason(&entry);
+                let reason = if refused { duplicate_name(&entry.name) } else { self.duplicate_reason(&entry) };
                 entry.link.close(code::DUPLICATE, &reason);
                 return Registered::Duplicate(old.link.id);
             }
@@ -212,6 +225,18 @@ impl Shared {
         table.insert(id, entry);
         self.registered.notify_waiters();
         Registered::Kept(id)
+    }
+
+    /// Why a hello from `name` is refused: with `refuse_duplicate_names`,
+    /// while an incoming connection from that name is live.
+    pub fn refuses_duplicate(&self, name: &str) -> Option<String> {
+        let table = self.table();
+        let live = table.values().any(|p| p.name == name && !p.we_dialed);
+        (self.config.refuse_duplicate_names && live).then(|| duplicate_name(name))
+    }
+
+    fn refuses(&self, old: &PeerEntry, new: &PeerEntry) -> bool {
+        self.config.refuse_duplicate_names && !old.we_dialed && !new.we_dialed
     }
 
     fn opener<'a>(&'a self, entry: &'a PeerEntry) -> &'a str {

@@ -165,3 +165,56 @@ fn a_connected_path_has_a_bandwidth_estimate_and_an_unknown_one_none() -> Result
     assert_eq!(a.path(PeerId(u64::MAX)), None);
     Ok(())
 }
+
+fn refusing() -> NetConfig {
+    NetConfig { refuse_duplicate_names: true, ..fast_config() }
+}
+
+#[test]
+fn a_second_connection_claiming_a_live_name_is_refused_and_the_first_lives_on() -> Result<()> {
+    let ca = ClusterCa::generate("t")?;
+    let server = node_with(&ca, "coordinator", refusing())?;
+    let member = node_with(&ca, "worker-1", refusing())?;
+    let (to_server, _) = member.connect(server.local_addr())?;
+    let (first, _) = wait_connected(&server)?;
+    let impostor = node_with(&ca, "worker-1", refusing())?;
+    let err = impostor.connect(server.local_addr()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Rejected { .. }) && text.contains("duplicate identity"), "{text}");
+    assert!(text.contains("`worker-1` is already connected"), "{text}");
+    // The member's connection is untouched, both ways.
+    assert_no_connected(&server, Duration::from_millis(300))?;
+    member.send(to_server, Lane::Control, Bytes::from_static(b"still the member"))?;
+    let got = wait_for(&server, WAIT, |e| match e {
+        Event::Message { peer, bytes, .. } => Some((peer, bytes)),
+        Event::Disconnected { peer, reason } => panic!("{peer} dropped: {reason}"),
+        _ => None,
+    })?;
+    assert_eq!((got.0, got.1.as_slice()), (first, &b"still the member"[..]));
+    Ok(())
+}
+
+#[test]
+fn with_refusal_a_restarted_peer_gets_in_once_its_old_connection_timed_out() -> Result<()> {
+    let ca = ClusterCa::generate("t")?;
+    let server = node_with(&ca, "coordinator", refusing())?;
+    let first = node_with(&ca, "worker-0", refusing())?;
+    first.connect(server.local_addr())?;
+    let (old, _) = wait_connected(&server)?;
+    first.vanish();
+    let again = node_with(&ca, "worker-0", refusing())?;
+    let deadline = Instant::now() + WAIT;
+    let reason = wait_disconnected(&server, old, WAIT)?;
+    assert!(reason.contains("idle timeout"), "{reason}");
+    loop {
+        match again.connect(server.local_addr()) {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("duplicate identity") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (new, name) = wait_connected(&server)?;
+    assert_ne!(new, old);
+    assert_eq!(name, "worker-0");
+    Ok(())
+}

@@ -188,7 +188,7 @@ impl Stage {
 
     fn release_layer(&mut self, layer: u32) -> Result<LayerState> {
         if !self.layers.contains(&layer) {
-            return Err(Error::Pipeline(format!("cannot release layer {layer}: this stage holds {:?}", self.layers)));
+            return Err(Error::Internal(format!("cannot release layer {layer}: this stage holds {:?}", self.layers)));
         }
         let prefix = format!("layers.{layer}.");
         let names: Vec<String> = self.params.names().filter(|n| n.starts_with(&prefix)).cloned().collect();
@@ -235,7 +235,7 @@ impl Stage {
 
     fn adopt_layer(&mut self, state: LayerState) -> Result<()> {
         if !self.layers.contains(&state.layer) {
-            return Err(Error::Pipeline(format!(
+            return Err(Error::Internal(format!(
                 "layer {} handed to the stage of layers {:?}",
                 state.layer, self.layers
             )));

@@ -48,7 +48,8 @@ impl StepLosses {
     /// Records micro-batch `micro`'s loss; each counts exactly once.
     pub fn record(&mut self, micro: u32, value: f32) -> Result<()> {
         if micro as usize >= self.rows.len() || self.values.insert(micro, value).is_some() {
-            return Err(Error::Pipeline(format!("loss of micro-batch {micro} is unexpected or came twice")));
+            let detail = format!("its loss of micro-batch {micro} is unexpected or came twice");
+            return Err(Error::peer("the last stage", detail));
         }
         Ok(())
     }

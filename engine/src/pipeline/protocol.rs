@@ -167,6 +167,20 @@ impl Message {
         }
     }
 
+    /// True for the messages workers send each other (data, recompute
+    /// requests, handovers); every other message a worker takes in is a
+    /// control message, which only the coordinator may send.
+    pub fn is_between_workers(&self) -> bool {
+        matches!(
+            self,
+            Message::Activation { .. }
+                | Message::Gradient { .. }
+                | Message::Replay { .. }
+                | Message::Recompute { .. }
+                | Message::Handover { .. }
+        )
+    }
+
     /// True for messages that carry tensors (sent on the bulk lane).
     pub fn is_bulk(&self) -> bool {
         matches!(

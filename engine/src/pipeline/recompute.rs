@@ -94,7 +94,7 @@ impl Stage {
         let end = stop.min(self.layers.end);
         for layer in entry..end {
             if !self.awaiting.remove(&(micro, layer)) {
-                return Err(Error::Pipeline(format!(
+                return Err(Error::Internal(format!(
                     "a replay of micro-batch {micro} reached layer {layer}, whose segment is not missing"
                 )));
             }
@@ -114,7 +114,7 @@ impl Stage {
     pub(crate) fn resend(&mut self, step: u32, micro: u32, layer: u32) -> Result<Vec<Effect>> {
         let stop = self.resends.remove(&(step, micro, layer)).expect("ready() checked the resend");
         let tensor = self.kept.get(&(step, micro, layer)).cloned().ok_or_else(|| {
-            Error::Pipeline(format!(
+            Error::Internal(format!(
                 "asked to resend the activation entering layer {layer} (step {step}, micro-batch {micro}), \
                  which this stage did not keep"
             ))

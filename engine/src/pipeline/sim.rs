@@ -60,7 +60,7 @@ pub fn train(
             stage.handle(StageEvent::StepStart { step: step as u32, rows: split.rows.clone(), inputs, targets })?;
         }
         run_step(&mut stages, &partition, &mut rng, &mut book)?;
-        losses.push(book.total().ok_or_else(|| Error::Pipeline("a micro-batch loss is missing".into()))?);
+        losses.push(book.total().ok_or_else(|| Error::Internal("a micro-batch loss is missing".into()))?);
     }
     Ok(merge(stages, losses))
 }
@@ -94,7 +94,7 @@ fn run_step(stages: &mut [Stage], partition: &Partition, rng: &mut SplitMix64, b
         if choices == 0 {
             return match stages.iter().all(Stage::idle) {
                 true => Ok(()),
-                false => Err(Error::Pipeline("deadlock: nothing to deliver and no action ready".into())),
+                false => Err(Error::Internal("deadlock: nothing to deliver and no action ready".into())),
             };
         }
         let pick = (rng.next_u64() % choices as u64) as usize;
@@ -116,7 +116,7 @@ fn route(
     book: &mut StepLosses,
 ) -> Result<()> {
     let owner =
-        |layer| partition.stage_of(layer).ok_or_else(|| Error::Pipeline(format!("no stage holds layer {layer}")));
+        |layer| partition.stage_of(layer).ok_or_else(|| Error::Internal(format!("no stage holds layer {layer}")));
     match effect {
         Effect::SendActivation { step, micro, layer, tensor } => {
             in_flight.push((owner(layer)?, StageEvent::Activation { step, micro, layer, tensor }))
@@ -130,7 +130,7 @@ fn route(
         Effect::Loss { micro, value, .. } => book.record(micro, value)?,
         Effect::LayerUpdated { .. } => {}
         Effect::LayerNorms { layer, .. } => {
-            return Err(Error::Pipeline(format!("layer {layer}: the stage-level simulation does not clip gradients")))
+            return Err(Error::Usage(format!("layer {layer}: the stage-level simulation does not clip gradients")))
         }
     }
     Ok(())
@@ -175,7 +175,7 @@ pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> 
         let choices = ready.len() + net.frames.len();
         if choices == 0 {
             let states: Vec<String> = nodes.iter().map(Worker::describe).collect();
-            return Err(Error::Pipeline(format!(
+            return Err(Error::Internal(format!(
                 "the job stalled: no frame in flight and no work ready; {}",
                 states.join("; ")
             )));
@@ -208,7 +208,9 @@ pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> 
                             net.push(Dest::Coordinator, Dest::Worker(worker), &register)?;
                         }
                         CoordEffect::Done(outcome) => return Ok(*outcome),
-                        CoordEffect::Failed(reason) => return Err(Error::Pipeline(reason)),
+                        CoordEffect::Failed(reason) => {
+                            return Err(Error::Aborted { by: "the coordinator".into(), reason })
+                        }
                         CoordEffect::StepFinished { .. } | CoordEffect::Migrated(_) => {}
                     }
                 }

@@ -231,7 +231,7 @@ impl Stage {
         match event {
             StageEvent::StepStart { step, rows, inputs, targets } => {
                 if self.current.as_ref().is_some_and(|c| !self.step_finished(c)) {
-                    return Err(Error::Pipeline(format!("step {step} started before the previous one finished")));
+                    return Err(Error::Internal(format!("step {step} started before the previous one finished")));
                 }
                 self.current = Some(StepState::new(step, rows, true));
                 self.forget_before(step);
@@ -345,7 +345,7 @@ impl Stage {
 
     /// Runs the next unit of work (which must be [`Stage::ready`]) and returns its effects.
     pub fn run_next(&mut self) -> Result<Vec<Effect>> {
-        let action = match self.ready().ok_or_else(|| Error::Pipeline("no work is ready".into()))? {
+        let action = match self.ready().ok_or_else(|| Error::Internal("no work is ready".into()))? {
             Work::Update { step, layer } => return self.update(step, layer),
             Work::Norms { step, layer } => return self.norms(step, layer),
             Work::Replay { step, micro, layer } => return self.replay(step, micro, layer),
@@ -394,7 +394,7 @@ impl Stage {
         let targets = self
             .targets
             .remove(&(step, micro))
-            .ok_or_else(|| Error::Pipeline(format!("no targets for step {step} micro-batch {micro}")))?;
+            .ok_or_else(|| Error::Internal(format!("no targets for step {step} micro-batch {micro}")))?;
         let key = SegmentKey { step, micro, layer: self.loss_layer() };
         let (segment, value) = self.model.forward_loss(key, x, &targets)?;
         self.tape.insert((micro, self.loss_layer()), segment);
@@ -412,7 +412,7 @@ impl Stage {
         self.check_inside(top, "gradient")?;
         for layer in (self.layers.start..=top).rev() {
             let segment = self.take_segment(micro, layer)?;
-            let dy = grad.take().ok_or_else(|| Error::Pipeline(format!("no gradient reaches layer {layer}")))?;
+            let dy = grad.take().ok_or_else(|| Error::Internal(format!("no gradient reaches layer {layer}")))?;
             let out = segment.backward_on(self.model.backend(), &self.params, dy, layer > 0)?;
             self.acc.add(layer, micro, out.param_grads)?;
             self.counters.backward_layer_executions += 1;
@@ -434,12 +434,12 @@ impl Stage {
         segment
             .backward_on(self.model.backend(), &self.params, Tensor::scalar(weight), true)?
             .input_grad
-            .ok_or_else(|| Error::Pipeline("the loss gave no gradient".into()))
+            .ok_or_else(|| Error::Internal("the loss gave no gradient".into()))
     }
 
     pub(crate) fn check_inside(&self, layer: u32, what: &str) -> Result<()> {
         if !self.layers.contains(&layer) {
-            return Err(Error::Pipeline(format!(
+            return Err(Error::Internal(format!(
                 "{what} for layer {layer} reached the stage of layers {:?}",
                 self.layers
             )));
@@ -450,7 +450,7 @@ impl Stage {
     fn take_segment(&mut self, micro: u32, layer: u32) -> Result<Segment> {
         self.tape
             .remove(&(micro, layer))
-            .ok_or_else(|| Error::Pipeline(format!("no recorded segment for micro-batch {micro} layer {layer}")))
+            .ok_or_else(|| Error::Internal(format!("no recorded segment for micro-batch {micro} layer {layer}")))
     }
 
     /// The norms of `layer`'s complete step gradient, for the coordinator.

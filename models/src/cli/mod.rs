@@ -75,7 +75,9 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            ExitCode::FAILURE
+            // A coordinator stopped by a signal exits as 128 + its number.
+            let interrupted = e.chain().find_map(|c| c.downcast_ref::<baton_models::cluster::lifetime::Interrupted>());
+            interrupted.map_or(ExitCode::FAILURE, |i| ExitCode::from(i.exit_code()))
         }
     }
 }

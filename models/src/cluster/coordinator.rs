@@ -49,11 +49,18 @@ enum Inbound {
 /// Runs `plan` on `node` until the job is done or fails.
 pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptions<'_>) -> anyhow::Result<JobOutcome> {
     let start = Instant::now();
+    super::lifetime::install()?;
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
     let mut roster = Roster::default();
     let mut last_child_check = Duration::ZERO;
     loop {
-        let inbound = match node.events().recv_timeout(Duration::from_millis(100)) {
+        let event = node.events().recv_timeout(Duration::from_millis(100));
+        // Before the event: a Ctrl-C that also reached the workers must
+        // read as a stop, not as a lost worker.
+        if let Some(signal) = super::lifetime::stop_signal() {
+            return Err(stop(node, &roster, &mut coordinator, signal, start.elapsed()));
+        }
+        let inbound = match event {
             Ok(event) => on_event(node, event, &mut roster)?,
             Err(RecvTimeoutError::Timeout) => Inbound::Job(Vec::new()),
             Err(RecvTimeoutError::Disconnected) => bail!("the transport stopped"),
@@ -88,6 +95,20 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
     }
 }
 
+/// A signal stops the job: the final-checkpoint hook, then every worker is
+/// told to abort (best effort: the caller closes the connections next).
+fn stop(node: &Node, roster: &Roster, coordinator: &mut Coordinator, signal: i32, now: Duration) -> anyhow::Error {
+    let checkpoint = super::lifetime::final_checkpoint();
+    let interrupted = super::lifetime::Interrupted { signal, checkpoint };
+    let reason = format!("the coordinator was {interrupted}");
+    for effect in coordinator.handle(CoordEvent::Stop { reason }, now) {
+        if let CoordEffect::Send { worker, message } = effect {
+            deliver(node, roster, worker, &message).ok();
+        }
+    }
+    anyhow::Error::new(interrupted)
+}
+
 /// Turns a transport event into coordinator events or an admin request.
 /// A peer that is neither a worker nor the admin is disconnected at once.
 fn on_event(node: &Node, event: Event, roster: &mut Roster) -> anyhow::Result<Inbound> {
@@ -103,11 +124,11 @@ fn on_event(node: &Node, event: Event, roster: &mut Roster) -> anyhow::Result<In
             Inbound::Job(Vec::new())
         }
         Event::Message { peer, bytes, .. } if roster.admins.contains(&peer) => Inbound::Admin(peer, bytes),
-        Event::Message { peer, bytes, .. } => Inbound::Job(on_message(peer, &bytes, roster)?),
+        Event::Message { peer, bytes, .. } => Inbound::Job(on_message(node, peer, &bytes, roster)?),
         Event::Disconnected { peer, reason } => {
             roster.admins.remove(&peer);
-            match roster.worker_of.get(&peer) {
-                Some(&worker) => Inbound::Job(vec![CoordEvent::Lost { worker, reason }]),
+            match roster.worker_of.remove(&peer) {
+                Some(worker) => Inbound::Job(vec![CoordEvent::Lost { worker, reason }]),
                 None => Inbound::Job(Vec::new()),
             }
         }
@@ -115,7 +136,7 @@ fn on_event(node: &Node, event: Event, roster: &mut Roster) -> anyhow::Result<In
 }
 
 /// A frame from a worker (or a refused peer's, still in flight: ignored).
-fn on_message(peer: PeerId, bytes: &Frame, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>> {
+fn on_message(node: &Node, peer: PeerId, bytes: &Frame, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>> {
     let name = roster.names.get(&peer).map_or("", String::as_str);
     if worker_id(name).is_none() {
         tracing::warn!(%peer, name, "ignoring a frame from a refused peer");
@@ -125,6 +146,13 @@ fn on_message(peer: PeerId, bytes: &Frame, roster: &mut Roster) -> anyhow::Resul
     if let Message::Register { worker, .. } = &message {
         tracing::info!(worker, %peer, "worker registered");
         check_claim(name, *worker)?;
+        if roster.peer_of.get(worker).is_some_and(|&other| other != peer && roster.worker_of.contains_key(&other)) {
+            // The transport refuses a second live connection of one name;
+            // this catches one that raced it. The member keeps its place.
+            tracing::warn!(worker, %peer, "refusing a second registration of a connected worker");
+            node.disconnect(peer, &format!("duplicate identity: worker {worker} is already connected"));
+            return Ok(Vec::new());
+        }
         roster.worker_of.insert(peer, *worker);
         roster.peer_of.insert(*worker, peer);
     }

@@ -1,6 +1,7 @@
 //! Launching a whole job on this machine: an ephemeral certificate
-//! authority, the coordinator in this process and one worker process per
-//! stage, all on loopback.
+//! authority held in this process's memory only, the coordinator in this
+//! process and one worker process per stage, all on loopback. Workers get
+//! their identities through a pipe ([`super::handoff`]).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -41,12 +42,11 @@ pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
 /// the devices can be opened ([`launch_local`] cannot tell which failure
 /// of a worker process was its device).
 pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> anyhow::Result<JobOutcome> {
-    let dir = tempfile::Builder::new().prefix("baton-cluster-").tempdir().context("creating the cluster directory")?;
+    // Before any worker starts: from here on a Ctrl-C stops the job in order.
+    super::lifetime::install()?;
+    // The CA lives in this process only: each worker gets its identity
+    // through its stdin (see [`super::handoff`]), so no key is on disk.
     let ca = ClusterCa::generate("baton-local").context("creating an ephemeral certificate authority")?;
-    ca.save(dir.path())?;
-    for w in 0..(job.plan.workers + job.plan.joins.len()) as u32 {
-        ca.issue(&worker_name(w))?.save(dir.path())?;
-    }
     let node = Node::start("127.0.0.1:0".parse()?, ca.issue(COORDINATOR_NAME)?, net_config())
         .context("starting the coordinator's endpoint")?;
     let coordinator = node.local_addr().to_string();
@@ -59,7 +59,7 @@ pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> anyhow::Result<
     }
     let (exe, threads) = (job.exe, job.threads_per_worker);
     let device_of = |w: u32| if devices.len() == 1 { devices.first() } else { devices.get(w as usize) };
-    let mut spawn = |w: u32| spawn_worker(exe, dir.path(), &coordinator, (w, device_of(w).copied()), threads);
+    let mut spawn = |w: u32| spawn_worker(exe, &ca, &coordinator, (w, device_of(w).copied()), threads);
     let mut children = Vec::new();
     for w in 0..job.plan.workers as u32 {
         match spawn(w) {
@@ -88,25 +88,37 @@ pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> anyhow::Result<
     result
 }
 
+/// Starts worker `w` with `--identity-stdin` and writes its identity, issued
+/// by `ca`, into the pipe (which stays open while the `Child` lives).
 fn spawn_worker(
     exe: &Path,
-    dir: &Path,
+    ca: &ClusterCa,
     coordinator: &str,
     (w, device): (u32, Option<Device>),
     threads: usize,
 ) -> anyhow::Result<Child> {
+    let identity = ca.issue(&worker_name(w)).with_context(|| format!("issuing worker {w}'s certificate"))?;
     let mut command = Command::new(exe);
     command.args(["worker", "--coordinator", coordinator, "--id", &w.to_string()]);
     if let Some(device) = device {
         command.args(["--device", &device.to_string()]);
     }
-    command
-        .arg("--cluster-dir")
-        .arg(dir)
+    // Its own process group: a Ctrl-C in the terminal reaches only the
+    // coordinator, which stops the workers itself.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
+        .arg("--identity-stdin")
         .args(["--threads", &threads.to_string()])
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting worker {w} ({})", exe.display()))
+        .with_context(|| format!("starting worker {w} ({})", exe.display()))?;
+    if let Err(e) = super::handoff::send_identity(&mut child, &identity) {
+        drop(child.kill());
+        drop(child.wait());
+        return Err(e.context(format!("worker {w}")));
+    }
+    Ok(child)
 }
 
 /// Waits up to `patience` for the workers to exit, then kills the rest.

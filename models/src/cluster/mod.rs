@@ -7,7 +7,9 @@ pub mod admin;
 pub mod budget;
 mod coordinator;
 pub mod fault;
+pub mod handoff;
 mod launch;
+pub mod lifetime;
 pub mod notice;
 pub mod timeline;
 mod worker;
@@ -38,9 +40,15 @@ pub fn worker_id(name: &str) -> Option<u32> {
     name.strip_prefix("worker-")?.parse().ok()
 }
 
-/// Transport settings for jobs: a lost peer is noticed within seconds.
+/// Transport settings for jobs: a lost peer is noticed within seconds, and
+/// a second connection claiming a connected member's identity is refused.
 pub fn net_config() -> NetConfig {
-    NetConfig { idle_timeout: Duration::from_secs(5), keep_alive: Duration::from_millis(500), ..NetConfig::default() }
+    NetConfig {
+        idle_timeout: Duration::from_secs(5),
+        keep_alive: Duration::from_millis(500),
+        refuse_duplicate_names: true,
+        ..NetConfig::default()
+    }
 }
 
 /// One message as a transport frame: archived into a buffer sized (and,

@@ -210,17 +210,20 @@ impl Poller {
         }
     }
 
+    /// One poll. A notice's grace is measured from when its answer
+    /// arrived (not from when the request left), so it never overstates the
+    /// time left.
     fn poll(&mut self) -> Poll {
-        let now = OffsetDateTime::now_utc();
+        let now = OffsetDateTime::now_utc;
         match self.cloud {
-            Cloud::Aws => self.poll_aws(now),
+            Cloud::Aws => self.poll_aws(),
             Cloud::Gcp => match self.get("/computeMetadata/v1/instance/preempted", ("Metadata-Flavor", "Google")) {
                 Ok((200, body)) => gcp_notice(&body),
                 Ok((status, _)) => Poll::Unreachable(format!("HTTP {status}")),
                 Err(e) => Poll::Unreachable(e),
             },
             Cloud::Azure => match self.get("/metadata/scheduledevents?api-version=2020-07-01", ("Metadata", "true")) {
-                Ok((200, body)) => azure_notice(&body, now),
+                Ok((200, body)) => azure_notice(&body, now()),
                 Ok((status, _)) => Poll::Unreachable(format!("HTTP {status}")),
                 Err(e) => Poll::Unreachable(e),
             },
@@ -229,7 +232,7 @@ impl Poller {
 
     /// IMDSv2: a session token from a PUT, then the spot action with it. A
     /// refused token (expired, or the service restarted) is renewed at once.
-    fn poll_aws(&mut self, now: OffsetDateTime) -> Poll {
+    fn poll_aws(&mut self) -> Poll {
         for _attempt in 0..2 {
             let token = match self.aws_token() {
                 Ok(token) => token,
@@ -237,7 +240,7 @@ impl Poller {
             };
             match self.get("/latest/meta-data/spot/instance-action", ("X-aws-ec2-metadata-token", &token)) {
                 Ok((404, _)) => return Poll::Nothing,
-                Ok((200, body)) => return aws_notice(&body, now),
+                Ok((200, body)) => return aws_notice(&body, OffsetDateTime::now_utc()),
                 Ok((401, _)) => self.token = None,
                 Ok((status, _)) => return Poll::Unreachable(format!("HTTP {status}")),
                 Err(e) => return Poll::Unreachable(e),

@@ -151,11 +151,21 @@ fn linger(node: &Node, links: &Links) {
 fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -> anyhow::Result<bool> {
     match event {
         Event::Connected { peer, name, .. } => {
-            if let Some(id) = worker_id(&name) {
-                links.peers.insert(id, peer);
-                links.workers.insert(peer, id);
+            match worker_id(&name) {
+                Some(id) => {
+                    links.peers.insert(id, peer);
+                    links.workers.insert(peer, id);
+                }
+                None if peer == links.coordinator => {}
+                None => refuse(node, worker.id, peer, &format!("a peer named `{name}` connected")),
             }
             maybe_ready(node, worker, links)?;
+            Ok(false)
+        }
+        // Only the coordinator we dialed and fellow workers are heard: a
+        // frame from anyone else (an admin, a refused peer) is dropped.
+        Event::Message { peer, .. } if peer != links.coordinator && !links.workers.contains_key(&peer) => {
+            refuse(node, worker.id, peer, "a frame came from a peer that is neither the coordinator nor a worker");
             Ok(false)
         }
         Event::Message { peer, bytes, .. } => {
@@ -171,7 +181,7 @@ fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -
             }
             let from = match links.workers.get(&peer) {
                 Some(&id) => Dest::Worker(id),
-                None => Dest::Coordinator,
+                None => Dest::Coordinator, // checked above: the coordinator
             };
             if let Some(budget) = links.budget {
                 worker.set_ship_budget(Some(budget.bytes(node, links.peers.values().copied(), Instant::now())));
@@ -190,6 +200,13 @@ fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -
             None => Ok(false),
         },
     }
+}
+
+/// Disconnects a peer that is neither the coordinator nor a worker: only
+/// the coordinator may control a worker, and the job goes on without it.
+fn refuse(node: &Node, me: u32, peer: PeerId, what: &str) {
+    eprintln!("worker {me}: {what}: disconnected it (only the coordinator may send a worker control messages)");
+    node.disconnect(peer, &format!("worker {me} takes messages only from its coordinator and fellow workers"));
 }
 
 /// Carries out a worker's outputs; true once it said `Exit`.

@@ -40,7 +40,7 @@ impl Coordinator {
     /// came from its cloud. Refused (the job goes on) when the worker holds
     /// no layers, is already leaving, or training is not running.
     pub fn preempt(&self, worker: u32, grace: Duration) -> Result<Vec<CoordEffect>> {
-        let refuse = |why: String| Err(Error::Pipeline(format!("cannot preempt worker {worker}: {why}")));
+        let refuse = |why: String| Err(Error::Usage(format!("cannot preempt worker {worker}: {why}")));
         if !matches!(self.phase, Phase::Running { .. }) {
             return refuse("training is not running (it has not started, or is finishing)".into());
         }
@@ -70,7 +70,7 @@ impl Coordinator {
             return Ok(Vec::new());
         }
         if !self.members().contains(&worker) {
-            return Err(Error::Pipeline(format!("a notice for worker {worker}, which holds no layers")));
+            return Err(Error::peer(format!("worker {worker}"), "it sent a notice but holds no layers"));
         }
         self.notices.push_back((worker, now, now + grace));
         self.start_migration()
@@ -80,18 +80,22 @@ impl Coordinator {
     /// join point was reached, unless one is under way (a notice or join
     /// arriving meanwhile waits for it to complete).
     pub(super) fn start_migration(&mut self) -> Result<Vec<CoordEffect>> {
-        let joining: Vec<u32> = match self.join_due() {
-            true => self.joiners.iter().copied().take(1).collect(),
-            false => Vec::new(),
-        };
+        // A planned joiner comes in at its join point; one that connected
+        // by itself (a hand joiner) as soon as it is ready.
+        let due = self.join_due();
+        let hand = self.joiners.iter().copied().find(|w| self.hand_joiners.contains(w));
+        let planned = self.joiners.iter().copied().find(|w| !self.hand_joiners.contains(w)).filter(|_| due);
+        let joining: Vec<u32> = planned.or(hand).into_iter().collect();
         let idle = self.notices.is_empty() && joining.is_empty();
         if self.migration.is_some() || idle || !matches!(self.phase, Phase::Running { .. }) {
             return Ok(Vec::new());
         }
         for w in &joining {
             self.joiners.remove(w);
-            self.joins.pop_front();
-            self.join_wait_since = None;
+            if !self.hand_joiners.remove(w) {
+                self.joins.pop_front();
+                self.join_wait_since = None;
+            }
         }
         let notices: Vec<_> = self.notices.drain(..).collect();
         let leaving: BTreeSet<u32> = notices.iter().map(|(w, _, _)| *w).collect();
@@ -99,7 +103,7 @@ impl Coordinator {
         survivors.extend(&joining);
         survivors.sort_unstable();
         if survivors.is_empty() {
-            return Err(Error::Pipeline("every worker was preempted: nothing is left to take over the layers".into()));
+            return Err(Error::Usage("every worker was preempted: nothing is left to take over the layers".into()));
         }
         let partition = Partition::balanced(&self.plan.costs, survivors.len())?;
         let generation = self.generation + 1;
@@ -123,7 +127,7 @@ impl Coordinator {
     fn migration_mut(&mut self, worker: u32, what: &str) -> Result<&mut Migration> {
         self.migration
             .as_mut()
-            .ok_or_else(|| Error::Pipeline(format!("worker {worker} sent `{what}` outside a migration")))
+            .ok_or_else(|| Error::peer(format!("worker {worker}"), format!("it sent `{what}` outside a migration")))
     }
 
     /// Once every member paused: the new layout, with each member's drain counts.
@@ -205,6 +209,7 @@ impl Coordinator {
         let mut effects: Vec<CoordEffect> =
             m.leaving.iter().map(|&w| CoordEffect::Send { worker: w, message: Message::Retire }).collect();
         effects.push(CoordEffect::Migrated(record));
+        effects.extend(self.assign_waiting_joiner());
         effects.extend(self.start_migration()?);
         effects.extend(self.maybe_finish_step()?);
         Ok(effects)

@@ -6,7 +6,10 @@
 //! argument; effects tell it what to send. So every deadline and every
 //! preemption point can be tested in memory.
 
+mod membership;
 mod migration;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -57,6 +60,9 @@ pub enum CoordEvent {
     Message { worker: u32, message: Message },
     /// The connection to `worker` is gone.
     Lost { worker: u32, reason: String },
+    /// The job must stop now (the coordinator process got SIGINT or
+    /// SIGTERM): every worker is told to abort, and the job fails with `reason`.
+    Stop { reason: String },
 }
 
 /// What the coordinator asks the driver to do.
@@ -169,6 +175,12 @@ pub struct Coordinator {
     joiners: BTreeSet<u32>,
     /// Joiners whose process start was asked for.
     spawned: BTreeSet<u32>,
+    /// Workers that connected by themselves (not a planned `--join`) and
+    /// are not members yet: admitted one at a time, at the next safe point.
+    hand_joiners: BTreeSet<u32>,
+    /// Hand joiners registered while another joined or a migration ran,
+    /// in order: each gets its assignment once the job is idle again.
+    waiting: VecDeque<(u32, String)>,
     /// Since when the end of a step waits for a due joiner.
     join_wait_since: Option<Duration>,
     /// Planned joins not yet done, in order.
@@ -219,6 +231,8 @@ impl Coordinator {
             migration: None,
             joiners: BTreeSet::new(),
             spawned: BTreeSet::new(),
+            hand_joiners: BTreeSet::new(),
+            waiting: VecDeque::new(),
             join_wait_since: None,
             joins,
             losses: Vec::new(),
@@ -261,13 +275,24 @@ impl Coordinator {
         if self.phase == Phase::Over {
             return Vec::new();
         }
+        let sender = match &event {
+            CoordEvent::Message { worker, .. } => Some(*worker),
+            _ => None,
+        };
         let result = match event {
             // A worker that delivered its final state, or retired, may go away.
             CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
-            CoordEvent::Lost { worker, reason } => Err(Error::Pipeline(format!("worker {worker} was lost: {reason}"))),
+            CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
+            CoordEvent::Lost { worker, reason } => Err(Error::Lost { worker, reason }),
             CoordEvent::Message { worker, message } => self.on_message(worker, message, now),
+            CoordEvent::Stop { reason } => return self.fail(reason),
         };
-        result.unwrap_or_else(|e| self.fail(e.to_string()))
+        match (result, sender) {
+            (Ok(effects), _) => effects,
+            // The job does not depend on a peer that holds nothing: drop it.
+            (Err(e), Some(worker)) if e.is_peer() && self.may_drop(worker) => self.drop_peer(worker, &e),
+            (Err(e), _) => self.fail(e.to_string()),
+        }
     }
 
     /// A worker may disappear once its state is safe: after its final
@@ -281,17 +306,25 @@ impl Coordinator {
 
     fn on_message(&mut self, worker: u32, message: Message, now: Duration) -> Result<Vec<CoordEffect>> {
         let known = self.plan.workers + self.plan.joins.len();
-        if worker as usize >= known {
-            return Err(Error::Pipeline(format!("worker {worker} is not part of this job of {known} workers")));
+        let registering = matches!(message, Message::Register { .. });
+        if worker as usize >= known && !registering && !self.addresses.contains_key(&worker) {
+            return Err(Error::peer(
+                format!("worker {worker}"),
+                format!("it is not part of this job of {known} workers"),
+            ));
         }
         match message {
+            Message::Register { protocol, address, .. } if self.is_hand_joiner(worker) => {
+                self.on_hand_register(worker, protocol, address)
+            }
             Message::Register { protocol, address, .. } if worker as usize >= self.plan.workers => {
                 self.on_join_register(worker, protocol, address)
             }
             Message::Register { protocol, address, .. } => self.on_register(worker, protocol, address),
+            Message::Ready { .. } if self.hand_joiners.contains(&worker) => self.on_join_ready(worker),
             Message::Ready { .. } if worker as usize >= self.plan.workers => self.on_join_ready(worker),
             Message::Ready { .. } => self.on_ready(worker),
-            Message::Loss { step, micro, value } => self.on_loss(step, micro, value),
+            Message::Loss { step, micro, value } => self.on_loss(worker, step, micro, value),
             Message::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer),
             Message::LayerNorms { step, layer, norms } => self.on_layer_norms(worker, step, layer, norms),
             Message::Final { params, counters, spans, .. } => self.on_final(worker, params, counters, spans),
@@ -301,15 +334,17 @@ impl Coordinator {
                 self.on_migrated(worker, bytes, ship_us, farewell, now)
             }
             Message::Resumed { .. } => self.on_resumed(worker, now),
-            Message::Abort { reason } => Err(Error::Pipeline(format!("worker {worker} aborted: {reason}"))),
-            other => Err(Error::Pipeline(format!("worker {worker} sent an unexpected {} message", other.kind()))),
+            Message::Abort { reason } => Err(Error::Aborted { by: format!("worker {worker}"), reason }),
+            other => {
+                Err(Error::peer(format!("worker {worker}"), format!("it sent an unexpected {} message", other.kind())))
+            }
         }
     }
 
     fn on_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
         check_protocol(worker, protocol)?;
         if self.phase != Phase::Registering || self.addresses.insert(worker, address).is_some() {
-            return Err(Error::Pipeline(format!("worker {worker} registered twice")));
+            return Err(Error::peer(format!("worker {worker}"), "it registered twice"));
         }
         if self.addresses.len() < self.plan.workers {
             return Ok(Vec::new());
@@ -326,14 +361,14 @@ impl Coordinator {
     fn on_join_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
         check_protocol(worker, protocol)?;
         if !matches!(self.phase, Phase::Running { .. }) || self.addresses.insert(worker, address).is_some() {
-            return Err(Error::Pipeline(format!("worker {worker} registered twice or outside training")));
+            return Err(Error::peer(format!("worker {worker}"), "it registered twice or outside training"));
         }
         Ok(vec![CoordEffect::Send { worker, message: self.assignment(worker) }])
     }
 
     fn on_join_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
         if !self.addresses.contains_key(&worker) || !self.joiners.insert(worker) {
-            return Err(Error::Pipeline(format!("worker {worker} reported ready out of turn")));
+            return Err(Error::peer(format!("worker {worker}"), "it reported ready out of turn"));
         }
         self.start_migration()
     }
@@ -375,7 +410,7 @@ impl Coordinator {
 
     fn on_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
         if self.phase != Phase::Connecting || !self.ready.insert(worker) {
-            return Err(Error::Pipeline(format!("worker {worker} reported ready out of turn")));
+            return Err(Error::peer(format!("worker {worker}"), "it reported ready out of turn"));
         }
         if self.ready.len() == self.plan.workers {
             return self.start_step(0);
@@ -393,6 +428,7 @@ impl Coordinator {
         self.phase = Phase::Running { step, updated: vec![false; self.plan.costs.len()] };
         self.clip = ClipState::default();
         let mut spawn = self.spawn_due_joiner();
+        spawn.extend(self.assign_waiting_joiner());
         let first = self.placements.first().map(|p| p.worker);
         let last = self.placements.last().map(|p| p.worker);
         let starts = self.members().into_iter().map(|w| {
@@ -406,10 +442,16 @@ impl Coordinator {
         Ok(spawn)
     }
 
-    fn on_loss(&mut self, step: u32, micro: u32, value: f32) -> Result<Vec<CoordEffect>> {
+    fn on_loss(&mut self, worker: u32, step: u32, micro: u32, value: f32) -> Result<Vec<CoordEffect>> {
+        let who = || format!("worker {worker}");
         match (&self.phase, self.step_losses.as_mut()) {
-            (Phase::Running { step: current, .. }, Some(book)) if *current == step => book.record(micro, value)?,
-            _ => return Err(Error::Pipeline(format!("loss of step {step} arrived out of turn"))),
+            (Phase::Running { step: current, .. }, Some(book)) if *current == step => {
+                book.record(micro, value).map_err(|e| match e {
+                    Error::Peer { detail, .. } => Error::peer(who(), detail),
+                    other => other,
+                })?
+            }
+            _ => return Err(Error::peer(who(), format!("its loss of step {step} arrived out of turn"))),
         }
         self.microbatch_losses += 1;
         let mut effects = self.spawn_due_joiner();
@@ -450,12 +492,12 @@ impl Coordinator {
     /// asks for the scale, which that worker then gets if it is known.
     fn on_layer_norms(&mut self, worker: u32, step: u32, layer: u32, norms: Vec<f32>) -> Result<Vec<CoordEffect>> {
         let (Some(max), Phase::Running { step: current, updated }) = (self.plan.clip_grad_norm, &self.phase) else {
-            return Err(Error::Pipeline(format!("worker {worker} sent gradient norms but the run does not clip")));
+            let detail = "sent gradient norms but the run does not clip".to_string();
+            return Err(Error::Peer { peer: format!("worker {worker}"), detail });
         };
         if *current != step || layer as usize >= updated.len() {
-            return Err(Error::Pipeline(format!(
-                "worker {worker} sent norms of layer {layer} for step {step} out of turn"
-            )));
+            let detail = format!("sent norms of layer {layer} for step {step} out of turn");
+            return Err(Error::Peer { peer: format!("worker {worker}"), detail });
         }
         let layers = updated.len();
         if self.clip.norms.contains_key(&layer) {
@@ -475,7 +517,7 @@ impl Coordinator {
 
     fn on_layer_updated(&mut self, worker: u32, step: u32, layer: u32) -> Result<Vec<CoordEffect>> {
         let out_of_turn =
-            || Error::Pipeline(format!("worker {worker} updated layer {layer} for step {step} out of turn"));
+            || Error::peer(format!("worker {worker}"), format!("it updated layer {layer} for step {step} out of turn"));
         match &mut self.phase {
             Phase::Running { step: current, updated } if *current == step => {
                 let slot = updated.get_mut(layer as usize).ok_or_else(out_of_turn)?;
@@ -515,6 +557,7 @@ impl Coordinator {
             self.phase = Phase::Finishing;
             effects
                 .extend(self.members().into_iter().map(|w| CoordEffect::Send { worker: w, message: Message::Finish }));
+            effects.extend(self.turn_away_joiners());
         }
         Ok(effects)
     }
@@ -527,7 +570,7 @@ impl Coordinator {
         spans: Vec<Span>,
     ) -> Result<Vec<CoordEffect>> {
         if self.phase != Phase::Finishing || self.finals.insert(worker, (params, counters, spans)).is_some() {
-            return Err(Error::Pipeline(format!("worker {worker} sent its final state out of turn")));
+            return Err(Error::peer(format!("worker {worker}"), "it sent its final state out of turn"));
         }
         if self.finals.len() < self.placements.len() {
             return Ok(Vec::new());

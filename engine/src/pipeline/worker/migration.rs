@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{owner_in, Dest, Mode, Out, Worker};
+use super::{owner_in, Dest, Mode, Out, Worker, COORDINATOR};
 use crate::pipeline::migrate::{Handover, MovedBytes};
 use crate::pipeline::protocol::{Message, Placement};
 use crate::pipeline::recompute::{keeper_of, leave_out_segments, LeftOut};
@@ -24,18 +24,24 @@ impl Worker {
     /// stage, or kept for later when it belongs to the next generation.
     pub(super) fn on_data(&mut self, from: Dest, generation: u32, message: Message) -> Result<Vec<Out>> {
         let Dest::Worker(sender) = from else {
-            return Err(Error::Pipeline(format!("a {} message came from the coordinator", message.kind())));
+            return Err(Error::peer(
+                COORDINATOR,
+                format!("it sent a {} message, which only workers send", message.kind()),
+            ));
         };
         if generation > self.generation {
             self.early.push((sender, message));
             return Ok(Vec::new());
         }
         if generation < self.generation {
-            return Err(Error::Pipeline(format!(
-                "worker {sender} sent a {} of generation {generation} after generation {} began",
-                message.kind(),
-                self.generation
-            )));
+            return Err(Error::peer(
+                format!("worker {sender}"),
+                format!(
+                    "it sent a {} of generation {generation} after generation {} began",
+                    message.kind(),
+                    self.generation
+                ),
+            ));
         }
         *self.received.entry(sender).or_default() += 1;
         self.feed(message)?;
@@ -51,7 +57,7 @@ impl Worker {
             Message::Replay { step, micro, layer, stop, tensor, .. } => {
                 StageEvent::Replay { step, micro, layer, stop, tensor }
             }
-            other => return Err(Error::Pipeline(format!("{} is not a data message", other.kind()))),
+            other => return Err(Error::Internal(format!("{} is not a data message", other.kind()))),
         };
         self.stage_mut()?.handle(event)
     }
@@ -83,7 +89,7 @@ impl Worker {
             (Some(stage), _) => stage.reassign(place.first..place.end, at)?,
             // A joiner builds its stage now; parameters arrive in handovers.
             (None, Some(setup)) => self.stage = Some(setup.stage(place.first..place.end, at, Default::default())?),
-            (None, None) => return Err(Error::Pipeline("a repartition arrived before the assignment".into())),
+            (None, None) => return Err(Error::peer(COORDINATOR, "a repartition arrived before the assignment")),
         }
         self.mode = Mode::Adopting { generation, from, parts_due: BTreeMap::new() };
         outs.extend(self.adopt_waiting()?);
@@ -134,7 +140,7 @@ impl Worker {
         let request = Message::Recompute { generation, step, micro, layer, stop };
         if generation > self.generation {
             let Dest::Worker(sender) = from else {
-                return Err(Error::Pipeline("a recompute request came from the coordinator".into()));
+                return Err(Error::peer(COORDINATOR, "it sent a recompute request, which only workers send"));
             };
             self.early.push((sender, request));
             return Ok(Vec::new());
@@ -159,7 +165,7 @@ impl Worker {
     /// has shipped its own (its layer range changes only then).
     pub(super) fn on_handover(&mut self, from: Dest, generation: u32, handover: Handover) -> Result<Vec<Out>> {
         let Dest::Worker(sender) = from else {
-            return Err(Error::Pipeline("a handover came from the coordinator".into()));
+            return Err(Error::peer(COORDINATOR, "it sent a handover, which only workers send"));
         };
         self.early.push((sender, Message::Handover { generation, handover }));
         self.adopt_waiting()

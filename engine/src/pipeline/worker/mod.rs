@@ -12,6 +12,8 @@
 //! message of the new generation that overtakes the drain waits its turn.
 
 mod migration;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -192,8 +194,18 @@ impl Worker {
         vec![Out::Send { to: Dest::Coordinator, message: Message::Notice { worker: self.id, grace_ms } }]
     }
 
-    /// Takes in a message from the coordinator or a peer.
+    /// Takes in a message from the coordinator or a peer. Only the
+    /// coordinator may send control messages (everything but the data and
+    /// handovers workers exchange): from a worker they are refused.
     pub fn handle(&mut self, from: Dest, message: Message) -> Result<Vec<Out>> {
+        if let (Dest::Worker(w), false) = (from, message.is_between_workers()) {
+            let detail = format!(
+                "it sent worker {} a `{}` message, which only the coordinator may send",
+                self.id,
+                message.kind()
+            );
+            return Err(Error::peer(format!("worker {w}"), detail));
+        }
         match message {
             Message::Assign(assignment) => self.assign(assignment),
             Message::StepStart { step, rows, inputs, targets } => {
@@ -221,13 +233,16 @@ impl Worker {
             Message::Handover { generation, handover } => self.on_handover(from, generation, handover),
             Message::Retire => Ok(vec![Out::Exit]),
             Message::Finish => self.finish(),
-            Message::Abort { reason } => Err(Error::Pipeline(format!("the coordinator aborted the run: {reason}"))),
-            other => Err(Error::Pipeline(format!("worker {} got an unexpected {} message", self.id, other.kind()))),
+            Message::Abort { reason } => Err(Error::Aborted { by: "the coordinator".into(), reason }),
+            other => Err(Error::peer(
+                describe(from),
+                format!("worker {} got an unexpected {} message", self.id, other.kind()),
+            )),
         }
     }
 
     fn stage_mut(&mut self) -> Result<&mut Stage> {
-        self.stage.as_mut().ok_or_else(|| Error::Pipeline("a step message arrived before the assignment".into()))
+        self.stage.as_mut().ok_or_else(|| Error::peer(COORDINATOR, "a step message arrived before the assignment"))
     }
 
     /// Builds the stage of an assignment; a worker that joins a running job
@@ -335,9 +350,9 @@ impl Worker {
     }
 
     fn finish(&mut self) -> Result<Vec<Out>> {
-        let stage = self.stage.take().ok_or_else(|| Error::Pipeline("finish before any assignment".into()))?;
+        let stage = self.stage.take().ok_or_else(|| Error::peer(COORDINATOR, "finish before any assignment"))?;
         if !stage.idle() {
-            return Err(Error::Pipeline("finish arrived in the middle of a step".into()));
+            return Err(Error::peer(COORDINATOR, "finish arrived in the middle of a step"));
         }
         let message = Message::Final {
             worker: self.id,
@@ -367,11 +382,22 @@ impl Worker {
     }
 }
 
+/// How errors name the coordinator.
+pub(crate) const COORDINATOR: &str = "the coordinator";
+
+/// A message's sender, for errors.
+pub(crate) fn describe(from: Dest) -> String {
+    match from {
+        Dest::Coordinator => COORDINATOR.into(),
+        Dest::Worker(w) => format!("worker {w}"),
+    }
+}
+
 /// The worker that holds `layer` in `placements`.
 pub(crate) fn owner_in(placements: &[Placement], layer: u32) -> Result<u32> {
     placements
         .iter()
         .find(|p| (p.first..p.end).contains(&layer))
         .map(|p| p.worker)
-        .ok_or_else(|| Error::Pipeline(format!("no worker holds layer {layer}")))
+        .ok_or_else(|| Error::peer(COORDINATOR, format!("its placements give layer {layer} to no worker")))
 }
