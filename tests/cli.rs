@@ -127,3 +127,18 @@ fn demo_runs_the_seed_scenario_bit_identically() {
     assert!(svg.contains("#e15759"), "the shipping span is not in the picture");
     assert!(dir.path().join("timeline.json").exists());
 }
+
+#[test]
+fn demo_runs_the_seed_scenario_on_a_gpt_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::run_baton_ok(&["demo", "--model", "gpt", "--out", dir.path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("bit-identical: yes"), "{stdout}");
+    assert!(stdout.contains("transformer blocks"), "{stdout}");
+    assert!(stdout.contains("recomputed forwards 0"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    let migration = &report["migrations"][0];
+    assert!(migration["bytes"]["segments"].as_u64().unwrap() > 0, "{migration}");
+    assert_eq!(report["grad_norms"].as_array().unwrap().len(), 5, "clipping reported per step");
+}

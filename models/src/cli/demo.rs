@@ -1,4 +1,5 @@
-//! `baton demo`: the seed scenario with embedded defaults. mlp12 trains on
+//! `baton demo`: the seed scenario with embedded defaults. mlp12 (or, with
+//! `--model gpt`, a 12-layer GPT on synthetic tokens) trains on
 //! 3 worker processes over QUIC (mutual TLS, an ephemeral CA, loopback);
 //! in the middle of step 2, worker 1 is told it dies in 120 s. It ships its
 //! layers (parameters, optimizer state, gradient sums) and its unfinished
@@ -16,7 +17,7 @@ use baton_engine::pipeline::ScheduleKind;
 use baton_engine::{init, Batch, Optimizer, OptimizerConfig, ParamStore, Trainer};
 use baton_models::cluster::{launch_local, timeline, LocalJob};
 use baton_models::{io, spec};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::report::{self, Report};
 
@@ -28,6 +29,64 @@ pub struct DemoArgs {
     /// Where to write the report, the timeline (Chrome trace) and its SVG picture.
     #[arg(long, value_name = "DIR", default_value = "baton-demo")]
     out: PathBuf,
+    /// Which model: the seed's mlp12, or a GPT (embedding, 9 pre-LN
+    /// transformer blocks, layernorm, head: d=64, 4 heads, T=32, 65 tokens).
+    #[arg(long, value_enum, default_value_t = DemoModel::Mlp12)]
+    model: DemoModel,
+}
+
+/// The model `baton demo` trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DemoModel {
+    /// 12 linear layers of width 64, mse, Adam.
+    Mlp12,
+    /// A 12-layer GPT on synthetic next-token data, AdamW, clip_grad_norm 1.
+    Gpt,
+}
+
+/// What the demo trains: spec, optimizer, clipping, and how to name it.
+struct Scenario {
+    label: &'static str,
+    description: &'static str,
+    spec: String,
+    optimizer: OptimizerConfig,
+    clip: Option<f32>,
+}
+
+impl Scenario {
+    fn of(model: DemoModel) -> anyhow::Result<Scenario> {
+        Ok(match model {
+            DemoModel::Mlp12 => Scenario {
+                label: "mlp12",
+                description: "mlp12 (12 linear layers of width 64, mse)",
+                spec: spec::mlp_json(64, 12),
+                optimizer: "adam:lr=1e-3".parse()?,
+                clip: None,
+            },
+            DemoModel::Gpt => Scenario {
+                label: "gpt",
+                description: "a 12-layer GPT (embedding, 9 transformer blocks, layernorm, head; d=64, 4 heads, T=32)",
+                spec: gpt_spec(),
+                optimizer: "adamw:lr=3e-3,beta1=0.9,beta2=0.95,weight_decay=0.1".parse()?,
+                clip: Some(1.0),
+            },
+        })
+    }
+
+    fn model(&self) -> anyhow::Result<baton_engine::Model> {
+        Ok(spec::parse(&self.spec)?)
+    }
+}
+
+/// The GPT of `baton demo --model gpt`: the golden file's shape (12 layers,
+/// as mlp12), trained on synthetic tokens.
+fn gpt_spec() -> String {
+    let block = r#"{"type": "transformer_block", "heads": 4, "hidden": 256}"#;
+    let blocks = vec![block; 9].join(", ");
+    format!(
+        r#"{{"input": {{"tokens": 65, "seq": 32}}, "layers": [{{"type": "embedding", "dim": 64}}, {blocks},
+            {{"type": "layernorm"}}, {{"type": "linear", "out": 65}}], "loss": "cross_entropy"}}"#
+    )
 }
 
 const STEPS: usize = 5;
@@ -39,27 +98,29 @@ const NOTICE: (u32, PlannedNotice) = (1, PlannedNotice { step: 2, actions: 5, gr
 /// Runs `baton demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
-    let model = spec::mlp12();
+    let scenario = Scenario::of(args.model)?;
+    let model = scenario.model()?;
     let params = init::init_params(&model.param_specs(), args.seed);
     let batches = io::synthetic_data(&model, STEPS, BATCH, args.seed);
-    let optimizer: OptimizerConfig = "adam:lr=1e-3".parse()?;
-    println!("baton demo: mlp12 (12 linear layers of width 64, mse) on 3 worker processes over QUIC");
-    println!("  {STEPS} steps of batch {BATCH}, M={MICRO_BATCHES} micro-batches, 1F1B, {optimizer}");
+    let optimizer = scenario.optimizer;
+    println!("baton demo: {} on 3 worker processes over QUIC", scenario.description);
+    let clip = scenario.clip.map_or(String::new(), |c| format!(", clip_grad_norm {c}"));
+    println!("  {STEPS} steps of batch {BATCH}, M={MICRO_BATCHES} micro-batches, 1F1B, {optimizer}{clip}");
     println!("  worker 1 is told in step 2, after 5 of its actions, that it dies in 120 s\n");
     let started = Instant::now();
-    let outcome = pipeline(&params, &batches, optimizer)?;
+    let outcome = pipeline(&scenario, &params, &batches)?;
     let wall = started.elapsed();
-    let reference = uninterrupted(params, &batches, optimizer)?;
+    let reference = uninterrupted(&scenario, params, &batches)?;
     summarise(&outcome, wall)?;
-    write_outputs(&args.out, &outcome, optimizer, wall)?;
+    write_outputs(&args.out, &scenario, &outcome, wall)?;
     compare(&outcome.params, &reference)
 }
 
-fn pipeline(params: &ParamStore, batches: &[Batch], optimizer: OptimizerConfig) -> anyhow::Result<JobOutcome> {
-    let model = spec::mlp12();
+fn pipeline(scenario: &Scenario, params: &ParamStore, batches: &[Batch]) -> anyhow::Result<JobOutcome> {
+    let model = scenario.model()?;
     let plan = JobPlan {
-        spec: spec::mlp_json(64, 12),
-        optimizer,
+        spec: scenario.spec.clone(),
+        optimizer: scenario.optimizer,
         lr_schedule: Default::default(),
         schedule: ScheduleKind::OneFOneB,
         micro_batches: MICRO_BATCHES,
@@ -71,7 +132,7 @@ fn pipeline(params: &ParamStore, batches: &[Batch], optimizer: OptimizerConfig) 
         notices: vec![NOTICE],
         joins: Vec::new(),
         ship_bf16: false,
-        clip_grad_norm: None,
+        clip_grad_norm: scenario.clip,
         seed: 0,
     };
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
@@ -89,8 +150,9 @@ fn pipeline(params: &ParamStore, batches: &[Batch], optimizer: OptimizerConfig) 
 }
 
 /// The same training in one process, never interrupted.
-fn uninterrupted(params: ParamStore, batches: &[Batch], optimizer: OptimizerConfig) -> anyhow::Result<ParamStore> {
-    let mut trainer = Trainer::new(spec::mlp12(), params, Optimizer::new(optimizer))?;
+fn uninterrupted(scenario: &Scenario, params: ParamStore, batches: &[Batch]) -> anyhow::Result<ParamStore> {
+    let mut trainer = Trainer::new(scenario.model()?, params, Optimizer::new(scenario.optimizer))?
+        .with_clip_grad_norm(scenario.clip)?;
     for (step, batch) in batches.iter().enumerate() {
         trainer.step(step as u32, batch, MICRO_BATCHES).with_context(|| format!("uninterrupted step {step}"))?;
     }
@@ -135,15 +197,15 @@ fn summarise(outcome: &JobOutcome, wall: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_outputs(dir: &Path, outcome: &JobOutcome, optimizer: OptimizerConfig, wall: Duration) -> anyhow::Result<()> {
+fn write_outputs(dir: &Path, scenario: &Scenario, outcome: &JobOutcome, wall: Duration) -> anyhow::Result<()> {
     let counters = report::Counters::new(&outcome.counters, outcome.microbatch_losses, (STEPS * MICRO_BATCHES) as u64);
     let report = Report {
-        model: "mlp12".into(),
+        model: scenario.label.into(),
         layers: 12,
         steps: STEPS,
         microbatches: MICRO_BATCHES,
         batch: BATCH,
-        optimizer: optimizer.to_string(),
+        optimizer: scenario.optimizer.to_string(),
         lr_schedule: "constant".into(),
         workers: 3,
         schedule: "1f1b".into(),
