@@ -1,8 +1,8 @@
 //! The 12-layer GPT of `../shared/golden/gpt12_adamw.safetensors` (AdamW,
 //! clip_grad_norm 1.0) against PyTorch: step-0 loss and gradients, per-step
 //! losses and final weights, through the library and through `baton train`
-//! on 1 and 3 worker processes (with and without a preemption), the
-//! pipelines bit-identical to one process.
+//! on 1-4 worker processes, both schedules, with one and two preemptions
+//! and with a join, every pipeline bit-identical to one process.
 
 mod common;
 
@@ -56,8 +56,15 @@ fn gpt_training_matches_pytorch_through_the_library() {
 fn gpt_training_matches_pytorch_through_baton_train() {
     let (golden, clip) = golden();
     let dir = tempfile::tempdir().unwrap();
-    let layouts: [&[&str]; 3] =
-        [&["--workers", "1"], &["--workers", "3"], &["--workers", "3", "--schedule", "gpipe", "--preempt", "1@2:3"]];
+    let layouts: [&[&str]; 7] = [
+        &["--workers", "1"],
+        &["--workers", "2"],
+        &["--workers", "3"],
+        &["--workers", "4", "--schedule", "gpipe"],
+        &["--workers", "3", "--schedule", "gpipe", "--preempt", "1@2:3"],
+        &["--workers", "3", "--preempt", "1@1:2", "--preempt", "2@2:5"],
+        &["--workers", "2", "--join", "1:2"],
+    ];
     let mut saved = Vec::new();
     for (i, layout) in layouts.iter().enumerate() {
         let (out, report) = (dir.path().join(format!("{i}.safetensors")), dir.path().join(format!("{i}.json")));
@@ -82,6 +89,22 @@ fn gpt_training_matches_pytorch_through_baton_train() {
         assert_eq!(report["counters"]["lost_microbatches"], 0);
         saved.push(params);
     }
-    assert!(bit_identical(&saved[0], &saved[1]), "3 workers differ from 1");
-    assert!(bit_identical(&saved[0], &saved[2]), "3 workers with a preemption differ from 1");
+    for (layout, params) in layouts.iter().zip(&saved).skip(1) {
+        assert!(bit_identical(&saved[0], params), "{layout:?} differs from one process");
+    }
+}
+
+#[test]
+fn a_transformer_block_segment_saves_what_the_readme_says() {
+    let (golden, _) = golden();
+    let model = baton_models::spec::parse(&golden.spec).unwrap();
+    let rows = 2;
+    let x = golden.data[0].x.rows(0, rows).unwrap();
+    let key = |layer| baton_engine::SegmentKey { step: 0, micro: 0, layer };
+    let (_, h) = model.forward_layer(key(0), &golden.params, x).unwrap();
+    let (block, _) = model.forward_layer(key(1), &golden.params, h).unwrap();
+    let (t, d, hidden, heads) = (32, 64, 256, 4);
+    let floats = rows * t * (8 * d + 2 * hidden + 4) + rows * heads * t * t;
+    assert_eq!(block.saved_bytes(), 4 * floats, "saved tensors of one block segment");
+    block.validate().unwrap();
 }
