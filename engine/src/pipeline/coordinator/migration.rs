@@ -134,6 +134,11 @@ impl Coordinator {
         if members.iter().any(|w| !m.paused.contains_key(w)) {
             return Ok(Vec::new());
         }
+        // A migration starts and ends within one step (no step starts
+        // during one), and every member was sent that step's start.
+        let Phase::Running { step, .. } = self.phase else {
+            return Err(Error::Pipeline(format!("worker {worker} paused while training is not running")));
+        };
         let expected_by = |receiver: u32| -> Vec<(u32, u64)> {
             let from = |(sender, sent): (&u32, &Vec<(u32, u64)>)| {
                 sent.iter().find(|(to, _)| *to == receiver).map(|(_, n)| (*sender, *n))
@@ -144,6 +149,7 @@ impl Coordinator {
             worker: w,
             message: Message::Repartition {
                 generation: m.generation,
+                step,
                 placements: m.placements.clone(),
                 expected: expected_by(w),
             },
