@@ -48,8 +48,20 @@ impl Case {
         joins: Vec<(u32, u32)>,
         seed: u64,
     ) -> JobOutcome {
+        let plan = self.plan(workers, kind, notices.clone(), joins);
+        sim::run_job(plan, &spec::factory, seed)
+            .unwrap_or_else(|e| panic!("W={workers} {kind} notices {notices:?} seed {seed}: {e}"))
+    }
+
+    fn plan(
+        &self,
+        workers: usize,
+        kind: ScheduleKind,
+        notices: Vec<(u32, PlannedNotice)>,
+        joins: Vec<(u32, u32)>,
+    ) -> JobPlan {
         let g = &self.golden;
-        let plan = JobPlan {
+        JobPlan {
             spec: g.spec.clone(),
             optimizer: g.optimizer,
             lr_schedule: Default::default(),
@@ -60,14 +72,12 @@ impl Case {
             params: g.params.clone(),
             batches: g.data.clone(),
             join_timeout: Duration::from_secs(60),
-            notices: notices.clone(),
-            joins: joins.clone(),
+            notices,
+            joins,
             ship_bf16: false,
             clip_grad_norm: None,
             seed: 0,
-        };
-        sim::run_job(plan, &spec::factory, seed)
-            .unwrap_or_else(|e| panic!("W={workers} {kind} notices {notices:?} seed {seed}: {e}"))
+        }
     }
 
     /// Bit-identical weights and losses, one migration per notice, nothing redone or lost.
@@ -271,5 +281,38 @@ fn shrink_then_grow_again() {
         let out = case.run_with_joins(3, kind, vec![notice(1, 0, 3)], vec![(2, 2)], 3);
         case.check(&format!("3 -> 2 -> 3 {kind}"), &out, 2);
         assert_eq!(out.partitions.last().unwrap().stages.len(), 3);
+    }
+}
+
+/// A preemption at a step boundary: an admin's preempt sent as the next
+/// step starts (it may reach the worker before or after that step's start,
+/// even after its own last update of the step before, a point no scripted
+/// notice reaches), and a scripted notice on the step start itself. The
+/// `StepStart` of the next step may still be on its way to some worker when
+/// the `Repartition` reaches it (a bulk frame; the control lane overtakes
+/// it): that worker must wait for it before it ships or adopts, or it hands
+/// over layers of the wrong step and the late start fails with "step 1
+/// started before the previous one finished". One seed per point (as in
+/// [`every_worker_at_every_action_boundary`]) rarely draws that order;
+/// these seeds include ones that did before the fix.
+#[test]
+fn preempts_at_a_step_boundary() {
+    let case = Case::new("mlp12_adam", 1e-4);
+    for workers in 2..=4u32 {
+        for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+            for worker in 0..workers {
+                for seed in 0..12u64 {
+                    let what = format!("W={workers} {kind} worker {worker} seed {seed}");
+                    let plan = case.plan(workers as usize, kind, Vec::new(), Vec::new());
+                    let preempt = sim::AdminPreempt { after_step: 0, worker, grace_ms: 60_000 };
+                    let out = sim::run_job_with_preempts(plan, &spec::factory, seed, &[preempt])
+                        .unwrap_or_else(|e| panic!("{what}, admin preempt after step 0: {e}"));
+                    case.check(&format!("{what}, admin preempt after step 0"), &out, 1);
+                    assert_eq!(out.migrations[0].leaving, vec![worker], "{what}");
+                    let out = case.run(workers as usize, kind, vec![notice(worker, 1, 0)], seed);
+                    case.check(&format!("{what}, notice at the start of step 1"), &out, 1);
+                }
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
 
 /// Bumped whenever [`Message`] changes shape; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// A worker's place in one generation.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -107,9 +107,11 @@ pub enum Message {
     /// in the current generation.
     Paused { worker: u32, sent: Vec<(u32, u64)> },
     /// Coordinator → worker: the new layout. Receive `expected[w]` data
-    /// messages from worker w first (the old generation drains), then hand
-    /// layers to their new owners.
-    Repartition { generation: u32, placements: Vec<Placement>, expected: Vec<(u32, u64)> },
+    /// messages from worker w (the old generation drains) and the
+    /// `StepStart` of `step`, the step in progress (it travels on the bulk
+    /// lane, so this message may overtake it); then hand layers to their
+    /// new owners.
+    Repartition { generation: u32, step: u32, placements: Vec<Placement>, expected: Vec<(u32, u64)> },
     /// Worker → worker: layers (and what waits at them) that change owner.
     Handover { generation: u32, handover: Handover },
     /// Worker → coordinator: every handover of this worker was delivered;

@@ -159,6 +159,27 @@ pub const SIM_BYTES_PER_MS: u64 = 1000;
 /// [`SIM_BYTES_PER_MS`]. The clock advances one microsecond per delivered
 /// frame or unit of work.
 pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> Result<JobOutcome> {
+    run_job_with_preempts(plan, factory, seed, &[])
+}
+
+/// An admin's `baton preempt` in a simulated job: once step `after_step`
+/// finishes (the next step's start is then in flight), worker `worker` is
+/// preempted with `grace_ms`, through [`Coordinator::preempt`].
+#[derive(Clone, Copy, Debug)]
+pub struct AdminPreempt {
+    pub after_step: u32,
+    pub worker: u32,
+    pub grace_ms: u64,
+}
+
+/// [`run_job`] with admin preempts, which can land where scripted notices
+/// cannot: between a worker's last update of a step and the next step's start.
+pub fn run_job_with_preempts(
+    plan: JobPlan,
+    factory: &dyn Fn() -> ModelFactory,
+    seed: u64,
+    preempts: &[AdminPreempt],
+) -> Result<JobOutcome> {
     let workers = plan.workers;
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
     let mut nodes: Vec<Worker> = (0..workers as u32).map(|w| Worker::new(w, factory())).collect();
@@ -192,7 +213,10 @@ pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> 
         match to {
             Dest::Coordinator => {
                 let Dest::Worker(worker) = from else { continue };
-                for effect in coordinator.handle(CoordEvent::Message { worker, message }, now) {
+                let mut effects = coordinator.handle(CoordEvent::Message { worker, message }, now);
+                let admin = admin_preempts(&coordinator, preempts, &effects)?;
+                effects.extend(admin);
+                for effect in effects {
                     match effect {
                         CoordEffect::Send { worker, message } => {
                             net.push(Dest::Worker(worker), Dest::Coordinator, &message)?
@@ -223,6 +247,23 @@ pub fn run_job(plan: JobPlan, factory: &dyn Fn() -> ModelFactory, seed: u64) -> 
         }
     }
     unreachable!("the tick counter does not run out")
+}
+
+/// What the admin preempts due after `effects` ask for: those placed after
+/// a step that `effects` report finished (the next step's start is among them).
+fn admin_preempts(
+    coordinator: &Coordinator,
+    preempts: &[AdminPreempt],
+    effects: &[CoordEffect],
+) -> Result<Vec<CoordEffect>> {
+    let mut asked = Vec::new();
+    for effect in effects {
+        let CoordEffect::StepFinished { step, .. } = effect else { continue };
+        for p in preempts.iter().filter(|p| p.after_step == *step) {
+            asked.extend(coordinator.preempt(p.worker, Duration::from_millis(p.grace_ms))?);
+        }
+    }
+    Ok(asked)
 }
 
 /// Frames in flight: (to, from, bytes).

@@ -138,6 +138,12 @@ impl Coordinator {
         if members.iter().any(|w| !m.paused.contains_key(w)) {
             return Ok(Vec::new());
         }
+        // A migration starts and ends within one step (no step starts
+        // during one), and every member was sent that step's start.
+        let Phase::Running { step, .. } = self.phase else {
+            let detail = "paused while training is not running".to_string();
+            return Err(Error::Peer { peer: format!("worker {worker}"), detail });
+        };
         let expected_by = |receiver: u32| -> Vec<(u32, u64)> {
             let from = |(sender, sent): (&u32, &Vec<(u32, u64)>)| {
                 sent.iter().find(|(to, _)| *to == receiver).map(|(_, n)| (*sender, *n))
@@ -148,6 +154,7 @@ impl Coordinator {
             worker: w,
             message: Message::Repartition {
                 generation: m.generation,
+                step,
                 placements: m.placements.clone(),
                 expected: expected_by(w),
             },

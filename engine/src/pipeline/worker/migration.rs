@@ -62,11 +62,19 @@ impl Worker {
         self.stage_mut()?.handle(event)
     }
 
-    /// Once every data message of the old generation is in: hands layers to
-    /// their new owners and starts waiting for the layers coming here.
+    /// Once every data message of the old generation is in, and the start
+    /// of the step in progress: hands layers to their new owners and starts
+    /// waiting for the layers coming here. A `StepStart` travels on the bulk
+    /// lane, so the `Repartition` may overtake it; shipping before it
+    /// arrives would hand over (or adopt) layers of a step this worker has
+    /// not begun, and the late start would then find that step unfinished.
     pub(super) fn try_ship(&mut self) -> Result<Vec<Out>> {
-        let Mode::Draining { generation, placements, expected } = &self.mode else { return Ok(Vec::new()) };
+        let Mode::Draining { generation, step, placements, expected } = &self.mode else { return Ok(Vec::new()) };
         if expected.iter().any(|(w, n)| self.received.get(w).copied().unwrap_or(0) < *n) {
+            return Ok(Vec::new());
+        }
+        // A joiner has no stage and is sent no step start: its step comes in handovers.
+        if self.stage.as_ref().is_some_and(|s| s.current_step() != Some(*step)) {
             return Ok(Vec::new());
         }
         let (generation, new) = (*generation, placements.clone());

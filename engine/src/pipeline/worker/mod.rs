@@ -6,10 +6,11 @@
 //!
 //! A migration, seen from one worker: `Pause` (stop at the next action
 //! boundary, report how many data messages went to each peer) →
-//! `Repartition` (wait until every data message of the old generation has
-//! arrived, then hand layers to their new owners) → adopt the handovers
-//! addressed to it → `Resumed`. Data messages carry their generation, so a
-//! message of the new generation that overtakes the drain waits its turn.
+//! `Repartition` (wait until every data message of the old generation and
+//! the start of the step in progress have arrived, then hand layers to
+//! their new owners) → adopt the handovers addressed to it → `Resumed`.
+//! Data messages carry their generation, so a message of the new generation
+//! that overtakes the drain waits its turn.
 
 mod migration;
 #[cfg(test)]
@@ -62,9 +63,11 @@ enum Mode {
     Running,
     /// Stopped at an action boundary (after a notice or a `Pause`).
     Paused,
-    /// Waiting for the old generation's data messages, then ships.
+    /// Waiting for the old generation's data messages and for the start of
+    /// `step` (the coordinator's step in progress), then ships.
     Draining {
         generation: u32,
+        step: u32,
         placements: Vec<Placement>,
         expected: BTreeMap<u32, u64>,
     },
@@ -210,7 +213,9 @@ impl Worker {
             Message::Assign(assignment) => self.assign(assignment),
             Message::StepStart { step, rows, inputs, targets } => {
                 self.stage_mut()?.handle(StageEvent::StepStart { step, rows, inputs, targets })?;
-                Ok(self.due_notice(step, 0))
+                let mut outs = self.due_notice(step, 0);
+                outs.extend(self.try_ship()?);
+                Ok(outs)
             }
             Message::Activation { generation, .. }
             | Message::Gradient { generation, .. }
@@ -226,8 +231,8 @@ impl Worker {
                 Ok(Vec::new())
             }
             Message::Pause { .. } => self.pause(),
-            Message::Repartition { generation, placements, expected } => {
-                self.mode = Mode::Draining { generation, placements, expected: expected.into_iter().collect() };
+            Message::Repartition { generation, step, placements, expected } => {
+                self.mode = Mode::Draining { generation, step, placements, expected: expected.into_iter().collect() };
                 self.try_ship()
             }
             Message::Handover { generation, handover } => self.on_handover(from, generation, handover),
