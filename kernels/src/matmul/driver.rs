@@ -1,0 +1,266 @@
+//! Packing, cache blocking and threads around a micro-kernel ([`Tile`]).
+//!
+//! op(b) is packed once into panels of `NR` columns (`[p][j]`, zero-padded
+//! past `n`); each task packs its rows of op(a) into panels of `MR` rows
+//! (`[p][i]`, zero-padded past its last row). A task owns a block of C
+//! (`MC` rows × some columns, whole tiles) and walks K in blocks of `KC`,
+//! B micro-panel by B micro-panel (L1), A micro-panel by A micro-panel (L2),
+//! so a tile's accumulators go through K in order: the first K block starts
+//! from zero (or from `c` when accumulating), each later one from the `c`
+//! the previous block stored. None of the block sizes, the task split or the
+//! tile shape can change an element's fma chain.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::{Trans, PAR_MIN_FLOPS};
+use crate::threads;
+
+/// A register-blocked micro-kernel computing an `MR × NR` tile of C.
+pub(super) trait Tile: Copy + Send + Sync {
+    /// Rows of a tile.
+    const MR: usize;
+    /// Columns of a tile.
+    const NR: usize;
+    /// K block length (cache blocking only).
+    const KC: usize;
+    /// Rows of C per task (a multiple of `MR`).
+    const MC: usize;
+
+    /// For every `i < MR`, `j < NR`: `acc = if load { c[i*ldc + j] } else
+    /// { 0.0 }`, then `acc = fma(a[p*MR + i], b[p*NR + j], acc)` for `p` in
+    /// `0..kc` in order, then `c[i*ldc + j] = acc`.
+    ///
+    /// # Safety
+    /// `a` is valid for `kc*MR` reads, `b` for `kc*NR` reads, and `c` for
+    /// reads and writes at `i*ldc + j` for all `i < MR`, `j < NR`; no other
+    /// thread touches those `c` elements during the call, and `c` overlaps
+    /// neither `a` nor `b`.
+    unsafe fn tile(self, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
+}
+
+/// The largest `MR * NR` of any [`Tile`] (size of the edge-tile buffer).
+const MAX_TILE: usize = 512;
+
+/// One validated product (see [`super::matmul`]): buffer lengths checked,
+/// `m, k, n > 0`.
+pub(super) struct Job<'a> {
+    pub(super) a: &'a [f32],
+    pub(super) ta: Trans,
+    pub(super) b: &'a [f32],
+    pub(super) tb: Trans,
+    pub(super) m: usize,
+    pub(super) k: usize,
+    pub(super) n: usize,
+    pub(super) accumulate: bool,
+}
+
+/// A task's block of C: rows `i0..i0+rows`, columns `j0..j0+cols`.
+#[derive(Clone, Copy)]
+struct Block {
+    i0: usize,
+    rows: usize,
+    j0: usize,
+    cols: usize,
+}
+
+/// C's base pointer, shared by tasks that write disjoint [`Block`]s.
+#[derive(Clone, Copy)]
+struct SharedC(*mut f32);
+// SAFETY: tasks only write through the pointer inside their own Block, the
+// blocks partition C, and `run` holds the `&mut [f32]` it came from (so
+// nothing else reads or writes C) until every task has finished.
+unsafe impl Send for SharedC {}
+// SAFETY: as for Send: concurrent users touch disjoint elements.
+unsafe impl Sync for SharedC {}
+
+/// Runs `job` into `c` (`m*n` elements) with micro-kernel `kern`, on the
+/// crate's thread pool when the product is big enough.
+pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
+    debug_assert!(K::MR * K::NR <= MAX_TILE && K::MC % K::MR == 0);
+    debug_assert!(job.a.len() == job.m * job.k && job.b.len() == job.k * job.n && c.len() == job.m * job.n);
+    let (pool, nthreads) = threads::current();
+    let parallel = nthreads > 1 && job.m.saturating_mul(job.n).saturating_mul(job.k) >= PAR_MIN_FLOPS;
+    let blocks = blocks::<K>(job.m, job.n, if parallel { nthreads } else { 1 });
+    let cp = SharedC(c.as_mut_ptr());
+    with_scratch(&B_SCRATCH, job.n.div_ceil(K::NR) * K::NR * job.k, |bp| {
+        if parallel {
+            pool.install(|| {
+                pack_b::<K>(job, bp, true);
+                blocks.par_iter().for_each(|blk| block::<K>(kern, job, bp, cp, *blk));
+            });
+        } else {
+            pack_b::<K>(job, bp, false);
+            blocks.iter().for_each(|blk| block::<K>(kern, job, bp, cp, *blk));
+        }
+    });
+}
+
+/// Splits C into task blocks of `MC` rows; with several threads, also into
+/// column blocks (whole `NR` panels) until there are about four per thread.
+fn blocks<K: Tile>(m: usize, n: usize, nthreads: usize) -> Vec<Block> {
+    let row_blocks = m.div_ceil(K::MC);
+    let col_splits = (4 * nthreads).div_ceil(row_blocks).max(1);
+    let cols = n.div_ceil(col_splits).div_ceil(K::NR).max(4) * K::NR;
+    let mut out = Vec::with_capacity(row_blocks * n.div_ceil(cols));
+    for i0 in (0..m).step_by(K::MC) {
+        for j0 in (0..n).step_by(cols) {
+            out.push(Block { i0, rows: K::MC.min(m - i0), j0, cols: cols.min(n - j0) });
+        }
+    }
+    out
+}
+
+/// Computes one block of C: packs its rows of op(a), then walks K blocks,
+/// B panels and A panels, one tile each.
+fn block<K: Tile>(kern: K, job: &Job<'_>, bp: &[f32], cp: SharedC, blk: Block) {
+    let k = job.k;
+    with_scratch(&A_SCRATCH, blk.rows.div_ceil(K::MR) * K::MR * k, |ap| {
+        pack_a::<K>(job, blk, ap);
+        for pc in (0..k).step_by(K::KC) {
+            let kc = K::KC.min(k - pc);
+            let load = pc > 0 || job.accumulate;
+            for j in (blk.j0..blk.j0 + blk.cols).step_by(K::NR) {
+                let off = (j / K::NR) * k * K::NR + pc * K::NR;
+                let b = &bp[off..off + kc * K::NR];
+                for i in (blk.i0..blk.i0 + blk.rows).step_by(K::MR) {
+                    let off = ((i - blk.i0) / K::MR) * k * K::MR + pc * K::MR;
+                    let a = &ap[off..off + kc * K::MR];
+                    let rows = K::MR.min(blk.i0 + blk.rows - i);
+                    let cols = K::NR.min(blk.j0 + blk.cols - j);
+                    tile_at(kern, a, b, cp, job.n, (i, j, rows, cols), load);
+                }
+            }
+        }
+    });
+}
+
+/// One tile of C at `(i, j)` with `rows × cols` real elements (C is `ldc`
+/// wide); a partial tile runs the full kernel on a copy and keeps the real
+/// lanes, which computes each real element's chain exactly as a full tile.
+fn tile_at<K: Tile>(kern: K, a: &[f32], b: &[f32], cp: SharedC, ldc: usize, at: Tile4, load: bool) {
+    let (i, j, rows, cols) = at;
+    let kc = a.len() / K::MR;
+    debug_assert!(a.len() == kc * K::MR && b.len() == kc * K::NR);
+    // SAFETY: (i, j) is inside this task's Block and rows/cols stop at its
+    // edge, so every C element used is inside C (`i*ldc + j + r*ldc + s` for
+    // r < rows, s < cols) and owned by this task (see SharedC). `a` and `b`
+    // hold kc*MR and kc*NR elements; C is not part of the packed buffers.
+    unsafe {
+        let c = cp.0.add(i * ldc + j);
+        if rows == K::MR && cols == K::NR {
+            return kern.tile(kc, a.as_ptr(), b.as_ptr(), c, ldc, load);
+        }
+        let mut tmp = [0.0f32; MAX_TILE];
+        if load {
+            for r in 0..rows {
+                std::ptr::copy_nonoverlapping(c.add(r * ldc), tmp.as_mut_ptr().add(r * K::NR), cols);
+            }
+        }
+        kern.tile(kc, a.as_ptr(), b.as_ptr(), tmp.as_mut_ptr(), K::NR, load);
+        for r in 0..rows {
+            std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * K::NR), c.add(r * ldc), cols);
+        }
+    }
+}
+
+/// `(i, j, rows, cols)` of a tile.
+type Tile4 = (usize, usize, usize, usize);
+
+/// Packs op(b) into `bp`: panel `q` (columns `q*NR..`) at `q*k*NR`, laid out
+/// `[p][j]`. Panels are packed in parallel when `parallel` (inside the pool).
+fn pack_b<K: Tile>(job: &Job<'_>, bp: &mut [f32], parallel: bool) {
+    let (k, n) = (job.k, job.n);
+    // op(b)[p, j] = b[j*ws + p*ks].
+    let (ws, ks) = match job.tb {
+        Trans::No => (1, n),
+        Trans::Yes => (k, 1),
+    };
+    let panel = |(q, dst): (usize, &mut [f32])| {
+        let j0 = q * K::NR;
+        pack_panel(dst, job.b, j0 * ws, (ws, ks), (K::NR.min(n - j0), K::NR), k);
+    };
+    if parallel {
+        bp.par_chunks_mut(k * K::NR).enumerate().for_each(panel);
+    } else {
+        bp.chunks_mut(k * K::NR).enumerate().for_each(panel);
+    }
+}
+
+/// Packs rows `blk.i0..blk.i0+blk.rows` of op(a) into `ap`: panel `q` at
+/// `q*k*MR`, laid out `[p][i]`.
+fn pack_a<K: Tile>(job: &Job<'_>, blk: Block, ap: &mut [f32]) {
+    let (m, k) = (job.m, job.k);
+    // op(a)[i, p] = a[i*ws + p*ks].
+    let (ws, ks) = match job.ta {
+        Trans::No => (k, 1),
+        Trans::Yes => (1, m),
+    };
+    for (q, dst) in ap.chunks_mut(k * K::MR).enumerate() {
+        let i0 = blk.i0 + q * K::MR;
+        let width = K::MR.min(blk.i0 + blk.rows - i0);
+        pack_panel(dst, job.a, i0 * ws, (ws, ks), (width, K::MR), k);
+    }
+}
+
+/// `dst[p*r + w] = src[base + w*ws + p*ks]` for `w < width`, `0.0` for
+/// `width <= w < r`, `p < k`. One of the strides is 1 (operands are row-major).
+fn pack_panel(
+    dst: &mut [f32],
+    src: &[f32],
+    base: usize,
+    (ws, ks): (usize, usize),
+    (width, r): (usize, usize),
+    k: usize,
+) {
+    debug_assert!(dst.len() == k * r && width <= r && (ws == 1 || ks == 1));
+    if width < r {
+        dst.fill(0.0);
+    }
+    if ws == 1 {
+        for (p, row) in dst.chunks_exact_mut(r).enumerate() {
+            row[..width].copy_from_slice(&src[base + p * ks..][..width]);
+        }
+        return;
+    }
+    // ks == 1: each w is a contiguous run over p; transpose in chunks of 16
+    // p so the destination rows being written stay in L1.
+    const P_CHUNK: usize = 16;
+    for p0 in (0..k).step_by(P_CHUNK) {
+        let pe = (p0 + P_CHUNK).min(k);
+        let out = &mut dst[p0 * r..pe * r];
+        for w in 0..width {
+            let run = &src[base + w * ws + p0..base + w * ws + pe];
+            for (row, &v) in out.chunks_exact_mut(r).zip(run) {
+                row[w] = v;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Packed op(b) of the product running on this thread (reused between calls).
+    static B_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Packed op(a) rows of the block running on this thread.
+    static A_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` elements of a 64-byte-aligned buffer taken from `slot`
+/// (taken out while in use, so a nested call just allocates its own).
+/// Contents on entry are unspecified; packing overwrites all of it.
+fn with_scratch<R>(
+    slot: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    const ALIGN_F32: usize = 16;
+    let mut v = slot.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if v.len() < len + ALIGN_F32 {
+        v = vec![0.0; len + ALIGN_F32];
+    }
+    let off = v.as_ptr().align_offset(ALIGN_F32 * 4).min(ALIGN_F32);
+    let out = f(&mut v[off..off + len]);
+    slot.with(|s| *s.borrow_mut() = v);
+    out
+}
