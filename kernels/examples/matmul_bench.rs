@@ -1,5 +1,6 @@
 //! Our `matmul` on every kernel path against the `gemm` crate, side by side:
-//! `cargo run --release -p baton-kernels --example matmul_bench [-- --quick]`.
+//! `cargo run --release -p baton-kernels --example matmul_bench [-- --quick]
+//! [--only NAME-PART] [--threads N]`.
 //!
 //! Shapes: the W=1024 MLP step (`baton bench step`: B=256) and a d=512 GPT
 //! (batch 8 × T 128 = 1024 rows; linears 512→1536, 512→512, 512→2048,
@@ -51,24 +52,24 @@ fn shapes() -> Vec<Shape> {
     s
 }
 
-/// Fastest of 5 samples (seconds per call of `f`, ~`budget`/5 each): the
-/// build machine is shared, so the minimum is the least disturbed estimate.
+/// Seconds per call of `f`: the fastest of many short samples (each one
+/// call, or enough calls to last ~50 us) taken for `budget` seconds. The
+/// build machine is shared, so the fastest sample is the least disturbed.
 fn time(budget: f64, mut f: impl FnMut()) -> f64 {
     f();
     let t = Instant::now();
     f();
     let once = t.elapsed().as_secs_f64().max(1e-9);
-    let reps = ((budget / 5.0 / once) as usize).clamp(1, 100_000);
-    let samples: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..reps {
-                f();
-            }
-            t.elapsed().as_secs_f64() / reps as f64
-        })
-        .collect();
-    samples.into_iter().fold(f64::INFINITY, f64::min)
+    let reps = ((50e-6 / once) as usize).max(1);
+    let (start, mut best) = (Instant::now(), f64::INFINITY);
+    while start.elapsed().as_secs_f64() < budget {
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    best
 }
 
 /// The `gemm` crate as `baton_kernels::matmul` called it before (strides for
@@ -127,8 +128,13 @@ fn measured_peaks() -> Vec<(Isa, f64)> {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let budget = if quick { 0.1 } else { 0.3 };
+    let args: Vec<String> = std::env::args().collect();
+    let budget = if args.iter().any(|a| a == "--quick") { 0.1 } else { 0.4 };
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let thread_counts: Vec<usize> = match args.iter().position(|a| a == "--threads") {
+        Some(i) => vec![args[i + 1].parse().expect("--threads N")],
+        None => vec![1, 2],
+    };
     let peaks = measured_peaks();
     for (isa, p) in &peaks {
         let ghz = p / (2.0 * 2.0 * peak::lanes(*isa));
@@ -143,10 +149,10 @@ fn main() {
         header += &format!(" {:>16}", format!("{isa} (%peak)"));
     }
     header += &format!(" {:>9} {:>9}", "gemm", "best/gemm");
-    println!("GFLOP/s per call (best of 5), %peak = of the path's measured per-core peak x threads\n{header}");
-    for t in [1, 2] {
+    println!("GFLOP/s per call (fastest sample), %peak = of the path's measured per-core peak x threads\n{header}");
+    for t in thread_counts {
         threads::set_num_threads(t).expect("thread pool");
-        for s in shapes() {
+        for s in shapes().into_iter().filter(|s| only.as_ref().is_none_or(|o| s.name.contains(o.as_str()))) {
             row(&s, t, &isas, &peaks, budget);
         }
     }
@@ -185,16 +191,16 @@ mod peak {
         }
     }
 
-    /// GFLOP/s of `ITERS` × 12 independent FMA chains of `isa`'s width,
-    /// best of 7 runs.
+    /// GFLOP/s of `ITERS` × 12 independent FMA chains of `isa`'s width
+    /// (about 1 ms), the best of 300 runs.
     pub(super) fn gflops(isa: Isa) -> f64 {
-        const ITERS: usize = 4_000_000;
+        const ITERS: usize = 20_000;
         let once = || {
             let t = Instant::now();
             std::hint::black_box(run(isa, ITERS));
             (ITERS * 12) as f64 * lanes(isa) * 2.0 / t.elapsed().as_secs_f64() / 1e9
         };
-        (0..7).map(|_| once()).fold(0.0, f64::max)
+        (0..300).map(|_| once()).fold(0.0, f64::max)
     }
 
     fn run(isa: Isa, iters: usize) -> f32 {

@@ -84,8 +84,8 @@ fn check_shape(rng: &mut Rng, isas: &[Isa], m: usize, k: usize, n: usize) {
 fn every_path_computes_the_fma_chain_on_edge_shapes() {
     let isas = paths();
     let mut rng = Rng::new(1);
-    // Around every tile size (4x8, 6x16, 8x32), K blocks (256), k = 0 and 1,
-    // primes.
+    // Around every tile size (4x8, 6x16, 8x32), K blocks (256), column
+    // blocks (1024), k = 0 and 1, primes.
     let shapes = [
         (1, 1, 1),
         (1, 0, 5),
@@ -102,6 +102,8 @@ fn every_path_computes_the_fma_chain_on_edge_shapes() {
         (2, 1031, 3),
         (23, 513, 65),
         (31, 64, 97),
+        (3, 40, 1100),
+        (9, 300, 1031),
     ];
     for (m, k, n) in shapes {
         check_shape(&mut rng, &isas, m, k, n);
@@ -128,6 +130,7 @@ fn every_path_computes_the_fma_chain_on_parallel_shapes() {
     let mut rng = Rng::new(3);
     check_shape(&mut rng, &isas, 211, 127, 173);
     check_shape(&mut rng, &isas, 67, 1031, 45);
+    check_shape(&mut rng, &isas, 37, 270, 1050);
 }
 
 #[test]

@@ -1,14 +1,15 @@
 //! Packing, cache blocking and threads around a micro-kernel ([`Tile`]).
 //!
-//! op(b) is packed once into panels of `NR` columns (`[p][j]`, zero-padded
-//! past `n`); each task packs its rows of op(a) into panels of `MR` rows
-//! (`[p][i]`, zero-padded past its last row). A task owns a block of C
-//! (`MC` rows × some columns, whole tiles) and walks K in blocks of `KC`,
-//! B micro-panel by B micro-panel (L1), A micro-panel by A micro-panel (L2),
-//! so a tile's accumulators go through K in order: the first K block starts
-//! from zero (or from `c` when accumulating), each later one from the `c`
-//! the previous block stored. None of the block sizes, the task split or the
-//! tile shape can change an element's fma chain.
+//! The classic five loops (Goto/BLIS): for each block of `NC` columns and
+//! each block of `KC` of K, op(b)'s `KC × NC` block is packed into panels of
+//! `NR` columns (`[p][j]`, zero-padded past `n`; it stays in L2), then tasks
+//! take blocks of `MC` rows (and, when rows are few, part of the columns),
+//! pack their `MC × KC` of op(a) into panels of `MR` rows (`[p][i]`,
+//! zero-padded past the last row) and run the micro-kernel B panel by B panel
+//! (L1), A panel by A panel (L2). A tile's accumulators go through K in
+//! order: the first K block starts from zero (or from `c` when accumulating),
+//! each later one from the `c` the previous block stored. None of the block
+//! sizes, the task split or the tile shape can change an element's fma chain.
 
 use std::cell::RefCell;
 
@@ -27,6 +28,8 @@ pub(super) trait Tile: Copy + Send + Sync {
     const KC: usize;
     /// Rows of C per task (a multiple of `MR`).
     const MC: usize;
+    /// Columns of C per packed B block (a multiple of `NR`).
+    const NC: usize;
 
     /// For every `i < MR`, `j < NR`: `acc = if load { c[i*ldc + j] } else
     /// { 0.0 }`, then `acc = fma(a[p*MR + i], b[p*NR + j], acc)` for `p` in
@@ -56,7 +59,17 @@ pub(super) struct Job<'a> {
     pub(super) accumulate: bool,
 }
 
-/// A task's block of C: rows `i0..i0+rows`, columns `j0..j0+cols`.
+/// The K block and column block being computed: `pc..pc+kc`, `jc..jc+nc`.
+#[derive(Clone, Copy)]
+struct Panel {
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    nc: usize,
+}
+
+/// A task's part of a [`Panel`]: rows `i0..i0+rows`, columns `j0..j0+cols`
+/// (absolute; `j0 - jc` is a multiple of `NR`).
 #[derive(Clone, Copy)]
 struct Block {
     i0: usize,
@@ -69,8 +82,9 @@ struct Block {
 #[derive(Clone, Copy)]
 struct SharedC(*mut f32);
 // SAFETY: tasks only write through the pointer inside their own Block, the
-// blocks partition C, and `run` holds the `&mut [f32]` it came from (so
-// nothing else reads or writes C) until every task has finished.
+// blocks of one K block partition C and K blocks run one after another, and
+// `run` holds the `&mut [f32]` it came from (so nothing else reads or writes
+// C) until every task has finished.
 unsafe impl Send for SharedC {}
 // SAFETY: as for Send: concurrent users touch disjoint elements.
 unsafe impl Sync for SharedC {}
@@ -78,59 +92,72 @@ unsafe impl Sync for SharedC {}
 /// Runs `job` into `c` (`m*n` elements) with micro-kernel `kern`, on the
 /// crate's thread pool when the product is big enough.
 pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
-    debug_assert!(K::MR * K::NR <= MAX_TILE && K::MC % K::MR == 0);
+    debug_assert!(K::MR * K::NR <= MAX_TILE && K::MC % K::MR == 0 && K::NC % K::NR == 0);
     debug_assert!(job.a.len() == job.m * job.k && job.b.len() == job.k * job.n && c.len() == job.m * job.n);
+    let (m, k, n) = (job.m, job.k, job.n);
     let (pool, nthreads) = threads::current();
-    let parallel = nthreads > 1 && job.m.saturating_mul(job.n).saturating_mul(job.k) >= PAR_MIN_FLOPS;
-    let blocks = blocks::<K>(job.m, job.n, if parallel { nthreads } else { 1 });
+    let parallel = nthreads > 1 && m.saturating_mul(n).saturating_mul(k) >= PAR_MIN_FLOPS;
     let cp = SharedC(c.as_mut_ptr());
-    with_scratch(&B_SCRATCH, job.n.div_ceil(K::NR) * K::NR * job.k, |bp| {
+    let bp_len = K::KC.min(k) * K::NC.min(n.div_ceil(K::NR) * K::NR);
+    with_scratch(&B_SCRATCH, bp_len, |bp| {
+        let mut all = || {
+            for jc in (0..n).step_by(K::NC) {
+                let nc = K::NC.min(n - jc);
+                let blocks = blocks::<K>(m, jc, nc, if parallel { nthreads } else { 1 });
+                for pc in (0..k).step_by(K::KC) {
+                    let at = Panel { pc, kc: K::KC.min(k - pc), jc, nc };
+                    let bp = &mut bp[..at.kc * nc.div_ceil(K::NR) * K::NR];
+                    pack_b::<K>(job, at, bp, parallel);
+                    let bp = &*bp;
+                    let task = |blk: &Block| block::<K>(kern, job, at, bp, cp, *blk);
+                    if parallel {
+                        blocks.par_iter().for_each(task);
+                    } else {
+                        blocks.iter().for_each(task);
+                    }
+                }
+            }
+        };
         if parallel {
-            pool.install(|| {
-                pack_b::<K>(job, bp, true);
-                blocks.par_iter().for_each(|blk| block::<K>(kern, job, bp, cp, *blk));
-            });
+            pool.install(all)
         } else {
-            pack_b::<K>(job, bp, false);
-            blocks.iter().for_each(|blk| block::<K>(kern, job, bp, cp, *blk));
+            all()
         }
     });
 }
 
-/// Splits C into task blocks of `MC` rows; with several threads, also into
-/// column blocks (whole `NR` panels) until there are about four per thread.
-fn blocks<K: Tile>(m: usize, n: usize, nthreads: usize) -> Vec<Block> {
+/// Splits columns `jc..jc+nc` of C into task blocks of `MC` rows; with
+/// several threads, also into column blocks (whole `NR` panels) until there
+/// are about four per thread.
+fn blocks<K: Tile>(m: usize, jc: usize, nc: usize, nthreads: usize) -> Vec<Block> {
     let row_blocks = m.div_ceil(K::MC);
     let col_splits = (4 * nthreads).div_ceil(row_blocks).max(1);
-    let cols = n.div_ceil(col_splits).div_ceil(K::NR).max(4) * K::NR;
-    let mut out = Vec::with_capacity(row_blocks * n.div_ceil(cols));
+    let cols = nc.div_ceil(col_splits).div_ceil(K::NR).max(4) * K::NR;
+    let mut out = Vec::with_capacity(row_blocks * nc.div_ceil(cols));
     for i0 in (0..m).step_by(K::MC) {
-        for j0 in (0..n).step_by(cols) {
-            out.push(Block { i0, rows: K::MC.min(m - i0), j0, cols: cols.min(n - j0) });
+        for j0 in (jc..jc + nc).step_by(cols) {
+            out.push(Block { i0, rows: K::MC.min(m - i0), j0, cols: cols.min(jc + nc - j0) });
         }
     }
     out
 }
 
-/// Computes one block of C: packs its rows of op(a), then walks K blocks,
-/// B panels and A panels, one tile each.
-fn block<K: Tile>(kern: K, job: &Job<'_>, bp: &[f32], cp: SharedC, blk: Block) {
-    let k = job.k;
-    with_scratch(&A_SCRATCH, blk.rows.div_ceil(K::MR) * K::MR * k, |ap| {
-        pack_a::<K>(job, blk, ap);
-        for pc in (0..k).step_by(K::KC) {
-            let kc = K::KC.min(k - pc);
-            let load = pc > 0 || job.accumulate;
-            for j in (blk.j0..blk.j0 + blk.cols).step_by(K::NR) {
-                let off = (j / K::NR) * k * K::NR + pc * K::NR;
-                let b = &bp[off..off + kc * K::NR];
-                for i in (blk.i0..blk.i0 + blk.rows).step_by(K::MR) {
-                    let off = ((i - blk.i0) / K::MR) * k * K::MR + pc * K::MR;
-                    let a = &ap[off..off + kc * K::MR];
-                    let rows = K::MR.min(blk.i0 + blk.rows - i);
-                    let cols = K::NR.min(blk.j0 + blk.cols - j);
-                    tile_at(kern, a, b, cp, job.n, (i, j, rows, cols), load);
-                }
+/// Computes one block of C for one K block: packs its rows of op(a), then
+/// walks B panels and A panels, one tile each.
+fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bp: &[f32], cp: SharedC, blk: Block) {
+    let kc = at.kc;
+    let load = at.pc > 0 || job.accumulate;
+    with_scratch(&A_SCRATCH, blk.rows.div_ceil(K::MR) * K::MR * kc, |ap| {
+        pack_a::<K>(job, at, blk, ap);
+        for j in (blk.j0..blk.j0 + blk.cols).step_by(K::NR) {
+            let off = (j - at.jc) * kc;
+            let b = &bp[off..off + kc * K::NR];
+            for i in (blk.i0..blk.i0 + blk.rows).step_by(K::MR) {
+                let off = (i - blk.i0) * kc;
+                let a = &ap[off..off + kc * K::MR];
+                let rows = K::MR.min(blk.i0 + blk.rows - i);
+                let cols = K::NR.min(blk.j0 + blk.cols - j);
+                tile_at(kern, a, b, cp, job.n, (i, j, rows, cols), load);
             }
         }
     });
@@ -168,9 +195,10 @@ fn tile_at<K: Tile>(kern: K, a: &[f32], b: &[f32], cp: SharedC, ldc: usize, at: 
 /// `(i, j, rows, cols)` of a tile.
 type Tile4 = (usize, usize, usize, usize);
 
-/// Packs op(b) into `bp`: panel `q` (columns `q*NR..`) at `q*k*NR`, laid out
-/// `[p][j]`. Panels are packed in parallel when `parallel` (inside the pool).
-fn pack_b<K: Tile>(job: &Job<'_>, bp: &mut [f32], parallel: bool) {
+/// Packs op(b)'s block `at` into `bp`: panel `q` (columns `jc + q*NR..`)
+/// at `q*kc*NR`, laid out `[p][j]`. Panels are packed in parallel when
+/// `parallel` (inside the pool).
+fn pack_b<K: Tile>(job: &Job<'_>, at: Panel, bp: &mut [f32], parallel: bool) {
     let (k, n) = (job.k, job.n);
     // op(b)[p, j] = b[j*ws + p*ks].
     let (ws, ks) = match job.tb {
@@ -178,29 +206,30 @@ fn pack_b<K: Tile>(job: &Job<'_>, bp: &mut [f32], parallel: bool) {
         Trans::Yes => (k, 1),
     };
     let panel = |(q, dst): (usize, &mut [f32])| {
-        let j0 = q * K::NR;
-        pack_panel(dst, job.b, j0 * ws, (ws, ks), (K::NR.min(n - j0), K::NR), k);
+        let j0 = at.jc + q * K::NR;
+        let width = K::NR.min(at.jc + at.nc - j0);
+        pack_panel(dst, job.b, j0 * ws + at.pc * ks, (ws, ks), (width, K::NR), at.kc);
     };
     if parallel {
-        bp.par_chunks_mut(k * K::NR).enumerate().for_each(panel);
+        bp.par_chunks_mut(at.kc * K::NR).enumerate().for_each(panel);
     } else {
-        bp.chunks_mut(k * K::NR).enumerate().for_each(panel);
+        bp.chunks_mut(at.kc * K::NR).enumerate().for_each(panel);
     }
 }
 
-/// Packs rows `blk.i0..blk.i0+blk.rows` of op(a) into `ap`: panel `q` at
-/// `q*k*MR`, laid out `[p][i]`.
-fn pack_a<K: Tile>(job: &Job<'_>, blk: Block, ap: &mut [f32]) {
+/// Packs op(a)'s rows `blk.i0..blk.i0+blk.rows`, K block `at`, into `ap`:
+/// panel `q` at `q*kc*MR`, laid out `[p][i]`.
+fn pack_a<K: Tile>(job: &Job<'_>, at: Panel, blk: Block, ap: &mut [f32]) {
     let (m, k) = (job.m, job.k);
     // op(a)[i, p] = a[i*ws + p*ks].
     let (ws, ks) = match job.ta {
         Trans::No => (k, 1),
         Trans::Yes => (1, m),
     };
-    for (q, dst) in ap.chunks_mut(k * K::MR).enumerate() {
+    for (q, dst) in ap.chunks_mut(at.kc * K::MR).enumerate() {
         let i0 = blk.i0 + q * K::MR;
         let width = K::MR.min(blk.i0 + blk.rows - i0);
-        pack_panel(dst, job.a, i0 * ws, (ws, ks), (width, K::MR), k);
+        pack_panel(dst, job.a, i0 * ws + at.pc * ks, (ws, ks), (width, K::MR), at.kc);
     }
 }
 

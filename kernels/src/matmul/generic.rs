@@ -16,6 +16,7 @@ impl Tile for Scalar {
     const NR: usize = NR;
     const KC: usize = 256;
     const MC: usize = 64;
+    const NC: usize = 1024;
 
     unsafe fn tile(self, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: the caller guarantees `a` holds kc*MR and `b` kc*NR

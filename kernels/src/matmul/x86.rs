@@ -26,6 +26,7 @@ impl Tile for Avx512 {
     const NR: usize = 32;
     const KC: usize = 256;
     const MC: usize = 128;
+    const NC: usize = 1024;
 
     unsafe fn tile(self, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX-512F (`detect`); the
@@ -77,6 +78,7 @@ impl Tile for Avx2 {
     const NR: usize = 16;
     const KC: usize = 256;
     const MC: usize = 96;
+    const NC: usize = 1024;
 
     unsafe fn tile(self, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX2 and FMA (`detect`);
