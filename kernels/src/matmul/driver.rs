@@ -205,15 +205,40 @@ fn pack_b<K: Tile>(job: &Job<'_>, at: Panel, bp: &mut [f32], parallel: bool) {
         Trans::No => (1, n),
         Trans::Yes => (k, 1),
     };
-    let panel = |(q, dst): (usize, &mut [f32])| {
-        let j0 = at.jc + q * K::NR;
-        let width = K::NR.min(at.jc + at.nc - j0);
-        pack_panel(dst, job.b, j0 * ws + at.pc * ks, (ws, ks), (width, K::NR), at.kc);
-    };
+    // Groups of GROUP panels: for Trans::No each source row is read as one
+    // run of GROUP*NR floats instead of NR-float pieces 4 KiB apart.
+    const GROUP: usize = 8;
+    let group = |(g, dst): (usize, &mut [f32])| pack_b_group::<K>(job.b, (ws, ks), at, g * GROUP, dst);
     if parallel {
-        bp.par_chunks_mut(at.kc * K::NR).enumerate().for_each(panel);
+        bp.par_chunks_mut(GROUP * at.kc * K::NR).enumerate().for_each(group);
     } else {
-        bp.chunks_mut(at.kc * K::NR).enumerate().for_each(panel);
+        bp.chunks_mut(GROUP * at.kc * K::NR).enumerate().for_each(group);
+    }
+}
+
+/// Packs the B panels `q0..` that `dst` holds (whole panels of `kc*NR`).
+fn pack_b_group<K: Tile>(b: &[f32], (ws, ks): (usize, usize), at: Panel, q0: usize, dst: &mut [f32]) {
+    let panel_len = at.kc * K::NR;
+    let widths = |q: usize| K::NR.min(at.nc - (q0 + q) * K::NR);
+    if ws != 1 {
+        for (q, d) in dst.chunks_mut(panel_len).enumerate() {
+            let j0 = at.jc + (q0 + q) * K::NR;
+            pack_panel(d, b, j0 * ws + at.pc * ks, (ws, ks), (widths(q), K::NR), at.kc);
+        }
+        return;
+    }
+    // Row-major op(b): walk source rows, each one contiguous run over the
+    // group's columns.
+    let panels = dst.len() / panel_len;
+    let j0 = at.jc + q0 * K::NR;
+    for p in 0..at.kc {
+        let row = &b[(at.pc + p) * ks + j0..];
+        for q in 0..panels {
+            let w = widths(q);
+            let d = &mut dst[q * panel_len + p * K::NR..][..K::NR];
+            d[..w].copy_from_slice(&row[q * K::NR..][..w]);
+            d[w..].fill(0.0);
+        }
     }
 }
 
@@ -253,17 +278,31 @@ fn pack_panel(
         }
         return;
     }
-    // ks == 1: each w is a contiguous run over p; transpose in chunks of 16
-    // p so the destination rows being written stay in L1.
-    const P_CHUNK: usize = 16;
-    for p0 in (0..k).step_by(P_CHUNK) {
-        let pe = (p0 + P_CHUNK).min(k);
-        let out = &mut dst[p0 * r..pe * r];
-        for w in 0..width {
-            let run = &src[base + w * ws + p0..base + w * ws + pe];
-            for (row, &v) in out.chunks_exact_mut(r).zip(run) {
-                row[w] = v;
+    // ks == 1: each w is a contiguous run over p. Transpose 8×8 blocks
+    // through a small array (the compiler turns that into vector shuffles),
+    // then the ragged w and p edges one element at a time. Eight runs at a
+    // time, each read start to end: whole cache lines, eight streams (rows
+    // 4 KiB apart share an L1 set, so more at once would evict each other).
+    const B: usize = 8;
+    let (wf, pf) = (width - width % B, k - k % B);
+    for w0 in (0..wf).step_by(B) {
+        for p0 in (0..pf).step_by(B) {
+            let mut blk = [[0.0f32; B]; B];
+            for (w, row) in blk.iter_mut().enumerate() {
+                row.copy_from_slice(&src[base + (w0 + w) * ws + p0..][..B]);
             }
+            for (p, out) in dst[p0 * r..].chunks_exact_mut(r).take(B).enumerate() {
+                for (w, o) in out[w0..w0 + B].iter_mut().enumerate() {
+                    *o = blk[w][p];
+                }
+            }
+        }
+    }
+    for w in 0..width {
+        let run = &src[base + w * ws..][..k];
+        let ps = if w < wf { pf } else { 0 };
+        for (p, &v) in run.iter().enumerate().skip(ps) {
+            dst[p * r + w] = v;
         }
     }
 }
