@@ -32,15 +32,50 @@ pub(super) trait Tile: Copy + Send + Sync {
     const NC: usize;
 
     /// For every `i < MR`, `j < NR`: `acc = if load { c[i*ldc + j] } else
-    /// { 0.0 }`, then `acc = fma(a[p*MR + i], b[p*NR + j], acc)` for `p` in
-    /// `0..kc` in order, then `c[i*ldc + j] = acc`.
+    /// { 0.0 }`, then `acc = fma(a[i*a.xs + p*a.ps], b[j + p*b.ps], acc)` for
+    /// `p` in `0..kc` in order, then `c[i*ldc + j] = acc`.
     ///
     /// # Safety
-    /// `a` is valid for `kc*MR` reads, `b` for `kc*NR` reads, and `c` for
-    /// reads and writes at `i*ldc + j` for all `i < MR`, `j < NR`; no other
-    /// thread touches those `c` elements during the call, and `c` overlaps
-    /// neither `a` nor `b`.
-    unsafe fn tile(self, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
+    /// `a.ptr` is valid for reads at `i*a.xs + p*a.ps` and `b.ptr` at
+    /// `j + p*b.ps` (`b.xs == 1`) for all `i < MR`, `j < NR`, `p < kc`; `c`
+    /// is valid for reads and writes at `i*ldc + j`; no other thread touches
+    /// those `c` elements during the call, and `c` overlaps neither `a` nor `b`.
+    unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool);
+}
+
+/// Where a micro-kernel reads an operand panel: element `(x, p)` (x a row
+/// of op(a) or a column of op(b) inside the panel) at `ptr[x*xs + p*ps]`.
+#[derive(Clone, Copy)]
+pub(super) struct Src {
+    pub(super) ptr: *const f32,
+    pub(super) xs: usize,
+    pub(super) ps: usize,
+}
+
+/// A bounds-checked operand panel: element `(x, p)` at `data[x*xs + p*ps]`,
+/// a packed panel (`xs = 1`, `ps = MR or NR`) or a panel read in place from
+/// the caller's matrix.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    xs: usize,
+    ps: usize,
+}
+
+impl<'a> View<'a> {
+    /// A packed panel of `r` lanes.
+    fn packed(data: &'a [f32], r: usize) -> Self {
+        View { data, xs: 1, ps: r }
+    }
+
+    /// The kernel's pointer for a `width × kc` panel.
+    ///
+    /// # Panics
+    /// If an element of the panel lies outside `data`.
+    fn src(self, width: usize, kc: usize) -> Src {
+        assert!((width - 1) * self.xs + (kc - 1) * self.ps < self.data.len(), "matmul: panel outside its buffer");
+        Src { ptr: self.data.as_ptr(), xs: self.xs, ps: self.ps }
+    }
 }
 
 /// The largest `MR * NR` of any [`Tile`] (size of the edge-tile buffer).
@@ -96,7 +131,11 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
     debug_assert!(job.a.len() == job.m * job.k && job.b.len() == job.k * job.n && c.len() == job.m * job.n);
     let (m, k, n) = (job.m, job.k, job.n);
     let (pool, nthreads) = threads::current();
-    let parallel = nthreads > 1 && m.saturating_mul(n).saturating_mul(k) >= PAR_MIN_FLOPS;
+    let flops = m.saturating_mul(n).saturating_mul(k);
+    let parallel = nthreads > 1 && flops >= PAR_MIN_FLOPS;
+    // Small products read whole panels in place (packing would cost as
+    // much as the arithmetic); big ones pack, for the caches.
+    let direct = flops < PAR_MIN_FLOPS;
     let cp = SharedC(c.as_mut_ptr());
     let bp_len = K::KC.min(k) * K::NC.min(n.div_ceil(K::NR) * K::NR);
     with_scratch(&B_SCRATCH, bp_len, |bp| {
@@ -107,9 +146,12 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
                 for pc in (0..k).step_by(K::KC) {
                     let at = Panel { pc, kc: K::KC.min(k - pc), jc, nc };
                     let bp = &mut bp[..at.kc * nc.div_ceil(K::NR) * K::NR];
-                    pack_b::<K>(job, at, bp, parallel);
-                    let bp = &*bp;
-                    let task = |blk: &Block| block::<K>(kern, job, at, bp, cp, *blk);
+                    let direct_b = direct && job.tb == Trans::No;
+                    if !direct_b {
+                        pack_b::<K>(job, at, bp, parallel);
+                    }
+                    let bv = BPanels { bp: &*bp, direct: direct_b };
+                    let task = |blk: &Block| block::<K>(kern, job, at, bv, cp, *blk, direct);
                     if parallel {
                         blocks.par_iter().for_each(task);
                     } else {
@@ -142,42 +184,85 @@ fn blocks<K: Tile>(m: usize, jc: usize, nc: usize, nthreads: usize) -> Vec<Block
     out
 }
 
-/// Computes one block of C for one K block: packs its rows of op(a), then
-/// walks B panels and A panels, one tile each.
-fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bp: &[f32], cp: SharedC, blk: Block) {
+/// op(b)'s panels of one K block: packed in `bp`, or (when `direct`, for
+/// `Trans::No`) read in place, except a partial last panel.
+#[derive(Clone, Copy)]
+struct BPanels<'a> {
+    bp: &'a [f32],
+    direct: bool,
+}
+
+/// Computes one block of C for one K block: packs its rows of op(a) (in
+/// `direct` mode only a partial last panel), then walks B panels and A
+/// panels, one tile each.
+fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bv: BPanels<'_>, cp: SharedC, blk: Block, direct: bool) {
     let kc = at.kc;
     let load = at.pc > 0 || job.accumulate;
-    with_scratch(&A_SCRATCH, blk.rows.div_ceil(K::MR) * K::MR * kc, |ap| {
-        pack_a::<K>(job, at, blk, ap);
+    let a_len = if direct { kc * K::MR } else { blk.rows.div_ceil(K::MR) * K::MR * kc };
+    with_scratch(&A_SCRATCH, a_len, |ap| {
+        let edge_a = blk.i0 + blk.rows - blk.rows % K::MR;
+        if !direct {
+            pack_a::<K>(job, at, blk, ap);
+        } else if blk.rows % K::MR != 0 {
+            pack_a::<K>(job, at, Block { i0: edge_a, rows: blk.rows % K::MR, ..blk }, ap);
+        }
+        let mut edge_b = [0.0f32; 0].as_slice();
+        let mut edge_b_buf = Vec::new();
+        if bv.direct && job.n % K::NR != 0 && blk.j0 + blk.cols == job.n {
+            edge_b_buf = vec![0.0f32; kc * K::NR];
+            let q0 = (job.n - job.n % K::NR - at.jc) / K::NR;
+            pack_b_group::<K>(job.b, (1, job.n), at, q0, &mut edge_b_buf);
+            edge_b = &edge_b_buf;
+        }
         for j in (blk.j0..blk.j0 + blk.cols).step_by(K::NR) {
-            let off = (j - at.jc) * kc;
-            let b = &bp[off..off + kc * K::NR];
+            let cols = K::NR.min(blk.j0 + blk.cols - j);
+            let b = match (bv.direct, cols == K::NR) {
+                (true, true) => View { data: &job.b[at.pc * job.n + j..], xs: 1, ps: job.n },
+                (true, false) => View::packed(edge_b, K::NR),
+                (false, _) => View::packed(&bv.bp[(j - at.jc) * kc..][..kc * K::NR], K::NR),
+            };
             for i in (blk.i0..blk.i0 + blk.rows).step_by(K::MR) {
-                let off = (i - blk.i0) * kc;
-                let a = &ap[off..off + kc * K::MR];
                 let rows = K::MR.min(blk.i0 + blk.rows - i);
-                let cols = K::NR.min(blk.j0 + blk.cols - j);
-                tile_at(kern, a, b, cp, job.n, (i, j, rows, cols), load);
+                let a = match (direct, rows == K::MR) {
+                    (true, true) => a_in_place(job, at, i),
+                    (true, false) => View::packed(&ap[..kc * K::MR], K::MR),
+                    (false, _) => View::packed(&ap[(i - blk.i0) * kc..][..kc * K::MR], K::MR),
+                };
+                tile_at(kern, kc, a, b, cp, job.n, (i, j, rows, cols), load);
             }
         }
+        drop(edge_b_buf);
     });
+}
+
+/// The MR rows of op(a) from row `i`, K block `at`, read in place.
+fn a_in_place<'a>(job: &Job<'a>, at: Panel, i: usize) -> View<'a> {
+    match job.ta {
+        // op(a)[i, p] = a[i*k + p]
+        Trans::No => View { data: &job.a[i * job.k + at.pc..], xs: job.k, ps: 1 },
+        // op(a)[i, p] = a[p*m + i]
+        Trans::Yes => View { data: &job.a[at.pc * job.m + i..], xs: 1, ps: job.m },
+    }
 }
 
 /// One tile of C at `(i, j)` with `rows × cols` real elements (C is `ldc`
 /// wide); a partial tile runs the full kernel on a copy and keeps the real
 /// lanes, which computes each real element's chain exactly as a full tile.
-fn tile_at<K: Tile>(kern: K, a: &[f32], b: &[f32], cp: SharedC, ldc: usize, at: Tile4, load: bool) {
+#[allow(clippy::too_many_arguments)]
+fn tile_at<K: Tile>(kern: K, kc: usize, a: View<'_>, b: View<'_>, cp: SharedC, ldc: usize, at: Tile4, load: bool) {
     let (i, j, rows, cols) = at;
-    let kc = a.len() / K::MR;
-    debug_assert!(a.len() == kc * K::MR && b.len() == kc * K::NR);
+    let (a, b) = (a.src(K::MR, kc), b.src(K::NR, kc));
+    debug_assert!(b.xs == 1);
     // SAFETY: (i, j) is inside this task's Block and rows/cols stop at its
     // edge, so every C element used is inside C (`i*ldc + j + r*ldc + s` for
-    // r < rows, s < cols) and owned by this task (see SharedC). `a` and `b`
-    // hold kc*MR and kc*NR elements; C is not part of the packed buffers.
+    // r < rows, s < cols) and owned by this task (see SharedC). `View::src`
+    // checked that every element the kernel reads of `a` and `b` lies in
+    // their slices, which are the caller's inputs or the packed buffers,
+    // never C.
     unsafe {
         let c = cp.0.add(i * ldc + j);
         if rows == K::MR && cols == K::NR {
-            return kern.tile(kc, a.as_ptr(), b.as_ptr(), c, ldc, load);
+            return kern.tile(kc, a, b, c, ldc, load);
         }
         let mut tmp = [0.0f32; MAX_TILE];
         if load {
@@ -185,7 +270,7 @@ fn tile_at<K: Tile>(kern: K, a: &[f32], b: &[f32], cp: SharedC, ldc: usize, at: 
                 std::ptr::copy_nonoverlapping(c.add(r * ldc), tmp.as_mut_ptr().add(r * K::NR), cols);
             }
         }
-        kern.tile(kc, a.as_ptr(), b.as_ptr(), tmp.as_mut_ptr(), K::NR, load);
+        kern.tile(kc, a, b, tmp.as_mut_ptr(), K::NR, load);
         for r in 0..rows {
             std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * K::NR), c.add(r * ldc), cols);
         }

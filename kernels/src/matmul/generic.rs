@@ -2,7 +2,7 @@
 //! multiply-add (one rounding) in hardware where the build targets FMA, in
 //! software (the platform's `fmaf`) otherwise: the same bits, much slower.
 
-use super::driver::Tile;
+use super::driver::{Src, Tile};
 
 /// 4×8 tiles of scalar fused multiply-adds.
 #[derive(Clone, Copy)]
@@ -18,19 +18,20 @@ impl Tile for Scalar {
     const MC: usize = 64;
     const NC: usize = 1024;
 
-    unsafe fn tile(self, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
-        // SAFETY: the caller guarantees `a` holds kc*MR and `b` kc*NR
-        // readable elements, and `c` the MR rows of NR elements at stride ldc.
-        let (a, b) = unsafe { (std::slice::from_raw_parts(a, kc * MR), std::slice::from_raw_parts(b, kc * NR)) };
+    unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         let mut acc = [[0.0f32; NR]; MR];
         if load {
             for (i, row) in acc.iter_mut().enumerate() {
-                // SAFETY: as above; row i of the tile is c[i*ldc..i*ldc+NR].
+                // SAFETY: the caller guarantees c[i*ldc..i*ldc+NR] is valid.
                 row.copy_from_slice(unsafe { std::slice::from_raw_parts(c.add(i * ldc), NR) });
             }
         }
-        for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
-            for (row, &ai) in acc.iter_mut().zip(ap) {
+        for p in 0..kc {
+            // SAFETY: the caller guarantees b[j + p*b.ps] (j < NR) and
+            // a[i*a.xs + p*a.ps] (i < MR) are valid for reads.
+            let bp = unsafe { std::slice::from_raw_parts(b.ptr.add(p * b.ps), NR) };
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = unsafe { *a.ptr.add(i * a.xs + p * a.ps) };
                 for (acc, &bj) in row.iter_mut().zip(bp) {
                     *acc = ai.mul_add(bj, *acc);
                 }

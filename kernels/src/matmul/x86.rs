@@ -1,4 +1,4 @@
-//! The x86-64 micro-kernels: AVX-512F (8×32 tiles, 16 `zmm` accumulators)
+//! The x86-64 micro-kernels: AVX-512F (12×32 tiles, 24 `zmm` accumulators)
 //! and AVX2+FMA (6×16 tiles, 12 `ymm` accumulators). Each lane of a vector
 //! FMA is one scalar fused multiply-add, so both compute exactly the chain of
 //! [`Tile::tile`], lane by lane, as the generic kernel does.
@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::driver::Tile;
+use super::driver::{Src, Tile};
 
 /// The AVX-512F kernel; constructed only by [`Avx512::detect`].
 #[derive(Clone, Copy)]
@@ -28,17 +28,21 @@ impl Tile for Avx512 {
     const MC: usize = 128;
     const NC: usize = 1024;
 
-    unsafe fn tile(self, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+    unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX-512F (`detect`); the
         // pointer contract is the caller's (see `Tile::tile`).
-        unsafe { tile_8x32(kc, a, b, c, ldc, load) }
+        unsafe { tile_12x32(kc, a, b, c, ldc, load) }
     }
 }
 
 /// # Safety
-/// The CPU has AVX-512F; pointers as in [`Tile::tile`] with MR = 8, NR = 32.
+/// The CPU has AVX-512F; operands as in [`Tile::tile`] with MR = 12, NR = 32.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_8x32(kc: usize, mut a: *const f32, mut b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn tile_12x32(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+    // One base pointer per row and one running offset per operand: no
+    // address chain between the rows' loads.
+    let rows: [*const f32; 8] = std::array::from_fn(|i| a.ptr.wrapping_add(i * a.xs));
+    let (mut ao, mut bo) = (0usize, 0usize);
     let mut acc = [[_mm512_setzero_ps(); 2]; 8];
     if load {
         for (i, row) in acc.iter_mut().enumerate() {
@@ -47,14 +51,14 @@ unsafe fn tile_8x32(kc: usize, mut a: *const f32, mut b: *const f32, c: *mut f32
         }
     }
     for _ in 0..kc {
-        let (b0, b1) = unsafe { (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16))) };
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(unsafe { *a.add(i) });
+        let (b0, b1) = unsafe { (_mm512_loadu_ps(b.ptr.add(bo)), _mm512_loadu_ps(b.ptr.add(bo + 16))) };
+        for (row, r) in acc.iter_mut().zip(rows) {
+            let ai = _mm512_set1_ps(unsafe { *r.add(ao) });
             row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
             row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
         }
-        a = unsafe { a.add(8) };
-        b = unsafe { b.add(32) };
+        ao += a.ps;
+        bo += b.ps;
     }
     for (i, row) in acc.iter().enumerate() {
         unsafe { _mm512_storeu_ps(c.add(i * ldc), row[0]) };
@@ -80,7 +84,7 @@ impl Tile for Avx2 {
     const MC: usize = 96;
     const NC: usize = 1024;
 
-    unsafe fn tile(self, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+    unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX2 and FMA (`detect`);
         // the pointer contract is the caller's (see `Tile::tile`).
         unsafe { tile_6x16(kc, a, b, c, ldc, load) }
@@ -88,9 +92,13 @@ impl Tile for Avx2 {
 }
 
 /// # Safety
-/// The CPU has AVX2 and FMA; pointers as in [`Tile::tile`] with MR = 6, NR = 16.
+/// The CPU has AVX2 and FMA; operands as in [`Tile::tile`] with MR = 6, NR = 16.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_6x16(kc: usize, mut a: *const f32, mut b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn tile_6x16(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+    // One base pointer per row and one running offset per operand: no
+    // address chain between the rows' loads.
+    let rows: [*const f32; 6] = std::array::from_fn(|i| a.ptr.wrapping_add(i * a.xs));
+    let (mut ao, mut bo) = (0usize, 0usize);
     let mut acc = [[_mm256_setzero_ps(); 2]; 6];
     if load {
         for (i, row) in acc.iter_mut().enumerate() {
@@ -99,14 +107,14 @@ unsafe fn tile_6x16(kc: usize, mut a: *const f32, mut b: *const f32, c: *mut f32
         }
     }
     for _ in 0..kc {
-        let (b0, b1) = unsafe { (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))) };
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm256_set1_ps(unsafe { *a.add(i) });
+        let (b0, b1) = unsafe { (_mm256_loadu_ps(b.ptr.add(bo)), _mm256_loadu_ps(b.ptr.add(bo + 8))) };
+        for (row, r) in acc.iter_mut().zip(rows) {
+            let ai = _mm256_set1_ps(unsafe { *r.add(ao) });
             row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
             row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
         }
-        a = unsafe { a.add(6) };
-        b = unsafe { b.add(16) };
+        ao += a.ps;
+        bo += b.ps;
     }
     for (i, row) in acc.iter().enumerate() {
         unsafe { _mm256_storeu_ps(c.add(i * ldc), row[0]) };
