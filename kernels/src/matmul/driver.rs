@@ -206,19 +206,18 @@ fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bv: BPanels<'_>, cp: Shared
         } else if blk.rows % K::MR != 0 {
             pack_a::<K>(job, at, Block { i0: edge_a, rows: blk.rows % K::MR, ..blk }, ap);
         }
-        let mut edge_b = [0.0f32; 0].as_slice();
-        let mut edge_b_buf = Vec::new();
+        // In direct mode a partial last B panel is still packed (zero-padded).
+        let mut edge_b = Vec::new();
         if bv.direct && job.n % K::NR != 0 && blk.j0 + blk.cols == job.n {
-            edge_b_buf = vec![0.0f32; kc * K::NR];
+            edge_b = vec![0.0f32; kc * K::NR];
             let q0 = (job.n - job.n % K::NR - at.jc) / K::NR;
-            pack_b_group::<K>(job.b, (1, job.n), at, q0, &mut edge_b_buf);
-            edge_b = &edge_b_buf;
+            pack_b_group::<K>(job.b, (1, job.n), at, q0, &mut edge_b);
         }
         for j in (blk.j0..blk.j0 + blk.cols).step_by(K::NR) {
             let cols = K::NR.min(blk.j0 + blk.cols - j);
             let b = match (bv.direct, cols == K::NR) {
                 (true, true) => View { data: &job.b[at.pc * job.n + j..], xs: 1, ps: job.n },
-                (true, false) => View::packed(edge_b, K::NR),
+                (true, false) => View::packed(&edge_b, K::NR),
                 (false, _) => View::packed(&bv.bp[(j - at.jc) * kc..][..kc * K::NR], K::NR),
             };
             for i in (blk.i0..blk.i0 + blk.rows).step_by(K::MR) {
@@ -231,7 +230,6 @@ fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bv: BPanels<'_>, cp: Shared
                 tile_at(kern, kc, a, b, cp, job.n, (i, j, rows, cols), load);
             }
         }
-        drop(edge_b_buf);
     });
 }
 
