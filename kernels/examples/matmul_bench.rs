@@ -91,7 +91,7 @@ fn thread_cpu_seconds() -> Option<f64> {
         // SAFETY: `ts` is a valid, writable timespec (two i64 on x86-64 and
         // aarch64 Linux); clock_gettime writes only it.
         let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        (rc == 0).then(|| ts.sec as f64 + ts.nsec as f64 * 1e-9)
+        (rc == 0).then_some(ts.sec as f64 + ts.nsec as f64 * 1e-9)
     }
     #[cfg(not(target_os = "linux"))]
     None

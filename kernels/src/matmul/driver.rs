@@ -203,12 +203,12 @@ fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bv: BPanels<'_>, cp: Shared
         let edge_a = blk.i0 + blk.rows - blk.rows % K::MR;
         if !direct {
             pack_a::<K>(job, at, blk, ap);
-        } else if blk.rows % K::MR != 0 {
+        } else if !blk.rows.is_multiple_of(K::MR) {
             pack_a::<K>(job, at, Block { i0: edge_a, rows: blk.rows % K::MR, ..blk }, ap);
         }
         // In direct mode a partial last B panel is still packed (zero-padded).
         let mut edge_b = Vec::new();
-        if bv.direct && job.n % K::NR != 0 && blk.j0 + blk.cols == job.n {
+        if bv.direct && !job.n.is_multiple_of(K::NR) && blk.j0 + blk.cols == job.n {
             edge_b = vec![0.0f32; kc * K::NR];
             let q0 = (job.n - job.n % K::NR - at.jc) / K::NR;
             pack_b_group::<K>(job.b, (1, job.n), at, q0, &mut edge_b);
