@@ -6,7 +6,7 @@
 
 mod common;
 
-use baton_engine::{Optimizer, Trainer};
+use baton_engine::{Optimizer, ParamStore, Trainer};
 use baton_models::io;
 use common::{assert_params_close, bit_identical, max_abs, run_baton_ok_owned, Golden};
 
@@ -107,4 +107,99 @@ fn a_transformer_block_segment_saves_what_the_readme_says() {
     let floats = rows * t * (8 * d + 2 * hidden + 4) + rows * heads * t * t;
     assert_eq!(block.saved_bytes(), 4 * floats, "saved tensors of one block segment");
     block.validate().unwrap();
+}
+
+/// `baton train` on the golden GPT with `extra` flags and `env`; returns the
+/// saved weights and the report.
+fn train_gpt(
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (ParamStore, serde_json::Value) {
+    let (golden, clip) = golden();
+    let (out, report) = (dir.join(format!("{name}.safetensors")), dir.join(format!("{name}.json")));
+    let mut args = golden.train_args(&out);
+    if extra.contains(&"--model") {
+        // The caller's model replaces the golden one.
+        let at = args.iter().position(|a| a == "--model").unwrap();
+        args.drain(at..at + 2);
+    }
+    args.extend(["--clip-grad-norm".to_string(), clip.to_string(), "--report".into(), report.display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let output = common::run_with_watchdog(
+        common::baton().args(&args).envs(env.iter().copied()),
+        std::time::Duration::from_secs(300),
+    );
+    assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+    let report = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    (io::load_tensors(&out, "").unwrap(), report)
+}
+
+#[test]
+fn gpt_recompute_fallback_and_bf16_shipping_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reference, _) = train_gpt(dir.path(), "plain", &["--workers", "1"], &[]);
+    // A 2 s grace at a pretended 20 kB/s: the block segments stay behind and
+    // are recomputed from kept activations, still bit-identical.
+    let tight = ["--workers", "3", "--preempt", "1@2:5,grace=2s"];
+    let (params, report) = train_gpt(dir.path(), "tight", &tight, &[("BATON_SHIP_BANDWIDTH", "20000")]);
+    assert!(bit_identical(&params, &reference), "the fallback changed the weights");
+    let m = &report["migrations"][0];
+    assert!(m["bytes"]["unshipped_segments"].as_u64().unwrap() > 0, "{m}");
+    assert!(report["counters"]["recomputed_forward_layers"].as_u64().unwrap() > 0);
+    assert_eq!(report["counters"]["lost_microbatches"], 0);
+    // bf16 shipping halves the segment bytes and says the run is no longer exact.
+    let (f32_params, f32_report) = train_gpt(dir.path(), "f32", &["--workers", "3", "--preempt", "1@2:5"], &[]);
+    assert!(bit_identical(&f32_params, &reference));
+    let bf16 = ["--workers", "3", "--preempt", "1@2:5", "--ship-dtype", "bf16"];
+    let (bf16_params, bf16_report) = train_gpt(dir.path(), "bf16", &bf16, &[]);
+    assert_eq!(bf16_report["bit_identical_to_uninterrupted"], false);
+    let segments = |r: &serde_json::Value| r["migrations"][0]["bytes"]["segments"].as_u64().unwrap();
+    assert!(segments(&bf16_report) * 2 <= segments(&f32_report) + 64, "bf16 did not halve the segments");
+    assert_params_close("gpt12 with bf16 shipping", &bf16_params, &reference, |_| 1e-2);
+}
+
+#[test]
+fn gpt_with_dropout_is_bit_identical_across_processes() {
+    let (golden, _) = golden();
+    let spec = golden.spec.replace(r#""hidden": 256}"#, r#""hidden": 256, "dropout": 0.1}"#);
+    assert!(spec.contains("dropout"), "{spec}");
+    let dir = tempfile::tempdir().unwrap();
+    let model = ["--model", spec.as_str(), "--seed", "7"];
+    let (one, _) = train_gpt(dir.path(), "one", &[&model[..], &["--workers", "1"]].concat(), &[]);
+    let (three, _) =
+        train_gpt(dir.path(), "three", &[&model[..], &["--workers", "3", "--preempt", "2@1:3"]].concat(), &[]);
+    assert!(bit_identical(&one, &three), "dropout masks differ between workers");
+    let (plain, _) = train_gpt(dir.path(), "plain", &["--workers", "1"], &[]);
+    assert!(!bit_identical(&one, &plain), "dropout 0.1 changed nothing");
+}
+
+#[test]
+fn bad_token_models_are_clear_errors() {
+    let spec = r#"{"input": {"tokens": 65, "seq": 32}, "layers": [{"type": "embedding", "dim": 64},
+        {"type": "transformer_block", "heads": 3, "hidden": 256}, {"type": "linear", "out": 65}], "loss": "cross_entropy"}"#;
+    let err = baton_models::spec::parse(spec).unwrap_err().to_string();
+    assert!(err.contains("layers[1].heads: 3 heads do not divide the width 64"), "{err}");
+    let no_tokens =
+        r#"{"input": 8, "layers": [{"type": "transformer_block", "heads": 2, "hidden": 16}], "loss": "mse"}"#;
+    let err = baton_models::spec::parse(no_tokens).unwrap_err().to_string();
+    assert!(err.contains("layers[0]: a transformer_block needs a token input"), "{err}");
+    // A token id past the vocabulary, named by step, row and position.
+    let (golden, _) = golden();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.safetensors");
+    let bytes = std::fs::read(&golden.path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (x, y) = (st.tensor("data.x").unwrap(), st.tensor("data.y").unwrap());
+    let mut xs = x.data().to_vec();
+    xs[(32 + 5) * 8..(32 + 6) * 8].copy_from_slice(&65i64.to_le_bytes()); // step 0, row 1, position 5
+    let views = [
+        ("data.x", safetensors::tensor::TensorView::new(x.dtype(), x.shape().to_vec(), &xs).unwrap()),
+        ("data.y", safetensors::tensor::TensorView::new(y.dtype(), y.shape().to_vec(), y.data()).unwrap()),
+    ];
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let model = baton_models::spec::parse(&golden.spec).unwrap();
+    let err = io::load_data(&path, &model, 1).unwrap_err().to_string();
+    assert!(err.contains("step 0 row 1 position 5") && err.contains("65"), "{err}");
 }

@@ -8,16 +8,18 @@
 //! parameter gradients sum each column over rows strictly in row order; other
 //! sums use fixed lanes and fixed blocks, see the private `reduce` module).
 //!
-//! Across machines:
+//! Across machines (every x86-64, with or without AVX-512, and any other
+//! target through the generic path), the same bits:
 //! - everything except [`matmul()`] uses only IEEE-exact operations (`+ − × ÷`,
 //!   `sqrt`) and `libm` transcendentals (`erff`, `expf`, `tanhf`, `log`),
-//!   never the system C library, and Rust never fuses `a*b + c` into an FMA,
-//!   so these kernels give the same bits on every machine;
-//! - [`matmul()`] uses `gemm`, which picks its K-block size from the cache
-//!   sizes it detects at run time and its micro-kernel from the CPU's
-//!   instruction set (FMA, AVX-512, NEON). Products are therefore
-//!   bit-identical across runs, thread counts and machines of the same kind,
-//!   but not guaranteed across machine kinds.
+//!   never the system C library, and Rust never fuses `a*b + c` into an FMA;
+//! - [`matmul()`] computes each output element as one fixed chain of fused
+//!   multiply-adds over k in order, on every code path ([`isa`]: AVX-512F,
+//!   AVX2+FMA, generic `f32::mul_add`), for any blocking, cache size or
+//!   thread count (see [`matmul`](mod@matmul)).
+//!
+//! `BATON_KERNEL_ISA=avx512|avx2|generic` forces a path (default: the best
+//! the CPU has); [`isa::init`] validates it.
 //!
 //! # Panics
 //!
@@ -37,6 +39,7 @@ pub mod cuda;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod isa;
 pub mod layout;
 pub mod loss;
 pub mod matmul;
@@ -46,14 +49,16 @@ mod reduce;
 pub mod softmax;
 pub mod threads;
 
+pub use isa::Isa;
 pub use matmul::{matmul, Trans};
 
 /// Result alias for fallible kernel-crate operations.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Errors from the kernels crate: thread-pool configuration and the [`cuda`]
-/// module (the CPU kernels themselves never fail; they assert).
-#[derive(Debug, thiserror::Error)]
+/// Errors from the kernels crate: thread-pool and kernel-path ([`isa`])
+/// configuration and the [`cuda`] module (the CPU kernels themselves never
+/// fail; they assert).
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// A thread count of zero was requested; ask for at least one thread.
     #[error("invalid thread count {0}: the kernel thread pool needs at least 1 thread")]
@@ -61,6 +66,23 @@ pub enum Error {
     /// The rayon thread pool could not be built (usually the OS refused to spawn threads).
     #[error("could not build the kernel thread pool: {0}")]
     ThreadPool(String),
+    /// `BATON_KERNEL_ISA` (or a string parsed as an [`Isa`]) names no known
+    /// kernel path.
+    #[error(
+        "unknown kernel ISA {0:?} (BATON_KERNEL_ISA): use avx512, avx2 or generic, or unset it to use the best this CPU has"
+    )]
+    UnknownIsa(String),
+    /// A kernel path was forced (`BATON_KERNEL_ISA` or [`isa::with_isa`]) that
+    /// this CPU cannot run.
+    #[error(
+        "this CPU lacks the {wanted} kernel path (BATON_KERNEL_ISA={wanted}): choose one it has ({available}) or unset BATON_KERNEL_ISA"
+    )]
+    IsaUnavailable {
+        /// The path asked for.
+        wanted: Isa,
+        /// The paths this CPU has, comma-separated, fastest first.
+        available: String,
+    },
     /// [`cuda::Gpu::new`] in a build without the `cuda` cargo feature.
     #[error("this build has no CUDA support; rebuild with --features cuda")]
     CudaNotCompiled,

@@ -1,8 +1,9 @@
-//! `matmul` against a naive f64 triple loop for every transpose combination.
+//! `matmul` against a naive f64 triple loop for every transpose combination,
+//! on every kernel path the CPU has (`tests/isa.rs` checks exact bits).
 
 mod common;
 
-use baton_kernels::{matmul, Trans};
+use baton_kernels::{isa, matmul, Isa, Trans};
 use common::{assert_close, Rng};
 
 /// Element (i, j) of op(x) where op(x) is `rows × cols`.
@@ -39,14 +40,17 @@ fn check(m: usize, k: usize, n: usize, seed: u64) {
             let tol = 1e-5 * (k as f64).sqrt().max(1.0);
             let what = format!("{m}x{k}x{n} {ta:?}{tb:?}");
 
-            let mut c = vec![f32::NAN; m * n];
-            matmul(&mut c, &a, ta, &b, tb, m, k, n, false);
-            assert_close(&what, &c, &naive(&a, ta, &b, tb, m, k, n, None), tol, tol);
+            for isa in Isa::available() {
+                let what = format!("{isa} {what}");
+                let mut c = vec![f32::NAN; m * n];
+                isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, false)).unwrap();
+                assert_close(&what, &c, &naive(&a, ta, &b, tb, m, k, n, None), tol, tol);
 
-            let mut c = c0.clone();
-            matmul(&mut c, &a, ta, &b, tb, m, k, n, true);
-            let want = naive(&a, ta, &b, tb, m, k, n, Some(&c0));
-            assert_close(&format!("{what} acc"), &c, &want, tol, tol);
+                let mut c = c0.clone();
+                isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, true)).unwrap();
+                let want = naive(&a, ta, &b, tb, m, k, n, Some(&c0));
+                assert_close(&format!("{what} acc"), &c, &want, tol, tol);
+            }
         }
     }
 }
@@ -61,7 +65,7 @@ fn odd_small_sizes() {
 #[test]
 fn mlp_shaped_sizes() {
     // Batch 32, width 64 (the small-MLP case) and a size big enough to take
-    // gemm's blocked and (with >1 thread) parallel paths.
+    // several K blocks and (with >1 thread) the parallel path.
     check(32, 64, 64, 10);
     check(64, 32, 64, 11);
     check(96, 130, 70, 12);

@@ -64,7 +64,8 @@
 //! architecture and SM count while one stream uses the handle; each [`Gpu`]
 //! binds its own handle to its one stream, so `CUBLAS_WORKSPACE_CONFIG` (which
 //! matters only when several streams share a handle) is irrelevant. It is not
-//! bit-identical to the CPU `gemm`, and may differ between GPU models.
+//! bit-identical to the CPU [`crate::matmul()`] (cuBLAS does not promise its
+//! fma chain), and may differ between GPU models.
 //!
 //! [`Error::CudaNotCompiled`]: crate::Error::CudaNotCompiled
 //! [`Error::CudaUnavailable`]: crate::Error::CudaUnavailable

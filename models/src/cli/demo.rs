@@ -210,6 +210,7 @@ fn write_outputs(dir: &Path, scenario: &Scenario, outcome: &JobOutcome, wall: Du
         workers: 3,
         schedule: "1f1b".into(),
         ship_dtype: "f32".into(),
+        kernel_isa: baton_kernels::isa::current().to_string(),
         bit_identical_to_uninterrupted: true,
         losses: outcome.losses.clone(),
         partitions: Report::partitions(&outcome.partitions),

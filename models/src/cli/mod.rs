@@ -60,6 +60,12 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // BATON_KERNEL_ISA: an unknown path, or one this CPU lacks, is an error
+    // before any work (kernels would otherwise panic on first use).
+    if let Err(e) = baton_kernels::isa::init() {
+        eprintln!("error: BATON_KERNEL_ISA: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Demo(args) => demo::run(args),

@@ -131,6 +131,10 @@ pub struct Report {
     pub schedule: String,
     /// Precision saved tensors were shipped in (`--ship-dtype`).
     pub ship_dtype: String,
+    /// The CPU kernels' code path of the process that wrote the report
+    /// (`BATON_KERNEL_ISA`; local workers inherit it). Every path gives the
+    /// same bits.
+    pub kernel_isa: String,
     /// False when bf16 shipping made the run differ from an uninterrupted one.
     pub bit_identical_to_uninterrupted: bool,
     /// Minibatch-mean loss of every step, in step order.

@@ -378,6 +378,7 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
         schedule: args.schedule.name().to_string(),
         losses: run.losses,
         ship_dtype: args.ship_dtype.clone(),
+        kernel_isa: baton_kernels::isa::current().to_string(),
         bit_identical_to_uninterrupted: args.ship_dtype == "f32" || run.migrations.is_empty(),
         partitions: Report::partitions(&run.partitions),
         migrations: run.migrations.iter().map(report::Migration::from).collect(),
