@@ -126,8 +126,7 @@ fn check_saved(parts: &Parts<'_>, shapes: &Shapes) -> std::result::Result<(), St
             ));
         }
     }
-    let params: BTreeSet<TensorId> =
-        parts.ops.iter().filter_map(|op| matches!(op, Op::Param(_)).then(|| op.output())).collect();
+    let params: BTreeSet<TensorId> = parts.ops.iter().filter(|op| matches!(op, Op::Param(_))).map(Op::output).collect();
     for op in parts.ops {
         for needed in op.saved() {
             if !params.contains(&needed) && !parts.saved.iter().any(|t| t.id == needed) {

@@ -71,7 +71,7 @@ pub fn narrow_backward(dy: &[f32], cols: usize, start: usize, len: usize, dx: &m
 pub fn concat(parts: &[&[f32]], widths: &[usize], out: &mut [f32]) {
     assert_eq!(parts.len(), widths.len(), "concat: parts and widths differ");
     let cols: usize = widths.iter().sum();
-    assert!(cols > 0 && out.len() % cols == 0, "concat: out is not whole rows");
+    assert!(cols > 0 && out.len().is_multiple_of(cols), "concat: out is not whole rows");
     let rows = out.len() / cols;
     for (p, &w) in parts.iter().zip(widths) {
         assert_eq!(p.len(), rows * w, "concat: a part has the wrong length");

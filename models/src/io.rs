@@ -400,7 +400,8 @@ fn synthetic_tokens(vocab: usize, seq: usize, steps: usize, batch: usize, seed: 
             for _ in 0..batch {
                 let mut t = rng.next_u64() % vocab;
                 for _ in 0..seq {
-                    let next = if rng.next_u64() % 4 == 0 { rng.next_u64() % vocab } else { (3 * t + 1) % vocab };
+                    let next =
+                        if rng.next_u64().is_multiple_of(4) { rng.next_u64() % vocab } else { (3 * t + 1) % vocab };
                     xs.push(t as u32);
                     ys.push(next as u32);
                     t = next;

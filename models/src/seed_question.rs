@@ -51,9 +51,9 @@ pub fn send(golden: &Path, receiver: Command) -> anyhow::Result<String> {
     let path = golden;
     let mut params = ParamStore::new();
     for name in ["weight", "bias"] {
-        params.insert(name, io::load_f32(&path, name).with_context(|| format!("{}", path.display()))?);
+        params.insert(name, io::load_f32(path, name).with_context(|| format!("{}", path.display()))?);
     }
-    let x = io::load_f32(&path, "x")?.reshaped(vec![1, 4])?;
+    let x = io::load_f32(path, "x")?.reshaped(vec![1, 4])?;
     let key = SegmentKey { step: 0, micro: 0, layer: 0 };
     let mut rec = Recorder::new(key, String::new(), &params, x);
     let (input, w, b) = (rec.input(), rec.param("weight")?, rec.param("bias")?);

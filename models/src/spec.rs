@@ -185,7 +185,7 @@ fn parse_block(obj: &Map<String, Value>, at: &str, width: usize, seq: Option<usi
         return Err(spec_err(format!("{at}: a transformer_block needs a token input ({{\"tokens\": V, \"seq\": T}})")));
     };
     let heads = positive(obj, "heads", &format!("{at}.heads"))?;
-    if width % heads != 0 {
+    if !width.is_multiple_of(heads) {
         return Err(spec_err(format!("{at}.heads: {heads} heads do not divide the width {width}")));
     }
     let hidden = positive(obj, "hidden", &format!("{at}.hidden"))?;

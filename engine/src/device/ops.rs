@@ -75,60 +75,48 @@ impl Backend {
         Ok(())
     }
 
-    /// `y = act(x)`.
+    /// `y = act(x)`. An activation without a CUDA kernel (SiLU) runs on the
+    /// host whatever the backend: tensors are host-resident (per-op staging).
     pub fn activation(&self, kind: Activation, x: &[f32], y: &mut [f32]) -> Result<()> {
-        if kind == Activation::Silu {
-            // No CUDA kernel yet: tensors are host-resident, so it runs here.
-            activation::silu(x, y);
+        let Some(gpu) = self.gpu_for(kind) else {
+            cpu_activation(kind, x, y);
             return Ok(());
+        };
+        let (x, mut out) = (gpu.upload(x)?, gpu.zeros(y.len())?);
+        match kind {
+            Activation::Relu => gpu.relu(&x, &mut out)?,
+            Activation::Gelu => gpu.gelu(&x, &mut out)?,
+            Activation::Tanh => gpu.tanh(&x, &mut out)?,
+            Activation::Silu => return Err(no_gpu_kernel(kind)),
         }
-        match &self.inner {
-            Inner::Cpu => match kind {
-                Activation::Relu => activation::relu(x, y),
-                Activation::Gelu => activation::gelu(x, y),
-                Activation::Tanh => activation::tanh(x, y),
-                Activation::Silu => unreachable!("handled above"),
-            },
-            Inner::Cuda(gpu) => {
-                let (x, mut out) = (gpu.upload(x)?, gpu.zeros(y.len())?);
-                match kind {
-                    Activation::Relu => gpu.relu(&x, &mut out)?,
-                    Activation::Gelu => gpu.gelu(&x, &mut out)?,
-                    Activation::Tanh => gpu.tanh(&x, &mut out)?,
-                    Activation::Silu => unreachable!("handled above"),
-                }
-                download_into(gpu, &out, y)?;
-            }
-        }
-        Ok(())
+        download_into(gpu, &out, y)
     }
 
     /// `dx` of `act`, from the saved tensor its rule reads (the forward
-    /// output for relu and tanh, the input for gelu).
+    /// output for relu and tanh, the input for gelu and silu); where it runs
+    /// as in [`Backend::activation`].
     pub fn activation_backward(&self, kind: Activation, saved: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
-        if kind == Activation::Silu {
-            activation::silu_backward(saved, dy, dx);
+        let Some(gpu) = self.gpu_for(kind) else {
+            cpu_activation_backward(kind, saved, dy, dx);
             return Ok(());
+        };
+        let (s, dy, mut out) = (gpu.upload(saved)?, gpu.upload(dy)?, gpu.zeros(dx.len())?);
+        match kind {
+            Activation::Relu => gpu.relu_backward(&s, &dy, &mut out)?,
+            Activation::Gelu => gpu.gelu_backward(&s, &dy, &mut out)?,
+            Activation::Tanh => gpu.tanh_backward(&s, &dy, &mut out)?,
+            Activation::Silu => return Err(no_gpu_kernel(kind)),
         }
-        match &self.inner {
-            Inner::Cpu => match kind {
-                Activation::Relu => activation::relu_backward(saved, dy, dx),
-                Activation::Gelu => activation::gelu_backward(saved, dy, dx),
-                Activation::Tanh => activation::tanh_backward(saved, dy, dx),
-                Activation::Silu => unreachable!("handled above"),
-            },
-            Inner::Cuda(gpu) => {
-                let (s, dy, mut out) = (gpu.upload(saved)?, gpu.upload(dy)?, gpu.zeros(dx.len())?);
-                match kind {
-                    Activation::Relu => gpu.relu_backward(&s, &dy, &mut out)?,
-                    Activation::Gelu => gpu.gelu_backward(&s, &dy, &mut out)?,
-                    Activation::Tanh => gpu.tanh_backward(&s, &dy, &mut out)?,
-                    Activation::Silu => unreachable!("handled above"),
-                }
-                download_into(gpu, &out, dx)?;
-            }
+        download_into(gpu, &out, dx)
+    }
+
+    /// The GPU to run `kind` on: None on the CPU, or for an activation that
+    /// has no CUDA kernel.
+    fn gpu_for(&self, kind: Activation) -> Option<&Gpu> {
+        match (&self.inner, kind) {
+            (_, Activation::Silu) | (Inner::Cpu, _) => None,
+            (Inner::Cuda(gpu), _) => Some(gpu),
         }
-        Ok(())
     }
 
     /// Layer norm over rows of `cols`; `stats` gets `[means…, rstds…]`.
@@ -330,4 +318,27 @@ fn download_into(gpu: &Gpu, buf: &GpuBuf, out: &mut [f32]) -> Result<()> {
     }
     out.copy_from_slice(&host);
     Ok(())
+}
+
+fn cpu_activation(kind: Activation, x: &[f32], y: &mut [f32]) {
+    match kind {
+        Activation::Relu => activation::relu(x, y),
+        Activation::Gelu => activation::gelu(x, y),
+        Activation::Tanh => activation::tanh(x, y),
+        Activation::Silu => activation::silu(x, y),
+    }
+}
+
+fn cpu_activation_backward(kind: Activation, saved: &[f32], dy: &[f32], dx: &mut [f32]) {
+    match kind {
+        Activation::Relu => activation::relu_backward(saved, dy, dx),
+        Activation::Gelu => activation::gelu_backward(saved, dy, dx),
+        Activation::Tanh => activation::tanh_backward(saved, dy, dx),
+        Activation::Silu => activation::silu_backward(saved, dy, dx),
+    }
+}
+
+/// An internal invariant: `gpu_for` keeps activations without a CUDA kernel on the host.
+fn no_gpu_kernel(kind: Activation) -> Error {
+    Error::Internal(format!("{kind:?} has no CUDA kernel and must run on the host"))
 }

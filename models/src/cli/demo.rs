@@ -82,7 +82,7 @@ impl Scenario {
 /// as mlp12), trained on synthetic tokens.
 fn gpt_spec() -> String {
     let block = r#"{"type": "transformer_block", "heads": 4, "hidden": 256}"#;
-    let blocks = vec![block; 9].join(", ");
+    let blocks = [block; 9].join(", ");
     format!(
         r#"{{"input": {{"tokens": 65, "seq": 32}}, "layers": [{{"type": "embedding", "dim": 64}}, {blocks},
             {{"type": "layernorm"}}, {{"type": "linear", "out": 65}}], "loss": "cross_entropy"}}"#
