@@ -57,3 +57,23 @@ fn an_unknown_kernel_path_is_an_error_before_any_work() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("BATON_KERNEL_ISA") && stderr.contains("avx9"), "{stderr}");
 }
+
+/// A mixed fleet on one machine: worker 1 computes on AVX-512 and is
+/// preempted mid-step; its layers and unfinished segments continue on the
+/// AVX2 workers 0 and 2. The weights equal a one-process AVX2 run's.
+#[test]
+fn a_layer_migrating_from_avx512_to_avx2_continues_bit_for_bit() {
+    if !Isa::Avx512.is_available() || !Isa::Avx2.is_available() {
+        eprintln!("skipping the cross-path migration: this CPU lacks avx512 or avx2");
+        return;
+    }
+    for name in ["mlp12_adam", "gpt12_adamw"] {
+        let golden = Golden::load(name, 1e-3);
+        let dir = tempfile::tempdir().unwrap();
+        let clip: &[&str] = if name.starts_with("gpt") { &["--clip-grad-norm", "1"] } else { &[] };
+        let reference = train_on(&golden, Isa::Avx2, dir.path(), &[clip, &["--workers", "1"]].concat());
+        let mixed = [&["--workers", "3", "--kernel-isa", "avx2,avx512,avx2", "--preempt", "1@2:5"], clip].concat();
+        let params = train_on(&golden, Isa::Avx512, dir.path(), &mixed);
+        assert!(bit_identical(&params, &reference), "{name}: the avx512 -> avx2 migration changed the weights");
+    }
+}

@@ -126,6 +126,7 @@ pub fn run() -> anyhow::Result<Run> {
         on_step: &mut on_step,
         on_migration: &mut on_migration,
         admin_dir: None,
+        kernel_isas: Vec::new(),
     };
     Ok(Run { outcome: launch_local(job)?, reference: trainer.params })
 }

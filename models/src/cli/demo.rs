@@ -145,6 +145,7 @@ fn pipeline(scenario: &Scenario, params: &ParamStore, batches: &[Batch]) -> anyh
         on_step: &mut on_step,
         on_migration: &mut on_migration,
         admin_dir: None,
+        kernel_isas: Vec::new(),
     };
     launch_local(job).context("the 3-worker pipeline failed")
 }

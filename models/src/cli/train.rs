@@ -120,6 +120,12 @@ pub struct TrainArgs {
     /// Checked before training starts. Default: cpu.
     #[arg(long, value_name = "cpu|cuda[:N][,..]", value_parser = DeviceList::parse)]
     device: Option<DeviceList>,
+    /// The CPU kernel path of each local worker process: one for all, or a
+    /// comma list by worker number (`avx512,avx2,avx2`), joiners included;
+    /// a mixed fleet on one machine. Every path gives the same bits.
+    /// Default: the coordinator's (`BATON_KERNEL_ISA`, else the best).
+    #[arg(long, value_name = "avx512|avx2|generic[,..]", value_delimiter = ',', value_parser = kernel_isa)]
+    kernel_isa: Vec<baton_kernels::Isa>,
     /// Write the job's admin identity (`admin.pem`, `admin.key.pem`,
     /// `ca.pem`) and `coordinator.addr` into DIR once the coordinator listens,
     /// so that `baton preempt --admin-dir DIR --worker N` can preempt a worker
@@ -195,7 +201,12 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
         args.lr_schedule
     );
     let remote = matches!(launch, Launch::Remote(_));
-    let run = if args.workers > 1 || args.timeline.is_some() || remote || !joins.is_empty() {
+    ensure!(
+        !remote || args.kernel_isa.is_empty(),
+        "--kernel-isa sets the kernel path of local worker processes; a hand-started worker takes BATON_KERNEL_ISA"
+    );
+    let pipeline = args.workers > 1 || args.timeline.is_some() || !joins.is_empty() || !args.kernel_isa.is_empty();
+    let run = if pipeline || remote {
         let scripted = (notices, joins);
         train_pipeline(&args, &spec_text, (chosen.model, params, lr_schedule), &batches, scripted, (launch, &devices))?
     } else {
@@ -329,7 +340,16 @@ fn train_pipeline(
             let threads_per_worker = args.threads.unwrap_or((cores / args.workers).max(1));
             let on_migration = &mut on_migration;
             let admin_dir = args.admin_dir.as_deref();
-            let job = LocalJob { plan, exe: &exe, threads_per_worker, on_step: &mut on_step, on_migration, admin_dir };
+            let kernel_isas = args.kernel_isa.clone();
+            let job = LocalJob {
+                plan,
+                exe: &exe,
+                threads_per_worker,
+                on_step: &mut on_step,
+                on_migration,
+                admin_dir,
+                kernel_isas,
+            };
             launch_local_on(job, devices.devices())?
         }
         Launch::Remote(node) => {
@@ -378,7 +398,10 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
         schedule: args.schedule.name().to_string(),
         losses: run.losses,
         ship_dtype: args.ship_dtype.clone(),
-        kernel_isa: baton_kernels::isa::current().to_string(),
+        kernel_isa: match &args.kernel_isa[..] {
+            [] => baton_kernels::isa::current().to_string(),
+            isas => isas.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        },
         bit_identical_to_uninterrupted: args.ship_dtype == "f32" || run.migrations.is_empty(),
         partitions: Report::partitions(&run.partitions),
         migrations: run.migrations.iter().map(report::Migration::from).collect(),
@@ -386,6 +409,13 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
         grad_norms: run.grad_norms,
         wall_seconds: run.wall_seconds,
     }
+}
+
+/// A kernel path this CPU has.
+fn kernel_isa(text: &str) -> anyhow::Result<baton_kernels::Isa> {
+    let isa: baton_kernels::Isa = text.parse()?;
+    isa.check()?;
+    Ok(isa)
 }
 
 /// Refuses what needs the multi-process runtime, rather than pretending.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan, MigrationRecord};
 use baton_engine::Device;
+use baton_kernels::Isa;
 use baton_transport::{ClusterCa, Node};
 
 use super::{net_config, run_coordinator, worker_name, CoordinatorOptions, COORDINATOR_NAME};
@@ -27,6 +28,10 @@ pub struct LocalJob<'a> {
     /// coordinator's address, for `baton preempt --admin-dir` (see
     /// [`super::admin::write_admin_dir`]).
     pub admin_dir: Option<&'a Path>,
+    /// The CPU kernel path of each worker (`BATON_KERNEL_ISA` in its
+    /// environment), by worker number; one entry names every worker's, none
+    /// leaves each the coordinator's. A mixed fleet on one machine.
+    pub kernel_isas: Vec<Isa>,
 }
 
 /// Runs `job` with `job.plan.workers` worker processes and returns the outcome.
@@ -57,9 +62,16 @@ pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> anyhow::Result<
             admin_dir.display()
         );
     }
-    let (exe, threads) = (job.exe, job.threads_per_worker);
+    let (exe, threads, isas) = (job.exe, job.threads_per_worker, job.kernel_isas.clone());
     let device_of = |w: u32| if devices.len() == 1 { devices.first() } else { devices.get(w as usize) };
-    let mut spawn = |w: u32| spawn_worker(exe, &ca, &coordinator, (w, device_of(w).copied()), threads);
+    let isa_of = move |w: u32| if isas.len() == 1 { isas.first().copied() } else { isas.get(w as usize).copied() };
+    let mut spawn = |w: u32| {
+        let mut command = worker_command(exe, &coordinator, (w, device_of(w).copied()), threads);
+        if let Some(isa) = isa_of(w) {
+            command.env(KERNEL_ISA_ENV, isa.to_string());
+        }
+        spawn_worker(command, exe, &ca, w)
+    };
     let mut children = Vec::new();
     for w in 0..job.plan.workers as u32 {
         match spawn(w) {
@@ -90,14 +102,11 @@ pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> anyhow::Result<
 
 /// Starts worker `w` with `--identity-stdin` and writes its identity, issued
 /// by `ca`, into the pipe (which stays open while the `Child` lives).
-fn spawn_worker(
-    exe: &Path,
-    ca: &ClusterCa,
-    coordinator: &str,
-    (w, device): (u32, Option<Device>),
-    threads: usize,
-) -> anyhow::Result<Child> {
-    let identity = ca.issue(&worker_name(w)).with_context(|| format!("issuing worker {w}'s certificate"))?;
+/// The variable that selects a process's CPU kernel path.
+const KERNEL_ISA_ENV: &str = "BATON_KERNEL_ISA";
+
+/// `exe worker ...` for worker `w`, reading its identity from stdin.
+fn worker_command(exe: &Path, coordinator: &str, (w, device): (u32, Option<Device>), threads: usize) -> Command {
     let mut command = Command::new(exe);
     command.args(["worker", "--coordinator", coordinator, "--id", &w.to_string()]);
     if let Some(device) = device {
@@ -107,12 +116,14 @@ fn spawn_worker(
     // coordinator, which stops the workers itself.
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child = command
-        .arg("--identity-stdin")
-        .args(["--threads", &threads.to_string()])
-        .stdin(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting worker {w} ({})", exe.display()))?;
+    command.arg("--identity-stdin").args(["--threads", &threads.to_string()]).stdin(Stdio::piped());
+    command
+}
+
+/// Starts `command` (worker `w`) and hands it its identity on stdin.
+fn spawn_worker(mut command: Command, exe: &Path, ca: &ClusterCa, w: u32) -> anyhow::Result<Child> {
+    let identity = ca.issue(&worker_name(w)).with_context(|| format!("issuing worker {w}'s certificate"))?;
+    let mut child = command.spawn().with_context(|| format!("starting worker {w} ({})", exe.display()))?;
     if let Err(e) = super::handoff::send_identity(&mut child, &identity) {
         drop(child.kill());
         drop(child.wait());
