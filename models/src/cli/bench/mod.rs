@@ -1,6 +1,6 @@
 //! `baton bench`: measurements printed as tables (and optionally JSON).
 //!
-//! - `step`: one training step of two MLPs, next to PyTorch when available.
+//! - `step`: one training step of two MLPs and two GPTs, next to PyTorch when available.
 //! - `transport`: QUIC bulk throughput on loopback next to plain TCP.
 //! - `pipeline`: total CPU per training step on 3 worker processes against
 //!   one process, by differencing runs of the `baton` binary itself.
@@ -22,7 +22,7 @@ pub use migrate::{restart, RestartArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Training-step time of MLPs (forward, backward, Adam; M=1), vs PyTorch if available.
+    /// Training-step time of MLPs and GPTs (forward, backward, Adam; M=1), vs PyTorch if available.
     Step(step::StepArgs),
     /// Loopback MB/s of one QUIC bulk frame (the cluster's settings) vs plain TCP.
     Transport(transport::TransportArgs),

@@ -1,6 +1,6 @@
 //! `baton bench step`: median time of one training step (forward, backward
-//! and Adam, M=1) of two MLPs at several thread counts, next to the same
-//! step in PyTorch when `python3 -c "import torch"` works.
+//! and Adam, M=1) of two MLPs and two GPTs at several thread counts, next to
+//! the same step in PyTorch when `python3 -c "import torch"` works.
 //!
 //! `BATON_PYTHON` names the Python interpreter (default `python3`).
 //!
@@ -30,7 +30,7 @@ pub struct StepArgs {
     /// Thread counts to measure, comma-separated (default: 1 and all cores).
     #[arg(long, value_delimiter = ',', value_name = "T,T,..")]
     threads_list: Vec<usize>,
-    /// Timed steps per row of the large model (mlp12 runs 20x as many).
+    /// Timed steps per row of the large models (the small ones run 20x as many).
     #[arg(long, value_name = "N", default_value_t = 5)]
     steps: usize,
     /// Also write the table as JSON.
@@ -41,14 +41,76 @@ pub struct StepArgs {
     device: Device,
 }
 
-/// One benchmarked model: `layers` linear layers `input → width → .. → width`,
-/// relu on all but the last, mse.
+/// The benchmarked network; bench_torch.py builds the same one from this
+/// JSON (`"kind"` and the variant's fields).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Arch {
+    /// `layers` linear layers `input → width → .. → width`, relu on all but
+    /// the last, mse.
+    Mlp { input: usize, width: usize, layers: usize },
+    /// Token + position embedding, `blocks` pre-LN GPT-2 blocks (`heads`
+    /// contiguous heads, causal, exact-GELU MLP of `hidden`), layernorm and a
+    /// linear head to `vocab`; cross-entropy over every token.
+    Gpt { vocab: usize, seq: usize, dim: usize, heads: usize, hidden: usize, blocks: usize },
+}
+
+impl Arch {
+    /// Floating-point operations of forward + backward for `batch` rows.
+    ///
+    /// Counted: every matmul, as 2 flops per multiply-add, forward once and
+    /// backward twice (dx and dW, or both operands of attention's products),
+    /// so 3x the forward. Left out: norms, softmax, activations, embedding,
+    /// loss and the Adam update (elementwise, a few % at these shapes).
+    /// So 6 · matmul parameters · tokens (B rows of an MLP, B·T for a GPT;
+    /// 6·B·W²·L for these MLPs), plus for a GPT attention's two [T, T] x d
+    /// products per block, 3 · 2 · 2 · T² · d · B · blocks, the causal mask's
+    /// zero half included (both sides compute it).
+    fn flops(&self, batch: usize) -> f64 {
+        let (tokens, attention) = match *self {
+            Arch::Mlp { .. } => (batch, 0),
+            Arch::Gpt { seq, dim, blocks, .. } => (batch * seq, 12 * seq * seq * dim * batch * blocks),
+        };
+        6.0 * (self.matmul_params() * tokens) as f64 + attention as f64
+    }
+
+    /// Weights that multiply activations (not biases, norms or the
+    /// embedding lookup): the per-token multiply-adds of a forward pass.
+    fn matmul_params(&self) -> usize {
+        match *self {
+            Arch::Mlp { input, width, layers } => input * width + (layers - 1) * width * width,
+            Arch::Gpt { vocab, dim, hidden, blocks, .. } => blocks * (4 * dim * dim + 2 * dim * hidden) + dim * vocab,
+        }
+    }
+
+    /// The baton model spec (../shared/DESIGN.md, "Model spec").
+    fn spec_json(&self) -> String {
+        match *self {
+            Arch::Mlp { input, width, layers } => {
+                let layer = |act: &str| format!(r#"{{"type": "linear", "out": {width}, "activation": "{act}"}}"#);
+                let mut all = vec![layer("relu"); layers - 1];
+                all.push(layer("none"));
+                format!(r#"{{"input": {input}, "layers": [{}], "loss": "mse"}}"#, all.join(", "))
+            }
+            Arch::Gpt { vocab, seq, dim, heads, hidden, blocks } => {
+                let block = format!(r#"{{"type": "transformer_block", "heads": {heads}, "hidden": {hidden}}}"#);
+                format!(
+                    r#"{{"input": {{"tokens": {vocab}, "seq": {seq}}}, "layers": [{{"type": "embedding", "dim": {dim}}},
+                        {}, {{"type": "layernorm"}}, {{"type": "linear", "out": {vocab}}}], "loss": "cross_entropy"}}"#,
+                    vec![block; blocks].join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// One benchmarked configuration: a network, a batch (rows; sequences for
+/// a GPT) and a thread count.
 #[derive(Clone, Debug, Serialize)]
 struct Config {
     name: String,
-    input: usize,
-    width: usize,
-    layers: usize,
+    #[serde(flatten)]
+    arch: Arch,
     batch: usize,
     threads: usize,
     warmup: usize,
@@ -56,16 +118,8 @@ struct Config {
 }
 
 impl Config {
-    /// Multiply-adds x2 of forward and backward (dx and dW): 6·B·W²·L.
     fn flops(&self) -> f64 {
-        6.0 * (self.batch * self.width * self.width * self.layers) as f64
-    }
-
-    fn spec_json(&self) -> String {
-        let layer = |act: &str| format!(r#"{{"type": "linear", "out": {}, "activation": "{act}"}}"#, self.width);
-        let mut layers = vec![layer("relu"); self.layers - 1];
-        layers.push(layer("none"));
-        format!(r#"{{"input": {}, "layers": [{}], "loss": "mse"}}"#, self.input, layers.join(", "))
+        self.arch.flops(self.batch)
     }
 }
 
@@ -132,28 +186,27 @@ fn thread_list(requested: &[usize]) -> anyhow::Result<Vec<usize>> {
     Ok(if all > 1 { vec![1, all] } else { vec![1] })
 }
 
-/// W=1024 B=256 and mlp12 (W=64 B=32), each at every thread count.
+/// Per network, at every thread count: the 12-layer MLP W=1024 B=256,
+/// mlp12 (W=64 B=32), the golden GPT (d=64, 4 heads, T=32, B=8) and a wide
+/// one (d=512, 8 heads, T=128, B=8); all of 12 layers (a GPT's are the
+/// embedding, 9 blocks, layernorm and head). The small ones time 20x the steps.
 fn configs(threads: &[usize], steps: usize) -> Vec<Config> {
-    let big = |t| Config {
-        name: "mlp W=1024 B=256".into(),
-        input: 1024,
-        width: 1024,
-        layers: 12,
-        batch: 256,
-        threads: t,
-        warmup: 2,
-        steps,
+    let gpt = |dim, heads, seq| Arch::Gpt { vocab: 65, seq, dim, heads, hidden: 4 * dim, blocks: 9 };
+    let nets = [
+        ("mlp W=1024 B=256", Arch::Mlp { input: 1024, width: 1024, layers: 12 }, 256, 1),
+        ("mlp12 W=64 B=32", Arch::Mlp { input: 64, width: 64, layers: 12 }, 32, 20),
+        ("gpt d=64 T=32 B=8", gpt(64, 4, 32), 8, 20),
+        ("gpt d=512 T=128 B=8", gpt(512, 8, 128), 8, 1),
+    ];
+    let config = |(name, arch, batch, times): &(&str, Arch, usize, usize), threads| Config {
+        name: name.to_string(),
+        arch: arch.clone(),
+        batch: *batch,
+        threads,
+        warmup: 2 * times,
+        steps: steps * times,
     };
-    let small = |t| Config {
-        name: "mlp12 W=64 B=32".into(),
-        input: 64,
-        width: 64,
-        batch: 32,
-        warmup: 20,
-        steps: steps * 20,
-        ..big(t)
-    };
-    threads.iter().map(|&t| big(t)).chain(threads.iter().map(|&t| small(t))).collect()
+    nets.iter().flat_map(|net| threads.iter().map(move |&t| config(net, t))).collect()
 }
 
 /// Why a GPU run has no PyTorch column.
@@ -162,7 +215,8 @@ const GPU_NOTE: &str = "no PyTorch comparison: its script times the CPU, baton r
 /// Median milliseconds of one baton training step on `backend` after warm-up.
 fn time_baton(config: &Config, backend: &Backend) -> anyhow::Result<f64> {
     baton_kernels::threads::set_num_threads(config.threads)?;
-    let model = spec::parse(&config.spec_json()).context("building the benchmark model")?.with_backend(backend.clone());
+    let model =
+        spec::parse(&config.arch.spec_json()).context("building the benchmark model")?.with_backend(backend.clone());
     let params = init::init_params(&model.param_specs(), 0);
     let batch = io::synthetic_data(&model, 1, config.batch, 0).remove(0);
     let adam: OptimizerConfig = "adam:lr=1e-3".parse()?;
@@ -224,13 +278,13 @@ fn print_table(table: &Table) {
     let torch = table.torch.as_deref().map_or(String::new(), |v| format!(" (PyTorch {v})"));
     println!("training step on {}: forward + backward + Adam, M=1, median of timed steps{torch}", table.device);
     println!(
-        "{:<18} {:>7} {:>10} {:>8} {:>10} {:>8} {:>12}",
+        "{:<19} {:>7} {:>10} {:>8} {:>10} {:>8} {:>12}",
         "model", "threads", "baton ms", "GFLOP/s", "torch ms", "GFLOP/s", "baton/torch"
     );
     let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     for r in &table.rows {
         println!(
-            "{:<18} {:>7} {:>10.3} {:>8.1} {:>10} {:>8} {:>12}",
+            "{:<19} {:>7} {:>10.3} {:>8.1} {:>10} {:>8} {:>12}",
             r.config.name,
             r.config.threads,
             r.baton_ms,
@@ -242,5 +296,34 @@ fn print_table(table: &Table) {
     }
     if let Some(note) = &table.note {
         println!("{note}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_network_has_twelve_layers_and_counts_its_matmul_weights() {
+        for config in configs(&[1], 1) {
+            let model = spec::parse(&config.arch.spec_json()).unwrap();
+            assert_eq!(model.layers.len(), 12, "{}", config.name);
+            // 2-D weights outside the embedding (layer 0 of a GPT) multiply activations.
+            let lookup = matches!(config.arch, Arch::Gpt { .. }).then_some("layers.0.");
+            let counted: usize = model
+                .param_specs()
+                .iter()
+                .filter(|p| p.shape.len() == 2 && lookup.is_none_or(|l| !p.name.starts_with(l)))
+                .map(|p| p.shape.iter().product::<usize>())
+                .sum();
+            assert_eq!(counted, config.arch.matmul_params(), "{}", config.name);
+        }
+    }
+
+    #[test]
+    fn gpt_flops_add_attention_to_the_weights() {
+        let arch = Arch::Gpt { vocab: 65, seq: 32, dim: 64, heads: 4, hidden: 256, blocks: 9 };
+        // 446,528 matmul weights x 256 tokens x 6, plus 12 x 32² x 64 x 8 x 9.
+        assert_eq!(arch.flops(8), 685_867_008.0 + 56_623_104.0);
     }
 }
