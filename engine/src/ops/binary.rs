@@ -130,11 +130,12 @@ impl Rule for Binary {
         let g = dy.values()?;
         match self.kind {
             BinaryOp::Add | BinaryOp::Sub => {
-                grads.add(self.a, reduce(g, &shape, &self.a_shape)?)?;
-                let mut db = reduce(g, &shape, &self.b_shape)?;
+                let da = if self.a_shape == shape { dy.clone() } else { reduce(g, &shape, &self.a_shape)? };
+                let mut db = if self.b_shape == shape { dy } else { reduce(g, &shape, &self.b_shape)? };
                 if self.kind == BinaryOp::Sub {
                     db.values_mut()?.iter_mut().for_each(|v| *v = -*v);
                 }
+                grads.add(self.a, da)?;
                 grads.add(self.b, db)
             }
             BinaryOp::Mul => {
