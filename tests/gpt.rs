@@ -203,3 +203,43 @@ fn bad_token_models_are_clear_errors() {
     let err = io::load_data(&path, &model, 1).unwrap_err().to_string();
     assert!(err.contains("step 0 row 1 position 5") && err.contains("65"), "{err}");
 }
+
+/// A small GPT over bytes (`tokens` 256), trained on the project's own
+/// README as text (`--data text:FILE`), 1 process against 3 worker
+/// processes with a preemption.
+#[test]
+fn a_gpt_trains_on_text_across_processes_bit_identically() {
+    let block = r#"{"type": "transformer_block", "heads": 2, "hidden": 64}"#;
+    let spec = format!(
+        r#"{{"input": {{"tokens": 256, "seq": 16}}, "layers": [{{"type": "embedding", "dim": 32}}, {block}, {block},
+            {{"type": "layernorm"}}, {{"type": "linear", "out": 256}}], "loss": "cross_entropy"}}"#
+    );
+    let text = format!("text:{}", concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let (out, report) = (dir.path().join(format!("{name}.safetensors")), dir.path().join(format!("{name}.json")));
+        let mut args = vec!["train", "--model", &spec, "--data", &text, "--steps", "8", "--batch", "8"];
+        args.extend(["--microbatches", "2", "--optimizer", "adamw:lr=3e-3", "--seed", "3"]);
+        args.extend(["--save", out.to_str().unwrap(), "--report", report.to_str().unwrap()]);
+        args.extend(extra);
+        common::run_baton_ok(&args);
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        (io::load_tensors(&out, "").unwrap(), report)
+    };
+    let (one, report) = run("one", &["--workers", "1"]);
+    let (three, _) = run("three", &["--workers", "3", "--preempt", "1@3:2"]);
+    assert!(bit_identical(&one, &three), "text training differs across processes");
+    let losses: Vec<f64> = report["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(losses[7] < losses[0], "the loss did not fall: {losses:?}");
+    let mlp = common::run_baton(&[
+        "train",
+        "--model",
+        "mlp12",
+        "--data",
+        &text,
+        "--save",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&mlp.stderr);
+    assert!(!mlp.status.success() && stderr.contains("a token stream needs a token model"), "{stderr}");
+}

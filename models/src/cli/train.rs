@@ -2,15 +2,18 @@
 //! (or seeded defaults), saving the final weights and an optional report.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 use baton_engine::pipeline::coordinator::{JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::protocol::Span;
 use baton_engine::pipeline::{Layout, Partition, ScheduleKind};
-use baton_engine::{init, Backend, Batch, LrSchedule, LrShape, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
+use baton_engine::{
+    init, Backend, Batch, LrSchedule, LrShape, Model, Optimizer, OptimizerConfig, ParamStore, Targets, Tensor, Trainer,
+};
 use baton_models::cluster::{launch_local_on, run_coordinator, CoordinatorOptions, LocalJob};
+use baton_models::data::{self, DataSource, TokenDtype};
 use baton_models::{io, spec};
 use clap::{Args, ValueEnum};
 
@@ -166,7 +169,8 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
          `baton preempt --coordinator ADDR --cluster-dir DIR` (the cluster's `admin` certificate)"
     );
     let devices = check_devices(&args, &launch)?;
-    let inputs = preflight::files(&[("--init", args.init.as_deref()), ("--data", args.data.as_deref())]);
+    let data_file = args.data.as_deref().map(data_file);
+    let inputs = preflight::files(&[("--init", args.init.as_deref()), ("--data", data_file.as_deref())]);
     let outputs = preflight::files(&[
         ("--save", Some(&args.save)),
         ("--report", args.report.as_deref()),
@@ -503,8 +507,57 @@ fn initial_params(args: &TrainArgs, model: &Model) -> anyhow::Result<ParamStore>
 }
 
 /// Batches from --data, else synthetic ones from --batch and --seed.
+/// `--data` as a data source: a token stream (`text:FILE`,
+/// `tokens:FILE[,dtype=..]`), or else a safetensors file.
+fn data_source(path: &Path) -> anyhow::Result<DataSource> {
+    let text = path.to_str().with_context(|| format!("--data {}: not valid UTF-8", path.display()))?;
+    text.parse::<DataSource>().context("--data")
+}
+
+/// The file `--data` reads, whatever its form.
+fn data_file(path: &Path) -> PathBuf {
+    match data_source(path) {
+        Ok(DataSource::Tokens { path, .. }) | Ok(DataSource::Safetensors(path)) => path,
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+/// `--steps` batches of `--batch` windows of T + 1 tokens from a token
+/// stream, at positions from `--seed` ([`data::WindowSampler`]).
+fn token_batches(args: &TrainArgs, model: &Model, path: &Path, dtype: TokenDtype) -> anyhow::Result<Vec<Batch>> {
+    let Some(seq) = model.seq else {
+        bail!(
+            "--data {}: a token stream needs a token model (\"input\": {{\"tokens\": V, \"seq\": T}})",
+            path.display()
+        );
+    };
+    let batch = args.batch.unwrap_or(32);
+    ensure!(batch >= 1, "--batch 0: a batch needs at least one row");
+    let vocab = u32::try_from(model.input).context("the model's vocabulary")?;
+    let file = data::TokenFile::open(path, dtype).context("--data")?;
+    let mut sampler = data::WindowSampler::new(file, seq, batch, vocab, args.seed).context("--data")?;
+    (0..args.steps.unwrap_or(10))
+        .map(|step| {
+            let windows = sampler.next_batch().with_context(|| format!("--data: step {step}"))?;
+            let x = Tensor::from_ids(vec![batch, seq], windows.x)?;
+            let y = Tensor::from_ids(vec![batch, seq], windows.y)?;
+            Ok(Batch::new(x, Targets::Classes(y))?)
+        })
+        .collect()
+}
+
 fn training_data(args: &TrainArgs, model: &Model) -> anyhow::Result<Vec<Batch>> {
     ensure!(args.steps != Some(0), "--steps 0: train at least one step");
+    let stream = match &args.data {
+        Some(path) => match data_source(path)? {
+            DataSource::Tokens { path, dtype } => Some(token_batches(args, model, &path, dtype)?),
+            DataSource::Safetensors(_) => None,
+        },
+        None => None,
+    };
+    if let Some(batches) = stream {
+        return Ok(batches);
+    }
     let batches = match &args.data {
         Some(path) => {
             let steps = match args.steps {
