@@ -148,7 +148,7 @@ pub fn same_bits(a: &ParamStore, b: &ParamStore) -> bool {
 #[allow(dead_code)] // the test that includes this file has its own main
 fn main() -> anyhow::Result<()> {
     if let Some(worker) = runtime::worker_if_requested(&registry()) {
-        return worker;
+        return Ok(worker?);
     }
     let run = run()?;
     let same = same_bits(&run.outcome.params, &run.reference);

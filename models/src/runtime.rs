@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
+use crate::cluster::error::ensure;
+use crate::cluster::error::{refuse as bail, Context, Error, Result};
 use baton_engine::{Backend, Device};
 use baton_transport::{Identity, Node};
 use clap::{Args, Parser};
@@ -28,7 +29,7 @@ use crate::spec::Registry;
 /// If this process was started as a worker (`<exe> worker ...`), runs the
 /// worker with `layers` and returns its result; otherwise returns None and
 /// the caller goes on as the coordinator.
-pub fn worker_if_requested(layers: &Registry) -> Option<anyhow::Result<()>> {
+pub fn worker_if_requested(layers: &Registry) -> Option<Result<()>> {
     let mut args = std::env::args();
     let exe = args.next().unwrap_or_default();
     if args.next().as_deref() != Some("worker") {
@@ -37,7 +38,7 @@ pub fn worker_if_requested(layers: &Registry) -> Option<anyhow::Result<()>> {
     let parsed = WorkerCommand::try_parse_from(std::iter::once(exe).chain(args));
     Some(match parsed {
         Ok(command) => run_worker(command.args, layers.clone()),
-        Err(e) => Err(anyhow::anyhow!("{e}")),
+        Err(e) => Err(Error::Config(e.to_string())),
     })
 }
 
@@ -49,10 +50,10 @@ struct WorkerCommand {
 }
 
 /// A duration like `120s`, `500ms` or `2m`.
-pub fn duration(text: &str) -> anyhow::Result<Duration> {
+pub fn duration(text: &str) -> Result<Duration> {
     let text = text.trim();
     let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
-    let value: f64 = digits.parse().with_context(|| format!("`{text}` is not a duration like 120s, 500ms or 2m"))?;
+    let value: f64 = digits.parse().what_with(|| format!("`{text}` is not a duration like 120s, 500ms or 2m"))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
@@ -131,17 +132,17 @@ impl NoticeArgs {
 
 /// Runs one worker until the coordinator finishes the job; the job's spec
 /// may name `layers`' types as well as the built-ins.
-pub fn run_worker(args: WorkerArgs, layers: Registry) -> anyhow::Result<()> {
+pub fn run_worker(args: WorkerArgs, layers: Registry) -> Result<()> {
     // First of all: a worker that cannot compute should not join a job.
-    Backend::open(args.device).with_context(|| format!("--device {}", args.device))?;
+    Backend::open(args.device).what_with(|| format!("--device {}", args.device))?;
     if let Some(n) = args.threads {
-        baton_kernels::threads::set_num_threads(n).with_context(|| format!("--threads {n}"))?;
+        baton_kernels::threads::set_num_threads(n).what_with(|| format!("--threads {n}"))?;
     }
     // First, so that a SIGTERM while connecting is a notice, not an exit.
-    let notices = notice::spawn_sources(&args.notices.config()).context("starting the preemption notice sources")?;
+    let notices = notice::spawn_sources(&args.notices.config()).what("starting the preemption notice sources")?;
     let identity = worker_identity(&args)?;
-    let node = Node::start(args.listen, identity, cluster::net_config())
-        .with_context(|| format!("--listen {}", args.listen))?;
+    let node =
+        Node::start(args.listen, identity, cluster::net_config()).what_with(|| format!("--listen {}", args.listen))?;
     if args.cluster_dir.is_some() {
         eprintln!("worker {} listening on {} for its peers", args.id, node.local_addr());
     }
@@ -153,16 +154,16 @@ pub fn run_worker(args: WorkerArgs, layers: Registry) -> anyhow::Result<()> {
         device: args.device,
         layers,
     };
-    cluster::run_worker(&node, options).with_context(|| format!("worker {}", args.id))
+    cluster::run_worker(&node, options).what_with(|| format!("worker {}", args.id))
 }
 
 /// The worker's identity: from --cluster-dir, or handed over on stdin.
-fn worker_identity(args: &WorkerArgs) -> anyhow::Result<Identity> {
+fn worker_identity(args: &WorkerArgs) -> Result<Identity> {
     let name = worker_name(args.id);
     let identity = match &args.cluster_dir {
         Some(dir) => Identity::load(dir, &name)
-            .with_context(|| format!("--cluster-dir {}: worker {}'s certificate", dir.display(), args.id))?,
-        None => cluster::handoff::receive_identity(&format!("worker {}", args.id)).context("--identity-stdin")?,
+            .what_with(|| format!("--cluster-dir {}: worker {}'s certificate", dir.display(), args.id))?,
+        None => cluster::handoff::receive_identity(&format!("worker {}", args.id)).what("--identity-stdin")?,
     };
     if identity.name() != name {
         bail!("--identity-stdin: the identity is `{}`, not `{name}` (--id {})", identity.name(), args.id);

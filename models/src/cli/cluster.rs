@@ -14,7 +14,7 @@ use super::train::{self, TrainArgs};
 
 /// Runs `baton worker`: the built-in layer types only.
 pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    baton_models::runtime::run_worker(args, baton_models::spec::Registry::new())
+    Ok(baton_models::runtime::run_worker(args, baton_models::spec::Registry::new())?)
 }
 
 #[derive(Debug, Args)]

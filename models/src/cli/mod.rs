@@ -82,7 +82,10 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
             // A coordinator stopped by a signal exits as 128 + its number.
-            let interrupted = e.chain().find_map(|c| c.downcast_ref::<baton_models::cluster::lifetime::Interrupted>());
+            let interrupted = e.chain().find_map(|c| {
+                c.downcast_ref::<baton_models::cluster::lifetime::Interrupted>()
+                    .or_else(|| c.downcast_ref::<baton_models::cluster::Error>().and_then(|e| e.interrupted()))
+            });
             interrupted.map_or(ExitCode::FAILURE, |i| ExitCode::from(i.exit_code()))
         }
     }

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use super::error::{bail, ensure, Context, Result};
 use baton_engine::pipeline::coordinator::{CoordEffect, Coordinator};
 use baton_engine::pipeline::protocol::{self, Message};
 use baton_transport::frame::Frame;
@@ -67,20 +67,21 @@ pub fn request_preempt(
     coordinator: SocketAddr,
     (worker, grace): (u32, Duration),
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let bind = match coordinator {
         SocketAddr::V4(_) => "0.0.0.0:0",
         SocketAddr::V6(_) => "[::]:0",
     };
     let config = baton_transport::NetConfig { connect_timeout: timeout, ..net_config() };
-    let node = Node::start(bind.parse()?, identity, config).context("starting the admin's endpoint")?;
+    let node = Node::start(bind.parse().what("the admin's bind address")?, identity, config)
+        .what("starting the admin's endpoint")?;
     let (peer, name) =
-        node.connect(coordinator).with_context(|| format!("connecting to the coordinator at {coordinator}"))?;
+        node.connect(coordinator).what_with(|| format!("connecting to the coordinator at {coordinator}"))?;
     ensure!(name == COORDINATOR_NAME, "{coordinator} is `{name}`, not the coordinator of a baton job");
     let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-    send(&node, peer, &Message::Preempt { worker, grace_ms }).context("sending the preempt request")?;
+    send(&node, peer, &Message::Preempt { worker, grace_ms }).what("sending the preempt request")?;
     let reply = wait_for_reply(&node, peer, timeout)
-        .with_context(|| format!("waiting for the coordinator at {coordinator} to answer"))?;
+        .what_with(|| format!("waiting for the coordinator at {coordinator} to answer"))?;
     match reply {
         None => Ok(()),
         Some(reason) => bail!("the coordinator refused: {reason}"),
@@ -88,7 +89,7 @@ pub fn request_preempt(
 }
 
 /// The `error` of the coordinator's `Reply` (None: accepted).
-fn wait_for_reply(node: &Node, coordinator: PeerId, timeout: Duration) -> anyhow::Result<Option<String>> {
+fn wait_for_reply(node: &Node, coordinator: PeerId, timeout: Duration) -> Result<Option<String>> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -111,7 +112,7 @@ fn wait_for_reply(node: &Node, coordinator: PeerId, timeout: Duration) -> anyhow
 /// address into `dir` (created if missing), replacing those files of an
 /// earlier job. Refuses a directory holding a CA key: that is a cluster
 /// directory, whose `ca.pem` must not be replaced.
-pub fn write_admin_dir(ca: &ClusterCa, coordinator: SocketAddr, dir: &Path) -> anyhow::Result<()> {
+pub fn write_admin_dir(ca: &ClusterCa, coordinator: SocketAddr, dir: &Path) -> Result<()> {
     ensure!(
         !dir.join("ca.key.pem").exists(),
         "--admin-dir {}: holds a CA key (a `baton cluster init` directory); use a directory of its own",
@@ -120,34 +121,33 @@ pub fn write_admin_dir(ca: &ClusterCa, coordinator: SocketAddr, dir: &Path) -> a
     for file in ADMIN_FILES {
         match std::fs::remove_file(dir.join(file)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("--admin-dir: replacing {}", dir.join(file).display()));
+                return Err(e).what_with(|| format!("--admin-dir: replacing {}", dir.join(file).display()));
             }
             _ => {}
         }
     }
-    let identity = ca.issue(ADMIN_NAME).context("issuing the admin certificate")?;
-    identity.save(dir).with_context(|| format!("--admin-dir {}", dir.display()))?;
+    let identity = ca.issue(ADMIN_NAME).what("issuing the admin certificate")?;
+    identity.save(dir).what_with(|| format!("--admin-dir {}", dir.display()))?;
     let (path, partial) = (dir.join(COORDINATOR_ADDR_FILE), dir.join(format!("{COORDINATOR_ADDR_FILE}.part")));
-    std::fs::write(&partial, format!("{coordinator}\n")).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&partial, format!("{coordinator}\n")).what_with(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, &path).what_with(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
 /// Reads what [`write_admin_dir`] wrote: the admin identity and the
 /// coordinator's address.
-pub fn read_admin_dir(dir: &Path) -> anyhow::Result<(Identity, SocketAddr)> {
+pub fn read_admin_dir(dir: &Path) -> Result<(Identity, SocketAddr)> {
     let path = dir.join(COORDINATOR_ADDR_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("reading {} (is the job started with --admin-dir {}?)", path.display(), dir.display())
-    })?;
-    let coordinator = resolve(text.trim()).with_context(|| path.display().to_string())?;
-    let identity = Identity::load(dir, ADMIN_NAME)
-        .with_context(|| format!("{}: the `{ADMIN_NAME}` certificate", dir.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .what_with(|| format!("reading {} (is the job started with --admin-dir {}?)", path.display(), dir.display()))?;
+    let coordinator = resolve(text.trim()).what_with(|| path.display().to_string())?;
+    let identity =
+        Identity::load(dir, ADMIN_NAME).what_with(|| format!("{}: the `{ADMIN_NAME}` certificate", dir.display()))?;
     Ok((identity, coordinator))
 }
 
 /// `HOST:PORT` (a name or an IP address) as a socket address.
-pub fn resolve(text: &str) -> anyhow::Result<SocketAddr> {
-    let mut found = text.to_socket_addrs().with_context(|| format!("`{text}` is not a reachable HOST:PORT"))?;
-    found.next().with_context(|| format!("`{text}` resolves to no address"))
+pub fn resolve(text: &str) -> Result<SocketAddr> {
+    let mut found = text.to_socket_addrs().what_with(|| format!("`{text}` is not a reachable HOST:PORT"))?;
+    found.next().what_with(|| format!("`{text}` resolves to no address"))
 }

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use super::error::{refuse as bail, Context, Result};
 use baton_transport::{Node, PeerId};
 
 /// Overrides the measured bandwidth, in bytes per second (tests, and paths
@@ -30,7 +30,7 @@ pub struct ShipBudget {
 
 impl ShipBudget {
     /// The budget of a worker told at `noticed` that it has `grace` left.
-    pub fn new(noticed: Instant, grace: Duration) -> anyhow::Result<ShipBudget> {
+    pub fn new(noticed: Instant, grace: Duration) -> Result<ShipBudget> {
         Ok(ShipBudget { deadline: noticed + grace, fixed_bandwidth: bandwidth_from_env()? })
     }
 
@@ -55,13 +55,15 @@ fn measured_bandwidth(node: &Node, peers: impl Iterator<Item = PeerId>) -> f64 {
 }
 
 /// The bandwidth set in [`BANDWIDTH_ENV`], if any; a malformed value is an error.
-pub fn bandwidth_from_env() -> anyhow::Result<Option<f64>> {
+pub fn bandwidth_from_env() -> Result<Option<f64>> {
     std::env::var(BANDWIDTH_ENV).ok().map(|text| parse_bandwidth(&text)).transpose()
 }
 
-fn parse_bandwidth(text: &str) -> anyhow::Result<f64> {
-    let value: f64 = text.trim().parse().with_context(|| format!("{BANDWIDTH_ENV}={text}: not a number"))?;
-    anyhow::ensure!(value.is_finite() && value > 0.0, "{BANDWIDTH_ENV}={text}: must be a positive number of bytes/s");
+fn parse_bandwidth(text: &str) -> Result<f64> {
+    let value: f64 = text.trim().parse().what_with(|| format!("{BANDWIDTH_ENV}={text}: not a number"))?;
+    if !(value.is_finite() && value > 0.0) {
+        bail!("{BANDWIDTH_ENV}={text}: must be a positive number of bytes/s");
+    }
     Ok(value)
 }
 

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use super::error::{bail, Context, Error, Result};
 use baton_engine::pipeline::coordinator::{CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::{self, Message};
 use baton_transport::frame::Frame;
@@ -23,7 +23,7 @@ pub struct CoordinatorOptions<'a> {
     /// exit before the job ends fails the job at once.
     pub children: &'a mut Vec<Child>,
     /// Starts the process of a joining worker (local launches only).
-    pub spawn: Option<&'a mut dyn FnMut(u32) -> anyhow::Result<Child>>,
+    pub spawn: Option<&'a mut dyn FnMut(u32) -> Result<Child>>,
 }
 
 /// Who is who: transport peers and worker numbers.
@@ -47,7 +47,7 @@ enum Inbound {
 }
 
 /// Runs `plan` on `node` until the job is done or fails.
-pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptions<'_>) -> anyhow::Result<JobOutcome> {
+pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptions<'_>) -> Result<JobOutcome> {
     let start = Instant::now();
     super::lifetime::install()?;
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
@@ -97,7 +97,7 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
 
 /// A signal stops the job: the final-checkpoint hook, then every worker is
 /// told to abort (best effort: the caller closes the connections next).
-fn stop(node: &Node, roster: &Roster, coordinator: &mut Coordinator, signal: i32, now: Duration) -> anyhow::Error {
+fn stop(node: &Node, roster: &Roster, coordinator: &mut Coordinator, signal: i32, now: Duration) -> Error {
     let checkpoint = super::lifetime::final_checkpoint();
     let interrupted = super::lifetime::Interrupted { signal, checkpoint };
     let reason = format!("the coordinator was {interrupted}");
@@ -106,12 +106,12 @@ fn stop(node: &Node, roster: &Roster, coordinator: &mut Coordinator, signal: i32
             deliver(node, roster, worker, &message).ok();
         }
     }
-    anyhow::Error::new(interrupted)
+    Error::Interrupted(interrupted)
 }
 
 /// Turns a transport event into coordinator events or an admin request.
 /// A peer that is neither a worker nor the admin is disconnected at once.
-fn on_event(node: &Node, event: Event, roster: &mut Roster) -> anyhow::Result<Inbound> {
+fn on_event(node: &Node, event: Event, roster: &mut Roster) -> Result<Inbound> {
     Ok(match event {
         Event::Connected { peer, name, .. } => {
             if name == ADMIN_NAME {
@@ -136,13 +136,13 @@ fn on_event(node: &Node, event: Event, roster: &mut Roster) -> anyhow::Result<In
 }
 
 /// A frame from a worker (or a refused peer's, still in flight: ignored).
-fn on_message(node: &Node, peer: PeerId, bytes: &Frame, roster: &mut Roster) -> anyhow::Result<Vec<CoordEvent>> {
+fn on_message(node: &Node, peer: PeerId, bytes: &Frame, roster: &mut Roster) -> Result<Vec<CoordEvent>> {
     let name = roster.names.get(&peer).map_or("", String::as_str);
     if worker_id(name).is_none() {
         tracing::warn!(%peer, name, "ignoring a frame from a refused peer");
         return Ok(Vec::new());
     }
-    let message = protocol::decode(bytes).with_context(|| format!("a frame from {peer}"))?;
+    let message = protocol::decode(bytes).what_with(|| format!("a frame from {peer}"))?;
     if let Message::Register { worker, .. } = &message {
         tracing::info!(worker, %peer, "worker registered");
         check_claim(name, *worker)?;
@@ -165,7 +165,7 @@ fn on_message(node: &Node, peer: PeerId, bytes: &Frame, roster: &mut Roster) -> 
     }
 }
 
-fn deliver(node: &Node, roster: &Roster, worker: u32, message: &Message) -> anyhow::Result<()> {
+fn deliver(node: &Node, roster: &Roster, worker: u32, message: &Message) -> Result<()> {
     let peer = roster.peer_of.get(&worker).copied();
     if let Message::Abort { .. } = message {
         // Best effort: the worker may be the one that is gone.
@@ -174,8 +174,8 @@ fn deliver(node: &Node, roster: &Roster, worker: u32, message: &Message) -> anyh
         }
         return Ok(());
     }
-    let peer = peer.with_context(|| format!("worker {worker} is not connected"))?;
-    send(node, peer, message).with_context(|| format!("sending {} to worker {worker}", message.kind()))
+    let peer = peer.what_with(|| format!("worker {worker} is not connected"))?;
+    send(node, peer, message).what_with(|| format!("sending {} to worker {worker}", message.kind()))
 }
 
 /// Kills launched workers whose notice's grace ran out, whatever they are
@@ -210,7 +210,7 @@ fn exited_child(children: &mut [Child]) -> Option<CoordEvent> {
 
 /// Checks that a registering peer's certificate name matches the worker
 /// number it claims, so one worker cannot pose as another.
-fn check_claim(cert_name: &str, claimed: u32) -> anyhow::Result<()> {
+fn check_claim(cert_name: &str, claimed: u32) -> Result<()> {
     match worker_id(cert_name) {
         Some(id) if id == claimed => Ok(()),
         _ => bail!("a peer with the certificate of `{cert_name}` claims to be worker {claimed}"),

@@ -6,7 +6,7 @@
 //! coordinator retires it), so the launcher's SIGKILL at the end of its
 //! grace is what ends it.
 
-use anyhow::{bail, Context};
+use super::error::{refuse as bail, Context, Result};
 
 /// Environment variable read by worker processes.
 pub const FAULT_ENV: &str = "BATON_FAULT";
@@ -21,10 +21,10 @@ pub struct Crash {
 
 impl Crash {
     /// The crash planned for `worker` in the environment, if any.
-    pub fn from_env(worker: u32) -> anyhow::Result<Option<Crash>> {
+    pub fn from_env(worker: u32) -> Result<Option<Crash>> {
         match std::env::var(FAULT_ENV) {
             Ok(text) => {
-                Ok(Some(parse(&text).with_context(|| format!("{FAULT_ENV}={text}"))?).filter(|c| c.worker == worker))
+                Ok(Some(parse(&text).what_with(|| format!("{FAULT_ENV}={text}"))?).filter(|c| c.worker == worker))
             }
             Err(_) => Ok(None),
         }
@@ -41,7 +41,7 @@ impl Crash {
     }
 }
 
-fn parse(text: &str) -> anyhow::Result<Crash> {
+fn parse(text: &str) -> Result<Crash> {
     if text.starts_with("hang-after-ship:") {
         return Ok(Crash { worker: u32::MAX, step: 0, actions: 0 });
     }
@@ -50,8 +50,8 @@ fn parse(text: &str) -> anyhow::Result<Crash> {
     };
     let mut crash = Crash { worker: u32::MAX, step: 0, actions: 0 };
     for pair in args.split(',') {
-        let (key, value) = pair.split_once('=').with_context(|| format!("`{pair}` is not key=value"))?;
-        let value: u32 = value.parse().with_context(|| format!("`{key}` must be a number"))?;
+        let (key, value) = pair.split_once('=').what_with(|| format!("`{pair}` is not key=value"))?;
+        let value: u32 = value.parse().what_with(|| format!("`{key}` must be a number"))?;
         match key {
             "worker" => crash.worker = value,
             "step" => crash.step = value,

@@ -13,7 +13,7 @@
 use std::io::{BufRead, Read, Write};
 use std::process::Child;
 
-use anyhow::{bail, Context};
+use super::error::{bail, Context, Result};
 use baton_transport::pki::BUNDLE_END;
 use baton_transport::Identity;
 
@@ -22,22 +22,22 @@ pub const ORPHANED_EXIT: i32 = 3;
 
 /// Writes `identity` into `child`'s stdin (which must be piped), leaving
 /// the pipe open: the child exits when it closes.
-pub fn send_identity(child: &mut Child, identity: &Identity) -> anyhow::Result<()> {
-    let stdin = child.stdin.as_mut().context("the worker's stdin is not a pipe")?;
-    stdin.write_all(identity.to_bundle().as_bytes()).context("handing the worker its identity through its stdin")?;
-    stdin.flush().context("handing the worker its identity through its stdin")
+pub fn send_identity(child: &mut Child, identity: &Identity) -> Result<()> {
+    let stdin = child.stdin.as_mut().what("the worker's stdin is not a pipe")?;
+    stdin.write_all(identity.to_bundle().as_bytes()).what("handing the worker its identity through its stdin")?;
+    stdin.flush().what("handing the worker its identity through its stdin")
 }
 
 /// Reads this worker's identity from stdin (written by [`send_identity`]),
 /// then watches stdin on a thread of its own: once it closes, the process
 /// that started this worker is gone, and this process exits with status
 /// [`ORPHANED_EXIT`] after saying so.
-pub fn receive_identity(who: &str) -> anyhow::Result<Identity> {
+pub fn receive_identity(who: &str) -> Result<Identity> {
     let mut stdin = std::io::BufReader::new(std::io::stdin());
     let mut text = String::new();
     loop {
         let mut line = String::new();
-        let n = stdin.read_line(&mut line).context("reading this worker's identity from stdin")?;
+        let n = stdin.read_line(&mut line).what("reading this worker's identity from stdin")?;
         if n == 0 {
             bail!("stdin ended before the identity bundle did (--identity-stdin is for workers that `baton train` starts)");
         }
@@ -46,7 +46,7 @@ pub fn receive_identity(who: &str) -> anyhow::Result<Identity> {
             break;
         }
     }
-    let identity = Identity::from_bundle(&text).context("the identity bundle on stdin")?;
+    let identity = Identity::from_bundle(&text).what("the identity bundle on stdin")?;
     let who = who.to_string();
     std::thread::Builder::new()
         .name("launcher-watch".into())
@@ -57,6 +57,6 @@ pub fn receive_identity(who: &str) -> anyhow::Result<Identity> {
             eprintln!("{who}: the coordinator that started it is gone (its pipe closed): exiting");
             std::process::exit(ORPHANED_EXIT);
         })
-        .context("starting the thread that watches the launcher")?;
+        .what("starting the thread that watches the launcher")?;
     Ok(identity)
 }

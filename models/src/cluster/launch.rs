@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use super::error::{Context, Error, Result};
 use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan, MigrationRecord};
 use baton_engine::Device;
 use baton_kernels::Isa;
@@ -37,7 +37,7 @@ pub struct LocalJob<'a> {
 /// Runs `job` with `job.plan.workers` worker processes and returns the outcome.
 /// Worker processes are killed if anything fails. Workers compute on their
 /// default device (the CPU).
-pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
+pub fn launch_local(job: LocalJob<'_>) -> Result<JobOutcome> {
     launch_local_on(job, &[])
 }
 
@@ -46,14 +46,15 @@ pub fn launch_local(job: LocalJob<'_>) -> anyhow::Result<JobOutcome> {
 /// leaves each worker its default. The caller checks the count and that
 /// the devices can be opened ([`launch_local`] cannot tell which failure
 /// of a worker process was its device).
-pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> anyhow::Result<JobOutcome> {
+pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> Result<JobOutcome> {
     // Before any worker starts: from here on a Ctrl-C stops the job in order.
     super::lifetime::install()?;
     // The CA lives in this process only: each worker gets its identity
     // through its stdin (see [`super::handoff`]), so no key is on disk.
-    let ca = ClusterCa::generate("baton-local").context("creating an ephemeral certificate authority")?;
-    let node = Node::start("127.0.0.1:0".parse()?, ca.issue(COORDINATOR_NAME)?, net_config())
-        .context("starting the coordinator's endpoint")?;
+    let ca = ClusterCa::generate("baton-local").what("creating an ephemeral certificate authority")?;
+    let node =
+        Node::start("127.0.0.1:0".parse().what("the loopback address")?, ca.issue(COORDINATOR_NAME)?, net_config())
+            .what("starting the coordinator's endpoint")?;
     let coordinator = node.local_addr().to_string();
     if let Some(admin_dir) = job.admin_dir {
         super::admin::write_admin_dir(&ca, node.local_addr(), admin_dir)?;
@@ -121,13 +122,13 @@ fn worker_command(exe: &Path, coordinator: &str, (w, device): (u32, Option<Devic
 }
 
 /// Starts `command` (worker `w`) and hands it its identity on stdin.
-fn spawn_worker(mut command: Command, exe: &Path, ca: &ClusterCa, w: u32) -> anyhow::Result<Child> {
-    let identity = ca.issue(&worker_name(w)).with_context(|| format!("issuing worker {w}'s certificate"))?;
-    let mut child = command.spawn().with_context(|| format!("starting worker {w} ({})", exe.display()))?;
+fn spawn_worker(mut command: Command, exe: &Path, ca: &ClusterCa, w: u32) -> Result<Child> {
+    let identity = ca.issue(&worker_name(w)).what_with(|| format!("issuing worker {w}'s certificate"))?;
+    let mut child = command.spawn().what_with(|| format!("starting worker {w} ({})", exe.display()))?;
     if let Err(e) = super::handoff::send_identity(&mut child, &identity) {
         drop(child.kill());
         drop(child.wait());
-        return Err(e.context(format!("worker {w}")));
+        return Err(Error::Context { what: format!("worker {w}"), source: Box::new(e) });
     }
     Ok(child)
 }

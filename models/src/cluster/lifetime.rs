@@ -6,20 +6,22 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use super::error::Result;
+
 /// The signal that asked the coordinator to stop, once one did.
 static STOP: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
 
 /// Installs the SIGINT and SIGTERM handlers of a coordinator process
 /// (once; later calls do nothing). After this, the first such signal only
 /// sets a flag that [`stop_signal`] reads; the second exits at once.
-pub fn install() -> anyhow::Result<()> {
+pub fn install() -> Result<()> {
     if STOP.get().is_some() {
         return Ok(());
     }
     let flag = Arc::new(AtomicUsize::new(0));
     #[cfg(unix)]
     {
-        use anyhow::Context;
+        use super::error::Context;
         use signal_hook::consts::{SIGINT, SIGTERM};
         // One flag for both signals, each conditional shutdown registered
         // before the flag's setter: it sees the flag as the previous signal
@@ -28,9 +30,9 @@ pub fn install() -> anyhow::Result<()> {
         for signal in [SIGINT, SIGTERM] {
             let installing = || format!("installing the coordinator's handler of signal {signal}");
             signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, stopping.clone())
-                .with_context(installing)?;
-            signal_hook::flag::register(signal, stopping.clone()).with_context(installing)?;
-            signal_hook::flag::register_usize(signal, flag.clone(), signal as usize).with_context(installing)?;
+                .what_with(installing)?;
+            signal_hook::flag::register(signal, stopping.clone()).what_with(installing)?;
+            signal_hook::flag::register_usize(signal, flag.clone(), signal as usize).what_with(installing)?;
         }
     }
     let _ = STOP.set(flag);

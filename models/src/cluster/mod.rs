@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod budget;
 mod coordinator;
+pub mod error;
 pub mod fault;
 pub mod handoff;
 mod launch;
@@ -20,6 +21,7 @@ use baton_engine::pipeline::protocol::{self, Message};
 use baton_transport::{Lane, NetConfig, Node, PeerId};
 
 pub use coordinator::{run_coordinator, CoordinatorOptions};
+pub use error::{Error, Result};
 pub use launch::{launch_local, launch_local_on, LocalJob};
 pub use worker::{run_worker, WorkerOptions};
 
@@ -53,20 +55,20 @@ pub fn net_config() -> NetConfig {
 
 /// One message as a transport frame: archived into a buffer sized (and,
 /// when large, backed by huge pages) up front, handed over without a copy.
-pub fn frame_of(message: &Message) -> anyhow::Result<bytes::Bytes> {
+pub fn frame_of(message: &Message) -> Result<bytes::Bytes> {
     let buffer = baton_transport::frame::receive_buffer(protocol::size_hint(message));
     Ok(bytes::Bytes::from_owner(protocol::encode_in(message, buffer)?))
 }
 
 /// Encodes `message` and queues it to `peer` on the lane its size calls for.
-fn send(node: &Node, peer: PeerId, message: &Message) -> anyhow::Result<()> {
+fn send(node: &Node, peer: PeerId, message: &Message) -> Result<()> {
     let lane = if message.is_bulk() { Lane::Bulk } else { Lane::Control };
     node.send(peer, lane, frame_of(message)?)?;
     Ok(())
 }
 
 /// Like [`send`] but waits until the peer received it (for the last message).
-fn send_wait(node: &Node, peer: PeerId, message: &Message) -> anyhow::Result<()> {
+fn send_wait(node: &Node, peer: PeerId, message: &Message) -> Result<()> {
     node.send_wait(peer, Lane::Bulk, frame_of(message)?)?;
     Ok(())
 }

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use super::error::{ensure, Context, Error};
 use crossbeam_channel::{Receiver, Sender};
 use serde::Deserialize;
 use time::format_description::well_known::{Rfc2822, Rfc3339};
@@ -72,7 +72,7 @@ impl Default for NoticeConfig {
 
 /// Starts every source `config` names and returns the channel they share.
 /// Each message is one notice's grace in milliseconds.
-pub fn spawn_sources(config: &NoticeConfig) -> anyhow::Result<Receiver<u64>> {
+pub fn spawn_sources(config: &NoticeConfig) -> super::Result<Receiver<u64>> {
     let (tx, rx) = crossbeam_channel::unbounded();
     if config.sigterm {
         watch_sigterm(config.grace, tx.clone())?;
@@ -85,7 +85,7 @@ pub fn spawn_sources(config: &NoticeConfig) -> anyhow::Result<Receiver<u64>> {
             std::thread::Builder::new()
                 .name(format!("notice-{}", cloud.name()))
                 .spawn(move || poller.run(every, &tx))
-                .with_context(|| format!("starting the {} metadata poller", cloud.name()))?;
+                .what_with(|| format!("starting the {} metadata poller", cloud.name()))?;
         }
     }
     Ok(rx)
@@ -96,9 +96,9 @@ pub fn spawn_sources(config: &NoticeConfig) -> anyhow::Result<Receiver<u64>> {
 /// (the SIGKILL at the end of the grace is what ends it). The handler is
 /// installed before this returns, so a SIGTERM after that never kills.
 #[cfg(unix)]
-pub fn watch_sigterm(grace: Duration, tx: Sender<u64>) -> anyhow::Result<()> {
+pub fn watch_sigterm(grace: Duration, tx: Sender<u64>) -> super::Result<()> {
     use signal_hook::consts::SIGTERM;
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM]).context("installing the SIGTERM handler")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM]).what("installing the SIGTERM handler")?;
     let grace_ms = millis(grace);
     std::thread::Builder::new()
         .name("notice-sigterm".into())
@@ -113,13 +113,13 @@ pub fn watch_sigterm(grace: Duration, tx: Sender<u64>) -> anyhow::Result<()> {
                 tx.send(grace_ms).ok();
             }
         })
-        .context("starting the SIGTERM watcher")?;
+        .what("starting the SIGTERM watcher")?;
     Ok(())
 }
 
 /// Signals are a Unix notion: elsewhere only the metadata pollers exist.
 #[cfg(not(unix))]
-pub fn watch_sigterm(_grace: Duration, _tx: Sender<u64>) -> anyhow::Result<()> {
+pub fn watch_sigterm(_grace: Duration, _tx: Sender<u64>) -> super::Result<()> {
     tracing::warn!("SIGTERM notices need a Unix system; only metadata pollers run here");
     Ok(())
 }
@@ -167,11 +167,11 @@ struct Poller {
 }
 
 impl Poller {
-    fn new(cloud: Cloud, base: &str) -> anyhow::Result<Poller> {
+    fn new(cloud: Cloud, base: &str) -> super::Result<Poller> {
         let base = base.trim_end_matches('/').to_string();
         let what = || format!("{} metadata URL `{base}`", cloud.name());
         ensure!(base.starts_with("http://"), "{}: must start with http:// (metadata services are plain HTTP)", what());
-        base.parse::<ureq::http::Uri>().with_context(what)?;
+        base.parse::<ureq::http::Uri>().map_err(|e| Error::Config(format!("{}: {e}", what())))?;
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(REQUEST_TIMEOUT))
             .http_status_as_error(false)

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Context;
+use super::error::{Context, Result};
 use baton_engine::pipeline::protocol::Span;
 use serde_json::{json, Value};
 
@@ -27,9 +27,9 @@ pub fn chrome_trace(spans: &BTreeMap<u32, Vec<Span>>) -> Value {
 }
 
 /// Writes [`chrome_trace`] to `path`.
-pub fn write_chrome_trace(path: &Path, spans: &BTreeMap<u32, Vec<Span>>) -> anyhow::Result<()> {
-    let text = serde_json::to_string(&chrome_trace(spans))?;
-    std::fs::write(path, text).with_context(|| format!("writing the timeline {}", path.display()))
+pub fn write_chrome_trace(path: &Path, spans: &BTreeMap<u32, Vec<Span>>) -> Result<()> {
+    let text = serde_json::to_string(&chrome_trace(spans)).what("encoding the timeline")?;
+    std::fs::write(path, text).what_with(|| format!("writing the timeline {}", path.display()))
 }
 
 /// Colour of a span category in the SVG picture.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use super::error::{bail, Context, Error, Result};
 use baton_engine::pipeline::protocol::{self, Message, Span, PROTOCOL_VERSION};
 use baton_engine::pipeline::worker::{Dest, Out, Worker};
 use baton_engine::pipeline::Work;
@@ -54,13 +54,13 @@ struct Links {
 /// Opens `options.device` first (so a missing GPU fails before anything is
 /// sent) and makes it the process's default backend: the stage runs forward,
 /// backward and updates there, whatever device recorded a segment it adopts.
-pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
-    let backend = Backend::open(options.device).with_context(|| format!("--device {}", options.device))?;
+pub fn run_worker(node: &Node, options: WorkerOptions) -> Result<()> {
+    let backend = Backend::open(options.device).what_with(|| format!("--device {}", options.device))?;
     device::set_process_default(backend.clone())?;
     tracing::info!(worker = options.id, device = %backend.describe(), "computing on");
     let (coordinator, name) = node
         .connect(options.coordinator)
-        .with_context(|| format!("connecting to the coordinator at {}", options.coordinator))?;
+        .what_with(|| format!("connecting to the coordinator at {}", options.coordinator))?;
     if name != COORDINATOR_NAME {
         bail!("{} holds the certificate of `{name}`, not the coordinator's", options.coordinator);
     }
@@ -95,7 +95,7 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> anyhow::Result<()> {
     result
 }
 
-fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver<u64>) -> anyhow::Result<()> {
+fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver<u64>) -> Result<()> {
     loop {
         if let Ok(grace_ms) = notices.try_recv() {
             on_notice(node, worker, links, grace_ms)?;
@@ -111,7 +111,7 @@ fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver
             continue;
         }
         let event = crossbeam_channel::select! {
-            recv(node.events()) -> event => event.map_err(|_| anyhow::anyhow!("the transport stopped"))?,
+            recv(node.events()) -> event => event.map_err(|_| Error::Job("the transport stopped".into()))?,
             recv(notices) -> grace => {
                 if let Ok(grace_ms) = grace {
                     on_notice(node, worker, links, grace_ms)?;
@@ -127,7 +127,7 @@ fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver
 }
 
 /// A notice from outside: the worker stops at this action boundary.
-fn on_notice(node: &Node, worker: &mut Worker, links: &mut Links, grace_ms: u64) -> anyhow::Result<()> {
+fn on_notice(node: &Node, worker: &mut Worker, links: &mut Links, grace_ms: u64) -> Result<()> {
     tracing::warn!(worker = worker.id, grace_ms, "preemption notice");
     let outs = worker.notice(grace_ms);
     execute(node, worker, links, outs).map(drop)
@@ -148,7 +148,7 @@ fn linger(node: &Node, links: &Links) {
 }
 
 /// Handles one transport event; true when the job is over for this worker.
-fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -> anyhow::Result<bool> {
+fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -> Result<bool> {
     match event {
         Event::Connected { peer, name, .. } => {
             match worker_id(&name) {
@@ -170,7 +170,7 @@ fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -
         }
         Event::Message { peer, bytes, .. } => {
             let mut start = links.clock.elapsed();
-            let message = protocol::decode(&bytes).with_context(|| format!("a frame from {}", who(links, peer)))?;
+            let message = protocol::decode(&bytes).what_with(|| format!("a frame from {}", who(links, peer)))?;
             let kind = message.kind();
             tracing::debug!(worker = worker.id, from = %who(links, peer), kind, "received");
             if kind == "assign" {
@@ -210,7 +210,7 @@ fn refuse(node: &Node, me: u32, peer: PeerId, what: &str) {
 }
 
 /// Carries out a worker's outputs; true once it said `Exit`.
-fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) -> anyhow::Result<bool> {
+fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) -> Result<bool> {
     for out in outs {
         match out {
             Out::Send { to: Dest::Coordinator, message } if matches!(message, Message::Final { .. }) => {
@@ -229,9 +229,9 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
             Out::Connect(placements) => {
                 for p in placements {
                     let addr: SocketAddr =
-                        p.address.parse().with_context(|| format!("worker {}'s address `{}`", p.worker, p.address))?;
+                        p.address.parse().what_with(|| format!("worker {}'s address `{}`", p.worker, p.address))?;
                     let (peer, _) =
-                        node.connect(addr).with_context(|| format!("connecting to worker {} at {addr}", p.worker))?;
+                        node.connect(addr).what_with(|| format!("connecting to worker {} at {addr}", p.worker))?;
                     links.peers.insert(p.worker, peer);
                     links.workers.insert(peer, p.worker);
                 }
@@ -255,7 +255,7 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                     deliveries.push((to, node.send_tracked(peer, Lane::Bulk, frame_of(&message)?)?));
                 }
                 for (to, delivery) in deliveries {
-                    delivery.wait().with_context(|| format!("handing layers to worker {to}"))?;
+                    delivery.wait().what_with(|| format!("handing layers to worker {to}"))?;
                 }
                 let shipped = links.clock.elapsed();
                 push_span(worker, format!("ship g{generation}"), "send", start, shipped);
@@ -290,15 +290,15 @@ fn count(links: &mut Links, work: Work, step: u32) {
     }
 }
 
-fn destination(links: &Links, to: Dest) -> anyhow::Result<PeerId> {
+fn destination(links: &Links, to: Dest) -> Result<PeerId> {
     match to {
         Dest::Coordinator => Ok(links.coordinator),
-        Dest::Worker(id) => links.peers.get(&id).copied().with_context(|| format!("worker {id} is not connected")),
+        Dest::Worker(id) => links.peers.get(&id).copied().what_with(|| format!("worker {id} is not connected")),
     }
 }
 
 /// Sends `Ready` once every peer of the assignment is connected.
-fn maybe_ready(node: &Node, worker: &Worker, links: &mut Links) -> anyhow::Result<()> {
+fn maybe_ready(node: &Node, worker: &Worker, links: &mut Links) -> Result<()> {
     let peers = worker.peers();
     if links.ready_sent || !worker.assigned() || !peers.iter().all(|p| links.peers.contains_key(p)) {
         return Ok(());
