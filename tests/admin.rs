@@ -7,10 +7,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use baton_engine::pipeline::protocol::{self, Message};
@@ -18,7 +16,7 @@ use baton_engine::{ParamStore, Tensor};
 use baton_models::cluster::{self, admin::COORDINATOR_ADDR_FILE};
 use baton_models::io;
 use baton_transport::{ClusterCa, Event, Lane, Node};
-use common::{baton, bit_identical, run_baton_ok, run_baton_ok_owned, run_with_watchdog, Golden};
+use common::{baton, bit_identical, run_baton_ok, run_baton_ok_owned, run_with_watchdog, Golden, Proc};
 use serde_json::Value;
 
 /// How often the golden data is repeated: 6 x 200 = 1200 steps, several
@@ -26,61 +24,9 @@ use serde_json::Value;
 const REPEATS: usize = 200;
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// A `baton` process whose stderr is read line by line; killed if the test fails.
-struct Job {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-impl Job {
-    fn start(cmd: &mut Command) -> Job {
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || BufReader::new(pipe).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
-        Job { child, lines, seen: Vec::new() }
-    }
-
-    /// Waits (at most [`LIMIT`]) for a stderr line starting with `prefix`.
-    fn wait_for_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.starts_with(prefix) => {
-                    self.seen.push(line.clone());
-                    return line;
-                }
-                Ok(line) => self.seen.push(line),
-                Err(e) => panic!("no `{prefix}` on stderr ({e}):\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    /// Waits for the process to exit, checks it succeeded, returns its stderr.
-    fn finish(mut self) -> String {
-        let deadline = Instant::now() + LIMIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "the job ran over {LIMIT:?}:\n{}", self.seen.join("\n"));
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
-            self.seen.push(line);
-        }
-        let stderr = self.seen.join("\n");
-        assert!(status.success(), "the job failed ({status}):\n{stderr}");
-        stderr
-    }
+/// A `baton` process whose stderr this test reads; waits at most [`LIMIT`].
+fn start(cmd: &mut Command) -> Proc {
+    Proc::start(cmd, LIMIT)
 }
 
 /// Runs `baton preempt` with `args` (watchdog 60 s).
@@ -131,16 +77,16 @@ impl LongGolden {
     }
 
     /// A 3-worker job with `--admin-dir admin` and a report, running.
-    fn start(&self, dir: &Path, admin: &Path) -> Job {
+    fn start(&self, dir: &Path, admin: &Path) -> Proc {
         let mut args = self.train_args(&dir.join("out.safetensors"));
         args.extend(["--workers", "3", "--threads", "1", "--admin-dir", admin.to_str().unwrap()].map(String::from));
         args.extend(["--report".into(), dir.join("report.json").to_str().unwrap().into()]);
-        let mut job = Job::start(baton().args(&args));
-        let line = job.wait_for_line("admin identity written to ");
+        let mut job = start(baton().args(&args));
+        let line = job.wait_for_prefix("admin identity written to ");
         assert!(line.contains("baton preempt --admin-dir"), "the line does not say how to preempt: {line}");
         assert!(admin.join(COORDINATOR_ADDR_FILE).exists(), "{line}");
         // Preempts are for running training: wait until it runs.
-        job.wait_for_line("step 3/");
+        job.wait_for_prefix("step 3/");
         job
     }
 }
@@ -165,7 +111,7 @@ fn report(dir: &Path) -> Value {
 fn an_admin_preempts_a_worker_of_a_local_job() {
     let dir = tempfile::tempdir().unwrap();
     let (run, admin) = (LongGolden::new(dir.path()), dir.path().join("admin"));
-    let job = run.start(dir.path(), &admin);
+    let mut job = run.start(dir.path(), &admin);
     let out = preempt(&["--admin-dir", admin.to_str().unwrap(), "--worker", "1", "--grace", "60s"]);
     // A refusal because training already finished fails here, naming why.
     assert!(out.status.success(), "baton preempt failed:\n{}", text(&out.stderr));
@@ -194,7 +140,7 @@ fn an_admin_preempts_a_worker_of_a_local_job() {
 fn preempting_a_worker_that_does_not_exist_is_refused_and_the_job_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let (run, admin) = (LongGolden::new(dir.path()), dir.path().join("admin"));
-    let job = run.start(dir.path(), &admin);
+    let mut job = run.start(dir.path(), &admin);
     let out = preempt(&["--admin-dir", admin.to_str().unwrap(), "--worker", "7"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "a preempt of worker 7 was accepted:\n{stderr}");
@@ -219,11 +165,11 @@ fn preempt_flags_and_a_missing_admin_dir_are_errors() {
 }
 
 /// `baton cluster init`, `baton coordinator --workers 2` and two `baton
-/// worker`s; returns the coordinator (as a [`Job`]), its address and the workers.
-fn start_cluster(dir: &Path, cluster: &Path) -> (Job, String, Workers) {
+/// worker`s; returns the coordinator (as a [`Proc`]), its address and the workers.
+fn start_cluster(dir: &Path, cluster: &Path) -> (Proc, String, Workers) {
     run_baton_ok(&["cluster", "init", cluster.to_str().unwrap(), "--workers", "2"]);
     assert!(cluster.join("admin.pem").exists(), "cluster init wrote no admin certificate");
-    let mut coordinator = Job::start(
+    let mut coordinator = start(
         baton()
             .args(["coordinator", "--listen", "127.0.0.1:0", "--workers", "2", "--model", "mlp12"])
             .args(["--steps", "1200", "--optimizer", "sgd:lr=0.05", "--cluster-dir"])
@@ -233,7 +179,7 @@ fn start_cluster(dir: &Path, cluster: &Path) -> (Job, String, Workers) {
             .arg("--report")
             .arg(dir.join("report.json")),
     );
-    let line = coordinator.wait_for_line("coordinator listening on ");
+    let line = coordinator.wait_for_prefix("coordinator listening on ");
     let addr = line.trim_start_matches("coordinator listening on ").split(';').next().unwrap().to_string();
     let workers = (0..2)
         .map(|id| {
@@ -247,7 +193,7 @@ fn start_cluster(dir: &Path, cluster: &Path) -> (Job, String, Workers) {
         })
         .collect();
     let workers = Workers(workers);
-    coordinator.wait_for_line("step 3/");
+    coordinator.wait_for_prefix("step 3/");
     (coordinator, addr, workers)
 }
 
@@ -274,7 +220,7 @@ fn intruder_is_disconnected(cluster: &Path, coordinator: &str, name: &str) {
 fn clients_without_the_admin_certificate_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, foreign) = (dir.path().join("cluster"), dir.path().join("foreign"));
-    let (coordinator, addr, mut workers) = start_cluster(dir.path(), &cluster);
+    let (mut coordinator, addr, mut workers) = start_cluster(dir.path(), &cluster);
     // An admin certificate of another CA: TLS refuses it.
     run_baton_ok(&["cluster", "init", foreign.to_str().unwrap(), "--workers", "1"]);
     let out = preempt(&["--coordinator", &addr, "--cluster-dir", foreign.to_str().unwrap(), "--worker", "1"]);

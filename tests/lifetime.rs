@@ -15,84 +15,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_engine::pipeline::protocol::{self, Message};
 use baton_models::{cluster, io};
 use baton_transport::{Event, Identity, Lane, Node};
-use common::{baton, bit_identical, run_baton_ok};
+use common::{baton, bit_identical, run_baton_ok, Proc};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-/// A `baton` process whose stderr is read line by line; killed on drop.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-impl Proc {
-    fn start(cmd: &mut Command) -> Proc {
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || BufReader::new(pipe).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
-        Proc { child, lines, seen: Vec::new() }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Waits (at most [`LIMIT`]) for a stderr line containing `text`.
-    fn wait_for_line(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains(text) => {
-                    self.seen.push(line.clone());
-                    return line;
-                }
-                Ok(line) => self.seen.push(line),
-                Err(e) => panic!("no `{text}` on stderr ({e}):\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    /// Waits at most `limit` for the exit; returns the status and all of stderr.
-    fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, String) {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "still running after {limit:?}:\n{}", self.seen.join("\n"));
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
-            self.seen.push(line);
-        }
-        (status, self.seen.join("\n"))
-    }
-
-    /// Waits for a successful exit and returns stderr.
-    fn finish(&mut self) -> String {
-        let (status, stderr) = self.wait_exit(LIMIT);
-        assert!(status.success(), "failed ({status}):\n{stderr}");
-        stderr
-    }
+/// A `baton` process whose stderr this test reads; waits at most [`LIMIT`].
+fn start(cmd: &mut Command) -> Proc {
+    Proc::start(cmd, LIMIT)
 }
 
 fn signal(pid: i32, signal: i32) {
@@ -160,7 +97,7 @@ fn key_files(dir: &Path) -> Vec<PathBuf> {
 /// `baton train --workers 3` on a long synthetic run, with TMPDIR at `tmp`,
 /// once its training runs.
 fn local_job(dir: &Path, tmp: &Path) -> (Proc, Vec<i32>) {
-    let mut job = Proc::start(
+    let mut job = start(
         baton()
             .args(["train", "--workers", "3", "--threads", "1", "--steps", "5000", "--save"])
             .arg(dir.join("out.safetensors"))
@@ -180,8 +117,7 @@ fn a_sigkilled_local_job_leaves_no_private_key_and_its_workers_exit() {
     let (mut job, workers) = local_job(dir.path(), &tmp);
     assert_eq!(key_files(&tmp), Vec::<PathBuf>::new(), "a running job wrote keys under TMPDIR");
     let killed = Instant::now();
-    job.child.kill().unwrap();
-    job.child.wait().unwrap();
+    job.kill();
     assert_exit_within(&workers, Duration::from_secs(2), "SIGKILL");
     eprintln!("workers gone {:?} after the coordinator's SIGKILL", killed.elapsed());
     assert_eq!(key_files(&tmp), Vec::<PathBuf>::new(), "a private key outlived the job");
@@ -209,7 +145,7 @@ fn sigint_stops_a_local_job_with_a_message_and_its_workers() {
 fn coordinator(dir: &Path, workers: usize, certs: usize, steps: usize) -> (Proc, String) {
     let cluster = dir.join("cluster");
     run_baton_ok(&["cluster", "init", cluster.to_str().unwrap(), "--workers", &certs.to_string()]);
-    let mut coordinator = Proc::start(
+    let mut coordinator = start(
         baton()
             .args(["coordinator", "--listen", "127.0.0.1:0", "--workers", &workers.to_string(), "--model", "mlp12"])
             .args(["--steps", &steps.to_string(), "--optimizer", "sgd:lr=0.05,momentum=0.9", "--cluster-dir"])
@@ -227,7 +163,7 @@ fn coordinator(dir: &Path, workers: usize, certs: usize, steps: usize) -> (Proc,
 /// A hand-started `baton worker --id id` of the cluster in `dir`, once it
 /// listens, and the address it listens on.
 fn worker_at(dir: &Path, addr: &str, id: u32) -> (Proc, String) {
-    let mut worker = Proc::start(
+    let mut worker = start(
         baton()
             .args(["worker", "--coordinator", addr, "--id", &id.to_string(), "--threads", "1", "--cluster-dir"])
             .arg(dir.join("cluster")),
@@ -381,8 +317,7 @@ fn the_workers_of_a_sigkilled_coordinator_exit_after_the_idle_timeout() {
     let (mut coordinator, addr) = coordinator(dir.path(), 2, 2, 5000);
     let mut workers: Vec<Proc> = (0..2).map(|id| worker(dir.path(), &addr, id)).collect();
     coordinator.wait_for_line("step 3/");
-    coordinator.child.kill().unwrap();
-    coordinator.child.wait().unwrap();
+    coordinator.kill();
     let killed = Instant::now();
     let pids: Vec<i32> = workers.iter().map(Proc::pid).collect();
     assert_exit_within(&pids, Duration::from_secs(8), "SIGKILL of `baton coordinator`");

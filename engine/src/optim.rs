@@ -182,10 +182,8 @@ impl Optimizer {
                     return Err(Error::Optimizer(format!("Adam state of {name} must hold two buffers")));
                 };
                 let (p, g, t) = (param.values_mut()?, grad.values()?, state.step + 1);
-                match config {
-                    OptimizerConfig::AdamW(_) => self.backend.adamw_step(p, g, m, v, t, cfg)?,
-                    _ => self.backend.adam_step(p, g, m, v, t, cfg)?,
-                }
+                let decoupled = matches!(config, OptimizerConfig::AdamW(_));
+                self.backend.adam_step(p, g, (m, v), t, cfg, decoupled)?;
             }
         }
         state.step += 1;

@@ -221,3 +221,92 @@ pub fn run_baton_ok(args: &[&str]) -> Output {
     assert!(out.status.success(), "baton {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     out
 }
+
+/// A `baton` process whose stderr is read line by line; killed on drop, so
+/// a failing test leaves nothing running. Every wait is bounded by `limit`.
+pub struct Proc {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    limit: Duration,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Proc {
+    /// Starts `cmd` with stderr piped; waits below take at most `limit`.
+    pub fn start(cmd: &mut Command, limit: Duration) -> Proc {
+        use std::io::BufRead;
+        let cmd = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            std::io::BufReader::new(pipe).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
+        });
+        Proc { child, lines, seen: Vec::new(), limit }
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for a stderr line containing `text` and returns it.
+    pub fn wait_for_line(&mut self, text: &str) -> String {
+        self.wait_until(text, |line| line.contains(text))
+    }
+
+    /// Waits for a stderr line starting with `prefix` and returns it.
+    pub fn wait_for_prefix(&mut self, prefix: &str) -> String {
+        self.wait_until(prefix, |line| line.starts_with(prefix))
+    }
+
+    fn wait_until(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + self.limit;
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if wanted(&line) => {
+                    self.seen.push(line.clone());
+                    return line;
+                }
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!("no `{what}` on stderr ({e}):\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Waits at most `limit` for the exit; returns the status and all of stderr.
+    pub fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running after {limit:?}:\n{}", self.seen.join("\n"));
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            self.seen.push(line);
+        }
+        (status, self.seen.join("\n"))
+    }
+
+    /// Waits (at most the start's `limit`) for a successful exit; returns stderr.
+    pub fn finish(&mut self) -> String {
+        let (status, stderr) = self.wait_exit(self.limit);
+        assert!(status.success(), "failed ({status}):\n{stderr}");
+        stderr
+    }
+}

@@ -250,46 +250,29 @@ impl Backend {
         Ok(())
     }
 
-    /// One Adam update; `step` is 1-based.
+    /// One Adam update, or with `decoupled` one AdamW update (decoupled
+    /// weight decay); `step` is 1-based.
+    #[allow(clippy::too_many_arguments)]
     pub fn adam_step(
         &self,
         param: &mut [f32],
         grad: &[f32],
-        m: &mut [f32],
-        v: &mut [f32],
+        (m, v): (&mut [f32], &mut [f32]),
         step: u64,
         cfg: &AdamConfig,
+        decoupled: bool,
     ) -> Result<()> {
         match &self.inner {
+            Inner::Cpu if decoupled => adamw_step(param, grad, m, v, step, cfg),
             Inner::Cpu => adam_step(param, grad, m, v, step, cfg),
             Inner::Cuda(gpu) => {
                 let (mut p, g) = (gpu.upload(param)?, gpu.upload(grad)?);
                 let (mut mb, mut vb) = (gpu.upload(m)?, gpu.upload(v)?);
-                gpu.adam_step(&mut p, &g, &mut mb, &mut vb, step, cfg)?;
-                download_into(gpu, &p, param)?;
-                download_into(gpu, &mb, m)?;
-                download_into(gpu, &vb, v)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// One AdamW update (decoupled weight decay); `step` is 1-based.
-    pub fn adamw_step(
-        &self,
-        param: &mut [f32],
-        grad: &[f32],
-        m: &mut [f32],
-        v: &mut [f32],
-        step: u64,
-        cfg: &AdamConfig,
-    ) -> Result<()> {
-        match &self.inner {
-            Inner::Cpu => adamw_step(param, grad, m, v, step, cfg),
-            Inner::Cuda(gpu) => {
-                let (mut p, g) = (gpu.upload(param)?, gpu.upload(grad)?);
-                let (mut mb, mut vb) = (gpu.upload(m)?, gpu.upload(v)?);
-                gpu.adamw_step(&mut p, &g, &mut mb, &mut vb, step, cfg)?;
+                if decoupled {
+                    gpu.adamw_step(&mut p, &g, &mut mb, &mut vb, step, cfg)?;
+                } else {
+                    gpu.adam_step(&mut p, &g, &mut mb, &mut vb, step, cfg)?;
+                }
                 download_into(gpu, &p, param)?;
                 download_into(gpu, &mb, m)?;
                 download_into(gpu, &vb, v)?;
