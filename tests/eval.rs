@@ -64,7 +64,9 @@ fn text_on_three_workers_with_a_preemption_and_evaluations_is_bit_identical_to_o
     let out = run_baton_ok(&one.iter().map(String::as_str).collect::<Vec<_>>());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("eval after step 2/4  loss"), "{stderr}");
-    assert!(stderr.contains("step 3/4  loss") && stderr.lines().any(|l| l.starts_with("step 3/4") && l.contains("eval ")));
+    assert!(
+        stderr.contains("step 3/4  loss") && stderr.lines().any(|l| l.starts_with("step 3/4") && l.contains("eval "))
+    );
 
     let mut three = args(dir.path(), "three", s(&train), s(&held_out));
     three.extend(["--workers", "3", "--preempt", "1@2:1,grace=60s"].map(String::from));

@@ -60,7 +60,7 @@ impl Case {
         let (mut losses, mut evals) = (Vec::new(), Vec::new());
         for (s, batch) in data.iter().enumerate() {
             losses.push(trainer.step(s as u32, batch, MICRO).unwrap());
-            if (s as u32 + 1) % EVERY == 0 {
+            if (s as u32 + 1).is_multiple_of(EVERY) {
                 let loss = eval::eval_loss(&trainer.model, &trainer.params, s as u32, &held_out).unwrap();
                 evals.push(EvalPoint { step: s as u32, loss });
             }

@@ -36,7 +36,7 @@ impl EvalPlan {
 
     /// True when an evaluation follows training step `step` (from 0).
     pub fn due_after(&self, step: u32) -> bool {
-        (step as u64 + 1) % self.every as u64 == 0
+        (u64::from(step) + 1).is_multiple_of(u64::from(self.every))
     }
 }
 

@@ -238,9 +238,7 @@ pub fn run_job_with_preempts(
                         CoordEffect::Failed(reason) => {
                             return Err(Error::Aborted { by: "the coordinator".into(), reason })
                         }
-                        CoordEffect::StepFinished { .. }
-                        | CoordEffect::EvalFinished(_)
-                        | CoordEffect::Migrated(_) => {}
+                        CoordEffect::StepFinished { .. } | CoordEffect::EvalFinished(_) | CoordEffect::Migrated(_) => {}
                     }
                 }
             }

@@ -98,7 +98,12 @@ fn file_batches(model: &Model, path: &Path, k: usize) -> anyhow::Result<Vec<Batc
 }
 
 /// The held-out loss in one process after step `step`, when one is due.
-pub fn in_process(plan: Option<&EvalPlan>, model: &Model, params: &ParamStore, step: u32) -> anyhow::Result<Option<EvalPoint>> {
+pub fn in_process(
+    plan: Option<&EvalPlan>,
+    model: &Model,
+    params: &ParamStore,
+    step: u32,
+) -> anyhow::Result<Option<EvalPoint>> {
     let Some(plan) = plan.filter(|p| p.due_after(step)) else { return Ok(None) };
     let loss = baton_engine::eval::eval_loss(model, params, step, &plan.batches)
         .with_context(|| format!("evaluating after step {step}"))?;

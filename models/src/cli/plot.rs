@@ -76,10 +76,8 @@ pub fn svg(title: &str, losses: &[f32], evals: &[EvalPoint]) -> String {
 fn frame(out: &mut String, axes: &Axes) {
     let (left, bottom) = (MARGIN.0, HEIGHT - MARGIN.3);
     let (right, top) = (WIDTH - MARGIN.1, MARGIN.2);
-    let _ = writeln!(
-        out,
-        r#"<path d="M{left} {top} V{bottom} H{right}" fill="none" stroke="black" stroke-width="1"/>"#
-    );
+    let _ =
+        writeln!(out, r#"<path d="M{left} {top} V{bottom} H{right}" fill="none" stroke="black" stroke-width="1"/>"#);
     for v in [axes.low, (axes.low + axes.high) / 2.0, axes.high] {
         let y = axes.y(v);
         let _ = writeln!(out, r#"<text x="{}" y="{:.2}" text-anchor="end">{v:.3}</text>"#, left - 6.0, y + 4.0);

@@ -60,7 +60,10 @@ impl Coordinator {
     /// One held-out batch's loss; the last one ends the evaluation.
     pub(super) fn on_eval_loss(&mut self, worker: u32, step: u32, batch: u32, value: f32) -> Result<Vec<CoordEffect>> {
         let out_of_turn = || {
-            Error::peer(format!("worker {worker}"), format!("its held-out loss {batch} after step {step} arrived out of turn"))
+            Error::peer(
+                format!("worker {worker}"),
+                format!("its held-out loss {batch} after step {step} arrived out of turn"),
+            )
         };
         let Phase::Evaluating { step: current, losses } = &mut self.phase else { return Err(out_of_turn()) };
         let slot = losses.get_mut(batch as usize).filter(|_| *current == step).ok_or_else(out_of_turn)?;
