@@ -147,3 +147,31 @@ fn a_multi_gib_token_file_trains_with_small_peak_rss() {
     let (tiny, huge) = (peak(64 << 10), peak(6 << 30));
     assert!(huge < tiny + 32 * 1024, "peak RSS {huge} KiB with a 6 GiB file, {tiny} KiB with 64 KiB");
 }
+
+/// `--eval-data FILE.safetensors` (the golden mlp12 run's data: its first K
+/// batches are held out) on 2 workers: each evaluation equals the loss the
+/// recording training forward gives the same weights and batches.
+#[test]
+fn safetensors_held_out_data_matches_the_training_forward() {
+    let golden = common::Golden::load("mlp12_sgd", 1e-4);
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("r.json");
+    let mut args = golden.train_args(&dir.path().join("w.safetensors"));
+    let file = s(&golden.path).to_string();
+    args.extend(["--eval-data", &file, "--eval-every", "1", "--eval-batches", "2", "--workers", "2"].map(String::from));
+    args.extend(["--report".to_string(), s(&report_path).to_string()]);
+    common::run_baton_ok_owned(&args);
+    let evals = report(&report_path)["eval"].as_array().unwrap().clone();
+    assert_eq!(evals.len(), golden.steps, "one evaluation after every step");
+    let model = baton_models::spec::parse(&golden.spec).unwrap();
+    let optimizer = baton_engine::Optimizer::new(golden.optimizer);
+    let mut trainer = baton_engine::Trainer::new(model, golden.params.clone(), optimizer).unwrap();
+    for (step, batch) in golden.data.iter().enumerate() {
+        trainer.step(step as u32, batch, golden.micro_batches).unwrap();
+        let losses: Vec<f32> = golden.data[..2].iter().map(|b| trainer.gradients(0, b, 1).unwrap().0).collect();
+        let expected = losses.iter().sum::<f32>() / 2.0;
+        assert_eq!(evals[step]["step"].as_u64(), Some(step as u64));
+        let got = evals[step]["loss"].as_f64().unwrap() as f32;
+        assert_eq!(got.to_bits(), expected.to_bits(), "after step {step}: {got} != {expected}");
+    }
+}
