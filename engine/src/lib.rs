@@ -17,6 +17,7 @@ pub mod backward;
 pub mod clip;
 pub mod device;
 mod error;
+pub mod eval;
 pub mod id;
 pub mod init;
 pub mod lr_schedule;

@@ -27,6 +27,8 @@ pub struct Recorder<'p> {
     backend: Backend,
     seed: u64,
     input_meta: (Vec<usize>, crate::DType),
+    /// Evaluation (PyTorch's `model.eval()`): dropout is the identity.
+    inference: bool,
 }
 
 impl<'p> Recorder<'p> {
@@ -59,6 +61,7 @@ impl<'p> Recorder<'p> {
             backend,
             seed: 0,
             input_meta,
+            inference: false,
         }
     }
 
@@ -66,6 +69,18 @@ impl<'p> Recorder<'p> {
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
+    }
+
+    /// The same recorder in evaluation mode: dropout passes its input
+    /// through unchanged, as in PyTorch's `model.eval()`.
+    pub fn with_inference(mut self, inference: bool) -> Self {
+        self.inference = inference;
+        self
+    }
+
+    /// True in evaluation mode ([`Recorder::with_inference`]).
+    pub fn inference(&self) -> bool {
+        self.inference
     }
 
     /// The run's seed.

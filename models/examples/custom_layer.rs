@@ -113,6 +113,7 @@ pub fn run() -> anyhow::Result<Run> {
         ship_bf16: false,
         clip_grad_norm: None,
         seed: 0,
+        eval: None,
     };
     let exe = std::env::current_exe()?;
     let mut on_step = |step: u32, loss: f32| println!("step {step}: loss {loss:.6}");
@@ -124,6 +125,7 @@ pub fn run() -> anyhow::Result<Run> {
         exe: &exe,
         threads_per_worker: 1,
         on_step: &mut on_step,
+        on_eval: None,
         on_migration: &mut on_migration,
         admin_dir: None,
         kernel_isas: Vec::new(),

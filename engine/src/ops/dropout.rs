@@ -34,9 +34,13 @@ fn check_p(p: f32) -> Result<()> {
 }
 
 impl Recorder<'_> {
-    /// Dropout with rate `p`, masks keyed by the recorder's seed.
+    /// Dropout with rate `p`, masks keyed by the recorder's seed; the
+    /// identity in evaluation mode.
     pub fn dropout(&mut self, x: TensorId, p: f32) -> Result<TensorId> {
         check_p(p)?;
+        if self.inference() {
+            return Ok(x);
+        }
         let out = self.alloc();
         let seed = self.seed();
         let xv = self.value(x)?;

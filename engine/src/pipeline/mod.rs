@@ -2,6 +2,7 @@
 //! worker runtime as a state machine without I/O.
 
 pub mod coordinator;
+mod evaluate;
 pub mod migrate;
 pub mod partition;
 pub mod plan;

@@ -135,6 +135,16 @@ pub enum Message {
     /// Worker → worker: the activation entering `layer`, sent again so that
     /// the forward of layers `layer..stop` is recomputed (and goes no further).
     Replay { generation: u32, step: u32, micro: u32, layer: u32, stop: u32, tensor: Tensor },
+    /// Coordinator → every member: the evaluation after step `step` begins
+    /// (the K held-out batches' inputs for the first stage, their targets
+    /// for the last). Forward only; it changes no parameter.
+    EvalStart { step: u32, inputs: Vec<(u32, Tensor)>, targets: Vec<(u32, Targets)> },
+    /// Worker → worker: held-out batch `batch`'s activation entering `layer`
+    /// in the evaluation after `step` (no migration runs during one, so it
+    /// needs no generation and is not counted in drains).
+    EvalActivation { step: u32, batch: u32, layer: u32, tensor: Tensor },
+    /// Last stage → coordinator: held-out batch `batch`'s mean loss.
+    EvalLoss { step: u32, batch: u32, value: f32 },
 }
 
 impl Message {
@@ -166,6 +176,9 @@ impl Message {
             Message::Reply { .. } => "reply",
             Message::Recompute { .. } => "recompute",
             Message::Replay { .. } => "replay",
+            Message::EvalStart { .. } => "eval-start",
+            Message::EvalActivation { .. } => "eval-activation",
+            Message::EvalLoss { .. } => "eval-loss",
         }
     }
 
@@ -180,6 +193,7 @@ impl Message {
                 | Message::Replay { .. }
                 | Message::Recompute { .. }
                 | Message::Handover { .. }
+                | Message::EvalActivation { .. }
         )
     }
 
@@ -194,6 +208,8 @@ impl Message {
                 | Message::Replay { .. }
                 | Message::Final { .. }
                 | Message::Handover { .. }
+                | Message::EvalStart { .. }
+                | Message::EvalActivation { .. }
         )
     }
 }
@@ -216,9 +232,10 @@ pub fn encode_in(message: &Message, buffer: AlignedVec) -> Result<AlignedVec> {
 pub fn size_hint(message: &Message) -> usize {
     let payload = match message {
         Message::Handover { handover, .. } => handover.bytes().total() as usize,
-        Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } | Message::Replay { tensor, .. } => {
-            tensor.len() * 4
-        }
+        Message::Activation { tensor, .. }
+        | Message::Gradient { tensor, .. }
+        | Message::Replay { tensor, .. }
+        | Message::EvalActivation { tensor, .. } => tensor.len() * 4,
         _ => 0,
     };
     payload + 4096
@@ -250,16 +267,17 @@ pub fn decode(frame: &[u8]) -> Result<Message> {
 fn check_tensors(message: &Message) -> Result<()> {
     let tensors: Vec<&Tensor> = match message {
         Message::Assign(a) => a.params.iter().map(|(_, t)| t).collect(),
-        Message::StepStart { inputs, targets, .. } => inputs
+        Message::StepStart { inputs, targets, .. } | Message::EvalStart { inputs, targets, .. } => inputs
             .iter()
             .map(|(_, t)| t)
             .chain(targets.iter().map(|(_, t)| match t {
                 Targets::Values(v) | Targets::Classes(v) => v,
             }))
             .collect(),
-        Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } | Message::Replay { tensor, .. } => {
-            vec![tensor]
-        }
+        Message::Activation { tensor, .. }
+        | Message::Gradient { tensor, .. }
+        | Message::Replay { tensor, .. }
+        | Message::EvalActivation { tensor, .. } => vec![tensor],
         Message::Handover { handover, .. } => handover_tensors(handover),
         Message::Final { params, .. } => params.iter().map(|(_, t)| t).collect(),
         _ => Vec::new(),

@@ -132,6 +132,9 @@ fn route(
         Effect::LayerNorms { layer, .. } => {
             return Err(Error::Usage(format!("layer {layer}: the stage-level simulation does not clip gradients")))
         }
+        Effect::SendEvalActivation { .. } | Effect::EvalLoss { .. } => {
+            return Err(Error::Usage("the stage-level simulation does not evaluate".into()))
+        }
     }
     Ok(())
 }
@@ -235,7 +238,7 @@ pub fn run_job_with_preempts(
                         CoordEffect::Failed(reason) => {
                             return Err(Error::Aborted { by: "the coordinator".into(), reason })
                         }
-                        CoordEffect::StepFinished { .. } | CoordEffect::Migrated(_) => {}
+                        CoordEffect::StepFinished { .. } | CoordEffect::EvalFinished(_) | CoordEffect::Migrated(_) => {}
                     }
                 }
             }

@@ -40,6 +40,11 @@ pub enum StageEvent {
     /// Gradient clipping: multiply step `step`'s gradients by `scale`
     /// before the updates (the coordinator combined every layer's norms).
     ClipScale { step: u32, scale: f32 },
+    /// The evaluation after step `step` begins: held-out batches' inputs
+    /// (first stage) and targets (last stage), by batch.
+    EvalStart { step: u32, inputs: Vec<(u32, Tensor)>, targets: Vec<(u32, Targets)> },
+    /// Held-out batch `batch`'s activation entering `layer`.
+    EvalActivation { step: u32, batch: u32, layer: u32, tensor: Tensor },
 }
 
 /// What a stage asks the driver to do.
@@ -58,6 +63,10 @@ pub enum Effect {
     /// With clipping: the norms of `layer`'s step gradients (its parameters
     /// in name order), for the coordinator to combine.
     LayerNorms { step: u32, layer: u32, norms: Vec<f32> },
+    /// Send held-out batch `batch`'s activation entering `layer` to its owner.
+    SendEvalActivation { step: u32, batch: u32, layer: u32, tensor: Tensor },
+    /// Held-out batch `batch`'s mean loss (last stage only).
+    EvalLoss { step: u32, batch: u32, value: f32 },
 }
 
 /// The next unit of work of a stage.
@@ -87,6 +96,11 @@ pub enum Work {
         step: u32,
         layer: u32,
     },
+    /// The forward-only pass of one held-out batch through this stage.
+    Eval {
+        step: u32,
+        batch: u32,
+    },
 }
 
 impl std::fmt::Display for Work {
@@ -97,6 +111,7 @@ impl std::fmt::Display for Work {
             Work::Norms { step, layer } => write!(f, "N{layer}.s{step}"),
             Work::Replay { micro, layer, .. } => write!(f, "R{micro}@{layer}"),
             Work::Resend { micro, layer, .. } => write!(f, "K{micro}@{layer}"),
+            Work::Eval { step, batch } => write!(f, "E{batch}.s{step}"),
         }
     }
 }
@@ -169,6 +184,8 @@ pub struct Stage {
     pub(crate) resends: BTreeMap<(u32, u32, u32), u32>,
     /// Whether updates wait for a global clip scale (`--clip-grad-norm`).
     clipping: bool,
+    /// The evaluation in progress (`--eval-data`), apart from the training state.
+    pub(crate) eval: super::evaluate::EvalState,
 }
 
 impl Stage {
@@ -204,6 +221,7 @@ impl Stage {
             replays: BTreeMap::new(),
             resends: BTreeMap::new(),
             clipping: false,
+            eval: Default::default(),
         })
     }
 
@@ -251,6 +269,7 @@ impl Stage {
             StageEvent::Recompute { step, micro, layer, stop } => {
                 self.resends.insert((step, micro, layer), stop);
             }
+            StageEvent::EvalStart { .. } | StageEvent::EvalActivation { .. } => self.eval_event(event),
             StageEvent::ClipScale { step, scale } => match self.current.as_mut() {
                 Some(cur) if cur.step == step => cur.clip_scale = Some(scale),
                 // A scale for a step this stage is not in (it joined later,
@@ -285,6 +304,9 @@ impl Stage {
 
     /// The next unit of work of the step in progress, if its input is here.
     pub fn ready(&self) -> Option<Work> {
+        if let Some(work) = self.eval_ready() {
+            return Some(work);
+        }
         let cur = self.current.as_ref()?;
         if let Some(layer) = self.norms_due(cur) {
             return Some(Work::Norms { step: cur.step, layer });
@@ -350,6 +372,7 @@ impl Stage {
             Work::Norms { step, layer } => return self.norms(step, layer),
             Work::Replay { step, micro, layer } => return self.replay(step, micro, layer),
             Work::Resend { step, micro, layer } => return self.resend(step, micro, layer),
+            Work::Eval { step, batch } => return self.eval_forward(step, batch),
             Work::Compute(action) => action,
         };
         let effects = match action.phase {

@@ -134,6 +134,7 @@ fn pipeline(scenario: &Scenario, params: &ParamStore, batches: &[Batch]) -> anyh
         ship_bf16: false,
         clip_grad_norm: scenario.clip,
         seed: 0,
+        eval: None,
     };
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
     let mut on_step = |step: u32, loss: f32| println!("  step {step}: loss {loss:.6}");
@@ -143,6 +144,7 @@ fn pipeline(scenario: &Scenario, params: &ParamStore, batches: &[Batch]) -> anyh
         exe: &exe,
         threads_per_worker: 1,
         on_step: &mut on_step,
+        on_eval: None,
         on_migration: &mut on_migration,
         admin_dir: None,
         kernel_isas: Vec::new(),
@@ -218,6 +220,8 @@ fn write_outputs(dir: &Path, scenario: &Scenario, outcome: &JobOutcome, wall: Du
         migrations: outcome.migrations.iter().map(report::Migration::from).collect(),
         counters,
         grad_norms: outcome.grad_norms.clone(),
+        eval: Vec::new(),
+        peak_rss_kib: None,
         wall_seconds: wall.as_secs_f64(),
     };
     report.write(&dir.join("report.json"))?;

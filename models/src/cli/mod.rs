@@ -7,6 +7,8 @@ mod bench;
 mod cluster;
 mod demo;
 mod device;
+mod eval;
+mod plot;
 mod preempt;
 mod preflight;
 mod progress;

@@ -12,6 +12,8 @@ pub struct Progress {
     start: Instant,
     total: usize,
     rows: usize,
+    /// The latest held-out loss, shown on every step line after it.
+    eval: Option<f32>,
 }
 
 impl Progress {
@@ -24,7 +26,7 @@ impl Progress {
             }
             bar
         });
-        Progress { bar, start: Instant::now(), total, rows: 0 }
+        Progress { bar, start: Instant::now(), total, rows: 0, eval: None }
     }
 
     /// Records that `step` (from 0) finished with `loss` over `rows` rows.
@@ -32,13 +34,25 @@ impl Progress {
         self.rows += rows;
         let elapsed = self.start.elapsed().as_secs_f64();
         let rate = if elapsed > 0.0 { self.rows as f64 / elapsed } else { 0.0 };
-        let line = format!("step {}/{}  loss {loss:.6}  elapsed {elapsed:.2}s  {rate:.0} rows/s", step + 1, self.total);
+        let eval = self.eval.map_or(String::new(), |l| format!("  eval {l:.6}"));
+        let line =
+            format!("step {}/{}  loss {loss:.6}{eval}  elapsed {elapsed:.2}s  {rate:.0} rows/s", step + 1, self.total);
         match &self.bar {
             Some(bar) => {
                 bar.println(&line);
                 bar.set_message(format!("loss {loss:.6}"));
                 bar.inc(1);
             }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Records the held-out loss measured after `step` (from 0).
+    pub fn eval(&mut self, step: usize, loss: f32) {
+        self.eval = Some(loss);
+        let line = format!("eval after step {}/{}  loss {loss:.6}", step + 1, self.total);
+        match &self.bar {
+            Some(bar) => bar.println(&line),
             None => eprintln!("{line}"),
         }
     }

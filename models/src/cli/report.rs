@@ -145,7 +145,28 @@ pub struct Report {
     /// With `--clip-grad-norm`: each step's total gradient norm before clipping.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub grad_norms: Vec<f32>,
+    /// With `--eval-data`: the held-out loss after each evaluated step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub eval: Vec<Eval>,
     pub wall_seconds: f64,
+    /// Peak resident memory of this (the coordinator's) process in KiB
+    /// (`VmHWM`), where the system tells it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// This process's peak resident memory in KiB (`VmHWM` of /proc/self/status).
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One evaluation: the mean held-out loss after training step `step` (from 0).
+#[derive(Debug, Serialize)]
+pub struct Eval {
+    pub step: u32,
+    pub loss: f32,
 }
 
 impl Report {

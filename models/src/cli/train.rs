@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
+use baton_engine::eval::{EvalPlan, EvalPoint};
 use baton_engine::pipeline::coordinator::{JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::protocol::Span;
@@ -136,6 +137,8 @@ pub struct TrainArgs {
     /// --workers 2 or more.
     #[arg(long, value_name = "DIR")]
     admin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    eval: super::eval::EvalArgs,
 }
 
 /// The model to train and how to name it in the saved file and report.
@@ -170,11 +173,17 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     );
     let devices = check_devices(&args, &launch)?;
     let data_file = args.data.as_deref().map(data_file);
-    let inputs = preflight::files(&[("--init", args.init.as_deref()), ("--data", data_file.as_deref())]);
+    let eval_file = args.eval.input_file();
+    let inputs = preflight::files(&[
+        ("--init", args.init.as_deref()),
+        ("--data", data_file.as_deref()),
+        ("--eval-data", eval_file.as_deref()),
+    ]);
     let outputs = preflight::files(&[
         ("--save", Some(&args.save)),
         ("--report", args.report.as_deref()),
         ("--timeline", args.timeline.as_deref()),
+        ("--plot", args.eval.plot.as_deref()),
     ]);
     preflight::check_files(&inputs, &outputs)?;
     super::set_threads(args.threads)?;
@@ -184,6 +193,7 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     let batches = training_data(&args, &chosen.model)?;
     let rows = batches[0].rows();
     let lr_schedule = lr_schedule(&args, batches.len())?;
+    let eval_plan = args.eval.plan(&chosen.model, batches.len(), rows)?;
     ensure!(
         args.microbatches >= 1 && args.microbatches <= rows,
         "--microbatches {}: a batch of {rows} rows can be split into 1..={rows} micro-batches",
@@ -212,11 +222,16 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     let pipeline = args.workers > 1 || args.timeline.is_some() || !joins.is_empty() || !args.kernel_isa.is_empty();
     let run = if pipeline || remote {
         let scripted = (notices, joins);
-        train_pipeline(&args, &spec_text, (chosen.model, params, lr_schedule), &batches, scripted, (launch, &devices))?
+        let job = (chosen.model, params, lr_schedule, eval_plan);
+        train_pipeline(&args, &spec_text, job, &batches, scripted, (launch, &devices))?
     } else {
         let model = chosen.model.with_backend(Backend::open(devices.single()).context("--device")?);
-        train_in_process(&args, model, params, lr_schedule, &batches)?
+        train_in_process(&args, model, (params, lr_schedule, eval_plan), &batches)?
     };
+    if let Some(path) = &args.eval.plot {
+        super::plot::write(path, &format!("baton train {label}"), &run.losses, &run.evals)?;
+        eprintln!("wrote loss curve {}", path.display());
+    }
     save(&args, &spec_text, &run.params, batches.len(), rows)?;
     if let Some(path) = &args.timeline {
         baton_models::cluster::timeline::write_chrome_trace(path, &run.spans)?;
@@ -241,6 +256,8 @@ struct RunResult {
     microbatch_losses: u64,
     /// With --clip-grad-norm: every step's total gradient norm.
     grad_norms: Vec<f32>,
+    /// With --eval-data: every evaluation.
+    evals: Vec<EvalPoint>,
     wall_seconds: f64,
 }
 
@@ -277,8 +294,7 @@ fn lr_schedule(args: &TrainArgs, steps: usize) -> anyhow::Result<LrSchedule> {
 fn train_in_process(
     args: &TrainArgs,
     model: Model,
-    params: ParamStore,
-    lr_schedule: LrSchedule,
+    (params, lr_schedule, eval): (ParamStore, LrSchedule, Option<EvalPlan>),
     batches: &[Batch],
 ) -> anyhow::Result<RunResult> {
     let layers = model.layers.len() as u32;
@@ -287,7 +303,7 @@ fn train_in_process(
         .context("the initial weights do not fit the model")?
         .with_clip_grad_norm(args.clip_grad_norm)
         .context("--clip-grad-norm")?;
-    let (losses, wall_seconds) = train_steps(&mut trainer, batches, args.microbatches)?;
+    let (losses, evals, wall_seconds) = train_steps(&mut trainer, batches, args.microbatches, eval.as_ref())?;
     Ok(RunResult {
         params: trainer.params,
         losses,
@@ -297,6 +313,7 @@ fn train_in_process(
         spans: BTreeMap::new(),
         microbatch_losses: (batches.len() * args.microbatches) as u64,
         grad_norms: trainer.grad_norms,
+        evals,
         wall_seconds,
     })
 }
@@ -308,7 +325,7 @@ type Scripted = (Vec<(u32, PlannedNotice)>, Vec<(u32, u32)>);
 fn train_pipeline(
     args: &TrainArgs,
     spec_text: &str,
-    (model, params, lr_schedule): (Model, ParamStore, LrSchedule),
+    (model, params, lr_schedule, eval): (Model, ParamStore, LrSchedule, Option<EvalPlan>),
     batches: &[Batch],
     (notices, joins): Scripted,
     (launch, devices): (Launch<'_>, &DeviceList),
@@ -329,14 +346,16 @@ fn train_pipeline(
         ship_bf16: args.ship_dtype == "bf16",
         clip_grad_norm: args.clip_grad_norm,
         seed: args.seed,
+        eval,
     };
     let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
     let noun = if args.workers == 1 { "process" } else { "processes" };
     eprintln!("pipeline on {} worker {noun} ({}): layers {}", args.workers, args.schedule.name(), partition.describe());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut progress = Progress::new(batches.len());
+    let progress = std::cell::RefCell::new(Progress::new(batches.len()));
     let rows = batches[0].rows();
-    let mut on_step = |step: u32, loss: f32| progress.step(step as usize, loss, rows);
+    let mut on_step = |step: u32, loss: f32| progress.borrow_mut().step(step as usize, loss, rows);
+    let mut on_eval = |step: u32, loss: f32| progress.borrow_mut().eval(step as usize, loss);
     let mut on_migration = |m: &MigrationRecord| eprintln!("{}", describe_migration(m));
     let outcome = match launch {
         Launch::Local => {
@@ -351,6 +370,7 @@ fn train_pipeline(
                 threads_per_worker,
                 on_step: &mut on_step,
                 on_migration,
+                on_eval: Some(&mut on_eval),
                 admin_dir,
                 kernel_isas,
             };
@@ -360,13 +380,14 @@ fn train_pipeline(
             let options = CoordinatorOptions {
                 on_step: &mut on_step,
                 on_migration: &mut on_migration,
+                on_eval: Some(&mut on_eval),
                 children: &mut Vec::new(),
                 spawn: None,
             };
             run_coordinator(node, plan, options)?
         }
     };
-    let wall_seconds = progress.finish();
+    let wall_seconds = progress.into_inner().finish();
     Ok(RunResult {
         params: outcome.params,
         losses: outcome.losses,
@@ -376,6 +397,7 @@ fn train_pipeline(
         spans: outcome.spans,
         microbatch_losses: outcome.microbatch_losses,
         grad_norms: outcome.grad_norms,
+        evals: outcome.evals,
         wall_seconds,
     })
 }
@@ -411,7 +433,9 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
         migrations: run.migrations.iter().map(report::Migration::from).collect(),
         counters,
         grad_norms: run.grad_norms,
+        eval: run.evals.iter().map(|e| report::Eval { step: e.step, loss: e.loss }).collect(),
         wall_seconds: run.wall_seconds,
+        peak_rss_kib: report::peak_rss_kib(),
     }
 }
 
@@ -584,17 +608,27 @@ fn training_data(args: &TrainArgs, model: &Model) -> anyhow::Result<Vec<Batch>> 
     Ok(batches)
 }
 
-/// Runs every step, reporting progress; returns the losses and wall seconds.
-fn train_steps(trainer: &mut Trainer, batches: &[Batch], micro_batches: usize) -> anyhow::Result<(Vec<f32>, f64)> {
+/// Runs every step (and the evaluations due), reporting progress; returns
+/// the losses, the evaluations and the wall seconds.
+fn train_steps(
+    trainer: &mut Trainer,
+    batches: &[Batch],
+    micro_batches: usize,
+    eval: Option<&EvalPlan>,
+) -> anyhow::Result<(Vec<f32>, Vec<EvalPoint>, f64)> {
     let mut progress = Progress::new(batches.len());
-    let mut losses = Vec::with_capacity(batches.len());
+    let (mut losses, mut evals) = (Vec::with_capacity(batches.len()), Vec::new());
     for (step, batch) in batches.iter().enumerate() {
         let step_id = u32::try_from(step).context("too many steps")?;
         let loss = trainer.step(step_id, batch, micro_batches).with_context(|| format!("training step {step}"))?;
         progress.step(step, loss, batch.rows());
         losses.push(loss);
+        if let Some(point) = super::eval::in_process(eval, &trainer.model, &trainer.params, step_id)? {
+            progress.eval(step, point.loss);
+            evals.push(point);
+        }
     }
-    Ok((losses, progress.finish()))
+    Ok((losses, evals, progress.finish()))
 }
 
 /// Writes the final weights with the metadata needed to continue or compare.

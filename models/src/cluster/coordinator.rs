@@ -19,6 +19,8 @@ pub struct CoordinatorOptions<'a> {
     pub on_step: &'a mut dyn FnMut(u32, f32),
     /// Called after every completed migration.
     pub on_migration: &'a mut dyn FnMut(&MigrationRecord),
+    /// Called after every evaluation with (step, held-out loss).
+    pub on_eval: Option<&'a mut dyn FnMut(u32, f32)>,
     /// Worker processes launched by this coordinator, by worker number: an
     /// exit before the job ends fails the job at once.
     pub children: &'a mut Vec<Child>,
@@ -88,6 +90,11 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
                 },
                 CoordEffect::StepFinished { step, loss } => (options.on_step)(step, loss),
                 CoordEffect::Migrated(record) => (options.on_migration)(&record),
+                CoordEffect::EvalFinished(point) => {
+                    if let Some(on_eval) = options.on_eval.as_mut() {
+                        on_eval(point.step, point.loss)
+                    }
+                }
                 CoordEffect::Done(outcome) => return Ok(*outcome),
                 CoordEffect::Failed(reason) => bail!("training failed: {reason}"),
             }

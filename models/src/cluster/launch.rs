@@ -24,6 +24,8 @@ pub struct LocalJob<'a> {
     pub threads_per_worker: usize,
     pub on_step: &'a mut dyn FnMut(u32, f32),
     pub on_migration: &'a mut dyn FnMut(&MigrationRecord),
+    /// Called after every evaluation with (step, held-out loss).
+    pub on_eval: Option<&'a mut dyn FnMut(u32, f32)>,
     /// Where to write an admin identity of the ephemeral CA and the
     /// coordinator's address, for `baton preempt --admin-dir` (see
     /// [`super::admin::write_admin_dir`]).
@@ -86,6 +88,11 @@ pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> Result<JobOutco
     let options = CoordinatorOptions {
         on_step: job.on_step,
         on_migration: job.on_migration,
+        // Re-wrapped so the callback's lifetime shortens to this call's.
+        on_eval: match job.on_eval {
+            Some(on_eval) => Some(on_eval),
+            None => None,
+        },
         children: &mut children,
         spawn: Some(&mut spawn),
     };

@@ -39,6 +39,7 @@ fn colour(category: &str, name: &str) -> &'static str {
         "backward" => "#f28e2b",
         "optimizer" => "#59a14f",
         "recompute" => "#b07aa1",
+        "eval" => "#76b7b2",
         "send" if name.starts_with("ship") => "#e15759",
         _ => "#bab0ac",
     }
@@ -46,7 +47,7 @@ fn colour(category: &str, name: &str) -> &'static str {
 
 /// An SVG picture of the timeline: one row per worker, one box per span
 /// (forward blue, backward orange, optimizer green, recomputed forwards
-/// purple, shipping red, messages grey). A migration shows as a red box where a row ends and the other
+/// purple, evaluation teal, shipping red, messages grey). A migration shows as a red box where a row ends and the other
 /// rows' boxes grow.
 pub fn svg(spans: &BTreeMap<u32, Vec<Span>>) -> String {
     let end_us = spans.values().flatten().map(|s| s.start_us + s.duration_us).max().unwrap_or(1).max(1);

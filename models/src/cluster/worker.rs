@@ -322,6 +322,7 @@ fn record(worker: &mut Worker, work: Work, start: Duration, end: Duration) {
         Work::Update { .. } | Work::Norms { .. } => "optimizer",
         Work::Replay { .. } => "recompute",
         Work::Resend { .. } => "send",
+        Work::Eval { .. } => "eval",
     };
     push_span(worker, work.to_string(), category, start, end);
 }

@@ -41,7 +41,7 @@ impl Coordinator {
     /// no layers, is already leaving, or training is not running.
     pub fn preempt(&self, worker: u32, grace: Duration) -> Result<Vec<CoordEffect>> {
         let refuse = |why: String| Err(Error::Usage(format!("cannot preempt worker {worker}: {why}")));
-        if !matches!(self.phase, Phase::Running { .. }) {
+        if !self.training() {
             return refuse("training is not running (it has not started, or is finishing)".into());
         }
         let leaving = self.migration.as_ref().is_some_and(|m| m.leaving.contains(&worker));

@@ -7,6 +7,7 @@
 //! preemption point can be tested in memory.
 
 mod clip;
+mod eval;
 mod membership;
 mod migration;
 #[cfg(test)]
@@ -53,6 +54,8 @@ pub struct JobPlan {
     pub clip_grad_norm: Option<f32>,
     /// The run's seed (keys dropout masks on every worker).
     pub seed: u64,
+    /// `--eval-data`: held-out evaluations between steps, if any.
+    pub eval: Option<crate::eval::EvalPlan>,
 }
 
 /// What the driver reports.
@@ -86,6 +89,8 @@ pub enum CoordEffect {
     },
     /// A migration finished (for progress output).
     Migrated(MigrationRecord),
+    /// An evaluation finished (after the step it names).
+    EvalFinished(crate::eval::EvalPoint),
     /// The job finished.
     Done(Box<JobOutcome>),
     /// The job cannot go on.
@@ -127,6 +132,8 @@ pub struct JobOutcome {
     pub microbatch_losses: u64,
     /// With clipping: each step's total gradient norm (before clipping).
     pub grad_norms: Vec<f32>,
+    /// Every evaluation, in step order.
+    pub evals: Vec<crate::eval::EvalPoint>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -137,6 +144,11 @@ enum Phase {
     Running {
         step: u32,
         updated: Vec<bool>,
+    },
+    /// The evaluation after `step`: `losses[k]` of held-out batch k, once in.
+    Evaluating {
+        step: u32,
+        losses: Vec<Option<f32>>,
     },
     Finishing,
     Over,
@@ -200,6 +212,7 @@ pub struct Coordinator {
     /// its clip scale once every layer reported.
     clip: ClipState,
     grad_norms: Vec<f32>,
+    evals: Vec<crate::eval::EvalPoint>,
 }
 
 impl Coordinator {
@@ -238,6 +251,7 @@ impl Coordinator {
             retired_work: Vec::new(),
             clip: ClipState::default(),
             grad_norms: Vec::new(),
+            evals: Vec::new(),
         })
     }
 
@@ -322,6 +336,7 @@ impl Coordinator {
             Message::Loss { step, micro, value } => self.on_loss(worker, step, micro, value),
             Message::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer),
             Message::LayerNorms { step, layer, norms } => self.on_layer_norms(worker, step, layer, norms),
+            Message::EvalLoss { step, batch, value } => self.on_eval_loss(worker, step, batch, value),
             Message::Final { params, counters, spans, .. } => self.on_final(worker, params, counters, spans),
             Message::Notice { grace_ms, .. } => self.on_notice(worker, Duration::from_millis(grace_ms), now),
             Message::Paused { sent, .. } => self.on_paused(worker, sent),
@@ -355,7 +370,7 @@ impl Coordinator {
     /// own) and connects to every member.
     fn on_join_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
         check_protocol(worker, protocol)?;
-        if !matches!(self.phase, Phase::Running { .. }) || self.addresses.insert(worker, address).is_some() {
+        if !self.training() || self.addresses.insert(worker, address).is_some() {
             return Err(Error::peer(format!("worker {worker}"), "it registered twice or outside training"));
         }
         Ok(vec![CoordEffect::Send { worker, message: self.assignment(worker) }])
@@ -517,14 +532,7 @@ impl Coordinator {
         }
         self.losses.push(loss);
         let mut effects = vec![CoordEffect::StepFinished { step, loss }];
-        if (step as usize + 1) < self.plan.batches.len() {
-            effects.extend(self.start_step(step + 1)?);
-        } else {
-            self.phase = Phase::Finishing;
-            effects
-                .extend(self.members().into_iter().map(|w| CoordEffect::Send { worker: w, message: Message::Finish }));
-            effects.extend(self.turn_away_joiners());
-        }
+        effects.extend(self.after_step(step)?);
         Ok(effects)
     }
 
@@ -555,6 +563,7 @@ impl Coordinator {
             spans: BTreeMap::new(),
             microbatch_losses: self.microbatch_losses,
             grad_norms: std::mem::take(&mut self.grad_norms),
+            evals: std::mem::take(&mut self.evals),
         };
         let finals = std::mem::take(&mut self.finals).into_iter().map(|(w, (p, c, s))| (w, p, c, s));
         let retired = std::mem::take(&mut self.retired_work).into_iter().map(|(w, c, s)| (w, Vec::new(), c, s));

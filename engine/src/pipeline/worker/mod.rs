@@ -174,10 +174,13 @@ impl Worker {
         self.stage.as_ref().and_then(Stage::current_step)
     }
 
-    /// The next ready unit of work, if any (none while a migration is under way).
+    /// The next ready unit of work, if any (none while a migration is under
+    /// way). A noticed worker still finishes the evaluation in progress: the
+    /// coordinator acts on its notice once the evaluation is over.
     pub fn ready(&self) -> Option<Work> {
         match self.mode {
             Mode::Running => self.stage.as_ref().and_then(Stage::ready),
+            Mode::Paused => self.stage.as_ref().and_then(Stage::eval_ready),
             _ => None,
         }
     }
@@ -224,6 +227,14 @@ impl Worker {
                 self.on_recompute(from, generation, (step, micro, layer, stop))
             }
             Message::Preempt { grace_ms, .. } => Ok(self.notice(grace_ms)),
+            Message::EvalStart { step, inputs, targets } => {
+                self.stage_mut()?.handle(StageEvent::EvalStart { step, inputs, targets })?;
+                Ok(Vec::new())
+            }
+            Message::EvalActivation { step, batch, layer, tensor } => {
+                self.stage_mut()?.handle(StageEvent::EvalActivation { step, batch, layer, tensor })?;
+                Ok(Vec::new())
+            }
             Message::ClipScale { step, scale } => {
                 if let Some(stage) = self.stage.as_mut() {
                     stage.handle(StageEvent::ClipScale { step, scale })?;
@@ -343,6 +354,11 @@ impl Worker {
             Effect::LayerNorms { step, layer, norms } => {
                 (Dest::Coordinator, Message::LayerNorms { step, layer, norms })
             }
+            // Not counted as data: no migration drains an evaluation.
+            Effect::SendEvalActivation { step, batch, layer, tensor } => {
+                (Dest::Worker(self.owner(layer)?), Message::EvalActivation { step, batch, layer, tensor })
+            }
+            Effect::EvalLoss { step, batch, value } => (Dest::Coordinator, Message::EvalLoss { step, batch, value }),
         };
         Ok(Out::Send { to, message })
     }
