@@ -113,6 +113,7 @@ pub fn run() -> anyhow::Result<Run> {
         ship_bf16: false,
         clip_grad_norm: None,
         seed: 0,
+        checkpoint: Default::default(),
     };
     let exe = std::env::current_exe()?;
     let mut on_step = |step: u32, loss: f32| println!("step {step}: loss {loss:.6}");
@@ -127,6 +128,7 @@ pub fn run() -> anyhow::Result<Run> {
         on_migration: &mut on_migration,
         admin_dir: None,
         kernel_isas: Vec::new(),
+        checkpoints: None,
     };
     Ok(Run { outcome: launch_local(job)?, reference: trainer.params })
 }

@@ -8,6 +8,7 @@
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
+use super::checkpoint::SavedPart;
 use super::migrate::{Handover, MovedBytes};
 use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
@@ -48,6 +49,11 @@ pub struct Assignment {
     pub clip_grad_norm: Option<f32>,
     /// The run's seed, which keys dropout masks (the same on every worker).
     pub seed: u64,
+    /// Optimizer state of this worker's layers, from the checkpoint resumed from.
+    pub optim: Vec<(String, crate::optim::OptState)>,
+    /// `--checkpoint-dir`: where this worker writes its checkpoint parts
+    /// (shared storage when workers run on other machines).
+    pub checkpoint_dir: Option<String>,
 }
 
 /// A scripted notice: after `actions` compute actions of `step`, the worker
@@ -135,6 +141,14 @@ pub enum Message {
     /// Worker → worker: the activation entering `layer`, sent again so that
     /// the forward of layers `layer..stop` is recomputed (and goes no further).
     Replay { generation: u32, step: u32, micro: u32, layer: u32, stop: u32, tensor: Tensor },
+    /// Coordinator → worker: every step before `step` is complete; copy your
+    /// layers' state for a checkpoint (step `step` waits for the answer).
+    Snapshot { step: u32 },
+    /// Worker → coordinator: the state before `step` is copied; writing goes on.
+    Snapshotted { worker: u32, step: u32 },
+    /// Worker → coordinator: its part of the checkpoint before `step` is
+    /// written (`part`), or could not be (`error`).
+    Saved { worker: u32, step: u32, part: Option<SavedPart>, error: Option<String> },
 }
 
 impl Message {
@@ -166,6 +180,9 @@ impl Message {
             Message::Reply { .. } => "reply",
             Message::Recompute { .. } => "recompute",
             Message::Replay { .. } => "replay",
+            Message::Snapshot { .. } => "snapshot",
+            Message::Snapshotted { .. } => "snapshotted",
+            Message::Saved { .. } => "saved",
         }
     }
 

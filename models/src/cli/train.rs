@@ -23,6 +23,8 @@ use super::preflight;
 use super::progress::Progress;
 use super::report::{self, Report};
 
+mod resume;
+
 /// Pipeline schedule of a multi-worker run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Schedule {
@@ -136,6 +138,19 @@ pub struct TrainArgs {
     /// --workers 2 or more.
     #[arg(long, value_name = "DIR")]
     admin_dir: Option<PathBuf>,
+    /// Write checkpoints into DIR (a safetensors file per stage, a
+    /// manifest, a `latest` pointer): at the end, every --checkpoint-every
+    /// steps, and on SIGINT/SIGTERM. Workers on other machines must see DIR
+    /// (shared storage). Implies worker processes even with --workers 1.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Steps between checkpoints (default: only at the end).
+    #[arg(long, value_name = "N", requires = "checkpoint_dir")]
+    checkpoint_every: Option<u32>,
+    /// Continue the run checkpointed in DIR up to --steps (total), on any
+    /// number of workers: bit-identical to an uninterrupted run.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
 }
 
 /// The model to train and how to name it in the saved file and report.
@@ -178,12 +193,23 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     ]);
     preflight::check_files(&inputs, &outputs)?;
     super::set_threads(args.threads)?;
-    let chosen = choose_model(&args)?;
+    let resumed = resume::load(&args)?;
+    let chosen = choose_model(&args, resumed.as_ref())?;
     check_memory(&args, &chosen.model)?;
-    let params = initial_params(&args, &chosen.model)?;
-    let batches = training_data(&args, &chosen.model)?;
-    let rows = batches[0].rows();
-    let lr_schedule = lr_schedule(&args, batches.len())?;
+    let first_step = resumed.as_ref().map_or(0, resume::Resumed::next_step);
+    let params = match &resumed {
+        Some(r) => r.loaded.params.clone(),
+        None => initial_params(&args, &chosen.model)?,
+    };
+    let from = (first_step, resumed.as_ref().and_then(resume::Resumed::tokens));
+    let (batches, tokens) = training_data(&args, &chosen.model, from)?;
+    let (rows, total) = (batches[0].rows(), first_step as usize + batches.len());
+    let settings = resume::settings(&args, &chosen.spec_text, rows);
+    if let Some(r) = &resumed {
+        resume::check_fits(r, &settings, &chosen.model, total)?;
+    }
+    let checkpoints = (resume::plan(&args, resumed.as_ref())?, resume::store(&args, settings, &tokens)?);
+    let lr_schedule = lr_schedule(&args, total)?;
     ensure!(
         args.microbatches >= 1 && args.microbatches <= rows,
         "--microbatches {}: a batch of {rows} rows can be split into 1..={rows} micro-batches",
@@ -210,14 +236,15 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
         "--kernel-isa sets the kernel path of local worker processes; a hand-started worker takes BATON_KERNEL_ISA"
     );
     let pipeline = args.workers > 1 || args.timeline.is_some() || !joins.is_empty() || !args.kernel_isa.is_empty();
+    let pipeline = pipeline || args.checkpoint_dir.is_some() || args.resume.is_some();
     let run = if pipeline || remote {
-        let scripted = (notices, joins);
+        let scripted = (notices, joins, checkpoints);
         train_pipeline(&args, &spec_text, (chosen.model, params, lr_schedule), &batches, scripted, (launch, &devices))?
     } else {
         let model = chosen.model.with_backend(Backend::open(devices.single()).context("--device")?);
         train_in_process(&args, model, params, lr_schedule, &batches)?
     };
-    save(&args, &spec_text, &run.params, batches.len(), rows)?;
+    save(&args, &spec_text, &run.params, total, rows)?;
     if let Some(path) = &args.timeline {
         baton_models::cluster::timeline::write_chrome_trace(path, &run.spans)?;
         eprintln!("wrote timeline {}", path.display());
@@ -301,8 +328,13 @@ fn train_in_process(
     })
 }
 
-/// Scripted preemptions (worker, notice) and joins (step, losses).
-type Scripted = (Vec<(u32, PlannedNotice)>, Vec<(u32, u32)>);
+/// Scripted preemptions (worker, notice) and joins (step, losses), and the
+/// checkpoint plan with where checkpoints are committed.
+type Scripted = (
+    Vec<(u32, PlannedNotice)>,
+    Vec<(u32, u32)>,
+    (baton_engine::pipeline::checkpoint::CheckpointPlan, Option<baton_models::checkpoint::DiskStore>),
+);
 
 /// Runs the job on `--workers` worker processes over QUIC on loopback.
 fn train_pipeline(
@@ -310,7 +342,7 @@ fn train_pipeline(
     spec_text: &str,
     (model, params, lr_schedule): (Model, ParamStore, LrSchedule),
     batches: &[Batch],
-    (notices, joins): Scripted,
+    (notices, joins, (checkpoint, store)): Scripted,
     (launch, devices): (Launch<'_>, &DeviceList),
 ) -> anyhow::Result<RunResult> {
     let plan = JobPlan {
@@ -329,12 +361,13 @@ fn train_pipeline(
         ship_bf16: args.ship_dtype == "bf16",
         clip_grad_norm: args.clip_grad_norm,
         seed: args.seed,
+        checkpoint,
     };
     let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
     let noun = if args.workers == 1 { "process" } else { "processes" };
     eprintln!("pipeline on {} worker {noun} ({}): layers {}", args.workers, args.schedule.name(), partition.describe());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut progress = Progress::new(batches.len());
+    let mut progress = Progress::new(plan.checkpoint.first_step as usize + batches.len());
     let rows = batches[0].rows();
     let mut on_step = |step: u32, loss: f32| progress.step(step as usize, loss, rows);
     let mut on_migration = |m: &MigrationRecord| eprintln!("{}", describe_migration(m));
@@ -353,6 +386,7 @@ fn train_pipeline(
                 on_migration,
                 admin_dir,
                 kernel_isas,
+                checkpoints: store,
             };
             launch_local_on(job, devices.devices())?
         }
@@ -362,6 +396,7 @@ fn train_pipeline(
                 on_migration: &mut on_migration,
                 children: &mut Vec::new(),
                 spawn: None,
+                checkpoints: store,
             };
             run_coordinator(node, plan, options)?
         }
@@ -464,7 +499,11 @@ fn check_memory(args: &TrainArgs, model: &Model) -> anyhow::Result<()> {
 }
 
 /// The model from --model, else from the spec in --init's metadata, else mlp12.
-fn choose_model(args: &TrainArgs) -> anyhow::Result<Chosen> {
+fn choose_model(args: &TrainArgs, resumed: Option<&resume::Resumed>) -> anyhow::Result<Chosen> {
+    if let (None, Some(text)) = (&args.model, resume::spec_of(resumed)) {
+        let model = spec::parse(&text).context("--resume: the `spec` in the checkpoint's manifest")?;
+        return Ok(Chosen { label: "spec of the checkpoint".into(), spec_text: text, model });
+    }
     if let Some(text) = &args.model {
         let model = spec::load(text).context("--model")?;
         let spec_text = if text.trim() == "mlp12" {
@@ -524,7 +563,14 @@ fn data_file(path: &Path) -> PathBuf {
 
 /// `--steps` batches of `--batch` windows of T + 1 tokens from a token
 /// stream, at positions from `--seed` ([`data::WindowSampler`]).
-fn token_batches(args: &TrainArgs, model: &Model, path: &Path, dtype: TokenDtype) -> anyhow::Result<Vec<Batch>> {
+/// Starts at `from` (a checkpoint's step and position); returns the
+/// sampler's position before each later step too.
+fn token_batches(
+    args: &TrainArgs,
+    model: &Model,
+    (path, dtype): (&Path, TokenDtype),
+    from: (u32, Option<data::DataPosition>),
+) -> anyhow::Result<(Vec<Batch>, BTreeMap<u32, data::DataPosition>)> {
     let Some(seq) = model.seq else {
         bail!(
             "--data {}: a token stream needs a token model (\"input\": {{\"tokens\": V, \"seq\": T}})",
@@ -535,29 +581,56 @@ fn token_batches(args: &TrainArgs, model: &Model, path: &Path, dtype: TokenDtype
     ensure!(batch >= 1, "--batch 0: a batch needs at least one row");
     let vocab = u32::try_from(model.input).context("the model's vocabulary")?;
     let file = data::TokenFile::open(path, dtype).context("--data")?;
-    let mut sampler = data::WindowSampler::new(file, seq, batch, vocab, args.seed).context("--data")?;
-    (0..args.steps.unwrap_or(10))
+    let start = from.1.unwrap_or(data::DataPosition { seed: args.seed, windows: 0 });
+    ensure!(
+        start.seed == args.seed,
+        "--resume: the checkpoint's data stream has seed {}, not --seed {}",
+        start.seed,
+        args.seed
+    );
+    let mut sampler = data::WindowSampler::resume(file, seq, batch, vocab, start).context("--data")?;
+    let mut positions = BTreeMap::new();
+    let batches = (from.0..args.steps.unwrap_or(10) as u32)
         .map(|step| {
             let windows = sampler.next_batch().with_context(|| format!("--data: step {step}"))?;
+            positions.insert(step + 1, sampler.position());
             let x = Tensor::from_ids(vec![batch, seq], windows.x)?;
             let y = Tensor::from_ids(vec![batch, seq], windows.y)?;
             Ok(Batch::new(x, Targets::Classes(y))?)
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ensure!(!batches.is_empty(), "--steps {}: the checkpoint already holds {} steps", args.steps.unwrap_or(10), from.0);
+    Ok((batches, positions))
 }
 
-fn training_data(args: &TrainArgs, model: &Model) -> anyhow::Result<Vec<Batch>> {
+/// From step `from.0` on (a resumed run's; token data from the
+/// checkpoint's position `from.1`); with token data, the position before
+/// each step.
+fn training_data(
+    args: &TrainArgs,
+    model: &Model,
+    from: (u32, Option<data::DataPosition>),
+) -> anyhow::Result<(Vec<Batch>, BTreeMap<u32, data::DataPosition>)> {
     ensure!(args.steps != Some(0), "--steps 0: train at least one step");
     let stream = match &args.data {
         Some(path) => match data_source(path)? {
-            DataSource::Tokens { path, dtype } => Some(token_batches(args, model, &path, dtype)?),
+            DataSource::Tokens { path, dtype } => Some(token_batches(args, model, (&path, dtype), from)?),
             DataSource::Safetensors(_) => None,
         },
         None => None,
     };
-    if let Some(batches) = stream {
-        return Ok(batches);
+    if let Some(stream) = stream {
+        return Ok(stream);
     }
+    let mut batches = all_batches(args, model)?;
+    let first = from.0 as usize;
+    ensure!(first < batches.len(), "--steps {}: the checkpoint already holds {first} steps", batches.len());
+    batches.drain(..first);
+    Ok((batches, BTreeMap::new()))
+}
+
+/// Every step's batch of a safetensors or synthetic data source.
+fn all_batches(args: &TrainArgs, model: &Model) -> anyhow::Result<Vec<Batch>> {
     let batches = match &args.data {
         Some(path) => {
             let steps = match args.steps {

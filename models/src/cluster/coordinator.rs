@@ -24,6 +24,20 @@ pub struct CoordinatorOptions<'a> {
     pub children: &'a mut Vec<Child>,
     /// Starts the process of a joining worker (local launches only).
     pub spawn: Option<&'a mut dyn FnMut(u32) -> Result<Child>>,
+    /// `--checkpoint-dir`: commits each checkpoint whose parts the workers wrote.
+    pub checkpoints: Option<crate::checkpoint::DiskStore>,
+}
+
+/// How long a stopped coordinator waits for the step in progress to end and
+/// its checkpoint to be written before it gives up on that checkpoint.
+const STOP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A signal's stop while the final checkpoint is written: the signal, when
+/// it came, and the last checkpoint committed.
+#[derive(Default)]
+struct Stopping {
+    signal: Option<(i32, Instant)>,
+    committed: Option<std::path::PathBuf>,
 }
 
 /// Who is who: transport peers and worker numbers.
@@ -53,12 +67,19 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
     let mut roster = Roster::default();
     let mut last_child_check = Duration::ZERO;
+    let mut stopping = Stopping::default();
+    if let Some(store) = &options.checkpoints {
+        crate::checkpoint::prepare(&store.dir).what("--checkpoint-dir")?;
+    }
     loop {
         let event = node.events().recv_timeout(Duration::from_millis(100));
         // Before the event: a Ctrl-C that also reached the workers must
         // read as a stop, not as a lost worker.
         if let Some(signal) = super::lifetime::stop_signal() {
-            return Err(stop(node, &roster, &mut coordinator, signal, start.elapsed()));
+            let effects = on_stop_signal(&mut coordinator, &mut stopping, signal, start.elapsed());
+            if !coordinator.stopping() || effects.is_err() {
+                return Err(stop(node, &roster, &mut coordinator, signal, &stopping, start.elapsed()));
+            }
         }
         let inbound = match event {
             Ok(event) => on_event(node, event, &mut roster)?,
@@ -88,17 +109,61 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
                 },
                 CoordEffect::StepFinished { step, loss } => (options.on_step)(step, loss),
                 CoordEffect::Migrated(record) => (options.on_migration)(&record),
+                CoordEffect::Checkpoint { step, parts } => {
+                    let store = options.checkpoints.as_ref().what("a checkpoint without --checkpoint-dir")?;
+                    let tokens = store.tokens.get(&step).copied();
+                    let path = crate::checkpoint::commit(&store.dir, step, &parts, &store.run, tokens)
+                        .what("writing the checkpoint")?;
+                    eprintln!("checkpoint: steps 0..{step} saved in {}", path.display());
+                    stopping.committed = Some(path);
+                }
                 CoordEffect::Done(outcome) => return Ok(*outcome),
+                CoordEffect::Failed(_) if stopping.signal.is_some() => {
+                    let signal = stopping.signal.map_or(0, |(s, _)| s);
+                    let checkpoint = super::lifetime::final_checkpoint(stopping.committed.as_deref());
+                    return Err(Error::Interrupted(super::lifetime::Interrupted { signal, checkpoint }));
+                }
                 CoordEffect::Failed(reason) => bail!("training failed: {reason}"),
             }
         }
     }
 }
 
-/// A signal stops the job: the final-checkpoint hook, then every worker is
-/// told to abort (best effort: the caller closes the connections next).
-fn stop(node: &Node, roster: &Roster, coordinator: &mut Coordinator, signal: i32, now: Duration) -> Error {
-    let checkpoint = super::lifetime::final_checkpoint();
+/// The first stop signal: with `--checkpoint-dir` the coordinator lets the
+/// step in progress end and writes its checkpoint (until [`STOP_PATIENCE`]
+/// runs out); an error means the wait is over.
+fn on_stop_signal(coordinator: &mut Coordinator, stopping: &mut Stopping, signal: i32, now: Duration) -> Result<()> {
+    match stopping.signal {
+        None => {
+            stopping.signal = Some((signal, Instant::now()));
+            let reason = format!("the coordinator was stopped by signal {signal}");
+            let effects = coordinator.handle(CoordEvent::Stop { reason }, now);
+            if coordinator.stopping() {
+                eprintln!("signal {signal}: finishing the step in progress and writing a final checkpoint");
+            }
+            // Without a checkpoint to wait for, the stop fails the job at once.
+            match effects.iter().any(|e| matches!(e, CoordEffect::Failed(_))) {
+                true => bail!("stopped"),
+                false => Ok(()),
+            }
+        }
+        Some((_, since)) if since.elapsed() > STOP_PATIENCE => bail!("the final checkpoint took too long"),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A signal stops the job: every worker is told to abort (best effort: the
+/// caller closes the connections next), and the error says which
+/// checkpoint holds the job's state.
+fn stop(
+    node: &Node,
+    roster: &Roster,
+    coordinator: &mut Coordinator,
+    signal: i32,
+    stopping: &Stopping,
+    now: Duration,
+) -> Error {
+    let checkpoint = super::lifetime::final_checkpoint(stopping.committed.as_deref());
     let interrupted = super::lifetime::Interrupted { signal, checkpoint };
     let reason = format!("the coordinator was {interrupted}");
     for effect in coordinator.handle(CoordEvent::Stop { reason }, now) {

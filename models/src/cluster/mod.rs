@@ -12,6 +12,7 @@ pub mod handoff;
 mod launch;
 pub mod lifetime;
 pub mod notice;
+mod saves;
 pub mod timeline;
 mod worker;
 

@@ -6,6 +6,7 @@
 //! argument; effects tell it what to send. So every deadline and every
 //! preemption point can be tested in memory.
 
+mod checkpoint;
 mod clip;
 mod membership;
 mod migration;
@@ -15,6 +16,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
+use super::checkpoint::{CheckpointPlan, SavedPart};
 use super::migrate::MovedBytes;
 use super::plan::{split_step, StepLosses};
 use super::protocol::{Assignment, Message, Placement, PlannedNotice, Span};
@@ -53,6 +55,9 @@ pub struct JobPlan {
     pub clip_grad_norm: Option<f32>,
     /// The run's seed (keys dropout masks on every worker).
     pub seed: u64,
+    /// `--checkpoint-dir`, `--checkpoint-every` and `--resume`: `batches`
+    /// then holds the steps from `checkpoint.first_step` on.
+    pub checkpoint: CheckpointPlan,
 }
 
 /// What the driver reports.
@@ -86,6 +91,12 @@ pub enum CoordEffect {
     },
     /// A migration finished (for progress output).
     Migrated(MigrationRecord),
+    /// Every part of the checkpoint before `step` is written: the driver
+    /// writes its manifest and makes it the current checkpoint.
+    Checkpoint {
+        step: u32,
+        parts: Vec<SavedPart>,
+    },
     /// The job finished.
     Done(Box<JobOutcome>),
     /// The job cannot go on.
@@ -137,6 +148,11 @@ enum Phase {
     Running {
         step: u32,
         updated: Vec<bool>,
+    },
+    /// At the boundary before `next`: waiting for every member's snapshot.
+    Snapshotting {
+        next: u32,
+        acks: BTreeSet<u32>,
     },
     Finishing,
     Over,
@@ -200,6 +216,11 @@ pub struct Coordinator {
     /// its clip scale once every layer reported.
     clip: ClipState,
     grad_norms: Vec<f32>,
+    /// Checkpoints being written: by step, the parts still due and those in.
+    saving: BTreeMap<u32, (usize, Vec<SavedPart>)>,
+    /// A stop (signal) waiting for the step in progress to end and its
+    /// checkpoint to be written: the reason the job then fails with.
+    stopping: Option<String>,
 }
 
 impl Coordinator {
@@ -238,6 +259,8 @@ impl Coordinator {
             retired_work: Vec::new(),
             clip: ClipState::default(),
             grad_norms: Vec::new(),
+            saving: BTreeMap::new(),
+            stopping: None,
         })
     }
 
@@ -280,7 +303,7 @@ impl Coordinator {
             CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
             CoordEvent::Lost { worker, reason } => Err(Error::Lost { worker, reason }),
             CoordEvent::Message { worker, message } => self.on_message(worker, message, now),
-            CoordEvent::Stop { reason } => return self.fail(reason),
+            CoordEvent::Stop { reason } => return self.on_stop(reason),
         };
         match (result, sender) {
             (Ok(effects), _) => effects,
@@ -329,6 +352,8 @@ impl Coordinator {
                 self.on_migrated(worker, bytes, ship_us, farewell, now)
             }
             Message::Resumed { .. } => self.on_resumed(worker, now),
+            Message::Snapshotted { step, .. } => self.on_snapshotted(worker, step),
+            Message::Saved { step, part, error, .. } => self.on_saved(worker, step, part, error),
             Message::Abort { reason } => Err(Error::Aborted { by: format!("worker {worker}"), reason }),
             other => {
                 Err(Error::peer(format!("worker {worker}"), format!("it sent an unexpected {} message", other.kind())))
@@ -400,6 +425,8 @@ impl Coordinator {
             ship_bf16: self.plan.ship_bf16,
             clip_grad_norm: self.plan.clip_grad_norm,
             seed: self.plan.seed,
+            optim: self.optim_of(self.placements.iter().find(|p| p.worker == worker)),
+            checkpoint_dir: self.plan.checkpoint.dir.clone(),
         })
     }
 
@@ -408,7 +435,7 @@ impl Coordinator {
             return Err(Error::peer(format!("worker {worker}"), "it reported ready out of turn"));
         }
         if self.ready.len() == self.plan.workers {
-            return self.start_step(0);
+            return self.start_step(self.plan.checkpoint.first_step);
         }
         Ok(Vec::new())
     }
@@ -418,7 +445,10 @@ impl Coordinator {
     }
 
     fn start_step(&mut self, step: u32) -> Result<Vec<CoordEffect>> {
-        let split = split_step(&self.plan.batches[step as usize], self.plan.micro_batches)?;
+        let index = step.checked_sub(self.plan.checkpoint.first_step).map(|i| i as usize);
+        let batch = index.and_then(|i| self.plan.batches.get(i));
+        let batch = batch.ok_or_else(|| Error::Internal(format!("step {step} has no batch")))?;
+        let split = split_step(batch, self.plan.micro_batches)?;
         self.step_losses = Some(StepLosses::new(split.rows.clone()));
         self.phase = Phase::Running { step, updated: vec![false; self.plan.costs.len()] };
         self.clip = ClipState::default();
@@ -517,15 +547,34 @@ impl Coordinator {
         }
         self.losses.push(loss);
         let mut effects = vec![CoordEffect::StepFinished { step, loss }];
-        if (step as usize + 1) < self.plan.batches.len() {
-            effects.extend(self.start_step(step + 1)?);
-        } else {
-            self.phase = Phase::Finishing;
-            effects
-                .extend(self.members().into_iter().map(|w| CoordEffect::Send { worker: w, message: Message::Finish }));
-            effects.extend(self.turn_away_joiners());
-        }
+        effects.extend(self.at_boundary(step + 1)?);
         Ok(effects)
+    }
+
+    /// Every step before `next` is complete: snapshot when a checkpoint is
+    /// due (or a stop waits for one), else go on.
+    fn at_boundary(&mut self, next: u32) -> Result<Vec<CoordEffect>> {
+        if self.plan.checkpoint.due(next, self.total_steps()) || self.stopping.is_some() {
+            return Ok(self.snapshot(next));
+        }
+        self.advance(next)
+    }
+
+    /// Starts step `next`, or ends the run after the last step.
+    fn advance(&mut self, next: u32) -> Result<Vec<CoordEffect>> {
+        if next < self.total_steps() {
+            return self.start_step(next);
+        }
+        self.phase = Phase::Finishing;
+        let mut effects: Vec<CoordEffect> =
+            self.members().into_iter().map(|w| CoordEffect::Send { worker: w, message: Message::Finish }).collect();
+        effects.extend(self.turn_away_joiners());
+        Ok(effects)
+    }
+
+    /// The run's last step + 1 (its `--steps`).
+    fn total_steps(&self) -> u32 {
+        self.plan.checkpoint.first_step + self.plan.batches.len() as u32
     }
 
     fn on_final(
@@ -538,11 +587,16 @@ impl Coordinator {
         if self.phase != Phase::Finishing || self.finals.insert(worker, (params, counters, spans)).is_some() {
             return Err(Error::peer(format!("worker {worker}"), "it sent its final state out of turn"));
         }
-        if self.finals.len() < self.placements.len() {
-            return Ok(Vec::new());
+        Ok(self.maybe_done())
+    }
+
+    /// The job is done once every final state and every checkpoint part is in.
+    fn maybe_done(&mut self) -> Vec<CoordEffect> {
+        if self.phase != Phase::Finishing || self.finals.len() < self.placements.len() || !self.saving.is_empty() {
+            return Vec::new();
         }
         self.phase = Phase::Over;
-        Ok(vec![CoordEffect::Done(Box::new(self.outcome()))])
+        vec![CoordEffect::Done(Box::new(self.outcome()))]
     }
 
     fn outcome(&mut self) -> JobOutcome {

@@ -1,0 +1,104 @@
+//! The coordinator's part of checkpoints: snapshots at step boundaries,
+//! gathering the written parts, and a stop that waits for its checkpoint.
+
+use std::collections::BTreeSet;
+
+use super::{CoordEffect, Coordinator, Phase};
+use crate::optim::OptState;
+use crate::pipeline::checkpoint::SavedPart;
+use crate::pipeline::protocol::{Message, Placement};
+use crate::{Error, Result};
+
+impl Coordinator {
+    /// Asks every member to snapshot its layers at the boundary before
+    /// `next`; step `next` starts once all have answered.
+    pub(super) fn snapshot(&mut self, next: u32) -> Vec<CoordEffect> {
+        self.phase = Phase::Snapshotting { next, acks: BTreeSet::new() };
+        self.saving.insert(next, (self.placements.len(), Vec::new()));
+        let ask = |w| CoordEffect::Send { worker: w, message: Message::Snapshot { step: next } };
+        self.members().into_iter().map(ask).collect()
+    }
+
+    pub(super) fn on_snapshotted(&mut self, worker: u32, step: u32) -> Result<Vec<CoordEffect>> {
+        let members = self.members();
+        let Phase::Snapshotting { next, acks } = &mut self.phase else {
+            return Err(Error::peer(
+                format!("worker {worker}"),
+                format!("its snapshot of step {step} came out of turn"),
+            ));
+        };
+        if *next != step || !members.contains(&worker) || !acks.insert(worker) {
+            return Err(Error::peer(
+                format!("worker {worker}"),
+                format!("its snapshot of step {step} came out of turn"),
+            ));
+        }
+        if acks.len() < members.len() {
+            return Ok(Vec::new());
+        }
+        let next = *next;
+        match self.stopping.clone() {
+            // Stopped: no further step; the job fails once the parts are written.
+            Some(_) => {
+                self.phase = Phase::Finishing;
+                Ok(Vec::new())
+            }
+            None => self.advance(next),
+        }
+    }
+
+    pub(super) fn on_saved(
+        &mut self,
+        worker: u32,
+        step: u32,
+        part: Option<SavedPart>,
+        error: Option<String>,
+    ) -> Result<Vec<CoordEffect>> {
+        if let Some(error) = error {
+            return Err(Error::Usage(format!("worker {worker} could not write its checkpoint part: {error}")));
+        }
+        let (due, parts) = self.saving.get_mut(&step).ok_or_else(|| {
+            Error::peer(format!("worker {worker}"), format!("it saved a checkpoint of step {step} nobody asked for"))
+        })?;
+        let part = part.ok_or_else(|| Error::peer(format!("worker {worker}"), "its `saved` holds no part"))?;
+        parts.push(part);
+        if parts.len() < *due {
+            return Ok(Vec::new());
+        }
+        let (_, mut parts) = self.saving.remove(&step).expect("looked up above");
+        parts.sort_by_key(|p| p.first);
+        let mut effects = vec![CoordEffect::Checkpoint { step, parts }];
+        match self.stopping.clone() {
+            Some(reason) if self.saving.is_empty() && self.phase == Phase::Finishing => {
+                effects.extend(self.fail(reason));
+            }
+            _ => effects.extend(self.maybe_done()),
+        }
+        Ok(effects)
+    }
+
+    /// A stop (SIGINT, SIGTERM): with checkpoints, the step in progress
+    /// ends, its checkpoint is written, and then the job fails with
+    /// `reason`; without (or before training), it fails at once.
+    pub(super) fn on_stop(&mut self, reason: String) -> Vec<CoordEffect> {
+        let running = matches!(self.phase, Phase::Running { .. } | Phase::Snapshotting { .. });
+        if self.plan.checkpoint.dir.is_none() || !running || self.stopping.is_some() {
+            return self.fail(reason);
+        }
+        self.stopping = Some(reason);
+        Vec::new()
+    }
+
+    /// True while a stop waits for its checkpoint.
+    pub fn stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    /// The optimizer state of `placement`'s layers, from the checkpoint resumed from.
+    pub(super) fn optim_of(&self, placement: Option<&Placement>) -> Vec<(String, OptState)> {
+        let Some(p) = placement else { return Vec::new() };
+        let prefixes: Vec<String> = (p.first..p.end).map(|l| format!("layers.{l}.")).collect();
+        let mine = |name: &str| prefixes.iter().any(|prefix| name.starts_with(prefix.as_str()));
+        self.plan.checkpoint.optim.iter().filter(|(name, _)| mine(name)).cloned().collect()
+    }
+}
