@@ -86,6 +86,7 @@ impl Run {
             seed: 0,
             clip_grad_norm: self.clip,
             data: g.path.display().to_string(),
+            steps: g.steps,
         };
         DiskStore { dir: dir.to_path_buf(), run, tokens: BTreeMap::new() }
     }

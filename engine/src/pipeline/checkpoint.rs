@@ -33,7 +33,9 @@ impl CheckpointPlan {
     /// True when a snapshot is due at the boundary before `next` (of a run
     /// of `total` steps): every `every` steps and after the last.
     pub fn due(&self, next: u32, total: u32) -> bool {
-        self.dir.is_some() && next > self.first_step && (next == total || (self.every > 0 && next % self.every == 0))
+        self.dir.is_some()
+            && next > self.first_step
+            && (next == total || (self.every > 0 && next.is_multiple_of(self.every)))
     }
 }
 

@@ -79,8 +79,9 @@ pub struct Span {
 pub enum Message {
     /// Worker → coordinator, first message: who it is and where peers reach it.
     Register { worker: u32, protocol: u32, address: String },
-    /// Coordinator → worker: its stage in this generation.
-    Assign(Assignment),
+    /// Coordinator → worker: its stage in this generation (boxed: it is
+    /// by far the largest message, and rare).
+    Assign(Box<Assignment>),
     /// Worker → coordinator: connected to every peer, ready for steps.
     Ready { worker: u32 },
     /// Coordinator → worker: a step begins (inputs for the first stage, targets for the last).

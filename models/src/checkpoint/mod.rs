@@ -56,6 +56,9 @@ pub struct RunSettings {
     pub clip_grad_norm: Option<f32>,
     /// The `--data` source (its text, or "synthetic").
     pub data: String,
+    /// The run's total `--steps` (a non-constant learning-rate schedule
+    /// depends on it).
+    pub steps: usize,
 }
 
 /// Where a token stream stands: windows drawn so far from the stream of `seed`.

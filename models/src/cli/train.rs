@@ -2,18 +2,15 @@
 //! (or seeded defaults), saving the final weights and an optional report.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context};
 use baton_engine::pipeline::coordinator::{JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::protocol::Span;
 use baton_engine::pipeline::{Layout, Partition, ScheduleKind};
-use baton_engine::{
-    init, Backend, Batch, LrSchedule, LrShape, Model, Optimizer, OptimizerConfig, ParamStore, Targets, Tensor, Trainer,
-};
+use baton_engine::{init, Backend, Batch, LrSchedule, LrShape, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
 use baton_models::cluster::{launch_local_on, run_coordinator, CoordinatorOptions, LocalJob};
-use baton_models::data::{self, DataSource, TokenDtype};
 use baton_models::{io, spec};
 use clap::{Args, ValueEnum};
 
@@ -23,7 +20,10 @@ use super::preflight;
 use super::progress::Progress;
 use super::report::{self, Report};
 
+mod data_steps;
 mod resume;
+
+use data_steps::{data_file, training_data};
 
 /// Pipeline schedule of a multi-worker run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -204,7 +204,7 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     let from = (first_step, resumed.as_ref().and_then(resume::Resumed::tokens));
     let (batches, tokens) = training_data(&args, &chosen.model, from)?;
     let (rows, total) = (batches[0].rows(), first_step as usize + batches.len());
-    let settings = resume::settings(&args, &chosen.spec_text, rows);
+    let settings = resume::settings(&args, &chosen.spec_text, rows, total);
     if let Some(r) = &resumed {
         resume::check_fits(r, &settings, &chosen.model, total)?;
     }
@@ -543,118 +543,6 @@ fn initial_params(args: &TrainArgs, model: &Model) -> anyhow::Result<ParamStore>
         Some(path) => io::load_params(path, model).context("--init"),
         None => Ok(init::init_params(&model.param_specs(), args.seed)),
     }
-}
-
-/// Batches from --data, else synthetic ones from --batch and --seed.
-/// `--data` as a data source: a token stream (`text:FILE`,
-/// `tokens:FILE[,dtype=..]`), or else a safetensors file.
-fn data_source(path: &Path) -> anyhow::Result<DataSource> {
-    let text = path.to_str().with_context(|| format!("--data {}: not valid UTF-8", path.display()))?;
-    text.parse::<DataSource>().context("--data")
-}
-
-/// The file `--data` reads, whatever its form.
-fn data_file(path: &Path) -> PathBuf {
-    match data_source(path) {
-        Ok(DataSource::Tokens { path, .. }) | Ok(DataSource::Safetensors(path)) => path,
-        Err(_) => path.to_path_buf(),
-    }
-}
-
-/// `--steps` batches of `--batch` windows of T + 1 tokens from a token
-/// stream, at positions from `--seed` ([`data::WindowSampler`]).
-/// Starts at `from` (a checkpoint's step and position); returns the
-/// sampler's position before each later step too.
-fn token_batches(
-    args: &TrainArgs,
-    model: &Model,
-    (path, dtype): (&Path, TokenDtype),
-    from: (u32, Option<data::DataPosition>),
-) -> anyhow::Result<(Vec<Batch>, BTreeMap<u32, data::DataPosition>)> {
-    let Some(seq) = model.seq else {
-        bail!(
-            "--data {}: a token stream needs a token model (\"input\": {{\"tokens\": V, \"seq\": T}})",
-            path.display()
-        );
-    };
-    let batch = args.batch.unwrap_or(32);
-    ensure!(batch >= 1, "--batch 0: a batch needs at least one row");
-    let vocab = u32::try_from(model.input).context("the model's vocabulary")?;
-    let file = data::TokenFile::open(path, dtype).context("--data")?;
-    let start = from.1.unwrap_or(data::DataPosition { seed: args.seed, windows: 0 });
-    ensure!(
-        start.seed == args.seed,
-        "--resume: the checkpoint's data stream has seed {}, not --seed {}",
-        start.seed,
-        args.seed
-    );
-    let mut sampler = data::WindowSampler::resume(file, seq, batch, vocab, start).context("--data")?;
-    let mut positions = BTreeMap::new();
-    let batches = (from.0..args.steps.unwrap_or(10) as u32)
-        .map(|step| {
-            let windows = sampler.next_batch().with_context(|| format!("--data: step {step}"))?;
-            positions.insert(step + 1, sampler.position());
-            let x = Tensor::from_ids(vec![batch, seq], windows.x)?;
-            let y = Tensor::from_ids(vec![batch, seq], windows.y)?;
-            Ok(Batch::new(x, Targets::Classes(y))?)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    ensure!(!batches.is_empty(), "--steps {}: the checkpoint already holds {} steps", args.steps.unwrap_or(10), from.0);
-    Ok((batches, positions))
-}
-
-/// From step `from.0` on (a resumed run's; token data from the
-/// checkpoint's position `from.1`); with token data, the position before
-/// each step.
-fn training_data(
-    args: &TrainArgs,
-    model: &Model,
-    from: (u32, Option<data::DataPosition>),
-) -> anyhow::Result<(Vec<Batch>, BTreeMap<u32, data::DataPosition>)> {
-    ensure!(args.steps != Some(0), "--steps 0: train at least one step");
-    let stream = match &args.data {
-        Some(path) => match data_source(path)? {
-            DataSource::Tokens { path, dtype } => Some(token_batches(args, model, (&path, dtype), from)?),
-            DataSource::Safetensors(_) => None,
-        },
-        None => None,
-    };
-    if let Some(stream) = stream {
-        return Ok(stream);
-    }
-    let mut batches = all_batches(args, model)?;
-    let first = from.0 as usize;
-    ensure!(first < batches.len(), "--steps {}: the checkpoint already holds {first} steps", batches.len());
-    batches.drain(..first);
-    Ok((batches, BTreeMap::new()))
-}
-
-/// Every step's batch of a safetensors or synthetic data source.
-fn all_batches(args: &TrainArgs, model: &Model) -> anyhow::Result<Vec<Batch>> {
-    let batches = match &args.data {
-        Some(path) => {
-            let steps = match args.steps {
-                Some(n) => n,
-                None => io::data_steps(path).context("--data")?,
-            };
-            io::load_data(path, model, steps).context("--data")?
-        }
-        None => {
-            let batch = args.batch.unwrap_or(32);
-            ensure!(batch >= 1, "--batch 0: a batch needs at least one row");
-            io::synthetic_data(model, args.steps.unwrap_or(10), batch, args.seed)
-        }
-    };
-    let rows = batches.first().map_or(0, Batch::rows);
-    ensure!(rows > 0, "the training data holds no steps");
-    if let (Some(batch), Some(path)) = (args.batch, &args.data) {
-        ensure!(
-            batch == rows,
-            "--batch {batch} disagrees with --data {}, whose batches hold {rows} rows",
-            path.display()
-        );
-    }
-    Ok(batches)
 }
 
 /// Runs every step, reporting progress; returns the losses and wall seconds.

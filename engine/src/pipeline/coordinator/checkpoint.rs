@@ -10,6 +10,41 @@ use crate::pipeline::protocol::{Message, Placement};
 use crate::{Error, Result};
 
 impl Coordinator {
+    /// Every step before `next` is complete: snapshot when a checkpoint is
+    /// due (or a stop waits for one), else go on.
+    pub(super) fn at_boundary(&mut self, next: u32) -> Result<Vec<CoordEffect>> {
+        if self.plan.checkpoint.due(next, self.total_steps()) || self.stopping.is_some() {
+            return Ok(self.snapshot(next));
+        }
+        self.advance(next)
+    }
+
+    /// Starts step `next`, or ends the run after the last step.
+    pub(super) fn advance(&mut self, next: u32) -> Result<Vec<CoordEffect>> {
+        if next < self.total_steps() {
+            return self.start_step(next);
+        }
+        self.phase = Phase::Finishing;
+        let mut effects: Vec<CoordEffect> =
+            self.members().into_iter().map(|w| CoordEffect::Send { worker: w, message: Message::Finish }).collect();
+        effects.extend(self.turn_away_joiners());
+        Ok(effects)
+    }
+
+    /// The run's last step + 1 (its `--steps`).
+    pub(super) fn total_steps(&self) -> u32 {
+        self.plan.checkpoint.first_step + self.plan.batches.len() as u32
+    }
+
+    /// The job is done once every final state and every checkpoint part is in.
+    pub(super) fn maybe_done(&mut self) -> Vec<CoordEffect> {
+        if self.phase != Phase::Finishing || self.finals.len() < self.placements.len() || !self.saving.is_empty() {
+            return Vec::new();
+        }
+        self.phase = Phase::Over;
+        vec![CoordEffect::Done(Box::new(self.outcome()))]
+    }
+
     /// Asks every member to snapshot its layers at the boundary before
     /// `next`; step `next` starts once all have answered.
     pub(super) fn snapshot(&mut self, next: u32) -> Vec<CoordEffect> {

@@ -413,7 +413,7 @@ impl Coordinator {
             None => Vec::new(),
         };
         let notices = self.plan.notices.iter().filter(|(w, _)| *w == worker).map(|(_, n)| *n).collect();
-        Message::Assign(Assignment {
+        Message::Assign(Box::new(Assignment {
             generation: self.generation,
             spec: self.plan.spec.clone(),
             optimizer: self.plan.optimizer.to_string(),
@@ -427,7 +427,7 @@ impl Coordinator {
             seed: self.plan.seed,
             optim: self.optim_of(self.placements.iter().find(|p| p.worker == worker)),
             checkpoint_dir: self.plan.checkpoint.dir.clone(),
-        })
+        }))
     }
 
     fn on_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
@@ -551,32 +551,6 @@ impl Coordinator {
         Ok(effects)
     }
 
-    /// Every step before `next` is complete: snapshot when a checkpoint is
-    /// due (or a stop waits for one), else go on.
-    fn at_boundary(&mut self, next: u32) -> Result<Vec<CoordEffect>> {
-        if self.plan.checkpoint.due(next, self.total_steps()) || self.stopping.is_some() {
-            return Ok(self.snapshot(next));
-        }
-        self.advance(next)
-    }
-
-    /// Starts step `next`, or ends the run after the last step.
-    fn advance(&mut self, next: u32) -> Result<Vec<CoordEffect>> {
-        if next < self.total_steps() {
-            return self.start_step(next);
-        }
-        self.phase = Phase::Finishing;
-        let mut effects: Vec<CoordEffect> =
-            self.members().into_iter().map(|w| CoordEffect::Send { worker: w, message: Message::Finish }).collect();
-        effects.extend(self.turn_away_joiners());
-        Ok(effects)
-    }
-
-    /// The run's last step + 1 (its `--steps`).
-    fn total_steps(&self) -> u32 {
-        self.plan.checkpoint.first_step + self.plan.batches.len() as u32
-    }
-
     fn on_final(
         &mut self,
         worker: u32,
@@ -588,15 +562,6 @@ impl Coordinator {
             return Err(Error::peer(format!("worker {worker}"), "it sent its final state out of turn"));
         }
         Ok(self.maybe_done())
-    }
-
-    /// The job is done once every final state and every checkpoint part is in.
-    fn maybe_done(&mut self) -> Vec<CoordEffect> {
-        if self.phase != Phase::Finishing || self.finals.len() < self.placements.len() || !self.saving.is_empty() {
-            return Vec::new();
-        }
-        self.phase = Phase::Over;
-        vec![CoordEffect::Done(Box::new(self.outcome()))]
     }
 
     fn outcome(&mut self) -> JobOutcome {

@@ -233,7 +233,7 @@ impl Worker {
             return Err(Error::peer(format!("worker {w}"), detail));
         }
         match message {
-            Message::Assign(assignment) => self.assign(assignment),
+            Message::Assign(assignment) => self.assign(*assignment),
             Message::StepStart { step, rows, inputs, targets } => {
                 self.stage_mut()?.handle(StageEvent::StepStart { step, rows, inputs, targets })?;
                 let mut outs = self.due_notice(step, 0);

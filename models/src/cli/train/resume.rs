@@ -50,7 +50,7 @@ pub fn spec_of(resumed: Option<&Resumed>) -> Option<String> {
 }
 
 /// What a checkpoint of this run records about it.
-pub fn settings(args: &TrainArgs, spec_text: &str, batch: usize) -> RunSettings {
+pub fn settings(args: &TrainArgs, spec_text: &str, batch: usize, steps: usize) -> RunSettings {
     RunSettings {
         spec: spec_text.to_string(),
         optimizer: args.optimizer.to_string(),
@@ -60,6 +60,7 @@ pub fn settings(args: &TrainArgs, spec_text: &str, batch: usize) -> RunSettings 
         seed: args.seed,
         clip_grad_norm: args.clip_grad_norm,
         data: args.data.as_ref().map_or_else(|| "synthetic".to_string(), |p| p.display().to_string()),
+        steps,
     }
 }
 
@@ -85,6 +86,15 @@ pub fn check_fits(resumed: &Resumed, now: &RunSettings, model: &Model, total: us
     for (flag, was, now) in fields {
         ensure!(was == now, "--resume {dir}: the checkpoint was written with {flag} {was}, this run has {now}");
     }
+    // A constant rate does not depend on the run's length: such a run may be extended.
+    let schedule_fixed = now.lr_schedule == "constant" || was.steps == now.steps;
+    ensure!(
+        schedule_fixed,
+        "--resume {dir}: --lr-schedule {} depends on --steps, which was {} and is {} now",
+        now.lr_schedule,
+        was.steps,
+        now.steps
+    );
     let next = resumed.next_step() as usize;
     ensure!(
         next < total,
