@@ -76,8 +76,7 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
         // Before the event: a Ctrl-C that also reached the workers must
         // read as a stop, not as a lost worker.
         if let Some(signal) = super::lifetime::stop_signal() {
-            let effects = on_stop_signal(&mut coordinator, &mut stopping, signal, start.elapsed());
-            if !coordinator.stopping() || effects.is_err() {
+            if on_stop_signal(&mut coordinator, &mut stopping, signal, start.elapsed()).is_err() {
                 return Err(stop(node, &roster, &mut coordinator, signal, &stopping, start.elapsed()));
             }
         }
@@ -134,18 +133,15 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
 /// runs out); an error means the wait is over.
 fn on_stop_signal(coordinator: &mut Coordinator, stopping: &mut Stopping, signal: i32, now: Duration) -> Result<()> {
     match stopping.signal {
+        // Without a checkpoint to wait for, [`stop`] fails the job at once.
+        None if !coordinator.stops_with_checkpoint() => bail!("stopped"),
         None => {
             stopping.signal = Some((signal, Instant::now()));
             let reason = format!("the coordinator was stopped by signal {signal}");
             let effects = coordinator.handle(CoordEvent::Stop { reason }, now);
-            if coordinator.stopping() {
-                eprintln!("signal {signal}: finishing the step in progress and writing a final checkpoint");
-            }
-            // Without a checkpoint to wait for, the stop fails the job at once.
-            match effects.iter().any(|e| matches!(e, CoordEffect::Failed(_))) {
-                true => bail!("stopped"),
-                false => Ok(()),
-            }
+            debug_assert!(effects.is_empty(), "a stop with a checkpoint to write waits: {effects:?}");
+            eprintln!("signal {signal}: finishing the step in progress and writing a final checkpoint");
+            Ok(())
         }
         Some((_, since)) if since.elapsed() > STOP_PATIENCE => bail!("the final checkpoint took too long"),
         Some(_) => Ok(()),

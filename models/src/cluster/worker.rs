@@ -285,7 +285,13 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                     }
                 }
             }
-            Out::Exit => return Ok(true),
+            Out::Exit => {
+                // A retiring worker reports the parts it still writes first.
+                for (step, result) in links.saves.wait_all() {
+                    send(node, links.coordinator, &worker.saved(step, result))?;
+                }
+                return Ok(true);
+            }
         }
     }
     Ok(false)

@@ -116,12 +116,18 @@ impl Coordinator {
     /// ends, its checkpoint is written, and then the job fails with
     /// `reason`; without (or before training), it fails at once.
     pub(super) fn on_stop(&mut self, reason: String) -> Vec<CoordEffect> {
-        let running = matches!(self.phase, Phase::Running { .. } | Phase::Snapshotting { .. });
-        if self.plan.checkpoint.dir.is_none() || !running || self.stopping.is_some() {
+        if !self.stops_with_checkpoint() || self.stopping.is_some() {
             return self.fail(reason);
         }
         self.stopping = Some(reason);
         Vec::new()
+    }
+
+    /// True when a stop now would first end the step and write a checkpoint
+    /// (checkpoints are on and training runs); else it fails the job at once.
+    pub fn stops_with_checkpoint(&self) -> bool {
+        let running = matches!(self.phase, Phase::Running { .. } | Phase::Snapshotting { .. });
+        self.plan.checkpoint.dir.is_some() && running
     }
 
     /// True while a stop waits for its checkpoint.
