@@ -168,6 +168,8 @@ fn killing_the_job_while_checkpoints_are_written_always_leaves_one_to_resume() {
         job.wait_for_prefix("checkpoint: steps 0..");
         std::thread::sleep(Duration::from_millis(rng.next_u64() % 150));
         kill_job(&mut job);
+        let (_, log) = job.wait_exit(Duration::from_secs(5));
+        assert!(!log.contains("writing the checkpoint") && !log.contains("training failed"), "kill {i}:\n{log}");
         let loaded = checkpoint::load(&ckpt).unwrap_or_else(|e| panic!("kill {i}: no complete checkpoint left: {e}"));
         let next = loaded.manifest.next_step as usize;
         assert!(next > done && next < STEPS, "kill {i}: the checkpoint holds {next} steps (before: {done})");

@@ -33,11 +33,19 @@ pub struct CoordinatorOptions<'a> {
 const STOP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A signal's stop while the final checkpoint is written: the signal, when
-/// it came, and the last checkpoint committed.
+/// it came, and the checkpoint committer.
 #[derive(Default)]
 struct Stopping {
     signal: Option<(i32, Instant)>,
-    committed: Option<std::path::PathBuf>,
+    committer: Option<super::committer::Committer>,
+}
+
+impl Stopping {
+    /// Waits for the queued commits: the last checkpoint written, if any.
+    fn committed(&mut self) -> Option<std::path::PathBuf> {
+        let committer = self.committer.as_mut()?;
+        committer.finish().map_err(|e| eprintln!("{e}")).ok().flatten()
+    }
 }
 
 /// Who is who: transport peers and worker numbers.
@@ -68,8 +76,9 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
     let mut roster = Roster::default();
     let mut last_child_check = Duration::ZERO;
     let mut stopping = Stopping::default();
-    if let Some(store) = &options.checkpoints {
+    if let Some(store) = options.checkpoints.take() {
         crate::checkpoint::prepare(&store.dir).what("--checkpoint-dir")?;
+        stopping.committer = Some(super::committer::Committer::start(store));
     }
     loop {
         let event = node.events().recv_timeout(Duration::from_millis(100));
@@ -77,7 +86,7 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
         // read as a stop, not as a lost worker.
         if let Some(signal) = super::lifetime::stop_signal() {
             if on_stop_signal(&mut coordinator, &mut stopping, signal, start.elapsed()).is_err() {
-                return Err(stop(node, &roster, &mut coordinator, signal, &stopping, start.elapsed()));
+                return Err(stop(node, &roster, &mut coordinator, signal, &mut stopping, start.elapsed()));
             }
         }
         let inbound = match event {
@@ -109,17 +118,17 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
                 CoordEffect::StepFinished { step, loss } => (options.on_step)(step, loss),
                 CoordEffect::Migrated(record) => (options.on_migration)(&record),
                 CoordEffect::Checkpoint { step, parts } => {
-                    let store = options.checkpoints.as_ref().what("a checkpoint without --checkpoint-dir")?;
-                    let tokens = store.tokens.get(&step).copied();
-                    let path = crate::checkpoint::commit(&store.dir, step, &parts, &store.run, tokens)
-                        .what("writing the checkpoint")?;
-                    eprintln!("checkpoint: steps 0..{step} saved in {}", path.display());
-                    stopping.committed = Some(path);
+                    stopping.committer.as_ref().what("a checkpoint without --checkpoint-dir")?.commit(step, parts)
                 }
-                CoordEffect::Done(outcome) => return Ok(*outcome),
+                CoordEffect::Done(outcome) => {
+                    if let Some(committer) = stopping.committer.as_mut() {
+                        committer.finish()?;
+                    }
+                    return Ok(*outcome);
+                }
                 CoordEffect::Failed(_) if stopping.signal.is_some() => {
                     let signal = stopping.signal.map_or(0, |(s, _)| s);
-                    let checkpoint = super::lifetime::final_checkpoint(stopping.committed.as_deref());
+                    let checkpoint = super::lifetime::final_checkpoint(stopping.committed().as_deref());
                     return Err(Error::Interrupted(super::lifetime::Interrupted { signal, checkpoint }));
                 }
                 CoordEffect::Failed(reason) => bail!("training failed: {reason}"),
@@ -156,10 +165,10 @@ fn stop(
     roster: &Roster,
     coordinator: &mut Coordinator,
     signal: i32,
-    stopping: &Stopping,
+    stopping: &mut Stopping,
     now: Duration,
 ) -> Error {
-    let checkpoint = super::lifetime::final_checkpoint(stopping.committed.as_deref());
+    let checkpoint = super::lifetime::final_checkpoint(stopping.committed().as_deref());
     let interrupted = super::lifetime::Interrupted { signal, checkpoint };
     let reason = format!("the coordinator was {interrupted}");
     for effect in coordinator.handle(CoordEvent::Stop { reason }, now) {

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod budget;
+mod committer;
 mod coordinator;
 pub mod error;
 pub mod fault;

@@ -92,17 +92,16 @@ impl Coordinator {
         if let Some(error) = error {
             return Err(Error::Usage(format!("worker {worker} could not write its checkpoint part: {error}")));
         }
-        let (due, parts) = self.saving.get_mut(&step).ok_or_else(|| {
+        let (_, parts) = self.saving.get_mut(&step).ok_or_else(|| {
             Error::peer(format!("worker {worker}"), format!("it saved a checkpoint of step {step} nobody asked for"))
         })?;
         let part = part.ok_or_else(|| Error::peer(format!("worker {worker}"), "its `saved` holds no part"))?;
         parts.push(part);
-        if parts.len() < *due {
-            return Ok(Vec::new());
+        let effects = self.complete_checkpoints();
+        if effects.is_empty() {
+            return Ok(effects);
         }
-        let (_, mut parts) = self.saving.remove(&step).expect("looked up above");
-        parts.sort_by_key(|p| p.first);
-        let mut effects = vec![CoordEffect::Checkpoint { step, parts }];
+        let mut effects = effects;
         match self.stopping.clone() {
             Some(reason) if self.saving.is_empty() && self.phase == Phase::Finishing => {
                 effects.extend(self.fail(reason));
@@ -110,6 +109,24 @@ impl Coordinator {
             _ => effects.extend(self.maybe_done()),
         }
         Ok(effects)
+    }
+
+    /// Every checkpoint whose parts are all in, oldest first, up to the
+    /// first one still being written: checkpoints are committed in step
+    /// order (a newer one prunes the older ones), whatever order the
+    /// workers' writes finish in.
+    fn complete_checkpoints(&mut self) -> Vec<CoordEffect> {
+        let mut effects = Vec::new();
+        while let Some(entry) = self.saving.first_entry() {
+            let (due, parts) = entry.get();
+            if parts.len() < *due {
+                break;
+            }
+            let (step, (_, mut parts)) = entry.remove_entry();
+            parts.sort_by_key(|p| p.first);
+            effects.push(CoordEffect::Checkpoint { step, parts });
+        }
+        effects
     }
 
     /// A stop (SIGINT, SIGTERM): with checkpoints, the step in progress

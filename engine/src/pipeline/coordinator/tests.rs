@@ -185,3 +185,41 @@ fn periodic_snapshots_hold_the_next_step_until_every_member_answered() {
     let again = from(&mut c, 0, Message::Snapshotted { worker: 0, step: 1 });
     assert!(matches!(again.last(), Some(CoordEffect::Failed(r)) if r.contains("out of turn")), "{again:?}");
 }
+
+#[test]
+fn checkpoints_are_committed_in_step_order_whatever_order_parts_arrive_in() {
+    let mut p = plan(2);
+    p.batches.push(p.batches[0].clone());
+    p.checkpoint =
+        crate::pipeline::checkpoint::CheckpointPlan { dir: Some("/c".into()), every: 1, ..Default::default() };
+    let mut c = Coordinator::new(p, Duration::ZERO).unwrap();
+    register(&mut c, 0);
+    register(&mut c, 1);
+    from(&mut c, 0, Message::Ready { worker: 0 });
+    from(&mut c, 1, Message::Ready { worker: 1 });
+    for step in 0..2u32 {
+        for micro in 0..2 {
+            from(&mut c, 1, Message::Loss { step, micro, value: 1.0 });
+        }
+        for layer in 0..4 {
+            from(&mut c, layer / 2, Message::LayerUpdated { step, layer });
+        }
+        for w in 0..2 {
+            from(&mut c, w, Message::Snapshotted { worker: w, step: step + 1 });
+        }
+    }
+    let saved = |w: u32, step: u32| Message::Saved { worker: w, step, part: Some(part(2 * w)), error: None };
+    // Step 2's parts are all in before step 1's: nothing is committed yet.
+    assert!(from(&mut c, 0, saved(0, 2)).is_empty());
+    assert!(from(&mut c, 1, saved(1, 2)).is_empty());
+    assert!(from(&mut c, 0, saved(0, 1)).is_empty());
+    let effects = from(&mut c, 1, saved(1, 1));
+    let committed: Vec<u32> = effects
+        .iter()
+        .filter_map(|e| match e {
+            CoordEffect::Checkpoint { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(committed, vec![1, 2], "{effects:?}");
+}
