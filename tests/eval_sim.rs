@@ -87,6 +87,7 @@ impl Case {
             lr_schedule: Default::default(),
             seed: SEED,
             eval: eval.then(|| EvalPlan::new(EVERY, self.held_out.clone()).unwrap()),
+            checkpoint: Default::default(),
         }
     }
 

@@ -78,6 +78,7 @@ impl Case {
             lr_schedule: Default::default(),
             seed: SEED,
             eval: None,
+            checkpoint: Default::default(),
         };
         sim::run_job(plan, &spec::factory, seed)
             .unwrap_or_else(|e| panic!("W={workers} {kind} notices {notices:?} seed {seed}: {e}"))

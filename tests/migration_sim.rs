@@ -78,6 +78,7 @@ impl Case {
             clip_grad_norm: None,
             seed: 0,
             eval: None,
+            checkpoint: Default::default(),
         }
     }
 
@@ -242,6 +243,7 @@ fn every_worker_preempted_is_a_clear_failure() {
         clip_grad_norm: None,
         seed: 0,
         eval: None,
+        checkpoint: Default::default(),
     };
     let mut failures = 0;
     for seed in 0..8 {

@@ -70,6 +70,7 @@ fn whole_jobs_in_memory_match_one_process() {
                     clip_grad_norm: None,
                     seed: 0,
                     eval: None,
+                    checkpoint: Default::default(),
                 };
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();
                 let what = format!("{name} W={workers} {kind}");

@@ -114,6 +114,7 @@ pub fn run() -> anyhow::Result<Run> {
         clip_grad_norm: None,
         seed: 0,
         eval: None,
+        checkpoint: Default::default(),
     };
     let exe = std::env::current_exe()?;
     let mut on_step = |step: u32, loss: f32| println!("step {step}: loss {loss:.6}");
@@ -129,6 +130,7 @@ pub fn run() -> anyhow::Result<Run> {
         on_migration: &mut on_migration,
         admin_dir: None,
         kernel_isas: Vec::new(),
+        checkpoints: None,
     };
     Ok(Run { outcome: launch_local(job)?, reference: trainer.params })
 }

@@ -147,7 +147,7 @@ pub fn save_params(path: &Path, params: &ParamStore, metadata: Option<HashMap<St
 /// Writes `bytes` to a temporary file beside `path`, then renames it over
 /// `path`: a reader (or a crash) sees the old file or the new one, never a
 /// torn mix.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |cause| Error::Io { path: path.display().to_string(), cause };
     let dir = match path.parent() {
@@ -165,7 +165,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// added to its header as `__metadata__`, keys in sorted order. The crate
 /// writes metadata from a `HashMap`, whose order changes from run to run;
 /// the tensors' offsets are relative to the data section, so they stay valid.
-fn with_sorted_metadata(
+pub(crate) fn with_sorted_metadata(
     file: &[u8],
     metadata: Option<HashMap<String, String>>,
 ) -> std::result::Result<Vec<u8>, String> {

@@ -4,6 +4,7 @@
 //! Writing a new layer type needs only [`baton_engine::Layer`] and the
 //! [`baton_engine::Recorder`] ops; see `examples/custom_layer.rs`.
 
+pub mod checkpoint;
 pub mod cluster;
 pub mod data;
 pub mod io;
@@ -26,6 +27,10 @@ pub enum Error {
     /// Reading or writing a file failed.
     #[error("{path}: {cause}")]
     Io { path: String, cause: std::io::Error },
+    /// A checkpoint directory that cannot be resumed from, or that does not
+    /// fit the run asked for (names the file or the field).
+    #[error("checkpoint {dir}: {detail}")]
+    Checkpoint { dir: String, detail: String },
     /// The engine refused (shapes, parameters, data).
     #[error(transparent)]
     Engine(#[from] baton_engine::Error),

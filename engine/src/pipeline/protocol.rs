@@ -8,6 +8,7 @@
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
+use super::checkpoint::SavedPart;
 use super::migrate::{Handover, MovedBytes};
 use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
@@ -48,6 +49,11 @@ pub struct Assignment {
     pub clip_grad_norm: Option<f32>,
     /// The run's seed, which keys dropout masks (the same on every worker).
     pub seed: u64,
+    /// Optimizer state of this worker's layers, from the checkpoint resumed from.
+    pub optim: Vec<(String, crate::optim::OptState)>,
+    /// `--checkpoint-dir`: where this worker writes its checkpoint parts
+    /// (shared storage when workers run on other machines).
+    pub checkpoint_dir: Option<String>,
 }
 
 /// A scripted notice: after `actions` compute actions of `step`, the worker
@@ -73,8 +79,9 @@ pub struct Span {
 pub enum Message {
     /// Worker → coordinator, first message: who it is and where peers reach it.
     Register { worker: u32, protocol: u32, address: String },
-    /// Coordinator → worker: its stage in this generation.
-    Assign(Assignment),
+    /// Coordinator → worker: its stage in this generation (boxed: it is
+    /// by far the largest message, and rare).
+    Assign(Box<Assignment>),
     /// Worker → coordinator: connected to every peer, ready for steps.
     Ready { worker: u32 },
     /// Coordinator → worker: a step begins (inputs for the first stage, targets for the last).
@@ -145,6 +152,14 @@ pub enum Message {
     EvalActivation { step: u32, batch: u32, layer: u32, tensor: Tensor },
     /// Last stage → coordinator: held-out batch `batch`'s mean loss.
     EvalLoss { step: u32, batch: u32, value: f32 },
+    /// Coordinator → worker: every step before `step` is complete; copy your
+    /// layers' state for a checkpoint (step `step` waits for the answer).
+    Snapshot { step: u32 },
+    /// Worker → coordinator: the state before `step` is copied; writing goes on.
+    Snapshotted { worker: u32, step: u32 },
+    /// Worker → coordinator: its part of the checkpoint before `step` is
+    /// written (`part`), or could not be (`error`).
+    Saved { worker: u32, step: u32, part: Option<SavedPart>, error: Option<String> },
 }
 
 impl Message {
@@ -179,6 +194,9 @@ impl Message {
             Message::EvalStart { .. } => "eval-start",
             Message::EvalActivation { .. } => "eval-activation",
             Message::EvalLoss { .. } => "eval-loss",
+            Message::Snapshot { .. } => "snapshot",
+            Message::Snapshotted { .. } => "snapshotted",
+            Message::Saved { .. } => "saved",
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rkyv::util::AlignedVec;
 
+use super::checkpoint::CheckpointStore;
 use super::coordinator::{CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan};
 use super::plan::{split_step, StepLosses};
 use super::protocol::{decode, encode, Message, PROTOCOL_VERSION};
@@ -183,11 +184,33 @@ pub fn run_job_with_preempts(
     seed: u64,
     preempts: &[AdminPreempt],
 ) -> Result<JobOutcome> {
+    run_job_full(plan, factory, seed, preempts, None)
+}
+
+/// [`run_job`] that writes the plan's checkpoints through `store` (the
+/// coordinator's snapshots, every worker's part, the commit), as the
+/// process drivers do.
+pub fn run_job_with_checkpoints(
+    plan: JobPlan,
+    factory: &dyn Fn() -> ModelFactory,
+    seed: u64,
+    store: &mut dyn CheckpointStore,
+) -> Result<JobOutcome> {
+    run_job_full(plan, factory, seed, &[], Some(store))
+}
+
+fn run_job_full(
+    plan: JobPlan,
+    factory: &dyn Fn() -> ModelFactory,
+    seed: u64,
+    preempts: &[AdminPreempt],
+    store: Option<&mut dyn CheckpointStore>,
+) -> Result<JobOutcome> {
     let workers = plan.workers;
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
     let mut nodes: Vec<Worker> = (0..workers as u32).map(|w| Worker::new(w, factory())).collect();
     let mut exited = vec![false; workers];
-    let mut net = Network { frames: Vec::new() };
+    let mut net = Network { frames: Vec::new(), store };
     for w in 0..workers as u32 {
         let register = Message::Register { worker: w, protocol: PROTOCOL_VERSION, address: format!("sim:{w}") };
         net.push(Dest::Coordinator, Dest::Worker(w), &register)?;
@@ -234,6 +257,10 @@ pub fn run_job_with_preempts(
                             };
                             net.push(Dest::Coordinator, Dest::Worker(worker), &register)?;
                         }
+                        CoordEffect::Checkpoint { step, parts } => match net.store.as_deref_mut() {
+                            Some(store) => store.commit(step, &parts)?,
+                            None => return Err(Error::Usage("checkpoints need a store in memory".into())),
+                        },
                         CoordEffect::Done(outcome) => return Ok(*outcome),
                         CoordEffect::Failed(reason) => {
                             return Err(Error::Aborted { by: "the coordinator".into(), reason })
@@ -269,12 +296,13 @@ fn admin_preempts(
     Ok(asked)
 }
 
-/// Frames in flight: (to, from, bytes).
-struct Network {
+/// Frames in flight: (to, from, bytes), and where checkpoints go.
+struct Network<'a> {
     frames: Vec<(Dest, Dest, AlignedVec)>,
+    store: Option<&'a mut dyn CheckpointStore>,
 }
 
-impl Network {
+impl Network<'_> {
     fn push(&mut self, to: Dest, from: Dest, message: &Message) -> Result<()> {
         self.frames.push((to, from, encode(message)?));
         Ok(())
@@ -299,6 +327,11 @@ impl Network {
                         self.push(Dest::Worker(to), me, &message)?;
                     }
                     self.push(Dest::Coordinator, me, &node.migrated(generation, bytes, 0))?;
+                }
+                Out::Save { dir, spec, optimizer, snapshot } => {
+                    let store = self.store.as_deref_mut().ok_or_else(|| Error::Usage("no checkpoint store".into()))?;
+                    let result = store.write_part(&dir, &spec, &optimizer, &snapshot);
+                    self.push(Dest::Coordinator, me, &node.saved(snapshot.step, result))?;
                 }
                 Out::Exit => return Ok(true),
             }

@@ -135,6 +135,7 @@ fn pipeline(scenario: &Scenario, params: &ParamStore, batches: &[Batch]) -> anyh
         clip_grad_norm: scenario.clip,
         seed: 0,
         eval: None,
+        checkpoint: Default::default(),
     };
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
     let mut on_step = |step: u32, loss: f32| println!("  step {step}: loss {loss:.6}");
@@ -148,6 +149,7 @@ fn pipeline(scenario: &Scenario, params: &ParamStore, batches: &[Batch]) -> anyh
         on_migration: &mut on_migration,
         admin_dir: None,
         kernel_isas: Vec::new(),
+        checkpoints: None,
     };
     launch_local(job).context("the 3-worker pipeline failed")
 }

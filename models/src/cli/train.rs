@@ -2,7 +2,7 @@
 //! (or seeded defaults), saving the final weights and an optional report.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context};
 use baton_engine::eval::{EvalPlan, EvalPoint};
@@ -10,11 +10,8 @@ use baton_engine::pipeline::coordinator::{JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::protocol::Span;
 use baton_engine::pipeline::{Layout, Partition, ScheduleKind};
-use baton_engine::{
-    init, Backend, Batch, LrSchedule, LrShape, Model, Optimizer, OptimizerConfig, ParamStore, Targets, Tensor, Trainer,
-};
+use baton_engine::{init, Backend, Batch, LrSchedule, LrShape, Model, Optimizer, OptimizerConfig, ParamStore, Trainer};
 use baton_models::cluster::{launch_local_on, run_coordinator, CoordinatorOptions, LocalJob};
-use baton_models::data::{self, DataSource, TokenDtype};
 use baton_models::{io, spec};
 use clap::{Args, ValueEnum};
 
@@ -23,6 +20,11 @@ use super::preempt;
 use super::preflight;
 use super::progress::Progress;
 use super::report::{self, Report};
+
+mod data_steps;
+mod resume;
+
+use data_steps::{data_file, training_data};
 
 /// Pipeline schedule of a multi-worker run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -139,6 +141,19 @@ pub struct TrainArgs {
     admin_dir: Option<PathBuf>,
     #[command(flatten)]
     eval: super::eval::EvalArgs,
+    /// Write checkpoints into DIR (a safetensors file per stage, a
+    /// manifest, a `latest` pointer): at the end, every --checkpoint-every
+    /// steps, and on SIGINT/SIGTERM. Workers on other machines must see DIR
+    /// (shared storage). Implies worker processes even with --workers 1.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Steps between checkpoints (default: only at the end).
+    #[arg(long, value_name = "N", requires = "checkpoint_dir")]
+    checkpoint_every: Option<u32>,
+    /// Continue the run checkpointed in DIR up to --steps (total), on any
+    /// number of workers: bit-identical to an uninterrupted run.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
 }
 
 /// The model to train and how to name it in the saved file and report.
@@ -187,13 +202,24 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     ]);
     preflight::check_files(&inputs, &outputs)?;
     super::set_threads(args.threads)?;
-    let chosen = choose_model(&args)?;
+    let resumed = resume::load(&args)?;
+    let chosen = choose_model(&args, resumed.as_ref())?;
     check_memory(&args, &chosen.model)?;
-    let params = initial_params(&args, &chosen.model)?;
-    let batches = training_data(&args, &chosen.model)?;
-    let rows = batches[0].rows();
-    let lr_schedule = lr_schedule(&args, batches.len())?;
-    let eval_plan = args.eval.plan(&chosen.model, batches.len(), rows)?;
+    let first_step = resumed.as_ref().map_or(0, resume::Resumed::next_step);
+    let params = match &resumed {
+        Some(r) => r.loaded.params.clone(),
+        None => initial_params(&args, &chosen.model)?,
+    };
+    let from = (first_step, resumed.as_ref().and_then(resume::Resumed::tokens));
+    let (batches, tokens) = training_data(&args, &chosen.model, from)?;
+    let (rows, total) = (batches[0].rows(), first_step as usize + batches.len());
+    let settings = resume::settings(&args, &chosen.spec_text, rows, total);
+    if let Some(r) = &resumed {
+        resume::check_fits(r, &settings, &chosen.model, total)?;
+    }
+    let checkpoints = (resume::plan(&args, resumed.as_ref())?, resume::store(&args, settings, &tokens)?);
+    let lr_schedule = lr_schedule(&args, total)?;
+    let eval_plan = args.eval.plan(&chosen.model, total, rows)?;
     ensure!(
         args.microbatches >= 1 && args.microbatches <= rows,
         "--microbatches {}: a batch of {rows} rows can be split into 1..={rows} micro-batches",
@@ -220,8 +246,9 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
         "--kernel-isa sets the kernel path of local worker processes; a hand-started worker takes BATON_KERNEL_ISA"
     );
     let pipeline = args.workers > 1 || args.timeline.is_some() || !joins.is_empty() || !args.kernel_isa.is_empty();
+    let pipeline = pipeline || args.checkpoint_dir.is_some() || args.resume.is_some();
     let run = if pipeline || remote {
-        let scripted = (notices, joins);
+        let scripted = (notices, joins, checkpoints);
         let job = (chosen.model, params, lr_schedule, eval_plan);
         train_pipeline(&args, &spec_text, job, &batches, scripted, (launch, &devices))?
     } else {
@@ -232,7 +259,7 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
         super::plot::write(path, &format!("baton train {label}"), &run.losses, &run.evals)?;
         eprintln!("wrote loss curve {}", path.display());
     }
-    save(&args, &spec_text, &run.params, batches.len(), rows)?;
+    save(&args, &spec_text, &run.params, total, rows)?;
     if let Some(path) = &args.timeline {
         baton_models::cluster::timeline::write_chrome_trace(path, &run.spans)?;
         eprintln!("wrote timeline {}", path.display());
@@ -318,8 +345,13 @@ fn train_in_process(
     })
 }
 
-/// Scripted preemptions (worker, notice) and joins (step, losses).
-type Scripted = (Vec<(u32, PlannedNotice)>, Vec<(u32, u32)>);
+/// Scripted preemptions (worker, notice) and joins (step, losses), and the
+/// checkpoint plan with where checkpoints are committed.
+type Scripted = (
+    Vec<(u32, PlannedNotice)>,
+    Vec<(u32, u32)>,
+    (baton_engine::pipeline::checkpoint::CheckpointPlan, Option<baton_models::checkpoint::DiskStore>),
+);
 
 /// Runs the job on `--workers` worker processes over QUIC on loopback.
 fn train_pipeline(
@@ -327,7 +359,7 @@ fn train_pipeline(
     spec_text: &str,
     (model, params, lr_schedule, eval): (Model, ParamStore, LrSchedule, Option<EvalPlan>),
     batches: &[Batch],
-    (notices, joins): Scripted,
+    (notices, joins, (checkpoint, store)): Scripted,
     (launch, devices): (Launch<'_>, &DeviceList),
 ) -> anyhow::Result<RunResult> {
     let plan = JobPlan {
@@ -347,12 +379,13 @@ fn train_pipeline(
         clip_grad_norm: args.clip_grad_norm,
         seed: args.seed,
         eval,
+        checkpoint,
     };
     let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
     let noun = if args.workers == 1 { "process" } else { "processes" };
     eprintln!("pipeline on {} worker {noun} ({}): layers {}", args.workers, args.schedule.name(), partition.describe());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let progress = std::cell::RefCell::new(Progress::new(batches.len()));
+    let progress = std::cell::RefCell::new(Progress::new(plan.checkpoint.first_step as usize + batches.len()));
     let rows = batches[0].rows();
     let mut on_step = |step: u32, loss: f32| progress.borrow_mut().step(step as usize, loss, rows);
     let mut on_eval = |step: u32, loss: f32| progress.borrow_mut().eval(step as usize, loss);
@@ -373,6 +406,7 @@ fn train_pipeline(
                 on_eval: Some(&mut on_eval),
                 admin_dir,
                 kernel_isas,
+                checkpoints: store,
             };
             launch_local_on(job, devices.devices())?
         }
@@ -383,6 +417,7 @@ fn train_pipeline(
                 on_eval: Some(&mut on_eval),
                 children: &mut Vec::new(),
                 spawn: None,
+                checkpoints: store,
             };
             run_coordinator(node, plan, options)?
         }
@@ -488,7 +523,11 @@ fn check_memory(args: &TrainArgs, model: &Model) -> anyhow::Result<()> {
 }
 
 /// The model from --model, else from the spec in --init's metadata, else mlp12.
-fn choose_model(args: &TrainArgs) -> anyhow::Result<Chosen> {
+fn choose_model(args: &TrainArgs, resumed: Option<&resume::Resumed>) -> anyhow::Result<Chosen> {
+    if let (None, Some(text)) = (&args.model, resume::spec_of(resumed)) {
+        let model = spec::parse(&text).context("--resume: the `spec` in the checkpoint's manifest")?;
+        return Ok(Chosen { label: "spec of the checkpoint".into(), spec_text: text, model });
+    }
     if let Some(text) = &args.model {
         let model = spec::load(text).context("--model")?;
         let spec_text = if text.trim() == "mlp12" {
@@ -528,84 +567,6 @@ fn initial_params(args: &TrainArgs, model: &Model) -> anyhow::Result<ParamStore>
         Some(path) => io::load_params(path, model).context("--init"),
         None => Ok(init::init_params(&model.param_specs(), args.seed)),
     }
-}
-
-/// Batches from --data, else synthetic ones from --batch and --seed.
-/// `--data` as a data source: a token stream (`text:FILE`,
-/// `tokens:FILE[,dtype=..]`), or else a safetensors file.
-fn data_source(path: &Path) -> anyhow::Result<DataSource> {
-    let text = path.to_str().with_context(|| format!("--data {}: not valid UTF-8", path.display()))?;
-    text.parse::<DataSource>().context("--data")
-}
-
-/// The file `--data` reads, whatever its form.
-fn data_file(path: &Path) -> PathBuf {
-    match data_source(path) {
-        Ok(DataSource::Tokens { path, .. }) | Ok(DataSource::Safetensors(path)) => path,
-        Err(_) => path.to_path_buf(),
-    }
-}
-
-/// `--steps` batches of `--batch` windows of T + 1 tokens from a token
-/// stream, at positions from `--seed` ([`data::WindowSampler`]).
-fn token_batches(args: &TrainArgs, model: &Model, path: &Path, dtype: TokenDtype) -> anyhow::Result<Vec<Batch>> {
-    let Some(seq) = model.seq else {
-        bail!(
-            "--data {}: a token stream needs a token model (\"input\": {{\"tokens\": V, \"seq\": T}})",
-            path.display()
-        );
-    };
-    let batch = args.batch.unwrap_or(32);
-    ensure!(batch >= 1, "--batch 0: a batch needs at least one row");
-    let vocab = u32::try_from(model.input).context("the model's vocabulary")?;
-    let file = data::TokenFile::open(path, dtype).context("--data")?;
-    let mut sampler = data::WindowSampler::new(file, seq, batch, vocab, args.seed).context("--data")?;
-    (0..args.steps.unwrap_or(10))
-        .map(|step| {
-            let windows = sampler.next_batch().with_context(|| format!("--data: step {step}"))?;
-            let x = Tensor::from_ids(vec![batch, seq], windows.x)?;
-            let y = Tensor::from_ids(vec![batch, seq], windows.y)?;
-            Ok(Batch::new(x, Targets::Classes(y))?)
-        })
-        .collect()
-}
-
-fn training_data(args: &TrainArgs, model: &Model) -> anyhow::Result<Vec<Batch>> {
-    ensure!(args.steps != Some(0), "--steps 0: train at least one step");
-    let stream = match &args.data {
-        Some(path) => match data_source(path)? {
-            DataSource::Tokens { path, dtype } => Some(token_batches(args, model, &path, dtype)?),
-            DataSource::Safetensors(_) => None,
-        },
-        None => None,
-    };
-    if let Some(batches) = stream {
-        return Ok(batches);
-    }
-    let batches = match &args.data {
-        Some(path) => {
-            let steps = match args.steps {
-                Some(n) => n,
-                None => io::data_steps(path).context("--data")?,
-            };
-            io::load_data(path, model, steps).context("--data")?
-        }
-        None => {
-            let batch = args.batch.unwrap_or(32);
-            ensure!(batch >= 1, "--batch 0: a batch needs at least one row");
-            io::synthetic_data(model, args.steps.unwrap_or(10), batch, args.seed)
-        }
-    };
-    let rows = batches.first().map_or(0, Batch::rows);
-    ensure!(rows > 0, "the training data holds no steps");
-    if let (Some(batch), Some(path)) = (args.batch, &args.data) {
-        ensure!(
-            batch == rows,
-            "--batch {batch} disagrees with --data {}, whose batches hold {rows} rows",
-            path.display()
-        );
-    }
-    Ok(batches)
 }
 
 /// Runs every step (and the evaluations due), reporting progress; returns

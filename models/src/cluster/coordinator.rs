@@ -26,6 +26,28 @@ pub struct CoordinatorOptions<'a> {
     pub children: &'a mut Vec<Child>,
     /// Starts the process of a joining worker (local launches only).
     pub spawn: Option<&'a mut dyn FnMut(u32) -> Result<Child>>,
+    /// `--checkpoint-dir`: commits each checkpoint whose parts the workers wrote.
+    pub checkpoints: Option<crate::checkpoint::DiskStore>,
+}
+
+/// How long a stopped coordinator waits for the step in progress to end and
+/// its checkpoint to be written before it gives up on that checkpoint.
+const STOP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A signal's stop while the final checkpoint is written: the signal, when
+/// it came, and the checkpoint committer.
+#[derive(Default)]
+struct Stopping {
+    signal: Option<(i32, Instant)>,
+    committer: Option<super::committer::Committer>,
+}
+
+impl Stopping {
+    /// Waits for the queued commits: the last checkpoint written, if any.
+    fn committed(&mut self) -> Option<std::path::PathBuf> {
+        let committer = self.committer.as_mut()?;
+        committer.finish().map_err(|e| eprintln!("{e}")).ok().flatten()
+    }
 }
 
 /// Who is who: transport peers and worker numbers.
@@ -55,12 +77,19 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
     let mut coordinator = Coordinator::new(plan, Duration::ZERO)?;
     let mut roster = Roster::default();
     let mut last_child_check = Duration::ZERO;
+    let mut stopping = Stopping::default();
+    if let Some(store) = options.checkpoints.take() {
+        crate::checkpoint::prepare(&store.dir).what("--checkpoint-dir")?;
+        stopping.committer = Some(super::committer::Committer::start(store));
+    }
     loop {
         let event = node.events().recv_timeout(Duration::from_millis(100));
         // Before the event: a Ctrl-C that also reached the workers must
         // read as a stop, not as a lost worker.
         if let Some(signal) = super::lifetime::stop_signal() {
-            return Err(stop(node, &roster, &mut coordinator, signal, start.elapsed()));
+            if on_stop_signal(&mut coordinator, &mut stopping, signal, start.elapsed()).is_err() {
+                return Err(stop(node, &roster, &mut coordinator, signal, &mut stopping, start.elapsed()));
+            }
         }
         let inbound = match event {
             Ok(event) => on_event(node, event, &mut roster)?,
@@ -95,17 +124,58 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
                         on_eval(point.step, point.loss)
                     }
                 }
-                CoordEffect::Done(outcome) => return Ok(*outcome),
+                CoordEffect::Checkpoint { step, parts } => {
+                    stopping.committer.as_ref().what("a checkpoint without --checkpoint-dir")?.commit(step, parts)
+                }
+                CoordEffect::Done(outcome) => {
+                    if let Some(committer) = stopping.committer.as_mut() {
+                        committer.finish()?;
+                    }
+                    return Ok(*outcome);
+                }
+                CoordEffect::Failed(_) if stopping.signal.is_some() => {
+                    let signal = stopping.signal.map_or(0, |(s, _)| s);
+                    let checkpoint = super::lifetime::final_checkpoint(stopping.committed().as_deref());
+                    return Err(Error::Interrupted(super::lifetime::Interrupted { signal, checkpoint }));
+                }
                 CoordEffect::Failed(reason) => bail!("training failed: {reason}"),
             }
         }
     }
 }
 
-/// A signal stops the job: the final-checkpoint hook, then every worker is
-/// told to abort (best effort: the caller closes the connections next).
-fn stop(node: &Node, roster: &Roster, coordinator: &mut Coordinator, signal: i32, now: Duration) -> Error {
-    let checkpoint = super::lifetime::final_checkpoint();
+/// The first stop signal: with `--checkpoint-dir` the coordinator lets the
+/// step in progress end and writes its checkpoint (until [`STOP_PATIENCE`]
+/// runs out); an error means the wait is over.
+fn on_stop_signal(coordinator: &mut Coordinator, stopping: &mut Stopping, signal: i32, now: Duration) -> Result<()> {
+    match stopping.signal {
+        // Without a checkpoint to wait for, [`stop`] fails the job at once.
+        None if !coordinator.stops_with_checkpoint() => bail!("stopped"),
+        None => {
+            stopping.signal = Some((signal, Instant::now()));
+            let reason = format!("the coordinator was stopped by signal {signal}");
+            let effects = coordinator.handle(CoordEvent::Stop { reason }, now);
+            debug_assert!(effects.is_empty(), "a stop with a checkpoint to write waits: {effects:?}");
+            eprintln!("signal {signal}: finishing the step in progress and writing a final checkpoint");
+            Ok(())
+        }
+        Some((_, since)) if since.elapsed() > STOP_PATIENCE => bail!("the final checkpoint took too long"),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A signal stops the job: every worker is told to abort (best effort: the
+/// caller closes the connections next), and the error says which
+/// checkpoint holds the job's state.
+fn stop(
+    node: &Node,
+    roster: &Roster,
+    coordinator: &mut Coordinator,
+    signal: i32,
+    stopping: &mut Stopping,
+    now: Duration,
+) -> Error {
+    let checkpoint = super::lifetime::final_checkpoint(stopping.committed().as_deref());
     let interrupted = super::lifetime::Interrupted { signal, checkpoint };
     let reason = format!("the coordinator was {interrupted}");
     for effect in coordinator.handle(CoordEvent::Stop { reason }, now) {

@@ -34,6 +34,8 @@ pub struct LocalJob<'a> {
     /// environment), by worker number; one entry names every worker's, none
     /// leaves each the coordinator's. A mixed fleet on one machine.
     pub kernel_isas: Vec<Isa>,
+    /// `--checkpoint-dir`: where the checkpoints the workers write are committed.
+    pub checkpoints: Option<crate::checkpoint::DiskStore>,
 }
 
 /// Runs `job` with `job.plan.workers` worker processes and returns the outcome.
@@ -95,6 +97,7 @@ pub fn launch_local_on(job: LocalJob<'_>, devices: &[Device]) -> Result<JobOutco
         },
         children: &mut children,
         spawn: Some(&mut spawn),
+        checkpoints: job.checkpoints,
     };
     let result = run_coordinator(&node, job.plan, options);
     // Closing our endpoint tells the lingering workers that every final

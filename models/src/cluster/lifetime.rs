@@ -73,13 +73,17 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
-/// Where the final checkpoint of a stopped job is written, and what the
-/// user is told about it.
-///
-/// TODO(checkpoints, issue 10): once `--checkpoint-dir` exists, write the
-/// last completed step's checkpoint here (each stage its own layers) before
-/// the workers are stopped, and say where it is. Until then nothing is
-/// saved, and the message says so.
-pub fn final_checkpoint() -> String {
-    "no checkpoint was written (checkpoints are not implemented yet): the run must start over".into()
+/// What the user is told about the job's state when it stopped: the
+/// checkpoint written last (with `--checkpoint-dir`, the coordinator lets
+/// the step in progress end and writes its checkpoint first), or that none
+/// exists.
+pub fn final_checkpoint(written: Option<&std::path::Path>) -> String {
+    match written {
+        Some(path) => format!(
+            "its latest checkpoint is in {}; continue with --resume {}",
+            path.display(),
+            path.parent().map_or_else(|| path.display().to_string(), |dir| dir.display().to_string())
+        ),
+        None => "no checkpoint was written (pass --checkpoint-dir to keep one): the run must start over".into(),
+    }
 }

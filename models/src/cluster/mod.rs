@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod budget;
+mod committer;
 mod coordinator;
 pub mod error;
 pub mod fault;
@@ -12,6 +13,7 @@ pub mod handoff;
 mod launch;
 pub mod lifetime;
 pub mod notice;
+mod saves;
 pub mod timeline;
 mod worker;
 

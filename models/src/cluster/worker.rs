@@ -46,6 +46,8 @@ struct Links {
     clock: Instant,
     /// Set once this worker is noticed: what it can ship before its deadline.
     budget: Option<ShipBudget>,
+    /// Checkpoint parts being written on threads: their reports come back here.
+    saves: super::saves::Saves,
 }
 
 /// Registers with the coordinator and runs the assigned stage until the
@@ -79,6 +81,7 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> Result<()> {
         ready_sent: false,
         clock: Instant::now(),
         budget: None,
+        saves: super::saves::Saves::new(),
     };
     let mut worker = Worker::new(options.id, crate::spec::factory_on(backend, options.layers));
     let notices = options.notices.unwrap_or_else(crossbeam_channel::never);
@@ -110,8 +113,16 @@ fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver
             count(links, work, worker.current_step().unwrap_or(0));
             continue;
         }
+        let saved = links.saves.done().clone();
         let event = crossbeam_channel::select! {
             recv(node.events()) -> event => event.map_err(|_| Error::Job("the transport stopped".into()))?,
+            recv(saved) -> report => {
+                if let Ok((step, result)) = report {
+                    links.saves.finished();
+                    send(node, links.coordinator, &worker.saved(step, result))?;
+                }
+                continue;
+            }
             recv(notices) -> grace => {
                 if let Ok(grace_ms) = grace {
                     on_notice(node, worker, links, grace_ms)?;
@@ -214,8 +225,13 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
     for out in outs {
         match out {
             Out::Send { to: Dest::Coordinator, message } if matches!(message, Message::Final { .. }) => {
+                // Parts still being written are reported before the end.
+                for (step, result) in links.saves.wait_all() {
+                    send(node, links.coordinator, &worker.saved(step, result))?;
+                }
                 send_wait(node, links.coordinator, &message)?;
             }
+            Out::Save { dir, spec, optimizer, snapshot } => links.saves.start(dir, spec, optimizer, *snapshot),
             Out::Send { to, message } => {
                 if let Message::Notice { grace_ms, .. } = message {
                     links.budget = Some(ShipBudget::new(Instant::now(), Duration::from_millis(grace_ms))?);
@@ -269,7 +285,13 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                     }
                 }
             }
-            Out::Exit => return Ok(true),
+            Out::Exit => {
+                // A retiring worker reports the parts it still writes first.
+                for (step, result) in links.saves.wait_all() {
+                    send(node, links.coordinator, &worker.saved(step, result))?;
+                }
+                return Ok(true);
+            }
         }
     }
     Ok(false)

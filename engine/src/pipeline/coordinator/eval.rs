@@ -32,7 +32,7 @@ impl Coordinator {
     pub(super) fn after_step(&mut self, step: u32) -> Result<Vec<CoordEffect>> {
         match &self.plan.eval {
             Some(plan) if plan.due_after(step) => self.start_eval(step),
-            _ => self.next_or_finish(step),
+            _ => self.at_boundary(step + 1),
         }
     }
 
@@ -74,19 +74,7 @@ impl Coordinator {
         let point = EvalPoint { step, loss: mean_loss(&all)? };
         self.evals.push(point);
         let mut effects = vec![CoordEffect::EvalFinished(point)];
-        effects.extend(self.next_or_finish(step)?);
-        Ok(effects)
-    }
-
-    /// Starts step `step + 1`, or finishes the run after the last step.
-    fn next_or_finish(&mut self, step: u32) -> Result<Vec<CoordEffect>> {
-        if (step as usize + 1) < self.plan.batches.len() {
-            return self.start_step(step + 1);
-        }
-        self.phase = Phase::Finishing;
-        let finish = |w| CoordEffect::Send { worker: w, message: Message::Finish };
-        let mut effects: Vec<CoordEffect> = self.members().into_iter().map(finish).collect();
-        effects.extend(self.turn_away_joiners());
+        effects.extend(self.at_boundary(step + 1)?);
         Ok(effects)
     }
 }

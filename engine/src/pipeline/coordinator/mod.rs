@@ -6,6 +6,7 @@
 //! argument; effects tell it what to send. So every deadline and every
 //! preemption point can be tested in memory.
 
+mod checkpoint;
 mod clip;
 mod eval;
 mod membership;
@@ -16,6 +17,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
+use super::checkpoint::{CheckpointPlan, SavedPart};
 use super::migrate::MovedBytes;
 use super::plan::{split_step, StepLosses};
 use super::protocol::{Assignment, Message, Placement, PlannedNotice, Span};
@@ -56,6 +58,9 @@ pub struct JobPlan {
     pub seed: u64,
     /// `--eval-data`: held-out evaluations between steps, if any.
     pub eval: Option<crate::eval::EvalPlan>,
+    /// `--checkpoint-dir`, `--checkpoint-every` and `--resume`: `batches`
+    /// then holds the steps from `checkpoint.first_step` on.
+    pub checkpoint: CheckpointPlan,
 }
 
 /// What the driver reports.
@@ -91,6 +96,12 @@ pub enum CoordEffect {
     Migrated(MigrationRecord),
     /// An evaluation finished (after the step it names).
     EvalFinished(crate::eval::EvalPoint),
+    /// Every part of the checkpoint before `step` is written: the driver
+    /// writes its manifest and makes it the current checkpoint.
+    Checkpoint {
+        step: u32,
+        parts: Vec<SavedPart>,
+    },
     /// The job finished.
     Done(Box<JobOutcome>),
     /// The job cannot go on.
@@ -149,6 +160,11 @@ enum Phase {
     Evaluating {
         step: u32,
         losses: Vec<Option<f32>>,
+    },
+    /// At the boundary before `next`: waiting for every member's snapshot.
+    Snapshotting {
+        next: u32,
+        acks: BTreeSet<u32>,
     },
     Finishing,
     Over,
@@ -213,6 +229,11 @@ pub struct Coordinator {
     clip: ClipState,
     grad_norms: Vec<f32>,
     evals: Vec<crate::eval::EvalPoint>,
+    /// Checkpoints being written: by step, the parts still due and those in.
+    saving: BTreeMap<u32, (usize, Vec<SavedPart>)>,
+    /// A stop (signal) waiting for the step in progress to end and its
+    /// checkpoint to be written: the reason the job then fails with.
+    stopping: Option<String>,
 }
 
 impl Coordinator {
@@ -252,6 +273,8 @@ impl Coordinator {
             clip: ClipState::default(),
             grad_norms: Vec::new(),
             evals: Vec::new(),
+            saving: BTreeMap::new(),
+            stopping: None,
         })
     }
 
@@ -294,7 +317,7 @@ impl Coordinator {
             CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
             CoordEvent::Lost { worker, reason } => Err(Error::Lost { worker, reason }),
             CoordEvent::Message { worker, message } => self.on_message(worker, message, now),
-            CoordEvent::Stop { reason } => return self.fail(reason),
+            CoordEvent::Stop { reason } => return self.on_stop(reason),
         };
         match (result, sender) {
             (Ok(effects), _) => effects,
@@ -344,6 +367,8 @@ impl Coordinator {
                 self.on_migrated(worker, bytes, ship_us, farewell, now)
             }
             Message::Resumed { .. } => self.on_resumed(worker, now),
+            Message::Snapshotted { step, .. } => self.on_snapshotted(worker, step),
+            Message::Saved { step, part, error, .. } => self.on_saved(worker, step, part, error),
             Message::Abort { reason } => Err(Error::Aborted { by: format!("worker {worker}"), reason }),
             other => {
                 Err(Error::peer(format!("worker {worker}"), format!("it sent an unexpected {} message", other.kind())))
@@ -403,7 +428,7 @@ impl Coordinator {
             None => Vec::new(),
         };
         let notices = self.plan.notices.iter().filter(|(w, _)| *w == worker).map(|(_, n)| *n).collect();
-        Message::Assign(Assignment {
+        Message::Assign(Box::new(Assignment {
             generation: self.generation,
             spec: self.plan.spec.clone(),
             optimizer: self.plan.optimizer.to_string(),
@@ -415,7 +440,9 @@ impl Coordinator {
             ship_bf16: self.plan.ship_bf16,
             clip_grad_norm: self.plan.clip_grad_norm,
             seed: self.plan.seed,
-        })
+            optim: self.optim_of(self.placements.iter().find(|p| p.worker == worker)),
+            checkpoint_dir: self.plan.checkpoint.dir.clone(),
+        }))
     }
 
     fn on_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
@@ -423,7 +450,7 @@ impl Coordinator {
             return Err(Error::peer(format!("worker {worker}"), "it reported ready out of turn"));
         }
         if self.ready.len() == self.plan.workers {
-            return self.start_step(0);
+            return self.start_step(self.plan.checkpoint.first_step);
         }
         Ok(Vec::new())
     }
@@ -433,7 +460,10 @@ impl Coordinator {
     }
 
     fn start_step(&mut self, step: u32) -> Result<Vec<CoordEffect>> {
-        let split = split_step(&self.plan.batches[step as usize], self.plan.micro_batches)?;
+        let index = step.checked_sub(self.plan.checkpoint.first_step).map(|i| i as usize);
+        let batch = index.and_then(|i| self.plan.batches.get(i));
+        let batch = batch.ok_or_else(|| Error::Internal(format!("step {step} has no batch")))?;
+        let split = split_step(batch, self.plan.micro_batches)?;
         self.step_losses = Some(StepLosses::new(split.rows.clone()));
         self.phase = Phase::Running { step, updated: vec![false; self.plan.costs.len()] };
         self.clip = ClipState::default();
@@ -546,11 +576,7 @@ impl Coordinator {
         if self.phase != Phase::Finishing || self.finals.insert(worker, (params, counters, spans)).is_some() {
             return Err(Error::peer(format!("worker {worker}"), "it sent its final state out of turn"));
         }
-        if self.finals.len() < self.placements.len() {
-            return Ok(Vec::new());
-        }
-        self.phase = Phase::Over;
-        Ok(vec![CoordEffect::Done(Box::new(self.outcome()))])
+        Ok(self.maybe_done())
     }
 
     fn outcome(&mut self) -> JobOutcome {

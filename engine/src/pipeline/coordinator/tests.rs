@@ -28,6 +28,7 @@ fn plan(workers: usize) -> JobPlan {
         lr_schedule: Default::default(),
         seed: 0,
         eval: None,
+        checkpoint: Default::default(),
     }
 }
 
@@ -123,4 +124,103 @@ fn a_member_that_breaks_the_protocol_fails_the_job_naming_it() {
     let effects = from(&mut c, 1, Message::Ready { worker: 1 });
     let Some(CoordEffect::Failed(reason)) = effects.last() else { panic!("{effects:?}") };
     assert!(reason.contains("worker 1 broke the protocol"), "{reason}");
+}
+
+/// Finishes step 0 of [`running`]'s job: both micro-batch losses and every
+/// layer's update.
+fn finish_step0(c: &mut Coordinator) -> Vec<CoordEffect> {
+    let mut effects = Vec::new();
+    for micro in 0..2 {
+        effects.extend(from(c, 1, Message::Loss { step: 0, micro, value: 1.0 }));
+    }
+    for layer in 0..4 {
+        effects.extend(from(c, layer / 2, Message::LayerUpdated { step: 0, layer }));
+    }
+    effects
+}
+
+fn part(first: u32) -> crate::pipeline::checkpoint::SavedPart {
+    let file = format!("layers-{first}");
+    crate::pipeline::checkpoint::SavedPart { file, first, end: first + 2, sha256: "00".into(), bytes: 1 }
+}
+
+#[test]
+fn a_stop_with_checkpoints_ends_the_step_writes_its_checkpoint_then_fails() {
+    let mut p = plan(2);
+    p.checkpoint.dir = Some("/ckpt".into());
+    let mut c = Coordinator::new(p, Duration::ZERO).unwrap();
+    register(&mut c, 0);
+    register(&mut c, 1);
+    from(&mut c, 0, Message::Ready { worker: 0 });
+    from(&mut c, 1, Message::Ready { worker: 1 });
+    assert!(c.handle(CoordEvent::Stop { reason: "SIGTERM".into() }, Duration::ZERO).is_empty(), "waits for the step");
+    assert!(c.stopping());
+    // The step ends: a snapshot instead of the next step.
+    let effects = finish_step0(&mut c);
+    assert_eq!(sends(&effects), vec![(0, "snapshot"), (1, "snapshot")]);
+    assert_eq!(sends(&from(&mut c, 0, Message::Snapshotted { worker: 0, step: 1 })), vec![]);
+    assert_eq!(sends(&from(&mut c, 1, Message::Snapshotted { worker: 1, step: 1 })), vec![], "no step 1");
+    let saved = |w: u32| Message::Saved { worker: w, step: 1, part: Some(part(2 * w)), error: None };
+    assert_eq!(sends(&from(&mut c, 1, saved(1))), vec![]);
+    let effects = from(&mut c, 0, saved(0));
+    let Some(CoordEffect::Checkpoint { step: 1, parts }) = effects.first() else { panic!("{effects:?}") };
+    assert_eq!(parts.iter().map(|p| p.first).collect::<Vec<_>>(), vec![0, 2], "parts in layer order");
+    assert_eq!(effects.last(), Some(&CoordEffect::Failed("SIGTERM".into())));
+}
+
+#[test]
+fn periodic_snapshots_hold_the_next_step_until_every_member_answered() {
+    let mut p = plan(2);
+    p.checkpoint =
+        crate::pipeline::checkpoint::CheckpointPlan { dir: Some("/c".into()), every: 1, ..Default::default() };
+    let mut c = Coordinator::new(p, Duration::ZERO).unwrap();
+    register(&mut c, 0);
+    register(&mut c, 1);
+    from(&mut c, 0, Message::Ready { worker: 0 });
+    from(&mut c, 1, Message::Ready { worker: 1 });
+    assert_eq!(sends(&finish_step0(&mut c)), vec![(0, "snapshot"), (1, "snapshot")]);
+    assert_eq!(sends(&from(&mut c, 1, Message::Snapshotted { worker: 1, step: 1 })), vec![]);
+    let next = from(&mut c, 0, Message::Snapshotted { worker: 0, step: 1 });
+    assert_eq!(sends(&next), vec![(0, "step-start"), (1, "step-start")]);
+    // A second answer of one worker is a protocol error.
+    let again = from(&mut c, 0, Message::Snapshotted { worker: 0, step: 1 });
+    assert!(matches!(again.last(), Some(CoordEffect::Failed(r)) if r.contains("out of turn")), "{again:?}");
+}
+
+#[test]
+fn checkpoints_are_committed_in_step_order_whatever_order_parts_arrive_in() {
+    let mut p = plan(2);
+    p.batches.push(p.batches[0].clone());
+    p.checkpoint =
+        crate::pipeline::checkpoint::CheckpointPlan { dir: Some("/c".into()), every: 1, ..Default::default() };
+    let mut c = Coordinator::new(p, Duration::ZERO).unwrap();
+    register(&mut c, 0);
+    register(&mut c, 1);
+    from(&mut c, 0, Message::Ready { worker: 0 });
+    from(&mut c, 1, Message::Ready { worker: 1 });
+    for step in 0..2u32 {
+        for micro in 0..2 {
+            from(&mut c, 1, Message::Loss { step, micro, value: 1.0 });
+        }
+        for layer in 0..4 {
+            from(&mut c, layer / 2, Message::LayerUpdated { step, layer });
+        }
+        for w in 0..2 {
+            from(&mut c, w, Message::Snapshotted { worker: w, step: step + 1 });
+        }
+    }
+    let saved = |w: u32, step: u32| Message::Saved { worker: w, step, part: Some(part(2 * w)), error: None };
+    // Step 2's parts are all in before step 1's: nothing is committed yet.
+    assert!(from(&mut c, 0, saved(0, 2)).is_empty());
+    assert!(from(&mut c, 1, saved(1, 2)).is_empty());
+    assert!(from(&mut c, 0, saved(0, 1)).is_empty());
+    let effects = from(&mut c, 1, saved(1, 1));
+    let committed: Vec<u32> = effects
+        .iter()
+        .filter_map(|e| match e {
+            CoordEffect::Checkpoint { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(committed, vec![1, 2], "{effects:?}");
 }

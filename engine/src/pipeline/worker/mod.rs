@@ -12,6 +12,7 @@
 //! Data messages carry their generation, so a message of the new generation
 //! that overtakes the drain waits its turn.
 
+mod checkpoint;
 mod migration;
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,15 @@ pub enum Out {
         handovers: Vec<(u32, Message)>,
         bytes: MovedBytes,
     },
+    /// Write this snapshot of the worker's layers into the checkpoint
+    /// directory `dir` (on a thread: training goes on), then send the
+    /// coordinator [`Worker::saved`]'s message.
+    Save {
+        dir: String,
+        spec: String,
+        optimizer: String,
+        snapshot: Box<super::checkpoint::Snapshot>,
+    },
     /// This worker's part is over: the driver sends nothing more and exits.
     Exit,
 }
@@ -90,11 +100,24 @@ struct Setup {
     optimizer: crate::OptimizerConfig,
     clipping: bool,
     lr_schedule: crate::LrSchedule,
+    /// The assignment's spec (JSON), stored with checkpoint parts.
+    spec: String,
+    checkpoint_dir: Option<String>,
 }
 
 impl Setup {
     fn stage(&self, layers: std::ops::Range<u32>, at: (u32, u32), params: ParamStore) -> Result<Stage> {
         let optimizer = Optimizer::new(self.optimizer).with_lr_schedule(self.lr_schedule);
+        self.stage_with(layers, at, params, optimizer)
+    }
+
+    fn stage_with(
+        &self,
+        layers: std::ops::Range<u32>,
+        at: (u32, u32),
+        params: ParamStore,
+        optimizer: Optimizer,
+    ) -> Result<Stage> {
         let stage = Stage::new(self.model.clone(), layers, at, self.kind, params, optimizer)?;
         Ok(stage.with_clipping(self.clipping))
     }
@@ -213,7 +236,7 @@ impl Worker {
             return Err(Error::peer(format!("worker {w}"), detail));
         }
         match message {
-            Message::Assign(assignment) => self.assign(assignment),
+            Message::Assign(assignment) => self.assign(*assignment),
             Message::StepStart { step, rows, inputs, targets } => {
                 self.stage_mut()?.handle(StageEvent::StepStart { step, rows, inputs, targets })?;
                 let mut outs = self.due_notice(step, 0);
@@ -248,6 +271,7 @@ impl Worker {
             }
             Message::Handover { generation, handover } => self.on_handover(from, generation, handover),
             Message::Retire => Ok(vec![Out::Exit]),
+            Message::Snapshot { step } => self.snapshot(step),
             Message::Finish => self.finish(),
             Message::Abort { reason } => Err(Error::Aborted { by: "the coordinator".into(), reason }),
             other => Err(Error::peer(
@@ -274,6 +298,8 @@ impl Worker {
             optimizer: a.optimizer.parse()?,
             clipping: a.clip_grad_norm.is_some(),
             lr_schedule: a.lr_schedule,
+            spec: a.spec.clone(),
+            checkpoint_dir: a.checkpoint_dir.clone(),
         };
         setup.lr_schedule.check(setup.optimizer.lr())?;
         self.generation = a.generation;
@@ -286,7 +312,11 @@ impl Worker {
         let place = &a.placements[position];
         let params: ParamStore = a.params.into_iter().collect();
         let at = (position as u32, a.placements.len() as u32);
-        self.stage = Some(setup.stage(place.first..place.end, at, params)?);
+        let mut optimizer = Optimizer::new(setup.optimizer).with_lr_schedule(setup.lr_schedule);
+        for (name, state) in a.optim {
+            optimizer.insert_state(name, state);
+        }
+        self.stage = Some(setup.stage_with(place.first..place.end, at, params, optimizer)?);
         self.setup = Some(setup);
         let lower = a.placements.iter().filter(|p| p.worker < self.id).cloned().collect();
         self.placements = a.placements;
