@@ -74,6 +74,21 @@ pub struct Span {
     pub duration_us: u64,
 }
 
+/// One report a worker owes the coordinator. A worker collects them while it
+/// has work ready and sends them together as one [`Message::Reports`] when it
+/// runs out of work (or before any other message to the coordinator), so a
+/// step costs a few frames instead of one per layer and micro-batch; the
+/// coordinator takes them in the order they were made.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Report {
+    /// As [`Message::Loss`].
+    Loss { step: u32, micro: u32, value: f32 },
+    /// As [`Message::LayerUpdated`].
+    LayerUpdated { step: u32, layer: u32 },
+    /// As [`Message::LayerNorms`].
+    LayerNorms { step: u32, layer: u32, norms: Vec<f32> },
+}
+
 /// Everything on the wire between coordinator and workers.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Message {
@@ -160,6 +175,8 @@ pub enum Message {
     /// Worker → coordinator: its part of the checkpoint before `step` is
     /// written (`part`), or could not be (`error`).
     Saved { worker: u32, step: u32, part: Option<SavedPart>, error: Option<String> },
+    /// Worker → coordinator: reports in the order they were made (never empty).
+    Reports { reports: Vec<Report> },
 }
 
 impl Message {
@@ -197,6 +214,7 @@ impl Message {
             Message::Snapshot { .. } => "snapshot",
             Message::Snapshotted { .. } => "snapshotted",
             Message::Saved { .. } => "saved",
+            Message::Reports { .. } => "reports",
         }
     }
 
@@ -364,6 +382,13 @@ mod tests {
                 targets: vec![(0, Targets::Classes(Tensor::from_ids(vec![2], vec![1, 0]).unwrap()))],
             },
             Message::Abort { reason: "bye".into() },
+            Message::Reports {
+                reports: vec![
+                    Report::Loss { step: 1, micro: 0, value: 0.25 },
+                    Report::LayerUpdated { step: 1, layer: 7 },
+                    Report::LayerNorms { step: 1, layer: 7, norms: vec![1.0, 2.0] },
+                ],
+            },
         ] {
             assert_eq!(decode(&frame(&m)).unwrap(), m);
         }
@@ -372,11 +397,16 @@ mod tests {
     #[test]
     fn garbage_and_truncated_frames_are_errors() {
         let t = Tensor::new(vec![3], vec![1.0, 2.0, 3.0]).unwrap();
-        let good = frame(&Message::Gradient { generation: 0, step: 0, micro: 0, layer: 1, tensor: t });
-        for cut in [0, 3, good.len() / 2, good.len() - 1] {
-            let mut short = AlignedVec::<16>::new();
-            short.extend_from_slice(&good[..cut]);
-            assert!(decode(&short).is_err(), "truncated to {cut}");
+        let reports = vec![Report::LayerUpdated { step: 0, layer: 1 }, Report::Loss { step: 0, micro: 2, value: 0.5 }];
+        for good in [
+            frame(&Message::Gradient { generation: 0, step: 0, micro: 0, layer: 1, tensor: t }),
+            frame(&Message::Reports { reports }),
+        ] {
+            for cut in [0, 3, good.len() / 2, good.len() - 1] {
+                let mut short = AlignedVec::<16>::new();
+                short.extend_from_slice(&good[..cut]);
+                assert!(decode(&short).is_err(), "truncated to {cut}");
+            }
         }
         let mut garbage = AlignedVec::<16>::new();
         garbage.extend_from_slice(&[0xFFu8; 64]);

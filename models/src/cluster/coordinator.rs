@@ -220,6 +220,7 @@ fn on_message(node: &Node, peer: PeerId, bytes: &Frame, roster: &mut Roster) -> 
         return Ok(Vec::new());
     }
     let message = protocol::decode(bytes).what_with(|| format!("a frame from {peer}"))?;
+    tracing::debug!(from = name, kind = message.kind(), "received");
     if let Message::Register { worker, .. } = &message {
         tracing::info!(worker, %peer, "worker registered");
         check_claim(name, *worker)?;

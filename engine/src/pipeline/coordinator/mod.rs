@@ -11,6 +11,7 @@ mod clip;
 mod eval;
 mod membership;
 mod migration;
+mod reports;
 #[cfg(test)]
 mod tests;
 
@@ -360,6 +361,7 @@ impl Coordinator {
             Message::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer),
             Message::LayerNorms { step, layer, norms } => self.on_layer_norms(worker, step, layer, norms),
             Message::EvalLoss { step, batch, value } => self.on_eval_loss(worker, step, batch, value),
+            Message::Reports { reports } => self.on_reports(worker, reports),
             Message::Final { params, counters, spans, .. } => self.on_final(worker, params, counters, spans),
             Message::Notice { grace_ms, .. } => self.on_notice(worker, Duration::from_millis(grace_ms), now),
             Message::Paused { sent, .. } => self.on_paused(worker, sent),

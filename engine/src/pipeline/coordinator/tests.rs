@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{CoordEffect, CoordEvent, Coordinator, JobPlan};
-use crate::pipeline::protocol::{Message, PROTOCOL_VERSION};
+use crate::pipeline::protocol::{decode, encode, Message, Report, PROTOCOL_VERSION};
 use crate::pipeline::ScheduleKind;
 use crate::train::{Batch, Targets};
 use crate::{OptimizerConfig, ParamStore, Tensor};
@@ -223,4 +223,46 @@ fn checkpoints_are_committed_in_step_order_whatever_order_parts_arrive_in() {
         })
         .collect();
     assert_eq!(committed, vec![1, 2], "{effects:?}");
+}
+
+/// A batch of reports, through the wire format (encoded and decoded).
+fn reports(c: &mut Coordinator, worker: u32, reports: Vec<Report>) -> Vec<CoordEffect> {
+    let message = decode(&encode(&Message::Reports { reports }).unwrap()).unwrap();
+    from(c, worker, message)
+}
+
+#[test]
+fn batched_reports_count_each_layer_and_loss_as_single_messages_do() {
+    let updated = |layer| Report::LayerUpdated { step: 0, layer };
+    let loss = |micro| Report::Loss { step: 0, micro, value: 0.5 };
+    // Batched: worker 1 holds layers 2-3 and the loss, worker 0 layers 0-1.
+    let mut batched = running();
+    assert_eq!(sends(&reports(&mut batched, 1, vec![loss(0), loss(1), updated(2), updated(3)])), vec![]);
+    assert_eq!(sends(&reports(&mut batched, 0, vec![updated(0)])), vec![]);
+    // The step ends with the last layer, whichever batch brings it.
+    let next = reports(&mut batched, 0, vec![updated(1)]);
+    assert_eq!(sends(&next), vec![(0, "step-start"), (1, "step-start")]);
+    // One message per report gives the same effects.
+    let mut single = running();
+    from(&mut single, 1, Message::Loss { step: 0, micro: 0, value: 0.5 });
+    from(&mut single, 1, Message::Loss { step: 0, micro: 1, value: 0.5 });
+    for (worker, layer) in [(1, 2), (1, 3), (0, 0)] {
+        from(&mut single, worker, Message::LayerUpdated { step: 0, layer });
+    }
+    assert_eq!(from(&mut single, 0, Message::LayerUpdated { step: 0, layer: 1 }), next);
+}
+
+#[test]
+fn a_bad_report_in_a_batch_fails_the_job_naming_it() {
+    let failure = |effects: Vec<CoordEffect>| match effects.last() {
+        Some(CoordEffect::Failed(reason)) => reason.clone(),
+        other => panic!("the job went on: {other:?}"),
+    };
+    let twice = vec![Report::LayerUpdated { step: 0, layer: 2 }, Report::LayerUpdated { step: 0, layer: 2 }];
+    let reason = failure(reports(&mut running(), 1, twice));
+    assert!(reason.contains("worker 1") && reason.contains("updated layer 2 for step 0 out of turn"), "{reason}");
+    let reason = failure(reports(&mut running(), 1, vec![Report::Loss { step: 3, micro: 0, value: 1.0 }]));
+    assert!(reason.contains("its loss of step 3 arrived out of turn"), "{reason}");
+    let reason = failure(reports(&mut running(), 0, Vec::new()));
+    assert!(reason.contains("an empty batch of reports"), "{reason}");
 }

@@ -14,6 +14,7 @@
 
 mod checkpoint;
 mod migration;
+mod reports;
 #[cfg(test)]
 mod tests;
 
@@ -21,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::migrate::MovedBytes;
-use super::protocol::{Assignment, Message, Placement, PlannedNotice, Span};
+use super::protocol::{Assignment, Message, Placement, PlannedNotice, Report, Span};
 use super::stage::Work;
 use super::{Effect, ScheduleKind, Stage, StageEvent};
 use crate::{Error, Model, Optimizer, ParamStore, Result};
@@ -147,6 +148,8 @@ pub struct Worker {
     ship_budget: Option<u64>,
     /// Compute actions completed in the step in progress (for scripted notices).
     actions_in_step: (u32, u32),
+    /// Reports for the coordinator not yet sent (see `reports.rs`).
+    outbox: Vec<Report>,
     pub spans: Vec<Span>,
 }
 
@@ -168,6 +171,7 @@ impl Worker {
             ship_bf16: false,
             ship_budget: None,
             actions_in_step: (0, 0),
+            outbox: Vec::new(),
             spans: Vec::new(),
         }
     }
@@ -220,13 +224,19 @@ impl Worker {
         if let Mode::Running = self.mode {
             self.mode = Mode::Paused;
         }
-        vec![Out::Send { to: Dest::Coordinator, message: Message::Notice { worker: self.id, grace_ms } }]
+        let notice = Out::Send { to: Dest::Coordinator, message: Message::Notice { worker: self.id, grace_ms } };
+        self.settle(vec![notice])
     }
 
     /// Takes in a message from the coordinator or a peer. Only the
     /// coordinator may send control messages (everything but the data and
     /// handovers workers exchange): from a worker they are refused.
     pub fn handle(&mut self, from: Dest, message: Message) -> Result<Vec<Out>> {
+        let outs = self.take_in(from, message)?;
+        Ok(self.settle(outs))
+    }
+
+    fn take_in(&mut self, from: Dest, message: Message) -> Result<Vec<Out>> {
         if let (Dest::Worker(w), false) = (from, message.is_between_workers()) {
             let detail = format!(
                 "it sent worker {} a `{}` message, which only the coordinator may send",
@@ -332,16 +342,17 @@ impl Worker {
         let mut outs = Vec::new();
         for effect in effects {
             match self.route(effect)? {
-                Out::Send { to: Dest::Worker(to), message } if to == self.id => {
+                Some(Out::Send { to: Dest::Worker(to), message }) if to == self.id => {
                     outs.extend(self.handle(Dest::Worker(to), message)?)
                 }
-                out => outs.push(out),
+                Some(out) => outs.push(out),
+                None => {}
             }
         }
         if let Some(Work::Compute(_)) = work {
             outs.extend(self.count_action());
         }
-        Ok(outs)
+        Ok(self.settle(outs))
     }
 
     /// Counts compute actions per step and raises a scripted notice when due.
@@ -367,7 +378,9 @@ impl Worker {
         owner_in(&self.placements, layer)
     }
 
-    fn route(&mut self, effect: Effect) -> Result<Out> {
+    /// The message an effect asks for; reports to the coordinator are held
+    /// (None) and sent together by [`Worker::settle`].
+    fn route(&mut self, effect: Effect) -> Result<Option<Out>> {
         let generation = self.generation;
         let (to, message) = match effect {
             Effect::SendActivation { step, micro, layer, tensor } => {
@@ -379,10 +392,17 @@ impl Worker {
             Effect::SendReplay { step, micro, layer, stop, tensor } => {
                 (self.data_to(layer)?, Message::Replay { generation, step, micro, layer, stop, tensor })
             }
-            Effect::Loss { step, micro, value } => (Dest::Coordinator, Message::Loss { step, micro, value }),
-            Effect::LayerUpdated { step, layer } => (Dest::Coordinator, Message::LayerUpdated { step, layer }),
+            Effect::Loss { step, micro, value } => {
+                self.hold(Report::Loss { step, micro, value });
+                return Ok(None);
+            }
+            Effect::LayerUpdated { step, layer } => {
+                self.hold(Report::LayerUpdated { step, layer });
+                return Ok(None);
+            }
             Effect::LayerNorms { step, layer, norms } => {
-                (Dest::Coordinator, Message::LayerNorms { step, layer, norms })
+                self.hold(Report::LayerNorms { step, layer, norms });
+                return Ok(None);
             }
             // Not counted as data: no migration drains an evaluation.
             Effect::SendEvalActivation { step, batch, layer, tensor } => {
@@ -390,7 +410,7 @@ impl Worker {
             }
             Effect::EvalLoss { step, batch, value } => (Dest::Coordinator, Message::EvalLoss { step, batch, value }),
         };
-        Ok(Out::Send { to, message })
+        Ok(Some(Out::Send { to, message }))
     }
 
     /// The owner of `layer`, counting the data message sent to it.

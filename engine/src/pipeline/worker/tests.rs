@@ -1,7 +1,8 @@
-//! Who may tell a worker what to do: control messages only from the coordinator.
+//! Who may tell a worker what to do: control messages only from the
+//! coordinator; when held reports go out.
 
-use super::{Dest, Worker};
-use crate::pipeline::protocol::Message;
+use super::{Dest, Out, Worker};
+use crate::pipeline::protocol::{Message, Report};
 use crate::Error;
 
 fn worker() -> Worker {
@@ -24,4 +25,29 @@ fn control_messages_from_a_worker_are_refused_naming_the_sender() {
     }
     // The same from the coordinator is heard (a retire is an exit).
     assert!(worker().handle(Dest::Coordinator, Message::Retire).is_ok());
+}
+
+#[test]
+fn held_reports_go_out_when_idle_and_before_any_other_message_to_the_coordinator() {
+    let data = || Out::Send {
+        to: Dest::Worker(1),
+        message: Message::Recompute { generation: 0, step: 0, micro: 0, layer: 1, stop: 2 },
+    };
+    let loss = Report::Loss { step: 0, micro: 0, value: 1.5 };
+    let updated = Report::LayerUpdated { step: 0, layer: 3 };
+    let batch = |reports| Out::Send { to: Dest::Coordinator, message: Message::Reports { reports } };
+    // No work ready (no stage): held reports follow the data, in order made.
+    let mut w = worker();
+    w.hold(loss.clone());
+    w.hold(updated.clone());
+    assert_eq!(w.settle(vec![data()]), vec![data(), batch(vec![loss.clone(), updated.clone()])]);
+    assert_eq!(w.held_reports(), 0);
+    assert_eq!(w.settle(vec![data()]), vec![data()], "nothing is sent twice");
+    // A notice to the coordinator never overtakes a report made before it.
+    let mut w = worker();
+    w.hold(updated.clone());
+    let outs = w.notice(500);
+    assert_eq!(outs.len(), 2, "{outs:?}");
+    assert_eq!(outs[0], batch(vec![updated]));
+    assert!(matches!(&outs[1], Out::Send { message: Message::Notice { grace_ms: 500, .. }, .. }));
 }

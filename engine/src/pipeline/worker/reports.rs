@@ -1,0 +1,43 @@
+//! Batching a worker's reports to the coordinator (losses, layer updates,
+//! clipping norms): one [`Message::Reports`] frame whenever the worker runs
+//! out of ready work, instead of one frame per layer and micro-batch.
+//!
+//! Invariants: a report is never held while the worker waits (a worker with
+//! no ready work has sent everything it owes), and reports never overtake,
+//! nor are overtaken by, any other message to the coordinator or any
+//! shipping: they go out, in the order made, just before the first such
+//! output. Data sent to workers travels on other connections, whose order
+//! relative to the coordinator's never mattered.
+
+use super::{Dest, Out, Worker};
+use crate::pipeline::protocol::{Message, Report};
+
+impl Worker {
+    /// Holds a report until [`Worker::settle`] sends it.
+    pub(super) fn hold(&mut self, report: Report) {
+        self.outbox.push(report);
+    }
+
+    /// Inserts the held reports into `outs` as one message: before the first
+    /// output that is not data for a worker, or at the end when the worker
+    /// has no ready work left.
+    pub(super) fn settle(&mut self, mut outs: Vec<Out>) -> Vec<Out> {
+        if self.outbox.is_empty() {
+            return outs;
+        }
+        let first_other = outs.iter().position(|o| !matches!(o, Out::Send { to: Dest::Worker(_), .. }));
+        let at = match first_other {
+            Some(at) => at,
+            None if self.ready().is_none() => outs.len(),
+            None => return outs,
+        };
+        let message = Message::Reports { reports: std::mem::take(&mut self.outbox) };
+        outs.insert(at, Out::Send { to: Dest::Coordinator, message });
+        outs
+    }
+
+    /// Reports made but not yet handed to the driver.
+    pub fn held_reports(&self) -> usize {
+        self.outbox.len()
+    }
+}
