@@ -115,10 +115,14 @@ pub struct Trainer {
 impl Trainer {
     /// A trainer; errors unless `params` are exactly the model's parameters.
     /// Forward, backward and optimizer updates all run on the model's
-    /// backend ([`Model::on_device`]): the optimizer is moved onto it.
+    /// backend ([`Model::on_device`]): the optimizer is moved onto it, and
+    /// the parameters are uploaded to its device once (they stay resident;
+    /// [`ParamStore::to_host`] brings them back).
     pub fn new(model: Model, params: ParamStore, optimizer: Optimizer) -> Result<Trainer> {
         model.check_params(&params)?;
         let optimizer = optimizer.with_backend(model.backend().clone());
+        let params =
+            params.into_iter().map(|(n, t)| Ok((n, model.backend().adopt(t)?))).collect::<Result<ParamStore>>()?;
         Ok(Trainer {
             model,
             params,

@@ -81,8 +81,12 @@ mod check;
 mod gemm;
 mod kernel;
 mod math;
+mod resident;
+mod resident_rows;
 #[cfg(feature = "cuda")]
 mod source;
+#[cfg(feature = "cuda")]
+mod source_resident;
 mod train;
 
 use backend::{DevSlice, Device};
