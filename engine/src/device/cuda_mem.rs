@@ -164,4 +164,8 @@ impl DeviceMem for CudaMem {
     fn counters(&self) -> &TransferCounters {
         &self.counters
     }
+
+    fn synchronize(&self) -> Result<()> {
+        self.gpu.synchronize().map_err(|e| self.err(e))
+    }
 }

@@ -62,6 +62,8 @@ pub trait DeviceMem: Send + Sync {
     fn launch(&self, call: &Call, ins: &[u64], outs: &[u64]) -> Result<()>;
     /// The counters of host<->device copies so far.
     fn counters(&self) -> &TransferCounters;
+    /// Waits until every queued kernel and copy has finished (timing).
+    fn synchronize(&self) -> Result<()>;
 }
 
 /// Running counts of host<->device copies (atomics: a device is shared).

@@ -191,6 +191,14 @@ impl Backend {
         }
     }
 
+    /// Waits for every queued op of the device (a no-op on the CPU, where
+    /// ops finish before they return).
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.inner {
+            Inner::Cpu => Ok(()),
+            Inner::Dev(mem) => mem.synchronize(),
+        }
+    }
 }
 
 impl fmt::Debug for Backend {

@@ -122,4 +122,8 @@ impl DeviceMem for SimulatedDevice {
     fn counters(&self) -> &TransferCounters {
         &self.counters
     }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 }

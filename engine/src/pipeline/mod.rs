@@ -5,6 +5,7 @@ pub mod coordinator;
 pub mod migrate;
 pub mod partition;
 pub mod plan;
+mod host;
 pub mod protocol;
 pub mod recompute;
 pub mod schedule;

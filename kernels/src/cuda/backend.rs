@@ -347,9 +347,8 @@ mod tests {
     fn kernels_compile_with_nvrtc_when_present() {
         // SAFETY: as in `check_libraries`.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            use std::io::Write;
-            let msg = "SKIPPED kernels_compile_with_nvrtc_when_present: libnvrtc.so not found\n";
-            let _ = std::io::stderr().write_all(msg.as_bytes());
+            let test = "kernels_compile_with_nvrtc_when_present";
+            super::super::skip_gpu_test(test, &"libnvrtc.so not found").unwrap_or_else(|e| panic!("{e}"));
             return;
         }
         let ptx = ptx().unwrap_or_else(|e| panic!("{e}")).to_src();
