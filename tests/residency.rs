@@ -143,3 +143,28 @@ fn segments_move_between_the_device_and_the_cpu_bit_for_bit() {
     let on_dev = backward(&sim, &resident_params, &ship(cpu_segments));
     assert!(bit_identical(&on_dev, &reference), "CPU-recorded segments backwarded on the device");
 }
+
+/// A mixed fleet in processes: simulated-device workers 0 and 2 around a CPU
+/// worker 1, the simulated worker 0 preempted in step 1 (its layers, sums
+/// and segments land on the CPU and the other simulated worker) and the CPU
+/// worker 1 in step 2 (its layers land on a device). The golden GPT's
+/// weights equal the one-process CPU run's, bit for bit.
+#[test]
+fn a_mixed_fleet_with_preemptions_trains_the_golden_gpt_bit_for_bit() {
+    let golden = common::Golden::load("gpt12_adamw", 1e-3);
+    let dir = tempfile::tempdir().unwrap();
+    let train = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(format!("{name}.safetensors"));
+        let mut args = golden.train_args(&out);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let output = common::run_with_watchdog(common::baton().args(&args), std::time::Duration::from_secs(600));
+        let text = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{name}: {text}");
+        (io::load_tensors(&out, "").unwrap(), text)
+    };
+    let (reference, _) = train("cpu", &["--workers", "1", "--clip-grad-norm", "1"]);
+    let mixed = ["--workers", "3", "--device", "sim,cpu,sim", "--preempt", "0@1:5", "--preempt", "1@2:3", "--clip-grad-norm", "1"];
+    let (params, text) = train("mixed", &mixed);
+    assert!(text.contains("sim"), "the workers report their devices: {text}");
+    assert!(bit_identical(&params, &reference), "the mixed sim/cpu fleet changed the weights");
+}
