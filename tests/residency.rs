@@ -165,7 +165,8 @@ fn a_mixed_fleet_with_preemptions_trains_the_golden_gpt_bit_for_bit() {
     let (reference, _) = train("cpu", &["--workers", "1", "--clip-grad-norm", "1"]);
     let report = dir.path().join("mixed.json");
     let mixed = ["--workers", "3", "--device", "sim,cpu,sim", "--preempt", "0@1:5", "--preempt", "1@2:3"];
-    let (params, text) = train("mixed", &[&mixed[..], &["--clip-grad-norm", "1", "--report", report.to_str().unwrap()]].concat());
+    let (params, text) =
+        train("mixed", &[&mixed[..], &["--clip-grad-norm", "1", "--report", report.to_str().unwrap()]].concat());
     assert!(text.contains("sim"), "the workers report their devices: {text}");
     assert!(bit_identical(&params, &reference), "the mixed sim/cpu fleet changed the weights");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();

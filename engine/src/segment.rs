@@ -19,10 +19,10 @@ use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
 use crate::device::{ArchivedDevice, Device};
+use crate::device::{DevBuf, HostData};
 use crate::id::{ArchivedSegmentKey, ArchivedTensorId};
 use crate::ops::Meta;
 use crate::tensor::{ArchivedDType, DType, RefData};
-use crate::device::{DevBuf, HostData};
 use crate::validate::{validate, Parts, SavedMeta};
 use crate::{Error, Op, Result, SegmentKey, TensorId, TensorRef};
 
@@ -186,10 +186,9 @@ impl SavedTensors for Segment {
     fn saved(&self, id: TensorId) -> Result<TensorRef<'_>> {
         let tensor = self.saved.iter().find(|t| t.id == id).ok_or(Error::MissingSaved { id, segment: self.key })?;
         let data = match &tensor.storage {
-            _ if tensor.resident.is_some() => RefData::Dev(tensor.resident.clone().ok_or(Error::MissingSaved {
-                id,
-                segment: self.key,
-            })?),
+            _ if tensor.resident.is_some() => {
+                RefData::Dev(tensor.resident.clone().ok_or(Error::MissingSaved { id, segment: self.key })?)
+            }
             Storage::F32(v) => RefData::F32(Cow::Borrowed(&v[..])),
             Storage::Bf16(bits) => RefData::F32(Cow::Owned(decode_bf16(bits.iter().copied()))),
             Storage::Ids(v) => RefData::Ids(Cow::Borrowed(&v[..])),

@@ -34,7 +34,11 @@ fn a_required_gpu_turns_a_skip_into_a_failure() {
     let gpu = Gpu::new(0).is_ok();
     let (ok, text) = probe(None);
     assert!(ok, "without the variable the probe passes:\n{text}");
-    assert_eq!(text.contains("SKIPPED probe_gpu_or_skip"), !gpu, "it says SKIPPED exactly when there is no GPU:\n{text}");
+    assert_eq!(
+        text.contains("SKIPPED probe_gpu_or_skip"),
+        !gpu,
+        "it says SKIPPED exactly when there is no GPU:\n{text}"
+    );
     let (ok, text) = probe(Some("1"));
     assert_eq!(ok, gpu, "with BATON_REQUIRE_GPU=1 the probe fails exactly when there is no GPU:\n{text}");
     if !gpu {

@@ -67,7 +67,9 @@ fn run_rest(gpu: &Gpu, call: &Call, ins: &[In<'_>], outs: &mut [&mut GpuBuf]) ->
             gpu.layernorm_backward(f(0)?, f(1)?, f(2)?, f(3)?, *cols, dx, dg, db, false)?
         }
         (Call::RmsNorm { cols, eps }, [y, rstd]) => gpu.rmsnorm(f(0)?, f(1)?, *cols, *eps, y, rstd)?,
-        (Call::RmsNormBackward { cols }, [dx, dg]) => gpu.rmsnorm_backward(f(0)?, f(1)?, f(2)?, f(3)?, *cols, dx, dg)?,
+        (Call::RmsNormBackward { cols }, [dx, dg]) => {
+            gpu.rmsnorm_backward(f(0)?, f(1)?, f(2)?, f(3)?, *cols, dx, dg)?
+        }
         (Call::Gather { dim }, [y]) => gpu.gather(f(0)?, *dim, ins[1].ids(call)?, y)?,
         (Call::ScatterAdd { dim }, [dt]) => gpu.scatter_add(f(0)?, *dim, ins[1].ids(call)?, dt)?,
         (Call::Dropout { seed, key, p }, [y]) => gpu.dropout(f(0)?, *seed, *key, *p, y)?,

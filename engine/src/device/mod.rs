@@ -41,8 +41,8 @@ mod mem;
 mod sim;
 
 pub use call::{run_host, Call, HostIn};
-pub use launch::{Operand, Out};
 pub(crate) use launch::{add_into, zeros_like};
+pub use launch::{Operand, Out};
 pub use mem::{DevBuf, DeviceMem, HostData, TransferCounters, Transfers};
 pub use sim::SimulatedDevice;
 

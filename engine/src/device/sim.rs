@@ -97,7 +97,9 @@ impl DeviceMem for SimulatedDevice {
         for &o in outs {
             match table.remove(&o) {
                 Some(HostData::F32(v)) => taken.push((o, v)),
-                Some(HostData::Ids(_)) => return Err(Error::Internal(format!("{}: writes a token buffer", call.name()))),
+                Some(HostData::Ids(_)) => {
+                    return Err(Error::Internal(format!("{}: writes a token buffer", call.name())))
+                }
                 None => return Err(missing(o)),
             }
         }

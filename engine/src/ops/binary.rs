@@ -5,9 +5,9 @@ use baton_kernels::broadcast::{broadcast_shape, BinaryKind};
 
 use crate::backward::{Ctx, Grads};
 use crate::device::{Call, Operand};
-use crate::Backend;
 use crate::ops::{Meta, Rule};
 use crate::validate::Shapes;
+use crate::Backend;
 use crate::{Error, Op, Recorder, Result, Tensor, TensorId};
 
 /// Which elementwise operation a [`Binary`] is.

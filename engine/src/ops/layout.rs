@@ -5,9 +5,9 @@ use baton_kernels::layout;
 
 use crate::backward::{Ctx, Grads};
 use crate::device::{Call, Operand};
-use crate::Backend;
 use crate::ops::{rows_cols, Meta, Rule};
 use crate::validate::{numel, Shapes};
+use crate::Backend;
 use crate::{Error, Op, Recorder, Result, Tensor, TensorId};
 
 /// The same elements under another shape.

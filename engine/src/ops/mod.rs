@@ -158,6 +158,7 @@ pub(crate) fn rows_cols(shape: &[usize]) -> (usize, usize) {
 
 /// The outputs of a launch as an array (their count is the call's arity).
 pub(crate) fn take<const N: usize>(outs: Vec<crate::Tensor>) -> Result<[crate::Tensor; N]> {
-    outs.try_into()
-        .map_err(|v: Vec<crate::Tensor>| crate::Error::Internal(format!("a call returned {} outputs, not {N}", v.len())))
+    outs.try_into().map_err(|v: Vec<crate::Tensor>| {
+        crate::Error::Internal(format!("a call returned {} outputs, not {N}", v.len()))
+    })
 }

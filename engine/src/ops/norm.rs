@@ -137,4 +137,3 @@ impl Rule for RmsNorm {
         grads.add(self.x, dx)
     }
 }
-

@@ -66,7 +66,9 @@ fn visit(message: &mut Message, f: &mut Visit<'_>) -> Result<()> {
             inputs.iter_mut().try_for_each(|(_, t)| f(t))?;
             targets.iter_mut().try_for_each(|(_, t)| targets_visit(t, f))
         }
-        Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } | Message::Replay { tensor, .. } => f(tensor),
+        Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } | Message::Replay { tensor, .. } => {
+            f(tensor)
+        }
         Message::Handover { handover, .. } => handover_visit(handover, f),
         Message::Final { params, .. } => params.iter_mut().try_for_each(|(_, t)| f(t)),
         _ => Ok(()),

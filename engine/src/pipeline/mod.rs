@@ -2,10 +2,10 @@
 //! worker runtime as a state machine without I/O.
 
 pub mod coordinator;
+mod host;
 pub mod migrate;
 pub mod partition;
 pub mod plan;
-mod host;
 pub mod protocol;
 pub mod recompute;
 pub mod schedule;

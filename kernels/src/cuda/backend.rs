@@ -266,7 +266,8 @@ impl Device {
         let batch_size = i32::try_from(batch).map_err(|_| invalid("matmul_batched", "batch > i32::MAX"))?;
         // cuBLAS's first operand is our `b`, its second our `a` (row-major
         // via swapped operands), so their strides swap too.
-        let cfg = StridedBatchedConfig { gemm, batch_size, stride_a: strides.1, stride_b: strides.0, stride_c: strides.2 };
+        let cfg =
+            StridedBatchedConfig { gemm, batch_size, stride_a: strides.1, stride_b: strides.0, stride_c: strides.2 };
         // SAFETY: `Gpu::matmul_batched` checked a.len() == batch·m·k,
         // b.len() == batch·k·n and c.len() == batch·m·n (all > 0 and
         // <= i32::MAX); matrix i of each operand starts i strides in and

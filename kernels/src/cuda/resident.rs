@@ -64,7 +64,8 @@ impl Gpu {
             BinaryKind::Sub => 1,
             BinaryKind::Mul => 2,
         };
-        let mut args = vec![Arg::In(&a.slice), Arg::In(&b.slice), Arg::Out(&mut out.slice), Arg::U32(n), Arg::U32(kind)];
+        let mut args =
+            vec![Arg::In(&a.slice), Arg::In(&b.slice), Arg::Out(&mut out.slice), Arg::U32(n), Arg::U32(kind)];
         args.extend(dims.iter().chain(&sa).chain(&sb).map(|&v| Arg::U32(v)));
         self.launch(Kernel::Binary, Shape::threads(n), &mut args)
     }
@@ -123,8 +124,14 @@ impl Gpu {
         eq(OP, ("y.len()", y.len()), ("ids*dim", ids.len() * d))?;
         ensure(ids.max.is_none_or(|m| (m as usize) < vocab), OP, || format!("an id is not below {vocab}"))?;
         let (v, dd, n) = (dim(OP, vocab)?, dim(OP, d)?, dim(OP, y.len())?);
-        let args =
-            &mut [Arg::In(&table.slice), Arg::U32(v), Arg::U32(dd), Arg::Idx(&ids.slice), Arg::U32(n), Arg::Out(&mut y.slice)];
+        let args = &mut [
+            Arg::In(&table.slice),
+            Arg::U32(v),
+            Arg::U32(dd),
+            Arg::Idx(&ids.slice),
+            Arg::U32(n),
+            Arg::Out(&mut y.slice),
+        ];
         self.launch(Kernel::Gather, Shape::threads(n), args)
     }
 
@@ -205,8 +212,14 @@ impl Gpu {
         for (part, &w) in parts.iter().zip(widths) {
             eq(OP, ("part.len()", part.len()), ("rows*width", rows * w))?;
             let (ww, cc, ss, n) = (dim(OP, w)?, dim(OP, cols)?, dim(OP, start)?, dim(OP, part.len())?);
-            let args =
-                &mut [Arg::In(&part.slice), Arg::U32(ww), Arg::U32(cc), Arg::U32(ss), Arg::Out(&mut y.slice), Arg::U32(n)];
+            let args = &mut [
+                Arg::In(&part.slice),
+                Arg::U32(ww),
+                Arg::U32(cc),
+                Arg::U32(ss),
+                Arg::Out(&mut y.slice),
+                Arg::U32(n),
+            ];
             self.launch(Kernel::Place, Shape::threads(n), args)?;
             start += w;
         }
@@ -216,7 +229,16 @@ impl Gpu {
     /// One thread per output element of a column slice (`wide`: the output
     /// has `cols` columns, else `len`).
     #[allow(clippy::too_many_arguments)]
-    fn columns(&self, k: Kernel, x: &GpuBuf, cols: usize, start: usize, len: usize, y: &mut GpuBuf, wide: bool) -> Result<()> {
+    fn columns(
+        &self,
+        k: Kernel,
+        x: &GpuBuf,
+        cols: usize,
+        start: usize,
+        len: usize,
+        y: &mut GpuBuf,
+        wide: bool,
+    ) -> Result<()> {
         let op = k.name();
         ensure(len > 0 && start + len <= cols, op, || format!("columns {start}..+{len} of {cols}"))?;
         let (big, small) = if wide { (y.len(), x.len()) } else { (x.len(), y.len()) };

@@ -63,7 +63,8 @@ impl Gpu {
         let rows = check::rows(OP, "x", x.len(), cols)?;
         eq(OP, ("y.len()", y.len()), ("x.len()", x.len()))?;
         let (r, c) = (dim(OP, rows)?, dim(OP, cols)?);
-        let args = &mut [Arg::In(&x.slice), Arg::U32(r), Arg::U32(c), Arg::U32(u32::from(causal)), Arg::Out(&mut y.slice)];
+        let args =
+            &mut [Arg::In(&x.slice), Arg::U32(r), Arg::U32(c), Arg::U32(u32::from(causal)), Arg::Out(&mut y.slice)];
         self.launch(Kernel::Softmax, Shape::threads(r), args)
     }
 
@@ -80,7 +81,15 @@ impl Gpu {
 
     /// [`crate::norm::rmsnorm`] (one thread per row).
     #[allow(clippy::too_many_arguments)]
-    pub fn rmsnorm(&self, x: &GpuBuf, gamma: &GpuBuf, cols: usize, eps: f32, y: &mut GpuBuf, rstd: &mut GpuBuf) -> Result<()> {
+    pub fn rmsnorm(
+        &self,
+        x: &GpuBuf,
+        gamma: &GpuBuf,
+        cols: usize,
+        eps: f32,
+        y: &mut GpuBuf,
+        rstd: &mut GpuBuf,
+    ) -> Result<()> {
         const OP: &str = "rmsnorm";
         let rows = check::rows(OP, "x", x.len(), cols)?;
         eq(OP, ("gamma.len()", gamma.len()), ("cols", cols))?;
@@ -121,9 +130,18 @@ impl Gpu {
         eq(OP, ("dx.len()", dx.len()), ("x.len()", x.len()))?;
         let (r, c) = (dim(OP, rows)?, dim(OP, cols)?);
         let (xs, gs, ss, ds) = (&x.slice, &gamma.slice, &rstd.slice, &dy.slice);
-        let dx_args = &mut [Arg::In(xs), Arg::In(gs), Arg::In(ss), Arg::In(ds), Arg::U32(r), Arg::U32(c), Arg::Out(&mut dx.slice)];
+        let dx_args = &mut [
+            Arg::In(xs),
+            Arg::In(gs),
+            Arg::In(ss),
+            Arg::In(ds),
+            Arg::U32(r),
+            Arg::U32(c),
+            Arg::Out(&mut dx.slice),
+        ];
         self.launch(Kernel::RmsnormDx, Shape::threads(r), dx_args)?;
-        let dg_args = &mut [Arg::In(xs), Arg::In(ss), Arg::In(ds), Arg::U32(r), Arg::U32(c), Arg::Out(&mut dgamma.slice)];
+        let dg_args =
+            &mut [Arg::In(xs), Arg::In(ss), Arg::In(ds), Arg::U32(r), Arg::U32(c), Arg::Out(&mut dgamma.slice)];
         self.launch(Kernel::RmsnormDg, Shape::threads(c), dg_args)
     }
 
