@@ -140,7 +140,7 @@ extern "C" __global__ void baton_place(const float* part, u32 width, u32 cols, u
 }
 
 /* Broadcasting a (kind 0: +, 1: -, 2: *) b over rank-6 output dims d0..d5;
-   as*/bs* are the operands' strides (0 on broadcast dims). */
+   as0..as5 and bs0..bs5 are the operands' strides (0 on broadcast dims). */
 extern "C" __global__ void baton_binary(const float* a, const float* b, float* y, u32 n, u32 kind,
     u32 d0, u32 d1, u32 d2, u32 d3, u32 d4, u32 d5,
     u32 as0, u32 as1, u32 as2, u32 as3, u32 as4, u32 as5,
@@ -155,7 +155,7 @@ extern "C" __global__ void baton_binary(const float* a, const float* b, float* y
     y[t] = kind == 0u ? x + v : (kind == 1u ? x - v : x * v);
 }
 
-/* y[o] = x[index(o)] over rank-6 output dims; xs* are x's strides (0 on
+/* y[o] = x[index(o)] over rank-6 output dims; xs0..xs5 are x's strides (0 on
    broadcast dims). */
 extern "C" __global__ void baton_expand(const float* x, float* y, u32 n,
     u32 d0, u32 d1, u32 d2, u32 d3, u32 d4, u32 d5,
