@@ -8,8 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use baton_kernels::elementwise;
-
 use crate::device::{self, Backend};
 use crate::segment::{SavedTensors, SegmentView};
 use crate::{Error, Op, ParamStore, Result, Segment, SegmentKey, Tensor, TensorId, TensorRef};
@@ -99,7 +97,7 @@ impl Grads {
                         grad.shape()
                     )));
                 }
-                elementwise::add_assign(sum.values_mut()?, grad.values()?);
+                crate::device::add_into(sum, grad.view())?;
             }
             None => {
                 self.by_id.insert(id, grad);
@@ -147,14 +145,13 @@ impl Ctx<'_> {
         Ok(value.view())
     }
 
-    /// The f32 values and shape of `id`.
-    pub(crate) fn f32(&self, id: TensorId) -> Result<(Vec<usize>, std::borrow::Cow<'_, [f32]>)> {
+    /// The shape and f32 value of `id` (host or resident).
+    pub(crate) fn f32(&self, id: TensorId) -> Result<(Vec<usize>, TensorRef<'_>)> {
         let t = self.get(id)?;
-        let shape = t.shape.to_vec();
-        match t.data {
-            crate::tensor::RefData::F32(v) => Ok((shape, v)),
-            crate::tensor::RefData::Ids(_) => Err(self.mismatch(format!("{id} holds token ids, not values"))),
+        if t.is_ids() {
+            return Err(self.mismatch(format!("{id} holds token ids, not values")));
         }
+        Ok((t.shape.to_vec(), t))
     }
 
     /// An error naming this segment.

@@ -5,12 +5,14 @@
 //! layer by layer, the layer's parameters by name), so it is the same bits
 //! for any partition of the layers over workers.
 
-use crate::{ParamStore, Result, Tensor};
+use crate::device::Call;
+use crate::{Backend, ParamStore, Result, Tensor};
 
-/// `‖g‖₂` of one gradient: squares summed in f64 in element order.
+/// `‖g‖₂` of one gradient: squares summed in f64 in element order, where
+/// the gradient lives (a resident one's norm is downloaded: 4 bytes).
 pub fn param_norm(grad: &Tensor) -> Result<f32> {
-    let sum = grad.values()?.iter().fold(0.0f64, |acc, &v| acc + f64::from(v) * f64::from(v));
-    Ok(sum.sqrt() as f32)
+    let norm = Backend::of(grad).launch1(&Call::Norm, &[grad.operand()], Vec::new())?.into_host()?;
+    Ok(norm.values()?[0])
 }
 
 /// The norms of `grads`, in name order (a layer's share of the total).
@@ -30,7 +32,9 @@ pub fn scale(norms: impl IntoIterator<Item = f32>, max_norm: f32) -> (f32, f32) 
 /// Multiplies every gradient by `factor` (f32, as `torch._foreach_mul_`).
 pub fn apply(grads: &mut ParamStore, factor: f32) -> Result<()> {
     for name in grads.names().cloned().collect::<Vec<_>>() {
-        grads.get_mut(&name)?.values_mut()?.iter_mut().for_each(|v| *v *= factor);
+        let grad = grads.get_mut(&name)?;
+        let scaled = Backend::of(grad).launch1(&Call::Scale { factor }, &[grad.operand()], grad.shape().to_vec())?;
+        *grad = scaled;
     }
     Ok(())
 }

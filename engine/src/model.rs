@@ -211,7 +211,7 @@ impl Model {
             }
         };
         let (segment, value) = rec.finish(out)?;
-        let loss = value.values()?.first().copied();
+        let loss = value.into_host()?.values()?.first().copied();
         Ok((segment, loss.ok_or_else(|| Error::Model("the loss is not a scalar".into()))?))
     }
 }

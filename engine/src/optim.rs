@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use baton_kernels::optim::{AdamConfig, SgdConfig};
 
-use crate::device::{self, Backend};
+use crate::device::{self, Backend, Call, Out};
 use crate::lr_schedule::LrSchedule;
 use crate::{Error, Result, Tensor};
 
@@ -121,6 +121,9 @@ pub struct Optimizer {
     /// The learning rate of each step (constant unless set).
     pub lr_schedule: LrSchedule,
     state: BTreeMap<String, OptState>,
+    /// Buffers kept in device memory, by parameter (a device backend's;
+    /// `state`'s buffers are then empty).
+    resident: BTreeMap<String, Vec<Tensor>>,
     backend: Backend,
 }
 
@@ -132,6 +135,7 @@ impl Optimizer {
             config,
             lr_schedule: LrSchedule::default(),
             state: BTreeMap::new(),
+            resident: BTreeMap::new(),
             backend: device::process_default(),
         }
     }
@@ -163,46 +167,94 @@ impl Optimizer {
                 param.shape()
             )));
         }
-        let state = self.state.entry(name.to_string()).or_default();
         let config = self.config.with_lr(self.lr_schedule.lr(self.config.lr(), step));
-        match &config {
-            OptimizerConfig::Sgd(cfg) => {
-                let first = state.step == 0;
-                if cfg.momentum != 0.0 && state.buffers.is_empty() {
-                    state.buffers.push(vec![0.0; param.len()]);
-                }
-                let buffer = state.buffers.first_mut().map_or(&mut [][..], |b| &mut b[..]);
-                self.backend.sgd_step(param.values_mut()?, grad.values()?, buffer, first, cfg)?;
-            }
+        let done = self.state.get(name).map_or(0, |s| s.step);
+        let (call, count) = match &config {
+            OptimizerConfig::Sgd(cfg) => (Call::Sgd { cfg: *cfg, first: done == 0 }, 1),
             OptimizerConfig::Adam(cfg) | OptimizerConfig::AdamW(cfg) => {
-                if state.buffers.is_empty() {
-                    state.buffers = vec![vec![0.0; param.len()], vec![0.0; param.len()]];
-                }
-                let [m, v] = &mut state.buffers[..] else {
-                    return Err(Error::Optimizer(format!("Adam state of {name} must hold two buffers")));
-                };
-                let (p, g, t) = (param.values_mut()?, grad.values()?, state.step + 1);
                 let decoupled = matches!(config, OptimizerConfig::AdamW(_));
-                self.backend.adam_step(p, g, (m, v), t, cfg, decoupled)?;
+                (Call::Adam { cfg: *cfg, step: done + 1, decoupled }, 2)
             }
-        }
+        };
+        let empty_momentum = matches!(&config, OptimizerConfig::Sgd(c) if c.momentum == 0.0);
+        let buffers = self.take_buffers(name, param, count, empty_momentum)?;
+        let taken = std::mem::replace(param, Tensor::scalar(0.0));
+        let outs = std::iter::once(taken).chain(buffers).map(Out::Init).collect();
+        let mut outs = self.backend.launch(&call, &[grad.operand()], outs)?.into_iter();
+        *param = outs.next().ok_or_else(|| Error::Internal("an optimizer call returned no parameter".into()))?;
+        let buffers: Vec<Tensor> = if empty_momentum { Vec::new() } else { outs.collect() };
+        let state = self.state.entry(name.to_string()).or_default();
         state.step += 1;
+        if self.backend.device().is_device() {
+            self.resident.insert(name.to_string(), buffers);
+        } else {
+            state.buffers = buffers.into_iter().map(|t| t.into_values().map(|(_, v)| v)).collect::<Result<_>>()?;
+        }
         Ok(())
     }
 
-    /// The state of `name`, if it was ever updated here.
+    /// The `count` state buffers of `name` as tensors on the backend:
+    /// resident ones, else the host state (uploaded once, counted), else
+    /// zeros where the parameter lives. SGD without momentum gets one empty
+    /// buffer.
+    fn take_buffers(&mut self, name: &str, param: &Tensor, count: usize, empty: bool) -> Result<Vec<Tensor>> {
+        if empty {
+            return Ok(vec![crate::device::zeros_like(&param.view(), &[0])?]);
+        }
+        if let Some(resident) = self.resident.remove(name) {
+            return Ok(resident);
+        }
+        let host = self.state.get_mut(name).map(|s| std::mem::take(&mut s.buffers)).unwrap_or_default();
+        if host.is_empty() {
+            return (0..count).map(|_| crate::device::zeros_like(&param.view(), param.shape())).collect();
+        }
+        if host.len() != count || host.iter().any(|b| b.len() != param.len()) {
+            return Err(Error::Optimizer(format!(
+                "the state of {name} holds {} buffers of lengths {:?}; this optimizer needs {count} of {}",
+                host.len(),
+                host.iter().map(Vec::len).collect::<Vec<_>>(),
+                param.len()
+            )));
+        }
+        host.into_iter().map(|b| self.backend.adopt(Tensor::new(param.shape().to_vec(), b)?)).collect()
+    }
+
+    /// Downloads resident state into the host [`OptState`]s (counted), so
+    /// that [`Optimizer::state`] shows it.
+    pub fn state_to_host(&mut self) -> Result<()> {
+        for (name, buffers) in std::mem::take(&mut self.resident) {
+            let host = buffers.iter().map(|t| t.to_host()?.into_values().map(|(_, v)| v)).collect::<Result<_>>()?;
+            self.state.entry(name).or_default().buffers = host;
+        }
+        Ok(())
+    }
+
+    /// The state of `name`, if it was ever updated here. On a device the
+    /// buffers stay resident and this shows them empty until
+    /// [`Optimizer::state_to_host`].
     pub fn state(&self, name: &str) -> Option<&OptState> {
         self.state.get(name)
     }
 
     /// Removes and returns the state of `name` (to ship it with its parameter).
+    /// Resident buffers are downloaded (counted); a failed download leaves
+    /// them out (an error of the device, reported by the next update).
     pub fn take_state(&mut self, name: &str) -> Option<OptState> {
+        if let Some(resident) = self.resident.remove(name) {
+            let host: Result<Vec<Vec<f32>>> =
+                resident.iter().map(|t| t.to_host()?.into_values().map(|(_, v)| v)).collect();
+            if let (Ok(host), Some(state)) = (host, self.state.get_mut(name)) {
+                state.buffers = host;
+            }
+        }
         self.state.remove(name)
     }
 
     /// Installs state received with a parameter.
     pub fn insert_state(&mut self, name: impl Into<String>, state: OptState) {
-        self.state.insert(name.into(), state);
+        let name = name.into();
+        self.resident.remove(&name);
+        self.state.insert(name, state);
     }
 }
 

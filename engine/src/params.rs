@@ -85,7 +85,11 @@ impl ParamStore {
     /// The first contribution is added onto zeros so that every worker's
     /// accumulator produces the same bits whatever it received before.
     pub fn accumulate(&mut self, name: &str, grad: TensorRef<'_>) -> Result<()> {
-        let slot = self.tensors.entry(name.to_string()).or_insert_with(|| Tensor::zeros(&grad.shape));
+        if !self.tensors.contains_key(name) {
+            let zeros = crate::device::zeros_like(&grad, &grad.shape)?;
+            self.tensors.insert(name.to_string(), zeros);
+        }
+        let slot = self.get_mut(name)?;
         if slot.shape() != &grad.shape[..] {
             return Err(Error::Shape(format!(
                 "gradient of {name} has shape {:?}, expected {:?}",
@@ -93,8 +97,12 @@ impl ParamStore {
                 slot.shape()
             )));
         }
-        baton_kernels::elementwise::add_assign(slot.values_mut()?, grad.values()?);
-        Ok(())
+        crate::device::add_into(slot, grad)
+    }
+
+    /// Every tensor brought to the host (downloads of resident ones, counted).
+    pub fn to_host(&self) -> Result<ParamStore> {
+        self.tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_host()?))).collect()
     }
 
     /// The subset of tensors whose names start with `prefix`.

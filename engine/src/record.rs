@@ -29,6 +29,8 @@ pub struct Recorder<'p> {
     input_meta: (Vec<usize>, crate::DType),
     /// Evaluation (PyTorch's `model.eval()`): dropout is the identity.
     inference: bool,
+    /// A failed upload of the input, reported by [`Recorder::finish`].
+    pending: Option<Error>,
 }
 
 impl<'p> Recorder<'p> {
@@ -50,7 +52,7 @@ impl<'p> Recorder<'p> {
         let input_meta = (input.shape().to_vec(), input.dtype());
         let mut values = BTreeMap::new();
         values.insert(TensorId::boundary(key), input);
-        Recorder {
+        let mut rec = Recorder {
             key,
             prefix,
             params,
@@ -62,7 +64,29 @@ impl<'p> Recorder<'p> {
             seed: 0,
             input_meta,
             inference: false,
+            pending: None,
+        };
+        // An f32 input enters the device once, here; token ids wait for the
+        // op that checks them (embedding, cross-entropy).
+        if rec.input_meta.1 == crate::DType::F32 {
+            rec.pending = rec.make_resident(TensorId::boundary(key)).err();
         }
+        rec
+    }
+
+    /// Moves the recorded value of `id` (not a parameter) onto the
+    /// recorder's device, once (counted): later ops and the saved tensors
+    /// then use the resident copy. A no-op on the CPU or when resident.
+    pub(crate) fn make_resident(&mut self, id: TensorId) -> Result<()> {
+        if !self.backend.device().is_device() {
+            return Ok(());
+        }
+        let Some(value) = self.values.remove(&id) else {
+            return Ok(());
+        };
+        let resident = self.backend.adopt(value)?;
+        self.values.insert(id, resident);
+        Ok(())
     }
 
     /// The run's seed, which keys counter-based randomness (dropout masks).
@@ -127,7 +151,13 @@ impl<'p> Recorder<'p> {
     pub fn constant(&mut self, value: Tensor) -> TensorId {
         let out = self.alloc();
         self.ops.push(Op::Constant(Constant { shape: value.shape().to_vec(), dtype: value.dtype(), out }));
+        let f32 = value.dtype() == crate::DType::F32;
         self.values.insert(out, value);
+        if f32 {
+            if let Err(e) = self.make_resident(out) {
+                self.pending.get_or_insert(e);
+            }
+        }
         out
     }
 
@@ -153,6 +183,9 @@ impl<'p> Recorder<'p> {
     /// backward reads, parameters excepted, tagged with the recording
     /// device) and the value of `output`.
     pub fn finish(mut self, output: TensorId) -> Result<(Segment, Tensor)> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
         let mut ids: Vec<TensorId> =
             self.ops.iter().flat_map(Op::saved).filter(|id| !self.param_values.contains_key(id)).collect();
         ids.sort();
@@ -185,13 +218,22 @@ impl<'p> Recorder<'p> {
 }
 
 impl SavedTensor {
-    /// A saved tensor holding `tensor`'s elements at full precision.
+    /// A saved tensor holding `tensor`'s elements at full precision; a
+    /// resident tensor stays resident (archiving needs
+    /// [`Segment::to_host`] first).
     pub fn from_tensor(id: TensorId, tensor: Tensor) -> SavedTensor {
         let shape = tensor.shape().to_vec();
+        if let Some(buf) = tensor.device_buf() {
+            let storage = match tensor.dtype() {
+                crate::DType::Ids => Storage::Ids(Vec::new()),
+                crate::DType::F32 => Storage::F32(Vec::new()),
+            };
+            return SavedTensor { id, shape, storage, resident: Some(buf.clone()) };
+        }
         let storage = match tensor.ids() {
             Ok(ids) => Storage::Ids(ids.to_vec()),
             Err(_) => Storage::F32(tensor.into_values().map(|(_, v)| v).unwrap_or_default()),
         };
-        SavedTensor { id, shape, storage }
+        SavedTensor { id, shape, storage, resident: None }
     }
 }

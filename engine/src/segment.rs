@@ -19,6 +19,7 @@ use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
 use crate::device::{ArchivedDevice, Device};
+use crate::device::{DevBuf, HostData};
 use crate::id::{ArchivedSegmentKey, ArchivedTensorId};
 use crate::ops::Meta;
 use crate::tensor::{ArchivedDType, DType, RefData};
@@ -61,7 +62,18 @@ impl Storage {
 pub struct SavedTensor {
     pub id: TensorId,
     pub shape: Vec<usize>,
+    /// The elements, or an empty vector of the kind while `resident`.
     pub storage: Storage,
+    /// The device buffer of a tensor kept on the recording device. Never
+    /// archived: [`Segment::to_host`] downloads it into `storage` first.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub resident: Option<DevBuf>,
+}
+
+impl SavedTensor {
+    fn len(&self) -> usize {
+        self.resident.as_ref().map_or(self.storage.len(), DevBuf::len)
+    }
 }
 
 /// The recorded forward of one micro-batch through one layer (or the loss).
@@ -112,11 +124,31 @@ impl Segment {
         self.saved
             .iter()
             .map(|t| match &t.storage {
+                _ if t.resident.is_some() => t.len() * 4,
                 Storage::F32(v) => v.len() * 4,
                 Storage::Bf16(v) => v.len() * 2,
                 Storage::Ids(v) => v.len() * 4,
             })
             .sum()
+    }
+
+    /// Whether some saved tensor is still in device memory.
+    pub fn is_resident(&self) -> bool {
+        self.saved.iter().any(|t| t.resident.is_some())
+    }
+
+    /// Downloads every resident saved tensor into host storage (explicit,
+    /// counted transfers): what archiving, shipping or handing the segment
+    /// to another device needs. A no-op for a host segment.
+    pub fn to_host(&mut self) -> Result<()> {
+        for tensor in &mut self.saved {
+            let Some(buf) = tensor.resident.take() else { continue };
+            tensor.storage = match buf.download()? {
+                HostData::F32(v) => Storage::F32(v),
+                HostData::Ids(v) => Storage::Ids(v),
+            };
+        }
+        Ok(())
     }
 
     /// Re-stores the saved tensors as bf16 (lossy: halves the bytes, and
@@ -137,7 +169,7 @@ impl Segment {
         let saved: Vec<SavedMeta<'_>> = self
             .saved
             .iter()
-            .map(|t| SavedMeta { id: t.id, shape: &t.shape, dtype: t.storage.dtype(), len: t.storage.len() })
+            .map(|t| SavedMeta { id: t.id, shape: &t.shape, dtype: t.storage.dtype(), len: t.len() })
             .collect();
         validate(&Parts {
             key: self.key,
@@ -154,6 +186,9 @@ impl SavedTensors for Segment {
     fn saved(&self, id: TensorId) -> Result<TensorRef<'_>> {
         let tensor = self.saved.iter().find(|t| t.id == id).ok_or(Error::MissingSaved { id, segment: self.key })?;
         let data = match &tensor.storage {
+            _ if tensor.resident.is_some() => {
+                RefData::Dev(tensor.resident.clone().ok_or(Error::MissingSaved { id, segment: self.key })?)
+            }
             Storage::F32(v) => RefData::F32(Cow::Borrowed(&v[..])),
             Storage::Bf16(bits) => RefData::F32(Cow::Owned(decode_bf16(bits.iter().copied()))),
             Storage::Ids(v) => RefData::Ids(Cow::Borrowed(&v[..])),
@@ -175,6 +210,12 @@ const HEADER: usize = 16;
 /// payload length) then the rkyv payload. rkyv alone cannot tell a
 /// truncated buffer from a shorter valid one; the header can.
 pub fn archive(batch: &SegmentBatch) -> Result<AlignedVec> {
+    if let Some(s) = batch.0.iter().find(|s| s.is_resident()) {
+        return Err(Error::Internal(format!(
+            "segment {} still holds tensors resident on {}: call Segment::to_host before archiving",
+            s.key, s.device
+        )));
+    }
     let payload = rkyv::to_bytes::<BoxedError>(batch).map_err(|e| Error::Archive(e.to_string()))?;
     let mut out = AlignedVec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(MAGIC);
@@ -296,6 +337,7 @@ fn native_device(device: &ArchivedDevice) -> Device {
     match device {
         ArchivedDevice::Cpu => Device::Cpu,
         ArchivedDevice::Cuda(ordinal) => Device::Cuda(ordinal.to_native()),
+        ArchivedDevice::Simulated => Device::Simulated,
     }
 }
 

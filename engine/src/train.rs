@@ -88,6 +88,15 @@ pub struct Counters {
     pub backward_layer_executions: u64,
     /// Forwards run again to rebuild segments a migration could not ship in time.
     pub recomputed_forward_layers: u64,
+    /// Host→device bytes of the worker's device (0 on a CPU), until the
+    /// worker finished (its final parameters' download excepted).
+    pub device_h2d_bytes: u64,
+    /// Host→device copies.
+    pub device_h2d_copies: u64,
+    /// Device→host bytes.
+    pub device_d2h_bytes: u64,
+    /// Device→host copies.
+    pub device_d2h_copies: u64,
 }
 
 impl Counters {
@@ -96,6 +105,10 @@ impl Counters {
         self.forward_layer_executions += other.forward_layer_executions;
         self.backward_layer_executions += other.backward_layer_executions;
         self.recomputed_forward_layers += other.recomputed_forward_layers;
+        self.device_h2d_bytes += other.device_h2d_bytes;
+        self.device_h2d_copies += other.device_h2d_copies;
+        self.device_d2h_bytes += other.device_d2h_bytes;
+        self.device_d2h_copies += other.device_d2h_copies;
     }
 }
 
@@ -115,10 +128,14 @@ pub struct Trainer {
 impl Trainer {
     /// A trainer; errors unless `params` are exactly the model's parameters.
     /// Forward, backward and optimizer updates all run on the model's
-    /// backend ([`Model::on_device`]): the optimizer is moved onto it.
+    /// backend ([`Model::on_device`]): the optimizer is moved onto it, and
+    /// the parameters are uploaded to its device once (they stay resident;
+    /// [`ParamStore::to_host`] brings them back).
     pub fn new(model: Model, params: ParamStore, optimizer: Optimizer) -> Result<Trainer> {
         model.check_params(&params)?;
         let optimizer = optimizer.with_backend(model.backend().clone());
+        let params =
+            params.into_iter().map(|(n, t)| Ok((n, model.backend().adopt(t)?))).collect::<Result<ParamStore>>()?;
         Ok(Trainer {
             model,
             params,

@@ -50,7 +50,7 @@ fn cuda(test: &str) -> Option<Backend> {
     match Backend::open(Device::Cuda(ordinal)) {
         Ok(gpu) => Some(gpu),
         Err(why) => {
-            let _ = std::io::stderr().write_all(format!("SKIPPED {test}: {why}\n").as_bytes());
+            baton_kernels::cuda::skip_gpu_test(test, &why).unwrap_or_else(|e| panic!("{e}"));
             None
         }
     }

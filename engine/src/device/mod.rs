@@ -1,22 +1,26 @@
-//! Where the engine's ops run: the CPU kernels, or an NVIDIA GPU through
-//! `baton_kernels::cuda`.
+//! Where the engine's ops run: the CPU kernels, or a device (a CUDA GPU, or
+//! the [`SimulatedDevice`]) whose memory holds the tensors.
 //!
-//! # Per-op staging, not GPU-resident tensors
+//! # Residency
 //!
-//! Tensors in the engine stay host `Vec<f32>`: the tape, segments, saved
-//! tensors and archives are host data, so a segment can be archived, shipped
-//! and backwarded wherever it goes, whatever device recorded it. A CUDA
-//! [`Backend`] runs each op by uploading its inputs, launching the kernel
-//! and downloading its outputs. That is simple and correct, not fast: tensors
-//! do not stay on the GPU between ops, and transfers do not overlap compute.
+//! On a device [`Backend`], every op's outputs stay in device memory: a
+//! [`Tensor`](crate::Tensor) then holds a [`DevBuf`] instead of host values,
+//! and so do the saved tensors of the segments it records, the gradients
+//! backward produces, gradient sums and optimizer state. Host copies happen
+//! only where bytes leave the device, and each is explicit and counted
+//! ([`Backend::transfers`]): a host tensor given to a device op is uploaded
+//! (inputs, targets), [`Tensor::to_host`](crate::Tensor::to_host) downloads
+//! (a loss value, a tensor to send, a segment to archive, a file to write).
+//! A host read of a resident tensor (`values()`) is an error, so a path that
+//! forgets a transfer fails instead of staging silently.
 //!
-//! # What follows the backend
+//! # One dispatch, three executors
 //!
-//! Every forward op of a [`Recorder`](crate::Recorder), every backward rule
-//! and every optimizer update. Gradient sums (fan-in inside a backward,
-//! [`ParamStore::accumulate`](crate::ParamStore::accumulate), the per-layer
-//! accumulator) stay on the CPU: they are exact IEEE additions, the same
-//! bits on either device, and staging them would cost more than the add.
+//! Ops launch [`Call`]s ([`Backend::launch`]). The CPU backend runs them
+//! with the CPU kernels on host tensors; the simulated device runs the same
+//! CPU kernels on its private memory (so it gives the same bits, and CI
+//! exercises the device code paths); a CUDA GPU runs its kernels on its
+//! buffers, one stream per process.
 //!
 //! # Which backend
 //!
@@ -27,11 +31,20 @@
 //! explicitly. The entry points that take none ([`crate::Model::new`],
 //! [`crate::Optimizer::new`], [`crate::Recorder::new`],
 //! [`crate::Segment::backward`]) use the [`process_default`]: the CPU unless
-//! the process chose another device once with [`set_process_default`]. A
-//! worker process computes on one device, and this is how the pipeline's
-//! stage, which calls those entry points, runs on it.
+//! the process chose another device once with [`set_process_default`].
 
-mod ops;
+mod call;
+mod cuda_calls;
+mod cuda_mem;
+mod launch;
+mod mem;
+mod sim;
+
+pub use call::{run_host, Call, HostIn};
+pub(crate) use launch::{add_into, zeros_like};
+pub use launch::{Operand, Out};
+pub use mem::{DevBuf, DeviceMem, HostData, TransferCounters, Transfers};
+pub use sim::SimulatedDevice;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,8 +55,8 @@ use baton_kernels::cuda::{self, Gpu};
 
 use crate::{Error, Result};
 
-/// A device a model can run on. Parses from `cpu`, `cuda` (= `cuda:0`) and
-/// `cuda:N`, and prints in the same form.
+/// A device a model can run on. Parses from `cpu`, `cuda` (= `cuda:0`),
+/// `cuda:N` and `sim`, and prints in the same form.
 ///
 /// It is also the tag a [`Segment`](crate::Segment) carries of the device
 /// that recorded it (plain data; backward may run on any other device).
@@ -57,12 +70,20 @@ pub enum Device {
     /// CUDA GPU with this ordinal (0-based, as `nvidia-smi` numbers them
     /// unless `CUDA_VISIBLE_DEVICES` renumbers them).
     Cuda(u32),
+    /// The [`SimulatedDevice`]: host memory behind the device interface,
+    /// running the CPU kernels, counting transfers (tests and CI).
+    Simulated,
 }
 
 impl Device {
     /// Whether this is a CUDA device.
     pub fn is_cuda(self) -> bool {
         matches!(self, Device::Cuda(_))
+    }
+
+    /// Whether tensors live in device memory (CUDA or simulated).
+    pub fn is_device(self) -> bool {
+        self != Device::Cpu
     }
 }
 
@@ -71,6 +92,7 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Simulated => f.write_str("sim"),
         }
     }
 }
@@ -78,12 +100,17 @@ impl fmt::Display for Device {
 impl FromStr for Device {
     type Err = Error;
 
-    /// `cpu`, `cuda` or `cuda:N`; anything else names itself and the choices.
+    /// `cpu`, `cuda`, `cuda:N` or `sim`; anything else names itself and the choices.
     fn from_str(text: &str) -> Result<Device> {
-        let unknown = || Error::Device(format!("`{text}` is unknown: use cpu, cuda or cuda:N (N = GPU ordinal)"));
+        let unknown = || {
+            Error::Device(format!(
+                "`{text}` is unknown: use cpu, cuda or cuda:N (N = GPU ordinal), or sim (simulated device)"
+            ))
+        };
         match text.trim() {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
+            "sim" => Ok(Device::Simulated),
             other => {
                 let ordinal = other.strip_prefix("cuda:").ok_or_else(unknown)?;
                 ordinal.parse().map(Device::Cuda).map_err(|_| unknown())
@@ -92,8 +119,8 @@ impl FromStr for Device {
     }
 }
 
-/// How a model's ops run: on the CPU, or on one opened GPU. Cheap to clone
-/// (the GPU handle is shared), `Send + Sync`.
+/// How a model's ops run: on the CPU, or on one device whose memory holds
+/// the tensors. Cheap to clone (the device is shared), `Send + Sync`.
 #[derive(Clone, Default)]
 pub struct Backend {
     inner: Inner,
@@ -103,7 +130,7 @@ pub struct Backend {
 enum Inner {
     #[default]
     Cpu,
-    Cuda(Arc<Gpu>),
+    Dev(Arc<dyn DeviceMem>),
 }
 
 impl Backend {
@@ -112,17 +139,30 @@ impl Backend {
         Backend { inner: Inner::Cpu }
     }
 
+    /// A fresh [`SimulatedDevice`] with its own memory and counters (tests).
+    pub fn simulated() -> Backend {
+        Backend { inner: Inner::Dev(Arc::new(SimulatedDevice::new())) }
+    }
+
+    /// A backend on the given device memory.
+    pub fn on_mem(mem: Arc<dyn DeviceMem>) -> Backend {
+        Backend { inner: Inner::Dev(mem) }
+    }
+
     /// Opens `device`. A GPU is opened once per process and shared by every
-    /// backend that names it (opening compiles the kernels, about a second).
+    /// backend that names it (opening compiles the kernels, about a second);
+    /// `sim` is one simulated device per process.
     ///
     /// # Errors
     /// [`Error::Device`] when the build has no CUDA support (saying how to
     /// build with it), or when no such GPU can be used here (no driver,
     /// NVRTC or cuBLAS library, no device with that ordinal). Never panics.
     pub fn open(device: Device) -> Result<Backend> {
+        static SIM: OnceLock<Arc<SimulatedDevice>> = OnceLock::new();
         match device {
             Device::Cpu => Ok(Backend::cpu()),
-            Device::Cuda(ordinal) => Ok(Backend { inner: Inner::Cuda(open_gpu(ordinal)?) }),
+            Device::Cuda(ordinal) => Ok(Backend { inner: Inner::Dev(open_gpu(ordinal)?) }),
+            Device::Simulated => Ok(Backend { inner: Inner::Dev(SIM.get_or_init(Default::default).clone()) }),
         }
     }
 
@@ -130,8 +170,7 @@ impl Backend {
     pub fn device(&self) -> Device {
         match &self.inner {
             Inner::Cpu => Device::Cpu,
-            // Ordinals come from a `Device::Cuda(u32)`, so they fit.
-            Inner::Cuda(gpu) => Device::Cuda(u32::try_from(gpu.ordinal()).unwrap_or(u32::MAX)),
+            Inner::Dev(mem) => mem.device(),
         }
     }
 
@@ -139,7 +178,25 @@ impl Backend {
     pub fn describe(&self) -> String {
         match &self.inner {
             Inner::Cpu => "cpu".into(),
-            Inner::Cuda(gpu) => format!("{} ({})", self.device(), gpu.name()),
+            Inner::Dev(mem) => mem.describe(),
+        }
+    }
+
+    /// The host<->device copies of this backend's device so far (all zero
+    /// on the CPU). Subtract two snapshots for the copies in between.
+    pub fn transfers(&self) -> Transfers {
+        match &self.inner {
+            Inner::Cpu => Transfers::default(),
+            Inner::Dev(mem) => mem.counters().snapshot(),
+        }
+    }
+
+    /// Waits for every queued op of the device (a no-op on the CPU, where
+    /// ops finish before they return).
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.inner {
+            Inner::Cpu => Ok(()),
+            Inner::Dev(mem) => mem.synchronize(),
         }
     }
 }
@@ -156,10 +213,10 @@ const NOT_COMPILED: &str = "cannot be used: this binary was built without CUDA s
      no CUDA toolkit, a GPU and its driver are needed only to run)";
 
 /// The GPU `ordinal`, opened on first use and kept for the process.
-fn open_gpu(ordinal: u32) -> Result<Arc<Gpu>> {
+fn open_gpu(ordinal: u32) -> Result<Arc<dyn DeviceMem>> {
     /// Opened GPUs by ordinal. A lock, not a `OnceLock` per ordinal, so that
     /// two threads opening the same GPU get one context, not two.
-    static OPEN: Mutex<BTreeMap<u32, Arc<Gpu>>> = Mutex::new(BTreeMap::new());
+    static OPEN: Mutex<BTreeMap<u32, Arc<dyn DeviceMem>>> = Mutex::new(BTreeMap::new());
     let device = Device::Cuda(ordinal);
     if !cuda::COMPILED {
         return Err(Error::Device(format!("{device} {NOT_COMPILED}")));
@@ -169,9 +226,9 @@ fn open_gpu(ordinal: u32) -> Result<Arc<Gpu>> {
         return Ok(gpu.clone());
     }
     let gpu = Gpu::new(ordinal as usize).map_err(|e| Error::Device(format!("{device} cannot be used: {e}")))?;
-    let gpu = Arc::new(gpu);
-    open.insert(ordinal, gpu.clone());
-    Ok(gpu)
+    let mem: Arc<dyn DeviceMem> = Arc::new(cuda_mem::CudaMem::new(gpu, ordinal));
+    open.insert(ordinal, mem.clone());
+    Ok(mem)
 }
 
 static PROCESS: OnceLock<Backend> = OnceLock::new();

@@ -1,6 +1,7 @@
 //! Elementwise nonlinearities: relu, exact gelu, tanh, silu.
 
 use crate::backward::{Ctx, Grads};
+use crate::device::Call;
 use crate::ops::{Meta, Rule};
 use crate::validate::Shapes;
 use crate::{Op, Recorder, Result, Tensor, TensorId};
@@ -35,11 +36,9 @@ impl Recorder<'_> {
     /// `act(x)` elementwise.
     pub fn activation(&mut self, x: TensorId, kind: Activation) -> Result<TensorId> {
         let xv = self.value(x)?;
-        let mut y = vec![0.0; xv.len()];
-        self.backend().activation(kind, xv.values()?, &mut y)?;
-        let shape = xv.shape().to_vec();
+        let y = self.backend().launch1(&Call::Act { kind }, &[xv.operand()], xv.shape().to_vec())?;
         let out = self.alloc();
-        self.record(Op::Activation(ActivationOp { kind, x, out }), vec![(out, Tensor::new(shape, y)?)]);
+        self.record(Op::Activation(ActivationOp { kind, x, out }), vec![(out, y)]);
         Ok(out)
     }
 }
@@ -68,8 +67,8 @@ impl Rule for ActivationOp {
     fn backward(&self, ctx: &Ctx<'_>, dy: Tensor, grads: &mut Grads) -> Result<()> {
         let (shape, saved) = ctx.f32(self.saved()[0])?;
         ctx.check_grad(&dy, &shape)?;
-        let mut dx = vec![0.0; saved.len()];
-        ctx.backend.activation_backward(self.kind, &saved, dy.values()?, &mut dx)?;
-        grads.add(self.x, Tensor::new(shape, dx)?)
+        let call = Call::ActBackward { kind: self.kind };
+        let dx = ctx.backend.launch1(&call, &[saved.operand(), dy.operand()], shape)?;
+        grads.add(self.x, dx)
     }
 }

@@ -1,11 +1,13 @@
 //! Elementwise add, sub and mul with NumPy broadcasting (residuals, biases,
 //! masks), and scaling by a constant.
 
-use baton_kernels::broadcast::{self, broadcast_shape, BinaryKind};
+use baton_kernels::broadcast::{broadcast_shape, BinaryKind};
 
 use crate::backward::{Ctx, Grads};
+use crate::device::{Call, Operand};
 use crate::ops::{Meta, Rule};
 use crate::validate::Shapes;
+use crate::Backend;
 use crate::{Error, Op, Recorder, Result, Tensor, TensorId};
 
 /// Which elementwise operation a [`Binary`] is.
@@ -61,37 +63,37 @@ impl Recorder<'_> {
     fn binary(&mut self, kind: BinaryOp, a: TensorId, b: TensorId) -> Result<TensorId> {
         let (av, bv) = (self.value(a)?, self.value(b)?);
         let shape = out_shape(av.shape(), bv.shape()).map_err(|e| self.shape_err(e.to_string()))?;
-        let mut y = vec![0.0; shape.iter().product()];
-        broadcast::binary(kind.kernel(), av.values()?, av.shape(), bv.values()?, bv.shape(), &mut y);
         let (a_shape, b_shape) = (av.shape().to_vec(), bv.shape().to_vec());
+        let call = Call::Binary { kind: kind.kernel(), a_shape: a_shape.clone(), b_shape: b_shape.clone() };
+        let y = self.backend().launch1(&call, &[av.operand(), bv.operand()], shape)?;
         let out = self.alloc();
         let op = Binary { kind, a, b, a_shape, b_shape, out };
-        self.record(Op::Binary(op), vec![(out, Tensor::new(shape, y)?)]);
+        self.record(Op::Binary(op), vec![(out, y)]);
         Ok(out)
     }
 }
 
-/// `dy` reduced to `shape` (sum over broadcast dimensions, in order).
-fn reduce(dy: &[f32], dy_shape: &[usize], shape: &[usize]) -> Result<Tensor> {
-    if dy_shape == shape {
-        return Tensor::new(shape.to_vec(), dy.to_vec());
-    }
-    let mut out = vec![0.0; shape.iter().product()];
-    broadcast::reduce_to(dy, dy_shape, shape, &mut out);
-    Tensor::new(shape.to_vec(), out)
+/// `dy` (of `dy_shape`, not equal to `shape`) reduced to `shape` (sum over
+/// broadcast dimensions, in order).
+fn reduce(backend: &Backend, dy: Operand<'_>, dy_shape: &[usize], shape: &[usize]) -> Result<Tensor> {
+    let call = Call::ReduceTo { from: dy_shape.to_vec(), to: shape.to_vec() };
+    backend.launch1(&call, &[dy], shape.to_vec())
 }
 
 /// `dy ⊙ other` (other broadcast to dy's shape), reduced to `shape`.
 fn product_grad(
-    dy: &[f32],
-    dy_shape: &[usize],
-    other: &[f32],
+    backend: &Backend,
+    dy: &Tensor,
+    other: Operand<'_>,
     other_shape: &[usize],
     shape: &[usize],
 ) -> Result<Tensor> {
-    let mut g = vec![0.0; dy.len()];
-    broadcast::binary(BinaryKind::Mul, dy, dy_shape, other, other_shape, &mut g);
-    reduce(&g, dy_shape, shape)
+    let call = Call::Binary { kind: BinaryKind::Mul, a_shape: dy.shape().to_vec(), b_shape: other_shape.to_vec() };
+    let g = backend.launch1(&call, &[dy.operand(), other], dy.shape().to_vec())?;
+    if dy.shape() == shape {
+        return Ok(g);
+    }
+    reduce(backend, g.operand(), dy.shape(), shape)
 }
 
 impl Rule for Binary {
@@ -127,24 +129,27 @@ impl Rule for Binary {
     fn backward(&self, ctx: &Ctx<'_>, dy: Tensor, grads: &mut Grads) -> Result<()> {
         let shape = out_shape(&self.a_shape, &self.b_shape).map_err(|e| ctx.mismatch(e.to_string()))?;
         ctx.check_grad(&dy, &shape)?;
-        let g = dy.values()?;
+        let backend = ctx.backend;
         match self.kind {
             BinaryOp::Add | BinaryOp::Sub => {
-                let da = if self.a_shape == shape { dy.clone() } else { reduce(g, &shape, &self.a_shape)? };
-                let mut db = if self.b_shape == shape { dy } else { reduce(g, &shape, &self.b_shape)? };
-                if self.kind == BinaryOp::Sub {
-                    db.values_mut()?.iter_mut().for_each(|v| *v = -*v);
-                }
+                let g = dy.operand();
+                let da = if self.a_shape == shape { dy.clone() } else { reduce(backend, g, &shape, &self.a_shape)? };
+                let db = if self.b_shape == shape { dy.clone() } else { reduce(backend, g, &shape, &self.b_shape)? };
+                let db = if self.kind == BinaryOp::Sub {
+                    backend.launch1(&Call::Scale { factor: -1.0 }, &[db.operand()], self.b_shape.clone())?
+                } else {
+                    db
+                };
                 grads.add(self.a, da)?;
                 grads.add(self.b, db)
             }
             BinaryOp::Mul => {
                 let ((_, a), (_, b)) = (ctx.f32(self.a)?, ctx.f32(self.b)?);
                 if grads.wants(self.a) {
-                    grads.add(self.a, product_grad(g, &shape, &b, &self.b_shape, &self.a_shape)?)?;
+                    grads.add(self.a, product_grad(backend, &dy, b.operand(), &self.b_shape, &self.a_shape)?)?;
                 }
                 if grads.wants(self.b) {
-                    grads.add(self.b, product_grad(g, &shape, &a, &self.a_shape, &self.b_shape)?)?;
+                    grads.add(self.b, product_grad(backend, &dy, a.operand(), &self.a_shape, &self.b_shape)?)?;
                 }
                 Ok(())
             }
@@ -164,10 +169,9 @@ impl Recorder<'_> {
     /// `factor · x`.
     pub fn scale(&mut self, x: TensorId, factor: f32) -> Result<TensorId> {
         let xv = self.value(x)?;
-        let y: Vec<f32> = xv.values()?.iter().map(|&v| v * factor).collect();
-        let shape = xv.shape().to_vec();
+        let y = self.backend().launch1(&Call::Scale { factor }, &[xv.operand()], xv.shape().to_vec())?;
         let out = self.alloc();
-        self.record(Op::Scale(Scale { x, factor, out }), vec![(out, Tensor::new(shape, y)?)]);
+        self.record(Op::Scale(Scale { x, factor, out }), vec![(out, y)]);
         Ok(out)
     }
 }
@@ -188,8 +192,8 @@ impl Rule for Scale {
     fn infer(&self, s: &Shapes) -> Result<Vec<Meta>> {
         Ok(vec![Meta::f32(s.f32(self.x)?.to_vec())])
     }
-    fn backward(&self, _: &Ctx<'_>, mut dy: Tensor, grads: &mut Grads) -> Result<()> {
-        dy.values_mut()?.iter_mut().for_each(|v| *v *= self.factor);
-        grads.add(self.x, dy)
+    fn backward(&self, ctx: &Ctx<'_>, dy: Tensor, grads: &mut Grads) -> Result<()> {
+        let dx = ctx.backend.launch1(&Call::Scale { factor: self.factor }, &[dy.operand()], dy.shape().to_vec())?;
+        grads.add(self.x, dx)
     }
 }

@@ -2,7 +2,7 @@
 //! the output tensor's id: every worker, and a recompute, draws the same
 //! mask, and backward redraws it rather than saving it.
 
-use baton_kernels::dropout as kernel;
+use crate::device::Call;
 
 use crate::backward::{Ctx, Grads};
 use crate::ops::{Meta, Rule};
@@ -44,9 +44,8 @@ impl Recorder<'_> {
         let out = self.alloc();
         let seed = self.seed();
         let xv = self.value(x)?;
-        let mut y = vec![0.0; xv.len()];
-        kernel::apply(xv.values()?, seed, key(out), p, &mut y);
-        let y = Tensor::new(xv.shape().to_vec(), y)?;
+        let call = Call::Dropout { seed, key: key(out), p };
+        let y = self.backend().launch1(&call, &[xv.operand()], xv.shape().to_vec())?;
         self.record(Op::Dropout(Dropout { x, p, seed, out }), vec![(out, y)]);
         Ok(out)
     }
@@ -69,9 +68,9 @@ impl Rule for Dropout {
         check_p(self.p).map_err(|e| Error::Shape(e.to_string()))?;
         Ok(vec![Meta::f32(s.f32(self.x)?.to_vec())])
     }
-    fn backward(&self, _: &Ctx<'_>, dy: Tensor, grads: &mut Grads) -> Result<()> {
-        let mut dx = vec![0.0; dy.len()];
-        kernel::apply(dy.values()?, self.seed, key(self.out), self.p, &mut dx);
-        grads.add(self.x, Tensor::new(dy.shape().to_vec(), dx)?)
+    fn backward(&self, ctx: &Ctx<'_>, dy: Tensor, grads: &mut Grads) -> Result<()> {
+        let call = Call::Dropout { seed: self.seed, key: key(self.out), p: self.p };
+        let dx = ctx.backend.launch1(&call, &[dy.operand()], dy.shape().to_vec())?;
+        grads.add(self.x, dx)
     }
 }

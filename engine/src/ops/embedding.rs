@@ -1,8 +1,7 @@
 //! Embedding lookup with a deterministic scatter-add backward.
 
-use baton_kernels::embedding as kernel;
-
 use crate::backward::{Ctx, Grads};
+use crate::device::Call;
 use crate::ops::{Meta, Rule};
 use crate::validate::Shapes;
 use crate::{Error, Op, Recorder, Result, Tensor, TensorId};
@@ -43,11 +42,17 @@ impl Recorder<'_> {
         let (iv, tv) = (self.value(ids)?, self.value(table)?);
         let out_shape = shape(iv.shape(), tv.shape()).map_err(|e| self.shape_err(e.to_string()))?;
         let (vocab, dim) = (tv.shape()[0], tv.shape()[1]);
-        check_ids(iv.ids()?, iv.shape(), vocab)?;
-        let mut y = vec![0.0; iv.len() * dim];
-        kernel::gather(tv.values()?, dim, iv.ids()?, &mut y);
+        if iv.dtype() != crate::DType::Ids {
+            return Err(self.shape_err(format!("embedding ids must be token ids, {ids} holds f32 values")));
+        }
+        if iv.device_buf().is_none() {
+            check_ids(iv.ids()?, iv.shape(), vocab)?;
+        }
+        self.make_resident(ids)?;
+        let (iv, tv) = (self.value(ids)?, self.value(table)?);
+        let y = self.backend().launch1(&Call::Gather { dim }, &[tv.operand(), iv.operand()], out_shape)?;
         let out = self.alloc();
-        self.record(Op::Embedding(Embedding { ids, table, out }), vec![(out, Tensor::new(out_shape, y)?)]);
+        self.record(Op::Embedding(Embedding { ids, table, out }), vec![(out, y)]);
         Ok(out)
     }
 }
@@ -74,10 +79,14 @@ impl Rule for Embedding {
         let (table_shape, _) = ctx.f32(self.table)?;
         let out_shape = shape(&ids.shape, &table_shape).map_err(|e| ctx.mismatch(e.to_string()))?;
         ctx.check_grad(&dy, &out_shape)?;
-        let ids_values = ids.ids()?;
-        check_ids(ids_values, &ids.shape, table_shape[0])?;
-        let mut dt = vec![0.0; table_shape.iter().product()];
-        kernel::scatter_add(dy.values()?, table_shape[1], ids_values, &mut dt);
-        grads.add(self.table, Tensor::new(table_shape, dt)?)
+        if !ids.is_ids() {
+            return Err(ctx.mismatch(format!("embedding ids {} hold f32 values", self.ids)));
+        }
+        if let Ok(host_ids) = ids.ids() {
+            check_ids(host_ids, &ids.shape, table_shape[0])?;
+        }
+        let call = Call::ScatterAdd { dim: table_shape[1] };
+        let dt = ctx.backend.launch1(&call, &[dy.operand(), ids.operand()], table_shape)?;
+        grads.add(self.table, dt)
     }
 }

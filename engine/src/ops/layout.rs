@@ -4,8 +4,10 @@
 use baton_kernels::layout;
 
 use crate::backward::{Ctx, Grads};
+use crate::device::{Call, Operand};
 use crate::ops::{rows_cols, Meta, Rule};
 use crate::validate::{numel, Shapes};
+use crate::Backend;
 use crate::{Error, Op, Recorder, Result, Tensor, TensorId};
 
 /// The same elements under another shape.
@@ -72,10 +74,9 @@ fn axes(shape: &[usize], d0: u32, d1: u32) -> Result<(usize, usize)> {
     Ok((d0, d1))
 }
 
-fn swap(x: &[f32], shape: &[usize], d0: usize, d1: usize) -> Result<Tensor> {
-    let mut y = vec![0.0; x.len()];
-    layout::transpose(x, shape, d0, d1, &mut y);
-    Tensor::new(layout::swapped(shape, d0, d1), y)
+fn swap(backend: &Backend, x: Operand<'_>, shape: &[usize], d0: usize, d1: usize) -> Result<Tensor> {
+    let call = Call::Transpose { shape: shape.to_vec(), d0, d1 };
+    backend.launch1(&call, &[x], layout::swapped(shape, d0, d1))
 }
 
 impl Recorder<'_> {
@@ -83,7 +84,7 @@ impl Recorder<'_> {
     pub fn transpose(&mut self, x: TensorId, d0: usize, d1: usize) -> Result<TensorId> {
         let xv = self.value(x)?;
         let (a, b) = axes(xv.shape(), d0 as u32, d1 as u32).map_err(|e| self.shape_err(e.to_string()))?;
-        let y = swap(xv.values()?, xv.shape(), a, b)?;
+        let y = swap(self.backend(), xv.operand(), xv.shape(), a, b)?;
         let out = self.alloc();
         self.record(Op::Transpose(Transpose { x, d0: a as u32, d1: b as u32, out }), vec![(out, y)]);
         Ok(out)
@@ -110,7 +111,7 @@ impl Rule for Transpose {
     }
     fn backward(&self, ctx: &Ctx<'_>, dy: Tensor, grads: &mut Grads) -> Result<()> {
         let (a, b) = axes(dy.shape(), self.d0, self.d1).map_err(|e| ctx.mismatch(e.to_string()))?;
-        grads.add(self.x, swap(dy.values()?, dy.shape(), a, b)?)
+        grads.add(self.x, swap(ctx.backend, dy.operand(), dy.shape(), a, b)?)
     }
 }
 
@@ -150,10 +151,10 @@ impl Recorder<'_> {
         let xv = self.value(x)?;
         let x_shape = xv.shape().to_vec();
         let shape = narrowed(&x_shape, start, len).map_err(|e| self.shape_err(e.to_string()))?;
-        let mut y = vec![0.0; shape.iter().product()];
-        layout::narrow(xv.values()?, rows_cols(&x_shape).1, start, len, &mut y);
+        let call = Call::Narrow { cols: rows_cols(&x_shape).1, start, len };
+        let y = self.backend().launch1(&call, &[xv.operand()], shape)?;
         let out = self.alloc();
-        self.record(Op::Narrow(Narrow { x, x_shape, start, len, out }), vec![(out, Tensor::new(shape, y)?)]);
+        self.record(Op::Narrow(Narrow { x, x_shape, start, len, out }), vec![(out, y)]);
         Ok(out)
     }
 }
@@ -180,9 +181,9 @@ impl Rule for Narrow {
     fn backward(&self, ctx: &Ctx<'_>, dy: Tensor, grads: &mut Grads) -> Result<()> {
         let shape = narrowed(&self.x_shape, self.start, self.len).map_err(|e| ctx.mismatch(e.to_string()))?;
         ctx.check_grad(&dy, &shape)?;
-        let mut dx = vec![0.0; self.x_shape.iter().product()];
-        layout::narrow_backward(dy.values()?, rows_cols(&self.x_shape).1, self.start, self.len, &mut dx);
-        grads.add(self.x, Tensor::new(self.x_shape.clone(), dx)?)
+        let call = Call::NarrowBackward { cols: rows_cols(&self.x_shape).1, start: self.start, len: self.len };
+        let dx = ctx.backend.launch1(&call, &[dy.operand()], self.x_shape.clone())?;
+        grads.add(self.x, dx)
     }
 }
 
@@ -219,11 +220,10 @@ impl Recorder<'_> {
         let shapes: Vec<&[usize]> = values.iter().map(|v| v.shape()).collect();
         let shape = joined(&shapes).map_err(|e| self.shape_err(e.to_string()))?;
         let widths: Vec<usize> = shapes.iter().map(|s| rows_cols(s).1).collect();
-        let parts: Vec<&[f32]> = values.iter().map(|v| v.values()).collect::<Result<_>>()?;
-        let mut y = vec![0.0; shape.iter().product()];
-        layout::concat(&parts, &widths, &mut y);
+        let parts: Vec<Operand<'_>> = values.iter().map(|v| v.operand()).collect();
+        let y = self.backend().launch1(&Call::Concat { widths: widths.clone() }, &parts, shape)?;
         let out = self.alloc();
-        self.record(Op::Concat(Concat { xs: xs.to_vec(), widths, out }), vec![(out, Tensor::new(shape, y)?)]);
+        self.record(Op::Concat(Concat { xs: xs.to_vec(), widths, out }), vec![(out, y)]);
         Ok(out)
     }
 }
@@ -255,12 +255,12 @@ impl Rule for Concat {
             return Err(ctx.mismatch(format!("concat of widths {:?} for a gradient of {cols} columns", self.widths)));
         }
         let lead = &dy.shape()[..dy.shape().len() - 1];
-        let g = dy.values()?;
+        let _ = rows;
         let mut start = 0;
         for (&x, &width) in self.xs.iter().zip(&self.widths) {
-            let mut part = vec![0.0; rows * width];
-            layout::narrow(g, cols, start, width, &mut part);
-            grads.add(x, Tensor::new(lead.iter().copied().chain([width]).collect(), part)?)?;
+            let call = Call::Narrow { cols, start, len: width };
+            let part = ctx.backend.launch1(&call, &[dy.operand()], lead.iter().copied().chain([width]).collect())?;
+            grads.add(x, part)?;
             start += width;
         }
         Ok(())

@@ -3,6 +3,7 @@
 use baton_kernels::Trans;
 
 use crate::backward::{Ctx, Grads};
+use crate::device::Call;
 use crate::ops::{rows_cols, Meta, Rule};
 use crate::validate::Shapes;
 use crate::{Error, Op, Recorder, Result, Tensor, TensorId};
@@ -43,13 +44,12 @@ impl Recorder<'_> {
             shape(xv.shape(), wv.shape(), bv.map(Tensor::shape)).map_err(|e| self.shape_err(e.to_string()))?;
         let (rows, inp) = rows_cols(xv.shape());
         let n = *out_shape.last().unwrap_or(&0);
-        let mut y = vec![0.0; rows * n];
-        self.backend().matmul(&mut y, xv.values()?, Trans::No, wv.values()?, Trans::Yes, rows, inp, n, false)?;
-        if let Some(b) = bv {
-            self.backend().add_bias_rows(&mut y, b.values()?)?;
-        }
+        let mut ins = vec![xv.operand(), wv.operand()];
+        ins.extend(bv.map(Tensor::operand));
+        let call = Call::Linear { rows, inp, n, bias: bv.is_some() };
+        let y = self.backend().launch1(&call, &ins, out_shape)?;
         let out = self.alloc();
-        self.record(Op::Linear(Linear { x, weight, bias, out }), vec![(out, Tensor::new(out_shape, y)?)]);
+        self.record(Op::Linear(Linear { x, weight, bias, out }), vec![(out, y)]);
         Ok(out)
     }
 }
@@ -78,19 +78,17 @@ impl Rule for Linear {
         let out_shape = shape(&xs, &ws, None).map_err(|e| ctx.mismatch(e.to_string()))?;
         ctx.check_grad(&dy, &out_shape)?;
         let ((rows, inp), out) = (rows_cols(&xs), ws[0]);
-        let g = dy.values()?;
-        let mut dw = vec![0.0; out * inp];
-        ctx.backend.matmul(&mut dw, g, Trans::Yes, &xv, Trans::No, out, rows, inp, false)?;
-        grads.add(self.weight, Tensor::new(ws.clone(), dw)?)?;
+        let g = dy.operand();
+        let mm = |ta, tb, m, k, n| Call::Matmul { ta, tb, batch: 1, m, k, n, accumulate: false };
+        let dw = ctx.backend.launch1(&mm(Trans::Yes, Trans::No, out, rows, inp), &[g, xv.operand()], ws.clone())?;
+        grads.add(self.weight, dw)?;
         if let Some(bias) = self.bias {
-            let mut db = vec![0.0; out];
-            ctx.backend.sum_rows(g, out, &mut db, false)?;
-            grads.add(bias, Tensor::new(vec![out], db)?)?;
+            let db = ctx.backend.launch1(&Call::SumRows { cols: out, accumulate: false }, &[g], vec![out])?;
+            grads.add(bias, db)?;
         }
         if grads.wants(self.x) {
-            let mut dx = vec![0.0; rows * inp];
-            ctx.backend.matmul(&mut dx, g, Trans::No, &wv, Trans::No, rows, out, inp, false)?;
-            grads.add(self.x, Tensor::new(xs, dx)?)?;
+            let dx = ctx.backend.launch1(&mm(Trans::No, Trans::No, rows, out, inp), &[g, wv.operand()], xs)?;
+            grads.add(self.x, dx)?;
         }
         Ok(())
     }

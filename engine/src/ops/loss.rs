@@ -2,13 +2,16 @@
 //! cross-entropy over the last dimension with integer targets.
 
 use crate::backward::{Ctx, Grads};
-use crate::ops::{rows_cols, Meta, Rule};
+use crate::device::{Call, Out};
+use crate::ops::{rows_cols, take, Meta, Rule};
 use crate::tensor::DType;
 use crate::validate::Shapes;
 use crate::{Error, Op, Recorder, Result, Tensor, TensorId};
 
 fn scalar_grad(ctx: &Ctx<'_>, dy: &Tensor) -> Result<f32> {
-    match dy.values()? {
+    // A loss's gradient is the caller's seed (a host scalar); a resident one
+    // (a loss inside a larger graph) is downloaded, 4 bytes, counted.
+    match dy.to_host()?.values()? {
         [g] => Ok(*g),
         _ => Err(ctx.mismatch(format!("a loss gradient must be a scalar, has shape {:?}", dy.shape()))),
     }
@@ -26,10 +29,10 @@ impl Recorder<'_> {
     /// The sum of every element, a scalar.
     pub fn sum(&mut self, x: TensorId) -> Result<TensorId> {
         let xv = self.value(x)?;
-        let total = xv.values()?.iter().fold(0.0f64, |a, &v| a + f64::from(v)) as f32;
+        let total = self.backend().launch1(&Call::Sum, &[xv.operand()], Vec::new())?;
         let x_shape = xv.shape().to_vec();
         let out = self.alloc();
-        self.record(Op::Sum(Sum { x, x_shape, out }), vec![(out, Tensor::scalar(total))]);
+        self.record(Op::Sum(Sum { x, x_shape, out }), vec![(out, total)]);
         Ok(out)
     }
 }
@@ -54,9 +57,12 @@ impl Rule for Sum {
         Ok(vec![Meta::f32(Vec::new())])
     }
     fn backward(&self, ctx: &Ctx<'_>, dy: Tensor, grads: &mut Grads) -> Result<()> {
-        let g = scalar_grad(ctx, &dy)?;
-        let n = self.x_shape.iter().product();
-        grads.add(self.x, Tensor::new(self.x_shape.clone(), vec![g; n])?)
+        if !dy.is_empty() && dy.len() != 1 {
+            return Err(ctx.mismatch(format!("a sum's gradient must be a scalar, has shape {:?}", dy.shape())));
+        }
+        let call = Call::Expand { from: dy.shape().to_vec(), to: self.x_shape.clone() };
+        let dx = ctx.backend.launch1(&call, &[dy.operand()], self.x_shape.clone())?;
+        grads.add(self.x, dx)
     }
 }
 
@@ -76,9 +82,9 @@ impl Recorder<'_> {
         if pv.shape() != tv.shape() {
             return Err(self.shape_err(format!("mse of {:?} against targets {:?}", pv.shape(), tv.shape())));
         }
-        let value = self.backend().mse(pv.values()?, tv.values()?)?;
+        let value = self.backend().launch1(&Call::Mse, &[pv.operand(), tv.operand()], Vec::new())?;
         let out = self.alloc();
-        self.record(Op::Mse(Mse { pred, target, out }), vec![(out, Tensor::scalar(value))]);
+        self.record(Op::Mse(Mse { pred, target, out }), vec![(out, value)]);
         Ok(out)
     }
 }
@@ -106,9 +112,8 @@ impl Rule for Mse {
     fn backward(&self, ctx: &Ctx<'_>, dy: Tensor, grads: &mut Grads) -> Result<()> {
         let g = scalar_grad(ctx, &dy)?;
         let ((ps, p), (_, t)) = (ctx.f32(self.pred)?, ctx.f32(self.target)?);
-        let mut dpred = vec![0.0; p.len()];
-        ctx.backend.mse_backward(&p, &t, g, &mut dpred)?;
-        grads.add(self.pred, Tensor::new(ps, dpred)?)
+        let dpred = ctx.backend.launch1(&Call::MseBackward { scale: g }, &[p.operand(), t.operand()], ps)?;
+        grads.add(self.pred, dpred)
     }
 }
 
@@ -140,15 +145,19 @@ impl Recorder<'_> {
         let (lv, tv) = (self.value(logits)?, self.value(target)?);
         ce_check(lv.shape(), tv.shape()).map_err(|e| self.shape_err(e.to_string()))?;
         let classes = rows_cols(lv.shape()).1;
-        crate::ops::embedding::check_ids(tv.ids()?, tv.shape(), classes).map_err(|e| {
-            Error::Data(e.to_string().replace("token id", "target").replace("vocabulary size", "number of classes"))
-        })?;
-        let mut probs = vec![0.0; lv.len()];
-        let value = self.backend().cross_entropy(lv.values()?, classes, tv.ids()?, &mut probs)?;
-        let probs = Tensor::new(lv.shape().to_vec(), probs)?;
+        if tv.device_buf().is_none() {
+            crate::ops::embedding::check_ids(tv.ids()?, tv.shape(), classes).map_err(|e| {
+                Error::Data(e.to_string().replace("token id", "target").replace("vocabulary size", "number of classes"))
+            })?;
+        }
+        self.make_resident(target)?;
+        let (lv, tv) = (self.value(logits)?, self.value(target)?);
+        let outs = vec![Out::Zeros(lv.shape().to_vec()), Out::Zeros(Vec::new())];
+        let ins = [lv.operand(), tv.operand()];
+        let [probs, value] = take(self.backend().launch(&Call::CrossEntropy { classes }, &ins, outs)?)?;
         let (probs_id, out) = (self.alloc(), self.alloc());
         let op = CrossEntropy { logits, target, probs: probs_id, out };
-        self.record(Op::CrossEntropy(op), vec![(probs_id, probs), (out, Tensor::scalar(value))]);
+        self.record(Op::CrossEntropy(op), vec![(probs_id, probs), (out, value)]);
         Ok(out)
     }
 }
@@ -177,9 +186,14 @@ impl Rule for CrossEntropy {
         let t = ctx.get(self.target)?;
         ce_check(&ps, &t.shape).map_err(|e| ctx.mismatch(e.to_string()))?;
         let classes = rows_cols(&ps).1;
-        crate::ops::embedding::check_ids(t.ids()?, &t.shape, classes)?;
-        let mut dlogits = vec![0.0; p.len()];
-        ctx.backend.cross_entropy_backward(&p, classes, t.ids()?, g, &mut dlogits)?;
-        grads.add(self.logits, Tensor::new(ps, dlogits)?)
+        if !t.is_ids() {
+            return Err(ctx.mismatch(format!("cross-entropy targets {} hold f32 values", self.target)));
+        }
+        if let Ok(host) = t.ids() {
+            crate::ops::embedding::check_ids(host, &t.shape, classes)?;
+        }
+        let call = Call::CrossEntropyBackward { classes, scale: g };
+        let dlogits = ctx.backend.launch1(&call, &[p.operand(), t.operand()], ps)?;
+        grads.add(self.logits, dlogits)
     }
 }

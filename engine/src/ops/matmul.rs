@@ -4,6 +4,7 @@
 use baton_kernels::Trans;
 
 use crate::backward::{Ctx, Grads};
+use crate::device::{Call, Operand};
 use crate::ops::{Meta, Rule};
 use crate::validate::{numel, Shapes};
 use crate::{Error, Op, Recorder, Result, Tensor, TensorId};
@@ -58,18 +59,15 @@ fn trans(t: bool) -> Trans {
 #[allow(clippy::too_many_arguments)]
 fn batched(
     backend: &crate::Backend,
-    x: &[f32],
+    x: Operand<'_>,
     tx: bool,
-    y: &[f32],
+    y: Operand<'_>,
     ty: bool,
     (batch, m, k, n): (usize, usize, usize, usize),
-) -> Result<Vec<f32>> {
-    let mut c = vec![0.0; batch * m * n];
-    for i in 0..batch {
-        let (xs, ys) = (&x[i * m * k..(i + 1) * m * k], &y[i * k * n..(i + 1) * k * n]);
-        backend.matmul(&mut c[i * m * n..(i + 1) * m * n], xs, trans(tx), ys, trans(ty), m, k, n, false)?;
-    }
-    Ok(c)
+    shape: Vec<usize>,
+) -> Result<Tensor> {
+    let call = Call::Matmul { ta: trans(tx), tb: trans(ty), batch, m, k, n, accumulate: false };
+    backend.launch1(&call, &[x, y], shape)
 }
 
 impl Recorder<'_> {
@@ -78,9 +76,9 @@ impl Recorder<'_> {
     pub fn matmul(&mut self, a: TensorId, b: TensorId, ta: bool, tb: bool) -> Result<TensorId> {
         let (av, bv) = (self.value(a)?, self.value(b)?);
         let d = dims(av.shape(), bv.shape(), ta, tb).map_err(|e| self.shape_err(e.to_string()))?;
-        let c = batched(self.backend(), av.values()?, ta, bv.values()?, tb, (d.batch, d.m, d.k, d.n))?;
+        let c = batched(self.backend(), av.operand(), ta, bv.operand(), tb, (d.batch, d.m, d.k, d.n), d.out)?;
         let out = self.alloc();
-        self.record(Op::Matmul(Matmul { a, b, ta, tb, out }), vec![(out, Tensor::new(d.out, c)?)]);
+        self.record(Op::Matmul(Matmul { a, b, ta, tb, out }), vec![(out, c)]);
         Ok(out)
     }
 }
@@ -107,23 +105,23 @@ impl Rule for Matmul {
         let ((a_shape, a), (b_shape, b)) = (ctx.f32(self.a)?, ctx.f32(self.b)?);
         let d = dims(&a_shape, &b_shape, self.ta, self.tb).map_err(|e| ctx.mismatch(e.to_string()))?;
         ctx.check_grad(&dy, &d.out)?;
-        let g = dy.values()?;
+        let (g, a, b) = (dy.operand(), a.operand(), b.operand());
         let (batch, m, k, n) = (d.batch, d.m, d.k, d.n);
         if grads.wants(self.a) {
             let da = if self.ta {
-                batched(ctx.backend, &b, self.tb, g, true, (batch, k, n, m))?
+                batched(ctx.backend, b, self.tb, g, true, (batch, k, n, m), a_shape)?
             } else {
-                batched(ctx.backend, g, false, &b, !self.tb, (batch, m, n, k))?
+                batched(ctx.backend, g, false, b, !self.tb, (batch, m, n, k), a_shape)?
             };
-            grads.add(self.a, Tensor::new(a_shape.clone(), da)?)?;
+            grads.add(self.a, da)?;
         }
         if grads.wants(self.b) {
             let db = if self.tb {
-                batched(ctx.backend, g, true, &a, self.ta, (batch, n, m, k))?
+                batched(ctx.backend, g, true, a, self.ta, (batch, n, m, k), b_shape)?
             } else {
-                batched(ctx.backend, &a, !self.ta, g, false, (batch, k, m, n))?
+                batched(ctx.backend, a, !self.ta, g, false, (batch, k, m, n), b_shape)?
             };
-            grads.add(self.b, Tensor::new(b_shape, db)?)?;
+            grads.add(self.b, db)?;
         }
         Ok(())
     }

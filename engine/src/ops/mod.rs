@@ -155,3 +155,10 @@ pub(crate) fn rows_cols(shape: &[usize]) -> (usize, usize) {
         None => (1, 1),
     }
 }
+
+/// The outputs of a launch as an array (their count is the call's arity).
+pub(crate) fn take<const N: usize>(outs: Vec<crate::Tensor>) -> Result<[crate::Tensor; N]> {
+    outs.try_into().map_err(|v: Vec<crate::Tensor>| {
+        crate::Error::Internal(format!("a call returned {} outputs, not {N}", v.len()))
+    })
+}

@@ -1,9 +1,8 @@
 //! LayerNorm and RMSNorm over the last dimension of an N-d input.
 
-use baton_kernels::norm as kernel;
-
 use crate::backward::{Ctx, Grads};
-use crate::ops::{rows_cols, Meta, Rule};
+use crate::device::{Call, Out};
+use crate::ops::{rows_cols, take, Meta, Rule};
 use crate::validate::Shapes;
 use crate::{Error, Op, Recorder, Result, Tensor, TensorId};
 
@@ -37,12 +36,12 @@ impl Recorder<'_> {
     pub fn layernorm(&mut self, x: TensorId, weight: TensorId, bias: TensorId, eps: f32) -> Result<TensorId> {
         let (xv, g, b) = (self.value(x)?, self.value(weight)?, self.value(bias)?);
         let (rows, cols) = dims(xv.shape(), &[g.shape(), b.shape()]).map_err(|e| self.shape_err(e.to_string()))?;
-        let (mut y, mut stats) = (vec![0.0; rows * cols], vec![0.0; 2 * rows]);
-        self.backend().layernorm(xv.values()?, g.values()?, b.values()?, cols, eps, &mut y, &mut stats)?;
-        let y = Tensor::new(xv.shape().to_vec(), y)?;
+        let outs = vec![Out::Zeros(xv.shape().to_vec()), Out::Zeros(vec![2, rows])];
+        let ins = [xv.operand(), g.operand(), b.operand()];
+        let [y, stats] = take(self.backend().launch(&Call::LayerNorm { cols, eps }, &ins, outs)?)?;
         let (stats_id, out) = (self.alloc(), self.alloc());
         let op = LayerNorm { x, weight, bias, eps, stats: stats_id, out };
-        self.record(Op::LayerNorm(op), vec![(stats_id, Tensor::new(vec![2, rows], stats)?), (out, y)]);
+        self.record(Op::LayerNorm(op), vec![(stats_id, stats), (out, y)]);
         Ok(out)
     }
 }
@@ -72,11 +71,12 @@ impl Rule for LayerNorm {
             return Err(ctx.mismatch(format!("layernorm statistics {ss:?} for {rows} rows")));
         }
         ctx.check_grad(&dy, &xs)?;
-        let (mut dx, mut dg, mut db) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
-        ctx.backend.layernorm_backward(&x, &g, &stats, dy.values()?, cols, &mut dx, &mut dg, &mut db, false)?;
-        grads.add(self.weight, Tensor::new(vec![cols], dg)?)?;
-        grads.add(self.bias, Tensor::new(vec![cols], db)?)?;
-        grads.add(self.x, Tensor::new(xs, dx)?)
+        let outs = vec![Out::Zeros(xs), Out::Zeros(vec![cols]), Out::Zeros(vec![cols])];
+        let ins = [x.operand(), g.operand(), stats.operand(), dy.operand()];
+        let [dx, dg, db] = take(ctx.backend.launch(&Call::LayerNormBackward { cols }, &ins, outs)?)?;
+        grads.add(self.weight, dg)?;
+        grads.add(self.bias, db)?;
+        grads.add(self.x, dx)
     }
 }
 
@@ -95,12 +95,12 @@ impl Recorder<'_> {
     pub fn rmsnorm(&mut self, x: TensorId, weight: TensorId, eps: f32) -> Result<TensorId> {
         let (xv, g) = (self.value(x)?, self.value(weight)?);
         let (rows, cols) = dims(xv.shape(), &[g.shape()]).map_err(|e| self.shape_err(e.to_string()))?;
-        let (mut y, mut rstd) = (vec![0.0; rows * cols], vec![0.0; rows]);
-        kernel::rmsnorm(xv.values()?, g.values()?, cols, eps, &mut y, &mut rstd);
-        let y = Tensor::new(xv.shape().to_vec(), y)?;
+        let outs = vec![Out::Zeros(xv.shape().to_vec()), Out::Zeros(vec![rows])];
+        let ins = [xv.operand(), g.operand()];
+        let [y, rstd] = take(self.backend().launch(&Call::RmsNorm { cols, eps }, &ins, outs)?)?;
         let (rstd_id, out) = (self.alloc(), self.alloc());
         let op = RmsNorm { x, weight, eps, rstd: rstd_id, out };
-        self.record(Op::RmsNorm(op), vec![(rstd_id, Tensor::new(vec![rows], rstd)?), (out, y)]);
+        self.record(Op::RmsNorm(op), vec![(rstd_id, rstd), (out, y)]);
         Ok(out)
     }
 }
@@ -130,9 +130,10 @@ impl Rule for RmsNorm {
             return Err(ctx.mismatch(format!("rmsnorm statistics {rs:?} for {rows} rows")));
         }
         ctx.check_grad(&dy, &xs)?;
-        let (mut dx, mut dg) = (vec![0.0; rows * cols], vec![0.0; cols]);
-        kernel::rmsnorm_backward(&x, &g, &rstd, dy.values()?, cols, &mut dx, &mut dg);
-        grads.add(self.weight, Tensor::new(vec![cols], dg)?)?;
-        grads.add(self.x, Tensor::new(xs, dx)?)
+        let outs = vec![Out::Zeros(xs), Out::Zeros(vec![cols])];
+        let ins = [x.operand(), g.operand(), rstd.operand(), dy.operand()];
+        let [dx, dg] = take(ctx.backend.launch(&Call::RmsNormBackward { cols }, &ins, outs)?)?;
+        grads.add(self.weight, dg)?;
+        grads.add(self.x, dx)
     }
 }

@@ -1,8 +1,7 @@
 //! Softmax over the last dimension, optionally with a causal mask.
 
-use baton_kernels::softmax as kernel;
-
 use crate::backward::{Ctx, Grads};
+use crate::device::Call;
 use crate::ops::{rows_cols, Meta, Rule};
 use crate::validate::Shapes;
 use crate::{Error, Op, Recorder, Result, Tensor, TensorId};
@@ -29,11 +28,10 @@ impl Recorder<'_> {
     pub fn softmax(&mut self, x: TensorId, causal: bool) -> Result<TensorId> {
         let xv = self.value(x)?;
         check(xv.shape(), causal).map_err(|e| self.shape_err(e.to_string()))?;
-        let mut y = vec![0.0; xv.len()];
-        kernel::softmax(xv.values()?, rows_cols(xv.shape()).1, causal, &mut y);
-        let shape = xv.shape().to_vec();
+        let call = Call::Softmax { cols: rows_cols(xv.shape()).1, causal };
+        let y = self.backend().launch1(&call, &[xv.operand()], xv.shape().to_vec())?;
         let out = self.alloc();
-        self.record(Op::Softmax(Softmax { x, causal, out }), vec![(out, Tensor::new(shape, y)?)]);
+        self.record(Op::Softmax(Softmax { x, causal, out }), vec![(out, y)]);
         Ok(out)
     }
 }
@@ -59,8 +57,8 @@ impl Rule for Softmax {
     fn backward(&self, ctx: &Ctx<'_>, dy: Tensor, grads: &mut Grads) -> Result<()> {
         let (shape, y) = ctx.f32(self.out)?;
         ctx.check_grad(&dy, &shape)?;
-        let mut dx = vec![0.0; y.len()];
-        kernel::softmax_backward(&y, dy.values()?, rows_cols(&shape).1, &mut dx);
-        grads.add(self.x, Tensor::new(shape, dx)?)
+        let call = Call::SoftmaxBackward { cols: rows_cols(&shape).1 };
+        let dx = ctx.backend.launch1(&call, &[y.operand(), dy.operand()], shape)?;
+        grads.add(self.x, dx)
     }
 }

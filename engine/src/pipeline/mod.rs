@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod coordinator;
 mod evaluate;
+mod host;
 pub mod migrate;
 pub mod partition;
 pub mod plan;

@@ -258,7 +258,16 @@ pub fn encode(message: &Message) -> Result<AlignedVec> {
 }
 
 /// Archives a message into `buffer` (best given [`size_hint`] bytes of room).
+/// Tensors resident in device memory are downloaded first (counted): this
+/// is where their bytes leave the device.
 pub fn encode_in(message: &Message, buffer: AlignedVec) -> Result<AlignedVec> {
+    let host;
+    let message = if super::host::is_resident(message) {
+        host = super::host::to_host(message)?;
+        &host
+    } else {
+        message
+    };
     rkyv::api::high::to_bytes_in::<_, BoxedError>(message, buffer)
         .map_err(|e| Error::Protocol(format!("cannot encode {}: {e}", message.kind())))
 }

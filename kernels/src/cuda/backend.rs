@@ -5,7 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 
-use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
@@ -120,6 +120,14 @@ impl Device {
         Ok(host)
     }
 
+    /// A device copy of `s` (queued on the stream).
+    pub(crate) fn copy<T: DeviceRepr>(&self, s: &DevSlice<T>) -> Result<DevSlice<T>> {
+        self.check_owned(s.context(), "copy")?;
+        let Some(slice) = &s.inner else { return Ok(DevSlice { inner: None }) };
+        let copy = self.stream.clone_dtod(slice).map_err(driver("cuMemcpyDtoD"))?;
+        Ok(DevSlice { inner: Some(copy) })
+    }
+
     pub(crate) fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(driver("cuStreamSynchronize"))
     }
@@ -222,6 +230,56 @@ impl Device {
     }
 }
 
+impl Device {
+    /// `batch` products `c[i] = A[i]·B[i]` of `g`'s shape, operands
+    /// `strides` (a, b, c) elements apart: one strided-batched cuBLAS call.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm_batched(
+        &self,
+        g: &ColMajorGemm,
+        batch: u32,
+        strides: (i64, i64, i64),
+        a: &DevSlice<f32>,
+        b: &DevSlice<f32>,
+        c: &mut DevSlice<f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        for ctx in [a.context(), b.context(), c.context()] {
+            self.check_owned(ctx, "matmul_batched")?;
+        }
+        let (Some(a), Some(b), Some(c)) = (&a.inner, &b.inner, &mut c.inner) else {
+            return Err(invalid("matmul_batched", "internal: gemm on an empty operand"));
+        };
+        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        let gemm = GemmConfig {
+            transa: op(g.trans_first),
+            transb: op(g.trans_second),
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            alpha: 1.0f32,
+            lda: g.ld_first,
+            ldb: g.ld_second,
+            beta: if accumulate { 1.0 } else { 0.0 },
+            ldc: g.ldc,
+        };
+        let batch_size = i32::try_from(batch).map_err(|_| invalid("matmul_batched", "batch > i32::MAX"))?;
+        // cuBLAS's first operand is our `b`, its second our `a` (row-major
+        // via swapped operands), so their strides swap too.
+        let cfg =
+            StridedBatchedConfig { gemm, batch_size, stride_a: strides.1, stride_b: strides.0, stride_c: strides.2 };
+        // SAFETY: `Gpu::matmul_batched` checked a.len() == batch·m·k,
+        // b.len() == batch·k·n and c.len() == batch·m·n (all > 0 and
+        // <= i32::MAX); matrix i of each operand starts i strides in and
+        // `ColMajorGemm` gives leading dimensions with which cuBLAS reads
+        // exactly that stored matrix (as for `gemm`), so every access stays
+        // inside its buffer. `c` is `&mut` and aliases neither input; all are
+        // live allocations of this context and the handle runs on
+        // `self.stream`, after all earlier work on them.
+        unsafe { self.blas.gemm_strided_batched(cfg, b, a, c) }.map_err(driver("cublasSgemmStridedBatched"))
+    }
+}
+
 /// The context of the buffer in `a`, if it is a non-empty buffer.
 fn arg_context<'a>(a: &'a Arg<'_>) -> Option<&'a Arc<CudaContext>> {
     match a {
@@ -290,9 +348,8 @@ mod tests {
     fn kernels_compile_with_nvrtc_when_present() {
         // SAFETY: as in `check_libraries`.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            use std::io::Write;
-            let msg = "SKIPPED kernels_compile_with_nvrtc_when_present: libnvrtc.so not found\n";
-            let _ = std::io::stderr().write_all(msg.as_bytes());
+            let test = "kernels_compile_with_nvrtc_when_present";
+            super::super::skip_gpu_test(test, &"libnvrtc.so not found").unwrap_or_else(|e| panic!("{e}"));
             return;
         }
         let ptx = ptx().unwrap_or_else(|e| panic!("{e}")).to_src();

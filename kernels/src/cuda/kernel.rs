@@ -125,6 +125,27 @@ kernels! {
     SgdMomentum => "baton_sgd_momentum" [Out, In, Out, U32, F32, F32, U32, F32, F32, U32];
     Adam => "baton_adam" [Out, In, Out, Out, F32, F32, F32, F32, F32, F32, F32, U32];
     AdamW => "baton_adamw" [Out, In, Out, Out, F32, F32, F32, F32, F32, F32, F32, U32];
+    ScaleInto => "baton_scale_into" [In, F32, Out, U32];
+    Silu => "baton_silu" [In, Out, U32];
+    SiluBackward => "baton_silu_backward" [In, In, Out, U32];
+    Softmax => "baton_softmax" [In, U32, U32, U32, Out];
+    SoftmaxBackward => "baton_softmax_backward" [In, In, U32, U32, Out];
+    Rmsnorm => "baton_rmsnorm" [In, In, U32, U32, F32, Out, Out];
+    RmsnormDx => "baton_rmsnorm_dx" [In, In, In, In, U32, U32, Out];
+    RmsnormDg => "baton_rmsnorm_dg" [In, In, In, U32, U32, Out];
+    Gather => "baton_gather" [In, U32, U32, Idx, U32, Out];
+    ScatterAdd => "baton_scatter_add" [In, U32, Idx, U32, U32, Out];
+    Dropout => "baton_dropout" [In, U32, U32, U32, U32, F32, Out, U32];
+    Transpose => "baton_transpose" [In, U32, U32, U32, U32, U32, Out, U32];
+    Narrow => "baton_narrow" [In, U32, U32, U32, Out, U32];
+    NarrowBackward => "baton_narrow_backward" [In, U32, U32, U32, Out, U32];
+    Place => "baton_place" [In, U32, U32, U32, Out, U32];
+    Binary => "baton_binary" [In, In, Out, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32];
+    Expand => "baton_expand" [In, Out, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32, U32];
+    ReduceTo => "baton_reduce_to" [In, Out, U32, U32, U32, U32, U32, U32, U32, U32, U32];
+    SumAll => "baton_sum_all" [In, U32, Out];
+    Norm => "baton_norm" [In, U32, Out];
+    MeanF64 => "baton_mean_f64" [OutF64, U32, U32, Out];
 }
 
 impl Kernel {
@@ -133,7 +154,16 @@ impl Kernel {
     /// notes); the others call CUDA's `erff`/`expf`/`tanhf`/`log`.
     #[cfg_attr(not(all(test, feature = "cuda")), allow(dead_code))]
     pub(crate) fn exact(self) -> bool {
-        !matches!(self, Kernel::Gelu | Kernel::GeluBackward | Kernel::Tanh | Kernel::CeRows)
+        !matches!(
+            self,
+            Kernel::Gelu
+                | Kernel::GeluBackward
+                | Kernel::Tanh
+                | Kernel::CeRows
+                | Kernel::Silu
+                | Kernel::SiluBackward
+                | Kernel::Softmax
+        )
     }
 }
 

@@ -122,14 +122,14 @@ impl Gpu {
     }
 
     /// `y[i] = f(x[i])` for an activation kernel `k`.
-    fn map1(&self, k: Kernel, x: &GpuBuf, y: &mut GpuBuf) -> Result<()> {
+    pub(super) fn map1(&self, k: Kernel, x: &GpuBuf, y: &mut GpuBuf) -> Result<()> {
         eq(k.name(), ("x.len()", x.len()), ("y.len()", y.len()))?;
         let n = dim(k.name(), y.len())?;
         self.launch(k, Shape::threads(n), &mut [Arg::In(&x.slice), Arg::Out(&mut y.slice), Arg::U32(n)])
     }
 
     /// `dx[i] = f(s[i], dy[i])` for an activation backward kernel `k`.
-    fn map2(&self, k: Kernel, s: &GpuBuf, dy: &GpuBuf, dx: &mut GpuBuf) -> Result<()> {
+    pub(super) fn map2(&self, k: Kernel, s: &GpuBuf, dy: &GpuBuf, dx: &mut GpuBuf) -> Result<()> {
         eq(k.name(), ("saved.len()", s.len()), ("dx.len()", dx.len()))?;
         eq(k.name(), ("dy.len()", dy.len()), ("dx.len()", dx.len()))?;
         let n = dim(k.name(), dx.len())?;

@@ -81,8 +81,12 @@ mod check;
 mod gemm;
 mod kernel;
 mod math;
+mod resident;
+mod resident_rows;
 #[cfg(feature = "cuda")]
 mod source;
+#[cfg(feature = "cuda")]
+mod source_resident;
 mod train;
 
 use backend::{DevSlice, Device};
@@ -225,6 +229,23 @@ impl std::fmt::Debug for GpuU32Buf {
 
 /// Whether this build has the `cuda` feature (a GPU may still be absent).
 pub const COMPILED: bool = cfg!(feature = "cuda");
+
+/// The variable that turns every GPU test's skip into a failure: set it
+/// (to `1`) on a machine that has a GPU, so no test passes by skipping.
+pub const REQUIRE_GPU: &str = "BATON_REQUIRE_GPU";
+
+/// What a GPU test does when it cannot get a GPU (`why`): prints `SKIPPED
+/// {test}: {why}` straight to stderr (past the harness's capture) and
+/// returns `Ok`, or, when [`REQUIRE_GPU`] is `1`, returns the message the
+/// test must fail with. Every GPU test skips through this one function.
+pub fn skip_gpu_test(test: &str, why: &dyn std::fmt::Display) -> std::result::Result<(), String> {
+    if std::env::var(REQUIRE_GPU).is_ok_and(|v| v.trim() == "1") {
+        return Err(format!("{test}: {REQUIRE_GPU}=1 but no GPU can be used: {why}"));
+    }
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("SKIPPED {test}: {why}\n").as_bytes());
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

@@ -35,7 +35,7 @@ pub(crate) fn source() -> String {
         "#define LANES {LANES}u\n#define SUM_BLOCK {SUM_BLOCK}u\n\
          #define FRAC_1_SQRT_2 {FRAC_1_SQRT_2:?}f\n#define FRAC_1_SQRT_2PI {FRAC_1_SQRT_2PI:?}f\n"
     );
-    [defines.as_str(), HELPERS, ELEMENTWISE, ROWS, TRAIN].concat()
+    [defines.as_str(), HELPERS, ELEMENTWISE, ROWS, TRAIN, super::source_resident::RESIDENT].concat()
 }
 
 const HELPERS: &str = r#"

@@ -275,7 +275,7 @@ impl Gpu {
 
 /// Checks a cross-entropy shape: `classes > 0`, `len == rows*classes` with
 /// `rows = targets.len()`, every target `< classes`. Returns `rows`.
-fn check_ce(op: &str, len: usize, classes: usize, targets: &GpuU32Buf) -> Result<usize> {
+pub(super) fn check_ce(op: &str, len: usize, classes: usize, targets: &GpuU32Buf) -> Result<usize> {
     ensure(classes > 0, op, || "classes == 0".into())?;
     let rows = targets.len();
     eq(op, ("logits/probs len", len), ("rows*classes", mul(op, rows, classes)?))?;

@@ -5,7 +5,6 @@
 //! stderr, past the test harness's capture so it shows in `cargo test`.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::sync::OnceLock;
 
 use baton_kernels::cuda::{Gpu, GpuBuf};
@@ -163,8 +162,7 @@ pub fn cuda(test: &str) -> Option<Cuda> {
     match GPU.get_or_init(|| Gpu::new(ordinal).map_err(|e| e.to_string())) {
         Ok(gpu) => Some(Cuda(gpu)),
         Err(why) => {
-            let line = format!("SKIPPED {test}: {why}\n");
-            let _ = std::io::stderr().write_all(line.as_bytes());
+            baton_kernels::cuda::skip_gpu_test(test, why).unwrap_or_else(|e| panic!("{e}"));
             None
         }
     }

@@ -1,8 +1,10 @@
 # Times the same training steps as `baton bench step` in PyTorch.
 # argv[1]: JSON list of jobs, each {"kind": "mlp", "input", "width", "layers"}
 # or {"kind": "gpt", "vocab", "seq", "dim", "heads", "hidden", "blocks"}, plus
-# "batch", "threads", "warmup", "steps"; prints
-# {"torch": version, "ms": [median ms per job]}.
+# "batch", "threads", "warmup", "steps"; argv[2] (optional): the device,
+# "cpu" or "cuda:N"; prints {"torch": version, "ms": [median ms per job]}.
+# On a GPU each timed step is bracketed by torch.cuda.synchronize(), and TF32
+# is off, so PyTorch does f32 math as baton does.
 import json
 import math
 import statistics
@@ -74,21 +76,29 @@ def gpt(job):
     return Gpt(job), ids, targets, loss
 
 
-def run(job):
+def run(job, device):
     torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
     model, x, y, loss_fn = {"mlp": mlp, "gpt": gpt}[job["kind"]](job)
+    model, x, y = model.to(device), x.to(device), y.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(job["warmup"] + job["steps"]):
+        sync()
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
+        sync()
         if i >= job["warmup"]:
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 
 jobs = json.loads(sys.argv[1])
-print(json.dumps({"torch": torch.__version__, "ms": [run(job) for job in jobs]}))
+device = torch.device(sys.argv[2] if len(sys.argv) > 2 else "cpu")
+if device.type == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+print(json.dumps({"torch": torch.__version__, "ms": [run(job, device) for job in jobs]}))

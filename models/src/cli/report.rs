@@ -28,6 +28,18 @@ pub struct Counters {
     pub backward_layer_executions: u64,
     pub recomputed_forward_layers: u64,
     pub lost_microbatches: u64,
+    /// Host<->device copies of every worker's device, summed (all 0 on CPUs).
+    pub device_transfers: DeviceTransfers,
+}
+
+/// Host<->device copies over the run: bytes and copies each way, until each
+/// worker finished (its final parameters' download excepted).
+#[derive(Debug, Serialize)]
+pub struct DeviceTransfers {
+    pub h2d_bytes: u64,
+    pub h2d_copies: u64,
+    pub d2h_bytes: u64,
+    pub d2h_copies: u64,
 }
 
 impl Counters {
@@ -39,6 +51,12 @@ impl Counters {
             backward_layer_executions: counters.backward_layer_executions,
             recomputed_forward_layers: counters.recomputed_forward_layers,
             lost_microbatches: expected.saturating_sub(losses),
+            device_transfers: DeviceTransfers {
+                h2d_bytes: counters.device_h2d_bytes,
+                h2d_copies: counters.device_h2d_copies,
+                d2h_bytes: counters.device_d2h_bytes,
+                d2h_copies: counters.device_d2h_copies,
+            },
         }
     }
 }

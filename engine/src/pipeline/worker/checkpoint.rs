@@ -18,14 +18,16 @@ impl Worker {
         })?;
         let (spec, optimizer) = (setup.spec.clone(), setup.optimizer.to_string());
         let stage =
-            self.stage.as_ref().ok_or_else(|| Error::peer(COORDINATOR, "a snapshot of a worker without layers"))?;
+            self.stage.as_mut().ok_or_else(|| Error::peer(COORDINATOR, "a snapshot of a worker without layers"))?;
         if !stage.idle() || stage.current_step().is_some_and(|s| s >= step) {
             return Err(Error::peer(
                 COORDINATOR,
                 format!("a snapshot before step {step} came in the middle of a step"),
             ));
         }
-        let params: Vec<_> = stage.params.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+        // On a device the state leaves it here (counted), as for --save.
+        stage.optimizer.state_to_host()?;
+        let params: Vec<_> = stage.params.to_host()?.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
         let optim = params.iter().filter_map(|(n, _)| Some((n.clone(), stage.optimizer.state(n)?.clone()))).collect();
         let layers = stage.layers();
         let snapshot = Snapshot { step, first: layers.start, end: layers.end, params, optim };

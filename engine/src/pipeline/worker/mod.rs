@@ -425,10 +425,16 @@ impl Worker {
         if !stage.idle() {
             return Err(Error::peer(COORDINATOR, "finish arrived in the middle of a step"));
         }
+        let mut counters = stage.counters;
+        let moved = stage.model.backend().transfers();
+        counters.device_h2d_bytes = moved.h2d_bytes;
+        counters.device_h2d_copies = moved.h2d_copies;
+        counters.device_d2h_bytes = moved.d2h_bytes;
+        counters.device_d2h_copies = moved.d2h_copies;
         let message = Message::Final {
             worker: self.id,
             params: stage.params.into_iter().collect(),
-            counters: stage.counters,
+            counters,
             spans: std::mem::take(&mut self.spans),
         };
         Ok(vec![Out::Send { to: Dest::Coordinator, message }, Out::Exit])

@@ -4,9 +4,12 @@
 //!
 //! `BATON_PYTHON` names the Python interpreter (default `python3`).
 //!
-//! `--device cuda[:N]` times baton on that GPU (per-op staging: every op
-//! uploads its inputs and downloads its outputs); the PyTorch comparison is
-//! then left out, since the script times PyTorch on the CPU.
+//! `--device cuda[:N]` times the GPT rows (d=64 T=32, d=512 T=128 and
+//! d=1024 T=256, batch 8) with baton's tensors resident on that GPU, next
+//! to PyTorch on the same GPU in the same run (`torch.cuda.synchronize()`
+//! around each timed step on its side, a stream synchronisation on ours;
+//! f32 with TF32 off on both sides, so both do the same math). Without a
+//! usable GPU it fails at once, naming `--device` and CUDA.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -152,10 +155,17 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
         bail!("--steps 0: time at least one step");
     }
     let backend = Backend::open(args.device).with_context(|| format!("--device {}", args.device))?;
-    let configs = configs(&thread_list(&args.threads_list)?, args.steps);
+    let configs = match args.device {
+        Device::Cuda(_) => gpu_configs(args.steps),
+        Device::Cpu | Device::Simulated => configs(&thread_list(&args.threads_list)?, args.steps),
+    };
     eprintln!("timing {} configurations in baton on {}...", configs.len(), backend.describe());
     let baton: Vec<f64> = configs.iter().map(|c| time_baton(c, &backend)).collect::<anyhow::Result<_>>()?;
-    let compare = if args.device == Device::Cpu { time_torch(&configs) } else { Err(GPU_NOTE.to_string()) };
+    let compare = match args.device {
+        Device::Cpu => time_torch(&configs, "cpu"),
+        Device::Cuda(n) => time_torch(&configs, &format!("cuda:{n}")),
+        Device::Simulated => Err(SIM_NOTE.to_string()),
+    };
     let (torch, note) = match compare {
         Ok((version, ms)) => (Some((version, ms)), None),
         Err(reason) => (None, Some(reason)),
@@ -209,8 +219,27 @@ fn configs(threads: &[usize], steps: usize) -> Vec<Config> {
     nets.iter().flat_map(|net| threads.iter().map(move |&t| config(net, t))).collect()
 }
 
-/// Why a GPU run has no PyTorch column.
-const GPU_NOTE: &str = "no PyTorch comparison: its script times the CPU, baton ran on a GPU";
+/// Why a simulated-device run has no PyTorch column.
+const SIM_NOTE: &str = "no PyTorch comparison: the simulated device is host memory (a test device)";
+
+/// The GPT rows timed on a GPU (one thread count: the host only queues work).
+fn gpu_configs(steps: usize) -> Vec<Config> {
+    let gpt = |dim, heads, seq| Arch::Gpt { vocab: 65, seq, dim, heads, hidden: 4 * dim, blocks: 9 };
+    let nets = [
+        ("gpt d=64 T=32 B=8", gpt(64, 4, 32), 20),
+        ("gpt d=512 T=128 B=8", gpt(512, 8, 128), 2),
+        ("gpt d=1024 T=256 B=8", gpt(1024, 16, 256), 1),
+    ];
+    let config = |(name, arch, times): &(&str, Arch, usize)| Config {
+        name: name.to_string(),
+        arch: arch.clone(),
+        batch: 8,
+        threads: 1,
+        warmup: 2 * times,
+        steps: steps * times,
+    };
+    nets.iter().map(config).collect()
+}
 
 /// Median milliseconds of one baton training step on `backend` after warm-up.
 fn time_baton(config: &Config, backend: &Backend) -> anyhow::Result<f64> {
@@ -225,6 +254,7 @@ fn time_baton(config: &Config, backend: &Backend) -> anyhow::Result<f64> {
     for i in 0..config.warmup + config.steps {
         let start = Instant::now();
         trainer.step(i as u32, &batch, 1)?;
+        backend.synchronize()?;
         if i >= config.warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -232,8 +262,9 @@ fn time_baton(config: &Config, backend: &Backend) -> anyhow::Result<f64> {
     Ok(median(&mut times))
 }
 
-/// PyTorch's version and median ms per config, or why there is no comparison.
-fn time_torch(configs: &[Config]) -> Result<(String, Vec<f64>), String> {
+/// PyTorch's version and median ms per config on `device` (`cpu` or
+/// `cuda:N`), or why there is no comparison.
+fn time_torch(configs: &[Config], device: &str) -> Result<(String, Vec<f64>), String> {
     let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| "python3".into());
     let probe = Command::new(&python).args(["-c", "import torch"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     if !probe.is_ok_and(|s| s.success()) {
@@ -242,7 +273,7 @@ fn time_torch(configs: &[Config]) -> Result<(String, Vec<f64>), String> {
     eprintln!("timing the same steps in PyTorch ({python})...");
     let jobs = serde_json::to_string(configs).map_err(|e| e.to_string())?;
     let output = Command::new(&python)
-        .args(["-c", TORCH_SCRIPT, &jobs])
+        .args(["-c", TORCH_SCRIPT, &jobs, device])
         .output()
         .map_err(|e| format!("running {python} failed: {e}: no comparison"))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
