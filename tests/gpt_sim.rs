@@ -77,6 +77,7 @@ impl Case {
             clip_grad_norm: Some(CLIP),
             lr_schedule: Default::default(),
             seed: SEED,
+            faults: Default::default(),
         };
         sim::run_job(plan, &spec::factory, seed)
             .unwrap_or_else(|e| panic!("W={workers} {kind} notices {notices:?} seed {seed}: {e}"))

@@ -77,6 +77,7 @@ impl Case {
             ship_bf16: false,
             clip_grad_norm: None,
             seed: 0,
+            faults: Default::default(),
         }
     }
 
@@ -240,6 +241,7 @@ fn every_worker_preempted_is_a_clear_failure() {
         ship_bf16: false,
         clip_grad_norm: None,
         seed: 0,
+        faults: Default::default(),
     };
     let mut failures = 0;
     for seed in 0..8 {

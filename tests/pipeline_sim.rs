@@ -69,6 +69,7 @@ fn whole_jobs_in_memory_match_one_process() {
                     ship_bf16: false,
                     clip_grad_norm: None,
                     seed: 0,
+                    faults: Default::default(),
                 };
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();
                 let what = format!("{name} W={workers} {kind}");

@@ -152,6 +152,7 @@ fn scheduled_steps_survive_every_preemption_point_in_memory() {
                     ship_bf16: false,
                     clip_grad_norm: None,
                     seed: 0,
+                    faults: Default::default(),
                 };
                 let seed = u64::from(worker * 100 + actions);
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();

@@ -113,6 +113,7 @@ pub fn run() -> anyhow::Result<Run> {
         ship_bf16: false,
         clip_grad_norm: None,
         seed: 0,
+        faults: Default::default(),
     };
     let exe = std::env::current_exe()?;
     let mut on_step = |step: u32, loss: f32| println!("step {step}: loss {loss:.6}");

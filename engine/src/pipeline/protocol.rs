@@ -48,6 +48,11 @@ pub struct Assignment {
     pub clip_grad_norm: Option<f32>,
     /// The run's seed, which keys dropout masks (the same on every worker).
     pub seed: u64,
+    /// Keep a replica of a neighbour's layers (crashes without notice).
+    pub replicas: bool,
+    /// `--peer-timeout`: the coordinator counts a worker silent this long
+    /// as lost; workers send a heartbeat every quarter of it.
+    pub peer_timeout_ms: u64,
 }
 
 /// A scripted notice: after `actions` compute actions of `step`, the worker
@@ -85,8 +90,36 @@ pub enum Message {
     Gradient { generation: u32, step: u32, micro: u32, layer: u32, tensor: Tensor },
     /// Last stage → coordinator: one micro-batch's mean loss.
     Loss { step: u32, micro: u32, value: f32 },
-    /// Worker → coordinator: `layer` received its update for `step`.
-    LayerUpdated { step: u32, layer: u32 },
+    /// Worker → coordinator: `layer` received its update for `step`; its
+    /// step gradient went to the holder of its replica, `replica`, which
+    /// confirms with [`Message::Replicated`].
+    LayerUpdated { step: u32, layer: u32, replica: Option<u32> },
+    /// Owner → replica holder: `layer`'s step gradient of `step` (after
+    /// clipping), applied to the replica once the step is complete.
+    Replica { generation: u32, step: u32, layer: u32, grads: Vec<(String, Tensor)> },
+    /// Owner → replica holder: `layer`'s parameters and optimizer state at
+    /// the start of `step` (a new holder, or a layer with a new owner).
+    ReplicaSeed {
+        generation: u32,
+        step: u32,
+        layer: u32,
+        params: Vec<(String, Tensor)>,
+        optimizer: Vec<(String, crate::optim::OptState)>,
+    },
+    /// Replica holder → coordinator: it holds `layer`'s gradient of `step`.
+    Replicated { step: u32, layer: u32 },
+    /// Worker → coordinator: alive (sent every quarter of the peer timeout).
+    Heartbeat { worker: u32 },
+    /// Coordinator → worker: a member was lost; abandon step `step` (roll
+    /// the own layers back to its start, drop its tape, sums and messages),
+    /// enter `generation`, and report once `starts` step starts arrived.
+    Rollback { generation: u32, step: u32, starts: u64 },
+    /// Worker → coordinator: rolled back; the layers it holds at the
+    /// step's start (`clean`) and those it holds a valid replica of.
+    RolledBack { worker: u32, generation: u32, clean: Vec<u32>, replicas: Vec<u32> },
+    /// Coordinator → worker: the layout after a loss; `sources` names, per
+    /// layer with parameters, the worker that sends its step-start state.
+    Restore { generation: u32, step: u32, placements: Vec<Placement>, sources: Vec<(u32, u32)> },
     /// Worker → coordinator (clipping): the norms of `layer`'s complete step
     /// gradient, its parameters in name order.
     LayerNorms { step: u32, layer: u32, norms: Vec<f32> },
@@ -166,6 +199,13 @@ impl Message {
             Message::Reply { .. } => "reply",
             Message::Recompute { .. } => "recompute",
             Message::Replay { .. } => "replay",
+            Message::Replica { .. } => "replica",
+            Message::ReplicaSeed { .. } => "replica-seed",
+            Message::Replicated { .. } => "replicated",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::Rollback { .. } => "rollback",
+            Message::RolledBack { .. } => "rolled-back",
+            Message::Restore { .. } => "restore",
         }
     }
 
@@ -180,7 +220,23 @@ impl Message {
                 | Message::Replay { .. }
                 | Message::Recompute { .. }
                 | Message::Handover { .. }
+                | Message::Replica { .. }
+                | Message::ReplicaSeed { .. }
         )
+    }
+
+    /// The generation a message between workers was sent in.
+    pub fn generation(&self) -> Option<u32> {
+        match self {
+            Message::Activation { generation, .. }
+            | Message::Gradient { generation, .. }
+            | Message::Replay { generation, .. }
+            | Message::Recompute { generation, .. }
+            | Message::Handover { generation, .. }
+            | Message::Replica { generation, .. }
+            | Message::ReplicaSeed { generation, .. } => Some(*generation),
+            _ => None,
+        }
     }
 
     /// True for messages that carry tensors (sent on the bulk lane).
@@ -194,6 +250,8 @@ impl Message {
                 | Message::Replay { .. }
                 | Message::Final { .. }
                 | Message::Handover { .. }
+                | Message::Replica { .. }
+                | Message::ReplicaSeed { .. }
         )
     }
 }
@@ -261,7 +319,8 @@ fn check_tensors(message: &Message) -> Result<()> {
             vec![tensor]
         }
         Message::Handover { handover, .. } => handover_tensors(handover),
-        Message::Final { params, .. } => params.iter().map(|(_, t)| t).collect(),
+        Message::Final { params, .. } | Message::ReplicaSeed { params, .. } => params.iter().map(|(_, t)| t).collect(),
+        Message::Replica { grads, .. } => grads.iter().map(|(_, t)| t).collect(),
         _ => Vec::new(),
     };
     for t in tensors {

@@ -134,6 +134,7 @@ fn pipeline(scenario: &Scenario, params: &ParamStore, batches: &[Batch]) -> anyh
         ship_bf16: false,
         clip_grad_norm: scenario.clip,
         seed: 0,
+        faults: Default::default(),
     };
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
     let mut on_step = |step: u32, loss: f32| println!("  step {step}: loss {loss:.6}");

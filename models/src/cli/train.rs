@@ -329,6 +329,7 @@ fn train_pipeline(
         ship_bf16: args.ship_dtype == "bf16",
         clip_grad_norm: args.clip_grad_norm,
         seed: args.seed,
+        faults: Default::default(),
     };
     let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
     let noun = if args.workers == 1 { "process" } else { "processes" };

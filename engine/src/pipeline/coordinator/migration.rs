@@ -28,6 +28,18 @@ pub(super) struct Migration {
 }
 
 impl Migration {
+    /// True for a worker leaving or joining in this migration.
+    pub(super) fn involves(&self, worker: u32) -> bool {
+        self.leaving.contains(&worker) || self.joining.contains(&worker)
+    }
+
+    /// Cancels the migration (a member was lost meanwhile): its generation,
+    /// the notices of its leaving workers (to queue again) and its joiners.
+    pub(super) fn cancel(self) -> (u32, Vec<(u32, Duration, Duration)>, Vec<u32>) {
+        let notices = self.leaving.iter().map(|&w| (w, self.notice_at, self.deadline)).collect();
+        (self.generation, notices, self.joining)
+    }
+
     /// True for a leaving worker whose handovers were all delivered.
     pub(super) fn has_shipped_and_leaves(&self, worker: u32) -> bool {
         self.leaving.contains(&worker) && self.migrated.contains_key(&worker)
@@ -220,6 +232,11 @@ impl Coordinator {
         effects.extend(self.start_migration()?);
         effects.extend(self.maybe_finish_step()?);
         Ok(effects)
+    }
+
+    /// When the migration under way must be complete (its first leaver's deadline).
+    pub(super) fn migration_deadline(&self) -> Option<Duration> {
+        self.migration.as_ref().map(|m| m.deadline).filter(|d| *d != Duration::MAX)
     }
 
     /// A migration whose leaving worker has not shipped by its deadline.

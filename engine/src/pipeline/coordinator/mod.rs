@@ -7,8 +7,10 @@
 //! preemption point can be tested in memory.
 
 mod clip;
+mod clock;
 mod membership;
 mod migration;
+mod recovery;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +26,8 @@ use crate::{Error, LrSchedule, OptimizerConfig, ParamStore, Result, Tensor};
 
 use clip::ClipState;
 use migration::Migration;
+pub use recovery::{CrashRecord, FaultTolerance};
+use recovery::{Recovery, ReplicaBook};
 
 /// Everything the coordinator needs to run a job.
 #[derive(Clone, Debug)]
@@ -53,6 +57,8 @@ pub struct JobPlan {
     pub clip_grad_norm: Option<f32>,
     /// The run's seed (keys dropout masks on every worker).
     pub seed: u64,
+    /// Replicas and the peer timeout (crashes without notice).
+    pub faults: FaultTolerance,
 }
 
 /// What the driver reports.
@@ -86,6 +92,9 @@ pub enum CoordEffect {
     },
     /// A migration finished (for progress output).
     Migrated(MigrationRecord),
+    /// A loss without notice was survived: the lost layers are restored
+    /// and the abandoned step starts again (for progress output).
+    Recovered(CrashRecord),
     /// The job finished.
     Done(Box<JobOutcome>),
     /// The job cannot go on.
@@ -127,6 +136,10 @@ pub struct JobOutcome {
     pub microbatch_losses: u64,
     /// With clipping: each step's total gradient norm (before clipping).
     pub grad_norms: Vec<f32>,
+    /// Every loss without notice the job survived.
+    pub crashes: Vec<CrashRecord>,
+    /// Steps abandoned after a loss and run again from their start.
+    pub redone_steps: u32,
 }
 
 #[derive(Debug, PartialEq)]
@@ -140,6 +153,19 @@ enum Phase {
     },
     Finishing,
     Over,
+}
+
+/// Messages that, during a recovery, can only come from the abandoned
+/// attempt (sent before the sender's rollback): ignored.
+fn is_of_abandoned_attempt(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Loss { .. }
+            | Message::LayerUpdated { .. }
+            | Message::LayerNorms { .. }
+            | Message::Replicated { .. }
+            | Message::Paused { .. }
+    )
 }
 
 fn check_protocol(worker: u32, protocol: u32) -> Result<()> {
@@ -200,6 +226,17 @@ pub struct Coordinator {
     /// its clip scale once every layer reported.
     clip: ClipState,
     grad_norms: Vec<f32>,
+    /// A loss without notice being recovered from.
+    recovery: Option<Recovery>,
+    /// Members lost without notice (their late frames are ignored).
+    lost: BTreeSet<u32>,
+    crashes: Vec<CrashRecord>,
+    redone_steps: u32,
+    /// When each worker was last heard from (for the peer timeout).
+    last_heard: BTreeMap<u32, Duration>,
+    /// Step starts sent to each worker (a rollback waits for them all).
+    starts_sent: BTreeMap<u32, u64>,
+    replica_book: ReplicaBook,
 }
 
 impl Coordinator {
@@ -238,30 +275,14 @@ impl Coordinator {
             retired_work: Vec::new(),
             clip: ClipState::default(),
             grad_norms: Vec::new(),
+            recovery: None,
+            lost: BTreeSet::new(),
+            crashes: Vec::new(),
+            redone_steps: 0,
+            last_heard: BTreeMap::new(),
+            starts_sent: BTreeMap::new(),
+            replica_book: ReplicaBook::default(),
         })
-    }
-
-    /// Checks deadlines at time `now`.
-    pub fn tick(&mut self, now: Duration) -> Vec<CoordEffect> {
-        self.now = now;
-        let waiting = matches!(self.phase, Phase::Registering | Phase::Connecting);
-        if waiting && now.saturating_sub(self.started_at) > self.plan.join_timeout {
-            let joined = self.addresses.len();
-            return self.fail(format!(
-                "workers did not join within {:?}: {joined} of {} registered, {} connected to their peers",
-                self.plan.join_timeout,
-                self.plan.workers,
-                self.ready.len()
-            ));
-        }
-        let join_overdue = self.join_wait_since.is_some_and(|t| now.saturating_sub(t) > self.plan.join_timeout);
-        if join_overdue && self.join_due() {
-            return self.fail(format!("a planned worker did not join within {:?}", self.plan.join_timeout));
-        }
-        match self.migration_overdue(now) {
-            Some(reason) => self.fail(reason),
-            None => Vec::new(),
-        }
     }
 
     /// Takes in one event at time `now` and returns what to do.
@@ -274,11 +295,19 @@ impl Coordinator {
             CoordEvent::Message { worker, .. } => Some(*worker),
             _ => None,
         };
+        if let Some(worker) = sender {
+            self.last_heard.insert(worker, now);
+        }
         let result = match event {
             // A worker that delivered its final state, or retired, may go away.
             CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
             CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
-            CoordEvent::Lost { worker, reason } => Err(Error::Lost { worker, reason }),
+            CoordEvent::Lost { worker, reason } => self.on_lost(worker, reason),
+            // Frames a lost worker sent before it died.
+            CoordEvent::Message { worker, .. } if self.lost.contains(&worker) => Ok(Vec::new()),
+            CoordEvent::Message { message, .. } if self.recovering() && is_of_abandoned_attempt(&message) => {
+                Ok(Vec::new())
+            }
             CoordEvent::Message { worker, message } => self.on_message(worker, message, now),
             CoordEvent::Stop { reason } => return self.fail(reason),
         };
@@ -320,7 +349,19 @@ impl Coordinator {
             Message::Ready { .. } if worker as usize >= self.plan.workers => self.on_join_ready(worker),
             Message::Ready { .. } => self.on_ready(worker),
             Message::Loss { step, micro, value } => self.on_loss(worker, step, micro, value),
-            Message::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer),
+            Message::LayerUpdated { step, layer, replica } => {
+                self.await_replica(layer, replica);
+                self.on_layer_updated(worker, step, layer)
+            }
+            Message::Replicated { step, layer } => self.on_replicated(step, layer),
+            Message::Heartbeat { .. } => Ok(Vec::new()),
+            Message::RolledBack { generation, clean, replicas, .. } => {
+                self.on_rolled_back(worker, generation, clean, replicas)
+            }
+            Message::Migrated { generation, bytes, farewell, .. } if self.recovering() => {
+                self.on_restore_shipped(worker, generation, bytes, farewell)
+            }
+            Message::Resumed { generation, .. } if self.recovering() => self.on_restore_resumed(worker, generation),
             Message::LayerNorms { step, layer, norms } => self.on_layer_norms(worker, step, layer, norms),
             Message::Final { params, counters, spans, .. } => self.on_final(worker, params, counters, spans),
             Message::Notice { grace_ms, .. } => self.on_notice(worker, Duration::from_millis(grace_ms), now),
@@ -400,6 +441,8 @@ impl Coordinator {
             ship_bf16: self.plan.ship_bf16,
             clip_grad_norm: self.plan.clip_grad_norm,
             seed: self.plan.seed,
+            replicas: self.plan.faults.replicas,
+            peer_timeout_ms: u64::try_from(self.plan.faults.peer_timeout.as_millis()).unwrap_or(u64::MAX),
         })
     }
 
@@ -426,6 +469,10 @@ impl Coordinator {
         spawn.extend(self.assign_waiting_joiner());
         let first = self.placements.first().map(|p| p.worker);
         let last = self.placements.last().map(|p| p.worker);
+        for w in self.members() {
+            *self.starts_sent.entry(w).or_default() += 1;
+        }
+        self.replica_book = ReplicaBook::default();
         let starts = self.members().into_iter().map(|w| {
             let inputs = if Some(w) == first { split.inputs.clone() } else { Vec::new() };
             let targets = if Some(w) == last { split.targets.clone() } else { Vec::new() };
@@ -449,6 +496,7 @@ impl Coordinator {
             _ => return Err(Error::peer(who(), format!("its loss of step {step} arrived out of turn"))),
         }
         self.microbatch_losses += 1;
+        self.note_resumed();
         let mut effects = self.spawn_due_joiner();
         effects.extend(self.start_migration()?);
         effects.extend(self.maybe_finish_step()?);
@@ -509,7 +557,8 @@ impl Coordinator {
         };
         // A due join holds the next step until the newcomer is connected
         // (tick() fails the job if it never comes).
-        if !updated.iter().all(|u| *u) || self.migration.is_some() || self.join_due() {
+        let held = self.migration.is_some() || self.recovering() || !self.replicas_current();
+        if !updated.iter().all(|u| *u) || held || self.join_due() {
             if self.join_due() && self.join_wait_since.is_none() {
                 self.join_wait_since = Some(self.now);
             }
@@ -555,6 +604,8 @@ impl Coordinator {
             spans: BTreeMap::new(),
             microbatch_losses: self.microbatch_losses,
             grad_norms: std::mem::take(&mut self.grad_norms),
+            crashes: std::mem::take(&mut self.crashes),
+            redone_steps: self.redone_steps,
         };
         let finals = std::mem::take(&mut self.finals).into_iter().map(|(w, (p, c, s))| (w, p, c, s));
         let retired = std::mem::take(&mut self.retired_work).into_iter().map(|(w, c, s)| (w, Vec::new(), c, s));

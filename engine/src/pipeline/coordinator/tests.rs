@@ -27,6 +27,7 @@ fn plan(workers: usize) -> JobPlan {
         clip_grad_norm: None,
         lr_schedule: Default::default(),
         seed: 0,
+        faults: Default::default(),
     }
 }
 

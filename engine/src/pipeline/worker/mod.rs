@@ -13,14 +13,17 @@
 //! that overtakes the drain waits its turn.
 
 mod migration;
+mod recovery;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::migrate::MovedBytes;
 use super::protocol::{Assignment, Message, Placement, PlannedNotice, Span};
+use super::replica::Replicas;
 use super::stage::Work;
 use super::{Effect, ScheduleKind, Stage, StageEvent};
 use crate::{Error, Model, Optimizer, ParamStore, Result};
@@ -80,6 +83,12 @@ enum Mode {
     },
     /// Not part of the new generation: everything shipped, waiting for `Retire`.
     Leaving,
+    /// A member was lost: step `step` is rolled back; waiting until
+    /// `starts` step starts have arrived (a late one of the abandoned
+    /// attempt is dropped), then reports.
+    Recovering { generation: u32, step: u32, starts: u64 },
+    /// Reported the rollback; waiting for the coordinator's `Restore`.
+    RolledBack,
 }
 
 /// What a worker needs to build a stage (kept for a joiner, whose stage is
@@ -90,13 +99,17 @@ struct Setup {
     optimizer: crate::OptimizerConfig,
     clipping: bool,
     lr_schedule: crate::LrSchedule,
+    replicate: bool,
 }
 
 impl Setup {
     fn stage(&self, layers: std::ops::Range<u32>, at: (u32, u32), params: ParamStore) -> Result<Stage> {
-        let optimizer = Optimizer::new(self.optimizer).with_lr_schedule(self.lr_schedule);
-        let stage = Stage::new(self.model.clone(), layers, at, self.kind, params, optimizer)?;
-        Ok(stage.with_clipping(self.clipping))
+        let stage = Stage::new(self.model.clone(), layers, at, self.kind, params, self.new_optimizer())?;
+        Ok(stage.with_clipping(self.clipping).with_replicas(self.replicate))
+    }
+
+    fn new_optimizer(&self) -> Optimizer {
+        Optimizer::new(self.optimizer).with_lr_schedule(self.lr_schedule)
     }
 }
 
@@ -125,6 +138,17 @@ pub struct Worker {
     /// Compute actions completed in the step in progress (for scripted notices).
     actions_in_step: (u32, u32),
     pub spans: Vec<Span>,
+    /// Replicas of a neighbour's layers (None when the job keeps none).
+    replicas: Option<Replicas>,
+    /// Where the replica of each own layer lives (as of the step's start).
+    holders: BTreeMap<u32, u32>,
+    /// Messages between workers sent before the last rollback's generation
+    /// belong to an abandoned attempt and are dropped.
+    floor: u32,
+    /// Step starts received (the coordinator's `Rollback` says how many to wait for).
+    step_starts: u64,
+    /// Heartbeats to the coordinator: the interval, and when the next is due.
+    heartbeat: Option<(Duration, Duration)>,
 }
 
 impl Worker {
@@ -146,6 +170,11 @@ impl Worker {
             ship_budget: None,
             actions_in_step: (0, 0),
             spans: Vec::new(),
+            replicas: None,
+            holders: BTreeMap::new(),
+            floor: 0,
+            step_starts: 0,
+            heartbeat: None,
         }
     }
 
@@ -212,10 +241,21 @@ impl Worker {
         match message {
             Message::Assign(assignment) => self.assign(assignment),
             Message::StepStart { step, rows, inputs, targets } => {
+                self.step_starts += 1;
+                if let Mode::Recovering { .. } = self.mode {
+                    // The start of the abandoned attempt, overtaken by the rollback.
+                    return self.try_report();
+                }
                 self.stage_mut()?.handle(StageEvent::StepStart { step, rows, inputs, targets })?;
-                let mut outs = self.due_notice(step, 0);
+                let mut outs = self.start_replicas(step)?;
+                outs.extend(self.due_notice(step, 0));
                 outs.extend(self.try_ship()?);
                 Ok(outs)
+            }
+            Message::Replica { .. } | Message::ReplicaSeed { .. } => self.on_replica(from, message),
+            Message::Rollback { generation, step, starts } => self.rollback(generation, step, starts),
+            Message::Restore { generation, step, placements, sources } => {
+                self.restore(generation, step, placements, sources)
             }
             Message::Activation { generation, .. }
             | Message::Gradient { generation, .. }
@@ -263,8 +303,12 @@ impl Worker {
             optimizer: a.optimizer.parse()?,
             clipping: a.clip_grad_norm.is_some(),
             lr_schedule: a.lr_schedule,
+            replicate: a.replicas,
         };
         setup.lr_schedule.check(setup.optimizer.lr())?;
+        self.replicas = a.replicas.then(|| Replicas::new(setup.new_optimizer()));
+        let interval = Duration::from_millis(a.peer_timeout_ms / 4).max(Duration::from_millis(1));
+        self.heartbeat = Some((interval, Duration::ZERO));
         self.generation = a.generation;
         self.notices = a.notices;
         self.ship_bf16 = a.ship_bf16;
@@ -291,10 +335,11 @@ impl Worker {
         let mut outs = Vec::new();
         for effect in effects {
             match self.route(effect)? {
-                Out::Send { to: Dest::Worker(to), message } if to == self.id => {
+                Some(Out::Send { to: Dest::Worker(to), message }) if to == self.id => {
                     outs.extend(self.handle(Dest::Worker(to), message)?)
                 }
-                out => outs.push(out),
+                Some(out) => outs.push(out),
+                None => {}
             }
         }
         if let Some(Work::Compute(_)) = work {
@@ -326,7 +371,7 @@ impl Worker {
         owner_in(&self.placements, layer)
     }
 
-    fn route(&mut self, effect: Effect) -> Result<Out> {
+    fn route(&mut self, effect: Effect) -> Result<Option<Out>> {
         let generation = self.generation;
         let (to, message) = match effect {
             Effect::SendActivation { step, micro, layer, tensor } => {
@@ -339,12 +384,20 @@ impl Worker {
                 (self.data_to(layer)?, Message::Replay { generation, step, micro, layer, stop, tensor })
             }
             Effect::Loss { step, micro, value } => (Dest::Coordinator, Message::Loss { step, micro, value }),
-            Effect::LayerUpdated { step, layer } => (Dest::Coordinator, Message::LayerUpdated { step, layer }),
+            Effect::LayerUpdated { step, layer } => {
+                (Dest::Coordinator, Message::LayerUpdated { step, layer, replica: self.replica_target(layer) })
+            }
+            Effect::Replica { step, layer, grads } => match self.replica_target(layer) {
+                Some(holder) => (Dest::Worker(holder), Message::Replica { generation, step, layer, grads }),
+                // No replica to keep current (a job of one worker, or a
+                // holder that left): the update goes nowhere.
+                None => return Ok(None),
+            },
             Effect::LayerNorms { step, layer, norms } => {
                 (Dest::Coordinator, Message::LayerNorms { step, layer, norms })
             }
         };
-        Ok(Out::Send { to, message })
+        Ok(Some(Out::Send { to, message }))
     }
 
     /// The owner of `layer`, counting the data message sent to it.
