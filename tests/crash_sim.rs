@@ -77,7 +77,7 @@ impl Case {
 }
 
 fn crash(worker: u32, step: u32, actions: u32) -> SimCrash {
-    SimCrash { worker, step, actions, silent: false }
+    SimCrash { worker, step, actions, silent: false, mid_ship: false }
 }
 
 #[test]
@@ -123,10 +123,12 @@ fn a_crash_with_sgd_momentum_and_two_crashes_in_one_run() {
 fn a_worker_and_its_replica_holder_lost_together_fail_naming_the_layers() {
     let case = Case::new("mlp12_adam");
     // W=3: 0-3 / 4-7 / 8-11; worker 1's replica lives on worker 2.
-    let crashes = [crash(1, 1, 3), crash(2, 1, 0)];
-    let err = case.run(case.plan(3, ScheduleKind::OneFOneB, Vec::new()), &crashes, 11).unwrap_err().to_string();
-    assert!(err.contains("layers 4-11 were lost with workers [1, 2]"), "{err}");
-    assert!(err.contains("no checkpoint to fall back to"), "{err}");
+    for seed in 0..4 {
+        let crashes = [crash(1, 1, 0), crash(2, 1, 0)];
+        let err = case.run(case.plan(3, ScheduleKind::OneFOneB, Vec::new()), &crashes, seed).unwrap_err().to_string();
+        assert!(err.contains("layers 4-7 were lost with workers [1, 2]"), "seed {seed}: {err}");
+        assert!(err.contains("no checkpoint to fall back to"), "{err}");
+    }
 }
 
 #[test]
@@ -142,14 +144,14 @@ fn a_crash_during_a_migration() {
                 .run(case.plan(4, kind, notices.clone()), &[crash(2, 1, 3)], seed)
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             case.check(&what, &out, 1);
-            // The leaving worker itself crashes after its notice.
-            let what = format!("W=4 {kind} seed {seed}: the leaving worker crashes");
+            // The leaving worker itself dies after its first handover frame left.
+            let what = format!("W=4 {kind} seed {seed}: the leaving worker crashes mid-ship");
             let notices = vec![(1, PlannedNotice { step: 1, actions: 2, grace_ms: 120_000 })];
-            let out = case
-                .run(case.plan(4, kind, notices), &[crash(1, 1, 3)], seed)
-                .or_else(|_| case.run(case.plan(4, kind, Vec::new()), &[crash(1, 1, 3)], seed))
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert!(bit_identical(&out.params, &case.reference), "{what}");
+            let mid_ship = SimCrash { mid_ship: true, ..crash(1, 0, 0) };
+            let out = case.run(case.plan(4, kind, notices), &[mid_ship], seed).unwrap_or_else(|e| panic!("{what}: {e}"));
+            case.check(&what, &out, 1);
+            assert_eq!(out.crashes[0].lost, vec![1], "{what}");
+            assert_eq!(out.partitions.last().unwrap().stages.len(), 3, "{what}");
         }
     }
 }
@@ -160,7 +162,7 @@ fn a_hung_worker_is_lost_after_the_peer_timeout() {
     for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
         let mut plan = case.plan(3, kind, Vec::new());
         plan.faults.peer_timeout = Duration::from_secs(2);
-        let hang = SimCrash { worker: 1, step: 1, actions: 4, silent: true };
+        let hang = SimCrash { worker: 1, step: 1, actions: 4, silent: true, mid_ship: false };
         let out = case.run(plan, &[hang], 5).unwrap_or_else(|e| panic!("{kind}: {e}"));
         case.check(&format!("{kind} hang"), &out, 1);
         let c = &out.crashes[0];

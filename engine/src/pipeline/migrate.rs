@@ -195,8 +195,11 @@ impl Stage {
         }
         let prefix = format!("layers.{layer}.");
         let names: Vec<String> = self.params.names().filter(|n| n.starts_with(&prefix)).cloned().collect();
-        let params = names.iter().filter_map(|n| self.params.remove(n).map(|t| (n.clone(), t))).collect();
-        let optimizer = names.iter().filter_map(|n| self.optimizer.take_state(n).map(|s| (n.clone(), s))).collect();
+        let params: Vec<(String, Tensor)> =
+            names.iter().filter_map(|n| self.params.remove(n).map(|t| (n.clone(), t))).collect();
+        let optimizer: Vec<(String, OptState)> =
+            names.iter().filter_map(|n| self.optimizer.take_state(n).map(|s| (n.clone(), s))).collect();
+        self.depart(layer, &params, &optimizer);
         let grads = self.acc.take_layer(layer).map(grads_to_wire);
         let updated = self.current.as_mut().is_some_and(|c| c.updated.remove(&layer));
         let loss = self.loss_layer();

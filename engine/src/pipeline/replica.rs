@@ -118,6 +118,11 @@ impl Replicas {
         Ok(())
     }
 
+    /// `layer`'s gradient of `step`, if it came (to pass on with the replica).
+    pub fn pending(&self, step: u32, layer: u32) -> Option<Grads> {
+        self.pending.get(&(step, layer)).cloned()
+    }
+
     /// Layers whose replica is valid at the start of `step`.
     pub fn valid(&self, step: u32) -> Vec<u32> {
         self.as_of.iter().filter(|(_, s)| **s == step).map(|(l, _)| *l).collect()

@@ -21,6 +21,9 @@ pub(crate) struct Snapshot {
     optimizer: Vec<(String, Option<OptState>)>,
 }
 
+/// A layer's parameters and optimizer state, kept after it left.
+pub(crate) type Departed = (Vec<(String, Tensor)>, Vec<(String, OptState)>);
+
 /// What a stage reports after a rollback.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RolledBack {
@@ -47,7 +50,14 @@ impl Stage {
     pub fn rollback(&mut self, step: u32) -> RolledBack {
         if self.current.as_ref().is_some_and(|c| c.step == step) {
             self.restore_snapshots(step);
+            // Layers shipped away in the abandoned step come back as they
+            // were at its start (the migration is cancelled).
+            for (_, (params, optimizer)) in std::mem::take(&mut self.departed) {
+                self.params.extend(params);
+                optimizer.into_iter().for_each(|(n, s)| self.optimizer.insert_state(n, s));
+            }
         }
+        self.departed.clear();
         // The previous step is complete everywhere; its state here would
         // not fit the range a restore may give this stage.
         self.current = None;
@@ -82,6 +92,29 @@ impl Stage {
                 }
                 None => self.drop_layer(layer),
             }
+        }
+    }
+
+    /// `layer` leaves this stage in a migration: keeps its state as of the
+    /// step's start (its snapshot if it was updated here, else a copy), so
+    /// a rollback of the step finds it here even if its new owner is lost.
+    pub(crate) fn depart(&mut self, layer: u32, params: &[(String, Tensor)], optimizer: &[(String, OptState)]) {
+        if !self.replicate {
+            return;
+        }
+        let step = self.current.as_ref().map(|c| c.step);
+        let updated = self.current.as_ref().is_some_and(|c| c.updated.contains(&layer));
+        let kept = match self.snapshots.get(&layer) {
+            Some(s) if Some(s.step) == step => {
+                let optimizer = s.optimizer.iter().filter_map(|(n, o)| o.clone().map(|o| (n.clone(), o))).collect();
+                Some((s.params.clone(), optimizer))
+            }
+            _ if !updated => Some((params.to_vec(), optimizer.to_vec())),
+            // Updated before it came here: only its replica knows its start.
+            _ => None,
+        };
+        if let Some(kept) = kept {
+            self.departed.insert(layer, kept);
         }
     }
 

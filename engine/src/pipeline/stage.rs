@@ -173,10 +173,13 @@ pub struct Stage {
     /// Whether updates wait for a global clip scale (`--clip-grad-norm`).
     clipping: bool,
     /// Whether updates emit [`Effect::Replica`] and keep a snapshot.
-    replicate: bool,
+    pub(crate) replicate: bool,
     /// Layers updated in the step in progress, as they were before their
     /// update (so a crash elsewhere can roll the step back).
     pub(crate) snapshots: BTreeMap<u32, super::rollback::Snapshot>,
+    /// Layers shipped away in the step in progress, as they were at its
+    /// start: (parameters, optimizer state).
+    pub(crate) departed: BTreeMap<u32, super::rollback::Departed>,
     /// Forwards run in the step in progress (moved to the recomputed count
     /// if the step is rolled back).
     pub(crate) attempt_forwards: u64,
@@ -218,6 +221,7 @@ impl Stage {
             replicate: false,
             snapshots: BTreeMap::new(),
             attempt_forwards: 0,
+            departed: BTreeMap::new(),
         })
     }
 
@@ -257,6 +261,7 @@ impl Stage {
                 self.current = Some(StepState::new(step, rows, true));
                 self.forget_before(step);
                 self.snapshots.clear();
+                self.departed.clear();
                 self.attempt_forwards = 0;
                 self.activations.extend(inputs.into_iter().map(|(m, t)| ((step, m), (0, t))));
                 self.targets.extend(targets.into_iter().map(|(m, t)| ((step, m), t)));

@@ -99,7 +99,8 @@ impl Coordinator {
         let planned = self.joiners.iter().copied().find(|w| !self.hand_joiners.contains(w)).filter(|_| due);
         let joining: Vec<u32> = planned.or(hand).into_iter().collect();
         let idle = self.notices.is_empty() && joining.is_empty();
-        if self.migration.is_some() || idle || !matches!(self.phase, Phase::Running { .. }) {
+        let busy = self.migration.is_some() || self.recovering();
+        if busy || idle || !matches!(self.phase, Phase::Running { .. }) {
             return Ok(Vec::new());
         }
         for w in &joining {

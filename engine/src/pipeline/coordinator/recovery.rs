@@ -110,7 +110,7 @@ impl Coordinator {
             let (g, notices, joining) = m.cancel();
             generation = generation.max(g);
             survivors.extend(joining);
-            self.notices.extend(notices);
+            self.notices.extend(notices.into_iter().filter(|n| !self.lost.contains(&n.0)));
         }
         survivors.retain(|w| !self.lost.contains(w));
         if survivors.is_empty() {

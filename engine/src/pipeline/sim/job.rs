@@ -32,12 +32,15 @@ pub struct AdminPreempt {
 /// `actions` compute actions of `step` (0: when that step's start reaches
 /// it). Its frames already sent may still arrive. A `silent` crash is a
 /// hang (no process exit is seen): only the peer timeout can detect it.
+/// With `mid_ship`, the point is instead the first time the worker ships
+/// layers in a migration: it dies after its first handover frame left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SimCrash {
     pub worker: u32,
     pub step: u32,
     pub actions: u32,
     pub silent: bool,
+    pub mid_ship: bool,
 }
 
 /// Runs a whole job in memory: a [`Coordinator`] and one [`Worker`] per
@@ -153,7 +156,7 @@ impl Sim {
         for w in 0..self.nodes.len() {
             if self.alive(w) && self.nodes[w].poll_timeout().is_some_and(|t| t <= self.now) {
                 let outs = self.nodes[w].handle_timeout(self.now);
-                self.exited[w] |= self.net.carry_out(&mut self.nodes[w], outs)?;
+                self.carry(w, outs)?;
             }
         }
         if self.coordinator.poll_timeout().is_some_and(|t| t <= self.now) {
@@ -186,7 +189,7 @@ impl Sim {
     fn work(&mut self, w: usize) -> Result<()> {
         let work = self.nodes[w].ready();
         let outs = self.nodes[w].run_next()?;
-        self.exited[w] |= self.net.carry_out(&mut self.nodes[w], outs)?;
+        self.carry(w, outs)?;
         if let Some(Work::Compute(_)) = work {
             let (step, actions) = self.nodes[w].actions_done();
             self.crash_if_due(w as u32, step, actions);
@@ -196,7 +199,29 @@ impl Sim {
 
     /// Kills `worker` if a crash is planned at this point (once).
     fn crash_if_due(&mut self, worker: u32, step: u32, actions: u32) -> bool {
-        let due = self.crashes.iter().position(|c| (c.worker, c.step, c.actions) == (worker, step, actions));
+        let due = self.crashes.iter().position(|c| !c.mid_ship && (c.worker, c.step, c.actions) == (worker, step, actions));
+        self.crash_at(worker, due)
+    }
+
+    /// Carries out a worker's outputs, unless it is due to die while shipping.
+    fn carry(&mut self, w: usize, mut outs: Vec<Out>) -> Result<()> {
+        let due = self.crashes.iter().position(|c| c.mid_ship && c.worker == w as u32);
+        let ship = outs.iter().position(|o| matches!(o, Out::Ship { handovers, .. } if !handovers.is_empty()));
+        if let (Some(_), Some(at)) = (due, ship) {
+            outs.truncate(at + 1);
+            if let Some(Out::Ship { handovers, .. }) = outs.pop() {
+                let first = handovers.into_iter().next().expect("checked non-empty");
+                self.net.push(Dest::Worker(first.0), Dest::Worker(w as u32), &first.1)?;
+            }
+            self.exited[w] |= self.net.carry_out(&mut self.nodes[w], outs)?;
+            self.crash_at(w as u32, due);
+            return Ok(());
+        }
+        self.exited[w] |= self.net.carry_out(&mut self.nodes[w], outs)?;
+        Ok(())
+    }
+
+    fn crash_at(&mut self, worker: u32, due: Option<usize>) -> bool {
         let Some(at) = due.filter(|_| self.alive(worker as usize)) else { return false };
         let crash = self.crashes.remove(at);
         self.exited[worker as usize] = true;
@@ -228,7 +253,7 @@ impl Sim {
                     }
                 }
                 let outs = self.nodes[w as usize].handle(from, message)?;
-                self.exited[w as usize] |= self.net.carry_out(&mut self.nodes[w as usize], outs)?;
+                self.carry(w as usize, outs)?;
                 Ok(None)
             }
         }

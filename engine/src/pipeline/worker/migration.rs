@@ -227,8 +227,8 @@ impl Worker {
         (self.generation, self.mode) = (generation, mode);
         self.sent.clear();
         self.received.clear();
-        let mut outs =
-            vec![Out::Send { to: Dest::Coordinator, message: Message::Resumed { worker: self.id, generation } }];
+        let mut outs = self.rehome_replicas()?;
+        outs.push(Out::Send { to: Dest::Coordinator, message: Message::Resumed { worker: self.id, generation } });
         for (sender, message) in std::mem::take(&mut self.early) {
             outs.extend(self.handle(Dest::Worker(sender), message)?);
         }

@@ -270,6 +270,10 @@ impl Worker {
                 }
                 Ok(Vec::new())
             }
+            // A migration cancelled by a rollback whose messages came late.
+            Message::Pause { generation } | Message::Repartition { generation, .. } if generation < self.floor => {
+                Ok(Vec::new())
+            }
             Message::Pause { .. } => self.pause(),
             Message::Repartition { generation, step, placements, expected } => {
                 self.mode = Mode::Draining { generation, step, placements, expected: expected.into_iter().collect() };

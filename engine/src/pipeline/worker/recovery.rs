@@ -56,6 +56,41 @@ impl Worker {
         Ok(outs)
     }
 
+    /// After a migration: an own layer whose replica is held here (it moved
+    /// to its replica holder) would die with this worker, so the replica
+    /// goes on to the next stage's worker as a seed; own layers whose
+    /// holder left keep no replica until the next step starts.
+    pub(super) fn rehome_replicas(&mut self) -> Result<Vec<Out>> {
+        let (Some(stage), Some(replicas)) = (self.stage.as_ref(), self.replicas.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        let Some(step) = stage.current_step() else { return Ok(Vec::new()) };
+        let (me, next, generation) = (self.id, self.ring_holder(), self.generation);
+        let valid = replicas.valid(step);
+        let mut outs = Vec::new();
+        for layer in stage.held_layers() {
+            match (self.holders.get(&layer).copied(), next) {
+                (Some(h), Some(next)) if h == me && valid.contains(&layer) => {
+                    let state = replicas.layer_state(layer)?;
+                    let (params, optimizer) = (state.params, state.optimizer);
+                    let message = Message::ReplicaSeed { generation, step, layer, params, optimizer };
+                    outs.push(Out::Send { to: Dest::Worker(next), message });
+                    // Its update of this step, if its former owner applied it already.
+                    if let Some(grads) = replicas.pending(step, layer) {
+                        let message = Message::Replica { generation, step, layer, grads };
+                        outs.push(Out::Send { to: Dest::Worker(next), message });
+                    }
+                    self.holders.insert(layer, next);
+                }
+                (Some(h), _) if h == me || !self.placements.iter().any(|p| p.worker == h) => {
+                    self.holders.remove(&layer);
+                }
+                _ => {}
+            }
+        }
+        Ok(outs)
+    }
+
     /// A replica's seed or gradient from its owner: kept, and confirmed to
     /// the coordinator once it can be applied. Messages of an abandoned
     /// attempt are dropped; those of a generation this worker has not
@@ -90,6 +125,9 @@ impl Worker {
     /// `generation` (messages of earlier ones are dropped from now on), and
     /// reports once the abandoned attempt's step start is in.
     pub(super) fn rollback(&mut self, generation: u32, step: u32, starts: u64) -> Result<Vec<Out>> {
+        if generation < self.floor {
+            return Ok(Vec::new()); // overtaken by a later rollback
+        }
         (self.generation, self.floor) = (generation, generation);
         self.sent.clear();
         self.received.clear();
@@ -131,7 +169,8 @@ impl Worker {
         sources: Vec<(u32, u32)>,
     ) -> Result<Vec<Out>> {
         if !matches!(self.mode, Mode::RolledBack) || generation != self.generation {
-            return Err(Error::peer(COORDINATOR, format!("a restore of generation {generation} came out of turn")));
+            let detail = format!("a restore of generation {generation} came out of turn ({:?})", self.mode);
+            return Err(Error::peer(COORDINATOR, detail));
         }
         let me = self.id;
         let (mut outgoing, mut incoming) = (BTreeMap::<u32, Vec<LayerState>>::new(), BTreeSet::new());
