@@ -180,3 +180,4 @@ fn without_replicas_a_crash_fails_the_job() {
     let err = case.run(plan, &[crash(1, 1, 3)], 1).unwrap_err().to_string();
     assert!(err.contains("worker 1 was lost"), "{err}");
 }
+

@@ -31,6 +31,8 @@ pub struct Replicas {
     pending: BTreeMap<(u32, u32), Grads>,
     /// (step, layer) already confirmed to the coordinator.
     acked: BTreeSet<(u32, u32)>,
+    /// The step this holder is in (the last step start it saw).
+    current: u32,
 }
 
 impl Replicas {
@@ -42,31 +44,37 @@ impl Replicas {
             as_of: BTreeMap::new(),
             pending: BTreeMap::new(),
             acked: BTreeSet::new(),
+            current: 0,
         }
     }
 
-    /// Installs `layer` as it is at the start of `step`; returns the
-    /// (step, layer) confirmations now due.
+    /// Installs `layer` as it is at the start of `step` (and brings it up
+    /// to the step this holder is in, if that step's gradient is here);
+    /// returns the (step, layer) confirmations now due.
     pub fn seed(
         &mut self,
         step: u32,
         layer: u32,
         params: Vec<(String, Tensor)>,
         optimizer: Vec<(String, OptState)>,
-    ) -> Vec<(u32, u32)> {
+    ) -> Result<Vec<(u32, u32)>> {
         self.forget(layer);
         self.params.extend(params);
         for (name, state) in optimizer {
             self.optimizer.insert_state(name, state);
         }
         self.as_of.insert(layer, step);
-        self.due()
+        let mut due = self.catch_up(layer)?;
+        due.extend(self.due());
+        Ok(due)
     }
 
     /// Takes in `layer`'s step gradient of `step`; returns the confirmations due.
-    pub fn gradient(&mut self, step: u32, layer: u32, grads: Grads) -> Vec<(u32, u32)> {
+    pub fn gradient(&mut self, step: u32, layer: u32, grads: Grads) -> Result<Vec<(u32, u32)>> {
         self.pending.insert((step, layer), grads);
-        self.due()
+        let mut due = self.catch_up(layer)?;
+        due.extend(self.due());
+        Ok(due)
     }
 
     /// Confirms every pending gradient whose layer is valid at that step's
@@ -82,20 +90,38 @@ impl Replicas {
         ready
     }
 
-    /// Step `step` starts, so `step - 1` is complete: every replica valid
-    /// at the start of `step - 1` whose gradient came takes its update;
-    /// replicas that cannot be brought to the start of `step` are dropped.
-    pub fn advance(&mut self, step: u32) -> Result<Vec<(u32, u32)>> {
-        let behind: Vec<(u32, u32)> = self.as_of.iter().filter(|(_, s)| **s < step).map(|(l, s)| (*l, *s)).collect();
-        for (layer, as_of) in behind {
-            match self.pending.remove(&(as_of, layer)).filter(|_| as_of + 1 == step) {
-                Some(grads) => self.apply(as_of, layer, grads)?,
-                None => self.forget(layer),
+    /// Applies the completed steps' gradients of `layer` that are here, up
+    /// to the step this holder is in (a seed or a gradient passed on after
+    /// a migration may come after that step started here).
+    fn catch_up(&mut self, layer: u32) -> Result<Vec<(u32, u32)>> {
+        let mut due = Vec::new();
+        while let Some(&as_of) = self.as_of.get(&layer).filter(|s| **s < self.current) {
+            let Some(grads) = self.pending.remove(&(as_of, layer)) else { break };
+            if self.acked.insert((as_of, layer)) {
+                due.push((as_of, layer));
             }
+            self.apply(as_of, layer, grads)?;
         }
-        self.pending.retain(|(s, _), _| *s >= step);
-        self.acked.retain(|(s, _)| *s >= step);
-        Ok(self.due())
+        Ok(due)
+    }
+
+    /// Step `step` starts, so `step - 1` is complete: every replica valid
+    /// at the start of `step - 1` whose gradient came takes its update. One
+    /// still waiting for it may get it later; replicas further behind are
+    /// dropped.
+    pub fn advance(&mut self, step: u32) -> Result<Vec<(u32, u32)>> {
+        self.current = self.current.max(step);
+        let mut due = Vec::new();
+        let layers: Vec<u32> = self.as_of.keys().copied().collect();
+        for layer in layers {
+            due.extend(self.catch_up(layer)?);
+        }
+        let stale: Vec<u32> = self.as_of.iter().filter(|(_, s)| **s + 1 < step).map(|(l, _)| *l).collect();
+        stale.into_iter().for_each(|l| self.forget(l));
+        self.pending.retain(|(s, _), _| *s + 1 >= step);
+        self.acked.retain(|(s, _)| *s + 1 >= step);
+        due.extend(self.due());
+        Ok(due)
     }
 
     fn apply(&mut self, step: u32, layer: u32, grads: Grads) -> Result<()> {
@@ -113,8 +139,8 @@ impl Replicas {
     /// its gradients are dropped.
     pub fn rollback(&mut self, step: u32) -> Result<()> {
         self.advance(step)?;
-        self.pending.clear();
-        self.acked.clear();
+        self.pending.retain(|(s, _), _| *s < step);
+        self.acked.retain(|(s, _)| *s < step);
         Ok(())
     }
 
@@ -190,11 +216,11 @@ mod tests {
         let mut owner = Optimizer::new(config);
         let mut param = Tensor::new(vec![2], vec![0.5, -1.5]).unwrap();
         let mut replicas = Replicas::new(Optimizer::new(config));
-        assert!(replicas.seed(0, 3, vec![("layers.3.weight".into(), param.clone())], Vec::new()).is_empty());
+        assert!(replicas.seed(0, 3, vec![("layers.3.weight".into(), param.clone())], Vec::new()).unwrap().is_empty());
         for step in 0..3u32 {
             let g = grads(0.25 + step as f32);
             owner.update(step, "layers.3.weight", &mut param, &g[0].1).unwrap();
-            assert_eq!(replicas.gradient(step, 3, g), vec![(step, 3)]);
+            assert_eq!(replicas.gradient(step, 3, g).unwrap(), vec![(step, 3)]);
             replicas.advance(step + 1).unwrap();
             assert_eq!(replicas.valid(step + 1), vec![3]);
         }
@@ -202,6 +228,7 @@ mod tests {
         assert_eq!(state.params[0].1, param);
         assert_eq!(state.optimizer[0].1, owner.state("layers.3.weight").unwrap().clone());
         // A step whose gradient never came: the replica cannot be current.
+        replicas.advance(4).unwrap();
         replicas.advance(5).unwrap();
         assert!(replicas.valid(5).is_empty());
         assert!(replicas.layer_state(3).is_err());

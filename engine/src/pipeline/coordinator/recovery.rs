@@ -341,6 +341,19 @@ pub(super) struct ReplicaBook {
 }
 
 impl Coordinator {
+    /// A one-line summary of where the coordinator is, for diagnostics.
+    pub fn describe(&self) -> String {
+        format!(
+            "coordinator ({:?}, generation {}, migration {}, recovery {}, replicas awaited {:?}, confirmed {:?})",
+            self.phase,
+            self.generation,
+            self.migration.is_some(),
+            self.recovery.is_some(),
+            self.replica_book.awaiting,
+            self.replica_book.confirmed
+        )
+    }
+
     /// A layer was updated; its replica holder (if any) must confirm.
     pub(super) fn await_replica(&mut self, layer: u32, holder: Option<u32>) {
         if let Some(holder) = holder {

@@ -79,7 +79,7 @@ pub fn run_job_with_faults(
     let mut rng = SplitMix64::new(seed);
     // Bounded: a job that neither finishes nor fails within this many
     // events is stalled (the largest tests take well under a million).
-    for _ in 0..50_000_000u64 {
+    for _ in 0..5_000_000u64 {
         sim.now += Duration::from_micros(1);
         if let Some(done) = sim.timeouts(factory, preempts)? {
             return done;
@@ -106,7 +106,9 @@ pub fn run_job_with_faults(
             return done;
         }
     }
-    Err(Error::Internal("the simulated job ran past its event bound".into()))
+    let mut states: Vec<String> = sim.nodes.iter().map(Worker::describe).collect();
+    states.push(sim.coordinator.describe());
+    Err(Error::Internal(format!("the simulated job ran past its event bound: {}", states.join("; "))))
 }
 
 /// What a finished simulation returns.

@@ -110,14 +110,25 @@ impl Worker {
         let Some(replicas) = self.replicas.as_mut() else {
             return Err(Error::peer(format!("worker {sender}"), "it sent a replica to a job that keeps none"));
         };
+        let mut outs = Vec::new();
         let due = match message {
-            Message::Replica { step, layer, grads, .. } => replicas.gradient(step, layer, grads),
+            Message::Replica { step, layer, grads, .. } => {
+                // A layer that moved here after its update: its replica
+                // went on to the next stage's worker, and so does this.
+                if let Some(&next) = self.holders.get(&layer).filter(|&&h| h != self.id) {
+                    let generation = self.generation;
+                    let message = Message::Replica { generation, step, layer, grads: grads.clone() };
+                    outs.push(Out::Send { to: Dest::Worker(next), message });
+                }
+                replicas.gradient(step, layer, grads)?
+            }
             Message::ReplicaSeed { step, layer, params, optimizer, .. } => {
-                replicas.seed(step, layer, params, optimizer)
+                replicas.seed(step, layer, params, optimizer)?
             }
             other => return Err(Error::Internal(format!("{} is not a replica message", other.kind()))),
         };
-        Ok(confirmations(due))
+        outs.extend(confirmations(due));
+        Ok(outs)
     }
 
     /// A member was lost: abandons step `step` here (the stage rolls its
