@@ -217,6 +217,7 @@ fn write_outputs(dir: &Path, scenario: &Scenario, outcome: &JobOutcome, wall: Du
         losses: outcome.losses.clone(),
         partitions: Report::partitions(&outcome.partitions),
         migrations: outcome.migrations.iter().map(report::Migration::from).collect(),
+        crashes: outcome.crashes.iter().map(report::Crash::from).collect(),
         counters,
         grad_norms: outcome.grad_norms.clone(),
         wall_seconds: wall.as_secs_f64(),
