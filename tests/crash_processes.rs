@@ -53,9 +53,11 @@ fn a_worker_that_aborts_at_several_points_costs_one_redone_step() {
     let golden = Golden::load("mlp12_adam", 1e-4);
     let dir = tempfile::tempdir().unwrap();
     let reference = train(&golden, dir.path(), "plain", &["--workers", "1"], &[]).params;
-    for (fault, schedule, lost) in
-        [("crash:worker=1,step=2,actions=3", "1f1b", 1), ("crash:worker=0,step=1,actions=0", "gpipe", 0), ("crash:worker=2,step=3,actions=8", "1f1b", 2)]
-    {
+    for (fault, schedule, lost) in [
+        ("crash:worker=1,step=2,actions=3", "1f1b", 1),
+        ("crash:worker=0,step=1,actions=0", "gpipe", 0),
+        ("crash:worker=2,step=3,actions=8", "1f1b", 2),
+    ] {
         let args = ["--workers", "3", "--schedule", schedule];
         let run = train(&golden, dir.path(), "crash", &args, &[("BATON_FAULT", fault)]);
         check(&run, &reference, fault, lost);

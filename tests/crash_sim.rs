@@ -113,7 +113,8 @@ fn a_crash_with_sgd_momentum_and_two_crashes_in_one_run() {
         for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
             let what = format!("W=4 {kind} seed {seed}: workers 1 and 3 crash in steps 0 and 2");
             let crashes = [crash(1, 0, 5), crash(3, 2, 2)];
-            let out = case.run(case.plan(4, kind, Vec::new()), &crashes, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let out =
+                case.run(case.plan(4, kind, Vec::new()), &crashes, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
             case.check(&what, &out, 2);
         }
     }
@@ -148,7 +149,8 @@ fn a_crash_during_a_migration() {
             let what = format!("W=4 {kind} seed {seed}: the leaving worker crashes mid-ship");
             let notices = vec![(1, PlannedNotice { step: 1, actions: 2, grace_ms: 120_000 })];
             let mid_ship = SimCrash { mid_ship: true, ..crash(1, 0, 0) };
-            let out = case.run(case.plan(4, kind, notices), &[mid_ship], seed).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let out =
+                case.run(case.plan(4, kind, notices), &[mid_ship], seed).unwrap_or_else(|e| panic!("{what}: {e}"));
             case.check(&what, &out, 1);
             assert_eq!(out.crashes[0].lost, vec![1], "{what}");
             assert_eq!(out.partitions.last().unwrap().stages.len(), 3, "{what}");
@@ -180,4 +182,3 @@ fn without_replicas_a_crash_fails_the_job() {
     let err = case.run(plan, &[crash(1, 1, 3)], 1).unwrap_err().to_string();
     assert!(err.contains("worker 1 was lost"), "{err}");
 }
-

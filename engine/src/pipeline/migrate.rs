@@ -220,7 +220,19 @@ impl Stage {
         // Its snapshot stays behind: a layer updated before it moved is
         // restored from its replica if the step is rolled back.
         self.snapshots.remove(&layer);
-        Ok(LayerState { layer, params, optimizer, grads, updated, segments, kept, entries, replays, resends, replica: None })
+        Ok(LayerState {
+            layer,
+            params,
+            optimizer,
+            grads,
+            updated,
+            segments,
+            kept,
+            entries,
+            replays,
+            resends,
+            replica: None,
+        })
     }
 
     /// Installs layers and waiting tensors handed over by another worker.

@@ -212,7 +212,12 @@ impl Coordinator {
             .iter()
             .map(|&w| CoordEffect::Send {
                 worker: w,
-                message: Message::Restore { generation, step, placements: placements.clone(), sources: sources.clone() },
+                message: Message::Restore {
+                    generation,
+                    step,
+                    placements: placements.clone(),
+                    sources: sources.clone(),
+                },
             })
             .collect();
         self.recovery.as_mut().expect("checked above").planned = Some((partition, placements));

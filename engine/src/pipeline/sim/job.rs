@@ -84,7 +84,8 @@ pub fn run_job_with_faults(
         if let Some(done) = sim.timeouts(factory, preempts)? {
             return done;
         }
-        let ready: Vec<usize> = (0..sim.nodes.len()).filter(|&w| sim.alive(w) && sim.nodes[w].ready().is_some()).collect();
+        let ready: Vec<usize> =
+            (0..sim.nodes.len()).filter(|&w| sim.alive(w) && sim.nodes[w].ready().is_some()).collect();
         let choices = ready.len() + sim.net.frames.len() + sim.losses.len();
         if choices == 0 {
             sim.idle()?;
@@ -201,7 +202,8 @@ impl Sim {
 
     /// Kills `worker` if a crash is planned at this point (once).
     fn crash_if_due(&mut self, worker: u32, step: u32, actions: u32) -> bool {
-        let due = self.crashes.iter().position(|c| !c.mid_ship && (c.worker, c.step, c.actions) == (worker, step, actions));
+        let due =
+            self.crashes.iter().position(|c| !c.mid_ship && (c.worker, c.step, c.actions) == (worker, step, actions));
         self.crash_at(worker, due)
     }
 

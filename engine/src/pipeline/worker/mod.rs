@@ -86,7 +86,11 @@ enum Mode {
     /// A member was lost: step `step` is rolled back; waiting until
     /// `starts` step starts have arrived (a late one of the abandoned
     /// attempt is dropped), then reports.
-    Recovering { generation: u32, step: u32, starts: u64 },
+    Recovering {
+        generation: u32,
+        step: u32,
+        starts: u64,
+    },
     /// Reported the rollback; waiting for the coordinator's `Restore`.
     RolledBack,
 }
