@@ -443,7 +443,8 @@ mod tests {
     fn rounds_summarise_by_median_and_range() {
         let [small, _] = cases(1);
         let round = |ratio: f64| {
-            let single = [cost(1.0, 1.0), cost(0.0, 0.0), cost(3.0, 2.0), cost(0.0, 0.0)];
+            let single =
+                [cost(1.0, 1.0), cost(0.0, 0.0), cost(3.0, 2.0), cost(0.0, 0.0), cost(0.0, 0.0), cost(1.0, 1.0)];
             let mut runs = single;
             runs[3] = cost(2.0 * ratio, 0.5);
             Round::of(runs, 1)
