@@ -73,6 +73,7 @@ impl Run {
             seed: 0,
             eval: None,
             checkpoint,
+            faults: Default::default(),
         }
     }
 

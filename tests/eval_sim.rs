@@ -88,6 +88,7 @@ impl Case {
             seed: SEED,
             eval: eval.then(|| EvalPlan::new(EVERY, self.held_out.clone()).unwrap()),
             checkpoint: Default::default(),
+            faults: Default::default(),
         }
     }
 

@@ -79,6 +79,7 @@ impl Case {
             seed: SEED,
             eval: None,
             checkpoint: Default::default(),
+            faults: Default::default(),
         };
         sim::run_job(plan, &spec::factory, seed)
             .unwrap_or_else(|e| panic!("W={workers} {kind} notices {notices:?} seed {seed}: {e}"))

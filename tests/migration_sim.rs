@@ -79,6 +79,7 @@ impl Case {
             seed: 0,
             eval: None,
             checkpoint: Default::default(),
+            faults: Default::default(),
         }
     }
 
@@ -244,6 +245,7 @@ fn every_worker_preempted_is_a_clear_failure() {
         seed: 0,
         eval: None,
         checkpoint: Default::default(),
+        faults: Default::default(),
     };
     let mut failures = 0;
     for seed in 0..8 {

@@ -223,7 +223,8 @@ fn a_throttled_link_makes_the_deadline_fall_back_to_recompute() {
     assert!(bit_identical(&params, &reference(tmp.path(), &train)), "weights differ:\n{stderr}");
     let report = load_report(&report);
     let m = &report["migrations"][0];
-    assert!(m["action"].as_str().unwrap().contains("fallback"), "no deadline fallback: {m}");
+    let action = m["action"].as_str().unwrap_or_default();
+    assert!(action.contains("fallback"), "no deadline fallback: {report}\n{stderr}");
     assert!(m["bytes"]["unshipped_segments"].as_u64().unwrap() > 0, "{m}");
     let recomputed = report["counters"]["recomputed_forward_layers"].as_u64().unwrap();
     assert!(recomputed > 0 && recomputed.is_multiple_of(4), "recomputed {recomputed} layers");

@@ -60,7 +60,7 @@ fn report_and_timeline_describe_the_pipeline() {
 }
 
 #[test]
-fn a_worker_that_dies_fails_the_run_quickly_and_clearly() {
+fn a_worker_that_dies_without_replicas_fails_the_run_quickly_and_clearly() {
     let golden = Golden::load("mlp12_sgd", 1e-4);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.safetensors");
@@ -77,13 +77,15 @@ fn a_worker_that_dies_fails_the_run_quickly_and_clearly() {
             "sgd:lr=0.05",
             "--workers",
             "3",
+            "--replicas",
+            "off",
             "--save",
             out.to_str().unwrap(),
         ],
         ("BATON_FAULT", "crash:worker=1,step=2,actions=3"),
     );
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(!result.status.success(), "the run survived a crashed worker:\n{stderr}");
+    assert!(!result.status.success(), "the run survived a crashed worker without replicas:\n{stderr}");
     assert!(stderr.contains("worker 1"), "the message does not name worker 1:\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?} to notice", started.elapsed());

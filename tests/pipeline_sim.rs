@@ -71,6 +71,7 @@ fn whole_jobs_in_memory_match_one_process() {
                     seed: 0,
                     eval: None,
                     checkpoint: Default::default(),
+                    faults: Default::default(),
                 };
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();
                 let what = format!("{name} W={workers} {kind}");

@@ -154,6 +154,7 @@ fn scheduled_steps_survive_every_preemption_point_in_memory() {
                     seed: 0,
                     eval: None,
                     checkpoint: Default::default(),
+                    faults: Default::default(),
                 };
                 let seed = u64::from(worker * 100 + actions);
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();

@@ -115,6 +115,7 @@ pub fn run() -> anyhow::Result<Run> {
         seed: 0,
         eval: None,
         checkpoint: Default::default(),
+        faults: Default::default(),
     };
     let exe = std::env::current_exe()?;
     let mut on_step = |step: u32, loss: f32| println!("step {step}: loss {loss:.6}");

@@ -50,6 +50,9 @@ pub struct LayerState {
     pub replays: Vec<u32>,
     /// Kept activations to send again: (step, micro, layer entered, stop).
     pub resends: Vec<(u32, u32, u32, u32)>,
+    /// The worker that holds this layer's replica as of the step's start
+    /// (where its step gradient goes), if any.
+    pub replica: Option<u32>,
 }
 
 /// What one worker hands another when layers move.
@@ -192,8 +195,11 @@ impl Stage {
         }
         let prefix = format!("layers.{layer}.");
         let names: Vec<String> = self.params.names().filter(|n| n.starts_with(&prefix)).cloned().collect();
-        let params = names.iter().filter_map(|n| self.params.remove(n).map(|t| (n.clone(), t))).collect();
-        let optimizer = names.iter().filter_map(|n| self.optimizer.take_state(n).map(|s| (n.clone(), s))).collect();
+        let params: Vec<(String, Tensor)> =
+            names.iter().filter_map(|n| self.params.remove(n).map(|t| (n.clone(), t))).collect();
+        let optimizer: Vec<(String, OptState)> =
+            names.iter().filter_map(|n| self.optimizer.take_state(n).map(|s| (n.clone(), s))).collect();
+        self.depart(layer, &params, &optimizer);
         let grads = self.acc.take_layer(layer).map(grads_to_wire);
         let updated = self.current.as_mut().is_some_and(|c| c.updated.remove(&layer));
         let loss = self.loss_layer();
@@ -211,7 +217,22 @@ impl Stage {
         self.entries.retain(|(_, _, l)| *l != layer);
         let replays = self.awaiting.iter().filter(|(_, l)| *l == layer).map(|(m, _)| *m).collect();
         self.awaiting.retain(|(_, l)| *l != layer);
-        Ok(LayerState { layer, params, optimizer, grads, updated, segments, kept, entries, replays, resends })
+        // Its snapshot stays behind: a layer updated before it moved is
+        // restored from its replica if the step is rolled back.
+        self.snapshots.remove(&layer);
+        Ok(LayerState {
+            layer,
+            params,
+            optimizer,
+            grads,
+            updated,
+            segments,
+            kept,
+            entries,
+            replays,
+            resends,
+            replica: None,
+        })
     }
 
     /// Installs layers and waiting tensors handed over by another worker.

@@ -10,6 +10,8 @@ pub mod partition;
 pub mod plan;
 pub mod protocol;
 pub mod recompute;
+pub mod replica;
+mod rollback;
 pub mod schedule;
 pub mod sim;
 pub mod stage;

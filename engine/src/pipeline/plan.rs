@@ -45,6 +45,11 @@ impl StepLosses {
         StepLosses { rows, values: BTreeMap::new() }
     }
 
+    /// The rows of each micro-batch.
+    pub fn rows(&self) -> &[u32] {
+        &self.rows
+    }
+
     /// Records micro-batch `micro`'s loss; each counts exactly once.
     pub fn record(&mut self, micro: u32, value: f32) -> Result<()> {
         if micro as usize >= self.rows.len() || self.values.insert(micro, value).is_some() {

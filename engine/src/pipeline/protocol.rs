@@ -14,7 +14,7 @@ use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
 
 /// Bumped whenever [`Message`] changes shape; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// A worker's place in one generation.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -54,6 +54,11 @@ pub struct Assignment {
     /// `--checkpoint-dir`: where this worker writes its checkpoint parts
     /// (shared storage when workers run on other machines).
     pub checkpoint_dir: Option<String>,
+    /// Keep a replica of a neighbour's layers (crashes without notice).
+    pub replicas: bool,
+    /// `--peer-timeout`: the coordinator counts a worker silent this long
+    /// as lost; workers send a heartbeat every quarter of it.
+    pub peer_timeout_ms: u64,
 }
 
 /// A scripted notice: after `actions` compute actions of `step`, the worker
@@ -84,7 +89,7 @@ pub enum Report {
     /// As [`Message::Loss`].
     Loss { step: u32, micro: u32, value: f32 },
     /// As [`Message::LayerUpdated`].
-    LayerUpdated { step: u32, layer: u32 },
+    LayerUpdated { step: u32, layer: u32, replica: Option<u32> },
     /// As [`Message::LayerNorms`].
     LayerNorms { step: u32, layer: u32, norms: Vec<f32> },
 }
@@ -107,8 +112,36 @@ pub enum Message {
     Gradient { generation: u32, step: u32, micro: u32, layer: u32, tensor: Tensor },
     /// Last stage → coordinator: one micro-batch's mean loss.
     Loss { step: u32, micro: u32, value: f32 },
-    /// Worker → coordinator: `layer` received its update for `step`.
-    LayerUpdated { step: u32, layer: u32 },
+    /// Worker → coordinator: `layer` received its update for `step`; its
+    /// step gradient went to the holder of its replica, `replica`, which
+    /// confirms with [`Message::Replicated`].
+    LayerUpdated { step: u32, layer: u32, replica: Option<u32> },
+    /// Owner → replica holder: `layer`'s step gradient of `step` (after
+    /// clipping), applied to the replica once the step is complete.
+    Replica { generation: u32, step: u32, layer: u32, grads: Vec<(String, Tensor)> },
+    /// Owner → replica holder: `layer`'s parameters and optimizer state at
+    /// the start of `step` (a new holder, or a layer with a new owner).
+    ReplicaSeed {
+        generation: u32,
+        step: u32,
+        layer: u32,
+        params: Vec<(String, Tensor)>,
+        optimizer: Vec<(String, crate::optim::OptState)>,
+    },
+    /// Replica holder → coordinator: it holds `layer`'s gradient of `step`.
+    Replicated { step: u32, layer: u32 },
+    /// Worker → coordinator: alive (sent every quarter of the peer timeout).
+    Heartbeat { worker: u32 },
+    /// Coordinator → worker: a member was lost; abandon step `step` (roll
+    /// the own layers back to its start, drop its tape, sums and messages),
+    /// enter `generation`, and report once `starts` step starts arrived.
+    Rollback { generation: u32, step: u32, starts: u64 },
+    /// Worker → coordinator: rolled back; the layers it holds at the
+    /// step's start (`clean`) and those it holds a valid replica of.
+    RolledBack { worker: u32, generation: u32, clean: Vec<u32>, replicas: Vec<u32> },
+    /// Coordinator → worker: the layout after a loss; `sources` names, per
+    /// layer with parameters, the worker that sends its step-start state.
+    Restore { generation: u32, step: u32, placements: Vec<Placement>, sources: Vec<(u32, u32)> },
     /// Worker → coordinator (clipping): the norms of `layer`'s complete step
     /// gradient, its parameters in name order.
     LayerNorms { step: u32, layer: u32, norms: Vec<f32> },
@@ -215,6 +248,13 @@ impl Message {
             Message::Snapshotted { .. } => "snapshotted",
             Message::Saved { .. } => "saved",
             Message::Reports { .. } => "reports",
+            Message::Replica { .. } => "replica",
+            Message::ReplicaSeed { .. } => "replica-seed",
+            Message::Replicated { .. } => "replicated",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::Rollback { .. } => "rollback",
+            Message::RolledBack { .. } => "rolled-back",
+            Message::Restore { .. } => "restore",
         }
     }
 
@@ -230,7 +270,23 @@ impl Message {
                 | Message::Recompute { .. }
                 | Message::Handover { .. }
                 | Message::EvalActivation { .. }
+                | Message::Replica { .. }
+                | Message::ReplicaSeed { .. }
         )
+    }
+
+    /// The generation a message between workers was sent in.
+    pub fn generation(&self) -> Option<u32> {
+        match self {
+            Message::Activation { generation, .. }
+            | Message::Gradient { generation, .. }
+            | Message::Replay { generation, .. }
+            | Message::Recompute { generation, .. }
+            | Message::Handover { generation, .. }
+            | Message::Replica { generation, .. }
+            | Message::ReplicaSeed { generation, .. } => Some(*generation),
+            _ => None,
+        }
     }
 
     /// True for messages that carry tensors (sent on the bulk lane).
@@ -246,6 +302,8 @@ impl Message {
                 | Message::Handover { .. }
                 | Message::EvalStart { .. }
                 | Message::EvalActivation { .. }
+                | Message::Replica { .. }
+                | Message::ReplicaSeed { .. }
         )
     }
 }
@@ -324,7 +382,8 @@ fn check_tensors(message: &Message) -> Result<()> {
         | Message::Replay { tensor, .. }
         | Message::EvalActivation { tensor, .. } => vec![tensor],
         Message::Handover { handover, .. } => handover_tensors(handover),
-        Message::Final { params, .. } => params.iter().map(|(_, t)| t).collect(),
+        Message::Final { params, .. } | Message::ReplicaSeed { params, .. } => params.iter().map(|(_, t)| t).collect(),
+        Message::Replica { grads, .. } => grads.iter().map(|(_, t)| t).collect(),
         _ => Vec::new(),
     };
     for t in tensors {
@@ -394,7 +453,7 @@ mod tests {
             Message::Reports {
                 reports: vec![
                     Report::Loss { step: 1, micro: 0, value: 0.25 },
-                    Report::LayerUpdated { step: 1, layer: 7 },
+                    Report::LayerUpdated { step: 1, layer: 7, replica: Some(2) },
                     Report::LayerNorms { step: 1, layer: 7, norms: vec![1.0, 2.0] },
                 ],
             },
@@ -406,7 +465,10 @@ mod tests {
     #[test]
     fn garbage_and_truncated_frames_are_errors() {
         let t = Tensor::new(vec![3], vec![1.0, 2.0, 3.0]).unwrap();
-        let reports = vec![Report::LayerUpdated { step: 0, layer: 1 }, Report::Loss { step: 0, micro: 2, value: 0.5 }];
+        let reports = vec![
+            Report::LayerUpdated { step: 0, layer: 1, replica: None },
+            Report::Loss { step: 0, micro: 2, value: 0.5 },
+        ];
         for good in [
             frame(&Message::Gradient { generation: 0, step: 0, micro: 0, layer: 1, tensor: t }),
             frame(&Message::Reports { reports }),

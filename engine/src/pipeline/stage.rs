@@ -60,6 +60,9 @@ pub enum Effect {
     Loss { step: u32, micro: u32, value: f32 },
     /// `layer`'s parameters received their update for `step`.
     LayerUpdated { step: u32, layer: u32 },
+    /// With replicas: `layer`'s step gradient of `step` as applied (after
+    /// clipping), for the holder of its replica.
+    Replica { step: u32, layer: u32, grads: Vec<(String, Tensor)> },
     /// With clipping: the norms of `layer`'s step gradients (its parameters
     /// in name order), for the coordinator to combine.
     LayerNorms { step: u32, layer: u32, norms: Vec<f32> },
@@ -186,6 +189,17 @@ pub struct Stage {
     clipping: bool,
     /// The evaluation in progress (`--eval-data`), apart from the training state.
     pub(crate) eval: super::evaluate::EvalState,
+    /// Whether updates emit [`Effect::Replica`] and keep a snapshot.
+    pub(crate) replicate: bool,
+    /// Layers updated in the step in progress, as they were before their
+    /// update (so a crash elsewhere can roll the step back).
+    pub(crate) snapshots: BTreeMap<u32, super::rollback::Snapshot>,
+    /// Layers shipped away in the step in progress, as they were at its
+    /// start: (parameters, optimizer state).
+    pub(crate) departed: BTreeMap<u32, super::rollback::Departed>,
+    /// Forwards run in the step in progress (moved to the recomputed count
+    /// if the step is rolled back).
+    pub(crate) attempt_forwards: u64,
 }
 
 impl Stage {
@@ -222,6 +236,10 @@ impl Stage {
             resends: BTreeMap::new(),
             clipping: false,
             eval: Default::default(),
+            replicate: false,
+            snapshots: BTreeMap::new(),
+            attempt_forwards: 0,
+            departed: BTreeMap::new(),
         })
     }
 
@@ -229,6 +247,13 @@ impl Stage {
     /// of each step (gradient clipping by global norm).
     pub fn with_clipping(mut self, clipping: bool) -> Stage {
         self.clipping = clipping;
+        self
+    }
+
+    /// The same stage keeping replicas current: every update emits its
+    /// gradient for the replica holder and snapshots the layer first.
+    pub fn with_replicas(mut self, replicate: bool) -> Stage {
+        self.replicate = replicate;
         self
     }
 
@@ -253,6 +278,9 @@ impl Stage {
                 }
                 self.current = Some(StepState::new(step, rows, true));
                 self.forget_before(step);
+                self.snapshots.clear();
+                self.departed.clear();
+                self.attempt_forwards = 0;
                 self.activations.extend(inputs.into_iter().map(|(m, t)| ((step, m), (0, t))));
                 self.targets.extend(targets.into_iter().map(|(m, t)| ((step, m), t)));
                 self.replan(true);
@@ -408,6 +436,7 @@ impl Stage {
             let (segment, out) = self.model.forward_layer(key, &self.params, x)?;
             self.tape.insert((micro, layer), segment);
             self.counters.forward_layer_executions += 1;
+            self.attempt_forwards += 1;
             x = out;
         }
         if !self.is_last() {
@@ -490,6 +519,12 @@ impl Stage {
         if let Some(scale) = self.current.as_ref().and_then(|c| c.clip_scale) {
             crate::clip::apply(&mut grads, scale)?;
         }
+        let mut effects = Vec::new();
+        if self.replicate {
+            self.snapshot(step, layer);
+            let grads = grads.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+            effects.push(Effect::Replica { step, layer, grads });
+        }
         for (name, grad) in grads.iter() {
             let param = self.params.get_mut(name)?;
             // The step's learning rate comes from `step` alone, so it is the
@@ -497,7 +532,8 @@ impl Stage {
             self.optimizer.update(step, name, param, grad)?;
         }
         self.current.as_mut().expect("step in progress").updated.insert(layer);
-        Ok(vec![Effect::LayerUpdated { step, layer }])
+        effects.push(Effect::LayerUpdated { step, layer });
+        Ok(effects)
     }
 }
 

@@ -136,6 +136,7 @@ fn pipeline(scenario: &Scenario, params: &ParamStore, batches: &[Batch]) -> anyh
         seed: 0,
         eval: None,
         checkpoint: Default::default(),
+        faults: Default::default(),
     };
     let exe = std::env::current_exe().context("locating the baton binary to start workers")?;
     let mut on_step = |step: u32, loss: f32| println!("  step {step}: loss {loss:.6}");
@@ -220,6 +221,7 @@ fn write_outputs(dir: &Path, scenario: &Scenario, outcome: &JobOutcome, wall: Du
         losses: outcome.losses.clone(),
         partitions: Report::partitions(&outcome.partitions),
         migrations: outcome.migrations.iter().map(report::Migration::from).collect(),
+        crashes: outcome.crashes.iter().map(report::Crash::from).collect(),
         counters,
         grad_norms: outcome.grad_norms.clone(),
         eval: Vec::new(),

@@ -30,6 +30,9 @@ pub struct Counters {
     pub lost_microbatches: u64,
     /// Host<->device copies of every worker's device, summed (all 0 on CPUs).
     pub device_transfers: DeviceTransfers,
+    /// Steps abandoned after a worker was lost without notice and run
+    /// again from their start (their forwards are in `recomputed_forward_layers`).
+    pub redone_steps: u32,
 }
 
 /// Host<->device copies over the run: bytes and copies each way, until each
@@ -57,6 +60,7 @@ impl Counters {
                 d2h_bytes: counters.device_d2h_bytes,
                 d2h_copies: counters.device_d2h_copies,
             },
+            redone_steps: 0,
         }
     }
 }
@@ -159,6 +163,8 @@ pub struct Report {
     pub losses: Vec<f32>,
     pub partitions: Vec<Partition>,
     pub migrations: Vec<Migration>,
+    /// Every worker lost without notice that the run survived.
+    pub crashes: Vec<Crash>,
     pub counters: Counters,
     /// With `--clip-grad-norm`: each step's total gradient norm before clipping.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -204,5 +210,40 @@ impl Report {
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(self).context("encoding the run report")?;
         std::fs::write(path, json + "\n").with_context(|| format!("--report {}: cannot write", path.display()))
+    }
+}
+
+/// A worker lost without notice (SIGKILL, a lost connection, silent past
+/// `--peer-timeout`) that the run survived by redoing the step.
+#[derive(Debug, Serialize)]
+pub struct Crash {
+    pub workers: Vec<u32>,
+    /// The step abandoned and redone.
+    pub step: u32,
+    pub reason: String,
+    /// When the coordinator noticed the loss, ms since the job started.
+    pub detected_ms: f64,
+    /// From the detection until the lost layers were restored on survivors.
+    pub restore_ms: f64,
+    /// From the detection until the redone step's first loss came in.
+    pub resumed_after_ms: Option<f64>,
+    /// Parameters and optimizer state moved to restore the layers.
+    pub restored_bytes: u64,
+    pub generation: u32,
+}
+
+impl From<&baton_engine::pipeline::coordinator::CrashRecord> for Crash {
+    fn from(c: &baton_engine::pipeline::coordinator::CrashRecord) -> Crash {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        Crash {
+            workers: c.lost.clone(),
+            step: c.step,
+            reason: c.reason.clone(),
+            detected_ms: ms(c.detected_at),
+            restore_ms: ms(c.restored_after),
+            resumed_after_ms: c.resumed_after.map(ms),
+            restored_bytes: c.bytes.total(),
+            generation: c.generation,
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context};
 use baton_engine::eval::{EvalPlan, EvalPoint};
-use baton_engine::pipeline::coordinator::{JobPlan, MigrationRecord};
+use baton_engine::pipeline::coordinator::{CrashRecord, FaultTolerance, JobPlan, MigrationRecord};
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::protocol::Span;
 use baton_engine::pipeline::{Layout, Partition, ScheduleKind};
@@ -116,6 +116,14 @@ pub struct TrainArgs {
     /// run is then no longer bit-identical (the report says so).
     #[arg(long, value_name = "f32|bf16", default_value = "f32", value_parser = ["f32", "bf16"])]
     ship_dtype: String,
+    /// Keep an in-memory replica of a neighbour's layers, so a worker lost
+    /// without notice costs only the step in progress (redone from the
+    /// replicas); `off` makes such a loss fail the run.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+    replicas: String,
+    /// A worker silent this long (no heartbeat, no message) is lost.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = baton_models::runtime::duration)]
+    peer_timeout: std::time::Duration,
     /// Where to write the timeline of every worker's forward, backward,
     /// optimizer, send and receive spans (Chrome trace JSON, for Perfetto).
     /// Implies worker processes even with --workers 1.
@@ -286,6 +294,8 @@ struct RunResult {
     /// With --eval-data: every evaluation.
     evals: Vec<EvalPoint>,
     wall_seconds: f64,
+    /// Losses without notice survived, and the steps redone for them.
+    crashes: (Vec<CrashRecord>, u32),
 }
 
 /// One line about a finished migration, for the progress output.
@@ -342,6 +352,7 @@ fn train_in_process(
         grad_norms: trainer.grad_norms,
         evals,
         wall_seconds,
+        crashes: (Vec::new(), 0),
     })
 }
 
@@ -380,6 +391,7 @@ fn train_pipeline(
         seed: args.seed,
         eval,
         checkpoint,
+        faults: FaultTolerance { replicas: args.replicas == "on", peer_timeout: args.peer_timeout },
     };
     let partition = Partition::balanced(&plan.costs, plan.workers).context("--workers")?;
     let noun = if args.workers == 1 { "process" } else { "processes" };
@@ -431,6 +443,7 @@ fn train_pipeline(
         migrations: outcome.migrations,
         spans: outcome.spans,
         microbatch_losses: outcome.microbatch_losses,
+        crashes: (outcome.crashes, outcome.redone_steps),
         grad_norms: outcome.grad_norms,
         evals: outcome.evals,
         wall_seconds,
@@ -446,7 +459,8 @@ struct Summary {
 
 fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
     let expected = (run.losses.len() * args.microbatches) as u64;
-    let counters = report::Counters::new(&run.counters, run.microbatch_losses, expected);
+    let mut counters = report::Counters::new(&run.counters, run.microbatch_losses, expected);
+    counters.redone_steps = run.crashes.1;
     Report {
         model: summary.label,
         layers: summary.layers,
@@ -466,6 +480,7 @@ fn build_report(args: &TrainArgs, summary: Summary, run: RunResult) -> Report {
         bit_identical_to_uninterrupted: args.ship_dtype == "f32" || run.migrations.is_empty(),
         partitions: Report::partitions(&run.partitions),
         migrations: run.migrations.iter().map(report::Migration::from).collect(),
+        crashes: run.crashes.0.iter().map(report::Crash::from).collect(),
         counters,
         grad_norms: run.grad_norms,
         eval: run.evals.iter().map(|e| report::Eval { step: e.step, loss: e.loss }).collect(),

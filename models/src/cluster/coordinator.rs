@@ -60,6 +60,8 @@ struct Roster {
     peer_of: HashMap<u32, PeerId>,
     /// Connected peers with the `admin` certificate (`baton preempt`).
     admins: HashSet<PeerId>,
+    /// Launched workers whose failed exit was reported.
+    exited: HashSet<u32>,
 }
 
 /// What one transport event asks of the coordinator.
@@ -83,7 +85,12 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
         stopping.committer = Some(super::committer::Committer::start(store));
     }
     loop {
-        let event = node.events().recv_timeout(Duration::from_millis(100));
+        // Sleep until the next event, the state machine's next deadline, or
+        // the next check of the child processes (their exit is not an event).
+        let now = start.elapsed();
+        let deadline = coordinator.poll_timeout().map_or(Duration::from_secs(1), |t| t.saturating_sub(now));
+        let children = if options.children.is_empty() { Duration::from_secs(1) } else { CHILD_CHECK };
+        let event = node.events().recv_timeout(deadline.min(children));
         // Before the event: a Ctrl-C that also reached the workers must
         // read as a stop, not as a lost worker.
         if let Some(signal) = super::lifetime::stop_signal() {
@@ -101,12 +108,14 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
             Inbound::Job(events) => events.into_iter().flat_map(|e| coordinator.handle(e, now)).collect(),
             Inbound::Admin(peer, frame) => admin::serve(node, &coordinator, peer, &frame),
         };
-        effects.extend(coordinator.tick(now));
-        // Child processes are checked every 50 ms, not on every message.
-        if now.saturating_sub(last_child_check) >= Duration::from_millis(50) {
+        if coordinator.poll_timeout().is_some_and(|t| t <= now) {
+            effects.extend(coordinator.handle_timeout(now));
+        }
+        // Child processes are checked every CHILD_CHECK, not on every message.
+        if now.saturating_sub(last_child_check) >= CHILD_CHECK {
             last_child_check = now;
             kill_at_deadline(&mut roster, options.children);
-            if let Some(lost) = exited_child(options.children) {
+            for lost in exited_children(options.children, &mut roster.exited) {
                 effects.extend(coordinator.handle(lost, now));
             }
         }
@@ -138,6 +147,11 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
                     let checkpoint = super::lifetime::final_checkpoint(stopping.committed().as_deref());
                     return Err(Error::Interrupted(super::lifetime::Interrupted { signal, checkpoint }));
                 }
+                CoordEffect::Recovered(c) => eprintln!(
+                    "lost worker(s) {:?} without notice ({}): detected at {:.1?}, layers restored {:.1?} later; \
+                     redoing step {}",
+                    c.lost, c.reason, c.detected_at, c.restored_after, c.step
+                ),
                 CoordEffect::Failed(reason) => bail!("training failed: {reason}"),
             }
         }
@@ -274,16 +288,22 @@ fn kill_at_deadline(roster: &mut Roster, children: &mut [Child]) {
     });
 }
 
-/// The first launched worker process that failed, as a lost-worker event.
-/// A worker exits successfully only after its final message was delivered,
-/// so a clean exit is not a loss.
-fn exited_child(children: &mut [Child]) -> Option<CoordEvent> {
-    children.iter_mut().enumerate().find_map(|(i, child)| match child.try_wait() {
-        Ok(Some(status)) if !status.success() => {
-            Some(CoordEvent::Lost { worker: i as u32, reason: format!("its process exited ({status})") })
+/// How often launched worker processes are checked for an exit.
+const CHILD_CHECK: Duration = Duration::from_millis(50);
+
+/// Launched worker processes that failed since the last check, as
+/// lost-worker events (each once). A worker exits successfully only after
+/// its final message was delivered, so a clean exit is not a loss.
+fn exited_children(children: &mut [Child], reported: &mut HashSet<u32>) -> Vec<CoordEvent> {
+    let mut lost = Vec::new();
+    for (i, child) in children.iter_mut().enumerate() {
+        if let Ok(Some(status)) = child.try_wait() {
+            if !status.success() && reported.insert(i as u32) {
+                lost.push(CoordEvent::Lost { worker: i as u32, reason: format!("its process exited ({status})") });
+            }
         }
-        _ => None,
-    })
+    }
+    lost
 }
 
 /// Checks that a registering peer's certificate name matches the worker

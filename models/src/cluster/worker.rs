@@ -103,6 +103,11 @@ fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver
         if let Ok(grace_ms) = notices.try_recv() {
             on_notice(node, worker, links, grace_ms)?;
         }
+        let now = links.clock.elapsed();
+        if worker.poll_timeout().is_some_and(|t| t <= now) {
+            let outs = worker.handle_timeout(now);
+            execute(node, worker, links, outs)?;
+        }
         if let Some(work) = worker.ready() {
             let start = links.clock.elapsed();
             let outs = worker.run_next()?;
@@ -129,12 +134,19 @@ fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver
                 }
                 continue;
             }
-            default(Duration::from_millis(200)) => continue,
+            // Sleeps until the next event or the state machine's deadline
+            // (the next heartbeat); at most a second before it is assigned.
+            default(until(worker.poll_timeout(), links.clock.elapsed())) => continue,
         };
         if on_event(node, worker, links, event)? {
             return Ok(());
         }
     }
+}
+
+/// How long to wait for an event before the deadline `next` (time since the clock started).
+fn until(next: Option<Duration>, now: Duration) -> Duration {
+    next.map_or(Duration::from_secs(1), |t| t.saturating_sub(now))
 }
 
 /// A notice from outside: the worker stops at this action boundary.
@@ -184,6 +196,12 @@ fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -
             let message = protocol::decode(&bytes).what_with(|| format!("a frame from {}", who(links, peer)))?;
             let kind = message.kind();
             tracing::debug!(worker = worker.id, from = %who(links, peer), kind, "received");
+            if let (Message::StepStart { step, .. }, Some(crash)) = (&message, links.crash) {
+                if crash.due(*step, 0) {
+                    eprintln!("{FAULT_ENV}: crashing on purpose at the start of step {step}");
+                    std::process::abort();
+                }
+            }
             if kind == "assign" {
                 // Every worker gets its assignment at about the same moment:
                 // timelines count from there so they line up.
@@ -204,12 +222,18 @@ fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -
         Event::Disconnected { peer, reason } if peer == links.coordinator => {
             bail!("the coordinator went away: {reason}")
         }
-        Event::Disconnected { peer, reason } => match links.workers.get(&peer) {
-            // A worker that handed its layers away and retired may go.
-            Some(id) if !worker.peers().contains(id) => Ok(false),
-            Some(id) => bail!("worker {id} went away: {reason}"),
-            None => Ok(false),
-        },
+        Event::Disconnected { peer, reason } => {
+            // A worker that retired may go; one that crashed is the
+            // coordinator's to handle (it rolls the step back): from now
+            // on, what this worker sends it is dropped.
+            if let Some(id) = links.workers.remove(&peer) {
+                links.peers.remove(&id);
+                if worker.peers().contains(&id) {
+                    tracing::warn!(worker = worker.id, peer = id, %reason, "a fellow worker went away");
+                }
+            }
+            Ok(false)
+        }
     }
 }
 
@@ -237,9 +261,17 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                     links.budget = Some(ShipBudget::new(Instant::now(), Duration::from_millis(grace_ms))?);
                 }
                 let start = links.clock.elapsed();
-                let peer = destination(links, to)?;
                 let kind = message.kind();
-                send(node, peer, &message)?;
+                match (to, destination(links, to)) {
+                    (Dest::Coordinator, peer) => send(node, peer?, &message)?,
+                    // A fellow worker that is gone (crashed): the coordinator
+                    // rolls the step back, so what it would get is moot.
+                    (Dest::Worker(id), peer) => {
+                        if let Err(e) = peer.and_then(|p| send(node, p, &message)) {
+                            tracing::warn!(worker = worker.id, to = id, kind, "not sent: {e}");
+                        }
+                    }
+                }
                 push_span(worker, format!("send {kind}"), "send", start, links.clock.elapsed());
             }
             Out::Connect(placements) => {

@@ -143,7 +143,8 @@ impl Coordinator {
     /// True when a stop now would first end the step and write a checkpoint
     /// (checkpoints are on and training runs); else it fails the job at once.
     pub fn stops_with_checkpoint(&self) -> bool {
-        let running = matches!(self.phase, Phase::Running { .. } | Phase::Evaluating { .. } | Phase::Snapshotting { .. });
+        let running =
+            matches!(self.phase, Phase::Running { .. } | Phase::Evaluating { .. } | Phase::Snapshotting { .. });
         self.plan.checkpoint.dir.is_some() && running
     }
 

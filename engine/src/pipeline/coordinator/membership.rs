@@ -41,7 +41,8 @@ impl Coordinator {
     /// no migration is under way and no other hand joiner is on its way in.
     pub(super) fn assign_waiting_joiner(&mut self) -> Vec<CoordEffect> {
         let on_its_way = self.hand_joiners.iter().any(|w| !self.waiting.iter().any(|(v, _)| v == w));
-        if on_its_way || self.migration.is_some() || !matches!(self.phase, Phase::Running { .. }) {
+        let busy = self.migration.is_some() || self.recovering();
+        if on_its_way || busy || !matches!(self.phase, Phase::Running { .. }) {
             return Vec::new();
         }
         let Some((worker, address)) = self.waiting.pop_front() else { return Vec::new() };

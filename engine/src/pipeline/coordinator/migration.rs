@@ -28,6 +28,23 @@ pub(super) struct Migration {
 }
 
 impl Migration {
+    /// True for a worker leaving in this migration.
+    pub(super) fn is_leaving(&self, worker: u32) -> bool {
+        self.leaving.contains(&worker)
+    }
+
+    /// True for a worker leaving or joining in this migration.
+    pub(super) fn involves(&self, worker: u32) -> bool {
+        self.leaving.contains(&worker) || self.joining.contains(&worker)
+    }
+
+    /// Cancels the migration (a member was lost meanwhile): its generation,
+    /// the notices of its leaving workers (to queue again) and its joiners.
+    pub(super) fn cancel(self) -> (u32, Vec<(u32, Duration, Duration)>, Vec<u32>) {
+        let notices = self.leaving.iter().map(|&w| (w, self.notice_at, self.deadline)).collect();
+        (self.generation, notices, self.joining)
+    }
+
     /// True for a leaving worker whose handovers were all delivered.
     pub(super) fn has_shipped_and_leaves(&self, worker: u32) -> bool {
         self.leaving.contains(&worker) && self.migrated.contains_key(&worker)
@@ -87,7 +104,8 @@ impl Coordinator {
         let planned = self.joiners.iter().copied().find(|w| !self.hand_joiners.contains(w)).filter(|_| due);
         let joining: Vec<u32> = planned.or(hand).into_iter().collect();
         let idle = self.notices.is_empty() && joining.is_empty();
-        if self.migration.is_some() || idle || !matches!(self.phase, Phase::Running { .. }) {
+        let busy = self.migration.is_some() || self.recovering();
+        if busy || idle || !matches!(self.phase, Phase::Running { .. }) {
             return Ok(Vec::new());
         }
         for w in &joining {
@@ -220,6 +238,11 @@ impl Coordinator {
         effects.extend(self.start_migration()?);
         effects.extend(self.maybe_finish_step()?);
         Ok(effects)
+    }
+
+    /// When the migration under way must be complete (its first leaver's deadline).
+    pub(super) fn migration_deadline(&self) -> Option<Duration> {
+        self.migration.as_ref().map(|m| m.deadline).filter(|d| *d != Duration::MAX)
     }
 
     /// A migration whose leaving worker has not shipped by its deadline.

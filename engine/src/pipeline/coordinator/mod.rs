@@ -8,9 +8,12 @@
 
 mod checkpoint;
 mod clip;
+mod clock;
 mod eval;
+mod finish;
 mod membership;
 mod migration;
+mod recovery;
 mod reports;
 #[cfg(test)]
 mod tests;
@@ -28,6 +31,8 @@ use crate::{Error, LrSchedule, OptimizerConfig, ParamStore, Result, Tensor};
 
 use clip::ClipState;
 use migration::Migration;
+pub use recovery::{CrashRecord, FaultTolerance};
+use recovery::{Recovery, ReplicaBook};
 
 /// Everything the coordinator needs to run a job.
 #[derive(Clone, Debug)]
@@ -62,6 +67,8 @@ pub struct JobPlan {
     /// `--checkpoint-dir`, `--checkpoint-every` and `--resume`: `batches`
     /// then holds the steps from `checkpoint.first_step` on.
     pub checkpoint: CheckpointPlan,
+    /// Replicas and the peer timeout (crashes without notice).
+    pub faults: FaultTolerance,
 }
 
 /// What the driver reports.
@@ -103,6 +110,9 @@ pub enum CoordEffect {
         step: u32,
         parts: Vec<SavedPart>,
     },
+    /// A loss without notice was survived: the lost layers are restored
+    /// and the abandoned step starts again (for progress output).
+    Recovered(CrashRecord),
     /// The job finished.
     Done(Box<JobOutcome>),
     /// The job cannot go on.
@@ -146,6 +156,10 @@ pub struct JobOutcome {
     pub grad_norms: Vec<f32>,
     /// Every evaluation, in step order.
     pub evals: Vec<crate::eval::EvalPoint>,
+    /// Every loss without notice the job survived.
+    pub crashes: Vec<CrashRecord>,
+    /// Steps abandoned after a loss and run again from their start.
+    pub redone_steps: u32,
 }
 
 #[derive(Debug, PartialEq)]
@@ -169,6 +183,20 @@ enum Phase {
     },
     Finishing,
     Over,
+}
+
+/// Messages that, during a recovery, can only come from the abandoned
+/// attempt (sent before the sender's rollback): ignored.
+fn is_of_abandoned_attempt(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Loss { .. }
+            | Message::LayerUpdated { .. }
+            | Message::LayerNorms { .. }
+            | Message::Reports { .. }
+            | Message::Replicated { .. }
+            | Message::Paused { .. }
+    )
 }
 
 fn check_protocol(worker: u32, protocol: u32) -> Result<()> {
@@ -235,6 +263,17 @@ pub struct Coordinator {
     /// A stop (signal) waiting for the step in progress to end and its
     /// checkpoint to be written: the reason the job then fails with.
     stopping: Option<String>,
+    /// A loss without notice being recovered from.
+    recovery: Option<Recovery>,
+    /// Members lost without notice (their late frames are ignored).
+    lost: BTreeSet<u32>,
+    crashes: Vec<CrashRecord>,
+    redone_steps: u32,
+    /// When each worker was last heard from (for the peer timeout).
+    last_heard: BTreeMap<u32, Duration>,
+    /// Step starts sent to each worker (a rollback waits for them all).
+    starts_sent: BTreeMap<u32, u64>,
+    replica_book: ReplicaBook,
 }
 
 impl Coordinator {
@@ -276,30 +315,14 @@ impl Coordinator {
             evals: Vec::new(),
             saving: BTreeMap::new(),
             stopping: None,
+            recovery: None,
+            lost: BTreeSet::new(),
+            crashes: Vec::new(),
+            redone_steps: 0,
+            last_heard: BTreeMap::new(),
+            starts_sent: BTreeMap::new(),
+            replica_book: ReplicaBook::default(),
         })
-    }
-
-    /// Checks deadlines at time `now`.
-    pub fn tick(&mut self, now: Duration) -> Vec<CoordEffect> {
-        self.now = now;
-        let waiting = matches!(self.phase, Phase::Registering | Phase::Connecting);
-        if waiting && now.saturating_sub(self.started_at) > self.plan.join_timeout {
-            let joined = self.addresses.len();
-            return self.fail(format!(
-                "workers did not join within {:?}: {joined} of {} registered, {} connected to their peers",
-                self.plan.join_timeout,
-                self.plan.workers,
-                self.ready.len()
-            ));
-        }
-        let join_overdue = self.join_wait_since.is_some_and(|t| now.saturating_sub(t) > self.plan.join_timeout);
-        if join_overdue && self.join_due() {
-            return self.fail(format!("a planned worker did not join within {:?}", self.plan.join_timeout));
-        }
-        match self.migration_overdue(now) {
-            Some(reason) => self.fail(reason),
-            None => Vec::new(),
-        }
     }
 
     /// Takes in one event at time `now` and returns what to do.
@@ -312,11 +335,19 @@ impl Coordinator {
             CoordEvent::Message { worker, .. } => Some(*worker),
             _ => None,
         };
+        if let Some(worker) = sender {
+            self.last_heard.insert(worker, now);
+        }
         let result = match event {
             // A worker that delivered its final state, or retired, may go away.
             CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
             CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
-            CoordEvent::Lost { worker, reason } => Err(Error::Lost { worker, reason }),
+            CoordEvent::Lost { worker, reason } => self.on_lost(worker, reason),
+            // Frames a lost worker sent before it died.
+            CoordEvent::Message { worker, .. } if self.lost.contains(&worker) => Ok(Vec::new()),
+            CoordEvent::Message { message, .. } if self.recovering() && is_of_abandoned_attempt(&message) => {
+                Ok(Vec::new())
+            }
             CoordEvent::Message { worker, message } => self.on_message(worker, message, now),
             CoordEvent::Stop { reason } => return self.on_stop(reason),
         };
@@ -358,7 +389,19 @@ impl Coordinator {
             Message::Ready { .. } if worker as usize >= self.plan.workers => self.on_join_ready(worker),
             Message::Ready { .. } => self.on_ready(worker),
             Message::Loss { step, micro, value } => self.on_loss(worker, step, micro, value),
-            Message::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer),
+            Message::LayerUpdated { step, layer, replica } => {
+                self.await_replica(layer, replica);
+                self.on_layer_updated(worker, step, layer)
+            }
+            Message::Replicated { step, layer } => self.on_replicated(step, layer),
+            Message::Heartbeat { .. } => Ok(Vec::new()),
+            Message::RolledBack { generation, clean, replicas, .. } => {
+                self.on_rolled_back(worker, generation, clean, replicas)
+            }
+            Message::Migrated { generation, bytes, farewell, .. } if self.recovering() => {
+                self.on_restore_shipped(worker, generation, bytes, farewell)
+            }
+            Message::Resumed { generation, .. } if self.recovering() => self.on_restore_resumed(worker, generation),
             Message::LayerNorms { step, layer, norms } => self.on_layer_norms(worker, step, layer, norms),
             Message::EvalLoss { step, batch, value } => self.on_eval_loss(worker, step, batch, value),
             Message::Reports { reports } => self.on_reports(worker, reports),
@@ -444,6 +487,8 @@ impl Coordinator {
             seed: self.plan.seed,
             optim: self.optim_of(self.placements.iter().find(|p| p.worker == worker)),
             checkpoint_dir: self.plan.checkpoint.dir.clone(),
+            replicas: self.plan.faults.replicas,
+            peer_timeout_ms: u64::try_from(self.plan.faults.peer_timeout.as_millis()).unwrap_or(u64::MAX),
         }))
     }
 
@@ -473,6 +518,10 @@ impl Coordinator {
         spawn.extend(self.assign_waiting_joiner());
         let first = self.placements.first().map(|p| p.worker);
         let last = self.placements.last().map(|p| p.worker);
+        for w in self.members() {
+            *self.starts_sent.entry(w).or_default() += 1;
+        }
+        self.replica_book = ReplicaBook::default();
         let starts = self.members().into_iter().map(|w| {
             let inputs = if Some(w) == first { split.inputs.clone() } else { Vec::new() };
             let targets = if Some(w) == last { split.targets.clone() } else { Vec::new() };
@@ -496,6 +545,7 @@ impl Coordinator {
             _ => return Err(Error::peer(who(), format!("its loss of step {step} arrived out of turn"))),
         }
         self.microbatch_losses += 1;
+        self.note_resumed();
         let mut effects = self.spawn_due_joiner();
         effects.extend(self.start_migration()?);
         effects.extend(self.maybe_finish_step()?);
@@ -556,7 +606,8 @@ impl Coordinator {
         };
         // A due join holds the next step until the newcomer is connected
         // (tick() fails the job if it never comes).
-        if !updated.iter().all(|u| *u) || self.migration.is_some() || self.join_due() {
+        let held = self.migration.is_some() || self.recovering() || !self.replicas_current();
+        if !updated.iter().all(|u| *u) || held || self.join_due() {
             if self.join_due() && self.join_wait_since.is_none() {
                 self.join_wait_since = Some(self.now);
             }
@@ -566,50 +617,5 @@ impl Coordinator {
         let mut effects = vec![CoordEffect::StepFinished { step, loss }];
         effects.extend(self.after_step(step)?);
         Ok(effects)
-    }
-
-    fn on_final(
-        &mut self,
-        worker: u32,
-        params: Vec<(String, Tensor)>,
-        counters: Counters,
-        spans: Vec<Span>,
-    ) -> Result<Vec<CoordEffect>> {
-        if self.phase != Phase::Finishing || self.finals.insert(worker, (params, counters, spans)).is_some() {
-            return Err(Error::peer(format!("worker {worker}"), "it sent its final state out of turn"));
-        }
-        Ok(self.maybe_done())
-    }
-
-    fn outcome(&mut self) -> JobOutcome {
-        let mut outcome = JobOutcome {
-            params: ParamStore::new(),
-            losses: std::mem::take(&mut self.losses),
-            counters: Counters::default(),
-            partitions: std::mem::take(&mut self.partitions),
-            migrations: std::mem::take(&mut self.migrations),
-            spans: BTreeMap::new(),
-            microbatch_losses: self.microbatch_losses,
-            grad_norms: std::mem::take(&mut self.grad_norms),
-            evals: std::mem::take(&mut self.evals),
-        };
-        let finals = std::mem::take(&mut self.finals).into_iter().map(|(w, (p, c, s))| (w, p, c, s));
-        let retired = std::mem::take(&mut self.retired_work).into_iter().map(|(w, c, s)| (w, Vec::new(), c, s));
-        for (worker, params, counters, spans) in finals.chain(retired) {
-            outcome.params.extend(params);
-            outcome.counters.add(&counters);
-            outcome.spans.insert(worker, spans);
-        }
-        outcome
-    }
-
-    /// Ends the job: tells every worker to stop and reports why.
-    fn fail(&mut self, reason: String) -> Vec<CoordEffect> {
-        self.phase = Phase::Over;
-        let abort = |w: u32| CoordEffect::Send { worker: w, message: Message::Abort { reason: reason.clone() } };
-        let known: Vec<u32> = self.addresses.keys().copied().collect();
-        let mut effects: Vec<CoordEffect> = known.into_iter().map(abort).collect();
-        effects.push(CoordEffect::Failed(reason));
-        effects
     }
 }

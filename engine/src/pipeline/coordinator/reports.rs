@@ -15,7 +15,10 @@ impl Coordinator {
         for report in reports {
             effects.extend(match report {
                 Report::Loss { step, micro, value } => self.on_loss(worker, step, micro, value)?,
-                Report::LayerUpdated { step, layer } => self.on_layer_updated(worker, step, layer)?,
+                Report::LayerUpdated { step, layer, replica } => {
+                    self.await_replica(layer, replica);
+                    self.on_layer_updated(worker, step, layer)?
+                }
                 Report::LayerNorms { step, layer, norms } => self.on_layer_norms(worker, step, layer, norms)?,
             });
         }

@@ -29,6 +29,7 @@ fn plan(workers: usize) -> JobPlan {
         seed: 0,
         eval: None,
         checkpoint: Default::default(),
+        faults: Default::default(),
     }
 }
 
@@ -134,7 +135,7 @@ fn finish_step0(c: &mut Coordinator) -> Vec<CoordEffect> {
         effects.extend(from(c, 1, Message::Loss { step: 0, micro, value: 1.0 }));
     }
     for layer in 0..4 {
-        effects.extend(from(c, layer / 2, Message::LayerUpdated { step: 0, layer }));
+        effects.extend(from(c, layer / 2, Message::LayerUpdated { step: 0, layer, replica: None }));
     }
     effects
 }
@@ -203,7 +204,7 @@ fn checkpoints_are_committed_in_step_order_whatever_order_parts_arrive_in() {
             from(&mut c, 1, Message::Loss { step, micro, value: 1.0 });
         }
         for layer in 0..4 {
-            from(&mut c, layer / 2, Message::LayerUpdated { step, layer });
+            from(&mut c, layer / 2, Message::LayerUpdated { step, layer, replica: None });
         }
         for w in 0..2 {
             from(&mut c, w, Message::Snapshotted { worker: w, step: step + 1 });
@@ -233,7 +234,7 @@ fn reports(c: &mut Coordinator, worker: u32, reports: Vec<Report>) -> Vec<CoordE
 
 #[test]
 fn batched_reports_count_each_layer_and_loss_as_single_messages_do() {
-    let updated = |layer| Report::LayerUpdated { step: 0, layer };
+    let updated = |layer| Report::LayerUpdated { step: 0, layer, replica: None };
     let loss = |micro| Report::Loss { step: 0, micro, value: 0.5 };
     // Batched: worker 1 holds layers 2-3 and the loss, worker 0 layers 0-1.
     let mut batched = running();
@@ -247,9 +248,9 @@ fn batched_reports_count_each_layer_and_loss_as_single_messages_do() {
     from(&mut single, 1, Message::Loss { step: 0, micro: 0, value: 0.5 });
     from(&mut single, 1, Message::Loss { step: 0, micro: 1, value: 0.5 });
     for (worker, layer) in [(1, 2), (1, 3), (0, 0)] {
-        from(&mut single, worker, Message::LayerUpdated { step: 0, layer });
+        from(&mut single, worker, Message::LayerUpdated { step: 0, layer, replica: None });
     }
-    assert_eq!(from(&mut single, 0, Message::LayerUpdated { step: 0, layer: 1 }), next);
+    assert_eq!(from(&mut single, 0, Message::LayerUpdated { step: 0, layer: 1, replica: None }), next);
 }
 
 #[test]
@@ -258,7 +259,10 @@ fn a_bad_report_in_a_batch_fails_the_job_naming_it() {
         Some(CoordEffect::Failed(reason)) => reason.clone(),
         other => panic!("the job went on: {other:?}"),
     };
-    let twice = vec![Report::LayerUpdated { step: 0, layer: 2 }, Report::LayerUpdated { step: 0, layer: 2 }];
+    let twice = vec![
+        Report::LayerUpdated { step: 0, layer: 2, replica: None },
+        Report::LayerUpdated { step: 0, layer: 2, replica: None },
+    ];
     let reason = failure(reports(&mut running(), 1, twice));
     assert!(reason.contains("worker 1") && reason.contains("updated layer 2 for step 0 out of turn"), "{reason}");
     let reason = failure(reports(&mut running(), 1, vec![Report::Loss { step: 3, micro: 0, value: 1.0 }]));

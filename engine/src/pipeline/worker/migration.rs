@@ -33,6 +33,10 @@ impl Worker {
             self.early.push((sender, message));
             return Ok(Vec::new());
         }
+        if generation < self.floor {
+            // Sent in an attempt abandoned after a loss.
+            return Ok(Vec::new());
+        }
         if generation < self.generation {
             return Err(Error::peer(
                 format!("worker {sender}"),
@@ -123,6 +127,9 @@ impl Worker {
         let mut handovers = Vec::new();
         for (owner, layers) in by_owner {
             let mut handover = stage.release(&layers)?;
+            for layer in &mut handover.layers {
+                layer.replica = self.holders.remove(&layer.layer);
+            }
             if bf16 {
                 handover.layers.iter_mut().flat_map(|l| &mut l.segments).for_each(Segment::compact_bf16);
             }
@@ -175,12 +182,15 @@ impl Worker {
         let Dest::Worker(sender) = from else {
             return Err(Error::peer(COORDINATOR, "it sent a handover, which only workers send"));
         };
+        if generation < self.floor {
+            return Ok(Vec::new());
+        }
         self.early.push((sender, Message::Handover { generation, handover }));
         self.adopt_waiting()
     }
 
     /// Adopts the handovers that arrived, and resumes once all are in.
-    fn adopt_waiting(&mut self) -> Result<Vec<Out>> {
+    pub(super) fn adopt_waiting(&mut self) -> Result<Vec<Out>> {
         let Mode::Adopting { generation, .. } = self.mode else { return Ok(Vec::new()) };
         let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early)
             .into_iter()
@@ -189,6 +199,11 @@ impl Worker {
         for (sender, message) in ready {
             let Message::Handover { handover, .. } = message else { unreachable!("partitioned on handovers") };
             let parts = handover.parts.max(1);
+            for layer in &handover.layers {
+                if let Some(holder) = layer.replica {
+                    self.holders.insert(layer.layer, holder);
+                }
+            }
             self.stage_mut()?.adopt(handover)?;
             if let Mode::Adopting { from, parts_due, .. } = &mut self.mode {
                 let due = parts_due.entry(sender).or_insert(parts);
@@ -212,8 +227,8 @@ impl Worker {
         (self.generation, self.mode) = (generation, mode);
         self.sent.clear();
         self.received.clear();
-        let mut outs =
-            vec![Out::Send { to: Dest::Coordinator, message: Message::Resumed { worker: self.id, generation } }];
+        let mut outs = self.rehome_replicas()?;
+        outs.push(Out::Send { to: Dest::Coordinator, message: Message::Resumed { worker: self.id, generation } });
         for (sender, message) in std::mem::take(&mut self.early) {
             outs.extend(self.handle(Dest::Worker(sender), message)?);
         }
@@ -223,7 +238,7 @@ impl Worker {
 
 /// What a migration ships: each handover as one part per layer, then a
 /// recompute request to the keeper of the input of each left-out micro-batch.
-fn ship_messages(
+pub(super) fn ship_messages(
     generation: u32,
     new: &[Placement],
     handovers: impl Iterator<Item = (u32, Handover)>,

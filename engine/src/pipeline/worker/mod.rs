@@ -14,15 +14,18 @@
 
 mod checkpoint;
 mod migration;
+mod recovery;
 mod reports;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::migrate::MovedBytes;
 use super::protocol::{Assignment, Message, Placement, PlannedNotice, Report, Span};
+use super::replica::Replicas;
 use super::stage::Work;
 use super::{Effect, ScheduleKind, Stage, StageEvent};
 use crate::{Error, Model, Optimizer, ParamStore, Result};
@@ -91,6 +94,16 @@ enum Mode {
     },
     /// Not part of the new generation: everything shipped, waiting for `Retire`.
     Leaving,
+    /// A member was lost: step `step` is rolled back; waiting until
+    /// `starts` step starts have arrived (a late one of the abandoned
+    /// attempt is dropped), then reports.
+    Recovering {
+        generation: u32,
+        step: u32,
+        starts: u64,
+    },
+    /// Reported the rollback; waiting for the coordinator's `Restore`.
+    RolledBack,
 }
 
 /// What a worker needs to build a stage (kept for a joiner, whose stage is
@@ -104,12 +117,12 @@ struct Setup {
     /// The assignment's spec (JSON), stored with checkpoint parts.
     spec: String,
     checkpoint_dir: Option<String>,
+    replicate: bool,
 }
 
 impl Setup {
     fn stage(&self, layers: std::ops::Range<u32>, at: (u32, u32), params: ParamStore) -> Result<Stage> {
-        let optimizer = Optimizer::new(self.optimizer).with_lr_schedule(self.lr_schedule);
-        self.stage_with(layers, at, params, optimizer)
+        self.stage_with(layers, at, params, self.new_optimizer())
     }
 
     fn stage_with(
@@ -120,7 +133,11 @@ impl Setup {
         optimizer: Optimizer,
     ) -> Result<Stage> {
         let stage = Stage::new(self.model.clone(), layers, at, self.kind, params, optimizer)?;
-        Ok(stage.with_clipping(self.clipping))
+        Ok(stage.with_clipping(self.clipping).with_replicas(self.replicate))
+    }
+
+    fn new_optimizer(&self) -> Optimizer {
+        Optimizer::new(self.optimizer).with_lr_schedule(self.lr_schedule)
     }
 }
 
@@ -151,6 +168,17 @@ pub struct Worker {
     /// Reports for the coordinator not yet sent (see `reports.rs`).
     outbox: Vec<Report>,
     pub spans: Vec<Span>,
+    /// Replicas of a neighbour's layers (None when the job keeps none).
+    replicas: Option<Replicas>,
+    /// Where the replica of each own layer lives (as of the step's start).
+    holders: BTreeMap<u32, u32>,
+    /// Messages between workers sent before the last rollback's generation
+    /// belong to an abandoned attempt and are dropped.
+    floor: u32,
+    /// Step starts received (the coordinator's `Rollback` says how many to wait for).
+    step_starts: u64,
+    /// Heartbeats to the coordinator: the interval, and when the next is due.
+    heartbeat: Option<(Duration, Duration)>,
 }
 
 impl Worker {
@@ -173,6 +201,11 @@ impl Worker {
             actions_in_step: (0, 0),
             outbox: Vec::new(),
             spans: Vec::new(),
+            replicas: None,
+            holders: BTreeMap::new(),
+            floor: 0,
+            step_starts: 0,
+            heartbeat: None,
         }
     }
 
@@ -248,10 +281,21 @@ impl Worker {
         match message {
             Message::Assign(assignment) => self.assign(*assignment),
             Message::StepStart { step, rows, inputs, targets } => {
+                self.step_starts += 1;
+                if let Mode::Recovering { .. } = self.mode {
+                    // The start of the abandoned attempt, overtaken by the rollback.
+                    return self.try_report();
+                }
                 self.stage_mut()?.handle(StageEvent::StepStart { step, rows, inputs, targets })?;
-                let mut outs = self.due_notice(step, 0);
+                let mut outs = self.start_replicas(step)?;
+                outs.extend(self.due_notice(step, 0));
                 outs.extend(self.try_ship()?);
                 Ok(outs)
+            }
+            Message::Replica { .. } | Message::ReplicaSeed { .. } => self.on_replica(from, message),
+            Message::Rollback { generation, step, starts } => self.rollback(generation, step, starts),
+            Message::Restore { generation, step, placements, sources } => {
+                self.restore(generation, step, placements, sources)
             }
             Message::Activation { generation, .. }
             | Message::Gradient { generation, .. }
@@ -272,6 +316,10 @@ impl Worker {
                 if let Some(stage) = self.stage.as_mut() {
                     stage.handle(StageEvent::ClipScale { step, scale })?;
                 }
+                Ok(Vec::new())
+            }
+            // A migration cancelled by a rollback whose messages came late.
+            Message::Pause { generation } | Message::Repartition { generation, .. } if generation < self.floor => {
                 Ok(Vec::new())
             }
             Message::Pause { .. } => self.pause(),
@@ -310,8 +358,12 @@ impl Worker {
             lr_schedule: a.lr_schedule,
             spec: a.spec.clone(),
             checkpoint_dir: a.checkpoint_dir.clone(),
+            replicate: a.replicas,
         };
         setup.lr_schedule.check(setup.optimizer.lr())?;
+        self.replicas = a.replicas.then(|| Replicas::new(setup.new_optimizer()));
+        let interval = Duration::from_millis(a.peer_timeout_ms / 4).max(Duration::from_millis(1));
+        self.heartbeat = Some((interval, Duration::ZERO));
         self.generation = a.generation;
         self.notices = a.notices;
         self.ship_bf16 = a.ship_bf16;
@@ -397,9 +449,15 @@ impl Worker {
                 return Ok(None);
             }
             Effect::LayerUpdated { step, layer } => {
-                self.hold(Report::LayerUpdated { step, layer });
+                self.hold(Report::LayerUpdated { step, layer, replica: self.replica_target(layer) });
                 return Ok(None);
             }
+            Effect::Replica { step, layer, grads } => match self.replica_target(layer) {
+                Some(holder) => (Dest::Worker(holder), Message::Replica { generation, step, layer, grads }),
+                // No replica to keep current (a job of one worker, or a
+                // holder that left): the update goes nowhere.
+                None => return Ok(None),
+            },
             Effect::LayerNorms { step, layer, norms } => {
                 self.hold(Report::LayerNorms { step, layer, norms });
                 return Ok(None);

@@ -34,7 +34,7 @@ fn held_reports_go_out_when_idle_and_before_any_other_message_to_the_coordinator
         message: Message::Recompute { generation: 0, step: 0, micro: 0, layer: 1, stop: 2 },
     };
     let loss = Report::Loss { step: 0, micro: 0, value: 1.5 };
-    let updated = Report::LayerUpdated { step: 0, layer: 3 };
+    let updated = Report::LayerUpdated { step: 0, layer: 3, replica: None };
     let batch = |reports| Out::Send { to: Dest::Coordinator, message: Message::Reports { reports } };
     // No work ready (no stage): held reports follow the data, in order made.
     let mut w = worker();

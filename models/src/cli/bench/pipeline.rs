@@ -95,12 +95,18 @@ struct Round {
     pipelined: Side,
     /// Pipelined CPU per step over single-process CPU per step.
     cpu_ratio: f64,
+    /// The workers again with `--replicas off` (no replica of a
+    /// neighbour's layers), run in the same round.
+    unreplicated: Side,
+    /// Wall time per step with replicas over without.
+    replica_wall_ratio: f64,
 }
 
 impl Round {
     /// A round from its runs in the order [`measure_case`] makes them:
-    /// (N, 1 process), (N, workers), (3N, 1 process), (3N, workers).
-    fn of(runs: [Cost; 4], steps: usize) -> Round {
+    /// (N, 1 process), (N, workers), (3N, 1 process), (3N, workers), then
+    /// (N, workers) and (3N, workers) without replicas.
+    fn of(runs: [Cost; 6], steps: usize) -> Round {
         let side = |workers, short: Cost, long: Cost| Side {
             workers,
             short,
@@ -109,7 +115,14 @@ impl Round {
         };
         let single = side(1, runs[0], runs[2]);
         let pipelined = side(WORKERS, runs[1], runs[3]);
-        Round { cpu_ratio: pipelined.per_step.cpu_s / single.per_step.cpu_s, single, pipelined }
+        let unreplicated = side(WORKERS, runs[4], runs[5]);
+        Round {
+            cpu_ratio: pipelined.per_step.cpu_s / single.per_step.cpu_s,
+            replica_wall_ratio: pipelined.per_step.wall_s / unreplicated.per_step.wall_s,
+            single,
+            pipelined,
+            unreplicated,
+        }
     }
 }
 
@@ -126,6 +139,10 @@ struct Row {
     cpu_ratio: f64,
     cpu_ratio_min: f64,
     cpu_ratio_max: f64,
+    /// Median per-step cost on the workers without replicas.
+    unreplicated: Cost,
+    /// Median of the rounds' wall ratios, replicas on over off.
+    replica_wall_ratio: f64,
     rounds: Vec<Round>,
 }
 
@@ -143,6 +160,11 @@ impl Row {
             cpu_ratio: mid(&|r| r.cpu_ratio),
             cpu_ratio_min: ratios.clone().fold(f64::INFINITY, f64::min),
             cpu_ratio_max: ratios.fold(f64::NEG_INFINITY, f64::max),
+            unreplicated: Cost {
+                cpu_s: mid(&|r| r.unreplicated.per_step.cpu_s),
+                wall_s: mid(&|r| r.unreplicated.per_step.wall_s),
+            },
+            replica_wall_ratio: mid(&|r| r.replica_wall_ratio),
             rounds,
         }
     }
@@ -208,10 +230,14 @@ fn measure_case(exe: &Path, dir: &Path, case: Case, rounds: usize) -> anyhow::Re
     let mut measured = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         eprintln!("{}: round {round}/{rounds}: {short} and {long} steps, 1 and {WORKERS} workers...", case.name);
-        let mut runs = [Cost { cpu_s: 0.0, wall_s: 0.0 }; 4];
-        for (i, (steps, workers)) in [(short, 1), (short, WORKERS), (long, 1), (long, WORKERS)].into_iter().enumerate()
-        {
-            runs[i] = run_child(exe, &train_args(&case, &data, &save, steps, workers))?;
+        let mut runs = [Cost { cpu_s: 0.0, wall_s: 0.0 }; 6];
+        let plan = [(short, 1, "on"), (short, WORKERS, "on"), (long, 1, "on"), (long, WORKERS, "on")]
+            .into_iter()
+            .chain([(short, WORKERS, "off"), (long, WORKERS, "off")]);
+        for (i, (steps, workers, replicas)) in plan.enumerate() {
+            let mut args = train_args(&case, &data, &save, steps, workers);
+            args.extend(["--replicas".into(), replicas.into()]);
+            runs[i] = run_child(exe, &args)?;
         }
         measured.push(Round::of(runs, case.steps));
     }
@@ -352,7 +378,24 @@ fn print_table(table: &Table) {
     for row in &table.rows {
         println!("{}", verdict(row));
     }
+    println!("replicas of a neighbour's layers (crashes without notice), on vs off, {WORKERS} workers, same rounds:");
+    for row in &table.rows {
+        let ms = |s: f64| s * 1e3;
+        let met = if row.replica_wall_ratio <= REPLICA_TARGET { "met" } else { "NOT met" };
+        println!(
+            "{:<18} wall {:.3} vs {:.3} ms/step ({:.3}x), cpu {:.3} vs {:.3} ms/step; target <= {REPLICA_TARGET:.2}x {met}",
+            row.case.name,
+            ms(row.pipelined.wall_s),
+            ms(row.unreplicated.wall_s),
+            row.replica_wall_ratio,
+            ms(row.pipelined.cpu_s),
+            ms(row.unreplicated.cpu_s),
+        );
+    }
 }
+
+/// The target for wall time with replicas over without (W=1024).
+const REPLICA_TARGET: f64 = 1.05;
 
 #[cfg(test)]
 mod tests {
@@ -367,7 +410,9 @@ mod tests {
         let [_, big] = cases(10);
         let thrice = |c: Cost| cost(c.cpu_s * 30.0, c.wall_s * 30.0);
         let once = |c: Cost| cost(c.cpu_s * 10.0, c.wall_s * 10.0);
-        Row::of(big, vec![Round::of([once(single), once(pipelined), thrice(single), thrice(pipelined)], 10)])
+        let runs =
+            [once(single), once(pipelined), thrice(single), thrice(pipelined), once(pipelined), thrice(pipelined)];
+        Row::of(big, vec![Round::of(runs, 10)])
     }
 
     #[test]
@@ -398,7 +443,8 @@ mod tests {
     fn rounds_summarise_by_median_and_range() {
         let [small, _] = cases(1);
         let round = |ratio: f64| {
-            let single = [cost(1.0, 1.0), cost(0.0, 0.0), cost(3.0, 2.0), cost(0.0, 0.0)];
+            let single =
+                [cost(1.0, 1.0), cost(0.0, 0.0), cost(3.0, 2.0), cost(0.0, 0.0), cost(0.0, 0.0), cost(1.0, 1.0)];
             let mut runs = single;
             runs[3] = cost(2.0 * ratio, 0.5);
             Round::of(runs, 1)

@@ -1,0 +1,186 @@
+//! Crashes without notice, exhaustively, in memory: the coordinator and
+//! worker state machines over a simulated network (seeded random delivery
+//! order) on simulated time. For W = 2, 3, 4, GPipe and 1F1B, every worker
+//! dies without a word after every possible number of completed actions of
+//! a step (0 = when the step's start reaches it); the step in progress is
+//! abandoned everywhere, the lost layers come back from their replicas, and
+//! the step is redone: every run must give weights bit-identical to one
+//! process, the same losses, one redone step and no lost micro-batch. A
+//! worker lost together with the holder of its replica fails the job,
+//! naming the layers lost; a worker that hangs is found by the peer timeout.
+
+mod common;
+
+use std::time::Duration;
+
+use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan};
+use baton_engine::pipeline::protocol::PlannedNotice;
+use baton_engine::pipeline::sim::{self, SimCrash};
+use baton_engine::pipeline::ScheduleKind;
+use baton_engine::ParamStore;
+use baton_models::spec;
+use common::{bit_identical, Golden};
+
+const STEPS: usize = 3;
+
+struct Case {
+    golden: Golden,
+    reference: ParamStore,
+    losses: Vec<f32>,
+}
+
+impl Case {
+    fn new(name: &str) -> Case {
+        let mut golden = Golden::load(name, 1e-4);
+        golden.data.truncate(STEPS);
+        let (reference, losses) = golden.train_in_process();
+        Case { golden, reference, losses }
+    }
+
+    fn plan(&self, workers: usize, kind: ScheduleKind, notices: Vec<(u32, PlannedNotice)>) -> JobPlan {
+        let g = &self.golden;
+        JobPlan {
+            spec: g.spec.clone(),
+            optimizer: g.optimizer,
+            lr_schedule: Default::default(),
+            schedule: kind,
+            micro_batches: g.micro_batches,
+            workers,
+            costs: g.model.layers.iter().map(|l| l.cost()).collect(),
+            params: g.params.clone(),
+            batches: g.data.clone(),
+            join_timeout: Duration::from_secs(60),
+            notices,
+            joins: Vec::new(),
+            ship_bf16: false,
+            clip_grad_norm: None,
+            seed: 0,
+            eval: None,
+            checkpoint: Default::default(),
+            faults: Default::default(),
+        }
+    }
+
+    fn run(&self, plan: JobPlan, crashes: &[SimCrash], seed: u64) -> baton_engine::Result<JobOutcome> {
+        sim::run_job_with_faults(plan, &spec::factory, seed, &[], crashes)
+    }
+
+    /// Bit-identical weights and losses, `redone` steps redone, nothing lost.
+    fn check(&self, what: &str, out: &JobOutcome, redone: u32) {
+        assert!(bit_identical(&out.params, &self.reference), "{what}: weights differ from one process");
+        assert_eq!(out.losses, self.losses, "{what}: losses");
+        assert_eq!(out.redone_steps, redone, "{what}: redone steps");
+        assert_eq!(out.crashes.len(), redone as usize, "{what}: crash records");
+        assert_eq!(out.microbatch_losses, (STEPS * self.golden.micro_batches) as u64, "{what}: lost micro-batches");
+        for c in &out.crashes {
+            assert!(c.resumed_after.is_some_and(|r| r >= c.restored_after), "{what}: {c:?}");
+        }
+    }
+}
+
+fn crash(worker: u32, step: u32, actions: u32) -> SimCrash {
+    SimCrash { worker, step, actions, silent: false, mid_ship: false }
+}
+
+#[test]
+fn every_worker_crashed_at_every_action_count() {
+    let case = Case::new("mlp12_adam");
+    let max_actions = 2 * case.golden.micro_batches as u32;
+    let mut runs = 0;
+    for workers in 2..=4u32 {
+        for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+            for worker in 0..workers {
+                for actions in 0..=max_actions {
+                    let seed = u64::from(workers * 1000 + worker * 100 + actions) + 3;
+                    let what = format!("W={workers} {kind} worker {worker} crashed after {actions} actions of step 1");
+                    let out = case
+                        .run(case.plan(workers as usize, kind, Vec::new()), &[crash(worker, 1, actions)], seed)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    case.check(&what, &out, 1);
+                    assert_eq!(out.crashes[0].lost, vec![worker], "{what}");
+                    assert_eq!(out.crashes[0].step, 1, "{what}");
+                    assert_eq!(out.partitions.last().unwrap().stages.len(), workers as usize - 1, "{what}");
+                    runs += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(runs, 2 * 9 * (2 + 3 + 4));
+}
+
+#[test]
+fn a_crash_with_sgd_momentum_and_two_crashes_in_one_run() {
+    let case = Case::new("mlp12_sgd");
+    for seed in 0..6 {
+        for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+            let what = format!("W=4 {kind} seed {seed}: workers 1 and 3 crash in steps 0 and 2");
+            let crashes = [crash(1, 0, 5), crash(3, 2, 2)];
+            let out =
+                case.run(case.plan(4, kind, Vec::new()), &crashes, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
+            case.check(&what, &out, 2);
+        }
+    }
+}
+
+#[test]
+fn a_worker_and_its_replica_holder_lost_together_fail_naming_the_layers() {
+    let case = Case::new("mlp12_adam");
+    // W=3: 0-3 / 4-7 / 8-11; worker 1's replica lives on worker 2.
+    for seed in 0..4 {
+        let crashes = [crash(1, 1, 0), crash(2, 1, 0)];
+        let err = case.run(case.plan(3, ScheduleKind::OneFOneB, Vec::new()), &crashes, seed).unwrap_err().to_string();
+        assert!(err.contains("layers 4-7 were lost with workers [1, 2]"), "seed {seed}: {err}");
+        assert!(err.contains("no checkpoint to fall back to"), "{err}");
+    }
+}
+
+#[test]
+fn a_crash_during_a_migration() {
+    let case = Case::new("mlp12_adam");
+    for seed in 0..8 {
+        for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+            // Worker 1 is preempted after 2 actions of step 1; worker 2
+            // crashes at its next actions, while the migration may be under way.
+            let notices = vec![(1, PlannedNotice { step: 1, actions: 2, grace_ms: 120_000 })];
+            let what = format!("W=4 {kind} seed {seed}: a crash while worker 1 leaves");
+            let out = case
+                .run(case.plan(4, kind, notices.clone()), &[crash(2, 1, 3)], seed)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            case.check(&what, &out, 1);
+            // The leaving worker itself dies after its first handover frame left.
+            let what = format!("W=4 {kind} seed {seed}: the leaving worker crashes mid-ship");
+            let notices = vec![(1, PlannedNotice { step: 1, actions: 2, grace_ms: 120_000 })];
+            let mid_ship = SimCrash { mid_ship: true, ..crash(1, 0, 0) };
+            let out =
+                case.run(case.plan(4, kind, notices), &[mid_ship], seed).unwrap_or_else(|e| panic!("{what}: {e}"));
+            case.check(&what, &out, 1);
+            assert_eq!(out.crashes[0].lost, vec![1], "{what}");
+            assert_eq!(out.partitions.last().unwrap().stages.len(), 3, "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_hung_worker_is_lost_after_the_peer_timeout() {
+    let case = Case::new("mlp12_adam");
+    for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+        let mut plan = case.plan(3, kind, Vec::new());
+        plan.faults.peer_timeout = Duration::from_secs(2);
+        let hang = SimCrash { worker: 1, step: 1, actions: 4, silent: true, mid_ship: false };
+        let out = case.run(plan, &[hang], 5).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        case.check(&format!("{kind} hang"), &out, 1);
+        let c = &out.crashes[0];
+        assert!(c.reason.contains("silent for more than 2s"), "{}", c.reason);
+        // Simulated time: found after the timeout, within one heartbeat more.
+        assert!(c.detected_at > Duration::from_secs(2), "{c:?}");
+    }
+}
+
+#[test]
+fn without_replicas_a_crash_fails_the_job() {
+    let case = Case::new("mlp12_adam");
+    let mut plan = case.plan(3, ScheduleKind::OneFOneB, Vec::new());
+    plan.faults.replicas = false;
+    let err = case.run(plan, &[crash(1, 1, 3)], 1).unwrap_err().to_string();
+    assert!(err.contains("worker 1 was lost"), "{err}");
+}
