@@ -2,9 +2,12 @@
 //!
 //! The estimate is QUIC's own view of each path to the peers (congestion
 //! window over smoothed round-trip time, the slowest path counting), times
-//! half the time left: the other half covers the drain, the coordinator's
-//! round trips and the error of the estimate. What does not fit is left to
-//! the recompute fallback (`baton_engine::pipeline::recompute`).
+//! a third of the time left: the rest covers the drain, the coordinator's
+//! round trips and the error of the estimate. On a link shaped with
+//! `tc ... tbf` (tests/multihost.rs) cwnd/RTT read 1.4-1.75x the rate QUIC
+//! then achieved, which ate a half share's whole margin: shipping overran
+//! the deadline about once in six runs. What does not fit is left to the
+//! recompute fallback (`baton_engine::pipeline::recompute`).
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +18,8 @@ use baton_transport::{Node, PeerId};
 /// whose QUIC estimate is known to be wrong).
 pub const BANDWIDTH_ENV: &str = "BATON_SHIP_BANDWIDTH";
 
-/// Share of the time left that shipping may take.
-const SHARE_OF_TIME_LEFT: f64 = 0.5;
+/// Share of the time left that shipping may take (at the estimated bandwidth).
+const SHARE_OF_TIME_LEFT: f64 = 1.0 / 3.0;
 
 /// Used when no path has a measured round trip yet (bytes per second).
 const FALLBACK_BANDWIDTH: f64 = 50e6;
@@ -72,9 +75,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn half_the_time_left_at_the_bandwidth() {
-        assert_eq!(budget_bytes(1000.0, Duration::from_secs(2)), 1000);
-        assert_eq!(budget_bytes(100e6, Duration::from_millis(10)), 500_000);
+    fn a_third_of_the_time_left_at_the_bandwidth() {
+        let near = |got: u64, want: u64| assert!(got.abs_diff(want) <= 1, "{got} bytes, not {want}");
+        near(budget_bytes(1000.0, Duration::from_secs(3)), 1000);
+        near(budget_bytes(100e6, Duration::from_millis(15)), 500_000);
         assert_eq!(budget_bytes(100e6, Duration::ZERO), 0);
     }
 

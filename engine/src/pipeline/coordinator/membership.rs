@@ -3,7 +3,7 @@
 //! repartition as `--join`), and peers that break the protocol while
 //! holding nothing, which are dropped rather than failing the job.
 
-use super::{check_protocol, CoordEffect, Coordinator, Phase};
+use super::{CoordEffect, Coordinator, Phase};
 use crate::pipeline::protocol::Message;
 use crate::{Error, Result};
 
@@ -91,4 +91,14 @@ impl Coordinator {
         }
         effects
     }
+}
+
+pub(super) fn check_protocol(worker: u32, protocol: u32) -> Result<()> {
+    use crate::pipeline::protocol::PROTOCOL_VERSION;
+    if protocol != PROTOCOL_VERSION {
+        return Err(Error::Protocol(format!(
+            "worker {worker} speaks protocol {protocol}, this coordinator {PROTOCOL_VERSION}"
+        )));
+    }
+    Ok(())
 }

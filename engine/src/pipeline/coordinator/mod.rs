@@ -15,6 +15,9 @@ mod membership;
 mod migration;
 mod recovery;
 mod reports;
+
+use membership::check_protocol;
+use recovery::is_of_abandoned_attempt;
 #[cfg(test)]
 mod tests;
 
@@ -183,30 +186,6 @@ enum Phase {
     },
     Finishing,
     Over,
-}
-
-/// Messages that, during a recovery, can only come from the abandoned
-/// attempt (sent before the sender's rollback): ignored.
-fn is_of_abandoned_attempt(message: &Message) -> bool {
-    matches!(
-        message,
-        Message::Loss { .. }
-            | Message::LayerUpdated { .. }
-            | Message::LayerNorms { .. }
-            | Message::Reports { .. }
-            | Message::Replicated { .. }
-            | Message::Paused { .. }
-    )
-}
-
-fn check_protocol(worker: u32, protocol: u32) -> Result<()> {
-    use super::protocol::PROTOCOL_VERSION;
-    if protocol != PROTOCOL_VERSION {
-        return Err(Error::Protocol(format!(
-            "worker {worker} speaks protocol {protocol}, this coordinator {PROTOCOL_VERSION}"
-        )));
-    }
-    Ok(())
 }
 
 /// What a worker reports at the end: parameters, counters, timeline.

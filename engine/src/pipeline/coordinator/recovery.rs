@@ -385,3 +385,17 @@ impl Coordinator {
         book.awaiting.iter().all(|(l, h)| book.confirmed.contains(l) || !members.contains(h))
     }
 }
+
+/// Messages that, during a recovery, can only come from the abandoned
+/// attempt (sent before the sender's rollback): ignored.
+pub(super) fn is_of_abandoned_attempt(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Loss { .. }
+            | Message::LayerUpdated { .. }
+            | Message::LayerNorms { .. }
+            | Message::Reports { .. }
+            | Message::Replicated { .. }
+            | Message::Paused { .. }
+    )
+}
