@@ -21,7 +21,13 @@ pub fn is_resident(message: &Message) -> bool {
         Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } | Message::Replay { tensor, .. } => {
             resident(tensor)
         }
-        Message::Final { params, .. } => params.iter().any(|(_, t)| resident(t)),
+        Message::Final { params, .. }
+        | Message::Replica { grads: params, .. }
+        | Message::ReplicaSeed { params, .. } => params.iter().any(|(_, t)| resident(t)),
+        Message::EvalActivation { tensor, .. } => resident(tensor),
+        Message::EvalStart { inputs, targets: ts, .. } => {
+            inputs.iter().any(|(_, t)| resident(t)) || ts.iter().any(|(_, t)| targets(t))
+        }
         Message::Handover { handover: h, .. } => {
             h.activations.iter().chain(&h.gradients).any(|(_, _, _, t)| resident(t))
                 || h.targets.iter().any(|(_, _, t)| targets(t))
@@ -70,7 +76,14 @@ fn visit(message: &mut Message, f: &mut Visit<'_>) -> Result<()> {
             f(tensor)
         }
         Message::Handover { handover, .. } => handover_visit(handover, f),
-        Message::Final { params, .. } => params.iter_mut().try_for_each(|(_, t)| f(t)),
+        Message::Final { params, .. }
+        | Message::Replica { grads: params, .. }
+        | Message::ReplicaSeed { params, .. } => params.iter_mut().try_for_each(|(_, t)| f(t)),
+        Message::EvalActivation { tensor, .. } => f(tensor),
+        Message::EvalStart { inputs, targets, .. } => {
+            inputs.iter_mut().try_for_each(|(_, t)| f(t))?;
+            targets.iter_mut().try_for_each(|(_, t)| targets_visit(t, f))
+        }
         _ => Ok(()),
     }
 }
