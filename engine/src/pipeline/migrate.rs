@@ -55,6 +55,30 @@ pub struct LayerState {
     pub replica: Option<u32>,
 }
 
+impl LayerState {
+    /// A layer with only its parameters and optimizer state: nothing of a
+    /// step in progress (a restored replica, a rolled-back layer).
+    pub(crate) fn at_step_start(
+        layer: u32,
+        params: Vec<(String, Tensor)>,
+        optimizer: Vec<(String, crate::optim::OptState)>,
+    ) -> LayerState {
+        LayerState {
+            layer,
+            params,
+            optimizer,
+            grads: None,
+            updated: false,
+            segments: Vec::new(),
+            kept: Vec::new(),
+            entries: Vec::new(),
+            replays: Vec::new(),
+            resends: Vec::new(),
+            replica: None,
+        }
+    }
+}
+
 /// What one worker hands another when layers move.
 #[derive(Clone, Debug, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Handover {

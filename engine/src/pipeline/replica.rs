@@ -162,19 +162,7 @@ impl Replicas {
         let params: Vec<(String, Tensor)> = self.params.with_prefix(&format!("layers.{layer}.")).into_iter().collect();
         let optimizer =
             params.iter().filter_map(|(n, _)| self.optimizer.state(n).map(|s| (n.clone(), s.clone()))).collect();
-        Ok(LayerState {
-            layer,
-            params,
-            optimizer,
-            grads: None,
-            updated: false,
-            segments: Vec::new(),
-            kept: Vec::new(),
-            entries: Vec::new(),
-            replays: Vec::new(),
-            resends: Vec::new(),
-            replica: None,
-        })
+        Ok(LayerState::at_step_start(layer, params, optimizer))
     }
 
     /// Bytes of parameters and optimizer state held in replicas.

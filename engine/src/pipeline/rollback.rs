@@ -144,18 +144,6 @@ impl Stage {
         let names: Vec<String> = self.params.names().filter(|n| n.starts_with(&prefix)).cloned().collect();
         let params = names.iter().filter_map(|n| self.params.remove(n).map(|t| (n.clone(), t))).collect();
         let optimizer = names.iter().filter_map(|n| self.optimizer.take_state(n).map(|s| (n.clone(), s))).collect();
-        super::migrate::LayerState {
-            layer,
-            params,
-            optimizer,
-            grads: None,
-            updated: false,
-            segments: Vec::new(),
-            kept: Vec::new(),
-            entries: Vec::new(),
-            replays: Vec::new(),
-            resends: Vec::new(),
-            replica: None,
-        }
+        super::migrate::LayerState::at_step_start(layer, params, optimizer)
     }
 }
