@@ -68,6 +68,35 @@ fn a_gpt_step_moves_only_inputs_targets_and_losses() {
     assert!(bit_identical(&trained, &cpu.params), "the device run gives the CPU's bits");
 }
 
+/// Pipeline stages on the simulated device upload their parameters once,
+/// when built, like the one-process trainer: step 0 (before any update made
+/// them resident) moves only inputs, targets and losses, as later steps do.
+/// Boundary activations and gradients stay on the device between the
+/// in-memory stages (no encode), so nothing else crosses.
+#[test]
+fn pipeline_stages_upload_their_parameters_once_not_per_op() {
+    use baton_engine::pipeline::{sim, ScheduleKind};
+    let (params, data) = setup();
+    let optimizer = "adamw:lr=3e-3,weight_decay=0.1".parse().unwrap();
+    let config = |workers| sim::SimConfig { workers, micro_batches: MICRO, kind: ScheduleKind::OneFOneB, seed: 5 };
+    let cpu = sim::train(std::sync::Arc::new(gpt()), &params, optimizer, &data, config(1)).unwrap();
+    let param_bytes: u64 = params.iter().map(|(_, t)| t.bytes() as u64).sum();
+    let ids = (ROWS * SEQ * 4) as u64;
+    for workers in [1, 3] {
+        let backend = Backend::simulated();
+        let model = std::sync::Arc::new(gpt().with_backend(backend.clone()));
+        let run = sim::train(model, &params, optimizer, &data, config(workers)).unwrap();
+        let moved = backend.transfers();
+        let steps = data.len() as u64;
+        // Per step: each micro-batch's token ids and targets (together 2 * ids bytes).
+        let expected_in = (params.len() as u64 + 2 * MICRO as u64 * steps, param_bytes + 2 * ids * steps);
+        assert_eq!((moved.h2d_copies, moved.h2d_bytes), expected_in, "{workers} workers: {moved:?}");
+        assert_eq!(moved.d2h_copies, MICRO as u64 * steps, "{workers} workers: only the losses come out: {moved:?}");
+        let trained = run.params.to_host().unwrap();
+        assert!(bit_identical(&trained, &cpu.params), "{workers} simulated stages give the CPU's bits");
+    }
+}
+
 #[test]
 fn a_host_read_of_a_resident_tensor_is_refused() {
     let sim = Backend::simulated();

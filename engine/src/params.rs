@@ -100,6 +100,12 @@ impl ParamStore {
         crate::device::add_into(slot, grad)
     }
 
+    /// Every tensor where `backend` computes: uploaded once (counted) to its
+    /// device if it has one, so no op stages a parameter per call.
+    pub fn adopted_by(self, backend: &crate::Backend) -> Result<ParamStore> {
+        self.into_iter().map(|(n, t)| Ok((n, backend.adopt(t)?))).collect()
+    }
+
     /// Every tensor brought to the host (downloads of resident ones, counted).
     pub fn to_host(&self) -> Result<ParamStore> {
         self.tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_host()?))).collect()

@@ -134,8 +134,7 @@ impl Trainer {
     pub fn new(model: Model, params: ParamStore, optimizer: Optimizer) -> Result<Trainer> {
         model.check_params(&params)?;
         let optimizer = optimizer.with_backend(model.backend().clone());
-        let params =
-            params.into_iter().map(|(n, t)| Ok((n, model.backend().adopt(t)?))).collect::<Result<ParamStore>>()?;
+        let params = params.adopted_by(model.backend())?;
         Ok(Trainer {
             model,
             params,

@@ -285,7 +285,11 @@ impl Stage {
                 state.layer, self.layers
             )));
         }
-        self.params.extend(state.params);
+        // A handover arrives in host memory; it moves to this stage's device once.
+        let backend = self.model.backend();
+        for (name, t) in state.params {
+            self.params.insert(name, backend.adopt(t)?);
+        }
         for (name, opt) in state.optimizer {
             self.optimizer.insert_state(name, opt);
         }

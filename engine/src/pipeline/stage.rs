@@ -213,8 +213,9 @@ impl Stage {
         optimizer: Optimizer,
     ) -> Result<Stage> {
         check_range(&model, &layers, position)?;
-        // Updates run where the model computes (its device).
+        // Parameters and updates live where the model computes (its device).
         let optimizer = optimizer.with_backend(model.backend().clone());
+        let params = params.adopted_by(model.backend())?;
         Ok(Stage {
             model,
             layers,
