@@ -35,8 +35,10 @@
 //! micro-kernel per path: `generic` (`f32::mul_add`) and `x86` (AVX2+FMA,
 //! AVX-512F).
 
+mod direct;
 mod driver;
 mod generic;
+mod pack;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
