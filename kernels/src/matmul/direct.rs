@@ -37,7 +37,7 @@ fn pack_b_edge<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bp: &mut [f32]) {
     let (n, edge) = (job.n, job.n % K::NR);
     if edge != 0 {
         let s = Strided { base: (n - edge) + at.pc * n, ws: 1, ps: n };
-        pack::panel(kern, bp, job.b, s, (edge, K::NR), at.kc);
+        pack::panels(kern, bp, job.b, s, (edge, K::NR), at.kc);
     }
 }
 
@@ -50,7 +50,7 @@ fn k_block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bp: &[f32], cp: SharedC) 
         let (ws, ps) = job.a_strides();
         let i0 = m - m % K::MR;
         edge_a = vec![0.0f32; kc * K::MR];
-        pack::panel(kern, &mut edge_a, job.a, Strided { base: i0 * ws + at.pc * ps, ws, ps }, (m % K::MR, K::MR), kc);
+        pack::panels(kern, &mut edge_a, job.a, Strided { base: i0 * ws + at.pc * ps, ws, ps }, (m % K::MR, K::MR), kc);
     }
     for j in (0..n).step_by(K::NR) {
         let cols = K::NR.min(n - j);

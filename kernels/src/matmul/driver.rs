@@ -35,6 +35,11 @@ pub(super) trait Tile: Copy + Send + Sync {
     const KC: usize;
     /// Floats of op(b) packed per block (`kc · nc`): about half the L2.
     const B_BLOCK: usize;
+    /// The kernel for products below [`PAR_MIN_FLOPS`] (read in place).
+    type Small: Tile;
+
+    /// The kernel for small products on the same instruction set.
+    fn small(self) -> Self::Small;
 
     /// For every `i < MR`, `j < NR`: `acc = if load { c[i*ldc + j] } else
     /// { 0.0 }`, then `acc = fma(a[i*a.xs + p*a.ps], b[j + p*b.ps], acc)` for
@@ -168,7 +173,7 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
     let (m, k, n) = (job.m, job.k, job.n);
     if m.saturating_mul(n).saturating_mul(k) < PAR_MIN_FLOPS {
         // Packing would cost as much as the arithmetic.
-        return direct::run(kern, job, c);
+        return direct::run(kern.small(), job, c);
     }
     let (pool, nthreads) = threads::current();
     let kc = k_block(k, K::KC);
@@ -245,6 +250,9 @@ fn task<K: Tile>(kern: K, job: &Job<'_>, at: Panel, ap: &[f32], bp: &[f32], cp: 
         for j in (t.j0..t.j0 + t.cols).step_by(K::NR) {
             let cols = K::NR.min(t.j0 + t.cols - j);
             let b = View::packed(&bp[(j - at.jc) * kc..][..kc * K::NR], K::NR);
+            if j + K::NR < t.j0 + t.cols {
+                prefetch_c(cp, job.n, (i, j + K::NR, rows, K::NR.min(t.j0 + t.cols - j - K::NR)));
+            }
             tile_at(kern, kc, a, b, cp, job.n, (i, j, rows, cols), load);
         }
     }
@@ -292,40 +300,64 @@ pub(super) fn tile_at<K: Tile>(
     }
 }
 
+/// Asks the caches for the C elements of tile `at` (the next tile's, while
+/// this one computes). A hint only: nothing is read or written.
+fn prefetch_c(cp: SharedC, ldc: usize, (i, j, rows, cols): Tile4) {
+    #[cfg(target_arch = "x86_64")]
+    for r in 0..rows {
+        let row = cp.0.wrapping_add((i + r) * ldc + j);
+        for s in (0..cols).step_by(16) {
+            // SAFETY: SSE is part of x86-64 (every such CPU has it), and a
+            // prefetch never faults nor touches memory.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row.wrapping_add(s).cast())
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (cp, ldc, i, j, rows, cols);
+}
+
 /// `(i, j, rows, cols)` of a tile.
 pub(super) type Tile4 = (usize, usize, usize, usize);
 
+/// Panels packed per task (and per call of [`pack::panels`]): for
+/// row-major lanes each source row is read as one run over the group
+/// instead of `MR`- or `NR`-float pieces far apart.
+const GROUP: usize = 8;
+
 /// Packs all of op(a) into `ap`: row panel `q` (rows `q*MR..`) at
 /// `q*MR*k`, laid out `[p][i]` over all of K, so K block `pc` of it starts
-/// at `q*MR*k + pc*MR`. Panels are packed in parallel when `parallel`.
+/// at `q*MR*k + pc*MR`. Groups of panels are packed in parallel when
+/// `parallel` (inside the pool).
 fn pack_a<K: Tile>(kern: K, job: &Job<'_>, ap: &mut [f32], parallel: bool) {
     let (ws, ps) = job.a_strides();
-    let one = |(q, dst): (usize, &mut [f32])| {
-        let i0 = q * K::MR;
-        let width = K::MR.min(job.m - i0);
-        pack::panel(kern, dst, job.a, Strided { base: i0 * ws, ws, ps }, (width, K::MR), job.k);
+    let one = |(g, dst): (usize, &mut [f32])| {
+        let i0 = g * GROUP * K::MR;
+        let width = (GROUP * K::MR).min(job.m - i0);
+        pack::panels(kern, dst, job.a, Strided { base: i0 * ws, ws, ps }, (width, K::MR), job.k);
     };
     if parallel {
-        ap.par_chunks_mut(K::MR * job.k).enumerate().for_each(one);
+        ap.par_chunks_mut(GROUP * K::MR * job.k).enumerate().for_each(one);
     } else {
-        ap.chunks_mut(K::MR * job.k).enumerate().for_each(one);
+        ap.chunks_mut(GROUP * K::MR * job.k).enumerate().for_each(one);
     }
 }
 
 /// Packs op(b)'s block `at` into `bp`: panel `q` (columns `jc + q*NR..`)
-/// at `q*kc*NR`, laid out `[p][j]`. Panels are packed in parallel when
-/// `parallel` (inside the pool).
+/// at `q*kc*NR`, laid out `[p][j]`. Groups of panels are packed in
+/// parallel when `parallel` (inside the pool).
 pub(super) fn pack_b<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bp: &mut [f32], parallel: bool) {
     let (ws, ps) = job.b_strides();
-    let one = |(q, dst): (usize, &mut [f32])| {
-        let j0 = at.jc + q * K::NR;
-        let width = K::NR.min(at.jc + at.nc - j0);
-        pack::panel(kern, dst, job.b, Strided { base: j0 * ws + at.pc * ps, ws, ps }, (width, K::NR), at.kc);
+    let one = |(g, dst): (usize, &mut [f32])| {
+        let j0 = at.jc + g * GROUP * K::NR;
+        let width = (GROUP * K::NR).min(at.jc + at.nc - j0);
+        pack::panels(kern, dst, job.b, Strided { base: j0 * ws + at.pc * ps, ws, ps }, (width, K::NR), at.kc);
     };
     if parallel {
-        bp.par_chunks_mut(at.kc * K::NR).enumerate().for_each(one);
+        bp.par_chunks_mut(GROUP * at.kc * K::NR).enumerate().for_each(one);
     } else {
-        bp.chunks_mut(at.kc * K::NR).enumerate().for_each(one);
+        bp.chunks_mut(GROUP * at.kc * K::NR).enumerate().for_each(one);
     }
 }
 

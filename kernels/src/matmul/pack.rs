@@ -18,50 +18,74 @@ pub(super) struct Strided {
     pub(super) ps: usize,
 }
 
-/// Packs one panel of `r` lanes: `dst[p*r + w] = src[s.base + w*s.ws +
-/// p*s.ps]` for `w < width`, `0.0` for `width <= w < r`, `p < kc`
-/// (`dst.len() == kc*r`).
+/// Packs lanes `0..width` of `s` (lane `w`, position `p` at
+/// `src[s.base + w*s.ws + p*s.ps]`) into consecutive panels of `r` lanes:
+/// panel `q` holds lanes `q*r..` at `dst[q*kc*r..]`, `dst[q*kc*r + p*r +
+/// w] = lane q*r + w` (zeros past `width`). `dst` holds exactly
+/// `width.div_ceil(r)` panels.
 ///
 /// # Panics
 /// If a source element lies outside `src`, or the shape is inconsistent.
-pub(super) fn panel<K: Tile>(kern: K, dst: &mut [f32], src: &[f32], s: Strided, (width, r): (usize, usize), kc: usize) {
-    assert!(dst.len() == kc * r && (1..=r).contains(&width) && kc > 0, "matmul: bad panel shape");
+pub(super) fn panels<K: Tile>(
+    kern: K,
+    dst: &mut [f32],
+    src: &[f32],
+    s: Strided,
+    (width, r): (usize, usize),
+    kc: usize,
+) {
+    let len = kc * r;
+    assert!(width > 0 && kc > 0 && r > 0 && dst.len() == width.div_ceil(r) * len, "matmul: bad panel shape");
     let last = s.base + (width - 1) * s.ws + (kc - 1) * s.ps;
     assert!(last < src.len(), "matmul: panel outside its operand");
     let src = &src[s.base..];
     if s.ws != 1 {
         debug_assert!(s.ps == 1);
-        return kern.pack_transposed(dst, src, s.ws, (width, r), kc);
-    }
-    match r {
-        6 => copy_rows::<6>(dst, src, s.ps, width),
-        8 => copy_rows::<8>(dst, src, s.ps, width),
-        12 => copy_rows::<12>(dst, src, s.ps, width),
-        16 => copy_rows::<16>(dst, src, s.ps, width),
-        32 => copy_rows::<32>(dst, src, s.ps, width),
-        _ => copy_rows_any(dst, src, s.ps, (width, r)),
-    }
-}
-
-/// [`copy_rows`] for a lane count without a fixed-size instance.
-fn copy_rows_any(dst: &mut [f32], src: &[f32], ps: usize, (width, r): (usize, usize)) {
-    for (p, row) in dst.chunks_exact_mut(r).enumerate() {
-        row[..width].copy_from_slice(&src[p * ps..][..width]);
-        row[width..].fill(0.0);
-    }
-}
-
-/// Lanes contiguous in the source: `dst[p*R..][..width] = src[p*ps..][..width]`.
-fn copy_rows<const R: usize>(dst: &mut [f32], src: &[f32], ps: usize, width: usize) {
-    if width == R {
-        // Fixed-size copies: inlined vector moves, no memcpy call per row.
-        for (p, row) in dst.chunks_exact_mut(R).enumerate() {
-            let from: &[f32; R] = src[p * ps..][..R].try_into().expect("R elements");
-            row.copy_from_slice(from);
+        for (q, d) in dst.chunks_exact_mut(len).enumerate() {
+            let w0 = q * r;
+            kern.pack_transposed(d, &src[w0 * s.ws..], s.ws, ((width - w0).min(r), r), kc);
         }
         return;
     }
-    copy_rows_any(dst, src, ps, (width, R));
+    match r {
+        6 => across::<6>(dst, src, s.ps, width, kc),
+        8 => across::<8>(dst, src, s.ps, width, kc),
+        12 => across::<12>(dst, src, s.ps, width, kc),
+        16 => across::<16>(dst, src, s.ps, width, kc),
+        32 => across::<32>(dst, src, s.ps, width, kc),
+        _ => across_any(dst, src, s.ps, (width, r), kc),
+    }
+}
+
+/// Lanes contiguous in the source: position `p` of every lane is one run
+/// `src[p*ps..][..width]`, read start to end (the panels are written `R`
+/// floats at a time, with fixed-size copies where a panel is full).
+fn across<const R: usize>(dst: &mut [f32], src: &[f32], ps: usize, width: usize, kc: usize) {
+    let full = width / R;
+    for p in 0..kc {
+        let run = &src[p * ps..][..width];
+        for q in 0..full {
+            let from: &[f32; R] = run[q * R..][..R].try_into().expect("R lanes");
+            dst[q * kc * R + p * R..][..R].copy_from_slice(from);
+        }
+        if full * R < width {
+            let d = &mut dst[full * kc * R + p * R..][..R];
+            d[..width - full * R].copy_from_slice(&run[full * R..]);
+            d[width - full * R..].fill(0.0);
+        }
+    }
+}
+
+/// [`across`] for a lane count without a fixed-size instance.
+fn across_any(dst: &mut [f32], src: &[f32], ps: usize, (width, r): (usize, usize), kc: usize) {
+    for p in 0..kc {
+        let run = &src[p * ps..][..width];
+        for (q, lanes) in run.chunks(r).enumerate() {
+            let d = &mut dst[q * kc * r + p * r..][..r];
+            d[..lanes.len()].copy_from_slice(lanes);
+            d[lanes.len()..].fill(0.0);
+        }
+    }
 }
 
 /// The portable transposing pack: `dst[p*r + w] = src[w*ws + p]` for

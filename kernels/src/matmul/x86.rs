@@ -1,5 +1,5 @@
-//! The x86-64 micro-kernels: AVX-512F (12×32 tiles, 24 `zmm` accumulators)
-//! and AVX2+FMA (6×16 tiles, 12 `ymm` accumulators), and an AVX transposing
+//! The x86-64 micro-kernels: AVX-512F (12×32 tiles, 24 `zmm` accumulators;
+//! 8×32 for small products) and AVX2+FMA (6×16 tiles, 12 `ymm` accumulators), and an AVX transposing
 //! pack for both. Each lane of a vector FMA is one scalar fused
 //! multiply-add, so both kernels compute exactly the chain of
 //! [`Tile::tile`], lane by lane, as the generic kernel does.
@@ -10,7 +10,6 @@
 use std::arch::x86_64::*;
 
 use super::driver::{Src, Tile};
-use super::pack;
 
 /// How many K steps ahead the kernels prefetch op(b) (into L1): far enough
 /// to hide an L2 hit, near enough to stay inside the next panel.
@@ -29,24 +28,59 @@ impl Avx512 {
     }
 }
 
-/// Rows of the AVX-512 tile.
-const MR512: usize = 12;
-
 impl Tile for Avx512 {
-    const MR: usize = MR512;
+    const MR: usize = 12;
     const NR: usize = 32;
     const KC: usize = 512;
     // 1 MiB of packed op(b): half of a 2 MiB L2.
     const B_BLOCK: usize = 256 * 1024;
+    type Small = Avx512Small;
+
+    fn small(self) -> Avx512Small {
+        Avx512Small(self)
+    }
 
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX-512F (`detect`); the
         // pointer contract is the caller's (see `Tile::tile`).
         unsafe {
-            if a.xs == 1 && a.ps == MR512 {
-                tile_12x32::<true>(kc, a, b, c, ldc, load)
+            if a.xs == 1 {
+                tile_x32::<12, true>(kc, a, b, c, ldc, load)
             } else {
-                tile_12x32::<false>(kc, a, b, c, ldc, load)
+                tile_x32::<12, false>(kc, a, b, c, ldc, load)
+            }
+        }
+    }
+
+    fn pack_transposed(self, dst: &mut [f32], src: &[f32], ws: usize, lanes: (usize, usize), kc: usize) {
+        transposed(dst, src, ws, lanes, kc)
+    }
+}
+
+/// The AVX-512F kernel for small products (8×32 tiles): operands read in
+/// place, where 12-row tiles waste more on ragged edges and need more
+/// address registers than they save.
+#[derive(Clone, Copy)]
+pub(super) struct Avx512Small(Avx512);
+
+impl Tile for Avx512Small {
+    const MR: usize = 8;
+    const NR: usize = 32;
+    const KC: usize = 512;
+    const B_BLOCK: usize = Avx512::B_BLOCK;
+    type Small = Self;
+
+    fn small(self) -> Self {
+        self
+    }
+
+    unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+        // SAFETY: as for Avx512 (`self.0` is one).
+        unsafe {
+            if a.xs == 1 {
+                tile_x32::<8, true>(kc, a, b, c, ldc, load)
+            } else {
+                tile_x32::<8, false>(kc, a, b, c, ldc, load)
             }
         }
     }
@@ -57,13 +91,13 @@ impl Tile for Avx512 {
 }
 
 /// # Safety
-/// The CPU has AVX-512F; operands as in [`Tile::tile`] with MR = 12, NR = 32;
-/// when `PACKED`, `a.xs == 1` and `a.ps == 12` (the strides are then
-/// compile-time constants).
+/// The CPU has AVX-512F; operands as in [`Tile::tile`] with `MR` rows and
+/// NR = 32; when `UNIT`, `a.xs == 1` (a K step's `MR` values of op(a) are
+/// contiguous: packed, or op(a) transposed in place).
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_12x32<const PACKED: bool>(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
-    let (xs, aps) = if PACKED { (1, MR512) } else { (a.xs, a.ps) };
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR512];
+unsafe fn tile_x32<const MR: usize, const UNIT: bool>(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+    let xs = if UNIT { 1 } else { a.xs };
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     if load {
         for (i, row) in acc.iter_mut().enumerate() {
             row[0] = unsafe { _mm512_loadu_ps(c.add(i * ldc)) };
@@ -83,7 +117,7 @@ unsafe fn tile_12x32<const PACKED: bool>(kc: usize, a: Src, b: Src, c: *mut f32,
             row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
             row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
         }
-        ap = ap.wrapping_add(aps);
+        ap = ap.wrapping_add(a.ps);
         bp = bp.wrapping_add(b.ps);
     }
     for (i, row) in acc.iter().enumerate() {
@@ -113,12 +147,17 @@ impl Tile for Avx2 {
     // 512 KiB of packed op(b): half of a 1 MiB L2 (AVX2 machines' L2s are
     // 0.5-2 MiB).
     const B_BLOCK: usize = 128 * 1024;
+    type Small = Self;
+
+    fn small(self) -> Self {
+        self
+    }
 
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX2 and FMA (`detect`);
         // the pointer contract is the caller's (see `Tile::tile`).
         unsafe {
-            if a.xs == 1 && a.ps == MR256 {
+            if a.xs == 1 {
                 tile_6x16::<true>(kc, a, b, c, ldc, load)
             } else {
                 tile_6x16::<false>(kc, a, b, c, ldc, load)
@@ -133,10 +172,10 @@ impl Tile for Avx2 {
 
 /// # Safety
 /// The CPU has AVX2 and FMA; operands as in [`Tile::tile`] with MR = 6,
-/// NR = 16; when `PACKED`, `a.xs == 1` and `a.ps == 6`.
+/// NR = 16; when `UNIT`, `a.xs == 1`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_6x16<const PACKED: bool>(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
-    let (xs, aps) = if PACKED { (1, MR256) } else { (a.xs, a.ps) };
+unsafe fn tile_6x16<const UNIT: bool>(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+    let xs = if UNIT { 1 } else { a.xs };
     let mut acc = [[_mm256_setzero_ps(); 2]; MR256];
     if load {
         for (i, row) in acc.iter_mut().enumerate() {
@@ -146,7 +185,7 @@ unsafe fn tile_6x16<const PACKED: bool>(kc: usize, a: Src, b: Src, c: *mut f32, 
     }
     let (mut ap, mut bp) = (a.ptr, b.ptr);
     for _ in 0..kc {
-        // A hint only (see tile_12x32): 64 bytes of op(b) per K step.
+        // A hint only (see tile_x32): 64 bytes of op(b) per K step.
         _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PREFETCH_K * b.ps).cast());
         let (b0, b1) = unsafe { (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))) };
         for (i, row) in acc.iter_mut().enumerate() {
@@ -154,7 +193,7 @@ unsafe fn tile_6x16<const PACKED: bool>(kc: usize, a: Src, b: Src, c: *mut f32, 
             row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
             row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
         }
-        ap = ap.wrapping_add(aps);
+        ap = ap.wrapping_add(a.ps);
         bp = bp.wrapping_add(b.ps);
     }
     for (i, row) in acc.iter().enumerate() {
@@ -163,15 +202,12 @@ unsafe fn tile_6x16<const PACKED: bool>(kc: usize, a: Src, b: Src, c: *mut f32, 
     }
 }
 
-/// [`Tile::pack_transposed`] with 8×8 AVX transposes, for lane counts that
-/// are multiples of 4 (the scalar pack otherwise, and for the last `kc % 8`
-/// positions). Both x86 kernels exist only on CPUs with AVX2.
+/// [`Tile::pack_transposed`] with 8×8 AVX transposes (the scalar pack for
+/// the last `kc % 8` positions). Both x86 kernels exist only on CPUs with
+/// AVX2.
 fn transposed(dst: &mut [f32], src: &[f32], ws: usize, (width, r): (usize, usize), kc: usize) {
     let k8 = kc - kc % 8;
-    if !r.is_multiple_of(4) || k8 == 0 {
-        return pack::transposed_scalar(dst, src, ws, (width, r), kc);
-    }
-    assert!(dst.len() == kc * r && width <= r && (width == 0 || (width - 1) * ws + kc <= src.len()));
+    assert!(dst.len() == kc * r && (1..=r).contains(&width) && (width - 1) * ws + kc <= src.len());
     // SAFETY: the CPU has AVX (an x86 kernel exists); the loads read
     // src[w*ws + p..][..8] for w < width, p + 8 <= k8 <= kc, and the stores
     // write dst[p*r + w0..][..min(8, r - w0)] for p < k8, both in bounds by
@@ -184,27 +220,32 @@ fn transposed(dst: &mut [f32], src: &[f32], ws: usize, (width, r): (usize, usize
     }
 }
 
-/// The first `k8` (a multiple of 8) positions of [`transposed`].
+/// The first `k8` (a multiple of 8) positions of [`transposed`]: 8
+/// positions of every lane at a time, so each destination line is written
+/// while it is in L1.
 ///
 /// # Safety
-/// The CPU has AVX; `r % 4 == 0`; `dst` is valid for `k8 * r` writes and
-/// `src` for reads at `w*ws + p` for `w < width`, `p < k8`.
+/// The CPU has AVX; `dst` is valid for `k8 * r` writes and `src` for reads
+/// at `w*ws + p` for `w < width`, `p < k8`.
 #[target_feature(enable = "avx")]
 unsafe fn transposed_avx(dst: *mut f32, src: *const f32, ws: usize, (width, r): (usize, usize), k8: usize) {
-    for w0 in (0..r).step_by(8) {
-        let live = width.saturating_sub(w0).min(8);
-        let full = r - w0 >= 8;
-        for p0 in (0..k8).step_by(8) {
+    for p0 in (0..k8).step_by(8) {
+        for w0 in (0..r).step_by(8) {
             let mut rows = [_mm256_setzero_ps(); 8];
-            for (w, row) in rows.iter_mut().enumerate().take(live) {
+            for (w, row) in rows.iter_mut().enumerate().take(width.saturating_sub(w0)) {
                 *row = unsafe { _mm256_loadu_ps(src.add((w0 + w) * ws + p0)) };
             }
+            let lanes = (r - w0).min(8);
             for (p, col) in transpose8(rows).into_iter().enumerate() {
                 let d = unsafe { dst.add((p0 + p) * r + w0) };
-                if full {
-                    unsafe { _mm256_storeu_ps(d, col) };
-                } else {
-                    unsafe { _mm_storeu_ps(d, _mm256_castps256_ps128(col)) };
+                match lanes {
+                    8 => unsafe { _mm256_storeu_ps(d, col) },
+                    4 => unsafe { _mm_storeu_ps(d, _mm256_castps256_ps128(col)) },
+                    _ => {
+                        let mut tmp = [0.0f32; 8];
+                        unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), col) };
+                        unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, lanes) };
+                    }
                 }
             }
         }
