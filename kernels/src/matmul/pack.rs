@@ -101,3 +101,49 @@ pub(super) fn transposed_scalar(dst: &mut [f32], src: &[f32], ws: usize, (width,
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{panels, Strided};
+    use crate::matmul::driver::Tile;
+    use crate::matmul::generic::Scalar;
+
+    /// `panels` against its definition, for `kern`'s packing code: both
+    /// source layouts, lane counts of every kernel, ragged widths and `kc`
+    /// not a multiple of 8.
+    fn check<K: Tile>(kern: K) {
+        let src: Vec<f32> = (0..40_000).map(|i| i as f32).collect();
+        for r in [4usize, 6, 8, 12, 16, 32] {
+            for (width, kc) in [(1, 1), (r, 8), (r - 1, 13), (3 * r + 2, 21), (2 * r, 64)] {
+                for (ws, ps) in [(1, 211), (173, 1)] {
+                    let s = Strided { base: 7, ws, ps };
+                    let mut dst = vec![f32::NAN; width.div_ceil(r) * kc * r];
+                    panels(kern, &mut dst, &src, s, (width, r), kc);
+                    for (idx, &got) in dst.iter().enumerate() {
+                        let (q, p, w) = (idx / (kc * r), idx % (kc * r) / r, idx % r);
+                        let lane = q * r + w;
+                        let want = if lane < width { src[7 + lane * ws + p * ps] } else { 0.0 };
+                        assert!(got.to_bits() == want.to_bits(), "r={r} width={width} kc={kc} ws={ws}: [{idx}]");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn panels_hold_their_definition_on_every_path() {
+        check(Scalar);
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::matmul::x86::{Avx2, Avx512};
+            match Avx2::detect() {
+                Some(k) => check(k),
+                None => eprintln!("skipping the avx2 pack: CPU lacks it"),
+            }
+            match Avx512::detect() {
+                Some(k) => check(k),
+                None => eprintln!("skipping the avx512 pack: CPU lacks it"),
+            }
+        }
+    }
+}
