@@ -204,7 +204,6 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
 
 /// Packs op(b)'s block `at`, then runs its tasks (in parallel when
 /// `nthreads > 1`, inside the pool).
-#[allow(clippy::too_many_arguments)]
 fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, ap: &[f32], bp: &mut [f32], cp: SharedC, nthreads: usize) {
     let bp = &mut bp[..at.kc * at.nc.div_ceil(K::NR) * K::NR];
     pack_b(kern, job, at, bp, nthreads > 1);
@@ -240,7 +239,6 @@ fn tasks<K: Tile>(m: usize, at: Panel, nthreads: usize) -> Vec<Task> {
 
 /// Computes one task: for each of its row panels, the tiles of all its
 /// column panels (the row panel's K block stays in L1).
-#[allow(clippy::too_many_arguments)]
 fn task<K: Tile>(kern: K, job: &Job<'_>, at: Panel, ap: &[f32], bp: &[f32], cp: SharedC, t: Task) {
     let (kc, load) = (at.kc, at.pc > 0 || job.accumulate);
     for q in t.q0..t.q1 {
@@ -264,6 +262,7 @@ fn task<K: Tile>(kern: K, job: &Job<'_>, at: Panel, ap: &[f32], bp: &[f32], cp: 
 ///
 /// The caller owns C's elements `(i + r, j + s)` for `r < rows`, `s < cols`
 /// (no other thread touches them during the call), and they lie inside C.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn tile_at<K: Tile>(
     kern: K,
     kc: usize,
