@@ -8,7 +8,9 @@
 //! and tasks take groups of row panels (and, when rows are few, of column
 //! panels): each row panel's `MR × kc` slice stays in L1 while the tile
 //! walks the block's column panels. Smaller products read the operands in
-//! place ([`super::direct`]).
+//! place ([`super::direct`]). The packing buffers are thread-local and kept
+//! between calls (the calling thread keeps about `m·k + KC·NC` floats of
+//! its largest product).
 //!
 //! A tile's accumulators go through K in order: the first K block starts
 //! from zero (or from `c` when accumulating), each later one from the `c`
