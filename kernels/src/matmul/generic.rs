@@ -15,8 +15,12 @@ impl Tile for Scalar {
     const MR: usize = MR;
     const NR: usize = NR;
     const KC: usize = 256;
-    const MC: usize = 64;
-    const NC: usize = 1024;
+    const B_BLOCK: usize = 64 * 1024;
+    type Small = Self;
+
+    fn small(self) -> Self {
+        self
+    }
 
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         let mut acc = [[0.0f32; NR]; MR];

@@ -31,12 +31,17 @@
 //!
 //! # Layout
 //!
-//! `mod.rs` (this API), `driver` (packing, blocking, threads), and one
-//! micro-kernel per path: `generic` (`f32::mul_add`) and `x86` (AVX2+FMA,
-//! AVX-512F).
+//! `mod.rs` (this API), `driver` (the packed path for big products:
+//! op(a) packed once per call, op(b) in L2-sized blocks, threads over row
+//! panels), `direct` (small products, operands read in place), `pack`
+//! (zero-padded panels), and one micro-kernel per path: `generic`
+//! (`f32::mul_add`) and `x86` (AVX2+FMA 6×16; AVX-512F 12×32, 8×32 for
+//! small products).
 
+mod direct;
 mod driver;
 mod generic;
+mod pack;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

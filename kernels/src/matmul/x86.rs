@@ -1,6 +1,7 @@
-//! The x86-64 micro-kernels: AVX-512F (12×32 tiles, 24 `zmm` accumulators)
-//! and AVX2+FMA (6×16 tiles, 12 `ymm` accumulators). Each lane of a vector
-//! FMA is one scalar fused multiply-add, so both compute exactly the chain of
+//! The x86-64 micro-kernels: AVX-512F (12×32 tiles, 24 `zmm` accumulators;
+//! 8×32 for small products) and AVX2+FMA (6×16 tiles, 12 `ymm` accumulators), and an AVX transposing
+//! pack for both. Each lane of a vector FMA is one scalar fused
+//! multiply-add, so both kernels compute exactly the chain of
 //! [`Tile::tile`], lane by lane, as the generic kernel does.
 //!
 //! A kernel value exists only once `detect` has seen the CPU features it
@@ -10,55 +11,114 @@ use std::arch::x86_64::*;
 
 use super::driver::{Src, Tile};
 
+/// How many K steps ahead the kernels prefetch op(b) (into L1): far enough
+/// to hide an L2 hit, near enough to stay inside the next panel.
+const PREFETCH_K: usize = 16;
+
 /// The AVX-512F kernel; constructed only by [`Avx512::detect`].
 #[derive(Clone, Copy)]
 pub(super) struct Avx512(());
 
 impl Avx512 {
-    /// The kernel, if this CPU has AVX-512F.
+    /// The kernel, if this CPU has AVX-512F (and AVX2 and FMA, which every
+    /// AVX-512F CPU has; the transposing pack uses AVX).
     pub(super) fn detect() -> Option<Self> {
-        is_x86_feature_detected!("avx512f").then_some(Avx512(()))
+        let has = is_x86_feature_detected!("avx512f") && Avx2::detect().is_some();
+        has.then_some(Avx512(()))
     }
 }
 
 impl Tile for Avx512 {
-    const MR: usize = 8;
+    const MR: usize = 12;
     const NR: usize = 32;
-    const KC: usize = 256;
-    const MC: usize = 128;
-    const NC: usize = 1024;
+    const KC: usize = 512;
+    // 1 MiB of packed op(b): half of a 2 MiB L2.
+    const B_BLOCK: usize = 256 * 1024;
+    type Small = Avx512Small;
+
+    fn small(self) -> Avx512Small {
+        Avx512Small(self)
+    }
 
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX-512F (`detect`); the
         // pointer contract is the caller's (see `Tile::tile`).
-        unsafe { tile_12x32(kc, a, b, c, ldc, load) }
+        unsafe {
+            if a.xs == 1 {
+                tile_x32::<12, true>(kc, a, b, c, ldc, load)
+            } else {
+                tile_x32::<12, false>(kc, a, b, c, ldc, load)
+            }
+        }
+    }
+
+    fn pack_transposed(self, dst: &mut [f32], src: &[f32], ws: usize, lanes: (usize, usize), kc: usize) {
+        transposed(dst, src, ws, lanes, kc)
+    }
+}
+
+/// The AVX-512F kernel for small products (8×32 tiles): operands read in
+/// place, where 12-row tiles waste more on ragged edges and need more
+/// address registers than they save.
+#[derive(Clone, Copy)]
+pub(super) struct Avx512Small(Avx512);
+
+impl Tile for Avx512Small {
+    const MR: usize = 8;
+    const NR: usize = 32;
+    const KC: usize = 512;
+    const B_BLOCK: usize = Avx512::B_BLOCK;
+    type Small = Self;
+
+    fn small(self) -> Self {
+        self
+    }
+
+    unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+        // SAFETY: as for Avx512 (`self.0` is one).
+        unsafe {
+            if a.xs == 1 {
+                tile_x32::<8, true>(kc, a, b, c, ldc, load)
+            } else {
+                tile_x32::<8, false>(kc, a, b, c, ldc, load)
+            }
+        }
+    }
+
+    fn pack_transposed(self, dst: &mut [f32], src: &[f32], ws: usize, lanes: (usize, usize), kc: usize) {
+        transposed(dst, src, ws, lanes, kc)
     }
 }
 
 /// # Safety
-/// The CPU has AVX-512F; operands as in [`Tile::tile`] with MR = 12, NR = 32.
+/// The CPU has AVX-512F; operands as in [`Tile::tile`] with `MR` rows and
+/// NR = 32; when `UNIT`, `a.xs == 1` (a K step's `MR` values of op(a) are
+/// contiguous: packed, or op(a) transposed in place).
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_12x32(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
-    // One base pointer per row and one running offset per operand: no
-    // address chain between the rows' loads.
-    let rows: [*const f32; 8] = std::array::from_fn(|i| a.ptr.wrapping_add(i * a.xs));
-    let (mut ao, mut bo) = (0usize, 0usize);
-    let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+unsafe fn tile_x32<const MR: usize, const UNIT: bool>(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+    let xs = if UNIT { 1 } else { a.xs };
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     if load {
         for (i, row) in acc.iter_mut().enumerate() {
             row[0] = unsafe { _mm512_loadu_ps(c.add(i * ldc)) };
             row[1] = unsafe { _mm512_loadu_ps(c.add(i * ldc + 16)) };
         }
     }
+    let (mut ap, mut bp) = (a.ptr, b.ptr);
     for _ in 0..kc {
-        let (b0, b1) = unsafe { (_mm512_loadu_ps(b.ptr.add(bo)), _mm512_loadu_ps(b.ptr.add(bo + 16))) };
-        for (row, r) in acc.iter_mut().zip(rows) {
-            let ai = _mm512_set1_ps(unsafe { *r.add(ao) });
+        // A hint only: prefetching never faults, and the address is never
+        // dereferenced (hence wrapping arithmetic).
+        let ahead = bp.wrapping_add(PREFETCH_K * b.ps);
+        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16).cast());
+        let (b0, b1) = unsafe { (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16))) };
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = _mm512_set1_ps(unsafe { *ap.add(i * xs) });
             row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
             row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
         }
-        ao += a.ps;
-        bo += b.ps;
+        ap = ap.wrapping_add(a.ps);
+        bp = bp.wrapping_add(b.ps);
     }
     for (i, row) in acc.iter().enumerate() {
         unsafe { _mm512_storeu_ps(c.add(i * ldc), row[0]) };
@@ -77,47 +137,148 @@ impl Avx2 {
     }
 }
 
+/// Rows of the AVX2 tile.
+const MR256: usize = 6;
+
 impl Tile for Avx2 {
-    const MR: usize = 6;
+    const MR: usize = MR256;
     const NR: usize = 16;
-    const KC: usize = 256;
-    const MC: usize = 96;
-    const NC: usize = 1024;
+    const KC: usize = 512;
+    // 512 KiB of packed op(b): half of a 1 MiB L2 (AVX2 machines' L2s are
+    // 0.5-2 MiB).
+    const B_BLOCK: usize = 128 * 1024;
+    type Small = Self;
+
+    fn small(self) -> Self {
+        self
+    }
 
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX2 and FMA (`detect`);
         // the pointer contract is the caller's (see `Tile::tile`).
-        unsafe { tile_6x16(kc, a, b, c, ldc, load) }
+        unsafe {
+            if a.xs == 1 {
+                tile_6x16::<true>(kc, a, b, c, ldc, load)
+            } else {
+                tile_6x16::<false>(kc, a, b, c, ldc, load)
+            }
+        }
+    }
+
+    fn pack_transposed(self, dst: &mut [f32], src: &[f32], ws: usize, lanes: (usize, usize), kc: usize) {
+        transposed(dst, src, ws, lanes, kc)
     }
 }
 
 /// # Safety
-/// The CPU has AVX2 and FMA; operands as in [`Tile::tile`] with MR = 6, NR = 16.
+/// The CPU has AVX2 and FMA; operands as in [`Tile::tile`] with MR = 6,
+/// NR = 16; when `UNIT`, `a.xs == 1`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_6x16(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
-    // One base pointer per row and one running offset per operand: no
-    // address chain between the rows' loads.
-    let rows: [*const f32; 6] = std::array::from_fn(|i| a.ptr.wrapping_add(i * a.xs));
-    let (mut ao, mut bo) = (0usize, 0usize);
-    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+unsafe fn tile_6x16<const UNIT: bool>(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+    let xs = if UNIT { 1 } else { a.xs };
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR256];
     if load {
         for (i, row) in acc.iter_mut().enumerate() {
             row[0] = unsafe { _mm256_loadu_ps(c.add(i * ldc)) };
             row[1] = unsafe { _mm256_loadu_ps(c.add(i * ldc + 8)) };
         }
     }
+    let (mut ap, mut bp) = (a.ptr, b.ptr);
     for _ in 0..kc {
-        let (b0, b1) = unsafe { (_mm256_loadu_ps(b.ptr.add(bo)), _mm256_loadu_ps(b.ptr.add(bo + 8))) };
-        for (row, r) in acc.iter_mut().zip(rows) {
-            let ai = _mm256_set1_ps(unsafe { *r.add(ao) });
+        // A hint only (see tile_x32): 64 bytes of op(b) per K step.
+        _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PREFETCH_K * b.ps).cast());
+        let (b0, b1) = unsafe { (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))) };
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = _mm256_set1_ps(unsafe { *ap.add(i * xs) });
             row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
             row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
         }
-        ao += a.ps;
-        bo += b.ps;
+        ap = ap.wrapping_add(a.ps);
+        bp = bp.wrapping_add(b.ps);
     }
     for (i, row) in acc.iter().enumerate() {
         unsafe { _mm256_storeu_ps(c.add(i * ldc), row[0]) };
         unsafe { _mm256_storeu_ps(c.add(i * ldc + 8), row[1]) };
     }
+}
+
+/// [`Tile::pack_transposed`] with 8×8 AVX transposes (the scalar pack for
+/// the last `kc % 8` positions). Both x86 kernels exist only on CPUs with
+/// AVX2.
+fn transposed(dst: &mut [f32], src: &[f32], ws: usize, (width, r): (usize, usize), kc: usize) {
+    let k8 = kc - kc % 8;
+    assert!(dst.len() == kc * r && (1..=r).contains(&width) && (width - 1) * ws + kc <= src.len());
+    // SAFETY: the CPU has AVX (an x86 kernel exists); the loads read
+    // src[w*ws + p..][..8] for w < width, p + 8 <= k8 <= kc, and the stores
+    // write dst[p*r + w0..][..min(8, r - w0)] for p < k8, both in bounds by
+    // the assertion above.
+    unsafe { transposed_avx(dst.as_mut_ptr(), src.as_ptr(), ws, (width, r), k8) };
+    for p in k8..kc {
+        for w in 0..r {
+            dst[p * r + w] = if w < width { src[w * ws + p] } else { 0.0 };
+        }
+    }
+}
+
+/// The first `k8` (a multiple of 8) positions of [`transposed`]: 8
+/// positions of every lane at a time, so each destination line is written
+/// while it is in L1.
+///
+/// # Safety
+/// The CPU has AVX; `dst` is valid for `k8 * r` writes and `src` for reads
+/// at `w*ws + p` for `w < width`, `p < k8`.
+#[target_feature(enable = "avx")]
+unsafe fn transposed_avx(dst: *mut f32, src: *const f32, ws: usize, (width, r): (usize, usize), k8: usize) {
+    for p0 in (0..k8).step_by(8) {
+        for w0 in (0..r).step_by(8) {
+            let mut rows = [_mm256_setzero_ps(); 8];
+            for (w, row) in rows.iter_mut().enumerate().take(width.saturating_sub(w0)) {
+                *row = unsafe { _mm256_loadu_ps(src.add((w0 + w) * ws + p0)) };
+            }
+            let lanes = (r - w0).min(8);
+            for (p, col) in transpose8(rows).into_iter().enumerate() {
+                let d = unsafe { dst.add((p0 + p) * r + w0) };
+                match lanes {
+                    8 => unsafe { _mm256_storeu_ps(d, col) },
+                    4 => unsafe { _mm_storeu_ps(d, _mm256_castps256_ps128(col)) },
+                    _ => {
+                        let mut tmp = [0.0f32; 8];
+                        unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), col) };
+                        unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, lanes) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The transpose of an 8×8 block held as 8 rows.
+#[target_feature(enable = "avx")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
 }

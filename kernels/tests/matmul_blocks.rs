@@ -1,0 +1,86 @@
+//! The packed path's blocking on shapes that cut every block raggedly, on
+//! every kernel path and at 1, 2 and 3 threads, bit for bit against the
+//! literal fma chain: K split into equal blocks (on the vector paths k =
+//! 519, 600, 1031 give blocks of 260/259, 300, 344/344/343, none a multiple
+//! of 8), row panels of 12
+//! (AVX-512), 6 (AVX2) and 4 (generic) rows and column panels of 32, 16 and
+//! 8 with partial last ones, packing groups of 8 panels cut inside
+//! (m = 100), several column blocks (n = 1050 with 300-long K blocks), few
+//! row panels (m = 13: tasks split columns too), all four transposes, with
+//! and without accumulation. All are above `PAR_MIN_FLOPS` (packed path).
+//!
+//! Paths this CPU lacks are skipped, and say so on stderr.
+
+mod common;
+
+use baton_kernels::isa::{self, Isa};
+use baton_kernels::matmul::PAR_MIN_FLOPS;
+use baton_kernels::{matmul, threads, Trans};
+use common::{bits, Rng};
+
+const TRANS: [(Trans, Trans); 4] =
+    [(Trans::No, Trans::No), (Trans::No, Trans::Yes), (Trans::Yes, Trans::No), (Trans::Yes, Trans::Yes)];
+
+/// Element (i, j) of op(x) where op(x) is `rows × cols`.
+fn at(x: &[f32], t: Trans, rows: usize, cols: usize, i: usize, j: usize) -> f32 {
+    match t {
+        Trans::No => x[i * cols + j],
+        Trans::Yes => x[j * rows + i],
+    }
+}
+
+/// The definition: `acc = c0; acc = fma(a[i,p], b[p,j], acc)` for p in order.
+#[allow(clippy::too_many_arguments)]
+fn reference(a: &[f32], ta: Trans, b: &[f32], tb: Trans, m: usize, k: usize, n: usize, c0: &[f32]) -> Vec<f32> {
+    let mut c = c0.to_vec();
+    for i in 0..m {
+        for j in 0..n {
+            let acc = &mut c[i * n + j];
+            for p in 0..k {
+                *acc = at(a, ta, m, k, i, p).mul_add(at(b, tb, k, n, p, j), *acc);
+            }
+        }
+    }
+    c
+}
+
+/// Values of wide dynamic range, with exact and negative zeros.
+fn data(rng: &mut Rng, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|_| match rng.next_u64() % 16 {
+            0 => 0.0,
+            1 => -0.0,
+            2 => rng.uniform(-1.0, 1.0) * 2f32.powi(-((rng.next_u64() % 130) as i32)),
+            3 => rng.uniform(-1.0, 1.0) * 2f32.powi((rng.next_u64() % 20) as i32),
+            _ => rng.uniform(-1.0, 1.0),
+        })
+        .collect()
+}
+
+#[test]
+fn packed_path_blocks_give_the_fma_chain_at_any_thread_count() {
+    for isa in Isa::ALL.into_iter().filter(|isa| !isa.is_available()) {
+        eprintln!("skipping {isa} path: CPU lacks it");
+    }
+    let mut rng = Rng::new(12);
+    for (m, k, n) in [(25, 1031, 97), (100, 519, 45), (13, 600, 1050)] {
+        assert!(m * k * n >= PAR_MIN_FLOPS, "{m}x{k}x{n} would take the small-product path");
+        for (ta, tb) in TRANS {
+            let (a, b, c0) = (data(&mut rng, m * k), data(&mut rng, k * n), data(&mut rng, m * n));
+            let fresh = bits(&reference(&a, ta, &b, tb, m, k, n, &vec![0.0; m * n]));
+            let acc = bits(&reference(&a, ta, &b, tb, m, k, n, &c0));
+            for t in [1, 2, 3] {
+                threads::set_num_threads(t).unwrap();
+                for isa in Isa::available() {
+                    let what = format!("{isa} {m}x{k}x{n} {ta:?}/{tb:?} at {t} threads");
+                    let mut c = vec![f32::NAN; m * n];
+                    isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, false)).unwrap();
+                    assert!(bits(&c) == fresh, "{what}: differs from the fma chain");
+                    let mut c = c0.clone();
+                    isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, true)).unwrap();
+                    assert!(bits(&c) == acc, "{what} accumulate: differs from the fma chain");
+                }
+            }
+        }
+    }
+}
