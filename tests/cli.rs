@@ -1,4 +1,4 @@
-//! `baton train` and `baton splice` on bad input: a clear message naming
+//! `baton train` and `baton bench` on bad input: a clear message naming
 //! what is wrong, a non-zero exit, never a panic.
 
 mod common;
@@ -141,4 +141,17 @@ fn demo_runs_the_seed_scenario_on_a_gpt_bit_identically() {
     let migration = &report["migrations"][0];
     assert!(migration["bytes"]["segments"].as_u64().unwrap() > 0, "{migration}");
     assert_eq!(report["grad_norms"].as_array().unwrap().len(), 5, "clipping reported per step");
+}
+
+/// `baton bench` is a thin entry point: it runs the `baton-bench` next to
+/// it with the same arguments (here a bad flag that bench refuses by name),
+/// or, where that binary is not built, fails saying how to build it.
+#[test]
+fn bench_runs_the_harness_or_says_how_to_build_it() {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_baton"));
+    let harness = exe.with_file_name(format!("baton-bench{}", std::env::consts::EXE_SUFFIX));
+    let built = harness.is_file();
+    eprintln!("{} {}", harness.display(), if built { "is built: checking it runs" } else { "is absent" });
+    let expected = if built { "--widths: give one or more widths" } else { "cargo build --release -p baton-benches" };
+    fails_with(&["bench", "migrate", "--widths", "0"], expected);
 }

@@ -2,6 +2,10 @@
 //! runs in `../shared/golden`, and running the built `baton` binary.
 #![allow(dead_code)]
 
+pub mod splice;
+mod watchdog;
+pub use watchdog::run_with_watchdog;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -168,40 +172,6 @@ pub fn bit_identical(a: &ParamStore, b: &ParamStore) -> bool {
 /// The built `baton` binary.
 pub fn baton() -> Command {
     Command::new(env!("CARGO_BIN_EXE_baton"))
-}
-
-/// Runs `cmd` with a watchdog: kills it and fails the test after `limit`.
-/// Output is drained by threads so a chatty child never blocks on a full pipe.
-pub fn run_with_watchdog(cmd: &mut Command, limit: Duration) -> Output {
-    use std::io::Read;
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the baton binary starts");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            pipe.read_to_end(&mut buf).ok();
-            buf
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            let err = stderr.join().unwrap();
-            panic!("baton ran over {limit:?}; stderr:\n{}", String::from_utf8_lossy(&err));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 /// Runs baton with `args` (watchdog 300 s) and returns the output.

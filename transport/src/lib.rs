@@ -8,9 +8,7 @@
 //!   runs on threads the node owns, events arrive on a crossbeam channel.
 //! - [`frame`]: the wire framing (u64 LE length, then the bytes), as pure
 //!   functions on byte buffers.
-//! - [`mod@bench`]: loopback throughput of QUIC against plain TCP.
 
-pub mod bench;
 pub mod frame;
 mod hello;
 mod node;
@@ -114,9 +112,6 @@ pub enum Error {
          (watch for Event::Disconnected and reconnect)"
     )]
     UnknownPeer(u64),
-    /// A throughput benchmark could not run.
-    #[error("benchmark failed: {0}")]
-    Bench(String),
     /// The connection or stream closed before a frame was delivered.
     #[error("frame not delivered: {0}")]
     NotDelivered(String),

@@ -13,7 +13,6 @@ mod preempt;
 mod preflight;
 mod progress;
 mod report;
-mod splice;
 mod train;
 
 use std::process::ExitCode;
@@ -35,9 +34,8 @@ enum Command {
     /// Run the seed scenario with embedded defaults: train mlp12 briefly,
     /// then move the tape of layers 4-7 and check backward there is bit-identical.
     Demo(demo::DemoArgs),
-    /// Benchmarks: training step (vs PyTorch when it imports), transport (QUIC vs TCP), pipeline overhead, migration.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Benchmarks (step, transport, pipeline, migrate): runs `baton-bench`, built by `cargo build -p baton-benches`.
+    Bench(bench::BenchArgs),
     /// Run one worker of a job (started by `baton train`, or by hand against `baton coordinator`).
     Worker(cluster::WorkerArgs),
     /// Coordinate a job whose workers run on other machines (`baton worker`).
@@ -48,14 +46,6 @@ enum Command {
     /// Cluster set-up: certificates for coordinator, workers and admin.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
-    /// Backward of archived segments on a "receiver" that holds only their
-    /// parameters (the relocation half of a relocation test).
-    #[command(hide = true)]
-    Splice(splice::SpliceArgs),
-    /// Restore layers from a checkpoint and recompute their in-flight
-    /// forwards, then exit (the restarted worker of `baton bench migrate`).
-    #[command(hide = true)]
-    BenchRestart(bench::RestartArgs),
 }
 
 /// Parses the command line, runs the command, and maps errors to exit status 1.
@@ -71,9 +61,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Demo(args) => demo::run(args),
-        Command::Bench(cmd) => bench::run(cmd),
-        Command::Splice(args) => splice::run(args),
-        Command::BenchRestart(args) => bench::restart(args),
+        Command::Bench(args) => bench::run(args),
         Command::Worker(args) => cluster::run_worker(args),
         Command::Coordinator(args) => cluster::run_coordinator(args),
         Command::Cluster(cmd) => cluster::run_cluster(cmd),

@@ -1,4 +1,4 @@
-# Times the same training steps as `baton bench step` in PyTorch.
+# Times the same training steps as `baton-bench step` in PyTorch.
 # argv[1]: JSON list of jobs, each {"kind": "mlp", "input", "width", "layers"}
 # or {"kind": "gpt", "vocab", "seq", "dim", "heads", "hidden", "blocks"}, plus
 # "batch", "threads", "warmup", "steps"; argv[2] (optional): the device,

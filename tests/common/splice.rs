@@ -1,41 +1,76 @@
-//! `baton splice`: the receiving half of a relocation. Reads archived
-//! segments (as shipped by a dying worker), runs their backward here against
+//! The receiving half of a relocation, as a test helper: reads archived
+//! segments (as shipped by a dying worker), runs their backward against
 //! parameters loaded from a file, and writes the gradients out, so a test can
 //! compare them bit-for-bit with a local backward of the same segments.
+//!
+//! A test runs it in a separate process by re-running its own test binary
+//! ([`in_child`]): the test function calls [`serve_if_child`] first, which
+//! in the child runs the splice from the arguments in [`CHILD_ENV`] and
+//! exits (0, or 1 printing the error). It used to be `baton splice`, a
+//! hidden subcommand of the product binary.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context};
 use baton_engine::pipeline::protocol::without_addresses;
 use baton_engine::segment::{self, SegmentView};
 use baton_engine::{BackwardOutput, ParamStore, Segment, SegmentKey, Tensor};
 use baton_models::io;
-use clap::Args;
+use clap::Parser;
 use rkyv::util::AlignedVec;
 
 /// Name of the output gradient in the --grad file.
 pub const GRAD_TENSOR: &str = "grad";
 /// Name of the gradient of the first segment's input in the --out file.
 pub const INPUT_GRAD_TENSOR: &str = "input_grad";
+/// Set in the child: the splice's arguments, separated by [`SEPARATOR`].
+pub const CHILD_ENV: &str = "BATON_TEST_SPLICE_ARGS";
+const SEPARATOR: char = '\u{1f}';
 
-#[derive(Debug, Args)]
+#[derive(Debug, Parser)]
+#[command(name = "splice")]
 pub struct SpliceArgs {
     /// Parameters the receiver holds (safetensors; every F32 tensor, names as-is).
     #[arg(long, value_name = "FILE")]
-    params: PathBuf,
+    pub params: PathBuf,
     /// The segment archive (bytes of `baton_engine::segment::archive`): one
     /// micro-batch's segments of consecutive layers.
     #[arg(long, value_name = "FILE")]
-    segments: PathBuf,
+    pub segments: PathBuf,
     /// safetensors holding `grad`, the gradient of the last segment's output.
     #[arg(long, value_name = "FILE")]
-    grad: PathBuf,
+    pub grad: PathBuf,
     /// Where to write the parameter gradients and `input_grad`.
     #[arg(long, value_name = "FILE")]
-    out: PathBuf,
+    pub out: PathBuf,
 }
 
-/// Runs `baton splice`.
+/// Runs test `test` of this test binary in a child process with
+/// [`CHILD_ENV`] set to `args` (the child's [`serve_if_child`] splices);
+/// killed after 120 s.
+pub fn in_child(test: &str, args: &[&str]) -> Output {
+    let mut child = Command::new(std::env::current_exe().expect("the test binary's path"));
+    child.args(["--exact", test, "--nocapture", "--test-threads", "1"]);
+    child.env(CHILD_ENV, args.join(&SEPARATOR.to_string()));
+    super::run_with_watchdog(&mut child, Duration::from_secs(120))
+}
+
+/// In a child started by [`in_child`]: splices and exits the process
+/// (status 1 with `error: ...` on stderr when it fails). Elsewhere returns.
+pub fn serve_if_child() {
+    let Some(value) = std::env::var_os(CHILD_ENV) else { return };
+    let value = value.to_string_lossy().into_owned();
+    let argv = std::iter::once("splice").chain(value.split(SEPARATOR));
+    let result = SpliceArgs::try_parse_from(argv).map_err(anyhow::Error::from).and_then(run);
+    if let Err(e) = &result {
+        eprintln!("error: {e:#}");
+    }
+    std::process::exit(i32::from(result.is_err()));
+}
+
+/// Splices: loads the files, backwards the chain, writes the gradients.
 pub fn run(args: SpliceArgs) -> anyhow::Result<()> {
     let params = io::load_tensors(&args.params, "").context("--params")?;
     let bytes = read_aligned(&args.segments).context("--segments")?;
@@ -146,96 +181,4 @@ fn chain_order<S: Backward>(segments: &[S]) -> anyhow::Result<Vec<usize>> {
         }
     }
     Ok(order)
-}
-
-#[cfg(test)]
-mod tests {
-    use baton_engine::{init, SegmentBatch};
-    use baton_models::spec;
-
-    use super::*;
-
-    /// Forward of one micro-batch through mlp12 and the loss, locally.
-    fn forward() -> (ParamStore, Vec<Segment>, Segment) {
-        let model = spec::mlp12();
-        let params = init::init_params(&model.param_specs(), 3);
-        let batch = &io::synthetic_data(&model, 1, 4, 3)[0];
-        let key = |layer| SegmentKey { step: 0, micro: 0, layer };
-        let mut x = batch.x.clone();
-        let mut segments = Vec::new();
-        for layer in 0..12 {
-            let (seg, out) = model.forward_layer(key(layer), &params, x).unwrap();
-            segments.push(seg);
-            x = out;
-        }
-        let (loss, _) = model.forward_loss(key(12), x, &batch.targets).unwrap();
-        (params, segments, loss)
-    }
-
-    #[test]
-    fn archived_chain_matches_local_backward_bit_for_bit() {
-        let (params, segments, loss) = forward();
-        let grad = loss.backward(&params, Tensor::scalar(1.0), true).unwrap().input_grad.unwrap();
-        let local = backward_chain(&segments, &params, grad.clone()).unwrap();
-        let bytes = aligned_copy(&segment::archive(&SegmentBatch(segments.iter().rev().cloned().collect())).unwrap());
-        let views = segment::access(&bytes).unwrap();
-        let remote = backward_chain(&views, &params, grad).unwrap();
-        assert_eq!(local.params, remote.params);
-        assert_eq!(local.params.len(), 24);
-        assert!(local.input.is_none() && remote.input.is_none());
-    }
-
-    #[test]
-    fn gaps_and_missing_parameters_are_refused() {
-        let (params, segments, _) = forward();
-        let gap = [segments[3].clone(), segments[5].clone()];
-        let err = backward_chain(&gap, &params, Tensor::zeros(&[4, 64])).unwrap_err();
-        assert!(err.to_string().contains("not consecutive"), "{err:#}");
-        let few = params.with_prefix("layers.5.");
-        let err = backward_chain(&segments[4..6], &few, Tensor::zeros(&[4, 64])).unwrap_err();
-        assert!(format!("{err:#}").contains("layers.4.weight"), "{err:#}");
-    }
-
-    /// Files for a splice of layers 4-7 of micro-batch 0; returns the local result.
-    fn write_inputs(dir: &Path) -> (SpliceArgs, ChainGrads) {
-        let (params, segments, loss) = forward();
-        let mut grad = loss.backward(&params, Tensor::scalar(1.0), true).unwrap().input_grad.unwrap();
-        grad = backward_chain(&segments[8..], &params, grad).unwrap().input.unwrap();
-        let local = backward_chain(&segments[4..8], &params, grad.clone()).unwrap();
-        let held: ParamStore = (4..8).flat_map(|l| params.with_prefix(&format!("layers.{l}."))).collect();
-        let args = SpliceArgs {
-            params: dir.join("params.safetensors"),
-            segments: dir.join("segments.rkyv"),
-            grad: dir.join("grad.safetensors"),
-            out: dir.join("out.safetensors"),
-        };
-        io::save_params(&args.params, &held, None).unwrap();
-        let archive = segment::archive(&SegmentBatch(segments[4..8].to_vec())).unwrap();
-        std::fs::write(&args.segments, &archive[..]).unwrap();
-        io::save_params(&args.grad, &[(GRAD_TENSOR.to_string(), grad)].into_iter().collect(), None).unwrap();
-        (args, local)
-    }
-
-    #[test]
-    fn splice_command_writes_bit_identical_gradients() {
-        let dir = tempfile::tempdir().unwrap();
-        let (args, local) = write_inputs(dir.path());
-        let out = args.out.clone();
-        run(args).unwrap();
-        let mut written = io::load_tensors(&out, "").unwrap();
-        assert_eq!(written.remove(INPUT_GRAD_TENSOR), local.input);
-        assert_eq!(written, local.params);
-    }
-
-    #[test]
-    fn corrupt_archive_is_refused_with_the_flag_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let (args, _) = write_inputs(dir.path());
-        let mut bytes = std::fs::read(&args.segments).unwrap();
-        let n = bytes.len();
-        bytes[n - 40..].fill(0xff);
-        std::fs::write(&args.segments, &bytes).unwrap();
-        let err = format!("{:#}", run(args).unwrap_err());
-        assert!(err.contains("--segments") && err.contains("archive"), "{err}");
-    }
 }

@@ -1,8 +1,8 @@
 //! Method (c), checkpoint-restart: the leaving worker writes its layers'
 //! parameters, optimizer state and the activations that entered them (the
 //! tape cannot be written, so the in-flight forwards must run again) to a
-//! safetensors file and syncs it; a fresh `baton` process
-//! (`baton bench-restart FILE`, hidden) joins the cluster (starts its QUIC
+//! safetensors file and syncs it; a fresh `baton-bench` process
+//! (`baton-bench restart FILE`, hidden) joins the cluster (starts its QUIC
 //! node with its certificate and connects to the receiver), reads the file,
 //! builds the stage, recomputes the in-flight forwards and reports on stdout.
 //!
@@ -34,7 +34,7 @@ use super::links::RESTARTED;
 
 #[derive(Debug, Args)]
 pub struct RestartArgs {
-    /// A checkpoint written by `baton bench migrate`.
+    /// A checkpoint written by `baton-bench migrate`.
     #[arg(value_name = "FILE")]
     checkpoint: PathBuf,
     /// Directory holding this worker's certificate (`worker-3`) and the CA's.
@@ -221,7 +221,7 @@ impl Checkpoint {
     }
 }
 
-/// Runs `baton bench-restart FILE` (the restarted worker).
+/// Runs `baton-bench restart FILE` (the restarted worker).
 pub fn run(args: RestartArgs) -> anyhow::Result<()> {
     let begin = Instant::now();
     let _node = match (&args.cluster_dir, args.connect) {

@@ -1,4 +1,4 @@
-//! `baton bench migrate`: the time from a preemption notice to resumed
+//! `baton-bench migrate`: the time from a preemption notice to resumed
 //! training, and the bytes moved, when a worker's 4 layers (width W, Adam
 //! state, M micro-batches in flight) move to a neighbour, by five methods in
 //! one run (see [`methods`]): (a) baton's segment shipping, (b) shipping the
@@ -11,7 +11,7 @@
 //! run the five methods in turn, so load from elsewhere hits all alike. The
 //! table shows medians.
 
-mod fixture;
+pub mod fixture;
 mod links;
 mod methods;
 mod restart;
@@ -126,10 +126,10 @@ struct Table {
     rows: Vec<Row>,
 }
 
-/// Runs `baton bench migrate`.
+/// Runs `baton-bench migrate`.
 pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     check_args(&args)?;
-    let exe = std::env::current_exe().context("locating the baton binary to restart")?;
+    let exe = std::env::current_exe().context("locating baton-bench to restart it")?;
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let cluster_dir = tempfile::tempdir().context("creating a directory for certificates")?;
     let mut links = Links::open(cluster_dir.path())?;

@@ -1,15 +1,25 @@
-//! `baton bench transport`: loopback MB/s of one bulk frame over QUIC, with
+//! `baton-bench transport`: loopback MB/s of one bulk frame over QUIC, with
 //! the settings the cluster uses (`baton_models::cluster::net_config`), next
 //! to the same bytes over one plain TCP connection, in the same run.
 //!
 //! Each transfer starts fresh endpoints (set-up untimed, congestion-window
-//! growth timed; see `baton_transport::bench`). QUIC and TCP alternate, so
+//! growth timed; see [`quic_throughput`]). QUIC and TCP alternate, so
 //! load from elsewhere on the machine hits both alike.
+//!
+//! Both transfers time from the first byte sent to the last byte received,
+//! and both end with the bytes in a fresh 16-aligned buffer of the full size
+//! (`baton_transport::frame::receive_buffer`, the kind a received frame
+//! gets), so both pay what a real receiver pays.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use baton_transport::NetConfig;
+use baton_transport::frame::Frame;
+use baton_transport::{ClusterCa, Event, Lane, NetConfig, Node};
+use bytes::Bytes;
 use clap::Args;
 use serde::Serialize;
 
@@ -95,7 +105,7 @@ struct Table {
     rows: Vec<Row>,
 }
 
-/// Runs `baton bench transport`.
+/// Runs `baton-bench transport`.
 pub fn run(args: TransportArgs) -> anyhow::Result<()> {
     let config = baton_models::cluster::net_config();
     check_sizes(&args.sizes, config.max_frame_bytes)?;
@@ -130,14 +140,84 @@ fn measure(mib: usize, config: &NetConfig) -> anyhow::Result<Row> {
     let bytes = mib * MIB;
     let (mut quic, mut tcp) = (Vec::new(), Vec::new());
     for _ in 0..REPEATS {
-        quic.push(
-            baton_transport::bench::quic_throughput(bytes, config)
-                .with_context(|| format!("QUIC transfer of {mib} MiB"))?,
-        );
-        tcp.push(baton_transport::bench::tcp_throughput(bytes).with_context(|| format!("TCP transfer of {mib} MiB"))?);
+        quic.push(quic_throughput(bytes, config).with_context(|| format!("QUIC transfer of {mib} MiB"))?);
+        tcp.push(tcp_throughput(bytes).with_context(|| format!("TCP transfer of {mib} MiB"))?);
     }
     let (quic_mb_s, tcp_mb_s) = (median(&mut quic.clone()), median(&mut tcp.clone()));
     Ok(Row { mib, quic_mb_s, tcp_mb_s, quic_over_tcp: quic_mb_s / tcp_mb_s, quic_runs_mb_s: quic, tcp_runs_mb_s: tcp })
+}
+
+/// Longest a single transfer may take.
+const DEADLINE: Duration = Duration::from_secs(300);
+
+fn mb_per_s(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// MB/s of one `bytes`-long bulk frame between two fresh nodes on loopback
+/// (connection set-up not timed).
+pub fn quic_throughput(bytes: usize, config: &NetConfig) -> anyhow::Result<f64> {
+    let ca = ClusterCa::generate("bench")?;
+    let local: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let sender = Node::start(local, ca.issue("bench-sender")?, config.clone())?;
+    let receiver = Node::start(local, ca.issue("bench-receiver")?, config.clone())?;
+    let (peer, _) = sender.connect(receiver.local_addr())?;
+    let payload = Bytes::from(vec![0xA5u8; bytes]);
+    let start = Instant::now();
+    sender.send(peer, Lane::Bulk, payload)?;
+    let deadline = start + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receiver.events().recv_timeout(left) {
+            Ok(Event::Message { bytes: frame, .. }) => {
+                let elapsed = start.elapsed();
+                if frame.len() != bytes {
+                    bail!("received {} bytes, sent {bytes}", frame.len());
+                }
+                return Ok(mb_per_s(bytes, elapsed));
+            }
+            Ok(Event::Disconnected { reason, .. }) => bail!("disconnected: {reason}"),
+            Ok(Event::Connected { .. }) => {}
+            Err(_) => bail!("no frame within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// MB/s of `bytes` over one fresh loopback TCP connection, written in 1 MiB writes.
+pub fn tcp_throughput(bytes: usize) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).context("bind")?;
+    let addr = listener.local_addr().context("bind")?;
+    let receiver = std::thread::spawn(move || -> std::io::Result<Instant> {
+        let (mut stream, _) = listener.accept()?;
+        let mut frame = baton_transport::frame::receive_buffer(bytes);
+        read_into(&mut stream, &mut frame, bytes)?;
+        Ok(Instant::now())
+    });
+    let mut stream = TcpStream::connect(addr).context("connect")?;
+    stream.set_nodelay(true).context("connect")?;
+    let payload = vec![0xA5u8; bytes];
+    let start = Instant::now();
+    for chunk in payload.chunks(MIB) {
+        stream.write_all(chunk).context("write")?;
+    }
+    let end = receiver.join().map_err(|_| anyhow::anyhow!("the TCP receiver thread panicked"))?.context("read")?;
+    Ok(mb_per_s(bytes, end.duration_since(start)))
+}
+
+/// Appends the next `len` bytes of `stream` to `frame`, read in pieces of
+/// at most 1 MiB; the end of the stream before that is an error.
+pub(crate) fn read_into(stream: &mut impl Read, frame: &mut Frame, len: usize) -> std::io::Result<()> {
+    let mut scratch = vec![0u8; MIB.min(len.max(1))];
+    let end = frame.len() + len;
+    while frame.len() < end {
+        let want = (end - frame.len()).min(scratch.len());
+        let n = stream.read(&mut scratch[..want])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        frame.extend_from_slice(&scratch[..n]);
+    }
+    Ok(())
 }
 
 const HEADER: [&str; 4] = ["size", "QUIC MB/s", "TCP MB/s", "QUIC/TCP"];

@@ -1,23 +1,37 @@
-//! `baton bench migrate` end to end at a tiny size: every method runs
-//! (including checkpoint-restart, which starts `baton bench-restart`), the
+//! `baton-bench migrate` end to end at a tiny size: every method runs
+//! (including checkpoint-restart, which starts `baton-bench restart`), the
 //! table prints, the JSON has one row per scenario with every method, and
 //! the checkpoint files are cleaned up. Bad checkpoints are refused by name.
 
-mod common;
+#[path = "../../tests/common/watchdog.rs"]
+mod watchdog;
 
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{baton, run_baton, run_with_watchdog};
 use serde_json::Value;
+use watchdog::run_with_watchdog;
+
+/// The built `baton-bench` binary.
+fn bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_baton-bench"))
+}
+
+fn run_bench(args: &[&str]) -> Output {
+    run_with_watchdog(bench().args(args), Duration::from_secs(120))
+}
 
 #[test]
 fn a_tiny_run_measures_every_method() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("migrate.json");
     let out = run_with_watchdog(
-        baton()
-            .args(["bench", "migrate", "--widths", "32", "--in-flight", "1,2", "--rows", "4", "--repeats", "1"])
-            .args(["--dir".as_ref(), dir.path().as_os_str(), "--json".as_ref(), json.as_os_str()]),
+        bench().args(["migrate", "--widths", "32", "--in-flight", "1,2", "--rows", "4", "--repeats", "1"]).args([
+            "--dir".as_ref(),
+            dir.path().as_os_str(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ]),
         Duration::from_secs(120),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -50,7 +64,7 @@ fn bad_checkpoints_are_refused_by_name() {
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"not a checkpoint").unwrap();
     for (path, expected) in [(garbage.to_str().unwrap(), "garbage.safetensors"), ("/no/such.safetensors", "/no/such")] {
-        let out = run_baton(&["bench-restart", path]);
+        let out = run_bench(&["restart", path]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(expected), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");

@@ -1,4 +1,4 @@
-//! `baton bench step`: median time of one training step (forward, backward
+//! `baton-bench step`: median time of one training step (forward, backward
 //! and Adam, M=1) of two MLPs and two GPTs at several thread counts, next to
 //! the same step in PyTorch when `python3 -c "import torch"` works.
 //!
@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::{median, write_json};
 
 /// The PyTorch side of the comparison.
-const TORCH_SCRIPT: &str = include_str!("../bench_torch.py");
+const TORCH_SCRIPT: &str = include_str!("bench_torch.py");
 /// Environment variable naming the Python interpreter.
 const PYTHON_ENV: &str = "BATON_PYTHON";
 
@@ -149,7 +149,7 @@ struct Table {
     rows: Vec<Row>,
 }
 
-/// Runs `baton bench step`.
+/// Runs `baton-bench step`.
 pub fn run(args: StepArgs) -> anyhow::Result<()> {
     if args.steps == 0 {
         bail!("--steps 0: time at least one step");

@@ -135,7 +135,7 @@ pub fn restart(fixture: &Fixture, how: &Restarter<'_>, reference: Option<&Refere
     let bytes = restart::write(&path, fixture, handover, entered)?;
     let written = Instant::now();
     let mut command = Command::new(how.exe);
-    command.arg("bench-restart").arg(&path).arg("--cluster-dir").arg(how.cluster_dir);
+    command.arg("restart").arg(&path).arg("--cluster-dir").arg(how.cluster_dir);
     command.arg("--connect").arg(how.connect.to_string());
     let (ready, report) = run_restarted(&mut command);
     let _ = std::fs::remove_file(&path);

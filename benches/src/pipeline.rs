@@ -1,7 +1,8 @@
-//! `baton bench pipeline`: what a training step costs on 3 worker processes
+//! `baton-bench pipeline`: what a training step costs on 3 worker processes
 //! against one process, for mlp12 and a 12-layer MLP of width 1024.
 //!
-//! Cost is total CPU time (user + system) of `baton train` run as a child of
+//! Cost is total CPU time (user + system) of `baton train` (the `baton`
+//! binary next to `baton-bench`, see [`crate::sibling_exe`]) run as a child of
 //! this process: `getrusage(RUSAGE_CHILDREN)` before and after waiting for
 //! it. That counts the coordinator and the worker processes it reaps, and
 //! compares fairly on a machine with fewer cores than processes, where wall
@@ -182,7 +183,7 @@ struct Table {
     rows: Vec<Row>,
 }
 
-/// Runs `baton bench pipeline`.
+/// Runs `baton-bench pipeline`.
 pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     if args.steps == 0 {
         bail!("--steps 0: the short run needs at least one step");
@@ -190,7 +191,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     if args.rounds == 0 {
         bail!("--rounds 0: measure at least one round");
     }
-    let exe = std::env::current_exe().context("locating the baton binary to run")?;
+    let exe = super::sibling_exe("baton")?;
     let dir = tempfile::Builder::new().prefix("baton-bench-").tempdir().context("creating a scratch directory")?;
     let rows = cases(args.steps)
         .into_iter()
@@ -318,7 +319,7 @@ fn children_cpu_seconds() -> anyhow::Result<f64> {
 
 #[cfg(not(unix))]
 fn children_cpu_seconds() -> anyhow::Result<f64> {
-    bail!("`baton bench pipeline` reads child CPU time with getrusage, which needs Unix")
+    bail!("`baton-bench pipeline` reads child CPU time with getrusage, which needs Unix")
 }
 
 const HEADER: [&str; 8] = ["model", "steps", "cpu 1p", "cpu 3w", "cpu 3w/1p", "range", "wall 1p", "wall 3w"];

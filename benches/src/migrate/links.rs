@@ -22,7 +22,8 @@ use crossbeam_channel::Receiver;
 
 /// Longest one transfer may take before the bench gives up.
 const DEADLINE: Duration = Duration::from_secs(120);
-/// TCP writes and reads go in pieces of this size (as `baton_transport::bench`).
+/// TCP writes go in pieces of this size (as `crate::tcp_throughput`'s; reads
+/// too, in [`crate::transport::read_into`]).
 const CHUNK: usize = 1 << 20;
 
 /// Worker number of the process checkpoint-restart starts.
@@ -181,14 +182,6 @@ fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<(Instant, usize)
     }
     let len = usize::try_from(u64::from_le_bytes(header)).map_err(std::io::Error::other)?;
     let mut frame = Frame::with_capacity(len);
-    let mut scratch = vec![0u8; CHUNK.min(len.max(1))];
-    while frame.len() < len {
-        let want = (len - frame.len()).min(scratch.len());
-        let n = stream.read(&mut scratch[..want])?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        frame.extend_from_slice(&scratch[..n]);
-    }
+    crate::transport::read_into(stream, &mut frame, len)?;
     Ok(Some((Instant::now(), frame.len())))
 }
