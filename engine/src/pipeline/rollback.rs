@@ -12,14 +12,22 @@ use super::Stage;
 use crate::optim::OptState;
 use crate::{GradAccumulator, Tensor};
 
-/// A layer as it was before its update in `step`.
+/// A layer as it was before its update in `step`, and the step gradient
+/// it was updated with (so a replica holder that changes in a migration
+/// later in the step can be seeded with the step-start state and catch up).
 #[derive(Clone, Debug)]
 pub(crate) struct Snapshot {
     step: u32,
     params: Vec<(String, Tensor)>,
     /// Each parameter's optimizer state (None: it had none yet).
     optimizer: Vec<(String, Option<OptState>)>,
+    pub(crate) grads: Vec<(String, Tensor)>,
 }
+
+/// A layer's state at the start of the step in progress, for a new replica
+/// holder: parameters, optimizer state, and its step gradient if it was
+/// updated already.
+pub(crate) type StepStart = (Vec<(String, Tensor)>, Vec<(String, OptState)>, Option<Vec<(String, Tensor)>>);
 
 /// A layer's parameters and optimizer state, kept after it left.
 pub(crate) type Departed = (Vec<(String, Tensor)>, Vec<(String, OptState)>);
@@ -39,7 +47,30 @@ impl Stage {
         let prefix = format!("layers.{layer}.");
         let params: Vec<(String, Tensor)> = self.params.with_prefix(&prefix).into_iter().collect();
         let optimizer = params.iter().map(|(n, _)| (n.clone(), self.optimizer.state(n).cloned())).collect();
-        self.snapshots.insert(layer, Snapshot { step, params, optimizer });
+        self.snapshots.insert(layer, Snapshot { step, params, optimizer, grads: Vec::new() });
+    }
+
+    /// `layer` as it was at the start of the step in progress (None: it
+    /// was updated before it moved here, so only its replica knows).
+    pub(crate) fn step_start(&self, layer: u32) -> Option<StepStart> {
+        let step = self.current.as_ref().map(|c| c.step);
+        let updated = self.current.as_ref().is_some_and(|c| c.updated.contains(&layer));
+        match self.snapshots.get(&layer) {
+            Some(s) if Some(s.step) == step && updated => {
+                let optimizer = s.optimizer.iter().filter_map(|(n, o)| o.clone().map(|o| (n.clone(), o))).collect();
+                Some((s.params.clone(), optimizer, Some(s.grads.clone())))
+            }
+            _ if !updated => {
+                let params: Vec<(String, Tensor)> =
+                    self.params.with_prefix(&format!("layers.{layer}.")).into_iter().collect();
+                let optimizer = params
+                    .iter()
+                    .filter_map(|(n, _)| self.optimizer.state(n).map(|s| (n.clone(), s.clone())))
+                    .collect();
+                Some((params, optimizer, None))
+            }
+            _ => None,
+        }
     }
 
     /// Abandons step `step`: restores the layers updated in it from their
@@ -48,7 +79,15 @@ impl Stage {
     /// stage still on an earlier step (the start of `step` has not arrived)
     /// only forgets tensors of `step` that came early.
     pub fn rollback(&mut self, step: u32) -> RolledBack {
-        if self.current.as_ref().is_some_and(|c| c.step == step) {
+        let in_step = self.current.as_ref().is_some_and(|c| c.step == step);
+        // A stage still on the previous step: its counts belong to that
+        // completed step, and stay.
+        let (forwards, backwards) = match in_step {
+            true => (std::mem::take(&mut self.attempt_forwards), std::mem::take(&mut self.attempt_backwards)),
+            false => (0, 0),
+        };
+        (self.attempt_forwards, self.attempt_backwards) = (0, 0);
+        if in_step {
             self.restore_snapshots(step);
             // Layers shipped away in the abandoned step come back as they
             // were at its start (the migration is cancelled).
@@ -69,9 +108,10 @@ impl Stage {
         self.gradients.retain(|(s, _), _| *s < step);
         self.targets.retain(|(s, _), _| *s < step);
         self.forget_before(u32::MAX);
-        let forwards = std::mem::take(&mut self.attempt_forwards);
         self.counters.forward_layer_executions -= forwards;
         self.counters.recomputed_forward_layers += forwards;
+        self.counters.backward_layer_executions -= backwards;
+        self.counters.abandoned_backward_layers += backwards;
         RolledBack { clean: self.held_layers(), forwards }
     }
 
@@ -116,6 +156,13 @@ impl Stage {
         if let Some(kept) = kept {
             self.departed.insert(layer, kept);
         }
+    }
+
+    /// Puts back a layer's step-start state this stage handed away (its
+    /// receiver was lost before the step began again).
+    pub(crate) fn reinstate(&mut self, state: super::migrate::LayerState) {
+        self.params.extend(state.params);
+        state.optimizer.into_iter().for_each(|(n, s)| self.optimizer.insert_state(n, s));
     }
 
     /// Forgets `layer`'s parameters and optimizer state.

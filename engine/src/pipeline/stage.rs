@@ -200,6 +200,9 @@ pub struct Stage {
     /// Forwards run in the step in progress (moved to the recomputed count
     /// if the step is rolled back).
     pub(crate) attempt_forwards: u64,
+    /// Backwards run in the step in progress (moved to the abandoned count
+    /// if the step is rolled back).
+    pub(crate) attempt_backwards: u64,
 }
 
 impl Stage {
@@ -239,6 +242,7 @@ impl Stage {
             replicate: false,
             snapshots: BTreeMap::new(),
             attempt_forwards: 0,
+            attempt_backwards: 0,
             departed: BTreeMap::new(),
         })
     }
@@ -280,7 +284,7 @@ impl Stage {
                 self.forget_before(step);
                 self.snapshots.clear();
                 self.departed.clear();
-                self.attempt_forwards = 0;
+                (self.attempt_forwards, self.attempt_backwards) = (0, 0);
                 self.activations.extend(inputs.into_iter().map(|(m, t)| ((step, m), (0, t))));
                 self.targets.extend(targets.into_iter().map(|(m, t)| ((step, m), t)));
                 self.replan(true);
@@ -468,6 +472,7 @@ impl Stage {
             let out = segment.backward_on(self.model.backend(), &self.params, dy, layer > 0)?;
             self.acc.add(layer, micro, out.param_grads)?;
             self.counters.backward_layer_executions += 1;
+            self.attempt_backwards += 1;
             self.forget_layer(step, micro, layer);
             grad = out.input_grad;
         }
@@ -522,7 +527,8 @@ impl Stage {
         let mut effects = Vec::new();
         if self.replicate {
             self.snapshot(step, layer);
-            let grads = grads.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+            let grads: Vec<(String, Tensor)> = grads.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+            self.snapshots.entry(layer).and_modify(|s| s.grads = grads.clone());
             effects.push(Effect::Replica { step, layer, grads });
         }
         for (name, grad) in grads.iter() {

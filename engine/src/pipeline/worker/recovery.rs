@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::{owner_in, Dest, Mode, Out, Worker, COORDINATOR};
 use crate::pipeline::migrate::{Handover, LayerState, MovedBytes};
-use crate::pipeline::protocol::{Message, Placement};
+use crate::pipeline::protocol::{InitialReplica, Message, Placement};
 use crate::{Error, Result};
 
 impl Worker {
@@ -30,6 +30,21 @@ impl Worker {
     pub(super) fn replica_target(&self, layer: u32) -> Option<u32> {
         let holder = *self.holders.get(&layer)?;
         self.placements.iter().any(|p| p.worker == holder && holder != self.id).then_some(holder)
+    }
+
+    /// The replica this worker starts with (the previous stage's layers at
+    /// the first step's start); this worker's own layers start replicated
+    /// on the next stage's worker the same way, so the first step start
+    /// seeds nothing.
+    pub(super) fn take_initial_replica(&mut self, initial: Option<InitialReplica>) -> Result<()> {
+        let (Some(initial), Some(replicas)) = (initial, self.replicas.as_mut()) else { return Ok(()) };
+        for (layer, params, optimizer) in initial.layers {
+            replicas.seed(initial.step, layer, params, optimizer)?;
+        }
+        if let (Some(holder), Some(stage)) = (self.ring_holder(), self.stage.as_ref()) {
+            self.holders.extend(stage.held_layers().into_iter().map(|l| (l, holder)));
+        }
+        Ok(())
     }
 
     /// A step starts: replicas held here take the previous step's updates,
@@ -58,9 +73,44 @@ impl Worker {
 
     /// After a migration: an own layer whose replica is held here (it moved
     /// to its replica holder) would die with this worker, so the replica
-    /// goes on to the next stage's worker as a seed; own layers whose
-    /// holder left keep no replica until the next step starts.
+    /// goes on to the next stage's worker as a seed; an own layer whose
+    /// holder left is seeded there from its step-start state (with its step
+    /// gradient if it was updated already). Until the new holder confirms
+    /// the layer's gradient of this step, the leaving worker stays (its
+    /// replica still counts) and the step cannot complete.
     pub(super) fn rehome_replicas(&mut self) -> Result<Vec<Out>> {
+        let mut outs = self.rehome_own_replicas()?;
+        outs.extend(self.reseed_orphans());
+        Ok(outs)
+    }
+
+    /// Own layers whose replica holder is no longer a member: seeded on the
+    /// next stage's worker as they were at the step's start.
+    fn reseed_orphans(&mut self) -> Vec<Out> {
+        let (Some(stage), Some(next)) = (self.stage.as_ref(), self.ring_holder()) else { return Vec::new() };
+        let Some(step) = stage.current_step() else { return Vec::new() };
+        let generation = self.generation;
+        let member = |h: &u32| self.placements.iter().any(|p| p.worker == *h);
+        let orphans: Vec<u32> =
+            stage.held_layers().into_iter().filter(|l| self.holders.get(l).is_some_and(|h| !member(h))).collect();
+        let mut outs = Vec::new();
+        for layer in orphans {
+            let Some((params, optimizer, grads)) = stage.step_start(layer) else {
+                self.holders.remove(&layer);
+                continue;
+            };
+            let message = Message::ReplicaSeed { generation, step, layer, params, optimizer };
+            outs.push(Out::Send { to: Dest::Worker(next), message });
+            if let Some(grads) = grads {
+                let message = Message::Replica { generation, step, layer, grads };
+                outs.push(Out::Send { to: Dest::Worker(next), message });
+            }
+            self.holders.insert(layer, next);
+        }
+        outs
+    }
+
+    fn rehome_own_replicas(&mut self) -> Result<Vec<Out>> {
         let (Some(stage), Some(replicas)) = (self.stage.as_ref(), self.replicas.as_ref()) else {
             return Ok(Vec::new());
         };
@@ -82,7 +132,7 @@ impl Worker {
                     }
                     self.holders.insert(layer, next);
                 }
-                (Some(h), _) if h == me || !self.placements.iter().any(|p| p.worker == h) => {
+                (Some(h), _) if h == me => {
                     self.holders.remove(&layer);
                 }
                 _ => {}
@@ -150,6 +200,11 @@ impl Worker {
         }
         if let Some(stage) = self.stage.as_mut() {
             stage.rollback(step);
+            // What this worker handed out in a restore of this step is still
+            // its step-start state; its receiver may be the one lost.
+            if let Some((_, sent)) = self.restore_sent.take().filter(|(s, _)| *s == step) {
+                sent.into_iter().for_each(|state| stage.reinstate(state));
+            }
         }
         self.holders.clear();
         self.actions_in_step = (step, 0);
@@ -167,7 +222,11 @@ impl Worker {
         let clean = self.stage.as_ref().map(|s| s.held_layers()).unwrap_or_default();
         let replicas = self.replicas.as_ref().map(|r| r.valid(step)).unwrap_or_default();
         let message = Message::RolledBack { worker: self.id, generation, clean, replicas };
-        Ok(vec![Out::Send { to: Dest::Coordinator, message }])
+        // The rollback moved the attempt's work to the redone counts: said
+        // first, in case this worker is lost before it reports again.
+        let mut outs: Vec<Out> = self.work_report().into_iter().collect();
+        outs.push(Out::Send { to: Dest::Coordinator, message });
+        Ok(outs)
     }
 
     /// The layout after a loss: sends the step-start state of every layer
@@ -202,6 +261,8 @@ impl Worker {
                 false => outgoing.entry(owner).or_default().push(state),
             }
         }
+        let sent = outgoing.values().flatten().cloned().collect();
+        self.restore_sent = Some((step, sent));
         self.take_range(&placements, step)?;
         if let Some(stage) = self.stage.as_mut() {
             let handover = Handover { layers: local, ..Handover::default() };
@@ -274,6 +335,12 @@ impl Worker {
         }
         self.heartbeat = Some((interval, now + interval));
         vec![Out::Send { to: Dest::Coordinator, message: Message::Heartbeat { worker: self.id } }]
+    }
+
+    /// True when the job keeps replicas: a peer lost mid-transfer is then
+    /// the coordinator's to recover from, not this worker's failure.
+    pub fn survives_losses(&self) -> bool {
+        self.replicas.is_some()
     }
 
     /// Bytes of parameters and optimizer state this worker holds in replicas.
