@@ -12,22 +12,14 @@ use super::Stage;
 use crate::optim::OptState;
 use crate::{GradAccumulator, Tensor};
 
-/// A layer as it was before its update in `step`, and the step gradient
-/// it was updated with (so a replica holder that changes in a migration
-/// later in the step can be seeded with the step-start state and catch up).
+/// A layer as it was before its update in `step`.
 #[derive(Clone, Debug)]
 pub(crate) struct Snapshot {
     step: u32,
     params: Vec<(String, Tensor)>,
     /// Each parameter's optimizer state (None: it had none yet).
     optimizer: Vec<(String, Option<OptState>)>,
-    pub(crate) grads: Vec<(String, Tensor)>,
 }
-
-/// A layer's state at the start of the step in progress, for a new replica
-/// holder: parameters, optimizer state, and its step gradient if it was
-/// updated already.
-pub(crate) type StepStart = (Vec<(String, Tensor)>, Vec<(String, OptState)>, Option<Vec<(String, Tensor)>>);
 
 /// A layer's parameters and optimizer state, kept after it left.
 pub(crate) type Departed = (Vec<(String, Tensor)>, Vec<(String, OptState)>);
@@ -47,30 +39,7 @@ impl Stage {
         let prefix = format!("layers.{layer}.");
         let params: Vec<(String, Tensor)> = self.params.with_prefix(&prefix).into_iter().collect();
         let optimizer = params.iter().map(|(n, _)| (n.clone(), self.optimizer.state(n).cloned())).collect();
-        self.snapshots.insert(layer, Snapshot { step, params, optimizer, grads: Vec::new() });
-    }
-
-    /// `layer` as it was at the start of the step in progress (None: it
-    /// was updated before it moved here, so only its replica knows).
-    pub(crate) fn step_start(&self, layer: u32) -> Option<StepStart> {
-        let step = self.current.as_ref().map(|c| c.step);
-        let updated = self.current.as_ref().is_some_and(|c| c.updated.contains(&layer));
-        match self.snapshots.get(&layer) {
-            Some(s) if Some(s.step) == step && updated => {
-                let optimizer = s.optimizer.iter().filter_map(|(n, o)| o.clone().map(|o| (n.clone(), o))).collect();
-                Some((s.params.clone(), optimizer, Some(s.grads.clone())))
-            }
-            _ if !updated => {
-                let params: Vec<(String, Tensor)> =
-                    self.params.with_prefix(&format!("layers.{layer}.")).into_iter().collect();
-                let optimizer = params
-                    .iter()
-                    .filter_map(|(n, _)| self.optimizer.state(n).map(|s| (n.clone(), s.clone())))
-                    .collect();
-                Some((params, optimizer, None))
-            }
-            _ => None,
-        }
+        self.snapshots.insert(layer, Snapshot { step, params, optimizer });
     }
 
     /// Abandons step `step`: restores the layers updated in it from their

@@ -527,8 +527,7 @@ impl Stage {
         let mut effects = Vec::new();
         if self.replicate {
             self.snapshot(step, layer);
-            let grads: Vec<(String, Tensor)> = grads.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
-            self.snapshots.entry(layer).and_modify(|s| s.grads = grads.clone());
+            let grads = grads.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
             effects.push(Effect::Replica { step, layer, grads });
         }
         for (name, grad) in grads.iter() {

@@ -87,6 +87,7 @@ impl Worker {
         let mut outs = vec![Out::Ship { generation, handovers, bytes }];
         let Some(position) = new.iter().position(|p| p.worker == self.id) else {
             self.mode = Mode::Leaving;
+            outs.extend(self.pass_replicas()?);
             return Ok(outs);
         };
         let place = &new[position];

@@ -15,6 +15,7 @@
 mod checkpoint;
 mod migration;
 mod recovery;
+mod replicas;
 mod reports;
 #[cfg(test)]
 mod tests;

@@ -19,7 +19,7 @@ use crate::{Error, Result};
 impl Worker {
     /// The worker that should hold the replica of this worker's layers
     /// now: the next stage's, in ring order; none in a job of one.
-    fn ring_holder(&self) -> Option<u32> {
+    pub(super) fn ring_holder(&self) -> Option<u32> {
         let at = self.placements.iter().position(|p| p.worker == self.id)?;
         let next = self.placements.get((at + 1) % self.placements.len())?.worker;
         (next != self.id).then_some(next)
@@ -74,40 +74,26 @@ impl Worker {
     /// After a migration: an own layer whose replica is held here (it moved
     /// to its replica holder) would die with this worker, so the replica
     /// goes on to the next stage's worker as a seed; an own layer whose
-    /// holder left is seeded there from its step-start state (with its step
-    /// gradient if it was updated already). Until the new holder confirms
-    /// the layer's gradient of this step, the leaving worker stays (its
-    /// replica still counts) and the step cannot complete.
+    /// holder left gets the next stage's worker as its holder, which the
+    /// leaver passed its replica to (`Worker::pass_replicas`). Until that
+    /// holder confirms the layer's gradient of this step, the step cannot
+    /// complete and the leaver stays (its replica still counts).
     pub(super) fn rehome_replicas(&mut self) -> Result<Vec<Out>> {
-        let mut outs = self.rehome_own_replicas()?;
-        outs.extend(self.reseed_orphans());
+        let outs = self.rehome_own_replicas()?;
+        self.repoint_orphans();
         Ok(outs)
     }
 
-    /// Own layers whose replica holder is no longer a member: seeded on the
-    /// next stage's worker as they were at the step's start.
-    fn reseed_orphans(&mut self) -> Vec<Out> {
-        let (Some(stage), Some(next)) = (self.stage.as_ref(), self.ring_holder()) else { return Vec::new() };
-        let Some(step) = stage.current_step() else { return Vec::new() };
-        let generation = self.generation;
+    /// Own layers whose replica holder is no longer a member: held by the
+    /// next stage's worker from now on.
+    fn repoint_orphans(&mut self) {
+        let (Some(stage), Some(next)) = (self.stage.as_ref(), self.ring_holder()) else { return };
         let member = |h: &u32| self.placements.iter().any(|p| p.worker == *h);
-        let orphans: Vec<u32> =
-            stage.held_layers().into_iter().filter(|l| self.holders.get(l).is_some_and(|h| !member(h))).collect();
-        let mut outs = Vec::new();
-        for layer in orphans {
-            let Some((params, optimizer, grads)) = stage.step_start(layer) else {
-                self.holders.remove(&layer);
-                continue;
-            };
-            let message = Message::ReplicaSeed { generation, step, layer, params, optimizer };
-            outs.push(Out::Send { to: Dest::Worker(next), message });
-            if let Some(grads) = grads {
-                let message = Message::Replica { generation, step, layer, grads };
-                outs.push(Out::Send { to: Dest::Worker(next), message });
+        for layer in stage.held_layers() {
+            if self.holders.get(&layer).is_some_and(|h| !member(h)) {
+                self.holders.insert(layer, next);
             }
-            self.holders.insert(layer, next);
         }
-        outs
     }
 
     fn rehome_own_replicas(&mut self) -> Result<Vec<Out>> {
@@ -157,10 +143,10 @@ impl Worker {
             self.early.push((sender, message));
             return Ok(Vec::new());
         }
+        let mut outs = self.pass_on(&message);
         let Some(replicas) = self.replicas.as_mut() else {
             return Err(Error::peer(format!("worker {sender}"), "it sent a replica to a job that keeps none"));
         };
-        let mut outs = Vec::new();
         let due = match message {
             Message::Replica { step, layer, grads, .. } => {
                 // A layer that moved here after its update: its replica
