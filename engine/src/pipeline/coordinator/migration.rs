@@ -225,12 +225,13 @@ impl Coordinator {
             before: self.partition.clone(),
             after: m.partition.clone(),
         };
+        let before = std::mem::take(&mut self.placements);
         (self.generation, self.partition, self.placements) = (m.generation, m.partition.clone(), m.placements);
         let workers: Vec<u32> = self.placements.iter().map(|p| p.worker).collect();
         self.partitions.push(Layout::new(m.generation, &m.partition, &workers));
         self.migrations.push(record.clone());
         self.retired.extend(m.leaving.iter().copied());
-        let mut effects = self.linger(&m.leaving);
+        let mut effects = self.linger(&m.leaving, &before);
         effects.push(CoordEffect::Migrated(record));
         effects.extend(self.assign_waiting_joiner());
         effects.extend(self.start_migration()?);

@@ -326,7 +326,9 @@ impl Coordinator {
             self.work.note(*worker, reports);
         }
         let result = match event {
-            CoordEvent::Lost { worker, reason } if self.lingering.remove(&worker) => self.lingerer_gone(worker, reason),
+            CoordEvent::Lost { worker, reason } if self.lingering.contains(&worker) => {
+                self.lingerer_gone(worker, reason)
+            }
             // A worker that delivered its final state, or retired, may go away.
             CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
             CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
@@ -422,34 +424,6 @@ impl Coordinator {
         (0..self.plan.workers as u32)
             .map(|w| Ok(CoordEffect::Send { worker: w, message: self.assignment(w) }))
             .collect()
-    }
-
-    /// A joiner registers: it gets the current layout (without layers of its
-    /// own) and connects to every member.
-    fn on_join_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
-        check_protocol(worker, protocol)?;
-        if !self.training() || self.addresses.insert(worker, address).is_some() {
-            return Err(Error::peer(format!("worker {worker}"), "it registered twice or outside training"));
-        }
-        Ok(vec![CoordEffect::Send { worker, message: self.assignment(worker) }])
-    }
-
-    fn on_join_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
-        if !self.addresses.contains_key(&worker) || !self.joiners.insert(worker) {
-            return Err(Error::peer(format!("worker {worker}"), "it reported ready out of turn"));
-        }
-        self.start_migration()
-    }
-
-    /// Placements of `partition` on `workers` (stage i on `workers[i]`).
-    fn placements_for(&self, partition: &Partition, workers: &[u32]) -> Vec<Placement> {
-        let place = |(r, &w): (&std::ops::Range<u32>, &u32)| Placement {
-            worker: w,
-            address: self.addresses.get(&w).cloned().unwrap_or_default(),
-            first: r.start,
-            end: r.end,
-        };
-        partition.stages.iter().zip(workers).map(place).collect()
     }
 
     fn assignment(&self, worker: u32) -> Message {

@@ -95,6 +95,7 @@ impl Coordinator {
         }
         let in_migration = self.migration.as_ref().is_some_and(|m| m.involves(worker));
         let in_recovery = self.recovery.as_ref().is_some_and(|r| r.survivors.contains(&worker));
+        self.lingering.remove(&worker);
         if !self.members().contains(&worker) && !in_migration && !in_recovery {
             return Err(Error::Lost { worker, reason });
         }
@@ -346,6 +347,17 @@ pub(super) struct ReplicaBook {
     pub(super) awaiting: BTreeMap<u32, u32>,
     /// (layer, holder) confirmed.
     confirmed: BTreeSet<(u32, u32)>,
+    /// Layers whose replica holder changed in a migration of this step.
+    pub(super) moved: BTreeSet<u32>,
+    /// The leaver passing those replicas died: they are not waited for.
+    released: bool,
+}
+
+impl ReplicaBook {
+    /// Stops waiting for the replicas that moved in this step.
+    pub(super) fn forget_moved(&mut self) {
+        self.released = true;
+    }
 }
 
 impl Coordinator {
@@ -388,7 +400,8 @@ impl Coordinator {
     pub(super) fn replicas_current(&self) -> bool {
         let members = self.members();
         let book = &self.replica_book;
-        book.awaiting.iter().all(|(l, h)| book.confirmed.contains(&(*l, *h)) || !members.contains(h))
+        let released = |l: &u32| book.released && book.moved.contains(l);
+        book.awaiting.iter().all(|(l, h)| book.confirmed.contains(&(*l, *h)) || !members.contains(h) || released(l))
     }
 }
 

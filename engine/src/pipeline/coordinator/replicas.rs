@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use super::{CoordEffect, Coordinator, Phase};
-use crate::pipeline::protocol::{InitialReplica, Message};
+use crate::pipeline::protocol::{InitialReplica, Message, Placement};
 use crate::pipeline::worker::owner_in;
 use crate::Result;
 
@@ -49,8 +49,11 @@ impl Coordinator {
     /// may be the only copies of some layers' step-start state, while the
     /// new holders' seeds travel. Returns the retirements due now (none
     /// outside training).
-    pub(super) fn linger(&mut self, leaving: &BTreeSet<u32>) -> Vec<CoordEffect> {
+    pub(super) fn linger(&mut self, leaving: &BTreeSet<u32>, before: &[Placement]) -> Vec<CoordEffect> {
         self.repoint_replicas();
+        let layers = self.plan.costs.len() as u32;
+        let moved = (0..layers).filter(|&l| ring_holder(before, l) != ring_holder(&self.placements, l));
+        self.replica_book.moved.extend(moved);
         match self.plan.faults.replicas && matches!(self.phase, Phase::Running { .. }) {
             true => {
                 self.lingering.extend(leaving.iter().copied());
@@ -67,13 +70,20 @@ impl Coordinator {
         gone.into_iter().map(|w| CoordEffect::Send { worker: w, message: Message::Retire }).collect()
     }
 
-    /// A lingering leaver is gone: nothing is lost, unless a recovery
-    /// counted on it (then it is a second loss, and the recovery restarts).
+    /// A lingering leaver is gone before the step ended (killed at its
+    /// deadline, or crashed). If a recovery counted on it, that is a second
+    /// loss. Otherwise the job goes on; a replica it was still to pass on
+    /// may have died with it, so the step no longer waits for the layers
+    /// whose replica moved (their owners seed them again when the next
+    /// step starts; until then such a layer may have no copy, and its loss
+    /// would fail the run naming it).
     pub(super) fn lingerer_gone(&mut self, worker: u32, reason: String) -> Result<Vec<CoordEffect>> {
-        match self.recovery.as_ref().is_some_and(|r| r.survivors().contains(&worker)) {
-            true => self.on_lost(worker, reason),
-            false => Ok(Vec::new()),
+        if self.recovery.as_ref().is_some_and(|r| r.survivors().contains(&worker)) {
+            return self.on_lost(worker, reason);
         }
+        self.lingering.remove(&worker);
+        self.replica_book.forget_moved();
+        self.maybe_finish_step()
     }
 
     /// Awaited replica confirmations whose holder is no longer a member, or
@@ -99,4 +109,12 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// The holder of `layer`'s replica in `placements`: the next stage's
+/// worker after its owner, in ring order.
+fn ring_holder(placements: &[Placement], layer: u32) -> Option<u32> {
+    let at = placements.iter().position(|p| (p.first..p.end).contains(&layer))?;
+    let next = placements[(at + 1) % placements.len()].worker;
+    (next != placements[at].worker).then_some(next)
 }

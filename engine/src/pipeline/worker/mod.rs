@@ -173,6 +173,9 @@ pub struct Worker {
     replicas: Option<Replicas>,
     /// Where the replica of each own layer lives (as of the step's start).
     holders: BTreeMap<u32, u32>,
+    /// Own layers whose holder was given in a migration: seeded again at
+    /// the next step start.
+    provisional: BTreeSet<u32>,
     /// Messages between workers sent before the last rollback's generation
     /// belong to an abandoned attempt and are dropped.
     floor: u32,
@@ -212,6 +215,7 @@ impl Worker {
             spans: Vec::new(),
             replicas: None,
             holders: BTreeMap::new(),
+            provisional: BTreeSet::new(),
             floor: 0,
             step_starts: 0,
             heartbeat: None,

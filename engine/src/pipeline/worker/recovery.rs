@@ -59,7 +59,10 @@ impl Worker {
         let Some(stage) = self.stage.as_ref() else { return Ok(outs) };
         let generation = self.generation;
         for layer in stage.held_layers() {
-            if self.holders.insert(layer, holder) == Some(holder) {
+            // A holder given in a migration got the replica from the leaver,
+            // which may have died before passing all of it: seeded again.
+            let provisional = self.provisional.remove(&layer);
+            if self.holders.insert(layer, holder) == Some(holder) && !provisional {
                 continue;
             }
             let params: Vec<_> = stage.params.with_prefix(&format!("layers.{layer}.")).into_iter().collect();
@@ -92,6 +95,7 @@ impl Worker {
         for layer in stage.held_layers() {
             if self.holders.get(&layer).is_some_and(|h| !member(h)) {
                 self.holders.insert(layer, next);
+                self.provisional.insert(layer);
             }
         }
     }
@@ -193,6 +197,7 @@ impl Worker {
             }
         }
         self.holders.clear();
+        self.provisional.clear();
         self.actions_in_step = (step, 0);
         self.mode = Mode::Recovering { generation, step, starts };
         self.try_report()
