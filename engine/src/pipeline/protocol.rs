@@ -70,8 +70,16 @@ pub struct Assignment {
 pub struct InitialReplica {
     /// The step at whose start these values hold (the first of the job).
     pub step: u32,
-    /// The layers replicated, each with its parameters and optimizer state.
-    pub layers: Vec<(u32, Vec<(String, Tensor)>, Vec<(String, crate::optim::OptState)>)>,
+    /// The layers replicated.
+    pub layers: Vec<ReplicaLayer>,
+}
+
+/// One layer of an [`InitialReplica`]: its parameters and optimizer state.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ReplicaLayer {
+    pub layer: u32,
+    pub params: Vec<(String, Tensor)>,
+    pub optimizer: Vec<(String, crate::optim::OptState)>,
 }
 
 /// A scripted notice: after `actions` compute actions of `step`, the worker

@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use super::{CoordEffect, Coordinator, Phase};
-use crate::pipeline::protocol::{InitialReplica, Message, Placement};
+use crate::pipeline::protocol::{InitialReplica, Message, Placement, ReplicaLayer};
 use crate::pipeline::worker::owner_in;
 use crate::Result;
 
@@ -30,13 +30,13 @@ impl Coordinator {
         let owner = &self.placements[(at + n - 1) % n];
         let optim = self.optim_of(Some(owner));
         let layers = (owner.first..owner.end)
-            .map(|l| {
-                let prefix = format!("layers.{l}.");
+            .map(|layer| {
+                let prefix = format!("layers.{layer}.");
                 let params: Vec<_> = self.plan.params.with_prefix(&prefix).into_iter().collect();
-                let state = optim.iter().filter(|(n, _)| n.starts_with(&prefix)).cloned().collect();
-                (l, params, state)
+                let optimizer = optim.iter().filter(|(n, _)| n.starts_with(&prefix)).cloned().collect();
+                ReplicaLayer { layer, params, optimizer }
             })
-            .filter(|(_, params, _)| !params.is_empty())
+            .filter(|r| !r.params.is_empty())
             .collect();
         Some(InitialReplica { step: self.plan.checkpoint.first_step, layers })
     }

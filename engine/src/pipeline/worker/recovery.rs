@@ -38,8 +38,8 @@ impl Worker {
     /// seeds nothing.
     pub(super) fn take_initial_replica(&mut self, initial: Option<InitialReplica>) -> Result<()> {
         let (Some(initial), Some(replicas)) = (initial, self.replicas.as_mut()) else { return Ok(()) };
-        for (layer, params, optimizer) in initial.layers {
-            replicas.seed(initial.step, layer, params, optimizer)?;
+        for r in initial.layers {
+            replicas.seed(initial.step, r.layer, r.params, r.optimizer)?;
         }
         if let (Some(holder), Some(stage)) = (self.ring_holder(), self.stage.as_ref()) {
             self.holders.extend(stage.held_layers().into_iter().map(|l| (l, holder)));
