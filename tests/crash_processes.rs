@@ -36,10 +36,15 @@ fn read_run(out: &Path, report: &Path) -> Run {
     Run { params: io::load_tensors(out, "").unwrap(), report }
 }
 
-/// Bit-identical, `redone` steps redone after losing `lost`, nothing lost.
-fn check(run: &Run, reference: &ParamStore, what: &str, lost: u32) {
-    assert!(bit_identical(&run.params, reference), "{what}: weights differ from the uninterrupted run");
-    let c = &run.report["counters"];
+/// Bit-identical to the uninterrupted run `plain`, one step redone after
+/// losing `lost`, nothing lost, and the completed steps' forwards and
+/// backwards counted as in `plain` (the lost worker's too).
+fn check(run: &Run, plain: &Run, what: &str, lost: u32) {
+    assert!(bit_identical(&run.params, &plain.params), "{what}: weights differ from the uninterrupted run");
+    let (c, one) = (&run.report["counters"], &plain.report["counters"]);
+    for key in ["forward_layer_executions", "backward_layer_executions"] {
+        assert_eq!(c[key], one[key], "{what}: {key}: {c} vs {one}");
+    }
     assert_eq!(c["lost_microbatches"], 0, "{what}");
     assert_eq!(c["redone_steps"], 1, "{what}");
     let crash = &run.report["crashes"][0];
@@ -52,10 +57,12 @@ fn check(run: &Run, reference: &ParamStore, what: &str, lost: u32) {
 fn a_worker_that_aborts_at_several_points_costs_one_redone_step() {
     let golden = Golden::load("mlp12_adam", 1e-4);
     let dir = tempfile::tempdir().unwrap();
-    let reference = train(&golden, dir.path(), "plain", &["--workers", "1"], &[]).params;
+    let reference = train(&golden, dir.path(), "plain", &["--workers", "1"], &[]);
     for (fault, schedule, lost) in [
         ("crash:worker=1,step=2,actions=3", "1f1b", 1),
         ("crash:worker=0,step=1,actions=0", "gpipe", 0),
+        // In the first step, before any replica seed could have arrived.
+        ("crash:worker=1,step=0,actions=0", "1f1b", 1),
         ("crash:worker=2,step=3,actions=8", "1f1b", 2),
     ] {
         let args = ["--workers", "3", "--schedule", schedule];
@@ -69,10 +76,14 @@ fn a_worker_that_aborts_at_several_points_costs_one_redone_step() {
 fn a_crash_while_another_worker_is_preempted() {
     let golden = Golden::load("mlp12_sgd", 1e-4);
     let dir = tempfile::tempdir().unwrap();
-    let reference = train(&golden, dir.path(), "plain", &["--workers", "1"], &[]).params;
+    let reference = train(&golden, dir.path(), "plain", &["--workers", "1"], &[]);
     let args = ["--workers", "4", "--preempt", "1@2:3,grace=120s"];
     let run = train(&golden, dir.path(), "both", &args, &[("BATON_FAULT", "crash:worker=2,step=2,actions=4")]);
     check(&run, &reference, "a crash during a preemption", 2);
+    // Worker 0's replica holder is worker 1, which leaves in that step;
+    // worker 0 dies later in the same step.
+    let run = train(&golden, dir.path(), "orphan", &args, &[("BATON_FAULT", "crash:worker=0,step=2,actions=7")]);
+    check(&run, &reference, "a crash after the replica holder left", 0);
 }
 
 /// The pids of `parent`'s children whose command line holds `--id N`.
@@ -105,11 +116,11 @@ fn long_args(out: &Path, report: &Path, steps: u32, workers: u32) -> Vec<String>
     args
 }
 
-fn one_process(dir: &Path, steps: u32) -> ParamStore {
+fn one_process(dir: &Path, steps: u32) -> Run {
     let (out, report) = (dir.join("one.safetensors"), dir.join("one.json"));
     let output = run_with_watchdog(common::baton().args(long_args(&out, &report, steps, 1)), Duration::from_secs(300));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    read_run(&out, &report).params
+    read_run(&out, &report)
 }
 
 #[test]

@@ -86,8 +86,14 @@ pub struct Counters {
     /// First forward of a (micro-batch, layer): M x layers per step, always.
     pub forward_layer_executions: u64,
     pub backward_layer_executions: u64,
-    /// Forwards run again to rebuild segments a migration could not ship in time.
+    /// Forwards run again: to rebuild segments a migration could not ship
+    /// in time, and the forwards of attempts abandoned after a loss
+    /// without notice (redone from the step's start). Every forward run is
+    /// in `forward_layer_executions` or here, never in both.
     pub recomputed_forward_layers: u64,
+    /// Backwards of attempts abandoned after a loss without notice (so
+    /// `backward_layer_executions` stays M x layers per step).
+    pub abandoned_backward_layers: u64,
     /// Host→device bytes of the worker's device (0 on a CPU), until the
     /// worker finished (its final parameters' download excepted).
     pub device_h2d_bytes: u64,
@@ -105,6 +111,7 @@ impl Counters {
         self.forward_layer_executions += other.forward_layer_executions;
         self.backward_layer_executions += other.backward_layer_executions;
         self.recomputed_forward_layers += other.recomputed_forward_layers;
+        self.abandoned_backward_layers += other.abandoned_backward_layers;
         self.device_h2d_bytes += other.device_h2d_bytes;
         self.device_h2d_copies += other.device_h2d_copies;
         self.device_d2h_bytes += other.device_d2h_bytes;

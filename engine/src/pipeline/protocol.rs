@@ -59,6 +59,27 @@ pub struct Assignment {
     /// `--peer-timeout`: the coordinator counts a worker silent this long
     /// as lost; workers send a heartbeat every quarter of it.
     pub peer_timeout_ms: u64,
+    /// With replicas: the layers of the previous stage (ring order), as
+    /// they are at the start of the first step, so this worker holds their
+    /// replica before any seed could arrive (a crash in the first step).
+    pub replica: Option<InitialReplica>,
+}
+
+/// The replica a worker starts with (see [`Assignment::replica`]).
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct InitialReplica {
+    /// The step at whose start these values hold (the first of the job).
+    pub step: u32,
+    /// The layers replicated.
+    pub layers: Vec<ReplicaLayer>,
+}
+
+/// One layer of an [`InitialReplica`]: its parameters and optimizer state.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ReplicaLayer {
+    pub layer: u32,
+    pub params: Vec<(String, Tensor)>,
+    pub optimizer: Vec<(String, crate::optim::OptState)>,
 }
 
 /// A scripted notice: after `actions` compute actions of `step`, the worker
@@ -92,6 +113,27 @@ pub enum Report {
     LayerUpdated { step: u32, layer: u32, replica: Option<u32> },
     /// As [`Message::LayerNorms`].
     LayerNorms { step: u32, layer: u32, norms: Vec<f32> },
+    /// The work this worker has done so far (last in every `Reports`).
+    Work(WorkDone),
+}
+
+/// A worker's work so far, so the run report counts the work of a worker
+/// lost without notice (its final counters die with it).
+///
+/// Invariant: `counters` are cumulative and include the attempt in
+/// progress; `attempt_forwards` / `attempt_backwards` of them were run in
+/// the attempt of `step` that was in progress in `generation`. If that
+/// attempt is later abandoned (a rollback of `step` to a later
+/// generation), they count as recomputed forwards / abandoned backwards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct WorkDone {
+    /// Increases with every report of one worker (frames may overtake each other).
+    pub seq: u64,
+    pub generation: u32,
+    pub step: u32,
+    pub counters: Counters,
+    pub attempt_forwards: u64,
+    pub attempt_backwards: u64,
 }
 
 /// Everything on the wire between coordinator and workers.
@@ -170,8 +212,8 @@ pub enum Message {
     /// Worker → worker: layers (and what waits at them) that change owner.
     Handover { generation: u32, handover: Handover },
     /// Worker → coordinator: every handover of this worker was delivered;
-    /// a leaving worker adds its counters and timeline.
-    Migrated { worker: u32, generation: u32, bytes: MovedBytes, ship_us: u64, farewell: Option<(Counters, Vec<Span>)> },
+    /// a leaving worker adds its work and timeline.
+    Migrated { worker: u32, generation: u32, bytes: MovedBytes, ship_us: u64, farewell: Option<(WorkDone, Vec<Span>)> },
     /// Worker → coordinator: every handover to this worker arrived; computing again.
     Resumed { worker: u32, generation: u32 },
     /// Coordinator → leaving worker: your layers are safe elsewhere; exit.

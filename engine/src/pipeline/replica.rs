@@ -50,7 +50,8 @@ impl Replicas {
 
     /// Installs `layer` as it is at the start of `step` (and brings it up
     /// to the step this holder is in, if that step's gradient is here);
-    /// returns the (step, layer) confirmations now due.
+    /// returns the (step, layer) confirmations now due. A seed older than
+    /// the replica held (a copy that took a longer way) is ignored.
     pub fn seed(
         &mut self,
         step: u32,
@@ -58,6 +59,9 @@ impl Replicas {
         params: Vec<(String, Tensor)>,
         optimizer: Vec<(String, OptState)>,
     ) -> Result<Vec<(u32, u32)>> {
+        if self.as_of.get(&layer).is_some_and(|&held| held > step) {
+            return Ok(Vec::new());
+        }
         self.forget(layer);
         self.params.extend(params);
         for (name, state) in optimizer {

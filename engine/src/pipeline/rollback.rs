@@ -48,7 +48,15 @@ impl Stage {
     /// stage still on an earlier step (the start of `step` has not arrived)
     /// only forgets tensors of `step` that came early.
     pub fn rollback(&mut self, step: u32) -> RolledBack {
-        if self.current.as_ref().is_some_and(|c| c.step == step) {
+        let in_step = self.current.as_ref().is_some_and(|c| c.step == step);
+        // A stage still on the previous step: its counts belong to that
+        // completed step, and stay.
+        let (forwards, backwards) = match in_step {
+            true => (std::mem::take(&mut self.attempt_forwards), std::mem::take(&mut self.attempt_backwards)),
+            false => (0, 0),
+        };
+        (self.attempt_forwards, self.attempt_backwards) = (0, 0);
+        if in_step {
             self.restore_snapshots(step);
             // Layers shipped away in the abandoned step come back as they
             // were at its start (the migration is cancelled).
@@ -69,9 +77,10 @@ impl Stage {
         self.gradients.retain(|(s, _), _| *s < step);
         self.targets.retain(|(s, _), _| *s < step);
         self.forget_before(u32::MAX);
-        let forwards = std::mem::take(&mut self.attempt_forwards);
         self.counters.forward_layer_executions -= forwards;
         self.counters.recomputed_forward_layers += forwards;
+        self.counters.backward_layer_executions -= backwards;
+        self.counters.abandoned_backward_layers += backwards;
         RolledBack { clean: self.held_layers(), forwards }
     }
 
@@ -116,6 +125,13 @@ impl Stage {
         if let Some(kept) = kept {
             self.departed.insert(layer, kept);
         }
+    }
+
+    /// Puts back a layer's step-start state this stage handed away (its
+    /// receiver was lost before the step began again).
+    pub(crate) fn reinstate(&mut self, state: super::migrate::LayerState) {
+        self.params.extend(state.params);
+        state.optimizer.into_iter().for_each(|(n, s)| self.optimizer.insert_state(n, s));
     }
 
     /// Forgets `layer`'s parameters and optimizer state.

@@ -200,6 +200,9 @@ pub struct Stage {
     /// Forwards run in the step in progress (moved to the recomputed count
     /// if the step is rolled back).
     pub(crate) attempt_forwards: u64,
+    /// Backwards run in the step in progress (moved to the abandoned count
+    /// if the step is rolled back).
+    pub(crate) attempt_backwards: u64,
 }
 
 impl Stage {
@@ -240,6 +243,7 @@ impl Stage {
             replicate: false,
             snapshots: BTreeMap::new(),
             attempt_forwards: 0,
+            attempt_backwards: 0,
             departed: BTreeMap::new(),
         })
     }
@@ -281,7 +285,7 @@ impl Stage {
                 self.forget_before(step);
                 self.snapshots.clear();
                 self.departed.clear();
-                self.attempt_forwards = 0;
+                (self.attempt_forwards, self.attempt_backwards) = (0, 0);
                 self.activations.extend(inputs.into_iter().map(|(m, t)| ((step, m), (0, t))));
                 self.targets.extend(targets.into_iter().map(|(m, t)| ((step, m), t)));
                 self.replan(true);
@@ -469,6 +473,7 @@ impl Stage {
             let out = segment.backward_on(self.model.backend(), &self.params, dy, layer > 0)?;
             self.acc.add(layer, micro, out.param_grads)?;
             self.counters.backward_layer_executions += 1;
+            self.attempt_backwards += 1;
             self.forget_layer(step, micro, layer);
             grad = out.input_grad;
         }

@@ -26,7 +26,11 @@ pub struct Partition {
 pub struct Counters {
     pub forward_layer_executions: u64,
     pub backward_layer_executions: u64,
+    /// Forwards run again: deadline-fallback replays, and the forwards of
+    /// attempts abandoned after a crash (redone from the step's start).
     pub recomputed_forward_layers: u64,
+    /// Backwards of attempts abandoned after a crash.
+    pub abandoned_backward_layers: u64,
     pub lost_microbatches: u64,
     /// Host<->device copies of every worker's device, summed (all 0 on CPUs).
     pub device_transfers: DeviceTransfers,
@@ -53,6 +57,7 @@ impl Counters {
             forward_layer_executions: counters.forward_layer_executions,
             backward_layer_executions: counters.backward_layer_executions,
             recomputed_forward_layers: counters.recomputed_forward_layers,
+            abandoned_backward_layers: counters.abandoned_backward_layers,
             lost_microbatches: expected.saturating_sub(losses),
             device_transfers: DeviceTransfers {
                 h2d_bytes: counters.device_h2d_bytes,

@@ -297,13 +297,24 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                 let start = links.clock.elapsed();
                 // Archive each part while the ones before it travel; then
                 // wait until every part is delivered.
+                // With replicas, a receiver that is gone (crashed) is the
+                // coordinator's to handle: it rolls back and plans again,
+                // and this worker keeps what it sent in a restore.
+                let tolerate = worker.survives_losses();
                 let mut deliveries = Vec::new();
                 for (to, message) in handovers {
-                    let peer = destination(links, Dest::Worker(to))?;
-                    deliveries.push((to, node.send_tracked(peer, Lane::Bulk, frame_of(&message)?)?));
+                    let peer = destination(links, Dest::Worker(to));
+                    match peer.and_then(|p| Ok(node.send_tracked(p, Lane::Bulk, frame_of(&message)?)?)) {
+                        Ok(delivery) => deliveries.push((to, delivery)),
+                        Err(e) if tolerate => tracing::warn!(worker = worker.id, to, "handover not sent: {e}"),
+                        Err(e) => return Err(e),
+                    }
                 }
                 for (to, delivery) in deliveries {
-                    delivery.wait().what_with(|| format!("handing layers to worker {to}"))?;
+                    match delivery.wait().what_with(|| format!("handing layers to worker {to}")) {
+                        Err(e) if tolerate => tracing::warn!(worker = worker.id, to, "handover not delivered: {e}"),
+                        other => other?,
+                    }
                 }
                 let shipped = links.clock.elapsed();
                 push_span(worker, format!("ship g{generation}"), "send", start, shipped);

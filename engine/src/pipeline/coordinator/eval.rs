@@ -30,10 +30,12 @@ impl Coordinator {
     /// After step `step`: its evaluation if one is due, else the next step
     /// or the end of the run.
     pub(super) fn after_step(&mut self, step: u32) -> Result<Vec<CoordEffect>> {
-        match &self.plan.eval {
-            Some(plan) if plan.due_after(step) => self.start_eval(step),
-            _ => self.at_boundary(step + 1),
-        }
+        let mut effects = self.release_lingering();
+        effects.extend(match &self.plan.eval {
+            Some(plan) if plan.due_after(step) => self.start_eval(step)?,
+            _ => self.at_boundary(step + 1)?,
+        });
+        Ok(effects)
     }
 
     /// Sends the held-out batches: inputs to the first stage, targets to the

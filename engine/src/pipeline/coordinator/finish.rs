@@ -35,12 +35,15 @@ impl Coordinator {
             crashes: std::mem::take(&mut self.crashes),
             redone_steps: self.redone_steps,
         };
+        let unfinished = self.unfinished_work();
         let finals = std::mem::take(&mut self.finals).into_iter().map(|(w, (p, c, s))| (w, p, c, s));
-        let retired = std::mem::take(&mut self.retired_work).into_iter().map(|(w, c, s)| (w, Vec::new(), c, s));
-        for (worker, params, counters, spans) in finals.chain(retired) {
+        let others = unfinished.into_iter().map(|(w, c, s)| (w, Vec::new(), c, s));
+        for (worker, params, counters, spans) in finals.chain(others) {
             outcome.params.extend(params);
             outcome.counters.add(&counters);
-            outcome.spans.insert(worker, spans);
+            if !spans.is_empty() || !self.lost.contains(&worker) {
+                outcome.spans.insert(worker, spans);
+            }
         }
         outcome
     }

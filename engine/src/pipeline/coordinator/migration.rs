@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use super::{CoordEffect, Coordinator, MigrationRecord, Phase};
 use crate::pipeline::migrate::MovedBytes;
-use crate::pipeline::protocol::{Message, Placement, Span};
+use crate::pipeline::protocol::{Message, Placement, Span, WorkDone};
 use crate::pipeline::{Layout, Partition};
-use crate::train::Counters;
 use crate::{Error, Result};
 
 /// A migration under way.
@@ -185,12 +184,12 @@ impl Coordinator {
         worker: u32,
         bytes: MovedBytes,
         ship_us: u64,
-        farewell: Option<(Counters, Vec<Span>)>,
+        farewell: Option<(WorkDone, Vec<Span>)>,
         now: Duration,
     ) -> Result<Vec<CoordEffect>> {
         self.migration_mut(worker, "migrated")?.migrated.insert(worker, (bytes, Duration::from_micros(ship_us)));
-        if let Some((counters, spans)) = farewell {
-            self.retired_work.push((worker, counters, spans));
+        if let Some(farewell) = farewell {
+            self.work.farewells.insert(worker, farewell);
         }
         self.maybe_complete(now)
     }
@@ -226,13 +225,13 @@ impl Coordinator {
             before: self.partition.clone(),
             after: m.partition.clone(),
         };
+        let before = std::mem::take(&mut self.placements);
         (self.generation, self.partition, self.placements) = (m.generation, m.partition.clone(), m.placements);
         let workers: Vec<u32> = self.placements.iter().map(|p| p.worker).collect();
         self.partitions.push(Layout::new(m.generation, &m.partition, &workers));
         self.migrations.push(record.clone());
         self.retired.extend(m.leaving.iter().copied());
-        let mut effects: Vec<CoordEffect> =
-            m.leaving.iter().map(|&w| CoordEffect::Send { worker: w, message: Message::Retire }).collect();
+        let mut effects = self.linger(&m.leaving, &before);
         effects.push(CoordEffect::Migrated(record));
         effects.extend(self.assign_waiting_joiner());
         effects.extend(self.start_migration()?);

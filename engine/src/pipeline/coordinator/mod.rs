@@ -14,7 +14,9 @@ mod finish;
 mod membership;
 mod migration;
 mod recovery;
+mod replicas;
 mod reports;
+mod work;
 
 use membership::check_protocol;
 use recovery::is_of_abandoned_attempt;
@@ -230,8 +232,8 @@ pub struct Coordinator {
     finals: BTreeMap<u32, FinalState>,
     partitions: Vec<Layout>,
     migrations: Vec<MigrationRecord>,
-    /// Counters and timelines of workers that left.
-    retired_work: Vec<(u32, Counters, Vec<Span>)>,
+    /// Work reported by workers that sent no final state (leavers, lost ones).
+    work: work::WorkBook,
     /// With clipping: the step in progress's per-layer gradient norms, and
     /// its clip scale once every layer reported.
     clip: ClipState,
@@ -253,6 +255,8 @@ pub struct Coordinator {
     /// Step starts sent to each worker (a rollback waits for them all).
     starts_sent: BTreeMap<u32, u64>,
     replica_book: ReplicaBook,
+    /// Leavers of a migration in the step in progress, kept until it ends.
+    lingering: BTreeSet<u32>,
 }
 
 impl Coordinator {
@@ -288,7 +292,7 @@ impl Coordinator {
             microbatch_losses: 0,
             finals: BTreeMap::new(),
             migrations: Vec::new(),
-            retired_work: Vec::new(),
+            work: Default::default(),
             clip: ClipState::default(),
             grad_norms: Vec::new(),
             evals: Vec::new(),
@@ -301,6 +305,7 @@ impl Coordinator {
             last_heard: BTreeMap::new(),
             starts_sent: BTreeMap::new(),
             replica_book: ReplicaBook::default(),
+            lingering: BTreeSet::new(),
         })
     }
 
@@ -317,7 +322,13 @@ impl Coordinator {
         if let Some(worker) = sender {
             self.last_heard.insert(worker, now);
         }
+        if let CoordEvent::Message { worker, message: Message::Reports { reports } } = &event {
+            self.work.note(*worker, reports);
+        }
         let result = match event {
+            CoordEvent::Lost { worker, reason } if self.lingering.contains(&worker) => {
+                self.lingerer_gone(worker, reason)
+            }
             // A worker that delivered its final state, or retired, may go away.
             CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
             CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
@@ -372,7 +383,7 @@ impl Coordinator {
                 self.await_replica(layer, replica);
                 self.on_layer_updated(worker, step, layer)
             }
-            Message::Replicated { step, layer } => self.on_replicated(step, layer),
+            Message::Replicated { step, layer } => self.on_replicated(worker, step, layer),
             Message::Heartbeat { .. } => Ok(Vec::new()),
             Message::RolledBack { generation, clean, replicas, .. } => {
                 self.on_rolled_back(worker, generation, clean, replicas)
@@ -415,34 +426,6 @@ impl Coordinator {
             .collect()
     }
 
-    /// A joiner registers: it gets the current layout (without layers of its
-    /// own) and connects to every member.
-    fn on_join_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
-        check_protocol(worker, protocol)?;
-        if !self.training() || self.addresses.insert(worker, address).is_some() {
-            return Err(Error::peer(format!("worker {worker}"), "it registered twice or outside training"));
-        }
-        Ok(vec![CoordEffect::Send { worker, message: self.assignment(worker) }])
-    }
-
-    fn on_join_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
-        if !self.addresses.contains_key(&worker) || !self.joiners.insert(worker) {
-            return Err(Error::peer(format!("worker {worker}"), "it reported ready out of turn"));
-        }
-        self.start_migration()
-    }
-
-    /// Placements of `partition` on `workers` (stage i on `workers[i]`).
-    fn placements_for(&self, partition: &Partition, workers: &[u32]) -> Vec<Placement> {
-        let place = |(r, &w): (&std::ops::Range<u32>, &u32)| Placement {
-            worker: w,
-            address: self.addresses.get(&w).cloned().unwrap_or_default(),
-            first: r.start,
-            end: r.end,
-        };
-        partition.stages.iter().zip(workers).map(place).collect()
-    }
-
     fn assignment(&self, worker: u32) -> Message {
         // A joiner has no layers yet: its parameters come in handovers.
         let params = match self.placements.iter().find(|p| p.worker == worker) {
@@ -468,6 +451,7 @@ impl Coordinator {
             checkpoint_dir: self.plan.checkpoint.dir.clone(),
             replicas: self.plan.faults.replicas,
             peer_timeout_ms: u64::try_from(self.plan.faults.peer_timeout.as_millis()).unwrap_or(u64::MAX),
+            replica: self.initial_replica(worker),
         }))
     }
 

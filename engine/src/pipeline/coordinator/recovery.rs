@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use super::{CoordEffect, Coordinator, Phase};
 use crate::pipeline::migrate::MovedBytes;
-use crate::pipeline::protocol::{Message, Placement, Span};
+use crate::pipeline::protocol::{Message, Placement, Span, WorkDone};
 use crate::pipeline::worker::owner_in;
 use crate::pipeline::{Layout, Partition};
-use crate::train::Counters;
 use crate::{Error, Result};
 
 /// How the job survives crashes without notice.
@@ -96,14 +95,16 @@ impl Coordinator {
         }
         let in_migration = self.migration.as_ref().is_some_and(|m| m.involves(worker));
         let in_recovery = self.recovery.as_ref().is_some_and(|r| r.survivors.contains(&worker));
+        self.lingering.remove(&worker);
         if !self.members().contains(&worker) && !in_migration && !in_recovery {
             return Err(Error::Lost { worker, reason });
         }
         self.lost.insert(worker);
         let previous = self.recovery.take();
+        // Leavers still waiting for the step to end hold copies too.
         let mut survivors: BTreeSet<u32> = match &previous {
             Some(r) => r.survivors.iter().copied().collect(),
-            None => self.members().into_iter().collect(),
+            None => self.members().into_iter().chain(self.lingering.iter().copied()).collect(),
         };
         let mut generation = self.generation.max(previous.as_ref().map_or(0, |r| r.generation));
         if let Some(m) = self.migration.take() {
@@ -118,6 +119,7 @@ impl Coordinator {
         }
         self.restart_step(step);
         let generation = generation + 1;
+        self.work.rolled_back(generation, step);
         let survivors: Vec<u32> = survivors.into_iter().collect();
         let effects = survivors
             .iter()
@@ -185,7 +187,7 @@ impl Coordinator {
     /// it at the step's start, else one with its replica.
     fn plan_restore(&mut self) -> Result<Vec<CoordEffect>> {
         let r = self.recovery.as_ref().expect("called during a recovery");
-        let leaving: BTreeSet<u32> = self.notices.iter().map(|n| n.0).collect();
+        let leaving: BTreeSet<u32> = self.notices.iter().map(|n| n.0).chain(self.lingering.iter().copied()).collect();
         let members: Vec<u32> = r.survivors.iter().copied().filter(|w| !leaving.contains(w)).collect();
         if members.is_empty() {
             return Err(Error::Usage(format!("{}: every surviving worker is leaving", r.reason)));
@@ -245,12 +247,12 @@ impl Coordinator {
         worker: u32,
         generation: u32,
         bytes: MovedBytes,
-        farewell: Option<(Counters, Vec<Span>)>,
+        farewell: Option<(WorkDone, Vec<Span>)>,
     ) -> Result<Vec<CoordEffect>> {
         let Some(r) = self.recovery.as_mut().filter(|r| r.generation == generation) else { return Ok(Vec::new()) };
         r.migrated.insert(worker, bytes);
-        if let Some((counters, spans)) = farewell {
-            self.retired_work.push((worker, counters, spans));
+        if let Some(farewell) = farewell {
+            self.work.farewells.insert(worker, farewell);
         }
         self.maybe_restored()
     }
@@ -293,6 +295,7 @@ impl Coordinator {
         self.partitions.push(Layout::new(self.generation, &self.partition, &members));
         let gone: Vec<u32> = r.survivors.iter().copied().filter(|w| !members.contains(w)).collect();
         self.retired.extend(gone.iter().copied());
+        self.lingering.retain(|w| !gone.contains(w));
         self.notices.retain(|n| members.contains(&n.0));
         self.redone_steps += 1;
         let mut effects: Vec<CoordEffect> =
@@ -341,8 +344,20 @@ fn layer_list(layers: &[u32]) -> String {
 #[derive(Debug, Default)]
 pub(super) struct ReplicaBook {
     /// Layers updated whose gradient went to a replica holder: the holder.
-    awaiting: BTreeMap<u32, u32>,
-    confirmed: BTreeSet<u32>,
+    pub(super) awaiting: BTreeMap<u32, u32>,
+    /// (layer, holder) confirmed.
+    confirmed: BTreeSet<(u32, u32)>,
+    /// Layers whose replica holder changed in a migration of this step.
+    pub(super) moved: BTreeSet<u32>,
+    /// The leaver passing those replicas died: they are not waited for.
+    released: bool,
+}
+
+impl ReplicaBook {
+    /// Stops waiting for the replicas that moved in this step.
+    pub(super) fn forget_moved(&mut self) {
+        self.released = true;
+    }
 }
 
 impl Coordinator {
@@ -359,18 +374,21 @@ impl Coordinator {
         )
     }
 
-    /// A layer was updated; its replica holder (if any) must confirm.
+    /// A layer was updated; its replica holder (if any) must confirm (a
+    /// holder that left, or that owns the layer now, hands the replica on:
+    /// see [`Coordinator::repoint_replicas`]).
     pub(super) fn await_replica(&mut self, layer: u32, holder: Option<u32>) {
         if let Some(holder) = holder {
             self.replica_book.awaiting.insert(layer, holder);
+            self.repoint_replicas();
         }
     }
 
-    /// A holder confirmed `layer`'s gradient of `step`.
-    pub(super) fn on_replicated(&mut self, step: u32, layer: u32) -> Result<Vec<CoordEffect>> {
+    /// Holder `worker` confirmed `layer`'s gradient of `step`.
+    pub(super) fn on_replicated(&mut self, worker: u32, step: u32, layer: u32) -> Result<Vec<CoordEffect>> {
         match self.phase {
             Phase::Running { step: current, .. } if current == step => {
-                self.replica_book.confirmed.insert(layer);
+                self.replica_book.confirmed.insert((layer, worker));
                 self.maybe_finish_step()
             }
             _ => Ok(Vec::new()),
@@ -382,7 +400,8 @@ impl Coordinator {
     pub(super) fn replicas_current(&self) -> bool {
         let members = self.members();
         let book = &self.replica_book;
-        book.awaiting.iter().all(|(l, h)| book.confirmed.contains(l) || !members.contains(h))
+        let released = |l: &u32| book.released && book.moved.contains(l);
+        book.awaiting.iter().all(|(l, h)| book.confirmed.contains(&(*l, *h)) || !members.contains(h) || released(l))
     }
 }
 

@@ -20,6 +20,8 @@ impl Coordinator {
                     self.on_layer_updated(worker, step, layer)?
                 }
                 Report::LayerNorms { step, layer, norms } => self.on_layer_norms(worker, step, layer, norms)?,
+                // Taken in by `Coordinator::handle`, from lost workers too.
+                Report::Work(_) => Vec::new(),
             });
         }
         Ok(effects)

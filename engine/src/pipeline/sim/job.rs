@@ -9,7 +9,7 @@ use rkyv::util::AlignedVec;
 use crate::init::SplitMix64;
 use crate::pipeline::checkpoint::CheckpointStore;
 use crate::pipeline::coordinator::{CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan};
-use crate::pipeline::protocol::{decode, encode, Message, PROTOCOL_VERSION};
+use crate::pipeline::protocol::{decode, encode, Message, WorkDone, PROTOCOL_VERSION};
 use crate::pipeline::worker::{Dest, ModelFactory, Out, Worker};
 use crate::pipeline::Work;
 use crate::{Error, Result};
@@ -35,13 +35,17 @@ pub struct AdminPreempt {
 /// hang (no process exit is seen): only the peer timeout can detect it.
 /// With `mid_ship`, the point is instead the first time the worker ships
 /// layers in a migration: it dies after its first handover frame left.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// With `restore`, it is the first layer handed to the worker in a restore
+/// after a loss: it dies as that handover arrives (a second loss, of a
+/// restore target).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimCrash {
     pub worker: u32,
     pub step: u32,
     pub actions: u32,
     pub silent: bool,
     pub mid_ship: bool,
+    pub restore: bool,
 }
 
 /// Runs a whole job in memory: a [`Coordinator`] and one [`Worker`] per
@@ -91,8 +95,31 @@ pub fn run_job_with_checkpoints(
     run_job_full(Sim::new(plan, factory, &[], Some(store))?, factory, seed, &[])
 }
 
+/// [`run_job_with_faults`] that also returns what every worker actually
+/// computed (a crashed one: until it died), as an oracle for the report's
+/// counters.
+pub fn run_job_traced(
+    plan: JobPlan,
+    factory: &dyn Fn() -> ModelFactory,
+    seed: u64,
+    crashes: &[SimCrash],
+) -> Result<(JobOutcome, Vec<(u32, WorkDone)>)> {
+    let mut sim = Sim::new(plan, factory, crashes, None)?;
+    let outcome = drive(&mut sim, factory, seed, &[])?;
+    Ok((outcome, sim.nodes.iter().filter_map(|n| n.progress().map(|w| (n.id, w))).collect()))
+}
+
 fn run_job_full(
     mut sim: Sim<'_>,
+    factory: &dyn Fn() -> ModelFactory,
+    seed: u64,
+    preempts: &[AdminPreempt],
+) -> Result<JobOutcome> {
+    drive(&mut sim, factory, seed, preempts)
+}
+
+fn drive(
+    sim: &mut Sim<'_>,
     factory: &dyn Fn() -> ModelFactory,
     seed: u64,
     preempts: &[AdminPreempt],
@@ -146,6 +173,8 @@ struct Sim<'a> {
     crashes: Vec<SimCrash>,
     /// Crashed workers whose exit the coordinator has yet to see.
     losses: Vec<u32>,
+    /// Workers rolled back since their last step start: the generation.
+    restoring: Vec<Option<u32>>,
 }
 
 impl<'a> Sim<'a> {
@@ -164,6 +193,7 @@ impl<'a> Sim<'a> {
             now: Duration::ZERO,
             crashes: crashes.to_vec(),
             losses: Vec::new(),
+            restoring: vec![None; workers],
         };
         for w in 0..workers as u32 {
             sim.register(w)?;
@@ -228,9 +258,32 @@ impl<'a> Sim<'a> {
 
     /// Kills `worker` if a crash is planned at this point (once).
     fn crash_if_due(&mut self, worker: u32, step: u32, actions: u32) -> bool {
-        let due =
-            self.crashes.iter().position(|c| !c.mid_ship && (c.worker, c.step, c.actions) == (worker, step, actions));
+        let point =
+            |c: &SimCrash| !c.mid_ship && !c.restore && (c.worker, c.step, c.actions) == (worker, step, actions);
+        let due = self.crashes.iter().position(point);
         self.crash_at(worker, due)
+    }
+
+    /// Kills `worker` as `message` arrives if a crash is planned there: a
+    /// step start (0 actions), or a handover of a restore (after a rollback).
+    fn crash_on_arrival(&mut self, worker: u32, message: &Message) -> bool {
+        let w = worker as usize;
+        match message {
+            Message::StepStart { step, .. } => {
+                self.restoring[w] = None;
+                self.crash_if_due(worker, *step, 0)
+            }
+            Message::Rollback { generation, .. } => {
+                self.restoring[w] = Some(*generation);
+                false
+            }
+            // Restore handovers come only after every survivor rolled back.
+            Message::Handover { generation, .. } if self.restoring[w].is_some_and(|g| *generation >= g) => {
+                let due = self.crashes.iter().position(|c| c.restore && c.worker == worker);
+                self.crash_at(worker, due)
+            }
+            _ => false,
+        }
     }
 
     /// Carries out a worker's outputs, unless it is due to die while shipping.
@@ -277,10 +330,8 @@ impl<'a> Sim<'a> {
             }
             Dest::Worker(w) if !self.alive(w as usize) => Ok(None),
             Dest::Worker(w) => {
-                if let Message::StepStart { step, .. } = &message {
-                    if self.crash_if_due(w, *step, 0) {
-                        return Ok(None);
-                    }
+                if self.crash_on_arrival(w, &message) {
+                    return Ok(None);
                 }
                 let outs = self.nodes[w as usize].handle(from, message)?;
                 self.carry(w as usize, outs)?;
@@ -314,6 +365,7 @@ impl<'a> Sim<'a> {
                 CoordEffect::Spawn { worker } => {
                     self.nodes.push(Worker::new(worker, factory()));
                     self.exited.push(false);
+                    self.restoring.push(None);
                     self.register(worker)?;
                 }
                 CoordEffect::Checkpoint { step, parts } => match self.net.store.as_deref_mut() {

@@ -87,7 +87,10 @@ impl Worker {
         let mut outs = vec![Out::Ship { generation, handovers, bytes }];
         let Some(position) = new.iter().position(|p| p.worker == self.id) else {
             self.mode = Mode::Leaving;
-            return Ok(outs);
+            // Before the handovers: shipping may take until the deadline.
+            let mut passed = self.pass_replicas()?;
+            passed.extend(outs);
+            return Ok(passed);
         };
         let place = &new[position];
         let from: BTreeSet<u32> = (place.first..place.end)

@@ -15,6 +15,7 @@
 mod checkpoint;
 mod migration;
 mod recovery;
+mod replicas;
 mod reports;
 #[cfg(test)]
 mod tests;
@@ -172,6 +173,9 @@ pub struct Worker {
     replicas: Option<Replicas>,
     /// Where the replica of each own layer lives (as of the step's start).
     holders: BTreeMap<u32, u32>,
+    /// Own layers whose holder was given in a migration: seeded again at
+    /// the next step start.
+    provisional: BTreeSet<u32>,
     /// Messages between workers sent before the last rollback's generation
     /// belong to an abandoned attempt and are dropped.
     floor: u32,
@@ -179,6 +183,14 @@ pub struct Worker {
     step_starts: u64,
     /// Heartbeats to the coordinator: the interval, and when the next is due.
     heartbeat: Option<(Duration, Duration)>,
+    /// Layers this worker handed to others in a restore, as of the start of
+    /// the step named: kept until a later step starts, so a loss of their
+    /// receiver before it is protected finds them here.
+    restore_sent: Option<(u32, Vec<super::migrate::LayerState>)>,
+    /// Work reports sent (orders them at the coordinator).
+    work_seq: u64,
+    /// The work done, once the stage is gone (finished).
+    final_work: Option<super::protocol::WorkDone>,
 }
 
 impl Worker {
@@ -203,9 +215,13 @@ impl Worker {
             spans: Vec::new(),
             replicas: None,
             holders: BTreeMap::new(),
+            provisional: BTreeSet::new(),
             floor: 0,
             step_starts: 0,
             heartbeat: None,
+            restore_sent: None,
+            work_seq: 0,
+            final_work: None,
         }
     }
 
@@ -287,6 +303,7 @@ impl Worker {
                     return self.try_report();
                 }
                 self.stage_mut()?.handle(StageEvent::StepStart { step, rows, inputs, targets })?;
+                self.restore_sent = self.restore_sent.take().filter(|(s, _)| *s >= step);
                 let mut outs = self.start_replicas(step)?;
                 outs.extend(self.due_notice(step, 0));
                 outs.extend(self.try_ship()?);
@@ -382,6 +399,7 @@ impl Worker {
         self.setup = Some(setup);
         let lower = a.placements.iter().filter(|p| p.worker < self.id).cloned().collect();
         self.placements = a.placements;
+        self.take_initial_replica(a.replica)?;
         Ok(vec![Out::Connect(lower)])
     }
 
@@ -479,6 +497,7 @@ impl Worker {
     }
 
     fn finish(&mut self) -> Result<Vec<Out>> {
+        self.final_work = self.progress();
         let stage = self.stage.take().ok_or_else(|| Error::peer(COORDINATOR, "finish before any assignment"))?;
         if !stage.idle() {
             return Err(Error::peer(COORDINATOR, "finish arrived in the middle of a step"));
@@ -509,8 +528,8 @@ impl Worker {
     /// The report after shipping; a leaving worker hands over its counters
     /// and timeline, since it will send no final message.
     pub fn migrated(&mut self, generation: u32, bytes: MovedBytes, ship_us: u64) -> Message {
-        let farewell = match (&self.mode, &self.stage) {
-            (Mode::Leaving, Some(stage)) => Some((stage.counters, std::mem::take(&mut self.spans))),
+        let farewell = match (&self.mode, self.progress()) {
+            (Mode::Leaving, Some(work)) => Some((work, std::mem::take(&mut self.spans))),
             _ => None,
         };
         Message::Migrated { worker: self.id, generation, bytes, ship_us, farewell }

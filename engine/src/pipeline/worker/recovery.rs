@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use super::{owner_in, Dest, Mode, Out, Worker, COORDINATOR};
 use crate::pipeline::migrate::{Handover, LayerState, MovedBytes};
-use crate::pipeline::protocol::{Message, Placement};
+use crate::pipeline::protocol::{InitialReplica, Message, Placement};
 use crate::{Error, Result};
 
 impl Worker {
     /// The worker that should hold the replica of this worker's layers
     /// now: the next stage's, in ring order; none in a job of one.
-    fn ring_holder(&self) -> Option<u32> {
+    pub(super) fn ring_holder(&self) -> Option<u32> {
         let at = self.placements.iter().position(|p| p.worker == self.id)?;
         let next = self.placements.get((at + 1) % self.placements.len())?.worker;
         (next != self.id).then_some(next)
@@ -30,6 +30,21 @@ impl Worker {
     pub(super) fn replica_target(&self, layer: u32) -> Option<u32> {
         let holder = *self.holders.get(&layer)?;
         self.placements.iter().any(|p| p.worker == holder && holder != self.id).then_some(holder)
+    }
+
+    /// The replica this worker starts with (the previous stage's layers at
+    /// the first step's start); this worker's own layers start replicated
+    /// on the next stage's worker the same way, so the first step start
+    /// seeds nothing.
+    pub(super) fn take_initial_replica(&mut self, initial: Option<InitialReplica>) -> Result<()> {
+        let (Some(initial), Some(replicas)) = (initial, self.replicas.as_mut()) else { return Ok(()) };
+        for r in initial.layers {
+            replicas.seed(initial.step, r.layer, r.params, r.optimizer)?;
+        }
+        if let (Some(holder), Some(stage)) = (self.ring_holder(), self.stage.as_ref()) {
+            self.holders.extend(stage.held_layers().into_iter().map(|l| (l, holder)));
+        }
+        Ok(())
     }
 
     /// A step starts: replicas held here take the previous step's updates,
@@ -44,7 +59,10 @@ impl Worker {
         let Some(stage) = self.stage.as_ref() else { return Ok(outs) };
         let generation = self.generation;
         for layer in stage.held_layers() {
-            if self.holders.insert(layer, holder) == Some(holder) {
+            // A holder given in a migration got the replica from the leaver,
+            // which may have died before passing all of it: seeded again.
+            let provisional = self.provisional.remove(&layer);
+            if self.holders.insert(layer, holder) == Some(holder) && !provisional {
                 continue;
             }
             let params: Vec<_> = stage.params.with_prefix(&format!("layers.{layer}.")).into_iter().collect();
@@ -58,9 +76,31 @@ impl Worker {
 
     /// After a migration: an own layer whose replica is held here (it moved
     /// to its replica holder) would die with this worker, so the replica
-    /// goes on to the next stage's worker as a seed; own layers whose
-    /// holder left keep no replica until the next step starts.
+    /// goes on to the next stage's worker as a seed; an own layer whose
+    /// holder left gets the next stage's worker as its holder, which the
+    /// leaver passed its replica to (`Worker::pass_replicas`). Until that
+    /// holder confirms the layer's gradient of this step, the step cannot
+    /// complete and the leaver stays (its replica still counts).
     pub(super) fn rehome_replicas(&mut self) -> Result<Vec<Out>> {
+        let outs = self.rehome_own_replicas()?;
+        self.repoint_orphans();
+        Ok(outs)
+    }
+
+    /// Own layers whose replica holder is no longer a member: held by the
+    /// next stage's worker from now on.
+    fn repoint_orphans(&mut self) {
+        let (Some(stage), Some(next)) = (self.stage.as_ref(), self.ring_holder()) else { return };
+        let member = |h: &u32| self.placements.iter().any(|p| p.worker == *h);
+        for layer in stage.held_layers() {
+            if self.holders.get(&layer).is_some_and(|h| !member(h)) {
+                self.holders.insert(layer, next);
+                self.provisional.insert(layer);
+            }
+        }
+    }
+
+    fn rehome_own_replicas(&mut self) -> Result<Vec<Out>> {
         let (Some(stage), Some(replicas)) = (self.stage.as_ref(), self.replicas.as_ref()) else {
             return Ok(Vec::new());
         };
@@ -82,7 +122,7 @@ impl Worker {
                     }
                     self.holders.insert(layer, next);
                 }
-                (Some(h), _) if h == me || !self.placements.iter().any(|p| p.worker == h) => {
+                (Some(h), _) if h == me => {
                     self.holders.remove(&layer);
                 }
                 _ => {}
@@ -107,10 +147,10 @@ impl Worker {
             self.early.push((sender, message));
             return Ok(Vec::new());
         }
+        let mut outs = self.pass_on(&message);
         let Some(replicas) = self.replicas.as_mut() else {
             return Err(Error::peer(format!("worker {sender}"), "it sent a replica to a job that keeps none"));
         };
-        let mut outs = Vec::new();
         let due = match message {
             Message::Replica { step, layer, grads, .. } => {
                 // A layer that moved here after its update: its replica
@@ -150,8 +190,14 @@ impl Worker {
         }
         if let Some(stage) = self.stage.as_mut() {
             stage.rollback(step);
+            // What this worker handed out in a restore of this step is still
+            // its step-start state; its receiver may be the one lost.
+            if let Some((_, sent)) = self.restore_sent.take().filter(|(s, _)| *s == step) {
+                sent.into_iter().for_each(|state| stage.reinstate(state));
+            }
         }
         self.holders.clear();
+        self.provisional.clear();
         self.actions_in_step = (step, 0);
         self.mode = Mode::Recovering { generation, step, starts };
         self.try_report()
@@ -167,7 +213,11 @@ impl Worker {
         let clean = self.stage.as_ref().map(|s| s.held_layers()).unwrap_or_default();
         let replicas = self.replicas.as_ref().map(|r| r.valid(step)).unwrap_or_default();
         let message = Message::RolledBack { worker: self.id, generation, clean, replicas };
-        Ok(vec![Out::Send { to: Dest::Coordinator, message }])
+        // The rollback moved the attempt's work to the redone counts: said
+        // first, in case this worker is lost before it reports again.
+        let mut outs: Vec<Out> = self.work_report().into_iter().collect();
+        outs.push(Out::Send { to: Dest::Coordinator, message });
+        Ok(outs)
     }
 
     /// The layout after a loss: sends the step-start state of every layer
@@ -202,6 +252,8 @@ impl Worker {
                 false => outgoing.entry(owner).or_default().push(state),
             }
         }
+        let sent = outgoing.values().flatten().cloned().collect();
+        self.restore_sent = Some((step, sent));
         self.take_range(&placements, step)?;
         if let Some(stage) = self.stage.as_mut() {
             let handover = Handover { layers: local, ..Handover::default() };
@@ -274,6 +326,12 @@ impl Worker {
         }
         self.heartbeat = Some((interval, now + interval));
         vec![Out::Send { to: Dest::Coordinator, message: Message::Heartbeat { worker: self.id } }]
+    }
+
+    /// True when the job keeps replicas: a peer lost mid-transfer is then
+    /// the coordinator's to recover from, not this worker's failure.
+    pub fn survives_losses(&self) -> bool {
+        self.replicas.is_some()
     }
 
     /// Bytes of parameters and optimizer state this worker holds in replicas.

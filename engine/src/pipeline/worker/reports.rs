@@ -7,10 +7,12 @@
 //! nor are overtaken by, any other message to the coordinator or any
 //! shipping: they go out, in the order made, just before the first such
 //! output. Data sent to workers travels on other connections, whose order
-//! relative to the coordinator's never mattered.
+//! relative to the coordinator's never mattered. Every batch ends with the
+//! worker's work so far ([`Report::Work`]), so the coordinator can count
+//! the work of a worker that is later lost without notice.
 
 use super::{Dest, Out, Worker};
-use crate::pipeline::protocol::{Message, Report};
+use crate::pipeline::protocol::{Message, Report, WorkDone};
 
 impl Worker {
     /// Holds a report until [`Worker::settle`] sends it.
@@ -31,9 +33,33 @@ impl Worker {
             None if self.ready().is_none() => outs.len(),
             None => return outs,
         };
-        let message = Message::Reports { reports: std::mem::take(&mut self.outbox) };
+        let mut reports = std::mem::take(&mut self.outbox);
+        self.work_seq += 1;
+        reports.extend(self.progress().map(Report::Work));
+        let message = Message::Reports { reports };
         outs.insert(at, Out::Send { to: Dest::Coordinator, message });
         outs
+    }
+
+    /// A batch of one report: the work done so far (None without a stage).
+    pub(super) fn work_report(&mut self) -> Option<Out> {
+        self.work_seq += 1;
+        let work = self.progress()?;
+        Some(Out::Send { to: Dest::Coordinator, message: Message::Reports { reports: vec![Report::Work(work)] } })
+    }
+
+    /// The work this worker has done so far (None before its stage exists);
+    /// after it finished, what it finished with.
+    pub fn progress(&self) -> Option<WorkDone> {
+        let Some(stage) = self.stage.as_ref() else { return self.final_work };
+        Some(WorkDone {
+            seq: self.work_seq,
+            generation: self.generation,
+            step: stage.current_step().unwrap_or(u32::MAX),
+            counters: stage.counters,
+            attempt_forwards: stage.attempt_forwards,
+            attempt_backwards: stage.attempt_backwards,
+        })
     }
 
     /// Reports made but not yet handed to the driver.
