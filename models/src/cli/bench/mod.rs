@@ -6,7 +6,10 @@
 //!   one process, by differencing runs of the `baton` binary itself.
 //! - `migrate`: notice to resumed training when a worker's layers move:
 //!   segment shipping vs recompute vs checkpoint-restart vs raw transfers.
+//! - `crash`: a worker SIGKILLed without notice: recovery from replicas vs
+//!   a restart from the last checkpoint, and what replicas cost in memory.
 
+mod crash;
 mod migrate;
 mod pipeline;
 mod step;
@@ -30,6 +33,8 @@ pub enum BenchCommand {
     Pipeline(pipeline::PipelineArgs),
     /// Notice to resumed training when 4 layers move: segments vs recompute vs checkpoint-restart vs raw QUIC/TCP.
     Migrate(migrate::MigrateArgs),
+    /// A worker SIGKILLed mid-run: detection, restore and resume from replicas vs a restart from the last checkpoint.
+    Crash(crash::CrashArgs),
 }
 
 /// Runs a bench subcommand.
@@ -39,6 +44,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Transport(args) => transport::run(args),
         BenchCommand::Pipeline(args) => pipeline::run(args),
         BenchCommand::Migrate(args) => migrate::run(args),
+        BenchCommand::Crash(args) => crash::run(args),
     }
 }
 
@@ -82,6 +88,7 @@ mod tests {
             &["bench", "pipeline", "--steps", "3", "--json", "p.json"],
             &["bench", "migrate", "--widths", "64,256", "--in-flight", "1,4", "--repeats", "2", "--json", "m.json"],
             &["bench", "migrate", "--rows", "8", "--dir", "/tmp"],
+            &["bench", "crash", "--width", "64", "--steps", "60", "--kill-after", "30", "--json", "c.json"],
         ] {
             let parsed = Bench::try_parse_from(argv);
             assert!(parsed.is_ok(), "{argv:?}: {}", parsed.unwrap_err());
