@@ -274,6 +274,7 @@ fn a_worker_killed_on_its_host_is_recovered_from_replicas() {
     // SIGKILL by pid: `ip netns exec` exec'd baton, so this is the worker itself.
     job.workers[victim].kill();
     let line = job.coordinator.wait_for_line(&format!("lost worker(s) [{victim}]"));
+    eprintln!("{line}");
     let stderr = job.finish();
     let params = io::load_tensors(&save, "").unwrap();
     assert!(bit_identical(&params, &reference(tmp.path(), &train)), "weights differ ({line}):\n{stderr}");

@@ -40,6 +40,8 @@ const OPTIMIZER: &str = "adam:lr=1e-4";
 const OPTIMIZER_BUFFERS: u64 = 2;
 /// How often the workers' peak memory is read while a run goes on.
 const SAMPLE: Duration = Duration::from_millis(20);
+/// `--peer-timeout` of every run.
+const PEER_TIMEOUT: &str = "30s";
 /// The longest any one run of the bench may take.
 const RUN_LIMIT: Duration = Duration::from_secs(1800);
 
@@ -303,6 +305,9 @@ impl Bench<'_> {
             ("--workers", WORKERS.to_string().into()),
             ("--threads", "1".into()),
             ("--replicas", if replicas { "on" } else { "off" }.into()),
+            // A kill is found by the process's exit; a long peer timeout
+            // keeps a worker slowed by a loaded machine from being "lost".
+            ("--peer-timeout", PEER_TIMEOUT.into()),
             ("--checkpoint-dir", checkpoints.as_os_str().to_owned()),
             ("--checkpoint-every", a.checkpoint_every.to_string().into()),
             ("--save", self.path(name, ".safetensors").into_os_string()),
