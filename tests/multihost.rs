@@ -39,7 +39,7 @@ impl Hosts {
         let pid = std::process::id();
         let prefix = format!("bt{}{}", pid % 100_000, n);
         // 10.200-249.x.0/24: private, and distinct per process and test.
-        let subnet = (200 + (pid % 50)) << 8 | (n * 37 + pid / 50) % 256;
+        let subnet = ((200 + (pid % 50)) << 8) | ((n * 37 + pid / 50) % 256);
         let mut hosts = Hosts { prefix, subnet, names: Vec::new() };
         hosts.build(count)?;
         Ok(hosts)
