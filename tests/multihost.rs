@@ -3,7 +3,8 @@
 //! private addresses the test picks itself. So the cross-machine path
 //! (`baton coordinator --listen`, `baton worker --listen --advertise`, real
 //! addresses, no loopback between hosts) is exercised, and a link can be
-//! throttled for real with `tc qdisc ... tbf`.
+//! throttled for real with `tc qdisc ... tbf`, and a worker can be killed on
+//! its host with no goodbye on the wire.
 //!
 //! Needs root and `ip` (iproute2). Without them the tests print `SKIPPED`,
 //! except under `CI=true`, where they must run: CI runs as root.
@@ -129,42 +130,61 @@ const PORT: u16 = 7070;
 /// A job of 3 workers on hosts 1..=3, coordinated from host 0; `train`
 /// holds the training options. Returns the coordinator's stderr.
 fn run_job(hosts: &Hosts, tmp: &Path, train: &[&str], save: &Path, report: &Path) -> String {
-    let cluster = tmp.join("cluster");
-    run_baton_ok(&["cluster", "init", cluster.to_str().unwrap(), "--workers", "3"]);
-    let listen = format!("{}:{PORT}", hosts.addr(COORDINATOR));
-    let limit = Duration::from_secs(240);
-    let mut coordinator = Proc::start(
-        hosts
-            .baton(COORDINATOR)
-            .args(["coordinator", "--listen", &listen, "--workers", "3", "--cluster-dir"])
-            .arg(&cluster)
-            .args(train)
-            .arg("--save")
-            .arg(save)
-            .arg("--report")
-            .arg(report),
-        limit,
-    );
-    coordinator.wait_for_prefix("coordinator listening on");
-    let workers: Vec<Proc> = (0..3)
-        .map(|id| {
-            let host = id + 1;
-            let advertise = format!("{}:{}", hosts.addr(host), PORT + 1);
-            let mut cmd = hosts.baton(host);
-            cmd.args(["worker", "--coordinator", &listen, "--id", &id.to_string(), "--threads", "1"])
-                .args(["--listen", &format!("0.0.0.0:{}", PORT + 1), "--advertise", &advertise, "--cluster-dir"])
-                .arg(&cluster);
-            Proc::start(&mut cmd, limit)
-        })
-        .collect();
-    let (status, stderr) = coordinator.wait_exit(limit);
-    let logs: Vec<String> = workers
-        .into_iter()
-        .enumerate()
-        .map(|(id, mut w)| format!("--- worker {id}:\n{}", w.wait_exit(Duration::from_secs(30)).1))
-        .collect();
-    assert!(status.success(), "the coordinator failed ({status}):\n{stderr}\n{}", logs.join("\n"));
-    stderr
+    Job::start(hosts, tmp, train, save, report).finish()
+}
+
+/// A running multi-host job: the coordinator and worker N's process (pid
+/// of baton itself) at `workers[N]`.
+struct Job {
+    coordinator: Proc,
+    workers: Vec<Proc>,
+}
+
+impl Job {
+    fn start(hosts: &Hosts, tmp: &Path, train: &[&str], save: &Path, report: &Path) -> Job {
+        let cluster = tmp.join("cluster");
+        run_baton_ok(&["cluster", "init", cluster.to_str().unwrap(), "--workers", "3"]);
+        let listen = format!("{}:{PORT}", hosts.addr(COORDINATOR));
+        let limit = Duration::from_secs(240);
+        let mut coordinator = Proc::start(
+            hosts
+                .baton(COORDINATOR)
+                .args(["coordinator", "--listen", &listen, "--workers", "3", "--cluster-dir"])
+                .arg(&cluster)
+                .args(train)
+                .arg("--save")
+                .arg(save)
+                .arg("--report")
+                .arg(report),
+            limit,
+        );
+        coordinator.wait_for_prefix("coordinator listening on");
+        let workers: Vec<Proc> = (0..3)
+            .map(|id| {
+                let host = id + 1;
+                let advertise = format!("{}:{}", hosts.addr(host), PORT + 1);
+                let mut cmd = hosts.baton(host);
+                cmd.args(["worker", "--coordinator", &listen, "--id", &id.to_string(), "--threads", "1"])
+                    .args(["--listen", &format!("0.0.0.0:{}", PORT + 1), "--advertise", &advertise, "--cluster-dir"])
+                    .arg(&cluster);
+                Proc::start(&mut cmd, limit)
+            })
+            .collect();
+        Job { coordinator, workers }
+    }
+
+    /// Waits for the coordinator's successful exit; returns its stderr.
+    fn finish(mut self) -> String {
+        let (status, stderr) = self.coordinator.wait_exit(Duration::from_secs(240));
+        let logs: Vec<String> = self
+            .workers
+            .iter_mut()
+            .enumerate()
+            .map(|(id, w)| format!("--- worker {id}:\n{}", w.wait_exit(Duration::from_secs(30)).1))
+            .collect();
+        assert!(status.success(), "the coordinator failed ({status}):\n{stderr}\n{}", logs.join("\n"));
+        stderr
+    }
 }
 
 /// The same training in one process, in this namespace.
@@ -231,4 +251,39 @@ fn a_throttled_link_makes_the_deadline_fall_back_to_recompute() {
     let recomputed = report["counters"]["recomputed_forward_layers"].as_u64().unwrap();
     assert!(recomputed > 0 && recomputed.is_multiple_of(4), "recomputed {recomputed} layers");
     assert_eq!(report["counters"]["lost_microbatches"], 0);
+}
+
+#[test]
+fn a_worker_killed_on_its_host_is_recovered_from_replicas() {
+    let Some(hosts) = hosts_or_skip(4) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // A killed worker's connection is not closed (no goodbye from a dead
+    // process): the coordinator finds the loss after the peer timeout.
+    let train = ["--model", "mlp12", "--steps", "300", "--microbatches", "4", "--optimizer", "adam:lr=1e-3"];
+    let mut crashed = train.to_vec();
+    crashed.extend(["--peer-timeout", "1s"]);
+    let (save, report) = (tmp.path().join("crash.safetensors"), tmp.path().join("crash.json"));
+    let mut job = Job::start(&hosts, tmp.path(), &crashed, &save, &report);
+    // A moment drawn from the clock (printed, so a failure can be replayed).
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let nanos = clock.as_nanos() as u64 / 1000;
+    let (victim, after_step, delay_ms) = ((nanos % 3) as usize, 2 + nanos % 100, nanos % 40);
+    eprintln!("killing worker {victim} (host {}) {delay_ms} ms after step {after_step}", victim + 1);
+    job.coordinator.wait_for_prefix(&format!("step {after_step}/"));
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    // SIGKILL by pid: `ip netns exec` exec'd baton, so this is the worker itself.
+    job.workers[victim].kill();
+    let line = job.coordinator.wait_for_line(&format!("lost worker(s) [{victim}]"));
+    eprintln!("{line}");
+    let stderr = job.finish();
+    let params = io::load_tensors(&save, "").unwrap();
+    assert!(bit_identical(&params, &reference(tmp.path(), &train)), "weights differ ({line}):\n{stderr}");
+    let report = load_report(&report);
+    let counters = &report["counters"];
+    assert!(counters["redone_steps"].as_u64().unwrap() >= 1, "{counters}");
+    assert_eq!(counters["lost_microbatches"], 0, "{counters}");
+    let crash = &report["crashes"][0];
+    assert_eq!(crash["workers"], serde_json::json!([victim]), "{crash}");
+    let (restore, resumed) = (crash["restore_ms"].as_f64().unwrap(), crash["resumed_after_ms"].as_f64().unwrap());
+    assert!(resumed >= restore && crash["restored_bytes"].as_u64().unwrap() > 0, "{crash}");
 }

@@ -9,11 +9,14 @@
 //!   `baton-bench`, see [`sibling_exe`]).
 //! - `migrate`: notice to resumed training when a worker's layers move:
 //!   segment shipping vs recompute vs checkpoint-restart vs raw transfers.
+//! - `crash`: a worker SIGKILLed without notice: recovery from replicas vs
+//!   a restart from the last checkpoint, and what replicas cost in memory.
 //!
 //! Child processes a bench needs (the restarted worker of `migrate`) are
 //! hidden subcommands of `baton-bench` itself, started through
 //! [`std::env::current_exe`]; nothing of the harness ships in `baton`.
 
+mod crash;
 pub mod migrate;
 mod pipeline;
 mod step;
@@ -42,6 +45,8 @@ pub enum BenchCommand {
     Pipeline(pipeline::PipelineArgs),
     /// Notice to resumed training when 4 layers move: segments vs recompute vs checkpoint-restart vs raw QUIC/TCP.
     Migrate(migrate::MigrateArgs),
+    /// A worker SIGKILLed mid-run: detection, restore and resume from replicas vs a restart from the last checkpoint.
+    Crash(crash::CrashArgs),
 }
 
 /// Runs a bench subcommand.
@@ -51,6 +56,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Transport(args) => transport::run(args),
         BenchCommand::Pipeline(args) => pipeline::run(args),
         BenchCommand::Migrate(args) => migrate::run(args),
+        BenchCommand::Crash(args) => crash::run(args),
     }
 }
 
@@ -134,6 +140,7 @@ mod tests {
             &["bench", "pipeline", "--steps", "3", "--json", "p.json"],
             &["bench", "migrate", "--widths", "64,256", "--in-flight", "1,4", "--repeats", "2", "--json", "m.json"],
             &["bench", "migrate", "--rows", "8", "--dir", "/tmp"],
+            &["bench", "crash", "--width", "64", "--steps", "60", "--kill-after", "30", "--json", "c.json"],
         ] {
             let parsed = Bench::try_parse_from(argv);
             assert!(parsed.is_ok(), "{argv:?}: {}", parsed.unwrap_err());

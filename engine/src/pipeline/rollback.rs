@@ -10,7 +10,7 @@
 
 use super::Stage;
 use crate::optim::OptState;
-use crate::{GradAccumulator, Tensor};
+use crate::{GradAccumulator, Optimizer, ParamStore, Tensor};
 
 /// A layer as it was before its update in `step`.
 #[derive(Clone, Debug)]
@@ -19,6 +19,45 @@ pub(crate) struct Snapshot {
     params: Vec<(String, Tensor)>,
     /// Each parameter's optimizer state (None: it had none yet).
     optimizer: Vec<(String, Option<OptState>)>,
+}
+
+impl Snapshot {
+    /// Copies the layer's current values into this snapshot's buffers and
+    /// makes it `step`'s; false (nothing usable changed) when the layer's
+    /// parameters or state no longer have this snapshot's names and sizes,
+    /// or are not host f32 values.
+    fn refill(&mut self, step: u32, prefix: &str, params: &ParamStore, optimizer: &Optimizer) -> bool {
+        let names = params.names().filter(|n| n.starts_with(prefix));
+        if !names.eq(self.params.iter().map(|(n, _)| n)) {
+            return false;
+        }
+        let fits = self.params.iter().zip(&self.optimizer).all(|((name, kept), (_, state))| {
+            let same_state = match (state, optimizer.state(name)) {
+                (Some(a), Some(b)) => {
+                    a.buffers.len() == b.buffers.len()
+                        && a.buffers.iter().zip(&b.buffers).all(|(x, y)| x.len() == y.len())
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            let value = params.get(name).ok().and_then(|t| t.values().ok());
+            same_state && kept.values().ok().zip(value).is_some_and(|(a, b)| a.len() == b.len())
+        });
+        if !fits {
+            return false;
+        }
+        for ((name, kept), (_, state)) in self.params.iter_mut().zip(&mut self.optimizer) {
+            if let (Ok(to), Some(from)) = (kept.values_mut(), params.get(name).ok().and_then(|t| t.values().ok())) {
+                to.copy_from_slice(from);
+            }
+            if let (Some(to), Some(from)) = (state.as_mut(), optimizer.state(name)) {
+                to.step = from.step;
+                to.buffers.iter_mut().zip(&from.buffers).for_each(|(t, f)| t.copy_from_slice(f));
+            }
+        }
+        self.step = step;
+        true
+    }
 }
 
 /// A layer's parameters and optimizer state, kept after it left.
@@ -34,9 +73,16 @@ pub struct RolledBack {
 }
 
 impl Stage {
-    /// Keeps `layer` as it is now, before its update in `step`.
+    /// Keeps `layer` as it is now, before its update in `step`. An earlier
+    /// step's snapshot of the layer is refilled in place when it fits, so
+    /// a step does not allocate (and fault in) fresh pages for the copies.
     pub(crate) fn snapshot(&mut self, step: u32, layer: u32) {
         let prefix = format!("layers.{layer}.");
+        if let Some(old) = self.snapshots.get_mut(&layer) {
+            if old.refill(step, &prefix, &self.params, &self.optimizer) {
+                return;
+            }
+        }
         let params: Vec<(String, Tensor)> = self.params.with_prefix(&prefix).into_iter().collect();
         let optimizer = params.iter().map(|(n, _)| (n.clone(), self.optimizer.state(n).cloned())).collect();
         self.snapshots.insert(layer, Snapshot { step, params, optimizer });

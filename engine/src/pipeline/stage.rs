@@ -192,7 +192,8 @@ pub struct Stage {
     /// Whether updates emit [`Effect::Replica`] and keep a snapshot.
     pub(crate) replicate: bool,
     /// Layers updated in the step in progress, as they were before their
-    /// update (so a crash elsewhere can roll the step back).
+    /// update (so a crash elsewhere can roll the step back); entries of
+    /// earlier steps are only buffers to refill (their `step` says which).
     pub(crate) snapshots: BTreeMap<u32, super::rollback::Snapshot>,
     /// Layers shipped away in the step in progress, as they were at its
     /// start: (parameters, optimizer state).
@@ -283,7 +284,8 @@ impl Stage {
                 }
                 self.current = Some(StepState::new(step, rows, true));
                 self.forget_before(step);
-                self.snapshots.clear();
+                // Earlier steps' snapshots stay as buffers to refill (each
+                // says its step; only the step in progress's are used).
                 self.departed.clear();
                 (self.attempt_forwards, self.attempt_backwards) = (0, 0);
                 self.activations.extend(inputs.into_iter().map(|(m, t)| ((step, m), (0, t))));
@@ -528,14 +530,16 @@ impl Stage {
         let mut effects = Vec::new();
         if self.replicate {
             self.snapshot(step, layer);
-            let grads = grads.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
-            effects.push(Effect::Replica { step, layer, grads });
         }
         for (name, grad) in grads.iter() {
             let param = self.params.get_mut(name)?;
             // The step's learning rate comes from `step` alone, so it is the
             // same bits on whichever worker holds the layer now.
             self.optimizer.update(step, name, param, grad)?;
+        }
+        if self.replicate {
+            // The sums are spent: they travel to the replica without a copy.
+            effects.push(Effect::Replica { step, layer, grads: grads.into_iter().collect() });
         }
         self.current.as_mut().expect("step in progress").updated.insert(layer);
         effects.push(Effect::LayerUpdated { step, layer });
