@@ -108,7 +108,10 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
             Inbound::Job(events) => events.into_iter().flat_map(|e| coordinator.handle(e, now)).collect(),
             Inbound::Admin(peer, frame) => admin::serve(node, &coordinator, peer, &frame),
         };
-        if coordinator.poll_timeout().is_some_and(|t| t <= now) {
+        // Silence is judged only once every event already queued is handled:
+        // after a stall (an overloaded machine, a slow effect), a worker's
+        // messages waiting in the queue must not read as a lost worker.
+        if node.events().is_empty() && coordinator.poll_timeout().is_some_and(|t| t <= now) {
             effects.extend(coordinator.handle_timeout(now));
         }
         // Child processes are checked every CHILD_CHECK, not on every message.

@@ -18,7 +18,7 @@ impl Coordinator {
     /// time, a planned joiner overdue, a migration past its deadline, and
     /// members silent for longer than the peer timeout (lost).
     pub fn handle_timeout(&mut self, now: Duration) -> Vec<CoordEffect> {
-        self.now = now;
+        self.observe(now);
         if self.phase == Phase::Over {
             return Vec::new();
         }
@@ -75,6 +75,28 @@ impl Coordinator {
         watched.sort_unstable();
         watched.dedup();
         watched
+    }
+
+    /// Takes in the time of an event or timeout. Called long after its own
+    /// deadline (later than [`Coordinator::poll_timeout`] plus a quarter of
+    /// the peer timeout), the coordinator itself was not running (an
+    /// overloaded machine, a stopped process): it heard nobody in that gap
+    /// because it did not listen, so the whole gap since it last ran is not
+    /// counted as any worker's silence. Invariant: a worker is declared
+    /// silent only for time the coordinator was running and due to hear it.
+    pub(super) fn observe(&mut self, now: Duration) {
+        let slack = self.plan.faults.peer_timeout / 4;
+        if self.poll_timeout().is_some_and(|due| now > due + slack) {
+            let gap = now.saturating_sub(self.now);
+            self.last_heard.values_mut().for_each(|t| *t += gap);
+            self.stalls.push((self.now, gap));
+        }
+        self.now = self.now.max(now);
+    }
+
+    /// The coordinator's own stalls: (when it last ran before, how long).
+    pub fn stalls(&self) -> &[(Duration, Duration)] {
+        &self.stalls
     }
 
     fn heard(&self, worker: u32) -> Duration {

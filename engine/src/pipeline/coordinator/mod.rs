@@ -252,6 +252,8 @@ pub struct Coordinator {
     redone_steps: u32,
     /// When each worker was last heard from (for the peer timeout).
     last_heard: BTreeMap<u32, Duration>,
+    /// The coordinator's own stalls, discounted from silences ([`Coordinator::observe`]).
+    stalls: Vec<(Duration, Duration)>,
     /// Step starts sent to each worker (a rollback waits for them all).
     starts_sent: BTreeMap<u32, u64>,
     replica_book: ReplicaBook,
@@ -303,6 +305,7 @@ impl Coordinator {
             crashes: Vec::new(),
             redone_steps: 0,
             last_heard: BTreeMap::new(),
+            stalls: Vec::new(),
             starts_sent: BTreeMap::new(),
             replica_book: ReplicaBook::default(),
             lingering: BTreeSet::new(),
@@ -311,7 +314,7 @@ impl Coordinator {
 
     /// Takes in one event at time `now` and returns what to do.
     pub fn handle(&mut self, event: CoordEvent, now: Duration) -> Vec<CoordEffect> {
-        self.now = now;
+        self.observe(now);
         if self.phase == Phase::Over {
             return Vec::new();
         }

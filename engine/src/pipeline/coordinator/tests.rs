@@ -270,3 +270,32 @@ fn a_bad_report_in_a_batch_fails_the_job_naming_it() {
     let reason = failure(reports(&mut running(), 0, Vec::new()));
     assert!(reason.contains("an empty batch of reports"), "{reason}");
 }
+
+/// Kinds of the messages sent to `worker`.
+fn sent_to(effects: &[CoordEffect], worker: u32) -> Vec<&'static str> {
+    sends(effects).into_iter().filter(|(w, _)| *w == worker).map(|(_, k)| k).collect()
+}
+
+#[test]
+fn a_silent_worker_is_lost_at_its_deadline_but_not_for_the_coordinators_own_stall() {
+    let secs = Duration::from_secs;
+    // Called on time (the peer timeout is 5 s): worker 0, silent since 0 s, is lost.
+    let mut on_time = running();
+    on_time.handle(CoordEvent::Message { worker: 1, message: Message::Heartbeat { worker: 1 } }, secs(3));
+    let due = on_time.poll_timeout().unwrap();
+    assert!(due > secs(5) && due < secs(6), "{due:?}");
+    assert_eq!(sent_to(&on_time.handle_timeout(due), 1), vec!["rollback"]);
+    assert!(on_time.stalls().is_empty());
+
+    // The coordinator itself did not run from 0 s to 20 s: nobody was silent.
+    let mut stalled = running();
+    assert_eq!(sends(&stalled.handle_timeout(secs(20))), vec![]);
+    assert_eq!(stalled.stalls(), &[(Duration::ZERO, secs(20))]);
+    // Worker 1 is heard again; worker 0 stays silent for a whole peer
+    // timeout of the coordinator's running time, and is lost.
+    stalled.handle(CoordEvent::Message { worker: 1, message: Message::Heartbeat { worker: 1 } }, secs(22));
+    let due = stalled.poll_timeout().unwrap();
+    assert!(due > secs(25) && due < secs(26), "{due:?}");
+    assert_eq!(sends(&stalled.handle_timeout(secs(24))), vec![]);
+    assert_eq!(sent_to(&stalled.handle_timeout(due), 1), vec!["rollback"]);
+}
