@@ -10,14 +10,13 @@ mod checkpoint;
 mod clip;
 mod clock;
 mod eval;
+mod fallback;
 mod finish;
 mod membership;
 mod migration;
 mod recovery;
 mod reports;
 
-use membership::check_protocol;
-use recovery::is_of_abandoned_attempt;
 #[cfg(test)]
 mod tests;
 
@@ -33,7 +32,9 @@ use crate::train::{Batch, Counters};
 use crate::{Error, LrSchedule, OptimizerConfig, ParamStore, Result, Tensor};
 
 use clip::ClipState;
+use membership::check_protocol;
 use migration::Migration;
+use recovery::is_of_abandoned_attempt;
 pub use recovery::{CrashRecord, FaultTolerance};
 use recovery::{Recovery, ReplicaBook};
 
@@ -163,6 +164,9 @@ pub struct JobOutcome {
     pub crashes: Vec<CrashRecord>,
     /// Steps abandoned after a loss and run again from their start.
     pub redone_steps: u32,
+    /// Checkpoints given up because a worker owing a part was lost, or by
+    /// a fallback (their steps); the checkpoint before stays valid.
+    pub abandoned_checkpoints: Vec<u32>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -239,6 +243,7 @@ pub struct Coordinator {
     evals: Vec<crate::eval::EvalPoint>,
     /// Checkpoints being written: by step, the parts still due and those in.
     saving: BTreeMap<u32, (usize, Vec<SavedPart>)>,
+    ledger: checkpoint::Ledger,
     /// A stop (signal) waiting for the step in progress to end and its
     /// checkpoint to be written: the reason the job then fails with.
     stopping: Option<String>,
@@ -293,6 +298,7 @@ impl Coordinator {
             grad_norms: Vec::new(),
             evals: Vec::new(),
             saving: BTreeMap::new(),
+            ledger: Default::default(),
             stopping: None,
             recovery: None,
             lost: BTreeSet::new(),
@@ -318,10 +324,14 @@ impl Coordinator {
             self.last_heard.insert(worker, now);
         }
         let result = match event {
-            // A worker that delivered its final state, or retired, may go away.
-            CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
+            // A worker that delivered its final state, or retired, may go
+            // away (a checkpoint part it still owed is abandoned).
+            CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(self.abandon_owed_by(worker)),
             CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
-            CoordEvent::Lost { worker, reason } => self.on_lost(worker, reason),
+            CoordEvent::Lost { worker, reason } => {
+                let abandoned = self.abandon_owed_by(worker);
+                self.on_lost(worker, reason).map(|effects| abandoned.into_iter().chain(effects).collect())
+            }
             // Frames a lost worker sent before it died.
             CoordEvent::Message { worker, .. } if self.lost.contains(&worker) => Ok(Vec::new()),
             CoordEvent::Message { message, .. } if self.recovering() && is_of_abandoned_attempt(&message) => {
@@ -413,23 +423,6 @@ impl Coordinator {
         (0..self.plan.workers as u32)
             .map(|w| Ok(CoordEffect::Send { worker: w, message: self.assignment(w) }))
             .collect()
-    }
-
-    /// A joiner registers: it gets the current layout (without layers of its
-    /// own) and connects to every member.
-    fn on_join_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
-        check_protocol(worker, protocol)?;
-        if !self.training() || self.addresses.insert(worker, address).is_some() {
-            return Err(Error::peer(format!("worker {worker}"), "it registered twice or outside training"));
-        }
-        Ok(vec![CoordEffect::Send { worker, message: self.assignment(worker) }])
-    }
-
-    fn on_join_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
-        if !self.addresses.contains_key(&worker) || !self.joiners.insert(worker) {
-            return Err(Error::peer(format!("worker {worker}"), "it reported ready out of turn"));
-        }
-        self.start_migration()
     }
 
     /// Placements of `partition` on `workers` (stage i on `workers[i]`).
