@@ -24,7 +24,8 @@ const STEPS: u32 = 40;
 fn train(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> (ParamStore, Value, String) {
     let (out, report) = (dir.join(format!("{name}.safetensors")), dir.join(format!("{name}.json")));
     let steps = STEPS.to_string();
-    let mut all: Vec<String> = ["train", "--model", "mlp12", "--steps", &steps, "--microbatches", "4"].map(String::from).to_vec();
+    let mut all: Vec<String> =
+        ["train", "--model", "mlp12", "--steps", &steps, "--microbatches", "4"].map(String::from).to_vec();
     all.extend(["--save", out.to_str().unwrap(), "--report", report.to_str().unwrap()].map(String::from));
     all.extend(args.iter().map(|a| a.to_string()));
     let output = run_with_watchdog(common::baton().args(&all).envs(env.iter().copied()), Duration::from_secs(300));
@@ -43,7 +44,8 @@ fn two_adjacent_workers_lost_together_fall_back_to_the_checkpoint() {
         let what = format!("{workers} workers, {schedule}, workers 1 and 2 lost at the start of step 30");
         let ckpt = dir.path().join(format!("ckpt-{workers}"));
         let ckpt_text = ckpt.to_str().unwrap();
-        let args = ["--workers", workers, "--schedule", schedule, "--checkpoint-dir", ckpt_text, "--checkpoint-every", "5"];
+        let args =
+            ["--workers", workers, "--schedule", schedule, "--checkpoint-dir", ckpt_text, "--checkpoint-every", "5"];
         let (params, report, stderr) = train(dir.path(), "pair", &args, &[("BATON_FAULT", fault)]);
         assert!(bit_identical(&params, &reference), "{what}: weights differ from one process\n{stderr}");
         let crashes = report["crashes"].as_array().unwrap();

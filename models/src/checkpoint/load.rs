@@ -85,7 +85,13 @@ pub fn load(dir: &Path) -> Result<Loaded> {
 /// rename between them is atomic, so the committed one is tried again
 /// last). Each part is checked against its SHA-256; the layers must be
 /// covered by the parts. Only the parameters of `layers` are kept.
-pub fn load_layers(dir: &Path, step: u32, layers: Range<u32>, parts: &[SavedPart], optimizer: &str) -> Result<Restored> {
+pub fn load_layers(
+    dir: &Path,
+    step: u32,
+    layers: Range<u32>,
+    parts: &[SavedPart],
+    optimizer: &str,
+) -> Result<Restored> {
     if let Some(gap) = layers.clone().find(|l| !parts.iter().any(|p| (p.first..p.end).contains(l))) {
         return Err(refuse(dir, format!("no part of the checkpoint before step {step} holds layer {gap}")));
     }

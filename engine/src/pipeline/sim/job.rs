@@ -464,7 +464,8 @@ impl Network<'_> {
 
     /// Does every pending write of `node` (it is about to exit).
     fn flush_saves(&mut self, node: &Worker) -> Result<()> {
-        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.saves).into_iter().partition(|s| s.worker == node.id);
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.saves).into_iter().partition(|s| s.worker == node.id);
         self.saves = rest;
         mine.into_iter().try_for_each(|save| self.write(node, save))
     }

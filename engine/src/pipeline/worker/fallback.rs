@@ -46,7 +46,8 @@ impl Worker {
             self.mode = Mode::Leaving;
             return Ok(outs);
         };
-        let parts: Vec<SavedPart> = parts.into_iter().filter(|p| p.first < layers.end && layers.start < p.end).collect();
+        let parts: Vec<SavedPart> =
+            parts.into_iter().filter(|p| p.first < layers.end && layers.start < p.end).collect();
         self.mode = Mode::Loading { generation, step };
         outs.push(Out::Load { generation, dir, optimizer, step, layers, parts });
         Ok(outs)
@@ -84,7 +85,8 @@ impl Worker {
         self.mode = if self.noticed { Mode::Paused } else { Mode::Running };
         self.sent.clear();
         self.received.clear();
-        let mut outs = vec![Out::Send { to: Dest::Coordinator, message: Message::Resumed { worker: self.id, generation } }];
+        let mut outs =
+            vec![Out::Send { to: Dest::Coordinator, message: Message::Resumed { worker: self.id, generation } }];
         for (sender, message) in std::mem::take(&mut self.early) {
             outs.extend(self.handle(Dest::Worker(sender), message)?);
         }
