@@ -52,7 +52,10 @@ pub fn check_scripted(first: u32, notices: &[(u32, PlannedNotice)], joins: &[(u3
         );
     }
     for (step, _) in joins {
-        ensure!(*step >= first, "--join {step}: the run resumes at step {first} (steps count from 0 over the whole run)");
+        ensure!(
+            *step >= first,
+            "--join {step}: the run resumes at step {first} (steps count from 0 over the whole run)"
+        );
     }
     Ok(())
 }
