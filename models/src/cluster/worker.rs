@@ -260,7 +260,12 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                 // A fallback after a crash: training waits for this anyway.
                 let path = std::path::Path::new(&dir);
                 let result = crate::checkpoint::load_layers(path, step, layers.clone(), &parts, &optimizer);
-                eprintln!("worker {}: falling back to the checkpoint before step {step}: layers {layers:?}", worker.id);
+                // One write, so the lines of workers loading at once do not interleave.
+                let line = format!(
+                    "worker {}: falling back to the checkpoint before step {step}: layers {layers:?}\n",
+                    worker.id
+                );
+                std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes()).ok();
                 let outs = worker.loaded(generation, result.map_err(|e| e.to_string()))?;
                 if execute(node, worker, links, outs)? {
                     return Ok(true);
