@@ -201,3 +201,32 @@ fn a_worker_lost_while_owing_a_checkpoint_part_abandons_that_checkpoint() {
     }
     assert!(abandoned > 0, "no run lost a worker while it owed a part: the case was never exercised");
 }
+
+/// A resumed run loses a replica pair before its first own checkpoint: it
+/// falls back to the checkpoint it started from (in its checkpoint
+/// directory, read through that generation's manifest).
+#[test]
+fn a_resumed_run_falls_back_to_the_checkpoint_it_started_from() {
+    let case = Case::new("mlp12_adam");
+    let m = case.golden.micro_batches as u32;
+    for (seed, kind) in [(1, ScheduleKind::OneFOneB), (2, ScheduleKind::Gpipe)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = case.store(dir.path());
+        let mut first = case.plan(3, kind, dir.path(), 0);
+        first.batches.truncate(3);
+        sim::run_job_with_fallback(first, &spec::factory, seed, &[], &[], &mut store).unwrap();
+        let loaded = checkpoint::load(dir.path()).unwrap();
+        assert_eq!(loaded.manifest.next_step, 3);
+        let mut plan = case.plan(4, kind, dir.path(), 0);
+        (plan.params, plan.batches) = (loaded.params, case.golden.data[3..].to_vec());
+        (plan.checkpoint.first_step, plan.checkpoint.optim) = (3, loaded.optim);
+        let what = format!("{kind}: resumed at step 3 on 4 workers, workers 1 and 2 lost in step 4");
+        let out = sim::run_job_with_fallback(plan, &spec::factory, seed, &[crash(1, 4, m)], &[(1, 2)], &mut store)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(bit_identical(&out.params, &case.reference), "{what}: weights differ from one process");
+        assert_eq!(out.losses, case.losses[3..], "{what}: losses of the resumed steps");
+        assert_eq!(out.microbatch_losses, u64::from(3 * m), "{what}");
+        assert_eq!(out.crashes[0].checkpoint, Some(3), "{what}");
+        assert_eq!(out.redone_steps, 2, "{what}");
+    }
+}

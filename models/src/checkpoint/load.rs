@@ -85,6 +85,9 @@ pub fn load(dir: &Path) -> Result<Loaded> {
 /// rename between them is atomic, so the committed one is tried again
 /// last). Each part is checked against its SHA-256; the layers must be
 /// covered by the parts. Only the parameters of `layers` are kept.
+///
+/// With no `parts` named (the checkpoint a resumed run started from), the
+/// manifest of the committed generation names them.
 pub fn load_layers(
     dir: &Path,
     step: u32,
@@ -92,6 +95,11 @@ pub fn load_layers(
     parts: &[SavedPart],
     optimizer: &str,
 ) -> Result<Restored> {
+    let listed = match parts.is_empty() {
+        true => manifest_parts(dir, step)?,
+        false => parts.to_vec(),
+    };
+    let parts = &listed[..];
     if let Some(gap) = layers.clone().find(|l| !parts.iter().any(|p| (p.first..p.end).contains(l))) {
         return Err(refuse(dir, format!("no part of the checkpoint before step {step} holds layer {gap}")));
     }
@@ -114,6 +122,24 @@ pub fn load_layers(
     let params = params.into_iter().filter(|(n, _)| mine(n)).collect();
     optim.retain(|(n, _)| mine(n));
     Ok(Restored { step, first: layers.start, end: layers.end, params, optim })
+}
+
+/// The parts the manifest of the committed generation before `step` lists.
+fn manifest_parts(dir: &Path, step: u32) -> Result<Vec<SavedPart>> {
+    let path = dir.join(super::generation_name(step)).join(MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        damaged(&path, format!("the checkpoint to fall back to is not in the checkpoint directory ({e})"))
+    })?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|e| damaged(&path, format!("not a valid checkpoint manifest: {e}")))?;
+    let part = |p: &super::PartEntry| SavedPart {
+        file: p.file.clone(),
+        first: p.first,
+        end: p.end,
+        sha256: p.sha256.clone(),
+        bytes: p.bytes,
+    };
+    Ok(manifest.parts.iter().map(part).collect())
 }
 
 /// Adds a part's weights and optimizer state.

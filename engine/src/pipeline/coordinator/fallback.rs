@@ -28,7 +28,14 @@ impl Coordinator {
         placements: Vec<Placement>,
         missing: &[u32],
     ) -> Result<Vec<CoordEffect>> {
-        let Some((step, parts)) = self.ledger.committed.clone() else { return Ok(self.no_replica(missing)) };
+        // Before its first own checkpoint, a resumed run falls back to the
+        // one it started from, if that is in its checkpoint directory (no
+        // parts named: the workers read that generation's manifest).
+        let first = self.plan.checkpoint.first_step;
+        let resumed = (first > 0 && self.plan.checkpoint.dir.is_some()).then(|| (first, Vec::new()));
+        let Some((step, parts)) = self.ledger.committed.clone().or(resumed) else {
+            return Ok(self.no_replica(missing));
+        };
         self.abandon_all();
         let r = self.recovery.as_mut().ok_or_else(|| Error::Internal("a fallback outside a recovery".into()))?;
         r.fallback = Some(step);
