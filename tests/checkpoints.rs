@@ -216,3 +216,37 @@ fn damaged_missing_or_mismatched_checkpoints_are_clear_errors() {
     let err = resume_error(&dir.path().join("empty"), &[]);
     assert!(err.contains("no checkpoint to resume from"), "{err}");
 }
+
+/// `--preempt` and `--join` with `--resume` count steps of the whole run: a
+/// golden run checkpointed at step 3 on 3 workers, resumed on 3 with worker
+/// 1 preempted in step 4, and resumed on 2 with a worker joining in step 4,
+/// both give the bits of the uninterrupted one-process run; a point before
+/// the checkpoint is refused, naming the flag.
+#[test]
+fn preempt_and_join_work_with_resume() {
+    let g = Golden::load("mlp12_adam", 1e-4);
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.safetensors");
+    run_baton_ok_owned(&with(golden_args(&g, g.steps, 1, &reference), &["--init", path_str(&g.path)]));
+    let cases: [(usize, &[&str]); 2] = [(3, &["--preempt", "1@4:3"]), (2, &["--join", "4:2"])];
+    for (i, (workers, extra)) in cases.into_iter().enumerate() {
+        let ckpt = dir.path().join(format!("ckpt-{i}"));
+        let first = dir.path().join("first.safetensors");
+        let args = with(golden_args(&g, 3, 3, &first), &["--init", path_str(&g.path)]);
+        run_baton_ok_owned(&with(args, &["--checkpoint-dir", path_str(&ckpt)]));
+        let resumed = dir.path().join(format!("resumed-{i}.safetensors"));
+        let args = with(golden_args(&g, g.steps, workers, &resumed), &["--resume", path_str(&ckpt)]);
+        let out = run_baton_ok_owned(&with(args, extra));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let what = format!("resumed on {workers} workers with {extra:?}");
+        assert!(bit_identical(&weights(&resumed), &weights(&reference)), "{what}: weights differ\n{stderr}");
+        assert!(stderr.contains("layers"), "{what}: no migration reported\n{stderr}");
+        if i == 0 {
+            let save = dir.path().join("early.safetensors");
+            let args = with(golden_args(&g, g.steps, 3, &save), &["--resume", path_str(&ckpt), "--preempt", "1@2:1"]);
+            let out = run_baton(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains("--preempt 1@2: the run resumes at step 3"), "{err}");
+        }
+    }
+}

@@ -65,6 +65,10 @@ pub enum Error {
     /// and what to do.
     #[error("device {0}")]
     Device(String),
+    /// A checkpoint that a fallback after a crash must read cannot be read
+    /// (a part missing or damaged on the shared storage): the storage's fault.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// The kernels refused (e.g. an invalid thread count).
     #[error(transparent)]
     Kernel(#[from] baton_kernels::Error),

@@ -65,6 +65,19 @@ pub struct SavedPart {
     pub bytes: u64,
 }
 
+/// The state of layers `first..end` at the boundary before `step`, read
+/// back from a committed checkpoint for a fallback after a crash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Restored {
+    pub step: u32,
+    pub first: u32,
+    pub end: u32,
+    /// Parameters by PyTorch name (only those of `first..end`).
+    pub params: Vec<(String, Tensor)>,
+    /// Their optimizer state (only parameters updated before `step`).
+    pub optim: Vec<(String, OptState)>,
+}
+
 /// Where an in-memory job ([`super::sim::run_job_with_checkpoints`]) puts
 /// its checkpoints: the same calls the process drivers make.
 pub trait CheckpointStore {
@@ -79,4 +92,18 @@ pub trait CheckpointStore {
 
     /// Every part of the checkpoint before `step` is written: commit it.
     fn commit(&mut self, step: u32, parts: &[SavedPart]) -> crate::Result<()>;
+
+    /// Reads the state of layers `first..end` from `parts` of the
+    /// checkpoint before `step` in `dir` (a fallback after a crash).
+    fn load(
+        &mut self,
+        dir: &str,
+        optimizer: &str,
+        step: u32,
+        layers: std::ops::Range<u32>,
+        parts: &[SavedPart],
+    ) -> std::result::Result<Restored, String> {
+        let _ = (dir, optimizer, parts);
+        Err(format!("this store cannot read back layers {layers:?} of the checkpoint before step {step}"))
+    }
 }

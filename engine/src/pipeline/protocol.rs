@@ -252,6 +252,13 @@ pub enum Message {
     Saved { worker: u32, step: u32, part: Option<SavedPart>, error: Option<String> },
     /// Worker → coordinator: reports in the order they were made (never empty).
     Reports { reports: Vec<Report> },
+    /// Coordinator → worker, after its `RolledBack`: some lost layer is held
+    /// by no survivor, so the job falls back to the committed checkpoint
+    /// before `step`. Drop every layer and replica, report `Migrated`
+    /// (nothing shipped), then, if `placements` gives this worker a range,
+    /// load that range from `parts` (its driver reads the files of the
+    /// shared checkpoint directory) and report `Resumed`.
+    Fallback { generation: u32, step: u32, placements: Vec<Placement>, parts: Vec<SavedPart> },
 }
 
 impl Message {
@@ -297,6 +304,7 @@ impl Message {
             Message::Rollback { .. } => "rollback",
             Message::RolledBack { .. } => "rolled-back",
             Message::Restore { .. } => "restore",
+            Message::Fallback { .. } => "fallback",
         }
     }
 

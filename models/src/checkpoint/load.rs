@@ -1,9 +1,11 @@
 //! Reading a checkpoint back: `latest`, the manifest, every part checked
 //! against its SHA-256 before it is parsed.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use baton_engine::optim::OptState;
+use baton_engine::pipeline::checkpoint::{Restored, SavedPart};
 use baton_engine::{ParamStore, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
@@ -74,6 +76,70 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         read_part(&file, &bytes, &manifest.run.optimizer, &mut params, &mut optim)?;
     }
     Ok(Loaded { path, manifest, params, optim })
+}
+
+/// Reads layers `layers` of the checkpoint before `step` in `dir` from
+/// `parts` (a fallback after a crash: the coordinator names the parts it
+/// handed over to commit). A part is read from the committed generation,
+/// else from the pending one (its commit may still be under way; the
+/// rename between them is atomic, so the committed one is tried again
+/// last). Each part is checked against its SHA-256; the layers must be
+/// covered by the parts. Only the parameters of `layers` are kept.
+///
+/// With no `parts` named (the checkpoint a resumed run started from), the
+/// manifest of the committed generation names them.
+pub fn load_layers(
+    dir: &Path,
+    step: u32,
+    layers: Range<u32>,
+    parts: &[SavedPart],
+    optimizer: &str,
+) -> Result<Restored> {
+    let listed = match parts.is_empty() {
+        true => manifest_parts(dir, step)?,
+        false => parts.to_vec(),
+    };
+    let parts = &listed[..];
+    if let Some(gap) = layers.clone().find(|l| !parts.iter().any(|p| (p.first..p.end).contains(l))) {
+        return Err(refuse(dir, format!("no part of the checkpoint before step {step} holds layer {gap}")));
+    }
+    let (mut params, mut optim) = (ParamStore::new(), Vec::new());
+    let done = dir.join(super::generation_name(step));
+    let pending = dir.join(format!("{}.tmp", super::generation_name(step)));
+    for part in parts {
+        let candidates = [done.join(&part.file), pending.join(&part.file), done.join(&part.file)];
+        let read = candidates.iter().find_map(|f| std::fs::read(f).ok().map(|b| (f.clone(), b)));
+        let (file, bytes) = read.ok_or_else(|| {
+            damaged(&done.join(&part.file), "a part of the checkpoint to fall back to is missing or unreadable")
+        })?;
+        let sum = super::sha256_hex(&bytes);
+        if sum != part.sha256 || bytes.len() as u64 != part.bytes {
+            return Err(damaged(&file, format!("damaged: SHA-256 {sum}, the coordinator recorded {}", part.sha256)));
+        }
+        read_part(&file, &bytes, optimizer, &mut params, &mut optim)?;
+    }
+    let mine = |name: &str| layers.clone().any(|l| name.starts_with(&format!("layers.{l}.")));
+    let params = params.into_iter().filter(|(n, _)| mine(n)).collect();
+    optim.retain(|(n, _)| mine(n));
+    Ok(Restored { step, first: layers.start, end: layers.end, params, optim })
+}
+
+/// The parts the manifest of the committed generation before `step` lists.
+fn manifest_parts(dir: &Path, step: u32) -> Result<Vec<SavedPart>> {
+    let path = dir.join(super::generation_name(step)).join(MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        damaged(&path, format!("the checkpoint to fall back to is not in the checkpoint directory ({e})"))
+    })?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|e| damaged(&path, format!("not a valid checkpoint manifest: {e}")))?;
+    let part = |p: &super::PartEntry| SavedPart {
+        file: p.file.clone(),
+        first: p.first,
+        end: p.end,
+        sha256: p.sha256.clone(),
+        bytes: p.bytes,
+    };
+    Ok(manifest.parts.iter().map(part).collect())
 }
 
 /// Adds a part's weights and optimizer state.

@@ -24,7 +24,7 @@
 
 mod load;
 
-pub use load::{load, Loaded};
+pub use load::{load, load_layers, Loaded};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -275,5 +275,16 @@ impl CheckpointStore for DiskStore {
         commit(&self.dir, step, parts, &self.run, tokens)
             .map(drop)
             .map_err(|e| baton_engine::Error::Usage(format!("writing the checkpoint: {e}")))
+    }
+
+    fn load(
+        &mut self,
+        dir: &str,
+        optimizer: &str,
+        step: u32,
+        layers: std::ops::Range<u32>,
+        parts: &[SavedPart],
+    ) -> std::result::Result<baton_engine::pipeline::checkpoint::Restored, String> {
+        load_layers(Path::new(dir), step, layers, parts, optimizer).map_err(|e| e.to_string())
     }
 }

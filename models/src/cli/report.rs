@@ -235,6 +235,11 @@ pub struct Crash {
     /// Parameters and optimizer state moved to restore the layers.
     pub restored_bytes: u64,
     pub generation: u32,
+    /// A worker and the holder of its replica were lost together: the run
+    /// fell back to the checkpoint before this step and redid every step
+    /// from it (absent when the layers came back from replicas).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fell_back_to_checkpoint: Option<u32>,
 }
 
 impl From<&baton_engine::pipeline::coordinator::CrashRecord> for Crash {
@@ -249,6 +254,7 @@ impl From<&baton_engine::pipeline::coordinator::CrashRecord> for Crash {
             resumed_after_ms: c.resumed_after.map(ms),
             restored_bytes: c.bytes.total(),
             generation: c.generation,
+            fell_back_to_checkpoint: c.checkpoint,
         }
     }
 }

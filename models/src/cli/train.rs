@@ -238,10 +238,11 @@ pub fn run_with(args: TrainArgs, launch: Launch<'_>) -> anyhow::Result<()> {
     let (label, spec_text, layers) = (chosen.label, chosen.spec_text, chosen.model.layers.len());
     let joins =
         args.join.iter().map(|j| preempt::parse_join(j).context("--join")).collect::<anyhow::Result<Vec<_>>>()?;
-    preempt::check_joins(&joins, batches.len(), args.microbatches)?;
+    preempt::check_joins(&joins, total, args.microbatches)?;
     let notices =
         args.preempt.iter().map(|p| preempt::parse(p).context("--preempt")).collect::<anyhow::Result<Vec<_>>>()?;
-    preempt::check(&notices, args.workers, &joins, batches.len(), args.microbatches)?;
+    preempt::check(&notices, args.workers, &joins, total, args.microbatches)?;
+    resume::check_scripted(first_step, &notices, &joins)?;
     eprintln!(
         "training {label} ({layers} layers, {} parameters) for {} steps, batch {rows}, M={}, {}, lr {}, device {devices}",
         params.iter().map(|(_, t)| t.len()).sum::<usize>(),

@@ -150,11 +150,18 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
                     let checkpoint = super::lifetime::final_checkpoint(stopping.committed().as_deref());
                     return Err(Error::Interrupted(super::lifetime::Interrupted { signal, checkpoint }));
                 }
-                CoordEffect::Recovered(c) => eprintln!(
-                    "lost worker(s) {:?} without notice ({}): detected at {:.1?}, layers restored {:.1?} later; \
-                     redoing step {}",
-                    c.lost, c.reason, c.detected_at, c.restored_after, c.step
-                ),
+                CoordEffect::Recovered(c) => match c.checkpoint {
+                    Some(from) => eprintln!(
+                        "lost worker(s) {:?} without notice ({}): no survivor held all their layers; fell back to \
+                         the checkpoint before step {from} ({:.1?} after the detection at {:.1?}); redoing steps {from}-{}",
+                        c.lost, c.reason, c.restored_after, c.detected_at, c.step
+                    ),
+                    None => eprintln!(
+                        "lost worker(s) {:?} without notice ({}): detected at {:.1?}, layers restored {:.1?} later; \
+                         redoing step {}",
+                        c.lost, c.reason, c.detected_at, c.restored_after, c.step
+                    ),
+                },
                 CoordEffect::Failed(reason) => bail!("training failed: {reason}"),
             }
         }

@@ -1,7 +1,9 @@
 //! Scriptable fault injection for tests (STYLE: fault injection is
 //! scriptable). `BATON_FAULT=crash:worker=W,step=S,actions=A` makes worker W
 //! die abruptly (abort: no goodbye to its peers, like a SIGKILL) once it has
-//! completed A compute actions of step S. `BATON_FAULT=hang-after-ship:worker=W`
+//! completed A compute actions of step S; several crashes are separated by
+//! `;` (`crash:worker=1,step=3,actions=0;crash:worker=2,step=3,actions=0`:
+//! two workers gone at once). `BATON_FAULT=hang-after-ship:worker=W`
 //! makes worker W hang once it has shipped its layers on leaving (before the
 //! coordinator retires it), so the launcher's SIGKILL at the end of its
 //! grace is what ends it.
@@ -23,9 +25,7 @@ impl Crash {
     /// The crash planned for `worker` in the environment, if any.
     pub fn from_env(worker: u32) -> Result<Option<Crash>> {
         match std::env::var(FAULT_ENV) {
-            Ok(text) => {
-                Ok(Some(parse(&text).what_with(|| format!("{FAULT_ENV}={text}"))?).filter(|c| c.worker == worker))
-            }
+            Ok(text) => for_worker(&text, worker).what_with(|| format!("{FAULT_ENV}={text}")),
             Err(_) => Ok(None),
         }
     }
@@ -39,6 +39,17 @@ impl Crash {
     pub fn due(&self, step: u32, actions: u32) -> bool {
         step == self.step && actions == self.actions
     }
+}
+
+/// The crash of `worker` among the `;`-separated specs of `text`, if any.
+fn for_worker(text: &str, worker: u32) -> Result<Option<Crash>> {
+    for spec in text.split(';') {
+        let crash = parse(spec)?;
+        if crash.worker == worker {
+            return Ok(Some(crash));
+        }
+    }
+    Ok(None)
 }
 
 fn parse(text: &str) -> Result<Crash> {
@@ -76,5 +87,9 @@ mod tests {
         assert!(parse("crash:step=1").is_err());
         assert!(parse("crash:worker=x").is_err());
         assert!(parse("crash:worker=1,when=2").is_err());
+        let two = "crash:worker=1,step=3,actions=0;crash:worker=2,step=3,actions=4";
+        assert_eq!(for_worker(two, 2).unwrap(), Some(Crash { worker: 2, step: 3, actions: 4 }));
+        assert_eq!(for_worker(two, 0).unwrap(), None);
+        assert!(for_worker("crash:worker=1,step=3;crash:step=1", 0).is_err());
     }
 }

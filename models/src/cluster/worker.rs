@@ -256,6 +256,21 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                 send_wait(node, links.coordinator, &message)?;
             }
             Out::Save { dir, spec, optimizer, snapshot } => links.saves.start(dir, spec, optimizer, *snapshot),
+            Out::Load { generation, dir, optimizer, step, layers, parts } => {
+                // A fallback after a crash: training waits for this anyway.
+                let path = std::path::Path::new(&dir);
+                let result = crate::checkpoint::load_layers(path, step, layers.clone(), &parts, &optimizer);
+                // One write, so the lines of workers loading at once do not interleave.
+                let line = format!(
+                    "worker {}: falling back to the checkpoint before step {step}: layers {layers:?}\n",
+                    worker.id
+                );
+                std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes()).ok();
+                let outs = worker.loaded(generation, result.map_err(|e| e.to_string()))?;
+                if execute(node, worker, links, outs)? {
+                    return Ok(true);
+                }
+            }
             Out::Send { to, message } => {
                 if let Message::Notice { grace_ms, .. } = message {
                     links.budget = Some(ShipBudget::new(Instant::now(), Duration::from_millis(grace_ms))?);

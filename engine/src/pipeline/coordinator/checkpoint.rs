@@ -1,7 +1,17 @@
 //! The coordinator's part of checkpoints: snapshots at step boundaries,
 //! gathering the written parts, and a stop that waits for its checkpoint.
+//!
+//! A checkpoint generation whose part is owed by a worker that is lost (a
+//! crash, or a preempted worker killed after handing off its layers but
+//! before its write was reported) is abandoned, never waited for: the
+//! part cannot be written by anyone else, since the snapshot died with the
+//! worker and the layers' new holders have moved past that boundary (they
+//! may have applied later updates). The previous checkpoint stays valid:
+//! nothing of the abandoned generation was committed, and a generation is
+//! pruned only by a newer commit. Later generations still commit, in step
+//! order.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{CoordEffect, Coordinator, Phase};
 use crate::optim::OptState;
@@ -50,6 +60,8 @@ impl Coordinator {
     pub(super) fn snapshot(&mut self, next: u32) -> Vec<CoordEffect> {
         self.phase = Phase::Snapshotting { next, acks: BTreeSet::new() };
         self.saving.insert(next, (self.placements.len(), Vec::new()));
+        let owed = self.placements.iter().map(|p| (p.worker, (p.first, p.end))).collect();
+        self.ledger.owed.insert(next, owed);
         let ask = |w| CoordEffect::Send { worker: w, message: Message::Snapshot { step: next } };
         self.members().into_iter().map(ask).collect()
     }
@@ -89,6 +101,9 @@ impl Coordinator {
         part: Option<SavedPart>,
         error: Option<String>,
     ) -> Result<Vec<CoordEffect>> {
+        if self.ledger.is_stale(worker, step, part.as_ref()) {
+            return Ok(Vec::new()); // a part of an abandoned generation
+        }
         if let Some(error) = error {
             return Err(Error::Usage(format!("worker {worker} could not write its checkpoint part: {error}")));
         }
@@ -97,18 +112,48 @@ impl Coordinator {
         })?;
         let part = part.ok_or_else(|| Error::peer(format!("worker {worker}"), "its `saved` holds no part"))?;
         parts.push(part);
-        let effects = self.complete_checkpoints();
-        if effects.is_empty() {
-            return Ok(effects);
+        if let Some(owed) = self.ledger.owed.get_mut(&step) {
+            owed.remove(&worker);
         }
-        let mut effects = effects;
+        Ok(self.after_saving())
+    }
+
+    /// Commits what is complete; a stop waiting for its checkpoint then
+    /// fails the job, a finished job is done.
+    fn after_saving(&mut self) -> Vec<CoordEffect> {
+        let mut effects = self.complete_checkpoints();
         match self.stopping.clone() {
             Some(reason) if self.saving.is_empty() && self.phase == Phase::Finishing => {
                 effects.extend(self.fail(reason));
             }
             _ => effects.extend(self.maybe_done()),
         }
-        Ok(effects)
+        effects
+    }
+
+    /// `worker` is gone: every checkpoint it still owes a part of is
+    /// abandoned (see the module's doc), so none is waited for forever.
+    pub(super) fn abandon_owed_by(&mut self, worker: u32) -> Vec<CoordEffect> {
+        let owed = self.ledger.owed.iter().filter(|(_, o)| o.contains_key(&worker));
+        let steps: Vec<u32> = owed.map(|(s, _)| *s).collect();
+        if steps.is_empty() {
+            return Vec::new();
+        }
+        steps.into_iter().for_each(|s| self.abandon(s));
+        self.after_saving()
+    }
+
+    /// Gives up every checkpoint still being written (a fallback: a commit
+    /// while the survivors load would prune the generation they read).
+    pub(super) fn abandon_all(&mut self) {
+        let steps: Vec<u32> = self.saving.keys().copied().collect();
+        steps.into_iter().for_each(|s| self.abandon(s));
+    }
+
+    fn abandon(&mut self, step: u32) {
+        self.saving.remove(&step);
+        self.ledger.owed.remove(&step);
+        self.ledger.abandoned.push(step);
     }
 
     /// Every checkpoint whose parts are all in, oldest first, up to the
@@ -124,6 +169,8 @@ impl Coordinator {
             }
             let (step, (_, mut parts)) = entry.remove_entry();
             parts.sort_by_key(|p| p.first);
+            self.ledger.owed.remove(&step);
+            self.ledger.committed = Some((step, parts.clone()));
             effects.push(CoordEffect::Checkpoint { step, parts });
         }
         effects
@@ -159,5 +206,29 @@ impl Coordinator {
         let prefixes: Vec<String> = (p.first..p.end).map(|l| format!("layers.{l}.")).collect();
         let mine = |name: &str| prefixes.iter().any(|prefix| name.starts_with(prefix.as_str()));
         self.plan.checkpoint.optim.iter().filter(|(name, _)| mine(name)).cloned().collect()
+    }
+}
+
+/// What the coordinator knows of checkpoints besides the parts coming in.
+#[derive(Debug, Default)]
+pub(super) struct Ledger {
+    /// The newest checkpoint handed to the driver to commit (step, parts):
+    /// what a fallback after a crash loads.
+    pub(super) committed: Option<(u32, Vec<SavedPart>)>,
+    /// Per checkpoint being written: the workers whose part is still due,
+    /// with the layer range each snapshotted.
+    pub(super) owed: BTreeMap<u32, BTreeMap<u32, (u32, u32)>>,
+    /// Checkpoints given up, in order (their steps).
+    pub(super) abandoned: Vec<u32>,
+}
+
+impl Ledger {
+    /// True for a `Saved` of an abandoned generation: the step was
+    /// abandoned and this worker owes no part of that range now (a part of
+    /// the same range written again is the same bytes, so it counts).
+    fn is_stale(&self, worker: u32, step: u32, part: Option<&SavedPart>) -> bool {
+        let owes = self.owed.get(&step).and_then(|o| o.get(&worker));
+        let fits = owes.is_some_and(|r| part.is_none_or(|p| (p.first, p.end) == *r));
+        self.abandoned.contains(&step) && !fits
     }
 }

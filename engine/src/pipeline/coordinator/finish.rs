@@ -34,6 +34,7 @@ impl Coordinator {
             evals: std::mem::take(&mut self.evals),
             crashes: std::mem::take(&mut self.crashes),
             redone_steps: self.redone_steps,
+            abandoned_checkpoints: std::mem::take(&mut self.ledger.abandoned),
         };
         let unfinished = self.unfinished_work();
         let finals = std::mem::take(&mut self.finals).into_iter().map(|(w, (p, c, s))| (w, p, c, s));

@@ -10,6 +10,7 @@ mod checkpoint;
 mod clip;
 mod clock;
 mod eval;
+mod fallback;
 mod finish;
 mod membership;
 mod migration;
@@ -18,8 +19,6 @@ mod replicas;
 mod reports;
 mod work;
 
-use membership::check_protocol;
-use recovery::is_of_abandoned_attempt;
 #[cfg(test)]
 mod tests;
 
@@ -35,7 +34,9 @@ use crate::train::{Batch, Counters};
 use crate::{Error, LrSchedule, OptimizerConfig, ParamStore, Result, Tensor};
 
 use clip::ClipState;
+use membership::check_protocol;
 use migration::Migration;
+use recovery::is_of_abandoned_attempt;
 pub use recovery::{CrashRecord, FaultTolerance};
 use recovery::{Recovery, ReplicaBook};
 
@@ -165,6 +166,9 @@ pub struct JobOutcome {
     pub crashes: Vec<CrashRecord>,
     /// Steps abandoned after a loss and run again from their start.
     pub redone_steps: u32,
+    /// Checkpoints given up because a worker owing a part was lost, or by
+    /// a fallback (their steps); the checkpoint before stays valid.
+    pub abandoned_checkpoints: Vec<u32>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -241,6 +245,7 @@ pub struct Coordinator {
     evals: Vec<crate::eval::EvalPoint>,
     /// Checkpoints being written: by step, the parts still due and those in.
     saving: BTreeMap<u32, (usize, Vec<SavedPart>)>,
+    ledger: checkpoint::Ledger,
     /// A stop (signal) waiting for the step in progress to end and its
     /// checkpoint to be written: the reason the job then fails with.
     stopping: Option<String>,
@@ -299,6 +304,7 @@ impl Coordinator {
             grad_norms: Vec::new(),
             evals: Vec::new(),
             saving: BTreeMap::new(),
+            ledger: Default::default(),
             stopping: None,
             recovery: None,
             lost: BTreeSet::new(),
@@ -330,12 +336,17 @@ impl Coordinator {
         }
         let result = match event {
             CoordEvent::Lost { worker, reason } if self.lingering.contains(&worker) => {
-                self.lingerer_gone(worker, reason)
+                let abandoned = self.abandon_owed_by(worker);
+                self.lingerer_gone(worker, reason).map(|effects| abandoned.into_iter().chain(effects).collect())
             }
-            // A worker that delivered its final state, or retired, may go away.
-            CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(Vec::new()),
+            // A worker that delivered its final state, or retired, may go
+            // away (a checkpoint part it still owed is abandoned).
+            CoordEvent::Lost { worker, .. } if self.may_go(worker) => Ok(self.abandon_owed_by(worker)),
             CoordEvent::Lost { worker, .. } if self.is_pending_hand_joiner(worker) => Ok(self.forget_joiner(worker)),
-            CoordEvent::Lost { worker, reason } => self.on_lost(worker, reason),
+            CoordEvent::Lost { worker, reason } => {
+                let abandoned = self.abandon_owed_by(worker);
+                self.on_lost(worker, reason).map(|effects| abandoned.into_iter().chain(effects).collect())
+            }
             // Frames a lost worker sent before it died.
             CoordEvent::Message { worker, .. } if self.lost.contains(&worker) => Ok(Vec::new()),
             CoordEvent::Message { message, .. } if self.recovering() && is_of_abandoned_attempt(&message) => {

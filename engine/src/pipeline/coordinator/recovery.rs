@@ -55,6 +55,9 @@ pub struct CrashRecord {
     pub bytes: MovedBytes,
     pub before: Partition,
     pub after: Partition,
+    /// When no survivor held some lost layer: the job fell back to the
+    /// checkpoint before this step, and redid every step from it.
+    pub checkpoint: Option<u32>,
 }
 
 /// A recovery under way.
@@ -69,9 +72,12 @@ pub(super) struct Recovery {
     /// Each survivor's rollback report: (clean layers, valid replicas).
     rolled: BTreeMap<u32, (Vec<u32>, Vec<u32>)>,
     /// Once planned: the new partition and placements.
-    planned: Option<(Partition, Vec<Placement>)>,
+    pub(super) planned: Option<(Partition, Vec<Placement>)>,
     migrated: BTreeMap<u32, MovedBytes>,
     resumed: BTreeSet<u32>,
+    /// Once a fallback is planned: the checkpoint's step. A loss during a
+    /// fallback falls back again (the survivors' layers are then a mix).
+    pub(super) fallback: Option<u32>,
 }
 
 impl Recovery {
@@ -133,6 +139,7 @@ impl Coordinator {
             Some(r) => format!("{}; then worker {worker}: {reason}", r.reason),
             None => format!("worker {worker}: {reason}"),
         };
+        let fallback = previous.as_ref().and_then(|r| r.fallback);
         let detected_at = previous.map_or(self.now, |r| r.detected_at);
         self.recovery = Some(Recovery {
             generation,
@@ -145,6 +152,7 @@ impl Coordinator {
             planned: None,
             migrated: BTreeMap::new(),
             resumed: BTreeSet::new(),
+            fallback,
         });
         Ok(effects)
     }
@@ -205,8 +213,8 @@ impl Coordinator {
                 None => missing.push(layer),
             }
         }
-        if !missing.is_empty() {
-            return Ok(self.no_replica(&missing));
+        if !missing.is_empty() || r.fallback.is_some() {
+            return self.plan_fallback(partition, placements, &missing);
         }
         let (generation, step) = (r.generation, r.step);
         let effects = r
@@ -227,9 +235,9 @@ impl Coordinator {
     }
 
     /// No survivor holds these layers, neither as its own nor as a replica
-    /// (a worker and the holder of its replica were lost together). This is
-    /// where a fallback to the last checkpoint goes; without one the job
-    /// fails, naming what was lost.
+    /// (a worker and the holder of its replica were lost together), and no
+    /// checkpoint was committed to fall back to: the job fails, naming
+    /// what was lost.
     pub(super) fn no_replica(&mut self, layers: &[u32]) -> Vec<CoordEffect> {
         let r = self.recovery.as_ref().expect("called during a recovery");
         let lost: Vec<u32> = r.lost.iter().copied().collect();
@@ -289,6 +297,7 @@ impl Coordinator {
             bytes,
             before: self.partition.clone(),
             after: partition.clone(),
+            checkpoint: r.fallback,
         });
         (self.generation, self.partition, self.placements) = (r.generation, partition, placements);
         let members = self.members();
@@ -297,11 +306,15 @@ impl Coordinator {
         self.retired.extend(gone.iter().copied());
         self.lingering.retain(|w| !gone.contains(w));
         self.notices.retain(|n| members.contains(&n.0));
-        self.redone_steps += 1;
+        let restart = match r.fallback {
+            Some(from) => self.forget_from(from, r.step)?,
+            None => r.step,
+        };
+        self.redone_steps += r.step - restart + 1;
         let mut effects: Vec<CoordEffect> =
             gone.iter().map(|&w| CoordEffect::Send { worker: w, message: Message::Retire }).collect();
         effects.push(CoordEffect::Recovered(self.crashes.last().expect("pushed above").clone()));
-        effects.extend(self.start_step(r.step)?);
+        effects.extend(self.start_step(restart)?);
         Ok(effects)
     }
 

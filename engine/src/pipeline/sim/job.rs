@@ -7,7 +7,7 @@ use std::time::Duration;
 use rkyv::util::AlignedVec;
 
 use crate::init::SplitMix64;
-use crate::pipeline::checkpoint::CheckpointStore;
+use crate::pipeline::checkpoint::{CheckpointStore, Snapshot};
 use crate::pipeline::coordinator::{CoordEffect, CoordEvent, Coordinator, JobOutcome, JobPlan};
 use crate::pipeline::protocol::{decode, encode, Message, WorkDone, PROTOCOL_VERSION};
 use crate::pipeline::worker::{Dest, ModelFactory, Out, Worker};
@@ -83,6 +83,25 @@ pub fn run_job_with_faults(
     run_job_full(Sim::new(plan, factory, crashes, None)?, factory, seed, preempts)
 }
 
+/// [`run_job_with_checkpoints`] with crashes: a worker and the holder of
+/// its replica lost together fall back to the last checkpoint. Each pair
+/// in `together` is (a, b): when a crash of `a` is due, `b` dies at the
+/// same moment (one machine gone with two workers). Checkpoint writes take
+/// time here: each is done at a moment drawn like a frame's delivery, and
+/// a worker that crashes first never reports its part.
+pub fn run_job_with_fallback(
+    plan: JobPlan,
+    factory: &dyn Fn() -> ModelFactory,
+    seed: u64,
+    crashes: &[SimCrash],
+    together: &[(u32, u32)],
+    store: &mut dyn CheckpointStore,
+) -> Result<JobOutcome> {
+    let mut sim = Sim::new(plan, factory, crashes, Some(store))?;
+    sim.together = together.to_vec();
+    run_job_full(sim, factory, seed, &[])
+}
+
 /// [`run_job`] that writes the plan's checkpoints through `store` (the
 /// coordinator's snapshots, every worker's part, the commit), as the
 /// process drivers do.
@@ -134,7 +153,7 @@ fn drive(
         }
         let ready: Vec<usize> =
             (0..sim.nodes.len()).filter(|&w| sim.alive(w) && sim.nodes[w].ready().is_some()).collect();
-        let choices = ready.len() + sim.net.frames.len() + sim.losses.len();
+        let choices = ready.len() + sim.net.frames.len() + sim.losses.len() + sim.net.saves.len();
         if choices == 0 {
             sim.idle()?;
             continue;
@@ -142,6 +161,11 @@ fn drive(
         let pick = (rng.next_u64() % choices as u64) as usize;
         let done = if pick < ready.len() {
             sim.work(ready[pick])?;
+            None
+        } else if pick >= ready.len() + sim.losses.len() + sim.net.frames.len() {
+            let at = pick - ready.len() - sim.losses.len() - sim.net.frames.len();
+            let save = sim.net.saves.swap_remove(at);
+            sim.net.write(&sim.nodes[save.worker as usize], save)?;
             None
         } else if pick < ready.len() + sim.losses.len() {
             let worker = sim.losses.swap_remove(pick - ready.len());
@@ -175,6 +199,8 @@ struct Sim<'a> {
     losses: Vec<u32>,
     /// Workers rolled back since their last step start: the generation.
     restoring: Vec<Option<u32>>,
+    /// (a, b): b dies when a's crash is due.
+    together: Vec<(u32, u32)>,
 }
 
 impl<'a> Sim<'a> {
@@ -189,11 +215,12 @@ impl<'a> Sim<'a> {
             coordinator: Coordinator::new(plan, Duration::ZERO)?,
             nodes: (0..workers as u32).map(|w| Worker::new(w, factory())).collect(),
             exited: vec![false; workers],
-            net: Network { frames: Vec::new(), store },
+            net: Network { frames: Vec::new(), store, saves: Vec::new() },
             now: Duration::ZERO,
             crashes: crashes.to_vec(),
             losses: Vec::new(),
             restoring: vec![None; workers],
+            together: Vec::new(),
         };
         for w in 0..workers as u32 {
             sim.register(w)?;
@@ -307,9 +334,18 @@ impl<'a> Sim<'a> {
     fn crash_at(&mut self, worker: u32, due: Option<usize>) -> bool {
         let Some(at) = due.filter(|_| self.alive(worker as usize)) else { return false };
         let crash = self.crashes.remove(at);
-        self.exited[worker as usize] = true;
-        if !crash.silent {
-            self.losses.push(worker);
+        let companions = self.together.iter().filter(|(a, _)| *a == worker).map(|(_, b)| *b);
+        let dying: Vec<u32> = std::iter::once(worker).chain(companions).collect();
+        for w in dying {
+            if !self.alive(w as usize) {
+                continue;
+            }
+            self.exited[w as usize] = true;
+            // Its writes in progress die with it.
+            self.net.saves.retain(|s| s.worker != w);
+            if !crash.silent {
+                self.losses.push(w);
+            }
         }
         true
     }
@@ -403,10 +439,20 @@ fn admin_preempts(
     Ok(asked)
 }
 
-/// Frames in flight: (to, from, bytes).
+/// Frames in flight: (to, from, bytes), and checkpoint writes in progress.
 struct Network<'a> {
     frames: Vec<(Dest, Dest, AlignedVec)>,
     store: Option<&'a mut dyn CheckpointStore>,
+    saves: Vec<PendingSave>,
+}
+
+/// A worker's checkpoint write not done yet.
+struct PendingSave {
+    worker: u32,
+    dir: String,
+    spec: String,
+    optimizer: String,
+    snapshot: Box<Snapshot>,
 }
 
 impl Network<'_> {
@@ -426,6 +472,10 @@ impl Network<'_> {
                     if let Message::Notice { grace_ms, .. } = message {
                         node.set_ship_budget(Some(grace_ms.saturating_mul(SIM_BYTES_PER_MS)));
                     }
+                    if let Message::Final { .. } = message {
+                        // As the driver: parts still being written are reported first.
+                        self.flush_saves(node)?;
+                    }
                     self.push(to, me, &message)?
                 }
                 Out::Connect(_) => self.push(Dest::Coordinator, me, &node.ready_message())?,
@@ -436,13 +486,39 @@ impl Network<'_> {
                     self.push(Dest::Coordinator, me, &node.migrated(generation, bytes, 0))?;
                 }
                 Out::Save { dir, spec, optimizer, snapshot } => {
-                    let store = self.store.as_deref_mut().ok_or_else(|| Error::Usage("no checkpoint store".into()))?;
-                    let result = store.write_part(&dir, &spec, &optimizer, &snapshot);
-                    self.push(Dest::Coordinator, me, &node.saved(snapshot.step, result))?;
+                    self.saves.push(PendingSave { worker: node.id, dir, spec, optimizer, snapshot })
                 }
-                Out::Exit => return Ok(true),
+                Out::Load { generation, dir, optimizer, step, layers, parts } => {
+                    let store = self.store.as_deref_mut().ok_or_else(|| Error::Usage("no checkpoint store".into()))?;
+                    let result = store.load(&dir, &optimizer, step, layers, &parts);
+                    let outs = node.loaded(generation, result)?;
+                    if self.carry_out(node, outs)? {
+                        return Ok(true);
+                    }
+                }
+                Out::Exit => {
+                    self.flush_saves(node)?;
+                    return Ok(true);
+                }
             }
         }
         Ok(false)
+    }
+}
+
+impl Network<'_> {
+    /// Does one pending write and reports it to the coordinator from its worker.
+    fn write(&mut self, node: &Worker, save: PendingSave) -> Result<()> {
+        let store = self.store.as_deref_mut().ok_or_else(|| Error::Usage("no checkpoint store".into()))?;
+        let result = store.write_part(&save.dir, &save.spec, &save.optimizer, &save.snapshot);
+        self.push(Dest::Coordinator, Dest::Worker(node.id), &node.saved(save.snapshot.step, result))
+    }
+
+    /// Does every pending write of `node` (it is about to exit).
+    fn flush_saves(&mut self, node: &Worker) -> Result<()> {
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.saves).into_iter().partition(|s| s.worker == node.id);
+        self.saves = rest;
+        mine.into_iter().try_for_each(|save| self.write(node, save))
     }
 }

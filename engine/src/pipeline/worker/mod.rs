@@ -13,6 +13,7 @@
 //! that overtakes the drain waits its turn.
 
 mod checkpoint;
+mod fallback;
 mod migration;
 mod recovery;
 mod replicas;
@@ -68,6 +69,18 @@ pub enum Out {
         optimizer: String,
         snapshot: Box<super::checkpoint::Snapshot>,
     },
+    /// Read the state of `layers` at the boundary before `step` from these
+    /// parts of the committed checkpoint in `dir` (a fallback after a
+    /// crash), then hand it to [`Worker::loaded`] with `generation`.
+    Load {
+        generation: u32,
+        dir: String,
+        /// The optimizer (its text: how the parts store its state).
+        optimizer: String,
+        step: u32,
+        layers: std::ops::Range<u32>,
+        parts: Vec<super::checkpoint::SavedPart>,
+    },
     /// This worker's part is over: the driver sends nothing more and exits.
     Exit,
 }
@@ -105,6 +118,12 @@ enum Mode {
     },
     /// Reported the rollback; waiting for the coordinator's `Restore`.
     RolledBack,
+    /// Falling back to the checkpoint before `step`: waiting for the
+    /// driver to load this worker's layers.
+    Loading {
+        generation: u32,
+        step: u32,
+    },
 }
 
 /// What a worker needs to build a stage (kept for a joiner, whose stage is
@@ -313,6 +332,9 @@ impl Worker {
             Message::Rollback { generation, step, starts } => self.rollback(generation, step, starts),
             Message::Restore { generation, step, placements, sources } => {
                 self.restore(generation, step, placements, sources)
+            }
+            Message::Fallback { generation, step, placements, parts } => {
+                self.fall_back(generation, step, placements, parts)
             }
             Message::Activation { generation, .. }
             | Message::Gradient { generation, .. }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 use baton_engine::pipeline::checkpoint::CheckpointPlan;
+use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::{Model, ParamStore};
 use baton_models::checkpoint::{self, DiskStore, Loaded, RunSettings, TokenPosition};
 use baton_models::data::DataPosition;
@@ -35,13 +36,28 @@ impl Resumed {
 pub fn load(args: &TrainArgs) -> anyhow::Result<Option<Resumed>> {
     let Some(dir) = &args.resume else { return Ok(None) };
     ensure!(args.init.is_none(), "--init with --resume: the weights come from the checkpoint; drop --init");
-    ensure!(
-        args.preempt.is_empty() && args.join.is_empty(),
-        "--preempt and --join count steps of a whole run; they cannot be combined with --resume"
-    );
     let loaded = checkpoint::load(dir).context("--resume")?;
     eprintln!("resuming from {} (steps 0..{} done)", loaded.path.display(), loaded.manifest.next_step);
     Ok(Some(Resumed { loaded }))
+}
+
+/// `--preempt` and `--join` count steps of the whole run (from 0), so with
+/// `--resume` each must name a step the resumed run runs: `first` on.
+pub fn check_scripted(first: u32, notices: &[(u32, PlannedNotice)], joins: &[(u32, u32)]) -> anyhow::Result<()> {
+    for (worker, n) in notices {
+        ensure!(
+            n.step >= first,
+            "--preempt {worker}@{}: the run resumes at step {first} (steps count from 0 over the whole run)",
+            n.step
+        );
+    }
+    for (step, _) in joins {
+        ensure!(
+            *step >= first,
+            "--join {step}: the run resumes at step {first} (steps count from 0 over the whole run)"
+        );
+    }
+    Ok(())
 }
 
 /// The spec stored in the checkpoint resumed from (used when --model is not given).
