@@ -110,7 +110,7 @@ impl Case {
 }
 
 fn crash(worker: u32, step: u32, actions: u32) -> SimCrash {
-    SimCrash { worker, step, actions, silent: false, mid_ship: false }
+    SimCrash { worker, step, actions, silent: false, mid_ship: false, restore: false }
 }
 
 #[test]

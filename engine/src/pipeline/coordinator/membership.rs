@@ -122,23 +122,6 @@ pub(super) fn check_protocol(worker: u32, protocol: u32) -> Result<()> {
 }
 
 impl Coordinator {
-    /// A joiner registers: it gets the current layout (without layers of its
-    /// own) and connects to every member.
-    pub(super) fn on_join_register(&mut self, worker: u32, protocol: u32, address: String) -> Result<Vec<CoordEffect>> {
-        check_protocol(worker, protocol)?;
-        if !self.training() || self.addresses.insert(worker, address).is_some() {
-            return Err(Error::peer(format!("worker {worker}"), "it registered twice or outside training"));
-        }
-        Ok(vec![CoordEffect::Send { worker, message: self.assignment(worker) }])
-    }
-
-    pub(super) fn on_join_ready(&mut self, worker: u32) -> Result<Vec<CoordEffect>> {
-        if !self.addresses.contains_key(&worker) || !self.joiners.insert(worker) {
-            return Err(Error::peer(format!("worker {worker}"), "it reported ready out of turn"));
-        }
-        self.start_migration()
-    }
-
     /// Placements of `partition` on `workers` (stage i on `workers[i]`).
     pub(super) fn placements_for(&self, partition: &Partition, workers: &[u32]) -> Vec<Placement> {
         let place = |(r, &w): (&std::ops::Range<u32>, &u32)| Placement {

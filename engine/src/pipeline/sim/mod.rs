@@ -146,7 +146,6 @@ fn merge(stages: Vec<Stage>, losses: Vec<f32>) -> SimOutcome {
 mod job;
 
 pub use job::{
-    run_job, run_job_traced, run_job_with_checkpoints, run_job_with_fallback, run_job_with_faults, run_job_with_preempts,
-    AdminPreempt,
-    SimCrash, SIM_BYTES_PER_MS,
+    run_job, run_job_traced, run_job_with_checkpoints, run_job_with_fallback, run_job_with_faults,
+    run_job_with_preempts, AdminPreempt, SimCrash, SIM_BYTES_PER_MS,
 };
