@@ -103,6 +103,11 @@ impl Case {
         assert_eq!(out.losses, self.losses, "{what}: losses");
         let all = (self.golden.steps * self.golden.micro_batches) as u64;
         assert_eq!(out.microbatch_losses, all, "{what}: lost or doubled micro-batches");
+        // Layer passes of completed attempts, as one process: the steps a
+        // fallback ran again count as redone.
+        let passes = all * self.golden.model.layers.len() as u64;
+        assert_eq!(out.counters.forward_layer_executions, passes, "{what}: {:?}", out.counters);
+        assert_eq!(out.counters.backward_layer_executions, passes, "{what}: {:?}", out.counters);
         let loaded = checkpoint::load(dir).unwrap_or_else(|e| panic!("{what}: the final checkpoint: {e}"));
         assert_eq!(loaded.manifest.next_step as usize, self.golden.steps, "{what}");
         assert!(bit_identical(&loaded.params, &self.reference), "{what}: the final checkpoint's weights");

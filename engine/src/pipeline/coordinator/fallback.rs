@@ -56,7 +56,9 @@ impl Coordinator {
     /// after a fallback to the checkpoint before `from`; step `step`'s own
     /// records were dropped by its rollback): losses, gradient norms,
     /// evaluations and micro-batch counts, so the report holds each step
-    /// once, as an uninterrupted run's. Returns the step to start.
+    /// once, as an uninterrupted run's; the layer passes of those completed
+    /// steps move to the redone counts in the outcome. Returns the step to
+    /// start.
     pub(super) fn forget_from(&mut self, from: u32, step: u32) -> Result<u32> {
         let first = self.plan.checkpoint.first_step;
         let kept = from.checked_sub(first).ok_or_else(|| {
@@ -70,6 +72,7 @@ impl Coordinator {
             let batch = batch.ok_or_else(|| Error::Internal(format!("step {redone} has no batch")))?;
             let rows = split_step(batch, self.plan.micro_batches)?.rows.len() as u64;
             self.microbatch_losses = self.microbatch_losses.saturating_sub(rows);
+            self.refallen_layer_passes += rows * self.plan.costs.len() as u64;
         }
         Ok(from)
     }

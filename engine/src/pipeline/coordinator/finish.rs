@@ -46,6 +46,7 @@ impl Coordinator {
                 outcome.spans.insert(worker, spans);
             }
         }
+        move_to_redone(&mut outcome.counters, self.refallen_layer_passes);
         outcome
     }
 
@@ -58,4 +59,14 @@ impl Coordinator {
         effects.push(CoordEffect::Failed(reason));
         effects
     }
+}
+
+/// Completed steps run again after a fallback: their `passes` forwards and
+/// backwards count as redone, so the executions stay those of one
+/// uninterrupted run (M x layers per step).
+fn move_to_redone(c: &mut Counters, passes: u64) {
+    c.forward_layer_executions -= passes.min(c.forward_layer_executions);
+    c.recomputed_forward_layers += passes;
+    c.backward_layer_executions -= passes.min(c.backward_layer_executions);
+    c.abandoned_backward_layers += passes;
 }

@@ -259,6 +259,9 @@ pub struct Coordinator {
     last_heard: BTreeMap<u32, Duration>,
     /// The coordinator's own stalls, discounted from silences ([`Coordinator::observe`]).
     stalls: Vec<(Duration, Duration)>,
+    /// Forward (and as many backward) layer passes of completed steps that a
+    /// fallback to a checkpoint made the job run again: counted as redone.
+    refallen_layer_passes: u64,
     /// Step starts sent to each worker (a rollback waits for them all).
     starts_sent: BTreeMap<u32, u64>,
     replica_book: ReplicaBook,
@@ -312,6 +315,7 @@ impl Coordinator {
             redone_steps: 0,
             last_heard: BTreeMap::new(),
             stalls: Vec::new(),
+            refallen_layer_passes: 0,
             starts_sent: BTreeMap::new(),
             replica_book: ReplicaBook::default(),
             lingering: BTreeSet::new(),
