@@ -2,7 +2,8 @@
 //! aborts itself (`BATON_FAULT=crash`) at several points, a SIGKILL from
 //! outside at a random moment of a longer run, a crash while another worker
 //! is being preempted, and a worker that is SIGSTOPped (silent, not dead),
-//! found by `--peer-timeout`. Every run must finish with weights
+//! found by `--peer-timeout` (and a SIGSTOPped coordinator, whose own stall
+//! must not read as its workers' silence). Every run must finish with weights
 //! bit-identical to an uninterrupted one-process run, one redone step and
 //! no lost micro-batch.
 
@@ -165,4 +166,31 @@ fn a_stopped_worker_is_lost_after_the_peer_timeout() {
     check(&run, &reference, "SIGSTOP", 1);
     let detected = run.report["crashes"][0]["detected_ms"].as_f64().unwrap();
     assert!(detected > 1000.0, "detected at {detected} ms");
+}
+
+/// The coordinator itself stops (SIGSTOP, as an overloaded machine can
+/// starve it) for longer than the peer timeout while its workers go on:
+/// when it runs again, its own stall is not counted as their silence. No
+/// worker is lost, nothing is redone, and the weights are the
+/// uninterrupted run's.
+#[test]
+fn a_stalled_coordinator_does_not_count_its_stall_as_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 300;
+    let reference = one_process(dir.path(), steps);
+    let (out, report) = (dir.path().join("c.safetensors"), dir.path().join("c.json"));
+    let mut args = long_args(&out, &report, steps, 3);
+    args.extend(["--peer-timeout", "1s"].map(String::from));
+    let mut train = Proc::start(common::baton().args(args), Duration::from_secs(240));
+    train.wait_for_prefix("step 3/");
+    // 2.5 s: past the 1 s peer timeout, inside the transport's 5 s idle timeout.
+    signal(train.pid(), "-STOP");
+    std::thread::sleep(Duration::from_millis(2500));
+    signal(train.pid(), "-CONT");
+    let stderr = train.finish();
+    assert!(!stderr.contains("lost worker"), "{stderr}");
+    let run = read_run(&out, &report);
+    assert!(bit_identical(&run.params, &reference.params), "weights differ from the uninterrupted run");
+    assert_eq!(run.report["counters"]["redone_steps"], 0, "{}", run.report["counters"]);
+    assert_eq!(run.report["crashes"].as_array().map_or(0, Vec::len), 0, "{}", run.report["crashes"]);
 }
