@@ -133,3 +133,24 @@ impl Coordinator {
         partition.stages.iter().zip(workers).map(place).collect()
     }
 }
+
+/// Planned joins (`--join STEP[:LOSSES]`).
+impl Coordinator {
+    /// True when the next planned join's point has been reached.
+    pub(super) fn join_due(&self) -> bool {
+        let (step, losses) = self.losses_in_step();
+        self.joins.front().is_some_and(|&(s, l)| step != u32::MAX && (step, losses) >= (s, l))
+    }
+
+    /// The joiner's process is started once its join point is reached.
+    pub(super) fn spawn_due_joiner(&mut self) -> Vec<CoordEffect> {
+        let worker = (self.plan.workers + self.plan.joins.len() - self.joins.len()) as u32;
+        match self.join_due() && !self.addresses.contains_key(&worker) && !self.spawned.contains(&worker) {
+            true => {
+                self.spawned.insert(worker);
+                vec![CoordEffect::Spawn { worker }]
+            }
+            false => Vec::new(),
+        }
+    }
+}

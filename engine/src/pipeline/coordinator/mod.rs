@@ -541,24 +541,6 @@ impl Coordinator {
         }
     }
 
-    /// True when the next planned join's point has been reached.
-    fn join_due(&self) -> bool {
-        let (step, losses) = self.losses_in_step();
-        self.joins.front().is_some_and(|&(s, l)| step != u32::MAX && (step, losses) >= (s, l))
-    }
-
-    /// The joiner's process is started once its join point is reached.
-    fn spawn_due_joiner(&mut self) -> Vec<CoordEffect> {
-        let worker = (self.plan.workers + self.plan.joins.len() - self.joins.len()) as u32;
-        match self.join_due() && !self.addresses.contains_key(&worker) && !self.spawned.contains(&worker) {
-            true => {
-                self.spawned.insert(worker);
-                vec![CoordEffect::Spawn { worker }]
-            }
-            false => Vec::new(),
-        }
-    }
-
     fn on_layer_updated(&mut self, worker: u32, step: u32, layer: u32) -> Result<Vec<CoordEffect>> {
         let out_of_turn =
             || Error::peer(format!("worker {worker}"), format!("it updated layer {layer} for step {step} out of turn"));
