@@ -9,35 +9,8 @@ mod common;
 use std::process::Command;
 
 use baton_kernels::isa::{self, Isa};
-use baton_kernels::{matmul, threads, Error, Trans};
-use common::{bits, Rng};
-
-const TRANS: [(Trans, Trans); 4] =
-    [(Trans::No, Trans::No), (Trans::No, Trans::Yes), (Trans::Yes, Trans::No), (Trans::Yes, Trans::Yes)];
-
-/// Element (i, j) of op(x) where op(x) is `rows × cols`.
-fn at(x: &[f32], t: Trans, rows: usize, cols: usize, i: usize, j: usize) -> f32 {
-    match t {
-        Trans::No => x[i * cols + j],
-        Trans::Yes => x[j * rows + i],
-    }
-}
-
-/// The definition: `acc = c0 or 0; acc = fma(a[i,p], b[p,j], acc)` for p in order.
-#[allow(clippy::too_many_arguments)]
-fn reference(a: &[f32], ta: Trans, b: &[f32], tb: Trans, m: usize, k: usize, n: usize, c0: Option<&[f32]>) -> Vec<f32> {
-    let mut c = vec![0.0f32; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc = c0.map_or(0.0, |c0| c0[i * n + j]);
-            for p in 0..k {
-                acc = at(a, ta, m, k, i, p).mul_add(at(b, tb, k, n, p, j), acc);
-            }
-            c[i * n + j] = acc;
-        }
-    }
-    c
-}
+use baton_kernels::{matmul, threads, Error};
+use common::{bits, reference, Rng, TRANS};
 
 /// Values of wide dynamic range (so chains cancel, round and reach
 /// subnormals), with some exact zeros and negative zeros.

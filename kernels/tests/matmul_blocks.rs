@@ -15,34 +15,8 @@ mod common;
 
 use baton_kernels::isa::{self, Isa};
 use baton_kernels::matmul::PAR_MIN_FLOPS;
-use baton_kernels::{matmul, threads, Trans};
-use common::{bits, Rng};
-
-const TRANS: [(Trans, Trans); 4] =
-    [(Trans::No, Trans::No), (Trans::No, Trans::Yes), (Trans::Yes, Trans::No), (Trans::Yes, Trans::Yes)];
-
-/// Element (i, j) of op(x) where op(x) is `rows × cols`.
-fn at(x: &[f32], t: Trans, rows: usize, cols: usize, i: usize, j: usize) -> f32 {
-    match t {
-        Trans::No => x[i * cols + j],
-        Trans::Yes => x[j * rows + i],
-    }
-}
-
-/// The definition: `acc = c0; acc = fma(a[i,p], b[p,j], acc)` for p in order.
-#[allow(clippy::too_many_arguments)]
-fn reference(a: &[f32], ta: Trans, b: &[f32], tb: Trans, m: usize, k: usize, n: usize, c0: &[f32]) -> Vec<f32> {
-    let mut c = c0.to_vec();
-    for i in 0..m {
-        for j in 0..n {
-            let acc = &mut c[i * n + j];
-            for p in 0..k {
-                *acc = at(a, ta, m, k, i, p).mul_add(at(b, tb, k, n, p, j), *acc);
-            }
-        }
-    }
-    c
-}
+use baton_kernels::{matmul, threads};
+use common::{bits, reference, Rng, TRANS};
 
 /// Values of wide dynamic range, with exact and negative zeros.
 fn data(rng: &mut Rng, len: usize) -> Vec<f32> {
@@ -67,8 +41,8 @@ fn packed_path_blocks_give_the_fma_chain_at_any_thread_count() {
         assert!(m * k * n >= PAR_MIN_FLOPS, "{m}x{k}x{n} would take the small-product path");
         for (ta, tb) in TRANS {
             let (a, b, c0) = (data(&mut rng, m * k), data(&mut rng, k * n), data(&mut rng, m * n));
-            let fresh = bits(&reference(&a, ta, &b, tb, m, k, n, &vec![0.0; m * n]));
-            let acc = bits(&reference(&a, ta, &b, tb, m, k, n, &c0));
+            let fresh = bits(&reference(&a, ta, &b, tb, m, k, n, None));
+            let acc = bits(&reference(&a, ta, &b, tb, m, k, n, Some(&c0)));
             for t in [1, 2, 3] {
                 threads::set_num_threads(t).unwrap();
                 for isa in Isa::available() {

@@ -41,3 +41,42 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
 pub fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
+
+use baton_kernels::Trans;
+
+/// Every pair of operand transposes.
+pub const TRANS: [(Trans, Trans); 4] =
+    [(Trans::No, Trans::No), (Trans::No, Trans::Yes), (Trans::Yes, Trans::No), (Trans::Yes, Trans::Yes)];
+
+/// Element (i, j) of op(x) where op(x) is `rows × cols`.
+pub fn at(x: &[f32], t: Trans, rows: usize, cols: usize, i: usize, j: usize) -> f32 {
+    match t {
+        Trans::No => x[i * cols + j],
+        Trans::Yes => x[j * rows + i],
+    }
+}
+
+/// The definition: `acc = c0 or 0; acc = fma(a[i,p], b[p,j], acc)` for p in order.
+#[allow(clippy::too_many_arguments)]
+pub fn reference(
+    a: &[f32],
+    ta: Trans,
+    b: &[f32],
+    tb: Trans,
+    m: usize,
+    k: usize,
+    n: usize,
+    c0: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = c0.map_or(0.0, |c0| c0[i * n + j]);
+            for p in 0..k {
+                acc = at(a, ta, m, k, i, p).mul_add(at(b, tb, k, n, p, j), acc);
+            }
+            c[i * n + j] = acc;
+        }
+    }
+    c
+}
