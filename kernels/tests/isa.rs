@@ -10,21 +10,7 @@ use std::process::Command;
 
 use baton_kernels::isa::{self, Isa};
 use baton_kernels::{matmul, threads, Error};
-use common::{bits, reference, Rng, TRANS};
-
-/// Values of wide dynamic range (so chains cancel, round and reach
-/// subnormals), with some exact zeros and negative zeros.
-fn data(rng: &mut Rng, len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|_| match rng.next_u64() % 16 {
-            0 => 0.0,
-            1 => -0.0,
-            2 => rng.uniform(-1.0, 1.0) * 2f32.powi(-((rng.next_u64() % 130) as i32)),
-            3 => rng.uniform(-1.0, 1.0) * 2f32.powi((rng.next_u64() % 20) as i32),
-            _ => rng.uniform(-1.0, 1.0),
-        })
-        .collect()
-}
+use common::{bits, data, reference, Rng, TRANS};
 
 /// The paths to compare: those the CPU has; prints the ones it lacks.
 fn paths() -> Vec<Isa> {

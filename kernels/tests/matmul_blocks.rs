@@ -16,20 +16,7 @@ mod common;
 use baton_kernels::isa::{self, Isa};
 use baton_kernels::matmul::PAR_MIN_FLOPS;
 use baton_kernels::{matmul, threads};
-use common::{bits, reference, Rng, TRANS};
-
-/// Values of wide dynamic range, with exact and negative zeros.
-fn data(rng: &mut Rng, len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|_| match rng.next_u64() % 16 {
-            0 => 0.0,
-            1 => -0.0,
-            2 => rng.uniform(-1.0, 1.0) * 2f32.powi(-((rng.next_u64() % 130) as i32)),
-            3 => rng.uniform(-1.0, 1.0) * 2f32.powi((rng.next_u64() % 20) as i32),
-            _ => rng.uniform(-1.0, 1.0),
-        })
-        .collect()
-}
+use common::{bits, data, reference, Rng, TRANS};
 
 #[test]
 fn packed_path_blocks_give_the_fma_chain_at_any_thread_count() {

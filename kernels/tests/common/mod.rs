@@ -80,3 +80,17 @@ pub fn reference(
     }
     c
 }
+
+/// Values of wide dynamic range (so chains cancel, round and reach
+/// subnormals), with some exact zeros and negative zeros.
+pub fn data(rng: &mut Rng, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|_| match rng.next_u64() % 16 {
+            0 => 0.0,
+            1 => -0.0,
+            2 => rng.uniform(-1.0, 1.0) * 2f32.powi(-((rng.next_u64() % 130) as i32)),
+            3 => rng.uniform(-1.0, 1.0) * 2f32.powi((rng.next_u64() % 20) as i32),
+            _ => rng.uniform(-1.0, 1.0),
+        })
+        .collect()
+}
