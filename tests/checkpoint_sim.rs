@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use baton_engine::pipeline::checkpoint::CheckpointPlan;
 use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan};
@@ -53,27 +52,13 @@ impl Run {
 
     /// A job of `steps` steps from `checkpoint.first_step` on `workers`.
     fn plan(&self, workers: usize, params: ParamStore, checkpoint: CheckpointPlan, steps: usize) -> JobPlan {
-        let g = &self.golden;
         let first = checkpoint.first_step as usize;
         JobPlan {
-            spec: g.spec.clone(),
-            optimizer: g.optimizer,
-            lr_schedule: Default::default(),
-            schedule: ScheduleKind::OneFOneB,
-            micro_batches: g.micro_batches,
-            workers,
-            costs: g.model.layers.iter().map(|l| l.cost()).collect(),
             params,
-            batches: g.data[first..steps].to_vec(),
-            join_timeout: Duration::from_secs(60),
-            notices: Vec::new(),
-            joins: Vec::new(),
-            ship_bf16: false,
+            batches: self.golden.data[first..steps].to_vec(),
             clip_grad_norm: self.clip,
-            seed: 0,
-            eval: None,
             checkpoint,
-            faults: Default::default(),
+            ..self.golden.job_plan(workers, ScheduleKind::OneFOneB)
         }
     }
 

@@ -48,27 +48,7 @@ impl Case {
     }
 
     fn plan(&self, workers: usize, kind: ScheduleKind, notices: Vec<(u32, PlannedNotice)>) -> JobPlan {
-        let g = &self.golden;
-        JobPlan {
-            spec: g.spec.clone(),
-            optimizer: g.optimizer,
-            lr_schedule: Default::default(),
-            schedule: kind,
-            micro_batches: g.micro_batches,
-            workers,
-            costs: g.model.layers.iter().map(|l| l.cost()).collect(),
-            params: g.params.clone(),
-            batches: g.data.clone(),
-            join_timeout: Duration::from_secs(60),
-            notices,
-            joins: Vec::new(),
-            ship_bf16: false,
-            clip_grad_norm: None,
-            seed: 0,
-            eval: None,
-            checkpoint: Default::default(),
-            faults: Default::default(),
-        }
+        JobPlan { notices, ..self.golden.job_plan(workers, kind) }
     }
 
     /// Runs the job; when it finishes, checks the report's counters against

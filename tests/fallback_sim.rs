@@ -14,7 +14,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use baton_engine::pipeline::checkpoint::CheckpointPlan;
 use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan};
@@ -39,27 +38,8 @@ impl Case {
     }
 
     fn plan(&self, workers: usize, kind: ScheduleKind, dir: &Path, every: u32) -> JobPlan {
-        let g = &self.golden;
-        JobPlan {
-            spec: g.spec.clone(),
-            optimizer: g.optimizer,
-            lr_schedule: Default::default(),
-            schedule: kind,
-            micro_batches: g.micro_batches,
-            workers,
-            costs: g.model.layers.iter().map(|l| l.cost()).collect(),
-            params: g.params.clone(),
-            batches: g.data.clone(),
-            join_timeout: Duration::from_secs(60),
-            notices: Vec::new(),
-            joins: Vec::new(),
-            ship_bf16: false,
-            clip_grad_norm: None,
-            seed: 0,
-            eval: None,
-            checkpoint: CheckpointPlan { dir: Some(dir.display().to_string()), every, ..Default::default() },
-            faults: Default::default(),
-        }
+        let checkpoint = CheckpointPlan { dir: Some(dir.display().to_string()), every, ..Default::default() };
+        JobPlan { checkpoint, ..self.golden.job_plan(workers, kind) }
     }
 
     fn store(&self, dir: &Path) -> DiskStore {

@@ -60,27 +60,7 @@ impl Case {
         notices: Vec<(u32, PlannedNotice)>,
         joins: Vec<(u32, u32)>,
     ) -> JobPlan {
-        let g = &self.golden;
-        JobPlan {
-            spec: g.spec.clone(),
-            optimizer: g.optimizer,
-            lr_schedule: Default::default(),
-            schedule: kind,
-            micro_batches: g.micro_batches,
-            workers,
-            costs: g.model.layers.iter().map(|l| l.cost()).collect(),
-            params: g.params.clone(),
-            batches: g.data.clone(),
-            join_timeout: Duration::from_secs(60),
-            notices,
-            joins,
-            ship_bf16: false,
-            clip_grad_norm: None,
-            seed: 0,
-            eval: None,
-            checkpoint: Default::default(),
-            faults: Default::default(),
-        }
+        JobPlan { notices, joins, ..self.golden.job_plan(workers, kind) }
     }
 
     /// Bit-identical weights and losses, one migration per notice, nothing redone or lost.

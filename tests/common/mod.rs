@@ -41,6 +41,37 @@ pub struct Golden {
 pub const GOLDEN_FILES: [(&str, f32); 3] = [("mlp12_sgd", 1e-4), ("mlp12_adam", 1e-4), ("resmlp12_ce", 1e-3)];
 
 impl Golden {
+    /// The in-memory job of this golden run on `workers` with schedule
+    /// `kind`: its spec, optimizer, parameters and data, nothing planned
+    /// (no notices, joins, clipping, evaluation or checkpoints). Tests set
+    /// what they vary with struct update syntax.
+    pub fn job_plan(
+        &self,
+        workers: usize,
+        kind: baton_engine::pipeline::ScheduleKind,
+    ) -> baton_engine::pipeline::coordinator::JobPlan {
+        baton_engine::pipeline::coordinator::JobPlan {
+            spec: self.spec.clone(),
+            optimizer: self.optimizer,
+            lr_schedule: Default::default(),
+            schedule: kind,
+            micro_batches: self.micro_batches,
+            workers,
+            costs: self.model.layers.iter().map(|l| l.cost()).collect(),
+            params: self.params.clone(),
+            batches: self.data.clone(),
+            join_timeout: Duration::from_secs(60),
+            notices: Vec::new(),
+            joins: Vec::new(),
+            ship_bf16: false,
+            clip_grad_norm: None,
+            seed: 0,
+            eval: None,
+            checkpoint: Default::default(),
+            faults: Default::default(),
+        }
+    }
+
     pub fn load(name: &str, final_tolerance: f32) -> Golden {
         let path = golden_dir().join(format!("{name}.safetensors"));
         assert!(path.exists(), "golden file {} is missing (set BATON_GOLDEN_DIR)", path.display());
