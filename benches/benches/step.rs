@@ -7,6 +7,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 
 fn bench_step(c: &mut Criterion) {
+    // As `baton` does (freed buffers reused, not unmapped).
+    baton_kernels::memory::keep_freed_memory();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut group = c.benchmark_group("train_step");
     group.sample_size(10);

@@ -28,6 +28,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // As `baton` does, so the figures are the product's.
+    baton_kernels::memory::keep_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

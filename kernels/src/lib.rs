@@ -43,6 +43,7 @@ pub mod isa;
 pub mod layout;
 pub mod loss;
 pub mod matmul;
+pub mod memory;
 pub mod norm;
 pub mod optim;
 mod reduce;

@@ -28,8 +28,11 @@ use crate::spec::Registry;
 
 /// If this process was started as a worker (`<exe> worker ...`), runs the
 /// worker with `layers` and returns its result; otherwise returns None and
-/// the caller goes on as the coordinator.
+/// the caller goes on as the coordinator. Either way it first makes the
+/// allocator keep freed buffers ([`baton_kernels::memory::keep_freed_memory`]),
+/// as `baton` does: call it first thing in `main`.
 pub fn worker_if_requested(layers: &Registry) -> Option<Result<()>> {
+    baton_kernels::memory::keep_freed_memory();
     let mut args = std::env::args();
     let exe = args.next().unwrap_or_default();
     if args.next().as_deref() != Some("worker") {

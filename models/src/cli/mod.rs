@@ -52,6 +52,8 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // Before any kernel thread exists: freed buffers are reused, not unmapped.
+    baton_kernels::memory::keep_freed_memory();
     // BATON_KERNEL_ISA: an unknown path, or one this CPU lacks, is an error
     // before any work (kernels would otherwise panic on first use).
     if let Err(e) = baton_kernels::isa::init() {
