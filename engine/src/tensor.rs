@@ -66,7 +66,11 @@ impl Tensor {
 
     /// A tensor of f32 zeros.
     pub fn zeros(shape: &[usize]) -> Self {
-        Tensor { shape: shape.to_vec(), data: Data::F32(vec![0.0; shape.iter().product()]), dev: None }
+        Tensor {
+            shape: shape.to_vec(),
+            data: Data::F32(baton_kernels::elementwise::zeros(shape.iter().product())),
+            dev: None,
+        }
     }
 
     /// A single-element tensor of shape `[]`.

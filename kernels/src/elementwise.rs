@@ -1,6 +1,23 @@
 //! Elementwise arithmetic and row reductions on row-major `f32` buffers.
 
-use crate::threads::{par_chunks_mut, par_col_blocks};
+use std::mem::MaybeUninit;
+
+use crate::threads::{self, par_chunks_mut, par_col_blocks, PAR_CHUNK};
+
+/// `len` zeros. A large buffer is zeroed in the pool's threads: one
+/// thread zeroing every fresh op output was a serial share of a 2-thread
+/// training step (the allocator reuses freed memory, so calloc cannot skip it).
+pub fn zeros(len: usize) -> Vec<f32> {
+    let Some(pool) = threads::pool_for(len) else {
+        return vec![0.0; len];
+    };
+    use rayon::prelude::*;
+    let mut v = Vec::with_capacity(len);
+    pool.install(|| v.spare_capacity_mut().par_chunks_mut(PAR_CHUNK).for_each(|c| c.fill(MaybeUninit::new(0.0))));
+    // SAFETY: the capacity is `len` and all `len` elements were just written.
+    unsafe { v.set_len(len) };
+    v
+}
 
 /// `y[r*cols + c] += bias[c]` with `cols = bias.len()`.
 ///

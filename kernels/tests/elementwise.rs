@@ -2,7 +2,8 @@
 
 mod common;
 
-use baton_kernels::elementwise::{add, add_assign, add_bias_rows, scale, sum_rows};
+use baton_kernels::elementwise::{add, add_assign, add_bias_rows, scale, sum_rows, zeros};
+use baton_kernels::threads;
 use common::{bits, Rng};
 
 #[test]
@@ -73,4 +74,20 @@ fn add_add_assign_scale() {
 #[should_panic(expected = "b.len() != out.len()")]
 fn add_rejects_mismatch() {
     add(&[1.0; 3], &[1.0; 2], &mut [0.0; 3]);
+}
+
+#[test]
+fn zeros_are_zeros_at_every_size_and_thread_count() {
+    // Sizes below, at and above the parallel threshold, ragged against the
+    // chunk size; memory freed with garbage in it first, so a reused block
+    // that were not written would show.
+    for t in [1, 2] {
+        threads::set_num_threads(t).expect("thread count");
+        for len in [0, 1, 1000, 1 << 16, (1 << 16) + 7, 3 << 18] {
+            drop(vec![f32::NAN; len]);
+            let z = zeros(len);
+            assert_eq!(z.len(), len);
+            assert!(z.iter().all(|v| v.to_bits() == 0), "{len} at {t} threads");
+        }
+    }
 }

@@ -94,7 +94,7 @@ fn launch_host(call: &Call, ins: &[Operand<'_>], outs: Vec<Out>) -> Result<Vec<T
     let mut shaped: Vec<(Vec<usize>, Vec<f32>)> = outs
         .into_iter()
         .map(|out| match out {
-            Out::Zeros(shape) => Ok((shape.clone(), vec![0.0; shape.iter().product()])),
+            Out::Zeros(shape) => Ok((shape.clone(), baton_kernels::elementwise::zeros(shape.iter().product()))),
             Out::Init(t) => t.into_values(),
         })
         .collect::<Result<_>>()?;
