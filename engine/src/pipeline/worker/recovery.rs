@@ -240,6 +240,11 @@ impl Worker {
         placements: Vec<Placement>,
         sources: Vec<(u32, u32)>,
     ) -> Result<Vec<Out>> {
+        if generation < self.floor {
+            // Overtaken by a later rollback (a member lost during this
+            // restore): that generation is abandoned.
+            return Ok(Vec::new());
+        }
         if !matches!(self.mode, Mode::RolledBack) || generation != self.generation {
             let detail = format!("a restore of generation {generation} came out of turn ({:?})", self.mode);
             return Err(Error::peer(COORDINATOR, detail));
