@@ -66,7 +66,7 @@ fn replica_gradients_go_out_as_one_message_per_holder_and_step_before_the_report
     w.hold_replica(1, 0, 4, grads(4, 0.25));
     let outs = w.settle(Vec::new());
     let replica = |layers| Message::Replica { generation: 0, step: 0, layers };
-    let expected = vec![
+    let expected = [
         Out::Send { to: Dest::Worker(1), message: replica(vec![(3, grads(3, 0.5)), (4, grads(4, 0.25))]) },
         Out::Send { to: Dest::Worker(2), message: replica(vec![(5, grads(5, 0.75))]) },
     ];
