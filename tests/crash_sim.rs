@@ -140,6 +140,29 @@ fn every_worker_crashed_at_every_action_count() {
     assert_eq!(runs, 2 * 9 * (2 + 3 + 4));
 }
 
+/// In the last step every layer's update runs out of place into its
+/// snapshot's buffers, which are then swapped (no step-start copy): a crash
+/// at every action count of that step must still roll every survivor back
+/// to the exact step-start bits.
+#[test]
+fn a_crash_after_out_of_place_updates_rolls_back_to_the_exact_step_start() {
+    let case = Case::new("mlp12_adam");
+    let (step, workers) = (STEPS as u32 - 1, 3u32);
+    for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
+        for worker in 0..workers {
+            for actions in 0..=2 * case.golden.micro_batches as u32 {
+                let seed = u64::from(worker * 100 + actions) + 7;
+                let what = format!("W={workers} {kind} worker {worker} crashed after {actions} actions of step {step}");
+                let out = case
+                    .run(case.plan(workers as usize, kind, Vec::new()), &[crash(worker, step, actions)], seed)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                case.check(&what, &out, 1);
+                assert_eq!((out.crashes[0].lost.clone(), out.crashes[0].step), (vec![worker], step), "{what}");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_crash_with_sgd_momentum_and_two_crashes_in_one_run() {
     let case = Case::new("mlp12_sgd");

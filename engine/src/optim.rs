@@ -17,6 +17,8 @@ use crate::device::{self, Backend, Call, Out};
 use crate::lr_schedule::LrSchedule;
 use crate::{Error, Result, Tensor};
 
+mod into;
+
 /// Which optimizer, with its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerConfig {
@@ -167,7 +169,7 @@ impl Optimizer {
                 param.shape()
             )));
         }
-        let config = self.config.with_lr(self.lr_schedule.lr(self.config.lr(), step));
+        let config = self.config_at(step);
         let done = self.state.get(name).map_or(0, |s| s.step);
         let (call, count) = match &config {
             OptimizerConfig::Sgd(cfg) => (Call::Sgd { cfg: *cfg, first: done == 0 }, 1),
@@ -191,6 +193,11 @@ impl Optimizer {
             state.buffers = buffers.into_iter().map(|t| t.into_values().map(|(_, v)| v)).collect::<Result<_>>()?;
         }
         Ok(())
+    }
+
+    /// The configuration of step `step`'s update (its scheduled learning rate).
+    fn config_at(&self, step: u32) -> OptimizerConfig {
+        self.config.with_lr(self.lr_schedule.lr(self.config.lr(), step))
     }
 
     /// The `count` state buffers of `name` as tensors on the backend:

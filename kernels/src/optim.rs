@@ -6,6 +6,9 @@
 
 use crate::threads::par_chunks_mut;
 
+mod into;
+pub use into::{adam_step_into, adamw_step_into, sgd_step_into};
+
 /// Hyper-parameters of [`sgd_step`] (`torch.optim.SGD`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
@@ -43,12 +46,15 @@ pub fn sgd_step(param: &mut [f32], grad: &[f32], momentum_buf: &mut [f32], first
 /// `param −= lr·(grad + wd·param)`; lengths checked by the caller.
 fn sgd_plain(param: &mut [f32], grad: &[f32], cfg: &SgdConfig) {
     let (neg_lr, wd) = (-cfg.lr, cfg.weight_decay);
-    par_chunks_mut(param, |off, p| {
-        let n = p.len();
-        for (p, &g) in p.iter_mut().zip(&grad[off..off + n]) {
-            *p += neg_lr * decay(g, *p, wd);
-        }
-    });
+    par_chunks_mut(param, |off, p| sgd_plain_chunk(p, &grad[off..off + p.len()], neg_lr, wd));
+}
+
+/// The loop of [`sgd_plain`] over one chunk.
+#[inline(always)]
+fn sgd_plain_chunk(p: &mut [f32], grad: &[f32], neg_lr: f32, wd: f32) {
+    for (p, &g) in p.iter_mut().zip(grad) {
+        *p += neg_lr * decay(g, *p, wd);
+    }
 }
 
 /// SGD with a momentum buffer; `buf.len() == param.len() == grad.len()`
@@ -65,13 +71,19 @@ fn sgd_momentum(param: &mut [f32], grad: &[f32], buf: &mut [f32], first: bool, c
         // borrowed mutably by exactly one task. `buf` stays exclusively
         // borrowed by this function for the whole call.
         let b = unsafe { std::slice::from_raw_parts_mut(bufp.get().add(off), n) };
-        for ((p, b), &g) in p.iter_mut().zip(b).zip(&grad[off..off + n]) {
-            let g = decay(g, *p, c.weight_decay);
-            *b = if first { g } else { *b * c.momentum + damp * g };
-            let d = if c.nesterov { g + c.momentum * *b } else { *b };
-            *p += -c.lr * d;
-        }
+        sgd_momentum_chunk(p, b, &grad[off..off + n], first, &c, damp);
     });
+}
+
+/// The loop of [`sgd_momentum`] over one chunk.
+#[inline(always)]
+fn sgd_momentum_chunk(p: &mut [f32], b: &mut [f32], grad: &[f32], first: bool, c: &SgdConfig, damp: f32) {
+    for ((p, b), &g) in p.iter_mut().zip(b).zip(grad) {
+        let g = decay(g, *p, c.weight_decay);
+        *b = if first { g } else { *b * c.momentum + damp * g };
+        let d = if c.nesterov { g + c.momentum * *b } else { *b };
+        *p += -c.lr * d;
+    }
 }
 
 /// `g + wd·p` (skipped when `wd == 0`, as PyTorch does).
@@ -165,10 +177,16 @@ fn adam_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], st
         let (m, v) = unsafe {
             (std::slice::from_raw_parts_mut(mp.get().add(off), n), std::slice::from_raw_parts_mut(vp.get().add(off), n))
         };
-        for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(&grad[off..off + n]) {
-            s.update(p, m, v, g);
-        }
+        adam_chunk(p, m, v, &grad[off..off + n], &s);
     });
+}
+
+/// The loop of [`adam_update`] over one chunk.
+#[inline(always)]
+fn adam_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], s: &AdamScalars) {
+    for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(grad) {
+        s.update(p, m, v, g);
+    }
 }
 
 /// Per-step scalars of Adam, computed as PyTorch does (Python floats, then

@@ -1,6 +1,11 @@
 //! Optimizer updates against values computed by hand (PyTorch semantics).
 
-use baton_kernels::optim::{adam_step, adamw_step, sgd_step, AdamConfig, SgdConfig};
+mod common;
+
+use baton_kernels::optim::{
+    adam_step, adam_step_into, adamw_step, adamw_step_into, sgd_step, sgd_step_into, AdamConfig, SgdConfig,
+};
+use common::{bits, data, Rng};
 
 fn close(got: f32, want: f64, what: &str) {
     assert!((got as f64 - want).abs() <= 1e-6 * want.abs().max(1.0), "{what}: got {got}, want {want}");
@@ -148,4 +153,64 @@ fn adamw_without_weight_decay_is_adam() {
         adamw_step(&mut q, &[0.5, -0.125], &mut mq, &mut vq, step, &cfg);
     }
     assert_eq!(p.map(f32::to_bits), q.map(f32::to_bits));
+}
+
+/// The out-of-place updates leave in their outputs the bits the in-place
+/// ones leave, over several steps (so the state read is not all zeros),
+/// on a length that spans several parallel chunks and ends in a partial
+/// one, with 1 and 2 threads; their inputs stay untouched.
+#[test]
+fn out_of_place_updates_are_the_in_place_bits() {
+    let n = (1 << 17) + 77;
+    let mut rng = Rng::new(17);
+    let grads: Vec<Vec<f32>> = (0..3).map(|_| data(&mut rng, n)).collect();
+    let start: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(n, 0.0, 1.0)).collect();
+    let adam_cfg = AdamConfig { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+    for threads in [1, 2] {
+        baton_kernels::threads::set_num_threads(threads).unwrap();
+        for decoupled in [false, true] {
+            let mut live = start.clone();
+            for (step, g) in grads.iter().enumerate() {
+                let before = live.clone();
+                let mut out = vec![vec![f32::NAN; n]; 3];
+                let [o0, o1, o2] = &mut out[..] else { unreachable!() };
+                let to = [o0.as_mut_slice(), o1.as_mut_slice(), o2.as_mut_slice()];
+                let from = [live[0].as_slice(), live[1].as_slice(), live[2].as_slice()];
+                let t = step as u64 + 1;
+                match decoupled {
+                    false => adam_step_into(from, g, to, t, &adam_cfg),
+                    true => adamw_step_into(from, g, to, t, &adam_cfg),
+                }
+                let [p, m, v] = &mut live[..] else { unreachable!() };
+                match decoupled {
+                    false => adam_step(p, g, m, v, t, &adam_cfg),
+                    true => adamw_step(p, g, m, v, t, &adam_cfg),
+                }
+                for (k, (a, b)) in out.iter().zip(&live).enumerate() {
+                    assert_eq!(
+                        bits(a),
+                        bits(b),
+                        "adam (decoupled {decoupled}) buffer {k} step {step}, {threads} threads"
+                    );
+                }
+                assert_ne!(bits(&before[0]), bits(&live[0]), "the update changed nothing");
+            }
+        }
+        for cfg in [sgd(0.9, 0.1, 0.01, false), sgd(0.9, 0.0, 0.0, true), sgd(0.0, 0.0, 0.01, false)] {
+            let (mut p, mut buf) = (start[0].clone(), vec![0.0f32; if cfg.momentum == 0.0 { 0 } else { n }]);
+            for (step, g) in grads.iter().enumerate() {
+                let (mut op, mut ob) = (vec![f32::NAN; n], vec![f32::NAN; buf.len()]);
+                sgd_step_into(
+                    [p.as_slice(), buf.as_slice()],
+                    g,
+                    [op.as_mut_slice(), ob.as_mut_slice()],
+                    step == 0,
+                    &cfg,
+                );
+                sgd_step(&mut p, g, &mut buf, step == 0, &cfg);
+                assert_eq!(bits(&op), bits(&p), "sgd {cfg:?} param step {step}, {threads} threads");
+                assert_eq!(bits(&ob), bits(&buf), "sgd {cfg:?} buffer step {step}, {threads} threads");
+            }
+        }
+    }
 }

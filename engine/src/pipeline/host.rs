@@ -21,9 +21,8 @@ pub fn is_resident(message: &Message) -> bool {
         Message::Activation { tensor, .. } | Message::Gradient { tensor, .. } | Message::Replay { tensor, .. } => {
             resident(tensor)
         }
-        Message::Final { params, .. }
-        | Message::Replica { grads: params, .. }
-        | Message::ReplicaSeed { params, .. } => params.iter().any(|(_, t)| resident(t)),
+        Message::Final { params, .. } | Message::ReplicaSeed { params, .. } => params.iter().any(|(_, t)| resident(t)),
+        Message::Replica { layers, .. } => layers.iter().flat_map(|(_, g)| g).any(|(_, t)| resident(t)),
         Message::EvalActivation { tensor, .. } => resident(tensor),
         Message::EvalStart { inputs, targets: ts, .. } => {
             inputs.iter().any(|(_, t)| resident(t)) || ts.iter().any(|(_, t)| targets(t))
@@ -76,9 +75,10 @@ fn visit(message: &mut Message, f: &mut Visit<'_>) -> Result<()> {
             f(tensor)
         }
         Message::Handover { handover, .. } => handover_visit(handover, f),
-        Message::Final { params, .. }
-        | Message::Replica { grads: params, .. }
-        | Message::ReplicaSeed { params, .. } => params.iter_mut().try_for_each(|(_, t)| f(t)),
+        Message::Final { params, .. } | Message::ReplicaSeed { params, .. } => {
+            params.iter_mut().try_for_each(|(_, t)| f(t))
+        }
+        Message::Replica { layers, .. } => layers.iter_mut().flat_map(|(_, g)| g).try_for_each(|(_, t)| f(t)),
         Message::EvalActivation { tensor, .. } => f(tensor),
         Message::EvalStart { inputs, targets, .. } => {
             inputs.iter_mut().try_for_each(|(_, t)| f(t))?;

@@ -158,9 +158,11 @@ pub enum Message {
     /// step gradient went to the holder of its replica, `replica`, which
     /// confirms with [`Message::Replicated`].
     LayerUpdated { step: u32, layer: u32, replica: Option<u32> },
-    /// Owner → replica holder: `layer`'s step gradient of `step` (after
-    /// clipping), applied to the replica once the step is complete.
-    Replica { generation: u32, step: u32, layer: u32, grads: Vec<(String, Tensor)> },
+    /// Owner → replica holder: the step gradients of `step` (after
+    /// clipping) of the owner's layers whose replica it holds, by layer (one
+    /// message per holder and step), applied to the replicas once the step
+    /// is complete.
+    Replica { generation: u32, step: u32, layers: Vec<(u32, Vec<(String, Tensor)>)> },
     /// Owner → replica holder: `layer`'s parameters and optimizer state at
     /// the start of `step` (a new holder, or a layer with a new owner).
     ReplicaSeed {
@@ -170,8 +172,8 @@ pub enum Message {
         params: Vec<(String, Tensor)>,
         optimizer: Vec<(String, crate::optim::OptState)>,
     },
-    /// Replica holder → coordinator: it holds `layer`'s gradient of `step`.
-    Replicated { step: u32, layer: u32 },
+    /// Replica holder → coordinator: it holds these layers' gradients of `step`.
+    Replicated { step: u32, layers: Vec<u32> },
     /// Worker → coordinator: alive (sent every quarter of the peer timeout).
     Heartbeat { worker: u32 },
     /// Coordinator → worker: a member was lost; abandon step `step` (roll
@@ -389,6 +391,10 @@ pub fn size_hint(message: &Message) -> usize {
         | Message::Gradient { tensor, .. }
         | Message::Replay { tensor, .. }
         | Message::EvalActivation { tensor, .. } => tensor.len() * 4,
+        // Room for every gradient, so a large frame is not grown by copying.
+        Message::Replica { layers, .. } => {
+            layers.iter().flat_map(|(_, g)| g).map(|(n, t)| t.len() * 4 + n.len() + 64).sum()
+        }
         _ => 0,
     };
     payload + 4096
@@ -433,7 +439,7 @@ fn check_tensors(message: &Message) -> Result<()> {
         | Message::EvalActivation { tensor, .. } => vec![tensor],
         Message::Handover { handover, .. } => handover_tensors(handover),
         Message::Final { params, .. } | Message::ReplicaSeed { params, .. } => params.iter().map(|(_, t)| t).collect(),
-        Message::Replica { grads, .. } => grads.iter().map(|(_, t)| t).collect(),
+        Message::Replica { layers, .. } => layers.iter().flat_map(|(_, g)| g).map(|(_, t)| t).collect(),
         _ => Vec::new(),
     };
     for t in tensors {

@@ -10,7 +10,7 @@
 
 use super::Stage;
 use crate::optim::OptState;
-use crate::{GradAccumulator, Optimizer, ParamStore, Tensor};
+use crate::{Error, GradAccumulator, Optimizer, ParamStore, Result, Tensor};
 
 /// A layer as it was before its update in `step`.
 #[derive(Clone, Debug)]
@@ -22,16 +22,14 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Copies the layer's current values into this snapshot's buffers and
-    /// makes it `step`'s; false (nothing usable changed) when the layer's
-    /// parameters or state no longer have this snapshot's names and sizes,
-    /// or are not host f32 values.
-    fn refill(&mut self, step: u32, prefix: &str, params: &ParamStore, optimizer: &Optimizer) -> bool {
+    /// True when this snapshot's buffers have the names and sizes of the
+    /// layer's current parameters and state, on the host.
+    fn fits(&self, prefix: &str, params: &ParamStore, optimizer: &Optimizer) -> bool {
         let names = params.names().filter(|n| n.starts_with(prefix));
         if !names.eq(self.params.iter().map(|(n, _)| n)) {
             return false;
         }
-        let fits = self.params.iter().zip(&self.optimizer).all(|((name, kept), (_, state))| {
+        self.params.iter().zip(&self.optimizer).all(|((name, kept), (_, state))| {
             let same_state = match (state, optimizer.state(name)) {
                 (Some(a), Some(b)) => {
                     a.buffers.len() == b.buffers.len()
@@ -42,8 +40,28 @@ impl Snapshot {
             };
             let value = params.get(name).ok().and_then(|t| t.values().ok());
             same_state && kept.values().ok().zip(value).is_some_and(|(a, b)| a.len() == b.len())
-        });
-        if !fits {
+        })
+    }
+
+    /// True when this snapshot can take the layer's update out of place:
+    /// it fits, every parameter has state the optimizer updates out of
+    /// place, and `grads` name exactly the snapshot's parameters.
+    fn takes_update(&self, prefix: &str, params: &ParamStore, optimizer: &Optimizer, grads: &ParamStore) -> bool {
+        self.fits(prefix, params, optimizer)
+            && grads.names().eq(self.params.iter().map(|(n, _)| n))
+            && self
+                .params
+                .iter()
+                .zip(&self.optimizer)
+                .all(|((name, kept), (_, state))| state.is_some() && optimizer.updates_into(name, kept.len()))
+    }
+
+    /// Copies the layer's current values into this snapshot's buffers and
+    /// makes it `step`'s; false (nothing usable changed) when the layer's
+    /// parameters or state no longer have this snapshot's names and sizes,
+    /// or are not host f32 values.
+    fn refill(&mut self, step: u32, prefix: &str, params: &ParamStore, optimizer: &Optimizer) -> bool {
+        if !self.fits(prefix, params, optimizer) {
             return false;
         }
         for ((name, kept), (_, state)) in self.params.iter_mut().zip(&mut self.optimizer) {
@@ -73,6 +91,35 @@ pub struct RolledBack {
 }
 
 impl Stage {
+    /// Applies `layer`'s update of `step` with `grads` and keeps the
+    /// layer's values from before it as the step's snapshot. When an
+    /// earlier step's snapshot of the layer can take it, the update runs
+    /// out of place into that snapshot's buffers, which are then swapped
+    /// with the layer's (the same arithmetic, so the same bits): the
+    /// step-start values stay valid with no copy of them. Otherwise (the
+    /// layer's first update here, device-resident values, a layer whose
+    /// shape changed) they are copied first and updated in place.
+    pub(crate) fn update_keeping(&mut self, step: u32, layer: u32, grads: &ParamStore) -> Result<()> {
+        let prefix = format!("layers.{layer}.");
+        let fits =
+            self.snapshots.get(&layer).is_some_and(|s| s.takes_update(&prefix, &self.params, &self.optimizer, grads));
+        let Some(mut spare) = fits.then(|| self.snapshots.remove(&layer)).flatten() else {
+            self.snapshot(step, layer);
+            for (name, grad) in grads.iter() {
+                self.optimizer.update(step, name, self.params.get_mut(name)?, grad)?;
+            }
+            return Ok(());
+        };
+        for ((name, kept), (_, state)) in spare.params.iter_mut().zip(&mut spare.optimizer) {
+            let state = state.as_mut().ok_or_else(|| Error::Internal(format!("no kept state of {name}")))?;
+            let (param, grad) = (self.params.get_mut(name)?, grads.get(name)?);
+            self.optimizer.update_into(step, name, param, grad, (kept, state))?;
+        }
+        spare.step = step;
+        self.snapshots.insert(layer, spare);
+        Ok(())
+    }
+
     /// Keeps `layer` as it is now, before its update in `step`. An earlier
     /// step's snapshot of the layer is refilled in place when it fits, so
     /// a step does not allocate (and fault in) fresh pages for the copies.

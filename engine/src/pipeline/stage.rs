@@ -528,14 +528,16 @@ impl Stage {
             crate::clip::apply(&mut grads, scale)?;
         }
         let mut effects = Vec::new();
-        if self.replicate {
-            self.snapshot(step, layer);
-        }
-        for (name, grad) in grads.iter() {
-            let param = self.params.get_mut(name)?;
-            // The step's learning rate comes from `step` alone, so it is the
-            // same bits on whichever worker holds the layer now.
-            self.optimizer.update(step, name, param, grad)?;
+        // The step's learning rate comes from `step` alone, so it is the
+        // same bits on whichever worker holds the layer now.
+        match self.replicate {
+            // Keeps the layer's step-start values for a rollback.
+            true => self.update_keeping(step, layer, &grads)?,
+            false => {
+                for (name, grad) in grads.iter() {
+                    self.optimizer.update(step, name, self.params.get_mut(name)?, grad)?;
+                }
+            }
         }
         if self.replicate {
             // The sums are spent: they travel to the replica without a copy.

@@ -401,7 +401,7 @@ impl Coordinator {
                 self.await_replica(layer, replica);
                 self.on_layer_updated(worker, step, layer)
             }
-            Message::Replicated { step, layer } => self.on_replicated(worker, step, layer),
+            Message::Replicated { step, layers } => self.on_replicated(worker, step, &layers),
             Message::Heartbeat { .. } => Ok(Vec::new()),
             Message::RolledBack { generation, clean, replicas, .. } => {
                 self.on_rolled_back(worker, generation, clean, replicas)

@@ -397,11 +397,11 @@ impl Coordinator {
         }
     }
 
-    /// Holder `worker` confirmed `layer`'s gradient of `step`.
-    pub(super) fn on_replicated(&mut self, worker: u32, step: u32, layer: u32) -> Result<Vec<CoordEffect>> {
+    /// Holder `worker` confirmed the gradients of `step` of `layers`.
+    pub(super) fn on_replicated(&mut self, worker: u32, step: u32, layers: &[u32]) -> Result<Vec<CoordEffect>> {
         match self.phase {
             Phase::Running { step: current, .. } if current == step => {
-                self.replica_book.confirmed.insert((layer, worker));
+                self.replica_book.confirmed.extend(layers.iter().map(|&layer| (layer, worker)));
                 self.maybe_finish_step()
             }
             _ => Ok(Vec::new()),

@@ -187,6 +187,9 @@ pub struct Worker {
     actions_in_step: (u32, u32),
     /// Reports for the coordinator not yet sent (see `reports.rs`).
     outbox: Vec<Report>,
+    /// Step gradients for replica holders not yet sent, one message per
+    /// (holder, generation, step) (see `reports.rs`).
+    replica_outbox: Vec<(u32, Message)>,
     pub spans: Vec<Span>,
     /// Replicas of a neighbour's layers (None when the job keeps none).
     replicas: Option<Replicas>,
@@ -231,6 +234,7 @@ impl Worker {
             ship_budget: None,
             actions_in_step: (0, 0),
             outbox: Vec::new(),
+            replica_outbox: Vec::new(),
             spans: Vec::new(),
             replicas: None,
             holders: BTreeMap::new(),
@@ -492,12 +496,14 @@ impl Worker {
                 self.hold(Report::LayerUpdated { step, layer, replica: self.replica_target(layer) });
                 return Ok(None);
             }
-            Effect::Replica { step, layer, grads } => match self.replica_target(layer) {
-                Some(holder) => (Dest::Worker(holder), Message::Replica { generation, step, layer, grads }),
+            Effect::Replica { step, layer, grads } => {
                 // No replica to keep current (a job of one worker, or a
                 // holder that left): the update goes nowhere.
-                None => return Ok(None),
-            },
+                if let Some(holder) = self.replica_target(layer) {
+                    self.hold_replica(holder, step, layer, grads);
+                }
+                return Ok(None);
+            }
             Effect::LayerNorms { step, layer, norms } => {
                 self.hold(Report::LayerNorms { step, layer, norms });
                 return Ok(None);

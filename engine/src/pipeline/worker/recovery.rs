@@ -117,7 +117,7 @@ impl Worker {
                     outs.push(Out::Send { to: Dest::Worker(next), message });
                     // Its update of this step, if its former owner applied it already.
                     if let Some(grads) = replicas.pending(step, layer) {
-                        let message = Message::Replica { generation, step, layer, grads };
+                        let message = Message::Replica { generation, step, layers: vec![(layer, grads)] };
                         outs.push(Out::Send { to: Dest::Worker(next), message });
                     }
                     self.holders.insert(layer, next);
@@ -152,15 +152,23 @@ impl Worker {
             return Err(Error::peer(format!("worker {sender}"), "it sent a replica to a job that keeps none"));
         };
         let due = match message {
-            Message::Replica { step, layer, grads, .. } => {
-                // A layer that moved here after its update: its replica
-                // went on to the next stage's worker, and so does this.
-                if let Some(&next) = self.holders.get(&layer).filter(|&&h| h != self.id) {
-                    let generation = self.generation;
-                    let message = Message::Replica { generation, step, layer, grads: grads.clone() };
-                    outs.push(Out::Send { to: Dest::Worker(next), message });
+            Message::Replica { step, layers, .. } => {
+                let mut due = Vec::new();
+                let mut onward: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+                for (layer, grads) in layers {
+                    // A layer that moved here after its update: its replica
+                    // went on to the next stage's worker, and so does this.
+                    if let Some(&next) = self.holders.get(&layer).filter(|&&h| h != self.id) {
+                        onward.entry(next).or_default().push((layer, grads.clone()));
+                    }
+                    due.extend(replicas.gradient(step, layer, grads)?);
                 }
-                replicas.gradient(step, layer, grads)?
+                let generation = self.generation;
+                outs.extend(onward.into_iter().map(|(next, layers)| Out::Send {
+                    to: Dest::Worker(next),
+                    message: Message::Replica { generation, step, layers },
+                }));
+                due
             }
             Message::ReplicaSeed { step, layer, params, optimizer, .. } => {
                 replicas.seed(step, layer, params, optimizer)?
@@ -184,6 +192,7 @@ impl Worker {
         self.received.clear();
         // Held reports belong to the abandoned attempt.
         self.outbox.clear();
+        self.replica_outbox.clear();
         self.early.retain(|(_, m)| m.generation().is_some_and(|g| g >= generation));
         if let Some(replicas) = self.replicas.as_mut() {
             replicas.rollback(step)?;
@@ -231,6 +240,11 @@ impl Worker {
         placements: Vec<Placement>,
         sources: Vec<(u32, u32)>,
     ) -> Result<Vec<Out>> {
+        if generation < self.floor {
+            // Overtaken by a later rollback (a member lost during this
+            // restore): that generation is abandoned.
+            return Ok(Vec::new());
+        }
         if !matches!(self.mode, Mode::RolledBack) || generation != self.generation {
             let detail = format!("a restore of generation {generation} came out of turn ({:?})", self.mode);
             return Err(Error::peer(COORDINATOR, detail));
@@ -345,9 +359,13 @@ impl Worker {
     }
 }
 
-/// Confirmations to the coordinator that replicas hold these gradients.
+/// Confirmations to the coordinator that replicas hold these (step,
+/// layer) gradients: one message per step.
 fn confirmations(due: Vec<(u32, u32)>) -> Vec<Out> {
-    due.into_iter()
-        .map(|(step, layer)| Out::Send { to: Dest::Coordinator, message: Message::Replicated { step, layer } })
+    let mut by_step: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    due.into_iter().for_each(|(step, layer)| by_step.entry(step).or_default().push(layer));
+    by_step
+        .into_iter()
+        .map(|(step, layers)| Out::Send { to: Dest::Coordinator, message: Message::Replicated { step, layers } })
         .collect()
 }

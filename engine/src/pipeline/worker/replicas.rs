@@ -8,6 +8,8 @@
 //! now on, and what the coordinator waits for before the step completes.
 //! Replica messages that reach the leaver later are passed on the same way.
 
+use std::collections::BTreeMap;
+
 use super::{owner_in, Dest, Mode, Out, Worker};
 use crate::pipeline::protocol::Message;
 use crate::Result;
@@ -28,7 +30,7 @@ impl Worker {
             let message = Message::ReplicaSeed { generation, step, layer, params, optimizer };
             outs.push(Out::Send { to: Dest::Worker(to), message });
             if let Some(grads) = replicas.pending(step, layer) {
-                let message = Message::Replica { generation, step, layer, grads };
+                let message = Message::Replica { generation, step, layers: vec![(layer, grads)] };
                 outs.push(Out::Send { to: Dest::Worker(to), message });
             }
         }
@@ -38,12 +40,29 @@ impl Worker {
     /// A replica message that reached this worker after it left: passed on
     /// to the layer's holder in the new layout (and kept here too).
     pub(super) fn pass_on(&self, message: &Message) -> Vec<Out> {
-        let layer = match message {
-            Message::Replica { layer, .. } | Message::ReplicaSeed { layer, .. } => *layer,
-            _ => return Vec::new(),
-        };
-        match (&self.mode, self.holder_in_layout(layer)) {
-            (Mode::Leaving, Some(to)) => vec![Out::Send { to: Dest::Worker(to), message: message.clone() }],
+        if !matches!(self.mode, Mode::Leaving) {
+            return Vec::new();
+        }
+        match message {
+            Message::ReplicaSeed { layer, .. } => match self.holder_in_layout(*layer) {
+                Some(to) => vec![Out::Send { to: Dest::Worker(to), message: message.clone() }],
+                None => Vec::new(),
+            },
+            // Each layer's gradient to its own holder.
+            Message::Replica { generation, step, layers } => {
+                let mut by_holder: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+                for (layer, grads) in layers {
+                    if let Some(to) = self.holder_in_layout(*layer) {
+                        by_holder.entry(to).or_default().push((*layer, grads.clone()));
+                    }
+                }
+                let (generation, step) = (*generation, *step);
+                let send = |(to, layers)| Out::Send {
+                    to: Dest::Worker(to),
+                    message: Message::Replica { generation, step, layers },
+                };
+                by_holder.into_iter().map(send).collect()
+            }
             _ => Vec::new(),
         }
     }

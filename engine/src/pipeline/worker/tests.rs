@@ -51,3 +51,57 @@ fn held_reports_go_out_when_idle_and_before_any_other_message_to_the_coordinator
     assert_eq!(outs[0], batch(vec![updated]));
     assert!(matches!(&outs[1], Out::Send { message: Message::Notice { grace_ms: 500, .. }, .. }));
 }
+
+fn grads(layer: u32, value: f32) -> Vec<(String, crate::Tensor)> {
+    vec![(format!("layers.{layer}.weight"), crate::Tensor::new(vec![2], vec![value, -value]).unwrap())]
+}
+
+#[test]
+fn replica_gradients_go_out_as_one_message_per_holder_and_step_before_the_reports() {
+    let mut w = worker();
+    let updated = Report::LayerUpdated { step: 0, layer: 3, replica: Some(1) };
+    w.hold_replica(1, 0, 3, grads(3, 0.5));
+    w.hold(updated.clone());
+    w.hold_replica(2, 0, 5, grads(5, 0.75));
+    w.hold_replica(1, 0, 4, grads(4, 0.25));
+    let outs = w.settle(Vec::new());
+    let replica = |layers| Message::Replica { generation: 0, step: 0, layers };
+    let expected = [
+        Out::Send { to: Dest::Worker(1), message: replica(vec![(3, grads(3, 0.5)), (4, grads(4, 0.25))]) },
+        Out::Send { to: Dest::Worker(2), message: replica(vec![(5, grads(5, 0.75))]) },
+    ];
+    assert_eq!(outs[..2], expected[..]);
+    assert!(
+        matches!(&outs[2], Out::Send { to: Dest::Coordinator, message: Message::Reports { reports } } if reports[0] == updated)
+    );
+    assert_eq!(outs.len(), 3);
+    assert!(w.settle(Vec::new()).is_empty(), "nothing is sent twice");
+}
+
+/// A holder takes a batched message's gradients into the replicas of the
+/// layers it names (each its own update) and confirms them in one message.
+#[test]
+fn a_batched_replica_message_updates_the_layers_it_names_and_is_confirmed_once() {
+    let config: crate::OptimizerConfig = "adam:lr=0.01".parse().unwrap();
+    let mut w = worker();
+    w.replicas = Some(crate::pipeline::replica::Replicas::new(crate::Optimizer::new(config)));
+    let start = |layer: u32| grads(layer, 1.0 + layer as f32);
+    for layer in [3, 4] {
+        let seed = Message::ReplicaSeed { generation: 0, step: 0, layer, params: start(layer), optimizer: Vec::new() };
+        assert!(w.handle(Dest::Worker(1), seed).unwrap().is_empty());
+    }
+    let message = Message::Replica { generation: 0, step: 0, layers: vec![(3, grads(3, 0.5)), (4, grads(4, -0.25))] };
+    let outs = w.handle(Dest::Worker(1), message).unwrap();
+    let confirmed = Message::Replicated { step: 0, layers: vec![3, 4] };
+    assert_eq!(outs, vec![Out::Send { to: Dest::Coordinator, message: confirmed }]);
+    let replicas = w.replicas.as_mut().unwrap();
+    replicas.advance(1).unwrap();
+    assert_eq!(replicas.valid(1), vec![3, 4]);
+    for (layer, g) in [(3, 0.5), (4, -0.25)] {
+        let (mut owner, (name, mut param)) = (crate::Optimizer::new(config), start(layer).remove(0));
+        owner.update(0, &name, &mut param, &grads(layer, g)[0].1).unwrap();
+        let state = replicas.layer_state(layer).unwrap();
+        assert_eq!(state.params, vec![(name.clone(), param)], "layer {layer}");
+        assert_eq!(state.optimizer, vec![(name.clone(), owner.state(&name).unwrap().clone())], "layer {layer}");
+    }
+}
