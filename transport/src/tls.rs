@@ -104,22 +104,7 @@ pub(crate) fn transport_config(net: &NetConfig) -> Result<Arc<TransportConfig>> 
         .send_window(net.stream_window.saturating_mul(4))
         .max_concurrent_uni_streams(VarInt::from_u32(1024))
         .max_concurrent_bidi_streams(VarInt::from_u32(4));
-    config.ack_frequency_config(Some(ack_frequency()));
     Ok(Arc::new(config))
-}
-
-/// Asks the peer to acknowledge every 11th ack-eliciting packet (quinn's
-/// default is every 2nd), or 2 ms after the first unacknowledged one. A
-/// burst (a replica of a layer's parameters and optimizer state, a large
-/// activation) then costs a fifth of the ACK packets, each of which costs
-/// both nodes a system call and a wake of their runtime thread, while a
-/// lone packet's acknowledgement (what a bulk `send_wait` waits for) comes
-/// within 2 ms instead of the 25 ms of a plain delayed ACK. Measured: 9 of
-/// the 46 datagrams of an mlp12 step on 3 workers (README, message path).
-fn ack_frequency() -> quinn::AckFrequencyConfig {
-    let mut acks = quinn::AckFrequencyConfig::default();
-    acks.ack_eliciting_threshold(VarInt::from_u32(10)).max_ack_delay(Some(std::time::Duration::from_millis(2)));
-    acks
 }
 
 /// Checks that `name` (claimed in the hello) is one of the names in the
