@@ -35,8 +35,10 @@ const MICROBATCHES: usize = 4;
 const OPTIMIZER: &str = "adam:lr=1e-4";
 /// mlp12 steps cost ~1/500 of a W=1024 step: it trains this many times as many.
 const SMALL_FACTOR: usize = 50;
-/// The issue's target for total CPU of the pipelined run over one process.
-const TARGET_RATIO: f64 = 1.15;
+/// Issue 12's targets for total CPU of the pipelined run over one process:
+/// mlp12's steps are small, so its messages weigh more than W=1024's.
+const SMALL_TARGET: f64 = 1.5;
+const BIG_TARGET: f64 = 1.05;
 
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
@@ -62,6 +64,8 @@ struct Case {
     batch: usize,
     /// N: the short run; the long run trains 3N.
     steps: usize,
+    /// The target for total CPU on the workers over one process.
+    target_cpu_ratio: f64,
 }
 
 /// CPU and wall seconds of one run, or of one step.
@@ -179,7 +183,6 @@ struct Table {
     microbatches: usize,
     optimizer: &'static str,
     kernel_threads_per_process: usize,
-    target_cpu_ratio: f64,
     rows: Vec<Row>,
 }
 
@@ -203,7 +206,6 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         microbatches: MICROBATCHES,
         optimizer: OPTIMIZER,
         kernel_threads_per_process: 1,
-        target_cpu_ratio: TARGET_RATIO,
         rows,
     };
     print_table(&table);
@@ -216,8 +218,15 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
 /// mlp12 (W=64, B=32) and the 12-layer W=1024 MLP (B=256).
 fn cases(steps: usize) -> [Case; 2] {
     [
-        Case { name: "mlp12 W=64 B=32", width: 64, layers: 12, batch: 32, steps: steps.saturating_mul(SMALL_FACTOR) },
-        Case { name: "mlp W=1024 B=256", width: 1024, layers: 12, batch: 256, steps },
+        Case {
+            name: "mlp12 W=64 B=32",
+            width: 64,
+            layers: 12,
+            batch: 32,
+            steps: steps.saturating_mul(SMALL_FACTOR),
+            target_cpu_ratio: SMALL_TARGET,
+        },
+        Case { name: "mlp W=1024 B=256", width: 1024, layers: 12, batch: 256, steps, target_cpu_ratio: BIG_TARGET },
     ]
 }
 
@@ -346,9 +355,10 @@ fn format_row(row: &Row) -> String {
 
 /// Whether `row` meets the target, in words.
 fn verdict(row: &Row) -> String {
-    let met = if row.cpu_ratio <= TARGET_RATIO { "met" } else { "NOT met" };
+    let target = row.case.target_cpu_ratio;
+    let met = if row.cpu_ratio <= target { "met" } else { "NOT met" };
     format!(
-        "{}: {:.2}x total CPU (median of {} rounds), target <= {TARGET_RATIO:.2}x {met}",
+        "{}: {:.2}x total CPU (median of {} rounds), target <= {target:.2}x {met}",
         row.case.name,
         row.cpu_ratio,
         row.rounds.len()
@@ -435,9 +445,11 @@ mod tests {
             "mlp W=1024 B=256         10/30   300.000   360.000      1.20   1.20-1.20   310.000   200.000"
         );
         assert_eq!(line.len(), format_header().len());
-        assert!(verdict(&r).ends_with("1.20x total CPU (median of 1 rounds), target <= 1.15x NOT met"));
-        let ok = row(cost(0.3, 0.3), cost(0.33, 0.2));
-        assert!(verdict(&ok).ends_with("target <= 1.15x met"), "{}", verdict(&ok));
+        assert!(verdict(&r).ends_with("1.20x total CPU (median of 1 rounds), target <= 1.05x NOT met"));
+        let ok = row(cost(0.3, 0.3), cost(0.315, 0.2));
+        assert!(verdict(&ok).ends_with("target <= 1.05x met"), "{}", verdict(&ok));
+        let [small, _] = cases(1);
+        assert_eq!(small.target_cpu_ratio, 1.5, "issue 12: mlp12 <= 1.5x");
     }
 
     #[test]

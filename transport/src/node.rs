@@ -1,6 +1,7 @@
 //! The blocking facade: one QUIC endpoint per process, driven by a tokio
-//! runtime the node owns, with events delivered on a crossbeam channel so
-//! that synchronous compute loops can `select!` on them.
+//! runtime the node owns (one thread, see [`Driver`]), with events delivered
+//! on a crossbeam channel so that synchronous compute loops can `select!` on
+//! them.
 
 use crate::frame::Frame;
 use crate::registry::{code, Shared};
@@ -127,6 +128,44 @@ impl PathEstimate {
     }
 }
 
+/// The node's tokio runtime and the one thread that drives it.
+///
+/// Invariant: every task of the node (quinn's endpoint and connection
+/// drivers, control writers and readers, bulk streams) runs on this one
+/// thread. A frame's way from the facade to the socket then wakes one
+/// thread, and quinn's tasks hand each other work without waking another:
+/// a multi-threaded runtime woke a second worker for about every hand-off
+/// (the profile in the README). Facade calls that block on a future
+/// (`connect`, drop) poll it on their own thread while this one drives I/O
+/// and timers.
+struct Driver {
+    runtime: Arc<tokio::runtime::Runtime>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Driver {
+    fn start(name: &str) -> std::io::Result<Driver> {
+        let runtime = Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let driven = runtime.clone();
+        let thread = std::thread::Builder::new().name(format!("baton-net-{name}")).spawn(move || {
+            // Returns on `stop` (or when the sender is dropped).
+            let _ = driven.block_on(stopped);
+        })?;
+        Ok(Driver { runtime, stop, thread })
+    }
+
+    /// Stops the driving thread; the runtime, its tasks still in it, is
+    /// the caller's to shut down.
+    fn stop(self) -> Option<tokio::runtime::Runtime> {
+        let _ = self.stop.send(());
+        // The thread only runs `block_on`; a panic there is already reported.
+        let _ = self.thread.join();
+        Arc::try_unwrap(self.runtime).ok()
+    }
+}
+
 /// One QUIC endpoint that both accepts and opens connections.
 ///
 /// Must not be created, used or dropped from inside a tokio runtime: its
@@ -136,19 +175,15 @@ pub struct Node {
     events: Receiver<Event>,
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
-    runtime: Option<tokio::runtime::Runtime>,
+    driver: Option<Driver>,
 }
 
 impl Node {
     /// Binds `bind` and accepts connections in the background.
     pub fn start(bind: SocketAddr, identity: Identity, config: NetConfig) -> Result<Node> {
         let bind_err = |source| Error::Bind { addr: bind, source };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("baton-net-{}", identity.name()))
-            .enable_all()
-            .build()
-            .map_err(bind_err)?;
+        let driver = Driver::start(identity.name()).map_err(bind_err)?;
+        let runtime = &driver.runtime;
         let socket = std::net::UdpSocket::bind(bind).map_err(bind_err)?;
         size_buffers(&socket, config.socket_buffer);
         let server = tls::server_config(&identity, &config)?;
@@ -163,7 +198,7 @@ impl Node {
         let name = identity.name().to_string();
         let shared = Arc::new(Shared::new(name, config, client, runtime.handle().clone(), tx));
         runtime.spawn(peer::accept_loop(shared.clone(), endpoint.clone()));
-        Ok(Node { shared, events, endpoint, local_addr, runtime: Some(runtime) })
+        Ok(Node { shared, events, endpoint, local_addr, driver: Some(driver) })
     }
 
     /// The bound address (the real port when bound to port 0).
@@ -177,7 +212,7 @@ impl Node {
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime.as_ref().expect("runtime lives until drop")
+        &self.driver.as_ref().expect("runtime lives until drop").runtime
     }
 
     /// Connects to the node at `addr` and returns its id and name.
@@ -255,7 +290,7 @@ impl Node {
     /// Test hook: stops dead without telling peers, like a killed process.
     #[doc(hidden)]
     pub fn vanish(mut self) {
-        if let Some(runtime) = self.runtime.take() {
+        if let Some(runtime) = self.driver.take().and_then(Driver::stop) {
             runtime.shutdown_background();
         }
     }
@@ -278,7 +313,7 @@ fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let Some(runtime) = self.runtime.take() else {
+        let Some(driver) = self.driver.take() else {
             return;
         };
         let reason = format!("node {} shut down", self.shared.name);
@@ -287,10 +322,12 @@ impl Drop for Node {
         }
         self.endpoint.close(code::NORMAL, reason.as_bytes());
         let endpoint = self.endpoint.clone();
-        runtime.block_on(async {
+        driver.runtime.block_on(async {
             // Bounded: lets the close packets go out, never hangs shutdown.
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         });
-        runtime.shutdown_timeout(Duration::from_secs(1));
+        if let Some(runtime) = driver.stop() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
     }
 }

@@ -172,17 +172,31 @@ fn start_peer(
     }
 }
 
+/// At most this many queued control frames go to quinn in one write.
+const MAX_BATCH_FRAMES: usize = 64;
+
 /// Writes queued control frames in order; ends when the table drops the
 /// connection (queue closed) or a write fails.
+///
+/// The frames already queued when the writer wakes (at most
+/// [`MAX_BATCH_FRAMES`]) go to quinn in one write, so frames sent in the
+/// same instant share packets and one wake of the connection driver; each
+/// frame's `done` is told the outcome of that write.
 async fn control_writer(mut send: SendStream, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
-    while let Some(out) = queue.recv().await {
-        let result =
-            write_frame(&mut send, out.bytes).await.map_err(|e| Error::NotDelivered(format!("control stream: {e}")));
-        let failed = result.is_err();
-        if let Some(done) = out.done {
-            let _ = done.send(result);
+    let mut batch = Vec::with_capacity(MAX_BATCH_FRAMES);
+    while queue.recv_many(&mut batch, MAX_BATCH_FRAMES).await > 0 {
+        let mut chunks = Vec::with_capacity(2 * batch.len());
+        for out in &batch {
+            chunks.push(Bytes::copy_from_slice(&frame::encode_header(out.bytes.len())));
+            chunks.push(out.bytes.clone());
         }
-        if failed {
+        let result = send.write_all_chunks(&mut chunks).await.map_err(|e| format!("control stream: {e}"));
+        for out in batch.drain(..) {
+            if let Some(done) = out.done {
+                let _ = done.send(result.clone().map_err(Error::NotDelivered));
+            }
+        }
+        if result.is_err() {
             return;
         }
     }
