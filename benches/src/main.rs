@@ -8,6 +8,10 @@ use std::process::ExitCode;
 use baton_benches::{BenchCommand, RestartArgs};
 use clap::{Parser, Subcommand};
 
+/// Large blocks on huge pages, as in `baton` (see [`baton_models::alloc`]).
+#[global_allocator]
+static ALLOC: baton_models::alloc::HugePages = baton_models::alloc::HugePages;
+
 /// baton's benchmarks: training step, transport, pipeline overhead, migration.
 #[derive(Debug, Parser)]
 #[command(name = "baton-bench", version)]

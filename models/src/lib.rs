@@ -4,6 +4,7 @@
 //! Writing a new layer type needs only [`baton_engine::Layer`] and the
 //! [`baton_engine::Recorder`] ops; see `examples/custom_layer.rs`.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod cluster;
 pub mod data;

@@ -6,6 +6,10 @@
 
 mod cli;
 
+/// Large blocks (received tensors among them) on huge pages: see [`baton_models::alloc`].
+#[global_allocator]
+static ALLOC: baton_models::alloc::HugePages = baton_models::alloc::HugePages;
+
 fn main() -> std::process::ExitCode {
     cli::main()
 }
