@@ -14,9 +14,33 @@
 //! contents or layout of any allocation, so it cannot change results.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Blocks at least this large get the advice.
 pub const HUGE_MIN: usize = 4 << 20;
+
+/// Whether the advice is given: `BATON_HUGE_PAGES=off` turns it off (to
+/// compare, or where huge pages misbehave); read once, at the first large
+/// block. 0: not read yet, 1: on, 2: off.
+static STATE: AtomicU8 = AtomicU8::new(0);
+
+fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        0 => {
+            // libc::getenv allocates nothing, so it may run inside the allocator.
+            // SAFETY: the name is a NUL-terminated constant; the result is
+            // only compared and read up to its NUL while the environment is
+            // not being modified (baton sets no variables after start-up).
+            let off = unsafe {
+                let value = libc::getenv(c"BATON_HUGE_PAGES".as_ptr());
+                !value.is_null() && std::ffi::CStr::from_ptr(value).to_bytes() == b"off"
+            };
+            STATE.store(if off { 2 } else { 1 }, Ordering::Relaxed);
+            !off
+        }
+        state => state == 1,
+    }
+}
 
 /// See the module docs. Use as `#[global_allocator] static A: HugePages = HugePages;`.
 pub struct HugePages;
@@ -48,7 +72,7 @@ unsafe impl GlobalAlloc for HugePages {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as received.
         let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() && layout.size() >= HUGE_MIN {
+        if !ptr.is_null() && layout.size() >= HUGE_MIN && enabled() {
             advise(ptr, layout.size());
         }
         ptr
@@ -57,7 +81,7 @@ unsafe impl GlobalAlloc for HugePages {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as received.
         let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() && layout.size() >= HUGE_MIN {
+        if !ptr.is_null() && layout.size() >= HUGE_MIN && enabled() {
             advise(ptr, layout.size());
         }
         ptr
@@ -71,7 +95,7 @@ unsafe impl GlobalAlloc for HugePages {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as received.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() && new_size >= HUGE_MIN {
+        if !new.is_null() && new_size >= HUGE_MIN && enabled() {
             advise(new, new_size);
         }
         new
