@@ -11,6 +11,7 @@
 //! `max_frame_bytes`.
 
 use crate::{Error, Result};
+use bytes::Bytes;
 use rkyv::util::AlignedVec;
 
 /// Bytes in a frame header.
@@ -23,6 +24,51 @@ pub type Frame = AlignedVec<16>;
 /// The header announcing a payload of `len` bytes.
 pub fn encode_header(len: usize) -> [u8; HEADER_LEN] {
     (len as u64).to_le_bytes()
+}
+
+/// A frame to send: its payload as consecutive chunks, which go to QUIC
+/// as they are (no chunk is copied into a frame buffer).
+#[derive(Clone, Debug, Default)]
+pub struct Outbound {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Outbound {
+    /// The frame whose payload is `chunks`, concatenated.
+    pub fn new(chunks: Vec<Bytes>) -> Outbound {
+        let len = chunks.iter().map(Bytes::len).sum();
+        Outbound { chunks, len }
+    }
+
+    /// Payload bytes (without the header).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The header, then the payload chunks: what goes on the stream.
+    pub fn with_header(self) -> Vec<Bytes> {
+        let mut all = Vec::with_capacity(self.chunks.len() + 1);
+        all.push(Bytes::copy_from_slice(&encode_header(self.len)));
+        all.extend(self.chunks.into_iter().filter(|c| !c.is_empty()));
+        all
+    }
+}
+
+impl From<Bytes> for Outbound {
+    fn from(bytes: Bytes) -> Outbound {
+        Outbound::new(vec![bytes])
+    }
+}
+
+impl From<Vec<u8>> for Outbound {
+    fn from(bytes: Vec<u8>) -> Outbound {
+        Outbound::from(Bytes::from(bytes))
+    }
 }
 
 /// Header and payload in one buffer (for small frames and tests).
@@ -174,6 +220,27 @@ mod tests {
 
     fn payloads(frames: &[Frame]) -> Vec<Vec<u8>> {
         frames.iter().map(|f| f.as_slice().to_vec()).collect()
+    }
+
+    #[test]
+    fn chunked_frames_arrive_as_one_aligned_payload() {
+        // Ragged chunk sizes, an empty chunk, and every split of the stream.
+        let payload: Vec<u8> = (0..301u32).map(|i| (i * 7 % 251) as u8).collect();
+        let cuts = [0, 1, 1, 17, 160, 301];
+        let chunks = cuts.windows(2).map(|w| Bytes::copy_from_slice(&payload[w[0]..w[1]])).collect();
+        let out = Outbound::new(chunks);
+        assert_eq!(out.len(), 301);
+        let wire: Vec<u8> = out.with_header().concat();
+        assert_eq!(wire, encode_frame(&payload));
+        for split in [0, 3, 8, 9, 100, wire.len()] {
+            let mut decoder = FrameDecoder::new(1000);
+            let mut frames = Vec::new();
+            decoder.feed(&wire[..split], &mut |f| frames.push(f)).unwrap();
+            decoder.feed(&wire[split..], &mut |f| frames.push(f)).unwrap();
+            decoder.finish().unwrap();
+            assert_eq!(payloads(&frames), vec![payload.clone()]);
+            assert_eq!(frames[0].as_ptr() as usize % 16, 0);
+        }
     }
 
     #[test]

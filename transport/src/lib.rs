@@ -1,7 +1,8 @@
 //! baton's transport: QUIC connections with mutual TLS, framing and bulk
 //! streams. It moves bytes and knows nothing of tensors: frames are opaque
-//! [`bytes::Bytes`] going out and 16-byte aligned buffers coming in; what they
-//! mean is decided by the crate that encodes the messages.
+//! chunks of [`bytes::Bytes`] going out ([`frame::Outbound`], never copied
+//! into one buffer) and 16-byte aligned buffers coming in; what they mean is
+//! decided by the crate that encodes the messages.
 //!
 //! - [`pki`]: the cluster's certificate authority and node identities.
 //! - [`Node`]: one QUIC endpoint per process behind a blocking facade; tokio

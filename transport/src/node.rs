@@ -3,10 +3,9 @@
 //! on a crossbeam channel so that synchronous compute loops can `select!` on
 //! them.
 
-use crate::frame::Frame;
+use crate::frame::{Frame, Outbound};
 use crate::registry::{code, Shared};
 use crate::{peer, tls, Error, Identity, Result};
-use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -238,8 +237,8 @@ impl Node {
     /// network. Fails if the peer is unknown or closed, or the frame is
     /// larger than `max_frame_bytes`. A frame queued just before the
     /// connection dies is lost; `Event::Disconnected` says so.
-    pub fn send(&self, peer: PeerId, lane: Lane, bytes: Bytes) -> Result<()> {
-        self.shared.send(peer, lane, bytes, None)
+    pub fn send(&self, peer: PeerId, lane: Lane, bytes: impl Into<Outbound>) -> Result<()> {
+        self.shared.send(peer, lane, bytes.into(), None)
     }
 
     /// Like [`Node::send`], but blocks until delivery is known.
@@ -249,15 +248,15 @@ impl Node {
     /// frame is written into the ordered stream within the peer's flow-control
     /// window (per-frame acknowledgment is not observable on a shared
     /// stream); time transfers on the bulk lane.
-    pub fn send_wait(&self, peer: PeerId, lane: Lane, bytes: Bytes) -> Result<()> {
+    pub fn send_wait(&self, peer: PeerId, lane: Lane, bytes: impl Into<Outbound>) -> Result<()> {
         self.send_tracked(peer, lane, bytes)?.wait()
     }
 
     /// Like [`Node::send`], returning a [`Delivery`] to wait on later, so
     /// the caller can prepare the next frame while this one travels.
-    pub fn send_tracked(&self, peer: PeerId, lane: Lane, bytes: Bytes) -> Result<Delivery> {
+    pub fn send_tracked(&self, peer: PeerId, lane: Lane, bytes: impl Into<Outbound>) -> Result<Delivery> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared.send(peer, lane, bytes, Some(tx))?;
+        self.shared.send(peer, lane, bytes.into(), Some(tx))?;
         Ok(Delivery { peer, done: rx })
     }
 

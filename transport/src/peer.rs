@@ -4,12 +4,11 @@
 //! No task blocks: events go out on an unbounded crossbeam channel (a
 //! non-blocking send), and the facade waits on oneshot channels.
 
-use crate::frame::{self, FrameDecoder, HEADER_LEN};
+use crate::frame::{self, FrameDecoder, Outbound, HEADER_LEN};
 use crate::hello::{self, Hello, Reply, MAX_HELLO_BYTES, PROTOCOL_VERSION};
 use crate::node::{Event, Lane, PeerId};
 use crate::registry::{code, Done, Link, Outgoing, PeerEntry, Registered, Shared};
 use crate::{pki, tls, Error, Result};
-use bytes::Bytes;
 use quinn::{ConnectionError, RecvStream, SendStream};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -268,10 +267,11 @@ async fn read_one_frame(recv: &mut RecvStream, max: usize) -> Result<Option<fram
 
 /// Sends one bulk frame on a fresh stream; with `done`, waits until the
 /// peer has acknowledged all of it.
-pub(crate) async fn send_bulk(conn: quinn::Connection, peer: PeerId, bytes: Bytes, done: Done) {
+pub(crate) async fn send_bulk(conn: quinn::Connection, peer: PeerId, bytes: Outbound, done: Done) {
     let wait = done.is_some();
     let result = async {
         let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
+        stream.set_priority(tls::BULK_PRIORITY).map_err(|e| e.to_string())?;
         write_frame(&mut stream, bytes).await.map_err(|e| e.to_string())?;
         stream.finish().map_err(|e| e.to_string())?;
         if wait {
@@ -350,10 +350,9 @@ fn write_error(addr: SocketAddr, error: quinn::WriteError) -> Error {
     }
 }
 
-/// Header and payload as two chunks: the payload is not copied.
-async fn write_frame(send: &mut SendStream, payload: Bytes) -> std::result::Result<(), quinn::WriteError> {
-    let header = Bytes::copy_from_slice(&frame::encode_header(payload.len()));
-    send.write_all_chunks(&mut [header, payload]).await
+/// Header and payload chunks: the payload is not copied.
+async fn write_frame(send: &mut SendStream, payload: Outbound) -> std::result::Result<(), quinn::WriteError> {
+    send.write_all_chunks(&mut payload.with_header()).await
 }
 
 /// Reads exactly one small frame (never past it: later frames on the same

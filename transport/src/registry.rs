@@ -13,9 +13,9 @@
 //!   connection's watcher task when quinn reports it closed, or, for a
 //!   connection replaced by a newer one, just before the newer `Connected`.
 
+use crate::frame::Outbound;
 use crate::node::{Event, Lane, NetConfig, PeerId};
 use crate::{Error, Result};
-use bytes::Bytes;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ pub(crate) type Done = Option<oneshot::Sender<Result<()>>>;
 
 /// One frame queued for the control stream.
 pub(crate) struct Outgoing {
-    pub bytes: Bytes,
+    pub bytes: Outbound,
     pub done: Done,
 }
 
@@ -261,7 +261,7 @@ impl Shared {
     }
 
     /// Queues a frame; bulk frames get their own task and stream.
-    pub fn send(&self, id: PeerId, lane: Lane, bytes: Bytes, done: Done) -> Result<()> {
+    pub fn send(&self, id: PeerId, lane: Lane, bytes: Outbound, done: Done) -> Result<()> {
         let max = self.config.max_frame_bytes;
         if bytes.len() > max {
             return Err(Error::FrameTooLarge { size: bytes.len() as u64, max: max as u64 });

@@ -76,6 +76,15 @@ pub(crate) fn endpoint_config(net: &NetConfig) -> Result<EndpointConfig> {
     Ok(config)
 }
 
+/// The send priority of bulk streams: below the control stream's (0), so a
+/// control frame never waits behind bulk bytes. With fair queuing off (see
+/// [`transport_config`]) bulk streams of equal priority go out in the order
+/// they were written, one after another, instead of round-robin: a frame
+/// queued first arrives whole first, and its receiver can decode it while
+/// the next one travels (round-robin made a migration's parts all arrive
+/// at its end).
+pub(crate) const BULK_PRIORITY: i32 = -1;
+
 /// Timeouts, keep-alive, the MTU knobs and flow-control windows.
 pub(crate) fn transport_config(net: &NetConfig) -> Result<Arc<TransportConfig>> {
     let mtu = net.mtu.max(1200);
@@ -102,6 +111,7 @@ pub(crate) fn transport_config(net: &NetConfig) -> Result<Arc<TransportConfig>> 
         .stream_receive_window(window)
         .receive_window(VarInt::MAX)
         .send_window(net.stream_window.saturating_mul(4))
+        .send_fairness(false)
         .max_concurrent_uni_streams(VarInt::from_u32(1024))
         .max_concurrent_bidi_streams(VarInt::from_u32(4));
     Ok(Arc::new(config))

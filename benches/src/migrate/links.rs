@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use baton_transport::frame::Frame;
+use baton_transport::frame::{Frame, Outbound};
 use baton_transport::{ClusterCa, Event, Lane, Node, PeerId};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
@@ -72,7 +72,8 @@ impl Links {
     }
 
     /// Queues `frame` from the sender on the bulk lane (as a worker ships).
-    pub fn queue(&self, frame: Bytes) -> anyhow::Result<()> {
+    pub fn queue(&self, frame: impl Into<Outbound>) -> anyhow::Result<()> {
+        let frame = frame.into();
         let len = frame.len();
         self.sender.send(self.peer, Lane::Bulk, frame).with_context(|| format!("sending {len} bytes over QUIC"))?;
         Ok(())

@@ -41,12 +41,36 @@ pub struct Run {
     pub parts_ms: BTreeMap<&'static str, f64>,
     /// Bytes on the wire (the frame) or on disk (the checkpoint file).
     pub bytes: u64,
+    /// CPU time of this process (user + sys, every thread: both QUIC
+    /// endpoints, the TCP reader) from t0 to the end of the run; for (c)
+    /// without the restarted process. Fairer than wall time on a machine
+    /// with fewer free cores than busy threads.
+    pub cpu_ms: f64,
+}
+
+/// CPU time of this process so far, in ms (0 where getrusage fails).
+#[cfg(unix)]
+pub fn cpu_ms() -> f64 {
+    // SAFETY: an all-zero `rusage` is a valid value (plain integers).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable `rusage`; getrusage writes exactly one through it.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 * 1e-3;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
+#[cfg(not(unix))]
+pub fn cpu_ms() -> f64 {
+    0.0
 }
 
 impl Run {
     /// A run that started at `t0` and went through `marks` in order (each
     /// the end of the named phase); the last mark ends the run.
-    fn from_marks(t0: Instant, marks: &[(&'static str, Instant)], bytes: u64) -> Run {
+    fn from_marks(t0: Instant, cpu0: f64, marks: &[(&'static str, Instant)], bytes: u64) -> Run {
+        let cpu_ms = cpu_ms() - cpu0;
         let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
         let mut parts_ms = BTreeMap::new();
         let mut last = t0;
@@ -54,7 +78,7 @@ impl Run {
             parts_ms.insert(name, ms(last, at));
             last = at;
         }
-        Run { total_ms: ms(t0, last), parts_ms, bytes }
+        Run { total_ms: ms(t0, last), parts_ms, bytes, cpu_ms }
     }
 }
 
@@ -70,7 +94,7 @@ pub struct Reference {
 /// the receiver can run a backward (outside the timed part of the run).
 pub fn segments(fixture: &Fixture, links: &Links, reference: Option<&mut Reference>) -> anyhow::Result<Run> {
     let Prepared { mut receiver, mut leaving, .. } = fixture.prepare()?;
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), cpu_ms());
     let handover = leaving.release(&MOVING)?;
     let moved = handover.bytes();
     let kept = reference.is_some().then(|| handover.layers.iter().flat_map(|l| l.segments.clone()).collect());
@@ -78,18 +102,19 @@ pub fn segments(fixture: &Fixture, links: &Links, reference: Option<&mut Referen
     let (bytes, parts) = ship(links, handover, &mut marks)?;
     take(&mut receiver, links, parts)?;
     marks.push(("transfer and adopt", Instant::now()));
+    let run = Run::from_marks(t0, cpu0, &marks, bytes);
     if let (Some(reference), Some(segments)) = (reference, kept) {
         *reference = Reference { segments, moved };
         fixture::check_backward(&mut receiver, fixture).context("(a) segment shipping")?;
     }
-    Ok(Run::from_marks(t0, &marks, bytes))
+    Ok(run)
 }
 
 /// (b): ships the inputs of the in-flight micro-batches instead of the
 /// tape, and recomputes. With `reference`, checks the rebuilt tape is (a)'s.
 pub fn recompute(fixture: &Fixture, links: &Links, reference: Option<&Reference>) -> anyhow::Result<Run> {
     let Prepared { mut receiver, mut leaving, entered } = fixture.prepare()?;
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), cpu_ms());
     let mut handover = leaving.release(&MOVING)?;
     let step = handover.step.as_ref().map(|(s, _)| *s).context("no step in progress")?;
     for layer in &mut handover.layers {
@@ -102,6 +127,7 @@ pub fn recompute(fixture: &Fixture, links: &Links, reference: Option<&Reference>
     marks.push(("transfer and adopt", Instant::now()));
     let forwards = fixture::recompute(&mut receiver)?;
     marks.push(("recompute", Instant::now()));
+    let run = Run::from_marks(t0, cpu0, &marks, bytes);
     if forwards != fixture.in_flight {
         bail!("(b) recomputed {forwards} forwards for {} micro-batches in flight", fixture.in_flight);
     }
@@ -112,7 +138,7 @@ pub fn recompute(fixture: &Fixture, links: &Links, reference: Option<&Reference>
             bail!("(b) the recomputed tape differs from the shipped one");
         }
     }
-    Ok(Run::from_marks(t0, &marks, bytes))
+    Ok(run)
 }
 
 /// Where checkpoint-restart writes, what it starts, and whom that joins.
@@ -130,7 +156,7 @@ pub struct Restarter<'a> {
 pub fn restart(fixture: &Fixture, how: &Restarter<'_>, reference: Option<&Reference>) -> anyhow::Result<Run> {
     let Prepared { mut leaving, entered, .. } = fixture.prepare()?;
     let path = how.dir.join(format!("migrate-w{}-m{}.safetensors", fixture.width, fixture.in_flight));
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), cpu_ms());
     let handover = leaving.release(&MOVING)?;
     let bytes = restart::write(&path, fixture, handover, entered)?;
     let written = Instant::now();
@@ -145,7 +171,7 @@ pub fn restart(fixture: &Fixture, how: &Restarter<'_>, reference: Option<&Refere
             bail!("(c) rebuilt {} bytes of tape, (a) shipped {}", report.segment_bytes, reference.moved.segments);
         }
     }
-    let mut run = Run::from_marks(t0, &[("write", written), ("process", ready)], bytes);
+    let mut run = Run::from_marks(t0, cpu0, &[("write", written), ("process", ready)], bytes);
     let process = run.parts_ms.get("process").copied().unwrap_or_default();
     run.parts_ms.insert("process", process - report.join_ms - report.load_ms - report.recompute_ms);
     run.parts_ms.insert("join", report.join_ms);
@@ -156,27 +182,28 @@ pub fn restart(fixture: &Fixture, how: &Restarter<'_>, reference: Option<&Refere
 
 /// (d): a raw QUIC frame of `payload`'s length on the open connection.
 pub fn raw_quic(links: &Links, payload: &Bytes) -> anyhow::Result<Run> {
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), cpu_ms());
     links.quic(payload.clone())?;
-    Ok(Run::from_marks(t0, &[("transfer", Instant::now())], payload.len() as u64))
+    Ok(Run::from_marks(t0, cpu0, &[("transfer", Instant::now())], payload.len() as u64))
 }
 
 /// (e): `payload` over the open TCP connection.
 pub fn raw_tcp(links: &mut Links, payload: &[u8]) -> anyhow::Result<Run> {
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), cpu_ms());
     let elapsed = links.tcp(payload)?;
-    Ok(Run::from_marks(t0, &[("transfer", t0 + elapsed)], payload.len() as u64))
+    Ok(Run::from_marks(t0, cpu0, &[("transfer", t0 + elapsed)], payload.len() as u64))
 }
 
 /// The frame of one handover message, made as the cluster's worker makes
 /// it: one part per layer ([`Handover::into_parts`]), each archived by
-/// [`baton_models::cluster::frame_of`] and queued while the ones before it
-/// travel. Marks the end of the encoding; returns the bytes and the parts.
+/// [`baton_models::cluster::frame_owned`] (tensor buffers borrowed, not
+/// copied) and queued while the ones before it travel. Marks the end of
+/// the encoding; returns the bytes and the parts.
 fn ship(links: &Links, handover: Handover, marks: &mut Vec<(&'static str, Instant)>) -> anyhow::Result<(u64, usize)> {
     let parts = handover.into_parts();
     let (count, mut bytes) = (parts.len(), 0);
     for handover in parts {
-        let frame = baton_models::cluster::frame_of(&Message::Handover { generation: 1, handover })?;
+        let frame = baton_models::cluster::frame_owned(Message::Handover { generation: 1, handover })?;
         bytes += frame.len() as u64;
         links.queue(frame)?;
     }

@@ -79,6 +79,9 @@ struct Summary {
     bytes: u64,
     parts_ms: BTreeMap<&'static str, f64>,
     runs_ms: Vec<f64>,
+    /// Median CPU ms of this process over the runs (see `Run::cpu_ms`).
+    cpu_ms: f64,
+    cpu_runs_ms: Vec<f64>,
 }
 
 impl Summary {
@@ -90,7 +93,15 @@ impl Summary {
             parts_ms.insert(name, median(&mut values));
         }
         let runs_ms: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
-        Summary { ms: median(&mut runs_ms.clone()), bytes: runs.first().map_or(0, |r| r.bytes), parts_ms, runs_ms }
+        let cpu_runs_ms: Vec<f64> = runs.iter().map(|r| r.cpu_ms).collect();
+        Summary {
+            ms: median(&mut runs_ms.clone()),
+            bytes: runs.first().map_or(0, |r| r.bytes),
+            parts_ms,
+            runs_ms,
+            cpu_ms: median(&mut cpu_runs_ms.clone()),
+            cpu_runs_ms,
+        }
     }
 }
 
@@ -319,6 +330,30 @@ fn print_table(table: &Table) {
     for row in &table.rows {
         println!("{}", format_row(row));
     }
+    println!("CPU ms of this process (every thread: both QUIC endpoints, the TCP reader), medians:");
+    println!("{}", format_cpu_header());
+    for row in &table.rows {
+        println!("{}", format_cpu_row(row));
+    }
+}
+
+fn format_cpu_header() -> String {
+    let [w, m, a, b, d, e, ad] = ["width", "M", "(a) cpu", "(b) cpu", "(d) cpu", "(e) cpu", "a/d cpu"];
+    format!("{w:>6} {m:>3} {a:>8} {b:>8} {d:>8} {e:>8} {ad:>8}")
+}
+
+fn format_cpu_row(row: &Row) -> String {
+    let (a, d) = (row.segments.cpu_ms, row.raw_quic.cpu_ms);
+    format!(
+        "{:>6} {:>3} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.2}",
+        row.width,
+        row.in_flight,
+        a,
+        row.recompute.cpu_ms,
+        d,
+        row.raw_tcp.cpu_ms,
+        a / d
+    )
 }
 
 /// `n` bytes in KiB or MiB with one decimal.

@@ -5,7 +5,7 @@ fn args(widths: Vec<usize>, in_flight: Vec<u32>) -> MigrateArgs {
 }
 
 fn summary(ms: f64, bytes: u64) -> Summary {
-    Summary { ms, bytes, parts_ms: BTreeMap::new(), runs_ms: vec![ms] }
+    Summary { ms, bytes, parts_ms: BTreeMap::new(), runs_ms: vec![ms], cpu_ms: ms, cpu_runs_ms: vec![ms] }
 }
 
 #[test]

@@ -62,9 +62,9 @@ pub fn to_host(message: &Message) -> Result<Message> {
     Ok(out)
 }
 
-type Visit<'a> = dyn FnMut(&mut Tensor) -> Result<()> + 'a;
+pub(super) type Visit<'a> = dyn FnMut(&mut Tensor) -> Result<()> + 'a;
 
-fn visit(message: &mut Message, f: &mut Visit<'_>) -> Result<()> {
+pub(super) fn visit(message: &mut Message, f: &mut Visit<'_>) -> Result<()> {
     match message {
         Message::Assign(a) => a.params.iter_mut().try_for_each(|(_, t)| f(t)),
         Message::StepStart { inputs, targets, .. } => {

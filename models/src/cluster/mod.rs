@@ -62,6 +62,14 @@ pub fn frame_of(message: &Message) -> Result<bytes::Bytes> {
     Ok(bytes::Bytes::from_owner(protocol::encode_in(message, buffer)?))
 }
 
+/// One owned message as a transport frame whose large tensor buffers go to
+/// QUIC without being copied ([`baton_engine::pipeline::wire`]): the
+/// message itself owns them until the last chunk is sent.
+pub fn frame_owned(message: Message) -> Result<baton_transport::frame::Outbound> {
+    let chunks = baton_engine::pipeline::wire::encode_chunks(message)?;
+    Ok(baton_transport::frame::Outbound::new(chunks.chunks))
+}
+
 /// Frames that carry tensors but are at most this large travel on the
 /// control lane. A bulk frame costs a QUIC stream of its own (opened,
 /// accepted by a task of its own, finished, acknowledged), which for an

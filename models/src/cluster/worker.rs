@@ -14,7 +14,7 @@ use crossbeam_channel::Receiver;
 
 use super::budget::ShipBudget;
 use super::fault::{Crash, FAULT_ENV};
-use super::{frame_of, send, send_wait, worker_id, COORDINATOR_NAME};
+use super::{frame_owned, send, send_wait, worker_id, COORDINATOR_NAME};
 
 /// Where the worker finds the coordinator and what it advertises to peers.
 pub struct WorkerOptions {
@@ -319,7 +319,7 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                 let mut deliveries = Vec::new();
                 for (to, message) in handovers {
                     let peer = destination(links, Dest::Worker(to));
-                    match peer.and_then(|p| Ok(node.send_tracked(p, Lane::Bulk, frame_of(&message)?)?)) {
+                    match peer.and_then(|p| Ok(node.send_tracked(p, Lane::Bulk, frame_owned(message)?)?)) {
                         Ok(delivery) => deliveries.push((to, delivery)),
                         Err(e) if tolerate => tracing::warn!(worker = worker.id, to, "handover not sent: {e}"),
                         Err(e) => return Err(e),
