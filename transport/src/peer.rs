@@ -185,15 +185,14 @@ async fn control_writer(mut send: SendStream, mut queue: mpsc::UnboundedReceiver
     let mut batch = Vec::with_capacity(MAX_BATCH_FRAMES);
     while queue.recv_many(&mut batch, MAX_BATCH_FRAMES).await > 0 {
         let mut chunks = Vec::with_capacity(2 * batch.len());
-        for out in &batch {
-            chunks.push(Bytes::copy_from_slice(&frame::encode_header(out.bytes.len())));
-            chunks.push(out.bytes.clone());
+        let mut dones = Vec::with_capacity(batch.len());
+        for out in batch.drain(..) {
+            chunks.extend(out.bytes.with_header());
+            dones.push(out.done);
         }
         let result = send.write_all_chunks(&mut chunks).await.map_err(|e| format!("control stream: {e}"));
-        for out in batch.drain(..) {
-            if let Some(done) = out.done {
-                let _ = done.send(result.clone().map_err(Error::NotDelivered));
-            }
+        for done in dones.into_iter().flatten() {
+            let _ = done.send(result.clone().map_err(Error::NotDelivered));
         }
         if result.is_err() {
             return;
