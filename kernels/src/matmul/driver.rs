@@ -1,16 +1,21 @@
 //! Packing, cache blocking and threads around a micro-kernel ([`Tile`]).
 //!
 //! Products of at least [`PAR_MIN_FLOPS`] multiply-adds (the packed path):
-//! op(a) is packed once per call into row panels of `MR` rows over all of
-//! K (`[p][i]`, zero-padded past the last row); then for each block of
-//! columns and each K block, op(b)'s `kc × nc` block is packed into panels
-//! of `NR` columns (`[p][j]`, zero-padded past `n`; sized to stay in L2),
-//! and tasks take groups of row panels (and, when rows are few, of column
-//! panels): each row panel's `MR × kc` slice stays in L1 while the tile
-//! walks the block's column panels. Smaller products read the operands in
-//! place ([`super::direct`]). The packing buffers are thread-local and kept
-//! between calls (the calling thread keeps about `m·k + KC·NC` floats of
-//! its largest product).
+//! transposed op(a) is packed once per call into row panels of `MR` rows
+//! over all of K (`[p][i]`, zero-padded past the last row); row-major
+//! op(a) is read in place (its rows are contiguous in K already), only a
+//! partial last row panel packed. C is cut into tasks (groups of column
+//! panels, and of row panels when columns are few), and each task runs
+//! all of K for its tiles on one thread, so a call forks and joins once:
+//! for each block of its columns and each K block in order, it packs
+//! op(b)'s `kc × nc` block into panels of `NR` columns (`[p][j]`,
+//! zero-padded past `n`; sized to stay in L2) into its thread's buffer,
+//! then walks its row panels: each row panel's `MR × kc` slice stays in L1
+//! while the tile walks the block's column panels. Smaller products read
+//! the operands in place ([`super::direct`]). The packing buffers are
+//! thread-local and kept between calls (the calling thread keeps about
+//! `m·k` floats of its largest product with transposed op(a), each pool
+//! thread up to `B_BLOCK`).
 //!
 //! A tile's accumulators go through K in order: the first K block starts
 //! from zero (or from `c` when accumulating), each later one from the `c`
@@ -37,12 +42,6 @@ pub(super) trait Tile: Copy + Send + Sync {
     const KC: usize;
     /// Floats of op(b) packed per block (`kc · nc`): about half the L2.
     const B_BLOCK: usize;
-    /// The kernel for products below [`PAR_MIN_FLOPS`] (read in place).
-    type Small: Tile;
-
-    /// The kernel for small products on the same instruction set.
-    fn small(self) -> Self::Small;
-
     /// For every `i < MR`, `j < NR`: `acc = if load { c[i*ldc + j] } else
     /// { 0.0 }`, then `acc = fma(a[i*a.xs + p*a.ps], b[j + p*b.ps], acc)` for
     /// `p` in `0..kc` in order, then `c[i*ldc + j] = acc`.
@@ -53,6 +52,19 @@ pub(super) trait Tile: Copy + Send + Sync {
     /// is valid for reads and writes at `i*ldc + j`; no other thread touches
     /// those `c` elements during the call, and `c` overlaps neither `a` nor `b`.
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool);
+
+    /// [`Tile::tile`] for rows `i < rows` at least (`rows <= MR`; rows past
+    /// `rows` may be left unwritten or computed too): an edge tile may run
+    /// a shorter kernel. Each computed element's chain is that of `tile`.
+    ///
+    /// # Safety
+    /// As for [`Tile::tile`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_rows(self, rows: usize, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+        let _ = rows;
+        // SAFETY: the caller's contract is that of `tile`.
+        unsafe { self.tile(kc, a, b, c, ldc, load) }
+    }
 
     /// `dst[p*r + w] = src[w*ws + p]` for `w < width`, `0.0` for
     /// `width <= w < r`, `p < kc` (`dst.len() == kc*r`, every source element
@@ -140,8 +152,8 @@ pub(super) struct Panel {
     pub(super) nc: usize,
 }
 
-/// A task's part of a [`Panel`]: row panels `q0..q1` (rows `q*MR..`),
-/// columns `j0..j0+cols` (absolute; `j0 - jc` is a multiple of `NR`).
+/// A task: row panels `q0..q1` (rows `q*MR..`), columns `j0..j0+cols`
+/// (`j0` a multiple of `NR`), over all of K.
 #[derive(Clone, Copy)]
 struct Task {
     q0: usize,
@@ -154,8 +166,8 @@ struct Task {
 #[derive(Clone, Copy)]
 pub(super) struct SharedC(pub(super) *mut f32);
 // SAFETY: tasks only write through the pointer inside their own Task's
-// tiles, the tasks of one K block partition C and K blocks run one after
-// another, and `run` holds the `&mut [f32]` it came from (so nothing else
+// tiles, the tasks partition C (each runs the K blocks of its tiles one
+// after another), and `run` holds the `&mut [f32]` it came from (so nothing else
 // reads or writes C) until every task has finished.
 unsafe impl Send for SharedC {}
 // SAFETY: as for Send: concurrent users touch disjoint elements.
@@ -175,83 +187,89 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
     let (m, k, n) = (job.m, job.k, job.n);
     if m.saturating_mul(n).saturating_mul(k) < PAR_MIN_FLOPS {
         // Packing would cost as much as the arithmetic.
-        return direct::run(kern.small(), job, c);
+        return direct::run(kern, job, c);
     }
     let (pool, nthreads) = threads::current();
     let kc = k_block(k, K::KC);
-    // Columns per B block: as many whole panels as fit B_BLOCK.
-    let nc = (K::B_BLOCK / kc / K::NR).max(1) * K::NR;
-    let nc = nc.min(n.div_ceil(K::NR) * K::NR);
     let cp = SharedC(c.as_mut_ptr());
-    let a_len = m.div_ceil(K::MR) * K::MR * k;
+    let in_place = job.ta == Trans::No;
+    let a_len = if in_place { K::MR * k } else { m.div_ceil(K::MR) * K::MR * k };
     with_scratch(&A_SCRATCH, a_len, |ap| {
-        with_scratch(&B_SCRATCH, kc * nc, |bp| {
-            let mut all = || {
-                pack_a(kern, job, ap, nthreads > 1);
-                for jc in (0..n).step_by(nc) {
-                    for pc in (0..k).step_by(kc) {
-                        let at = Panel { pc, kc: kc.min(k - pc), jc, nc: nc.min(n - jc) };
-                        block(kern, job, at, ap, bp, cp, nthreads);
-                    }
-                }
-            };
-            if nthreads > 1 {
-                pool.install(all)
+        let mut all = || {
+            if in_place {
+                pack_a_edge(kern, job, ap);
             } else {
-                all()
+                pack_a(kern, job, ap, nthreads > 1);
             }
-        })
+            let ap = OpA { packed: &*ap, in_place };
+            let tasks = tasks::<K>(m, n, nthreads);
+            let run = |t: &Task| task(kern, job, kc, ap, cp, *t);
+            if nthreads > 1 {
+                tasks.par_iter().for_each(run);
+            } else {
+                tasks.iter().for_each(run);
+            }
+        };
+        if nthreads > 1 {
+            pool.install(all)
+        } else {
+            all()
+        }
     });
 }
 
-/// Packs op(b)'s block `at`, then runs its tasks (in parallel when
-/// `nthreads > 1`, inside the pool).
-fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, ap: &[f32], bp: &mut [f32], cp: SharedC, nthreads: usize) {
-    let bp = &mut bp[..at.kc * at.nc.div_ceil(K::NR) * K::NR];
-    pack_b(kern, job, at, bp, nthreads > 1);
-    let bp = &*bp;
-    let tasks = tasks::<K>(job.m, at, nthreads);
-    let run = |t: &Task| task(kern, job, at, ap, bp, cp, *t);
-    if nthreads > 1 {
-        tasks.par_iter().for_each(run);
-    } else {
-        tasks.iter().for_each(run);
-    }
-}
-
-/// Splits block `at` into tasks: groups of row panels, about four per
-/// thread; when there are fewer row panels than that, column groups of
-/// whole panels too. One task when single-threaded.
-fn tasks<K: Tile>(m: usize, at: Panel, nthreads: usize) -> Vec<Task> {
-    let (panels, col_panels) = (m.div_ceil(K::MR), at.nc.div_ceil(K::NR));
+/// Splits C into tasks that each run every K block of their own tiles
+/// (so a call forks and joins once after packing op(a)): groups of column
+/// panels, about four per thread and at least two panels wide; when there
+/// are too few column panels for that, groups of row panels too. One task
+/// when single-threaded.
+fn tasks<K: Tile>(m: usize, n: usize, nthreads: usize) -> Vec<Task> {
+    let (panels, col_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
     let want = if nthreads > 1 { 4 * nthreads } else { 1 };
-    let row_groups = want.min(panels);
-    let per_group = panels.div_ceil(row_groups);
-    let col_groups = want.div_ceil(row_groups).min(col_panels.div_ceil(4)).max(1);
-    let cols = col_panels.div_ceil(col_groups) * K::NR;
+    let col_groups = want.min(col_panels.div_ceil(2)).max(1);
+    let row_groups = want.div_ceil(col_groups).min(panels);
+    let (per_rows, cols) = (panels.div_ceil(row_groups), col_panels.div_ceil(col_groups) * K::NR);
     let mut out = Vec::with_capacity(row_groups * col_groups);
-    for q0 in (0..panels).step_by(per_group) {
-        for j0 in (at.jc..at.jc + at.nc).step_by(cols) {
-            let cols = cols.min(at.jc + at.nc - j0);
-            out.push(Task { q0, q1: (q0 + per_group).min(panels), j0, cols });
+    for j0 in (0..n).step_by(cols) {
+        for q0 in (0..panels).step_by(per_rows) {
+            out.push(Task { q0, q1: (q0 + per_rows).min(panels), j0, cols: cols.min(n - j0) });
         }
     }
     out
 }
 
-/// Computes one task: for each of its row panels, the tiles of all its
-/// column panels (the row panel's K block stays in L1).
-fn task<K: Tile>(kern: K, job: &Job<'_>, at: Panel, ap: &[f32], bp: &[f32], cp: SharedC, t: Task) {
+/// Computes one task: for each block of its columns (op(b) packed about
+/// half an L2 at a time, on this thread) and each K block in order, the
+/// tiles of its row panels.
+fn task<K: Tile>(kern: K, job: &Job<'_>, kc: usize, ap: OpA<'_>, cp: SharedC, t: Task) {
+    // Columns per B block: as many whole panels as fit B_BLOCK.
+    let nc = ((K::B_BLOCK / kc / K::NR).max(1) * K::NR).min(t.cols.div_ceil(K::NR) * K::NR);
+    with_scratch(&B_SCRATCH, kc * nc, |bp| {
+        for jc in (t.j0..t.j0 + t.cols).step_by(nc) {
+            for pc in (0..job.k).step_by(kc) {
+                let at = Panel { pc, kc: kc.min(job.k - pc), jc, nc: nc.min(t.j0 + t.cols - jc) };
+                let bp = &mut bp[..at.kc * at.nc.div_ceil(K::NR) * K::NR];
+                pack_b(kern, job, at, bp, false);
+                block(kern, job, at, ap, bp, cp, (t.q0, t.q1));
+            }
+        }
+    })
+}
+
+/// The tiles of block `at` in row panels `q0..q1`: row panels outer (the
+/// row panel's `MR × kc` slice of op(a) stays in L1), column panels inner.
+fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, ap: OpA<'_>, bp: &[f32], cp: SharedC, (q0, q1): (usize, usize)) {
     let (kc, load) = (at.kc, at.pc > 0 || job.accumulate);
-    for q in t.q0..t.q1 {
+    let end = at.jc + at.nc;
+    for q in q0..q1 {
         let i = q * K::MR;
         let rows = K::MR.min(job.m - i);
-        let a = View::packed(&ap[q * K::MR * job.k + at.pc * K::MR..][..kc * K::MR], K::MR);
-        for j in (t.j0..t.j0 + t.cols).step_by(K::NR) {
-            let cols = K::NR.min(t.j0 + t.cols - j);
+        let a = ap.view::<K>(job, q, at);
+        for j in (at.jc..end).step_by(K::NR) {
+            let cols = K::NR.min(end - j);
             let b = View::packed(&bp[(j - at.jc) * kc..][..kc * K::NR], K::NR);
-            if j + K::NR < t.j0 + t.cols {
-                prefetch_c(cp, job.n, (i, j + K::NR, rows, K::NR.min(t.j0 + t.cols - j - K::NR)));
+            if j + K::NR < end {
+                prefetch_c(cp, job.n, (i, j + K::NR, rows, K::NR.min(end - j - K::NR)));
             }
             tile_at(kern, kc, a, b, cp, job.n, (i, j, rows, cols), load);
         }
@@ -294,7 +312,7 @@ pub(super) fn tile_at<K: Tile>(
                 std::ptr::copy_nonoverlapping(c.add(r * ldc), tmp.as_mut_ptr().add(r * K::NR), cols);
             }
         }
-        kern.tile(kc, a, b, tmp.as_mut_ptr(), K::NR, load);
+        kern.tile_rows(rows, kc, a, b, tmp.as_mut_ptr(), K::NR, load);
         for r in 0..rows {
             std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * K::NR), c.add(r * ldc), cols);
         }
@@ -326,6 +344,50 @@ pub(super) type Tile4 = (usize, usize, usize, usize);
 /// row-major lanes each source row is read as one run over the group
 /// instead of `MR`- or `NR`-float pieces far apart.
 const GROUP: usize = 8;
+
+/// Where the tiles read op(a): row-major op(a) (`Trans::No`) in place,
+/// each full row panel's `MR` rows read where they lie (a row panel's K
+/// block stays in L1 while the tile walks the column panels), with only
+/// the last, partial row panel packed; transposed op(a) packed whole (see
+/// [`pack_a`]).
+#[derive(Clone, Copy)]
+struct OpA<'a> {
+    packed: &'a [f32],
+    in_place: bool,
+}
+
+impl<'a> OpA<'a> {
+    /// Row panel `q`'s K block `at` (rows `q*MR..`, `at.pc..at.pc+at.kc`).
+    fn view<K: Tile>(self, job: &Job<'a>, q: usize, at: Panel) -> View<'a> {
+        let (i, kc) = (q * K::MR, at.kc);
+        if !self.in_place {
+            return View::packed(&self.packed[i * job.k + at.pc * K::MR..][..kc * K::MR], K::MR);
+        }
+        if i + K::MR <= job.m {
+            // op(a)[i, p] = a[i*k + p]
+            View { data: &job.a[i * job.k + at.pc..], xs: job.k, ps: 1 }
+        } else {
+            View::packed(&self.packed[at.pc * K::MR..][..kc * K::MR], K::MR)
+        }
+    }
+}
+
+/// Packs the last row panel of op(a) when it is partial (`m % MR` rows,
+/// zero-padded to `MR`) into `ap[..MR*k]`, laid out `[p][i]`.
+fn pack_a_edge<K: Tile>(kern: K, job: &Job<'_>, ap: &mut [f32]) {
+    let (ws, ps) = job.a_strides();
+    let i0 = job.m - job.m % K::MR;
+    if i0 < job.m {
+        pack::panels(
+            kern,
+            &mut ap[..K::MR * job.k],
+            job.a,
+            Strided { base: i0 * ws, ws, ps },
+            (job.m - i0, K::MR),
+            job.k,
+        );
+    }
+}
 
 /// Packs all of op(a) into `ap`: row panel `q` (rows `q*MR..`) at
 /// `q*MR*k`, laid out `[p][i]` over all of K, so K block `pc` of it starts
