@@ -218,16 +218,25 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
     });
 }
 
-/// Splits C into tasks that each run every K block of their own tiles
-/// (so a call forks and joins once after packing op(a)): groups of column
-/// panels, about four per thread and at least two panels wide; when there
-/// are too few column panels for that, groups of row panels too. One task
-/// when single-threaded.
+/// Splits C into about four tasks per thread (one when single-threaded),
+/// each running every K block of its own tiles, so a call forks and joins
+/// once after packing op(a). Each task reads all of op(a)'s rows of its
+/// group and packs op(b)'s columns of its group: when op(a) has at most as
+/// many rows as op(b) columns, the tasks are groups of column panels (at
+/// least two panels wide; row groups too when columns are few); when it
+/// has more, one row group per thread (each packs op(b) once) times
+/// column groups.
 fn tasks<K: Tile>(m: usize, n: usize, nthreads: usize) -> Vec<Task> {
     let (panels, col_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
     let want = if nthreads > 1 { 4 * nthreads } else { 1 };
-    let col_groups = want.min(col_panels.div_ceil(2)).max(1);
-    let row_groups = want.div_ceil(col_groups).min(panels);
+    let most_cols = col_panels.div_ceil(2).max(1);
+    let (row_groups, col_groups) = if m > n {
+        let rows = nthreads.min(panels);
+        (rows, want.div_ceil(rows).min(most_cols))
+    } else {
+        let cols = want.min(most_cols);
+        (want.div_ceil(cols).min(panels), cols)
+    };
     let (per_rows, cols) = (panels.div_ceil(row_groups), col_panels.div_ceil(col_groups) * K::NR);
     let mut out = Vec::with_capacity(row_groups * col_groups);
     for j0 in (0..n).step_by(cols) {
