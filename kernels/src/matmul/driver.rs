@@ -253,27 +253,52 @@ fn tasks<K: Tile>(m: usize, n: usize, nthreads: usize) -> Vec<Task> {
 fn task<K: Tile>(kern: K, job: &Job<'_>, kc: usize, ap: OpA<'_>, cp: SharedC, t: Task) {
     // Columns per B block: as many whole panels as fit B_BLOCK.
     let nc = ((K::B_BLOCK / kc / K::NR).max(1) * K::NR).min(t.cols.div_ceil(K::NR) * K::NR);
-    with_scratch(&B_SCRATCH, kc * nc, |bp| {
+    let all = |bp: &mut [f32], panel: &mut [f32]| {
         for jc in (t.j0..t.j0 + t.cols).step_by(nc) {
             for pc in (0..job.k).step_by(kc) {
                 let at = Panel { pc, kc: kc.min(job.k - pc), jc, nc: nc.min(t.j0 + t.cols - jc) };
                 let bp = &mut bp[..at.kc * at.nc.div_ceil(K::NR) * K::NR];
                 pack_b(kern, job, at, bp, false);
-                block(kern, job, at, ap, bp, cp, (t.q0, t.q1));
+                block(kern, job, at, ap, (bp, &mut *panel), cp, (t.q0, t.q1));
             }
         }
-    })
+    };
+    with_scratch(&B_SCRATCH, kc * nc, |bp| with_scratch(&PANEL_SCRATCH, kc * K::MR, |panel| all(bp, panel)))
 }
+
+/// Column panels of a block from which a row panel of row-major op(a) is
+/// packed (into the task's `kc × MR` buffer, in L1) before its tiles
+/// instead of read in place: packing it costs about half a tile, and a
+/// panel read in place has its `MR` rows `k` floats apart, which for
+/// `k` a multiple of 1024 all fall in the same L1 set.
+const REPACK_MIN_PANELS: usize = 8;
 
 /// The tiles of block `at` in row panels `q0..q1`: row panels outer (the
 /// row panel's `MR × kc` slice of op(a) stays in L1), column panels inner.
-fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, ap: OpA<'_>, bp: &[f32], cp: SharedC, (q0, q1): (usize, usize)) {
+/// `panel` (`kc*MR`) holds the row panel when it is repacked (see
+/// [`REPACK_MIN_PANELS`]).
+fn block<K: Tile>(
+    kern: K,
+    job: &Job<'_>,
+    at: Panel,
+    ap: OpA<'_>,
+    (bp, panel): (&[f32], &mut [f32]),
+    cp: SharedC,
+    (q0, q1): (usize, usize),
+) {
     let (kc, load) = (at.kc, at.pc > 0 || job.accumulate);
     let end = at.jc + at.nc;
+    let repack = ap.in_place && at.nc >= REPACK_MIN_PANELS * K::NR;
     for q in q0..q1 {
         let i = q * K::MR;
         let rows = K::MR.min(job.m - i);
-        let a = ap.view::<K>(job, q, at);
+        let a = if repack && rows == K::MR {
+            let s = Strided { base: i * job.k + at.pc, ws: job.k, ps: 1 };
+            pack::panels(kern, &mut panel[..kc * K::MR], job.a, s, (K::MR, K::MR), kc);
+            View::packed(&panel[..kc * K::MR], K::MR)
+        } else {
+            ap.view::<K>(job, q, at)
+        };
         for j in (at.jc..end).step_by(K::NR) {
             let cols = K::NR.min(end - j);
             let b = View::packed(&bp[(j - at.jc) * kc..][..kc * K::NR], K::NR);
@@ -438,6 +463,8 @@ thread_local! {
     pub(super) static B_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Packed op(a) of the product running on this thread (reused between calls).
     pub(super) static A_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One repacked row panel of op(a) (reused between calls).
+    static PANEL_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on `len` elements of a 64-byte-aligned buffer taken from `slot`
