@@ -3,10 +3,14 @@
 //! Products of at least [`PAR_MIN_FLOPS`] multiply-adds (the packed path):
 //! transposed op(a) is packed once per call into row panels of `MR` rows
 //! over all of K (`[p][i]`, zero-padded past the last row); row-major
-//! op(a) is read in place (its rows are contiguous in K already), only a
-//! partial last row panel packed. C is cut into tasks (groups of column
-//! panels, and of row panels when columns are few), and each task runs
-//! all of K for its tiles on one thread, so a call forks and joins once:
+//! op(a) is not packed up front: a block with at least
+//! [`REPACK_MIN_PANELS`] column panels repacks each row panel's K block
+//! into a small buffer just before its tiles (it stays in L1), a narrower
+//! one reads the row panel in place; a partial last row panel is packed
+//! once. C is cut into tasks (groups of column panels, times groups of
+//! row panels when rows outnumber columns or columns are few; see
+//! [`tasks`]), and each task runs all of K for its tiles on one thread, so
+//! a call forks and joins once:
 //! for each block of its columns and each K block in order, it packs
 //! op(b)'s `kc × nc` block into panels of `NR` columns (`[p][j]`,
 //! zero-padded past `n`; sized to stay in L2) into its thread's buffer,
@@ -15,7 +19,7 @@
 //! the operands in place ([`super::direct`]). The packing buffers are
 //! thread-local and kept between calls (the calling thread keeps about
 //! `m·k` floats of its largest product with transposed op(a), each pool
-//! thread up to `B_BLOCK`).
+//! thread up to `B_BLOCK + KC·MR`).
 //!
 //! A tile's accumulators go through K in order: the first K block starts
 //! from zero (or from `c` when accumulating), each later one from the `c`
@@ -192,7 +196,9 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
     let (pool, nthreads) = threads::current();
     let kc = k_block(k, K::KC);
     let cp = SharedC(c.as_mut_ptr());
-    let in_place = job.ta == Trans::No;
+    // Row-major op(a) is packed whole only when one thread walks more than
+    // two column blocks: repacking its row panels per block would cost more.
+    let in_place = job.ta == Trans::No && (nthreads > 1 || n <= 2 * block_cols::<K>(kc));
     let a_len = if in_place { K::MR * k } else { m.div_ceil(K::MR) * K::MR * k };
     with_scratch(&A_SCRATCH, a_len, |ap| {
         let mut all = || {
@@ -251,8 +257,7 @@ fn tasks<K: Tile>(m: usize, n: usize, nthreads: usize) -> Vec<Task> {
 /// half an L2 at a time, on this thread) and each K block in order, the
 /// tiles of its row panels.
 fn task<K: Tile>(kern: K, job: &Job<'_>, kc: usize, ap: OpA<'_>, cp: SharedC, t: Task) {
-    // Columns per B block: as many whole panels as fit B_BLOCK.
-    let nc = ((K::B_BLOCK / kc / K::NR).max(1) * K::NR).min(t.cols.div_ceil(K::NR) * K::NR);
+    let nc = block_cols::<K>(kc).min(t.cols.div_ceil(K::NR) * K::NR);
     let all = |bp: &mut [f32], panel: &mut [f32]| {
         for jc in (t.j0..t.j0 + t.cols).step_by(nc) {
             for pc in (0..job.k).step_by(kc) {
@@ -264,6 +269,12 @@ fn task<K: Tile>(kern: K, job: &Job<'_>, kc: usize, ap: OpA<'_>, cp: SharedC, t:
         }
     };
     with_scratch(&B_SCRATCH, kc * nc, |bp| with_scratch(&PANEL_SCRATCH, kc * K::MR, |panel| all(bp, panel)))
+}
+
+/// Columns of a block of op(b) with K blocks of `kc`: as many whole panels
+/// as fit [`Tile::B_BLOCK`].
+fn block_cols<K: Tile>(kc: usize) -> usize {
+    (K::B_BLOCK / kc / K::NR).max(1) * K::NR
 }
 
 /// Column panels of a block from which a row panel of row-major op(a) is
