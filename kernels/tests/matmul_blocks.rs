@@ -45,3 +45,34 @@ fn packed_path_blocks_give_the_fma_chain_at_any_thread_count() {
         }
     }
 }
+
+/// A last row panel of every length the packed path treats differently
+/// (the AVX-512 path runs its 4-, 8- or 12-row kernel on it, the AVX2
+/// path its 6-row one, rows read in place or packed), through all K
+/// blocks and at 1 and 2 threads (tasks of column groups, or with m > n of
+/// row groups times column groups; with n = 1500, more than two column
+/// blocks at one thread, so row-major op(a) is packed whole), bit for bit
+/// against the literal fma chain.
+#[test]
+fn packed_path_short_last_row_panels_give_the_fma_chain() {
+    let mut rng = Rng::new(13);
+    for (m, k, n) in [(29, 300, 300), (32, 300, 257), (33, 257, 300), (35, 520, 130), (101, 230, 100), (13, 1031, 1500)]
+    {
+        assert!(m * k * n >= PAR_MIN_FLOPS, "{m}x{k}x{n} would take the small-product path");
+        for (ta, tb) in TRANS {
+            let (a, b, c0) = (data(&mut rng, m * k), data(&mut rng, k * n), data(&mut rng, m * n));
+            let acc = bits(&reference(&a, ta, &b, tb, m, k, n, Some(&c0)));
+            for t in [1, 2] {
+                threads::set_num_threads(t).unwrap();
+                for isa in Isa::available() {
+                    let mut c = c0.clone();
+                    isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, true)).unwrap();
+                    assert!(
+                        bits(&c) == acc,
+                        "{isa} {m}x{k}x{n} {ta:?}/{tb:?} at {t} threads: differs from the fma chain"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! would cost as much as the arithmetic here. The chains are those of the
 //! packed path: K blocks carry the accumulator through `c`.
 
-use super::driver::{self, Job, Panel, SharedC, Tile, View, B_SCRATCH};
+use super::driver::{self, Job, Panel, SharedC, Tile, View, A_SCRATCH, B_SCRATCH};
 use super::pack::{self, Strided};
 use super::Trans;
 
@@ -17,7 +17,7 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
     let cp = SharedC(c.as_mut_ptr());
     let in_place_b = job.tb == Trans::No;
     let bp_len = if in_place_b { kc * K::NR } else { kc * padded_n };
-    driver::with_scratch(&B_SCRATCH, bp_len, |bp| {
+    let both = |bp: &mut [f32], edge_a: &mut [f32]| {
         for pc in (0..k).step_by(kc) {
             let at = Panel { pc, kc: kc.min(k - pc), jc: 0, nc: n };
             let bp = &mut bp[..if in_place_b { at.kc * K::NR } else { at.kc * padded_n }];
@@ -26,9 +26,10 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
             } else {
                 driver::pack_b(kern, job, at, bp, false);
             }
-            k_block(kern, job, at, bp, cp);
+            k_block(kern, job, at, bp, &mut edge_a[..at.kc * K::MR], cp);
         }
-    });
+    };
+    driver::with_scratch(&B_SCRATCH, bp_len, |bp| driver::with_scratch(&A_SCRATCH, kc * K::MR, |ea| both(bp, ea)));
 }
 
 /// The last, partial column panel of op(b) (`Trans::No`) for block `at`,
@@ -41,16 +42,15 @@ fn pack_b_edge<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bp: &mut [f32]) {
     }
 }
 
-/// All tiles of one K block: column panels outer (in L1), row panels inner.
-fn k_block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bp: &[f32], cp: SharedC) {
+/// All tiles of one K block: column panels outer (in L1), row panels inner;
+/// a partial last row panel is packed into `edge_a` (`kc*MR`).
+fn k_block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bp: &[f32], edge_a: &mut [f32], cp: SharedC) {
     let (m, n, kc) = (job.m, job.n, at.kc);
     let load = at.pc > 0 || job.accumulate;
-    let mut edge_a = Vec::new();
     if !m.is_multiple_of(K::MR) {
         let (ws, ps) = job.a_strides();
         let i0 = m - m % K::MR;
-        edge_a = vec![0.0f32; kc * K::MR];
-        pack::panels(kern, &mut edge_a, job.a, Strided { base: i0 * ws + at.pc * ps, ws, ps }, (m % K::MR, K::MR), kc);
+        pack::panels(kern, edge_a, job.a, Strided { base: i0 * ws + at.pc * ps, ws, ps }, (m % K::MR, K::MR), kc);
     }
     for j in (0..n).step_by(K::NR) {
         let cols = K::NR.min(n - j);
@@ -61,7 +61,7 @@ fn k_block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, bp: &[f32], cp: SharedC) 
         };
         for i in (0..m).step_by(K::MR) {
             let rows = K::MR.min(m - i);
-            let a = if rows == K::MR { a_in_place(job, at, i) } else { View::packed(&edge_a, K::MR) };
+            let a = if rows == K::MR { a_in_place(job, at, i) } else { View::packed(edge_a, K::MR) };
             driver::tile_at(kern, kc, a, b, cp, n, (i, j, rows, cols), load);
         }
     }

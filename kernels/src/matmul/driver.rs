@@ -1,16 +1,25 @@
 //! Packing, cache blocking and threads around a micro-kernel ([`Tile`]).
 //!
 //! Products of at least [`PAR_MIN_FLOPS`] multiply-adds (the packed path):
-//! op(a) is packed once per call into row panels of `MR` rows over all of
-//! K (`[p][i]`, zero-padded past the last row); then for each block of
-//! columns and each K block, op(b)'s `kc × nc` block is packed into panels
-//! of `NR` columns (`[p][j]`, zero-padded past `n`; sized to stay in L2),
-//! and tasks take groups of row panels (and, when rows are few, of column
-//! panels): each row panel's `MR × kc` slice stays in L1 while the tile
-//! walks the block's column panels. Smaller products read the operands in
-//! place ([`super::direct`]). The packing buffers are thread-local and kept
-//! between calls (the calling thread keeps about `m·k + KC·NC` floats of
-//! its largest product).
+//! transposed op(a) is packed once per call into row panels of `MR` rows
+//! over all of K (`[p][i]`, zero-padded past the last row); row-major
+//! op(a) is not packed up front: a block with at least
+//! [`REPACK_MIN_PANELS`] column panels repacks each row panel's K block
+//! into a small buffer just before its tiles (it stays in L1), a narrower
+//! one reads the row panel in place; a partial last row panel is packed
+//! once. C is cut into tasks (groups of column panels, times groups of
+//! row panels when rows outnumber columns or columns are few; see
+//! [`tasks`]), and each task runs all of K for its tiles on one thread, so
+//! a call forks and joins once:
+//! for each block of its columns and each K block in order, it packs
+//! op(b)'s `kc × nc` block into panels of `NR` columns (`[p][j]`,
+//! zero-padded past `n`; sized to stay in L2) into its thread's buffer,
+//! then walks its row panels: each row panel's `MR × kc` slice stays in L1
+//! while the tile walks the block's column panels. Smaller products read
+//! the operands in place ([`super::direct`]). The packing buffers are
+//! thread-local and kept between calls (the calling thread keeps about
+//! `m·k` floats of its largest product with transposed op(a), each pool
+//! thread up to `B_BLOCK + KC·MR`).
 //!
 //! A tile's accumulators go through K in order: the first K block starts
 //! from zero (or from `c` when accumulating), each later one from the `c`
@@ -37,12 +46,6 @@ pub(super) trait Tile: Copy + Send + Sync {
     const KC: usize;
     /// Floats of op(b) packed per block (`kc · nc`): about half the L2.
     const B_BLOCK: usize;
-    /// The kernel for products below [`PAR_MIN_FLOPS`] (read in place).
-    type Small: Tile;
-
-    /// The kernel for small products on the same instruction set.
-    fn small(self) -> Self::Small;
-
     /// For every `i < MR`, `j < NR`: `acc = if load { c[i*ldc + j] } else
     /// { 0.0 }`, then `acc = fma(a[i*a.xs + p*a.ps], b[j + p*b.ps], acc)` for
     /// `p` in `0..kc` in order, then `c[i*ldc + j] = acc`.
@@ -53,6 +56,19 @@ pub(super) trait Tile: Copy + Send + Sync {
     /// is valid for reads and writes at `i*ldc + j`; no other thread touches
     /// those `c` elements during the call, and `c` overlaps neither `a` nor `b`.
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool);
+
+    /// [`Tile::tile`] for rows `i < rows` at least (`rows <= MR`; rows past
+    /// `rows` may be left unwritten or computed too): an edge tile may run
+    /// a shorter kernel. Each computed element's chain is that of `tile`.
+    ///
+    /// # Safety
+    /// As for [`Tile::tile`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_rows(self, rows: usize, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+        let _ = rows;
+        // SAFETY: the caller's contract is that of `tile`.
+        unsafe { self.tile(kc, a, b, c, ldc, load) }
+    }
 
     /// `dst[p*r + w] = src[w*ws + p]` for `w < width`, `0.0` for
     /// `width <= w < r`, `p < kc` (`dst.len() == kc*r`, every source element
@@ -140,8 +156,8 @@ pub(super) struct Panel {
     pub(super) nc: usize,
 }
 
-/// A task's part of a [`Panel`]: row panels `q0..q1` (rows `q*MR..`),
-/// columns `j0..j0+cols` (absolute; `j0 - jc` is a multiple of `NR`).
+/// A task: row panels `q0..q1` (rows `q*MR..`), columns `j0..j0+cols`
+/// (`j0` a multiple of `NR`), over all of K.
 #[derive(Clone, Copy)]
 struct Task {
     q0: usize,
@@ -154,8 +170,8 @@ struct Task {
 #[derive(Clone, Copy)]
 pub(super) struct SharedC(pub(super) *mut f32);
 // SAFETY: tasks only write through the pointer inside their own Task's
-// tiles, the tasks of one K block partition C and K blocks run one after
-// another, and `run` holds the `&mut [f32]` it came from (so nothing else
+// tiles, the tasks partition C (each runs the K blocks of its tiles one
+// after another), and `run` holds the `&mut [f32]` it came from (so nothing else
 // reads or writes C) until every task has finished.
 unsafe impl Send for SharedC {}
 // SAFETY: as for Send: concurrent users touch disjoint elements.
@@ -175,83 +191,130 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
     let (m, k, n) = (job.m, job.k, job.n);
     if m.saturating_mul(n).saturating_mul(k) < PAR_MIN_FLOPS {
         // Packing would cost as much as the arithmetic.
-        return direct::run(kern.small(), job, c);
+        return direct::run(kern, job, c);
     }
     let (pool, nthreads) = threads::current();
     let kc = k_block(k, K::KC);
-    // Columns per B block: as many whole panels as fit B_BLOCK.
-    let nc = (K::B_BLOCK / kc / K::NR).max(1) * K::NR;
-    let nc = nc.min(n.div_ceil(K::NR) * K::NR);
     let cp = SharedC(c.as_mut_ptr());
-    let a_len = m.div_ceil(K::MR) * K::MR * k;
+    // Row-major op(a) is packed whole only when one thread walks more than
+    // two column blocks: repacking its row panels per block would cost more.
+    let in_place = job.ta == Trans::No && (nthreads > 1 || n <= 2 * block_cols::<K>(kc));
+    let a_len = if in_place { K::MR * k } else { m.div_ceil(K::MR) * K::MR * k };
     with_scratch(&A_SCRATCH, a_len, |ap| {
-        with_scratch(&B_SCRATCH, kc * nc, |bp| {
-            let mut all = || {
-                pack_a(kern, job, ap, nthreads > 1);
-                for jc in (0..n).step_by(nc) {
-                    for pc in (0..k).step_by(kc) {
-                        let at = Panel { pc, kc: kc.min(k - pc), jc, nc: nc.min(n - jc) };
-                        block(kern, job, at, ap, bp, cp, nthreads);
-                    }
-                }
-            };
-            if nthreads > 1 {
-                pool.install(all)
+        let mut all = || {
+            if in_place {
+                pack_a_edge(kern, job, ap);
             } else {
-                all()
+                pack_a(kern, job, ap, nthreads > 1);
             }
-        })
+            let ap = OpA { packed: &*ap, in_place };
+            let tasks = tasks::<K>(m, n, nthreads);
+            let run = |t: &Task| task(kern, job, kc, ap, cp, *t);
+            if nthreads > 1 {
+                tasks.par_iter().for_each(run);
+            } else {
+                tasks.iter().for_each(run);
+            }
+        };
+        if nthreads > 1 {
+            pool.install(all)
+        } else {
+            all()
+        }
     });
 }
 
-/// Packs op(b)'s block `at`, then runs its tasks (in parallel when
-/// `nthreads > 1`, inside the pool).
-fn block<K: Tile>(kern: K, job: &Job<'_>, at: Panel, ap: &[f32], bp: &mut [f32], cp: SharedC, nthreads: usize) {
-    let bp = &mut bp[..at.kc * at.nc.div_ceil(K::NR) * K::NR];
-    pack_b(kern, job, at, bp, nthreads > 1);
-    let bp = &*bp;
-    let tasks = tasks::<K>(job.m, at, nthreads);
-    let run = |t: &Task| task(kern, job, at, ap, bp, cp, *t);
-    if nthreads > 1 {
-        tasks.par_iter().for_each(run);
-    } else {
-        tasks.iter().for_each(run);
-    }
-}
-
-/// Splits block `at` into tasks: groups of row panels, about four per
-/// thread; when there are fewer row panels than that, column groups of
-/// whole panels too. One task when single-threaded.
-fn tasks<K: Tile>(m: usize, at: Panel, nthreads: usize) -> Vec<Task> {
-    let (panels, col_panels) = (m.div_ceil(K::MR), at.nc.div_ceil(K::NR));
+/// Splits C into about four tasks per thread (one when single-threaded),
+/// each running every K block of its own tiles, so a call forks and joins
+/// once after packing op(a). Each task reads all of op(a)'s rows of its
+/// group and packs op(b)'s columns of its group: when op(a) has at most as
+/// many rows as op(b) columns, the tasks are groups of column panels (at
+/// least two panels wide; row groups too when columns are few); when it
+/// has more, one row group per thread (each packs op(b) once) times
+/// column groups.
+fn tasks<K: Tile>(m: usize, n: usize, nthreads: usize) -> Vec<Task> {
+    let (panels, col_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
     let want = if nthreads > 1 { 4 * nthreads } else { 1 };
-    let row_groups = want.min(panels);
-    let per_group = panels.div_ceil(row_groups);
-    let col_groups = want.div_ceil(row_groups).min(col_panels.div_ceil(4)).max(1);
-    let cols = col_panels.div_ceil(col_groups) * K::NR;
+    let most_cols = col_panels.div_ceil(2).max(1);
+    let (row_groups, col_groups) = if m > n {
+        let rows = nthreads.min(panels);
+        (rows, want.div_ceil(rows).min(most_cols))
+    } else {
+        let cols = want.min(most_cols);
+        (want.div_ceil(cols).min(panels), cols)
+    };
+    let (per_rows, cols) = (panels.div_ceil(row_groups), col_panels.div_ceil(col_groups) * K::NR);
     let mut out = Vec::with_capacity(row_groups * col_groups);
-    for q0 in (0..panels).step_by(per_group) {
-        for j0 in (at.jc..at.jc + at.nc).step_by(cols) {
-            let cols = cols.min(at.jc + at.nc - j0);
-            out.push(Task { q0, q1: (q0 + per_group).min(panels), j0, cols });
+    for j0 in (0..n).step_by(cols) {
+        for q0 in (0..panels).step_by(per_rows) {
+            out.push(Task { q0, q1: (q0 + per_rows).min(panels), j0, cols: cols.min(n - j0) });
         }
     }
     out
 }
 
-/// Computes one task: for each of its row panels, the tiles of all its
-/// column panels (the row panel's K block stays in L1).
-fn task<K: Tile>(kern: K, job: &Job<'_>, at: Panel, ap: &[f32], bp: &[f32], cp: SharedC, t: Task) {
+/// Computes one task: for each block of its columns (op(b) packed about
+/// half an L2 at a time, on this thread) and each K block in order, the
+/// tiles of its row panels.
+fn task<K: Tile>(kern: K, job: &Job<'_>, kc: usize, ap: OpA<'_>, cp: SharedC, t: Task) {
+    let nc = block_cols::<K>(kc).min(t.cols.div_ceil(K::NR) * K::NR);
+    let all = |bp: &mut [f32], panel: &mut [f32]| {
+        for jc in (t.j0..t.j0 + t.cols).step_by(nc) {
+            for pc in (0..job.k).step_by(kc) {
+                let at = Panel { pc, kc: kc.min(job.k - pc), jc, nc: nc.min(t.j0 + t.cols - jc) };
+                let bp = &mut bp[..at.kc * at.nc.div_ceil(K::NR) * K::NR];
+                pack_b(kern, job, at, bp, false);
+                block(kern, job, at, ap, (bp, &mut *panel), cp, (t.q0, t.q1));
+            }
+        }
+    };
+    with_scratch(&B_SCRATCH, kc * nc, |bp| with_scratch(&PANEL_SCRATCH, kc * K::MR, |panel| all(bp, panel)))
+}
+
+/// Columns of a block of op(b) with K blocks of `kc`: as many whole panels
+/// as fit [`Tile::B_BLOCK`].
+fn block_cols<K: Tile>(kc: usize) -> usize {
+    (K::B_BLOCK / kc / K::NR).max(1) * K::NR
+}
+
+/// Column panels of a block from which a row panel of row-major op(a) is
+/// packed (into the task's `kc × MR` buffer, in L1) before its tiles
+/// instead of read in place: packing it costs about half a tile, and a
+/// panel read in place has its `MR` rows `k` floats apart, which for
+/// `k` a multiple of 1024 all fall in the same L1 set.
+const REPACK_MIN_PANELS: usize = 8;
+
+/// The tiles of block `at` in row panels `q0..q1`: row panels outer (the
+/// row panel's `MR × kc` slice of op(a) stays in L1), column panels inner.
+/// `panel` (`kc*MR`) holds the row panel when it is repacked (see
+/// [`REPACK_MIN_PANELS`]).
+fn block<K: Tile>(
+    kern: K,
+    job: &Job<'_>,
+    at: Panel,
+    ap: OpA<'_>,
+    (bp, panel): (&[f32], &mut [f32]),
+    cp: SharedC,
+    (q0, q1): (usize, usize),
+) {
     let (kc, load) = (at.kc, at.pc > 0 || job.accumulate);
-    for q in t.q0..t.q1 {
+    let end = at.jc + at.nc;
+    let repack = ap.in_place && at.nc >= REPACK_MIN_PANELS * K::NR;
+    for q in q0..q1 {
         let i = q * K::MR;
         let rows = K::MR.min(job.m - i);
-        let a = View::packed(&ap[q * K::MR * job.k + at.pc * K::MR..][..kc * K::MR], K::MR);
-        for j in (t.j0..t.j0 + t.cols).step_by(K::NR) {
-            let cols = K::NR.min(t.j0 + t.cols - j);
+        let a = if repack && rows == K::MR {
+            let s = Strided { base: i * job.k + at.pc, ws: job.k, ps: 1 };
+            pack::panels(kern, &mut panel[..kc * K::MR], job.a, s, (K::MR, K::MR), kc);
+            View::packed(&panel[..kc * K::MR], K::MR)
+        } else {
+            ap.view::<K>(job, q, at)
+        };
+        for j in (at.jc..end).step_by(K::NR) {
+            let cols = K::NR.min(end - j);
             let b = View::packed(&bp[(j - at.jc) * kc..][..kc * K::NR], K::NR);
-            if j + K::NR < t.j0 + t.cols {
-                prefetch_c(cp, job.n, (i, j + K::NR, rows, K::NR.min(t.j0 + t.cols - j - K::NR)));
+            if j + K::NR < end {
+                prefetch_c(cp, job.n, (i, j + K::NR, rows, K::NR.min(end - j - K::NR)));
             }
             tile_at(kern, kc, a, b, cp, job.n, (i, j, rows, cols), load);
         }
@@ -294,7 +357,7 @@ pub(super) fn tile_at<K: Tile>(
                 std::ptr::copy_nonoverlapping(c.add(r * ldc), tmp.as_mut_ptr().add(r * K::NR), cols);
             }
         }
-        kern.tile(kc, a, b, tmp.as_mut_ptr(), K::NR, load);
+        kern.tile_rows(rows, kc, a, b, tmp.as_mut_ptr(), K::NR, load);
         for r in 0..rows {
             std::ptr::copy_nonoverlapping(tmp.as_ptr().add(r * K::NR), c.add(r * ldc), cols);
         }
@@ -326,6 +389,50 @@ pub(super) type Tile4 = (usize, usize, usize, usize);
 /// row-major lanes each source row is read as one run over the group
 /// instead of `MR`- or `NR`-float pieces far apart.
 const GROUP: usize = 8;
+
+/// Where the tiles read op(a): row-major op(a) (`Trans::No`) in place,
+/// each full row panel's `MR` rows read where they lie (a row panel's K
+/// block stays in L1 while the tile walks the column panels), with only
+/// the last, partial row panel packed; transposed op(a) packed whole (see
+/// [`pack_a`]).
+#[derive(Clone, Copy)]
+struct OpA<'a> {
+    packed: &'a [f32],
+    in_place: bool,
+}
+
+impl<'a> OpA<'a> {
+    /// Row panel `q`'s K block `at` (rows `q*MR..`, `at.pc..at.pc+at.kc`).
+    fn view<K: Tile>(self, job: &Job<'a>, q: usize, at: Panel) -> View<'a> {
+        let (i, kc) = (q * K::MR, at.kc);
+        if !self.in_place {
+            return View::packed(&self.packed[i * job.k + at.pc * K::MR..][..kc * K::MR], K::MR);
+        }
+        if i + K::MR <= job.m {
+            // op(a)[i, p] = a[i*k + p]
+            View { data: &job.a[i * job.k + at.pc..], xs: job.k, ps: 1 }
+        } else {
+            View::packed(&self.packed[at.pc * K::MR..][..kc * K::MR], K::MR)
+        }
+    }
+}
+
+/// Packs the last row panel of op(a) when it is partial (`m % MR` rows,
+/// zero-padded to `MR`) into `ap[..MR*k]`, laid out `[p][i]`.
+fn pack_a_edge<K: Tile>(kern: K, job: &Job<'_>, ap: &mut [f32]) {
+    let (ws, ps) = job.a_strides();
+    let i0 = job.m - job.m % K::MR;
+    if i0 < job.m {
+        pack::panels(
+            kern,
+            &mut ap[..K::MR * job.k],
+            job.a,
+            Strided { base: i0 * ws, ws, ps },
+            (job.m - i0, K::MR),
+            job.k,
+        );
+    }
+}
 
 /// Packs all of op(a) into `ap`: row panel `q` (rows `q*MR..`) at
 /// `q*MR*k`, laid out `[p][i]` over all of K, so K block `pc` of it starts
@@ -367,6 +474,8 @@ thread_local! {
     pub(super) static B_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Packed op(a) of the product running on this thread (reused between calls).
     pub(super) static A_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One repacked row panel of op(a) (reused between calls).
+    static PANEL_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on `len` elements of a 64-byte-aligned buffer taken from `slot`

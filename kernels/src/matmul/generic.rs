@@ -16,12 +16,6 @@ impl Tile for Scalar {
     const NR: usize = NR;
     const KC: usize = 256;
     const B_BLOCK: usize = 64 * 1024;
-    type Small = Self;
-
-    fn small(self) -> Self {
-        self
-    }
-
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         let mut acc = [[0.0f32; NR]; MR];
         if load {

@@ -24,7 +24,8 @@
 //! is carried from one K block to the next (stored to `c` and reloaded, which
 //! is exact), never summed from per-block partial products; ragged edges run
 //! the full-width tile on zero-padded copies and keep only the real lanes;
-//! threads split the M×N tiles only, never K. Blocking, cache sizes, thread
+//! threads split the M×N tiles only, never K (a tile's K blocks run
+//! in order on one thread). Blocking, cache sizes, thread
 //! count and instruction set change the speed, never an element's chain.
 //! The one caveat is NaN payloads: which NaN comes out of a chain that meets
 //! several may differ between hardware and software FMA (every NaN stays a NaN).
@@ -32,11 +33,12 @@
 //! # Layout
 //!
 //! `mod.rs` (this API), `driver` (the packed path for big products:
-//! op(a) packed once per call, op(b) in L2-sized blocks, threads over row
-//! panels), `direct` (small products, operands read in place), `pack`
+//! transposed op(a) packed once per call, row-major op(a) read in place,
+//! op(b) in L2-sized blocks packed by the thread that uses them, threads
+//! over groups of C's column and row panels, each through all of K), `direct` (small products, operands read in place), `pack`
 //! (zero-padded panels), and one micro-kernel per path: `generic`
-//! (`f32::mul_add`) and `x86` (AVX2+FMA 6×16; AVX-512F 12×32, 8×32 for
-//! small products).
+//! (`f32::mul_add`) and `x86` (AVX2+FMA 6×16; AVX-512F 12×32, with 8- and
+//! 4-row kernels for a short last row panel).
 
 mod direct;
 mod driver;

@@ -1,5 +1,6 @@
 //! The x86-64 micro-kernels: AVX-512F (12×32 tiles, 24 `zmm` accumulators;
-//! 8×32 for small products) and AVX2+FMA (6×16 tiles, 12 `ymm` accumulators), and an AVX transposing
+//! 8×32 and 4×32 for a last panel of up to 8 or 4 rows) and AVX2+FMA (6×16
+//! tiles, 12 `ymm` accumulators), and an AVX transposing
 //! pack for both. Each lane of a vector FMA is one scalar fused
 //! multiply-add, so both kernels compute exactly the chain of
 //! [`Tile::tile`], lane by lane, as the generic kernel does.
@@ -34,12 +35,6 @@ impl Tile for Avx512 {
     const KC: usize = 512;
     // 1 MiB of packed op(b): half of a 2 MiB L2.
     const B_BLOCK: usize = 256 * 1024;
-    type Small = Avx512Small;
-
-    fn small(self) -> Avx512Small {
-        Avx512Small(self)
-    }
-
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX-512F (`detect`); the
         // pointer contract is the caller's (see `Tile::tile`).
@@ -52,35 +47,16 @@ impl Tile for Avx512 {
         }
     }
 
-    fn pack_transposed(self, dst: &mut [f32], src: &[f32], ws: usize, lanes: (usize, usize), kc: usize) {
-        transposed(dst, src, ws, lanes, kc)
-    }
-}
-
-/// The AVX-512F kernel for small products (8×32 tiles): operands read in
-/// place, where 12-row tiles waste more on ragged edges and need more
-/// address registers than they save.
-#[derive(Clone, Copy)]
-pub(super) struct Avx512Small(Avx512);
-
-impl Tile for Avx512Small {
-    const MR: usize = 8;
-    const NR: usize = 32;
-    const KC: usize = 512;
-    const B_BLOCK: usize = Avx512::B_BLOCK;
-    type Small = Self;
-
-    fn small(self) -> Self {
-        self
-    }
-
-    unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
-        // SAFETY: as for Avx512 (`self.0` is one).
+    unsafe fn tile_rows(self, rows: usize, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
+        // SAFETY: as for `tile`; the shorter kernels read and write a subset
+        // of the full tile's elements (its first 4 or 8 rows).
         unsafe {
-            if a.xs == 1 {
-                tile_x32::<8, true>(kc, a, b, c, ldc, load)
-            } else {
-                tile_x32::<8, false>(kc, a, b, c, ldc, load)
+            match (rows, a.xs == 1) {
+                (..=4, true) => tile_x32::<4, true>(kc, a, b, c, ldc, load),
+                (..=4, false) => tile_x32::<4, false>(kc, a, b, c, ldc, load),
+                (..=8, true) => tile_x32::<8, true>(kc, a, b, c, ldc, load),
+                (..=8, false) => tile_x32::<8, false>(kc, a, b, c, ldc, load),
+                _ => self.tile(kc, a, b, c, ldc, load),
             }
         }
     }
@@ -147,12 +123,6 @@ impl Tile for Avx2 {
     // 512 KiB of packed op(b): half of a 1 MiB L2 (AVX2 machines' L2s are
     // 0.5-2 MiB).
     const B_BLOCK: usize = 128 * 1024;
-    type Small = Self;
-
-    fn small(self) -> Self {
-        self
-    }
-
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX2 and FMA (`detect`);
         // the pointer contract is the caller's (see `Tile::tile`).
