@@ -115,7 +115,14 @@ impl Coordinator {
         if let Some(owed) = self.ledger.owed.get_mut(&step) {
             owed.remove(&worker);
         }
-        Ok(self.after_saving())
+        let mut effects = self.after_saving();
+        // A fallback that waited for this commit is planned now.
+        let awaited = self.recovery.as_mut().filter(|r| r.awaiting_checkpoint && self.ledger.committed.is_some());
+        if let Some(r) = awaited {
+            r.awaiting_checkpoint = false;
+            effects.extend(self.plan_restore()?);
+        }
+        Ok(effects)
     }
 
     /// Commits what is complete; a stop waiting for its checkpoint then

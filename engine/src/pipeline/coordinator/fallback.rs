@@ -21,7 +21,9 @@ impl Coordinator {
     /// No survivor holds `missing` (or a fallback was already under way):
     /// falls back to the newest committed checkpoint, giving up the ones
     /// still being written (a commit while the survivors load would prune
-    /// the generation they read); without a checkpoint the job fails.
+    /// the generation they read). With none committed yet it waits for the
+    /// one still being written, if any (see `Recovery::awaiting_checkpoint`);
+    /// without a checkpoint the job fails.
     pub(super) fn plan_fallback(
         &mut self,
         partition: Partition,
@@ -34,7 +36,14 @@ impl Coordinator {
         let first = self.plan.checkpoint.first_step;
         let resumed = (first > 0 && self.plan.checkpoint.dir.is_some()).then(|| (first, Vec::new()));
         let Some((step, parts)) = self.ledger.committed.clone().or(resumed) else {
-            return Ok(self.no_replica(missing));
+            if self.saving.is_empty() {
+                return Ok(self.no_replica(missing));
+            }
+            // Only survivors still owe parts of what is being written (the
+            // lost workers' were abandoned): plan again once it commits.
+            let r = self.recovery.as_mut().ok_or_else(|| Error::Internal("a fallback outside a recovery".into()))?;
+            r.awaiting_checkpoint = true;
+            return Ok(Vec::new());
         };
         self.abandon_all();
         let r = self.recovery.as_mut().ok_or_else(|| Error::Internal("a fallback outside a recovery".into()))?;

@@ -78,6 +78,12 @@ pub(super) struct Recovery {
     /// Once a fallback is planned: the checkpoint's step. A loss during a
     /// fallback falls back again (the survivors' layers are then a mix).
     pub(super) fallback: Option<u32>,
+    /// A fallback is due, nothing is committed yet, and a checkpoint is
+    /// still being written whose missing parts only survivors owe (the lost
+    /// workers' debts were abandoned): the plan waits for its commit. Each
+    /// survivor's write either reports its part, fails the job with its
+    /// error, or ends with the survivor's loss, which starts a new recovery.
+    pub(super) awaiting_checkpoint: bool,
 }
 
 impl Recovery {
@@ -153,6 +159,7 @@ impl Coordinator {
             migrated: BTreeMap::new(),
             resumed: BTreeSet::new(),
             fallback,
+            awaiting_checkpoint: false,
         });
         Ok(effects)
     }
@@ -193,7 +200,7 @@ impl Coordinator {
     /// The partition over the survivors (not those leaving with a notice)
     /// and a source for every layer with parameters: a survivor that holds
     /// it at the step's start, else one with its replica.
-    fn plan_restore(&mut self) -> Result<Vec<CoordEffect>> {
+    pub(super) fn plan_restore(&mut self) -> Result<Vec<CoordEffect>> {
         let r = self.recovery.as_ref().expect("called during a recovery");
         let leaving: BTreeSet<u32> = self.notices.iter().map(|n| n.0).chain(self.lingering.iter().copied()).collect();
         let members: Vec<u32> = r.survivors.iter().copied().filter(|w| !leaving.contains(w)).collect();
@@ -241,9 +248,13 @@ impl Coordinator {
     pub(super) fn no_replica(&mut self, layers: &[u32]) -> Vec<CoordEffect> {
         let r = self.recovery.as_ref().expect("called during a recovery");
         let lost: Vec<u32> = r.lost.iter().copied().collect();
+        let abandoned = match &self.ledger.abandoned[..] {
+            [] => String::new(),
+            steps => format!(" (abandoned, a lost worker owing its part: the checkpoints before steps {steps:?})"),
+        };
         self.fail(format!(
             "layers {} were lost with workers {lost:?} ({}): no surviving worker holds them or a replica of them, \
-             and there is no checkpoint to fall back to",
+             and there is no checkpoint to fall back to{abandoned}",
             layer_list(layers),
             r.reason
         ))
