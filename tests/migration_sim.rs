@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use baton_engine::pipeline::coordinator::{JobOutcome, JobPlan};
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::sim;
@@ -207,26 +205,8 @@ fn three_to_two_to_one() {
 fn every_worker_preempted_is_a_clear_failure() {
     let case = Case::new("mlp12_sgd", 1e-4);
     let g = &case.golden;
-    let plan = JobPlan {
-        spec: g.spec.clone(),
-        optimizer: g.optimizer,
-        lr_schedule: Default::default(),
-        schedule: ScheduleKind::OneFOneB,
-        micro_batches: g.micro_batches,
-        workers: 2,
-        costs: g.model.layers.iter().map(|l| l.cost()).collect(),
-        params: g.params.clone(),
-        batches: g.data.clone(),
-        join_timeout: Duration::from_secs(60),
-        notices: vec![notice(0, 0, 1), notice(1, 0, 1)],
-        joins: Vec::new(),
-        ship_bf16: false,
-        clip_grad_norm: None,
-        seed: 0,
-        eval: None,
-        checkpoint: Default::default(),
-        faults: Default::default(),
-    };
+    let notices = vec![notice(0, 0, 1), notice(1, 0, 1)];
+    let plan = JobPlan { notices, ..g.job_plan(2, ScheduleKind::OneFOneB) };
     let mut failures = 0;
     for seed in 0..8 {
         match sim::run_job(plan.clone(), &spec::factory, seed) {

@@ -53,26 +53,7 @@ fn whole_jobs_in_memory_match_one_process() {
         let (reference, reference_losses) = golden.train_in_process();
         for workers in [1, 2, 3, 4, 6] {
             for (kind, seed) in [(ScheduleKind::Gpipe, 11), (ScheduleKind::OneFOneB, 12)] {
-                let plan = JobPlan {
-                    spec: golden.spec.clone(),
-                    optimizer: golden.optimizer,
-                    lr_schedule: Default::default(),
-                    schedule: kind,
-                    micro_batches: golden.micro_batches,
-                    workers,
-                    costs: golden.model.layers.iter().map(|l| l.cost()).collect(),
-                    params: golden.params.clone(),
-                    batches: golden.data.clone(),
-                    join_timeout: Duration::from_secs(30),
-                    notices: Vec::new(),
-                    joins: Vec::new(),
-                    ship_bf16: false,
-                    clip_grad_norm: None,
-                    seed: 0,
-                    eval: None,
-                    checkpoint: Default::default(),
-                    faults: Default::default(),
-                };
+                let plan = JobPlan { join_timeout: Duration::from_secs(30), ..golden.job_plan(workers, kind) };
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();
                 let what = format!("{name} W={workers} {kind}");
                 assert!(bit_identical(&out.params, &reference), "{what}: weights differ from one process");

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use baton_engine::pipeline::coordinator::JobPlan;
 use baton_engine::pipeline::protocol::PlannedNotice;
 use baton_engine::pipeline::{sim, ScheduleKind};
@@ -136,26 +134,8 @@ fn scheduled_steps_survive_every_preemption_point_in_memory() {
     for kind in [ScheduleKind::Gpipe, ScheduleKind::OneFOneB] {
         for worker in 0..3u32 {
             for actions in 0..=max_actions {
-                let plan = JobPlan {
-                    spec: golden.spec.clone(),
-                    optimizer,
-                    lr_schedule: schedule,
-                    schedule: kind,
-                    micro_batches: golden.micro_batches,
-                    workers: 3,
-                    costs: golden.model.layers.iter().map(|l| l.cost()).collect(),
-                    params: golden.params.clone(),
-                    batches: golden.data.clone(),
-                    join_timeout: Duration::from_secs(60),
-                    notices: vec![(worker, PlannedNotice { step: 2, actions, grace_ms: 120_000 })],
-                    joins: Vec::new(),
-                    ship_bf16: false,
-                    clip_grad_norm: None,
-                    seed: 0,
-                    eval: None,
-                    checkpoint: Default::default(),
-                    faults: Default::default(),
-                };
+                let notices = vec![(worker, PlannedNotice { step: 2, actions, grace_ms: 120_000 })];
+                let plan = JobPlan { optimizer, lr_schedule: schedule, notices, ..golden.job_plan(3, kind) };
                 let seed = u64::from(worker * 100 + actions);
                 let out = sim::run_job(plan, &spec::factory, seed).unwrap();
                 let what = format!("{kind} worker {worker} after {actions} actions");
