@@ -76,3 +76,50 @@ fn packed_path_short_last_row_panels_give_the_fma_chain() {
         }
     }
 }
+
+/// The thread splits and the short last row panels written straight into
+/// C, bit for bit against the literal fma chain on every path, at 1, 2
+/// and 3 threads: row-major op(a) with more rows than columns (rows split
+/// between threads, each task all of n = 290 columns, so its row panels are
+/// repacked per block, and 3 threads giving uneven shares of 26 panels),
+/// fewer rows than columns (columns split; n = 1100 is more than two AVX2
+/// column blocks, so at 1 thread that path packs op(a) whole, at 2 it
+/// repacks row panels per block), fewer column
+/// panels than threads (n = 20: rows split for either transpose); last row
+/// panels of exactly 4 and 8 rows (m = 292, 296; the AVX-512 path's 4- and
+/// 8-row kernels write C directly, a partial column panel goes through a
+/// copy) on the packed and the small-product paths (m = 16, 20, 128 below
+/// `PAR_MIN_FLOPS`), with and without accumulation.
+#[test]
+fn thread_splits_and_exact_short_panels_give_the_fma_chain() {
+    let mut rng = Rng::new(14);
+    let shapes = [
+        (301, 300, 290),
+        (292, 257, 100),
+        (296, 130, 300),
+        (40, 260, 1100),
+        (700, 300, 20),
+        (16, 64, 33),
+        (20, 31, 64),
+        (128, 128, 64),
+    ];
+    for (m, k, n) in shapes {
+        for (ta, tb) in TRANS {
+            let (a, b, c0) = (data(&mut rng, m * k), data(&mut rng, k * n), data(&mut rng, m * n));
+            let fresh = bits(&reference(&a, ta, &b, tb, m, k, n, None));
+            let acc = bits(&reference(&a, ta, &b, tb, m, k, n, Some(&c0)));
+            for t in [1, 2, 3] {
+                threads::set_num_threads(t).unwrap();
+                for isa in Isa::available() {
+                    let what = format!("{isa} {m}x{k}x{n} {ta:?}/{tb:?} at {t} threads");
+                    let mut c = vec![f32::NAN; m * n];
+                    isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, false)).unwrap();
+                    assert!(bits(&c) == fresh, "{what}: differs from the fma chain");
+                    let mut c = c0.clone();
+                    isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, true)).unwrap();
+                    assert!(bits(&c) == acc, "{what} accumulate: differs from the fma chain");
+                }
+            }
+        }
+    }
+}

@@ -7,10 +7,10 @@
 //! [`REPACK_MIN_PANELS`] column panels repacks each row panel's K block
 //! into a small buffer just before its tiles (it stays in L1), a narrower
 //! one reads the row panel in place; a partial last row panel is packed
-//! once. C is cut into tasks (groups of column panels, times groups of
-//! row panels when rows outnumber columns or columns are few; see
-//! [`tasks`]), and each task runs all of K for its tiles on one thread, so
-//! a call forks and joins once:
+//! once (row-major op(a) is packed whole instead when a task has more
+//! than two column blocks). C is cut into one task per thread (rows or
+//! columns split, see [`super::split`]), and each task runs all of K for
+//! its tiles on one thread, so a call forks and joins once:
 //! for each block of its columns and each K block in order, it packs
 //! op(b)'s `kc × nc` block into panels of `NR` columns (`[p][j]`,
 //! zero-padded past `n`; sized to stay in L2) into its thread's buffer,
@@ -31,6 +31,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::pack::{self, Strided};
+use super::split::{self, Task};
 use super::{direct, Trans, PAR_MIN_FLOPS};
 use crate::threads;
 
@@ -62,12 +63,23 @@ pub(super) trait Tile: Copy + Send + Sync {
     /// a shorter kernel. Each computed element's chain is that of `tile`.
     ///
     /// # Safety
-    /// As for [`Tile::tile`].
+    /// As for [`Tile::tile`], except that `c` need only be valid (and the
+    /// caller's) for rows `i < self.rows_touched(rows)`: no other row of
+    /// `c` is read or written.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile_rows(self, rows: usize, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         let _ = rows;
         // SAFETY: the caller's contract is that of `tile`.
         unsafe { self.tile(kc, a, b, c, ldc, load) }
+    }
+
+    /// How many rows of `c` (from the first) [`Tile::tile_rows`] reads and
+    /// writes for a panel of `rows` real rows (`rows <= MR`, result in
+    /// `rows..=MR`): the height of the kernel it runs. When that is `rows`
+    /// the edge tile writes C directly instead of through a copy.
+    fn rows_touched(self, rows: usize) -> usize {
+        let _ = rows;
+        Self::MR
     }
 
     /// `dst[p*r + w] = src[w*ws + p]` for `w < width`, `0.0` for
@@ -156,16 +168,6 @@ pub(super) struct Panel {
     pub(super) nc: usize,
 }
 
-/// A task: row panels `q0..q1` (rows `q*MR..`), columns `j0..j0+cols`
-/// (`j0` a multiple of `NR`), over all of K.
-#[derive(Clone, Copy)]
-struct Task {
-    q0: usize,
-    q1: usize,
-    j0: usize,
-    cols: usize,
-}
-
 /// C's base pointer, shared by tasks that write disjoint tiles.
 #[derive(Clone, Copy)]
 pub(super) struct SharedC(pub(super) *mut f32);
@@ -196,9 +198,11 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
     let (pool, nthreads) = threads::current();
     let kc = k_block(k, K::KC);
     let cp = SharedC(c.as_mut_ptr());
-    // Row-major op(a) is packed whole only when one thread walks more than
-    // two column blocks: repacking its row panels per block would cost more.
-    let in_place = job.ta == Trans::No && (nthreads > 1 || n <= 2 * block_cols::<K>(kc));
+    let tasks = split::tasks(job.ta, (m, n), (K::MR, K::NR), nthreads);
+    // Row-major op(a) is packed whole only when a task walks more than two
+    // column blocks: repacking its row panels per block would cost more.
+    let widest = tasks.iter().map(|t| t.cols).max().unwrap_or(n);
+    let in_place = job.ta == Trans::No && widest <= 2 * block_cols::<K>(kc);
     let a_len = if in_place { K::MR * k } else { m.div_ceil(K::MR) * K::MR * k };
     with_scratch(&A_SCRATCH, a_len, |ap| {
         let mut all = || {
@@ -208,7 +212,6 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
                 pack_a(kern, job, ap, nthreads > 1);
             }
             let ap = OpA { packed: &*ap, in_place };
-            let tasks = tasks::<K>(m, n, nthreads);
             let run = |t: &Task| task(kern, job, kc, ap, cp, *t);
             if nthreads > 1 {
                 tasks.par_iter().for_each(run);
@@ -222,35 +225,6 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
             all()
         }
     });
-}
-
-/// Splits C into about four tasks per thread (one when single-threaded),
-/// each running every K block of its own tiles, so a call forks and joins
-/// once after packing op(a). Each task reads all of op(a)'s rows of its
-/// group and packs op(b)'s columns of its group: when op(a) has at most as
-/// many rows as op(b) columns, the tasks are groups of column panels (at
-/// least two panels wide; row groups too when columns are few); when it
-/// has more, one row group per thread (each packs op(b) once) times
-/// column groups.
-fn tasks<K: Tile>(m: usize, n: usize, nthreads: usize) -> Vec<Task> {
-    let (panels, col_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
-    let want = if nthreads > 1 { 4 * nthreads } else { 1 };
-    let most_cols = col_panels.div_ceil(2).max(1);
-    let (row_groups, col_groups) = if m > n {
-        let rows = nthreads.min(panels);
-        (rows, want.div_ceil(rows).min(most_cols))
-    } else {
-        let cols = want.min(most_cols);
-        (want.div_ceil(cols).min(panels), cols)
-    };
-    let (per_rows, cols) = (panels.div_ceil(row_groups), col_panels.div_ceil(col_groups) * K::NR);
-    let mut out = Vec::with_capacity(row_groups * col_groups);
-    for j0 in (0..n).step_by(cols) {
-        for q0 in (0..panels).step_by(per_rows) {
-            out.push(Task { q0, q1: (q0 + per_rows).min(panels), j0, cols: cols.min(n - j0) });
-        }
-    }
-    out
 }
 
 /// Computes one task: for each block of its columns (op(b) packed about
@@ -350,6 +324,11 @@ pub(super) fn tile_at<K: Tile>(
         let c = cp.0.add(i * ldc + j);
         if rows == K::MR && cols == K::NR {
             return kern.tile(kc, a, b, c, ldc, load);
+        }
+        if cols == K::NR && kern.rows_touched(rows) == rows {
+            // The shorter kernel touches exactly the real rows, all the
+            // caller's (see Tile::tile_rows).
+            return kern.tile_rows(rows, kc, a, b, c, ldc, load);
         }
         let mut tmp = [0.0f32; MAX_TILE];
         if load {

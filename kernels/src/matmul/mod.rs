@@ -34,8 +34,9 @@
 //!
 //! `mod.rs` (this API), `driver` (the packed path for big products:
 //! transposed op(a) packed once per call, row-major op(a) read in place,
-//! op(b) in L2-sized blocks packed by the thread that uses them, threads
-//! over groups of C's column and row panels, each through all of K), `direct` (small products, operands read in place), `pack`
+//! op(b) in L2-sized blocks packed by the thread that uses them), `split`
+//! (one task per thread: C's row panels or column panels in even shares,
+//! each through all of K), `direct` (small products, operands read in place), `pack`
 //! (zero-padded panels), and one micro-kernel per path: `generic`
 //! (`f32::mul_add`) and `x86` (AVX2+FMA 6×16; AVX-512F 12×32, with 8- and
 //! 4-row kernels for a short last row panel).
@@ -44,6 +45,7 @@ mod direct;
 mod driver;
 mod generic;
 mod pack;
+mod split;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

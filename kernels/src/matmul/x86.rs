@@ -61,6 +61,14 @@ impl Tile for Avx512 {
         }
     }
 
+    fn rows_touched(self, rows: usize) -> usize {
+        match rows {
+            ..=4 => 4,
+            ..=8 => 8,
+            _ => 12,
+        }
+    }
+
     fn pack_transposed(self, dst: &mut [f32], src: &[f32], ws: usize, lanes: (usize, usize), kc: usize) {
         transposed(dst, src, ws, lanes, kc)
     }
