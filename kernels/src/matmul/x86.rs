@@ -89,12 +89,23 @@ unsafe fn tile_x32<const MR: usize, const UNIT: bool>(kc: usize, a: Src, b: Src,
         }
     }
     let (mut ap, mut bp) = (a.ptr, b.ptr);
+    // op(a) read in place transposed (its MR values of a K step contiguous,
+    // the next step's `a.ps` floats on): prefetched like op(b), both lines
+    // the MR values may straddle. Packed panels (`a.ps` the full tile's 12
+    // rows, also for the shorter kernels) are read start to end, which the
+    // hardware prefetches by itself.
+    let prefetch_a = UNIT && a.ps > <Avx512 as Tile>::MR;
     for _ in 0..kc {
         // A hint only: prefetching never faults, and the address is never
         // dereferenced (hence wrapping arithmetic).
         let ahead = bp.wrapping_add(PREFETCH_K * b.ps);
         _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16).cast());
+        if prefetch_a {
+            let ahead = ap.wrapping_add(PREFETCH_K * a.ps);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(MR - 1).cast());
+        }
         let (b0, b1) = unsafe { (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16))) };
         for (i, row) in acc.iter_mut().enumerate() {
             let ai = _mm512_set1_ps(unsafe { *ap.add(i * xs) });
