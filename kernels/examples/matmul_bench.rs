@@ -76,6 +76,19 @@ impl Clock {
 
 /// CPU seconds the calling thread has run (Linux), else `None`.
 fn thread_cpu_seconds() -> Option<f64> {
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    cpu_seconds(CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU seconds all threads of the process have run (Linux), else `None`:
+/// what a multi-threaded call costs, idle spinning of pool threads included.
+fn process_cpu_seconds() -> Option<f64> {
+    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+    cpu_seconds(CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// The reading of CPU-time clock `clock` (Linux), else `None`.
+fn cpu_seconds(clock: i32) -> Option<f64> {
     #[cfg(target_os = "linux")]
     {
         #[repr(C)]
@@ -86,15 +99,17 @@ fn thread_cpu_seconds() -> Option<f64> {
         extern "C" {
             fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
         }
-        const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
         let mut ts = Timespec { sec: 0, nsec: 0 };
         // SAFETY: `ts` is a valid, writable timespec (two i64 on x86-64 and
         // aarch64 Linux); clock_gettime writes only it.
-        let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        let rc = unsafe { clock_gettime(clock, &mut ts) };
         (rc == 0).then_some(ts.sec as f64 + ts.nsec as f64 * 1e-9)
     }
     #[cfg(not(target_os = "linux"))]
-    None
+    {
+        let _ = clock;
+        None
+    }
 }
 
 /// Seconds per call of `f` on `clock`, from short samples (each one call,
@@ -203,9 +218,9 @@ fn main() {
     for isa in &isas {
         header += &format!(" {:>16}", format!("{isa} (%peak)"));
     }
-    header += &format!(" {:>9} {:>9}", "gemm", "best/gemm");
+    header += &format!(" {:>9} {:>9} {:>9}", "gemm", "best/gemm", "cpu g/o");
     println!("GFLOP/s per call: 1 thread from the median sample of the thread's CPU time (preemption excluded), 2 threads from the fastest sample of wall time; our vector paths and gemm sampled round-robin");
-    println!("%peak = of the path's measured per-core peak x threads\n{header}");
+    println!("%peak = of the path's measured per-core peak x threads; cpu g/o (2 threads): process CPU seconds per call of gemm / of our fastest path\n{header}");
     for t in thread_counts {
         threads::set_num_threads(t).expect("thread pool");
         for s in shapes().into_iter().filter(|s| only.as_ref().is_none_or(|o| s.name.contains(o.as_str()))) {
@@ -233,7 +248,8 @@ fn row(s: &Shape, t: usize, isas: &[Isa], peaks: &[(Isa, f64)], budget: f64) {
     }
     let gc = &mut gemm_c[0];
     fs.push(Box::new(|| gemm_crate(black_box(gc), &a, &b, s, t)));
-    let secs = time_interleaved(clock, budget, &mut fs);
+    let timed = time_interleaved(clock, budget, &mut fs);
+    let secs: Vec<f64> = timed.iter().map(|t| t.0).collect();
     drop(fs);
     let mut line = format!("{:<16} {:>14} {t:>4}", s.name, format!("{}x{}x{}", s.m, s.k, s.n));
     let mut best: f64 = 0.0;
@@ -256,13 +272,19 @@ fn row(s: &Shape, t: usize, isas: &[Isa], peaks: &[(Isa, f64)], budget: f64) {
         line += &format!(" {:>16}", format!("{g:.1} ({:.0}%)", 100.0 * g / peak));
     }
     let g = flop / secs[vector.len()] / 1e9;
-    println!("{line} {g:>9.1} {:>9.2}", best / g);
+    // Process CPU per call, gemm's over that of our fastest path: > 1 when
+    // ours costs less CPU (2 threads: spinning and waiting included).
+    let fastest = (0..vector.len()).min_by(|&x, &y| secs[x].total_cmp(&secs[y]));
+    let cpu = fastest.map_or(f64::NAN, |i| timed[vector.len()].1 / timed[i].1);
+    let cpu = if t > 1 { format!("{cpu:.2}") } else { "-".into() };
+    println!("{line} {g:>9.1} {:>9.2} {cpu:>9}", best / g);
 }
 
 /// Like [`time`] for several contenders at once, sampled round-robin for
 /// `budget` seconds each, so that load from other processes falls on all
-/// of them alike.
-fn time_interleaved(clock: Clock, budget: f64, fs: &mut [Box<dyn FnMut() + '_>]) -> Vec<f64> {
+/// of them alike; with each one's process CPU seconds per call (mean over
+/// all samples; NaN where the clock is missing).
+fn time_interleaved(clock: Clock, budget: f64, fs: &mut [Box<dyn FnMut() + '_>]) -> Vec<(f64, f64)> {
     let origin = Instant::now();
     let reps: Vec<usize> = fs
         .iter_mut()
@@ -274,17 +296,19 @@ fn time_interleaved(clock: Clock, budget: f64, fs: &mut [Box<dyn FnMut() + '_>])
         })
         .collect();
     let mut samples = vec![Vec::new(); fs.len()];
+    let mut cpu = vec![(0.0, 0usize); fs.len()];
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < budget * fs.len() as f64 || samples[0].len() < 3 {
-        for ((f, &r), out) in fs.iter_mut().zip(&reps).zip(&mut samples) {
-            let t = clock.now(origin);
+        for (((f, &r), out), cpu) in fs.iter_mut().zip(&reps).zip(&mut samples).zip(&mut cpu) {
+            let (t, p) = (clock.now(origin), process_cpu_seconds().unwrap_or(f64::NAN));
             for _ in 0..r {
                 f();
             }
             out.push((clock.now(origin) - t) / r as f64);
+            *cpu = (cpu.0 + process_cpu_seconds().unwrap_or(f64::NAN) - p, cpu.1 + r);
         }
     }
-    samples.into_iter().map(|s| pick(clock, s)).collect()
+    samples.into_iter().zip(cpu).map(|(s, (c, n))| (pick(clock, s), c / n as f64)).collect()
 }
 
 /// The sample [`time`] reports: fastest on the wall clock, median on the
