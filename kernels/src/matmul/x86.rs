@@ -63,8 +63,8 @@ impl Tile for Avx512 {
 
     fn rows_touched(self, rows: usize) -> usize {
         match rows {
-            ..=4 => 4,
-            ..=8 => 8,
+            0..=4 => 4,
+            5..=8 => 8,
             _ => 12,
         }
     }
