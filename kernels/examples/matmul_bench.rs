@@ -10,6 +10,12 @@
 //! The generic path (software `fmaf` calls, ~1 GFLOP/s) is timed on the MLP
 //! and attention rows only; its GPT rows print `-`.
 //!
+//! At 2 threads the last column, `cpu g/o`, is the process CPU seconds per
+//! call of the `gemm` crate over those of our fastest path (mean over all
+//! samples, pool threads' spinning and waiting included): on a shared
+//! machine it moves much less than wall time, which other processes'
+//! threads interrupt.
+//!
 //! The FMA peak of a path is units × lanes × 2 flop × GHz. The clock is
 //! measured, not assumed: a loop of independent vector FMAs (nothing else)
 //! runs for each vector width, and peak = its GFLOP/s; the table header
