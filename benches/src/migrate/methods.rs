@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use baton_engine::pipeline::migrate::{Handover, MovedBytes};
-use baton_engine::pipeline::protocol::{self, Message};
+use baton_engine::pipeline::protocol::Message;
 use baton_engine::pipeline::Stage;
 use baton_engine::Segment;
 use bytes::Bytes;
