@@ -6,7 +6,8 @@ use super::*;
 /// A head of 37 bytes and parts of 0, 4, 8 KiB + 4 and 12 bytes.
 fn sample() -> (Vec<u8>, Vec<Vec<u32>>) {
     let head: Vec<u8> = (0..37u32).map(|i| (i * 13 % 251) as u8).collect();
-    let parts = vec![vec![], vec![0xDEAD_BEEF], (0..2049u32).map(|i| i.wrapping_mul(2_654_435_761)).collect(), vec![1, 2, 3]];
+    let parts =
+        vec![vec![], vec![0xDEAD_BEEF], (0..2049u32).map(|i| i.wrapping_mul(2_654_435_761)).collect(), vec![1, 2, 3]];
     (head, parts)
 }
 
@@ -115,7 +116,10 @@ fn a_truncated_part_is_reported_with_its_sizes() {
     for end in [HEADER_LEN + 3, HEADER_LEN + 40, wire.len() - 5, wire.len() - 1] {
         let err = decode_all(&wire[..end], 1 << 20).unwrap_err();
         let expected = wire.len() as u64;
-        assert!(matches!(err, Error::TruncatedFrame { received, expected: e } if received == end as u64 && e == expected), "{err}");
+        assert!(
+            matches!(err, Error::TruncatedFrame { received, expected: e } if received == end as u64 && e == expected),
+            "{err}"
+        );
     }
 }
 
@@ -147,7 +151,10 @@ fn split_garbage_never_panics() {
         let mut decoder = FrameDecoder::new(128);
         let mut total = 0;
         for chunk in wire.chunks(1 + round % 11) {
-            if decoder.feed(chunk, &mut |f| total += f.len() + f.parts().iter().map(|p| 4 * p.len()).sum::<usize>()).is_err() {
+            if decoder
+                .feed(chunk, &mut |f| total += f.len() + f.parts().iter().map(|p| 4 * p.len()).sum::<usize>())
+                .is_err()
+            {
                 break;
             }
         }

@@ -143,7 +143,10 @@ impl SplitBody {
             let count = word(1);
             let room = ((self.len - PREFIX) / 8) as u64;
             if count > room {
-                return Err(lying(format!("the part table lists {count} parts; {} bytes hold at most {room}", self.len)));
+                return Err(lying(format!(
+                    "the part table lists {count} parts; {} bytes hold at most {room}",
+                    self.len
+                )));
             }
             self.table_len = PREFIX + 8 * count as usize;
             if self.table_len > PREFIX {
@@ -156,7 +159,10 @@ impl SplitBody {
         if let Some((index, len)) = lens.iter().enumerate().find(|(_, &l)| l % 4 != 0) {
             return Err(lying(format!("part {index} is {len} bytes, not whole 4-byte words")));
         }
-        let total = lens.iter().try_fold(word(0), |acc, &l| acc.checked_add(l)).and_then(|s| s.checked_add(self.table_len as u64));
+        let total = lens
+            .iter()
+            .try_fold(word(0), |acc, &l| acc.checked_add(l))
+            .and_then(|s| s.checked_add(self.table_len as u64));
         if total != Some(self.len as u64) {
             let said = total.map_or("more than 2^64".to_string(), |t| t.to_string());
             return Err(lying(format!("table, head and parts add up to {said} bytes, the header says {}", self.len)));

@@ -117,7 +117,8 @@ pub fn decode_split(head: &[u8], parts: Vec<Vec<u32>>) -> Result<Message> {
     let count = parts.len();
     let (mut parts, mut used) = (parts.into_iter(), 0usize);
     for_each_buffer(&mut message, &mut |buffer| {
-        let part = parts.next().ok_or_else(|| lying(format!("its head has more element buffers than its {count} parts")))?;
+        let part =
+            parts.next().ok_or_else(|| lying(format!("its head has more element buffers than its {count} parts")))?;
         used += 1;
         match buffer {
             Buffer::F32(v) if v.is_empty() => *v = as_f32(part),

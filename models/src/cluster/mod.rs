@@ -134,12 +134,16 @@ mod tests {
     /// waiting activation and token targets.
     fn handover(w: usize) -> Message {
         use baton_engine::pipeline::migrate::{Handover, LayerState};
-        let values = |n: usize, seed: u32| (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) as f32 * 1e-9).collect();
+        let values =
+            |n: usize, seed: u32| (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) as f32 * 1e-9).collect();
         let t = |shape: &[usize], seed| Tensor::new(shape.to_vec(), values(shape.iter().product(), seed)).unwrap();
         let layer = LayerState {
             layer: 0,
             params: vec![("w".into(), t(&[w, w], 1)), ("b".into(), t(&[w], 2))],
-            optimizer: vec![("w".into(), baton_engine::OptState { step: 1, buffers: vec![values(w * w, 3), values(w * w, 4)] })],
+            optimizer: vec![(
+                "w".into(),
+                baton_engine::OptState { step: 1, buffers: vec![values(w * w, 3), values(w * w, 4)] },
+            )],
             grads: None,
             updated: false,
             segments: Vec::new(),
@@ -150,7 +154,8 @@ mod tests {
             replica: None,
         };
         let targets = baton_engine::Targets::Classes(Tensor::from_ids(vec![7], (0..7).collect()).unwrap());
-        let handover = Handover { layers: vec![layer], targets: vec![(0, 0, targets)], parts: 1, ..Handover::default() };
+        let handover =
+            Handover { layers: vec![layer], targets: vec![(0, 0, targets)], parts: 1, ..Handover::default() };
         Message::Handover { generation: 3, handover }
     }
 
