@@ -89,6 +89,8 @@ fn a_split_frame_of_nothing_is_a_split_frame() {
 fn parts_that_are_not_words_are_refused_when_sending() {
     let err = Outbound::split(vec![Bytes::from_static(b"head")], vec![Bytes::new(), Bytes::from_static(b"odd")]);
     assert!(matches!(err, Err(Error::PartNotWords { index: 1, len: 3 })), "{err:?}");
+    let err = Outbound::split(Vec::new(), vec![Bytes::new(); parts::MAX_PARTS + 1]);
+    assert!(matches!(err, Err(Error::TooManyParts { .. })), "{err:?}");
 }
 
 #[test]
@@ -100,11 +102,12 @@ fn lying_part_tables_are_protocol_errors() {
         ("head longer than the frame", with_table(1 << 40, &[], &body)),
         ("a part not of whole words", with_table(10, &[14], &body)),
         ("more parts than bytes", [24 | SPLIT, 0, 1000, 0].iter().flat_map(|w| w.to_le_bytes()).collect()),
+        ("more parts than allowed", with_table(0, &vec![0; parts::MAX_PARTS + 1], &[])),
         ("lengths that overflow", with_table(8, &[u64::MAX - 3, 20], &body)),
         ("a frame too short for the table", (8 | SPLIT).to_le_bytes().into_iter().chain([0; 8]).collect()),
     ];
     for (what, wire) in cases {
-        let err = decode_all(&wire, 1 << 20).expect_err(what);
+        let err = decode_all(&wire, 1 << 24).expect_err(what);
         assert!(matches!(&err, Error::Protocol(m) if m.contains("split frame")), "{what}: {err}");
     }
 }

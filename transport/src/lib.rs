@@ -61,6 +61,9 @@ pub enum Error {
     /// 4-byte words (the caller's fault: parts are word arrays).
     #[error("part {index} of a split frame is {len} bytes, not whole 4-byte words")]
     PartNotWords { index: usize, len: usize },
+    /// A caller asked to send a split frame of more parts than a receiver takes.
+    #[error("a split frame of {count} parts exceeds the maximum of {max} parts; send fewer, larger parts")]
+    TooManyParts { count: usize, max: usize },
     /// The peer broke the application protocol (bad hello, extra bytes, ...).
     #[error("protocol violation: {0}")]
     Protocol(String),

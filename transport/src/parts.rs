@@ -8,8 +8,10 @@
 //! Invariants: the table is checked before anything it announces is
 //! allocated: `count` must fit in the announced payload, every part must be
 //! whole 4-byte words, and table, head and parts must add up to exactly the
-//! announced length (already checked against `max_frame_bytes`), so a lying
-//! table is a [`Error::Protocol`] and allocates no more than that length.
+//! announced length (already checked against `max_frame_bytes`), and there
+//! are at most [`MAX_PARTS`] parts, so a lying table is an
+//! [`Error::Protocol`] and allocates no more than that length plus 32 bytes
+//! of bookkeeping per part.
 //! A part is filled word by word into a buffer reserved to its exact size,
 //! so a part never moves once allocated: the buffer the transport hands
 //! over is the one the bytes were read into.
@@ -21,8 +23,18 @@ use bytes::Bytes;
 /// Bytes of the table's fixed prefix (`head_len`, `count`).
 const PREFIX: usize = 16;
 
+/// Most parts a split frame may have. Each costs the receiver about 32
+/// bytes of bookkeeping (its length and its buffer's header) whatever its
+/// size, so without a cap a frame of empty parts would make it allocate
+/// about four times `max_frame_bytes`; a handover of one layer has tens to
+/// a few thousand.
+pub(crate) const MAX_PARTS: usize = 1 << 20;
+
 /// The table of a split frame whose head is `head_len` bytes and whose parts are `parts`.
 pub(crate) fn encode_table(head_len: usize, parts: &[Bytes]) -> Result<Vec<u8>> {
+    if parts.len() > MAX_PARTS {
+        return Err(Error::TooManyParts { count: parts.len(), max: MAX_PARTS });
+    }
     let mut table = Vec::with_capacity(PREFIX + 8 * parts.len());
     table.extend_from_slice(&(head_len as u64).to_le_bytes());
     table.extend_from_slice(&(parts.len() as u64).to_le_bytes());
@@ -141,7 +153,7 @@ impl SplitBody {
         let word = |i: usize| u64::from_le_bytes(self.table[8 * i..8 * i + 8].try_into().unwrap_or_default());
         if self.table_len == PREFIX {
             let count = word(1);
-            let room = ((self.len - PREFIX) / 8) as u64;
+            let room = ((self.len - PREFIX) / 8).min(MAX_PARTS) as u64;
             if count > room {
                 return Err(lying(format!(
                     "the part table lists {count} parts; {} bytes hold at most {room}",
