@@ -26,7 +26,7 @@ fn split_frames_arrive_as_their_head_and_parts_on_both_lanes() -> Result<()> {
     let (peer_b, _) = a.connect(b.local_addr())?;
     let (peer_a, _) = wait_connected(&b)?;
     // A 16 MiB part (huge-page advice), a ragged one, an empty one.
-    let parts = vec![words(4 << 20, 1), words(12_345, 2), Vec::new(), words(1, 3)];
+    let parts = [words(4 << 20, 1), words(12_345, 2), Vec::new(), words(1, 3)];
     let head = b"the head: an archive, 16-byte aligned on arrival".to_vec();
     for lane in [Lane::Bulk, Lane::Control] {
         let frame = Outbound::split(vec![Bytes::from(head.clone())], parts.iter().map(|p| bytes_of(p)).collect())?;
