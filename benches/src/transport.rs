@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use baton_transport::frame::Frame;
+use baton_transport::frame::Aligned;
 use baton_transport::{ClusterCa, Event, Lane, NetConfig, Node};
 use bytes::Bytes;
 use clap::Args;
@@ -206,7 +206,7 @@ pub fn tcp_throughput(bytes: usize) -> anyhow::Result<f64> {
 
 /// Appends the next `len` bytes of `stream` to `frame`, read in pieces of
 /// at most 1 MiB; the end of the stream before that is an error.
-pub(crate) fn read_into(stream: &mut impl Read, frame: &mut Frame, len: usize) -> std::io::Result<()> {
+pub(crate) fn read_into(stream: &mut impl Read, frame: &mut Aligned, len: usize) -> std::io::Result<()> {
     let mut scratch = vec![0u8; MIB.min(len.max(1))];
     let end = frame.len() + len;
     while frame.len() < end {

@@ -51,7 +51,24 @@ fn check_len(shape: &[usize], len: usize) -> Result<()> {
     }
 }
 
+/// A tensor's host element buffer, lent mutably so that a message can move
+/// it out and back without copying ([`crate::pipeline::adopt`]).
+pub(crate) enum BufferMut<'a> {
+    F32(&'a mut Vec<f32>),
+    Ids(&'a mut Vec<u32>),
+}
+
 impl Tensor {
+    /// The host element buffer (empty for a resident tensor). Whoever
+    /// changes its length must restore the element-count invariant before
+    /// the tensor is used ([`Tensor::check`]).
+    pub(crate) fn buffer_mut(&mut self) -> BufferMut<'_> {
+        match &mut self.data {
+            Data::F32(v) => BufferMut::F32(v),
+            Data::Ids(v) => BufferMut::Ids(v),
+        }
+    }
+
     /// An f32 tensor from its shape and values; errors if the counts differ.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         check_len(&shape, data.len())?;

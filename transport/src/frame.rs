@@ -5,11 +5,19 @@
 //! stream (exactly one frame), so garbage on the wire is tested here without
 //! a network.
 //!
+//! A *split* frame ([`Outbound::split`], decoded in [`crate::parts`])
+//! announces its length with the top bit ([`SPLIT`]) set and carries a part
+//! table, a head and parts of whole 4-byte words; the receiver reads each
+//! part straight into a buffer of its own, so a payload that is mostly a
+//! few large arrays is copied once in user space and handed over as those
+//! buffers. Every length the plain framing accepts keeps its meaning.
+//!
 //! Invariant: an announced length is checked against the maximum *before*
 //! anything is allocated, and the body buffer is reserved to exactly the
 //! validated length, so a hostile header cannot make us allocate more than
-//! `max_frame_bytes`.
+//! `max_frame_bytes` (for a split frame: head and parts together).
 
+use crate::parts::{self, SplitBody};
 use crate::{Error, Result};
 use bytes::Bytes;
 use rkyv::util::AlignedVec;
@@ -17,9 +25,70 @@ use rkyv::util::AlignedVec;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 8;
 
-/// One received frame: the payload, 16-byte aligned so that rkyv archives
-/// can be accessed in place.
-pub type Frame = AlignedVec<16>;
+/// The header bit that marks a split frame (the other bits: its length).
+pub const SPLIT: u64 = 1 << 63;
+
+/// A 16-byte aligned payload buffer, so that rkyv archives can be accessed in place.
+pub type Aligned = AlignedVec<16>;
+
+/// A large part of a split frame: whole 4-byte words in a buffer of its own.
+pub type Part = Vec<u32>;
+
+/// One received frame: the payload (16-byte aligned) or, for a split
+/// frame, its head and its parts in the order they were sent.
+///
+/// Derefs to the payload, or the head of a split frame.
+#[derive(Clone, Debug, Default)]
+pub struct Frame {
+    head: Aligned,
+    /// `Some` exactly for a split frame (even one of no parts).
+    parts: Option<Vec<Part>>,
+}
+
+impl Frame {
+    /// An empty plain frame.
+    pub fn new() -> Frame {
+        Frame::default()
+    }
+
+    /// A split frame of `head` and `parts`.
+    pub fn split(head: Aligned, parts: Vec<Part>) -> Frame {
+        Frame { head, parts: Some(parts) }
+    }
+
+    /// The payload (plain frame) or the head (split frame).
+    pub fn as_slice(&self) -> &[u8] {
+        self.head.as_slice()
+    }
+
+    /// Whether the sender split this frame ([`Outbound::split`]).
+    pub fn is_split(&self) -> bool {
+        self.parts.is_some()
+    }
+
+    /// The parts of a split frame (none for a plain one).
+    pub fn parts(&self) -> &[Part] {
+        self.parts.as_deref().unwrap_or(&[])
+    }
+
+    /// The head (or payload) and the parts, without copying either.
+    pub fn into_split(self) -> (Aligned, Vec<Part>) {
+        (self.head, self.parts.unwrap_or_default())
+    }
+}
+
+impl From<Aligned> for Frame {
+    fn from(head: Aligned) -> Frame {
+        Frame { head, parts: None }
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.head.as_slice()
+    }
+}
 
 /// The header announcing a payload of `len` bytes.
 pub fn encode_header(len: usize) -> [u8; HEADER_LEN] {
@@ -31,14 +100,29 @@ pub fn encode_header(len: usize) -> [u8; HEADER_LEN] {
 #[derive(Clone, Debug, Default)]
 pub struct Outbound {
     chunks: Vec<Bytes>,
+    /// Payload bytes, a split frame's table included.
     len: usize,
+    /// A split frame's part table (goes first in the payload).
+    table: Option<Bytes>,
 }
 
 impl Outbound {
     /// The frame whose payload is `chunks`, concatenated.
     pub fn new(chunks: Vec<Bytes>) -> Outbound {
         let len = chunks.iter().map(Bytes::len).sum();
-        Outbound { chunks, len }
+        Outbound { chunks, len, table: None }
+    }
+
+    /// A split frame: `head` (the chunks, concatenated), then each of
+    /// `parts`, which the receiver gets back as buffers of their own
+    /// ([`Frame::parts`]). Errors if a part is not whole 4-byte words.
+    pub fn split(head: Vec<Bytes>, parts: Vec<Bytes>) -> Result<Outbound> {
+        let head_len = head.iter().map(Bytes::len).sum();
+        let table = parts::encode_table(head_len, &parts)?;
+        let len = table.len() + head_len + parts.iter().map(Bytes::len).sum::<usize>();
+        let mut chunks = head;
+        chunks.extend(parts);
+        Ok(Outbound { chunks, len, table: Some(Bytes::from(table)) })
     }
 
     /// Payload bytes (without the header).
@@ -52,8 +136,10 @@ impl Outbound {
 
     /// The header, then the payload chunks: what goes on the stream.
     pub fn with_header(self) -> Vec<Bytes> {
-        let mut all = Vec::with_capacity(self.chunks.len() + 1);
-        all.push(Bytes::copy_from_slice(&encode_header(self.len)));
+        let mut all = Vec::with_capacity(self.chunks.len() + 2);
+        let flag = if self.table.is_some() { SPLIT } else { 0 };
+        all.push(Bytes::copy_from_slice(&(self.len as u64 | flag).to_le_bytes()));
+        all.extend(self.table);
         all.extend(self.chunks.into_iter().filter(|c| !c.is_empty()));
         all
     }
@@ -88,6 +174,20 @@ pub fn check_header(header: [u8; HEADER_LEN], max: usize) -> Result<usize> {
     }
 }
 
+/// The payload length a header announces and whether the frame is split,
+/// if that length is at most `max`. A length the plain framing accepts is
+/// always plain, so [`SPLIT`] changes no frame that was valid before it.
+pub fn parse_header(header: [u8; HEADER_LEN], max: usize) -> Result<(usize, bool)> {
+    let size = u64::from_le_bytes(header);
+    if let Ok(len) = check_header(header, max) {
+        return Ok((len, false));
+    }
+    match usize::try_from(size & !SPLIT) {
+        Ok(len) if size & SPLIT != 0 && len <= max => Ok((len, true)),
+        _ => Err(Error::FrameTooLarge { size, max: max as u64 }),
+    }
+}
+
 /// Incremental frame decoder: feed it chunks as they arrive.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -98,9 +198,9 @@ pub struct FrameDecoder {
 }
 
 #[derive(Debug)]
-struct Body {
-    buf: Frame,
-    len: usize,
+enum Body {
+    Plain { buf: Aligned, len: usize },
+    Split(SplitBody),
 }
 
 impl FrameDecoder {
@@ -116,12 +216,22 @@ impl FrameDecoder {
         while !input.is_empty() {
             input = match self.body.as_mut() {
                 None => self.feed_header(input, on_frame)?,
-                Some(body) => {
-                    let n = (body.len - body.buf.len()).min(input.len());
-                    body.buf.extend_from_slice(&input[..n]);
-                    if body.buf.len() == body.len {
-                        let done = self.body.take().expect("body present");
-                        on_frame(done.buf);
+                Some(Body::Plain { buf, len }) => {
+                    let n = (*len - buf.len()).min(input.len());
+                    buf.extend_from_slice(&input[..n]);
+                    if buf.len() == *len {
+                        if let Some(Body::Plain { buf, .. }) = self.body.take() {
+                            on_frame(Frame::from(buf));
+                        }
+                    }
+                    &input[n..]
+                }
+                Some(Body::Split(body)) => {
+                    let n = body.feed(input)?;
+                    if body.is_done() {
+                        if let Some(Body::Split(body)) = self.body.take() {
+                            on_frame(body.into_frame());
+                        }
                     }
                     &input[n..]
                 }
@@ -136,11 +246,10 @@ impl FrameDecoder {
         self.header_have += n;
         if self.header_have == HEADER_LEN {
             self.header_have = 0;
-            let len = check_header(self.header, self.max)?;
-            if len == 0 {
-                on_frame(Frame::new());
-            } else {
-                self.body = Some(Body { buf: receive_buffer(len), len });
+            match parse_header(self.header, self.max)? {
+                (0, false) => on_frame(Frame::new()),
+                (len, false) => self.body = Some(Body::Plain { buf: receive_buffer(len), len }),
+                (len, true) => self.body = Some(Body::Split(SplitBody::new(len)?)),
             }
         }
         Ok(&input[n..])
@@ -156,11 +265,12 @@ impl FrameDecoder {
     /// Sizes count the header, so a stream that stopped inside the header
     /// reports fewer than [`HEADER_LEN`] bytes expected-of-8.
     pub fn finish(&self) -> Result<()> {
+        let truncated = |received: usize, len: usize| {
+            Err(Error::TruncatedFrame { received: (HEADER_LEN + received) as u64, expected: (HEADER_LEN + len) as u64 })
+        };
         match &self.body {
-            Some(body) => Err(Error::TruncatedFrame {
-                received: (HEADER_LEN + body.buf.len()) as u64,
-                expected: (HEADER_LEN + body.len) as u64,
-            }),
+            Some(Body::Plain { buf, len }) => truncated(buf.len(), *len),
+            Some(Body::Split(body)) => truncated(body.received(), body.len()),
             None if self.header_have > 0 => {
                 Err(Error::TruncatedFrame { received: self.header_have as u64, expected: HEADER_LEN as u64 })
             }
@@ -178,24 +288,39 @@ const HUGE_PAGE_MIN: usize = 8 << 20;
 /// Filling a fresh buffer costs a page fault per 4 KiB page, which capped
 /// receiving at about 1 GB/s on our 2-core machine; asking Linux for
 /// transparent huge pages (2 MiB) raised the fill rate to about 4 GB/s.
-pub fn receive_buffer(len: usize) -> Frame {
-    let mut buf = Frame::with_capacity(len);
-    #[cfg(target_os = "linux")]
-    if len >= HUGE_PAGE_MIN {
-        advise_huge_pages(&mut buf);
-    }
+pub fn receive_buffer(len: usize) -> Aligned {
+    let mut buf = Aligned::with_capacity(len);
+    advise_huge_pages(buf.as_mut_ptr() as usize, buf.capacity());
     buf
 }
 
+/// A split frame's part of `len` bytes: an empty buffer with room for
+/// exactly its words (huge pages as in [`receive_buffer`]).
+pub(crate) fn part_buffer(len: usize) -> Part {
+    let mut part = Part::with_capacity(len / 4);
+    advise_huge_pages(part.as_mut_ptr() as usize, part.capacity() * 4);
+    part
+}
+
+/// Asks for huge pages on the 2 MiB pages inside the `capacity` bytes of
+/// allocation at `base`, if it is at least [`HUGE_PAGE_MIN`].
+fn advise_huge_pages(base: usize, capacity: usize) {
+    #[cfg(target_os = "linux")]
+    if capacity >= HUGE_PAGE_MIN {
+        advise_range(base, capacity);
+    }
+    let _ = (base, capacity);
+}
+
 #[cfg(target_os = "linux")]
-fn advise_huge_pages(buf: &mut Frame) {
+fn advise_range(base: usize, capacity: usize) {
     const HUGE: usize = 2 << 20;
-    let base = buf.as_mut_ptr() as usize;
     let start = base.next_multiple_of(HUGE);
-    let end = (base + buf.capacity()) & !(HUGE - 1);
+    let end = (base + capacity) & !(HUGE - 1);
     if end > start {
         // SAFETY: [start, end) is page-aligned and lies inside the allocation
-        // `buf` owns (its capacity), which stays alive for the call.
+        // at `base` (its capacity), which the caller owns and keeps alive
+        // for the call.
         // MADV_HUGEPAGE only changes how the kernel backs those pages, never
         // their contents, so no memory Rust can observe changes. The result
         // is ignored on purpose: the advice is optional (THP may be off).
@@ -213,6 +338,10 @@ pub fn decode_all(bytes: &[u8], max_frame_bytes: usize) -> Result<Vec<Frame>> {
     decoder.finish()?;
     Ok(frames)
 }
+
+#[cfg(test)]
+#[path = "frame_split_tests.rs"]
+mod split_tests;
 
 #[cfg(test)]
 mod tests {

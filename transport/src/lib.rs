@@ -13,6 +13,7 @@
 pub mod frame;
 mod hello;
 mod node;
+mod parts;
 mod peer;
 pub mod pki;
 mod registry;
@@ -56,6 +57,13 @@ pub enum Error {
          the sender died or is not speaking baton's framing"
     )]
     TruncatedFrame { received: u64, expected: u64 },
+    /// A caller asked to send a split frame with a part that is not whole
+    /// 4-byte words (the caller's fault: parts are word arrays).
+    #[error("part {index} of a split frame is {len} bytes, not whole 4-byte words")]
+    PartNotWords { index: usize, len: usize },
+    /// A caller asked to send a split frame of more parts than a receiver takes.
+    #[error("a split frame of {count} parts exceeds the maximum of {max} parts; send fewer, larger parts")]
+    TooManyParts { count: usize, max: usize },
     /// The peer broke the application protocol (bad hello, extra bytes, ...).
     #[error("protocol violation: {0}")]
     Protocol(String),

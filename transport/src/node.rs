@@ -86,7 +86,8 @@ pub enum Event {
     /// A peer passed TLS and the hello: it holds a certificate from our CA
     /// for `name` and speaks our protocol version.
     Connected { peer: PeerId, name: String, addr: SocketAddr },
-    /// One whole frame, 16-byte aligned.
+    /// One whole frame, 16-byte aligned; a split frame as its head and its
+    /// parts, each part in a buffer of its own ([`Frame::parts`]).
     Message { peer: PeerId, lane: Lane, bytes: Frame },
     /// The connection is gone; says why (closed, timed out, violation...).
     Disconnected { peer: PeerId, reason: String },

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use baton_transport::frame::{Frame, Outbound};
+use baton_transport::frame::{Aligned, Frame, Outbound};
 use baton_transport::{ClusterCa, Event, Lane, Node, PeerId};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
@@ -182,7 +182,7 @@ fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<(Instant, usize)
         return if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(None) } else { Err(e) };
     }
     let len = usize::try_from(u64::from_le_bytes(header)).map_err(std::io::Error::other)?;
-    let mut frame = Frame::with_capacity(len);
+    let mut frame = Aligned::with_capacity(len);
     crate::transport::read_into(stream, &mut frame, len)?;
     Ok(Some((Instant::now(), frame.len())))
 }

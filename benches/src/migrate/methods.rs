@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use baton_engine::pipeline::migrate::{Handover, MovedBytes};
-use baton_engine::pipeline::protocol::{self, Message};
+use baton_engine::pipeline::protocol::Message;
 use baton_engine::pipeline::Stage;
 use baton_engine::Segment;
 use bytes::Bytes;
@@ -217,7 +217,7 @@ fn ship(links: &Links, handover: Handover, marks: &mut Vec<(&'static str, Instan
 fn take(receiver: &mut Stage, links: &Links, parts: usize) -> anyhow::Result<()> {
     receiver.reassign(RECEIVER_LAYERS, RECEIVER_POSITION)?;
     for _ in 0..parts {
-        let Message::Handover { handover, .. } = protocol::decode(&links.receive(None)?)? else {
+        let Message::Handover { handover, .. } = baton_models::cluster::decode_frame(links.receive(None)?)? else {
             bail!("the frame is not a handover");
         };
         receiver.adopt(handover)?;

@@ -1,6 +1,7 @@
 //! Pipeline parallelism: schedules as data, balanced partitions, and the
 //! worker runtime as a state machine without I/O.
 
+pub mod adopt;
 pub mod checkpoint;
 pub mod coordinator;
 mod evaluate;

@@ -402,6 +402,14 @@ pub fn size_hint(message: &Message) -> usize {
 
 /// Validates and decodes one frame (16-byte aligned).
 pub fn decode(frame: &[u8]) -> Result<Message> {
+    let message = decode_unchecked(frame)?;
+    check_message(&message)?;
+    Ok(message)
+}
+
+/// Validates the archive and decodes it, without [`check_message`] (for
+/// the head of a split frame, whose element buffers are still missing).
+pub(crate) fn decode_unchecked(frame: &[u8]) -> Result<Message> {
     if frame.is_empty() {
         return Err(Error::Protocol("empty frame (0 bytes): not a message".into()));
     }
@@ -413,13 +421,19 @@ pub fn decode(frame: &[u8]) -> Result<Message> {
     })?;
     let message = rkyv::deserialize::<Message, BoxedError>(archived)
         .map_err(|e| Error::Protocol(format!("undecodable frame: {e}")))?;
-    check_tensors(&message)?;
-    if let Message::Handover { handover, .. } = &message {
+    Ok(message)
+}
+
+/// What a decoded message must satisfy: tensors as large as their shapes,
+/// valid segments.
+pub(crate) fn check_message(message: &Message) -> Result<()> {
+    check_tensors(message)?;
+    if let Message::Handover { handover, .. } = message {
         for segment in handover.layers.iter().flat_map(|l| &l.segments) {
             segment.validate()?;
         }
     }
-    Ok(message)
+    Ok(())
 }
 
 /// Tensors that arrive must hold as many elements as their shape says.
@@ -451,6 +465,10 @@ fn check_tensors(message: &Message) -> Result<()> {
 /// Every tensor a handover carries (saved tensors are checked by segment validation).
 fn handover_tensors(h: &Handover) -> Vec<&Tensor> {
     let mut all: Vec<&Tensor> = h.activations.iter().chain(&h.gradients).map(|(_, _, _, t)| t).collect();
+    all.extend(h.targets.iter().map(|(_, _, t)| match t {
+        Targets::Values(v) | Targets::Classes(v) => v,
+    }));
+    all.extend(h.replays.iter().map(|(_, _, _, _, t)| t));
     for layer in &h.layers {
         all.extend(layer.params.iter().map(|(_, t)| t));
         all.extend(layer.kept.iter().map(|(_, _, _, t)| t));

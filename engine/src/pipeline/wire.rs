@@ -202,4 +202,4 @@ pub fn reassemble(chunks: &Chunks) -> AlignedVec {
 
 #[cfg(test)]
 #[path = "wire_tests.rs"]
-mod tests;
+pub(super) mod tests;

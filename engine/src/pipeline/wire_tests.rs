@@ -29,7 +29,7 @@ fn segment(w: usize, rows: usize) -> crate::Segment {
 
 /// A handover with ragged sizes: tensors below, at and above the borrow
 /// threshold, odd element counts, token ids, and a bf16 segment.
-fn handover() -> Message {
+pub(crate) fn handover() -> Message {
     let odd = BORROW_MIN / 4 + 3;
     let layer = |l: u32, w: usize| LayerState {
         params: vec![(format!("layers.{l}.weight"), tensor(&[w, w + 1], l)), ("b".into(), tensor(&[odd], 9))],

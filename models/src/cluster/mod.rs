@@ -20,6 +20,7 @@ mod worker;
 use std::time::Duration;
 
 use baton_engine::pipeline::protocol::{self, Message};
+use baton_transport::frame::{Frame, Outbound};
 use baton_transport::{Lane, NetConfig, Node, PeerId};
 
 pub use coordinator::{run_coordinator, CoordinatorOptions};
@@ -64,10 +65,27 @@ pub fn frame_of(message: &Message) -> Result<bytes::Bytes> {
 
 /// One owned message as a transport frame whose large tensor buffers go to
 /// QUIC without being copied ([`baton_engine::pipeline::wire`]): the
-/// message itself owns them until the last chunk is sent.
-pub fn frame_owned(message: Message) -> Result<baton_transport::frame::Outbound> {
+/// message itself owns them until the last chunk is sent. A handover goes
+/// as a split frame ([`baton_engine::pipeline::adopt`]): its element
+/// buffers are the frame's parts, which the receiver adopts without a copy
+/// ([`decode_frame`]).
+pub fn frame_owned(message: Message) -> Result<Outbound> {
+    if let Message::Handover { .. } = message {
+        let split = baton_engine::pipeline::adopt::encode_split(message)?;
+        return Ok(Outbound::split(vec![bytes::Bytes::from_owner(split.head)], split.parts)?);
+    }
     let chunks = baton_engine::pipeline::wire::encode_chunks(message)?;
-    Ok(baton_transport::frame::Outbound::new(chunks.chunks))
+    Ok(Outbound::new(chunks.chunks))
+}
+
+/// Decodes a received frame: a split frame's parts become its handover's
+/// element buffers without a copy; any other frame as [`protocol::decode`].
+pub fn decode_frame(frame: Frame) -> Result<Message> {
+    if !frame.is_split() {
+        return Ok(protocol::decode(&frame)?);
+    }
+    let (head, parts) = frame.into_split();
+    Ok(baton_engine::pipeline::adopt::decode_split(&head, parts)?)
 }
 
 /// Frames that carry tensors but are at most this large travel on the
@@ -110,6 +128,54 @@ mod tests {
     fn activation(floats: usize) -> Message {
         let tensor = Tensor::new(vec![floats], vec![0.5; floats]).unwrap();
         Message::Activation { generation: 0, step: 0, micro: 0, layer: 1, tensor }
+    }
+
+    /// A handover of one layer of width `w`: parameters, Adam state, a
+    /// waiting activation and token targets.
+    fn handover(w: usize) -> Message {
+        use baton_engine::pipeline::migrate::{Handover, LayerState};
+        let values =
+            |n: usize, seed: u32| (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) as f32 * 1e-9).collect();
+        let t = |shape: &[usize], seed| Tensor::new(shape.to_vec(), values(shape.iter().product(), seed)).unwrap();
+        let layer = LayerState {
+            layer: 0,
+            params: vec![("w".into(), t(&[w, w], 1)), ("b".into(), t(&[w], 2))],
+            optimizer: vec![(
+                "w".into(),
+                baton_engine::OptState { step: 1, buffers: vec![values(w * w, 3), values(w * w, 4)] },
+            )],
+            grads: None,
+            updated: false,
+            segments: Vec::new(),
+            kept: vec![(0, 0, 0, t(&[3, w], 5))],
+            entries: Vec::new(),
+            replays: Vec::new(),
+            resends: Vec::new(),
+            replica: None,
+        };
+        let targets = baton_engine::Targets::Classes(Tensor::from_ids(vec![7], (0..7).collect()).unwrap());
+        let handover =
+            Handover { layers: vec![layer], targets: vec![(0, 0, targets)], parts: 1, ..Handover::default() };
+        Message::Handover { generation: 3, handover }
+    }
+
+    #[test]
+    fn a_handover_crosses_the_wire_as_a_split_frame_and_decodes_bit_for_bit() {
+        for w in [1, 130] {
+            let message = handover(w);
+            let wire = frame_owned(message.clone()).unwrap().with_header().concat();
+            let mut frames = baton_transport::frame::decode_all(&wire, 1 << 24).unwrap();
+            assert!(frames[0].is_split());
+            assert_eq!(frames[0].parts().len(), 6, "w, b, two Adam buffers, the kept activation, the targets");
+            let decoded = decode_frame(frames.remove(0)).unwrap();
+            assert_eq!(protocol::encode(&decoded).unwrap().as_slice(), protocol::encode(&message).unwrap().as_slice());
+            assert_eq!(decoded, message);
+        }
+        // Other messages keep the plain frame.
+        let plain = frame_owned(activation(64)).unwrap().with_header().concat();
+        let frames = baton_transport::frame::decode_all(&plain, 1 << 24).unwrap();
+        assert!(!frames[0].is_split());
+        assert_eq!(decode_frame(frames.into_iter().next().unwrap()).unwrap(), activation(64));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::error::{bail, Context, Error, Result};
-use baton_engine::pipeline::protocol::{self, Message, Span, PROTOCOL_VERSION};
+use baton_engine::pipeline::protocol::{Message, Span, PROTOCOL_VERSION};
 use baton_engine::pipeline::worker::{Dest, Out, Worker};
 use baton_engine::pipeline::Work;
 use baton_engine::{device, Backend, Device};
@@ -14,7 +14,7 @@ use crossbeam_channel::Receiver;
 
 use super::budget::ShipBudget;
 use super::fault::{Crash, FAULT_ENV};
-use super::{frame_owned, send, send_wait, worker_id, COORDINATOR_NAME};
+use super::{decode_frame, frame_owned, send, send_wait, worker_id, COORDINATOR_NAME};
 
 /// Where the worker finds the coordinator and what it advertises to peers.
 pub struct WorkerOptions {
@@ -193,7 +193,7 @@ fn on_event(node: &Node, worker: &mut Worker, links: &mut Links, event: Event) -
         }
         Event::Message { peer, bytes, .. } => {
             let mut start = links.clock.elapsed();
-            let message = protocol::decode(&bytes).what_with(|| format!("a frame from {}", who(links, peer)))?;
+            let message = decode_frame(bytes).what_with(|| format!("a frame from {}", who(links, peer)))?;
             let kind = message.kind();
             tracing::debug!(worker = worker.id, from = %who(links, peer), kind, "received");
             if let (Message::StepStart { step, .. }, Some(crash)) = (&message, links.crash) {

@@ -1,0 +1,132 @@
+use super::*;
+use crate::pipeline::protocol::{decode, encode};
+use crate::pipeline::wire::tests::handover;
+
+/// The parts as the receiving transport delivers them: each its own word buffer.
+fn received(split: &Split) -> (AlignedVec, Vec<Vec<u32>>) {
+    let words = |p: &Bytes| p.chunks_exact(4).map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]])).collect();
+    let mut head = AlignedVec::new();
+    head.extend_from_slice(&split.head);
+    (head, split.parts.iter().map(words).collect())
+}
+
+/// Addresses and lengths of every element buffer, in traversal order.
+fn buffers(message: &mut Message) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for_each_buffer(message, &mut |b| {
+        out.push(match b {
+            Buffer::F32(v) => (v.as_ptr() as usize, v.len()),
+            Buffer::U32(v) => (v.as_ptr() as usize, v.len()),
+        });
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn a_split_handover_decodes_to_the_message_bit_for_bit() {
+    let message = handover();
+    let split = encode_split(message.clone()).unwrap();
+    let (head, parts) = received(&split);
+    let decoded = decode_split(&head, parts).unwrap();
+    assert_eq!(decoded, message);
+    // The same message as the unsplit frame decodes to, and the same bytes.
+    assert_eq!(decode(&encode(&message).unwrap()).unwrap(), decoded);
+    assert_eq!(encode(&decoded).unwrap().as_slice(), encode(&message).unwrap().as_slice());
+}
+
+#[test]
+fn the_head_holds_no_element_buffer_and_the_parts_are_the_senders_buffers() {
+    let mut message = handover();
+    let sent = buffers(&mut message);
+    let split = encode_split(message).unwrap();
+    assert_eq!(split.parts.len(), sent.len());
+    for (part, (ptr, len)) in split.parts.iter().zip(&sent) {
+        assert_eq!(part.len(), 4 * len);
+        if *len > 0 {
+            assert_eq!(part.as_ptr() as usize, *ptr, "a part is a copy of its buffer");
+        }
+    }
+    let bytes: usize = sent.iter().map(|(_, n)| 4 * n).sum();
+    assert!(split.head.len() * 10 < bytes, "head {} bytes of {bytes}", split.head.len());
+}
+
+#[test]
+fn received_parts_are_adopted_not_copied() {
+    let split = encode_split(handover()).unwrap();
+    let (head, parts) = received(&split);
+    let delivered: Vec<(usize, usize)> = parts.iter().map(|p| (p.as_ptr() as usize, p.len())).collect();
+    let mut decoded = decode_split(&head, parts).unwrap();
+    let adopted = buffers(&mut decoded);
+    assert_eq!(adopted.len(), delivered.len());
+    for (i, (a, d)) in adopted.iter().zip(&delivered).enumerate() {
+        assert_eq!(a.1, d.1, "buffer {i}");
+        if d.1 > 0 {
+            assert_eq!(a.0, d.0, "buffer {i} was copied, not adopted");
+        }
+    }
+}
+
+#[test]
+fn part_counts_that_do_not_match_the_head_are_peer_errors() {
+    let split = encode_split(handover()).unwrap();
+    let (head, parts) = received(&split);
+    let mut fewer = parts.clone();
+    fewer.pop();
+    let mut more = parts.clone();
+    more.push(vec![1, 2, 3]);
+    for (what, parts) in [("one part short", fewer), ("one part too many", more), ("no parts", Vec::new())] {
+        let err = decode_split(&head, parts).expect_err(what);
+        assert!(matches!(&err, Error::Protocol(m) if m.contains("split frame")), "{what}: {err}");
+    }
+}
+
+#[test]
+fn parts_of_the_wrong_length_are_peer_errors() {
+    let split = encode_split(handover()).unwrap();
+    let (head, parts) = received(&split);
+    // Every part that belongs to a tensor or saved tensor, one word short or long.
+    let mut caught = 0;
+    for i in 0..parts.len() {
+        for delta in [-1i32, 1] {
+            let mut lying = parts.clone();
+            if delta < 0 && lying[i].pop().is_none() {
+                continue;
+            }
+            if delta > 0 {
+                lying[i].push(7);
+            }
+            match decode_split(&head, lying) {
+                // Tensors fail `Tensor::check`, saved tensors segment validation.
+                Err(Error::Protocol(_) | Error::Archive(_)) => caught += 1,
+                Err(e) => panic!("part {i}: {e}"),
+                // Optimizer state has no shape to check against (as in `protocol::decode`).
+                Ok(_) => {}
+            }
+        }
+    }
+    let Message::Handover { handover, .. } = handover() else { unreachable!() };
+    let optimizer: usize = handover.layers.iter().flat_map(|l| &l.optimizer).map(|(_, s)| s.buffers.len()).sum();
+    let tries: usize = parts.iter().map(|p| if p.is_empty() { 1 } else { 2 }).sum();
+    assert_eq!(caught, tries - 2 * optimizer, "every wrong length but the optimizer state's is caught");
+}
+
+#[test]
+fn heads_that_are_not_split_handovers_are_peer_errors() {
+    let message = handover();
+    // An unsplit archive as a head: its buffers are not empty.
+    let whole = encode(&message).unwrap();
+    let err = decode_split(&whole, Vec::new()).unwrap_err();
+    assert!(matches!(&err, Error::Protocol(m) if m.contains("split frame")), "{err}");
+    let split = encode_split(message).unwrap();
+    let (_, parts) = received(&split);
+    let err = decode_split(&whole, parts).unwrap_err();
+    assert!(err.to_string().contains("in its head, not in a part"), "{err}");
+    let loss = encode(&Message::Loss { step: 0, micro: 0, value: 1.0 }).unwrap();
+    assert!(decode_split(&loss, Vec::new()).unwrap_err().to_string().contains("not a handover"));
+    assert!(encode_split(Message::Loss { step: 0, micro: 0, value: 1.0 }).is_err());
+    let mut cut = AlignedVec::<16>::new();
+    cut.extend_from_slice(&split.head[..split.head.len() / 2]);
+    assert!(decode_split(&cut, received(&split).1).is_err());
+}
