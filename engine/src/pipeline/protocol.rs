@@ -432,6 +432,30 @@ pub(crate) fn check_message(message: &Message) -> Result<()> {
         for segment in handover.layers.iter().flat_map(|l| &l.segments) {
             segment.validate()?;
         }
+        handover.layers.iter().try_for_each(check_optimizer_state)?;
+    }
+    Ok(())
+}
+
+/// A handed-over layer's optimizer state must match its parameters: each
+/// buffer as long as the parameter it belongs to (a sender's state that does
+/// not fit is the sender's fault, caught here rather than at the next update).
+fn check_optimizer_state(layer: &crate::pipeline::migrate::LayerState) -> Result<()> {
+    for (name, state) in &layer.optimizer {
+        let Some((_, param)) = layer.params.iter().find(|(n, _)| n == name) else {
+            return Err(Error::Protocol(format!(
+                "layer {} hands over optimizer state of `{name}`, a parameter it does not carry",
+                layer.layer
+            )));
+        };
+        if let Some(bad) = state.buffers.iter().find(|b| b.len() != param.len()) {
+            return Err(Error::Protocol(format!(
+                "layer {} hands over optimizer state of `{name}` of {} elements; the parameter has {}",
+                layer.layer,
+                bad.len(),
+                param.len()
+            )));
+        }
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ pub(crate) fn handover() -> Message {
     let odd = BORROW_MIN / 4 + 3;
     let layer = |l: u32, w: usize| LayerState {
         params: vec![(format!("layers.{l}.weight"), tensor(&[w, w + 1], l)), ("b".into(), tensor(&[odd], 9))],
-        optimizer: vec![("b".into(), OptState { step: 1, buffers: vec![values(odd, 4), values(7, 5)] })],
+        optimizer: vec![("b".into(), OptState { step: 1, buffers: vec![values(odd, 4), values(odd, 5)] })],
         grads: Some(GradsState { next: 1, sum: vec![("b".into(), tensor(&[odd], 6))], pending: Vec::new() }),
         segments: vec![segment(w, 5)],
         kept: vec![(0, 1, l, tensor(&[3, 1], 7))],
