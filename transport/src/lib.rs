@@ -10,6 +10,7 @@
 //! - [`frame`]: the wire framing (u64 LE length, then the bytes), as pure
 //!   functions on byte buffers.
 
+mod drive;
 pub mod frame;
 mod hello;
 mod node;
@@ -19,6 +20,7 @@ mod registry;
 mod tls;
 
 pub use hello::PROTOCOL_VERSION;
+pub use drive::Interrupt;
 pub use node::{Delivery, Event, Lane, NetConfig, Node, PathEstimate, PeerId};
 pub use pki::{init_cluster, ClusterCa, Identity};
 
