@@ -1,11 +1,12 @@
 //! The blocking facade: one QUIC endpoint per process, driven by a tokio
-//! runtime the node owns (one thread, see [`Driver`]), with events delivered
-//! on a crossbeam channel so that synchronous compute loops can `select!` on
-//! them.
+//! runtime the node owns (see [`Driver`]): by the thread that waits in
+//! [`Node::next_event`] while it waits, by a helper thread otherwise.
+//! Events are delivered on a crossbeam channel, so that synchronous loops
+//! can also `select!` on them.
 
+use crate::drive::{Drive, Interrupt};
 use crate::frame::{Frame, Outbound};
 use crate::registry::{code, Shared, Signals};
-use crate::drive::{Drive, Interrupt};
 use crate::{peer, tls, Error, Identity, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::net::SocketAddr;
@@ -156,9 +157,8 @@ impl Driver {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let drive = Arc::new(Drive::new(runtime));
         let driven = drive.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("baton-net-{name}"))
-            .spawn(move || driven.helper_loop())?;
+        let thread =
+            std::thread::Builder::new().name(format!("baton-net-{name}")).spawn(move || driven.helper_loop())?;
         Ok(Driver { drive, thread })
     }
 
@@ -188,7 +188,6 @@ impl Node {
     /// Binds `bind` and accepts connections in the background.
     pub fn start(bind: SocketAddr, identity: Identity, config: NetConfig) -> Result<Node> {
         let bind_err = |source| Error::Bind { addr: bind, source };
-        crate::drive::experiment::pin();
         let driver = Driver::start(identity.name()).map_err(bind_err)?;
         let runtime = driver.drive.handle();
         let socket = std::net::UdpSocket::bind(bind).map_err(bind_err)?;
