@@ -39,8 +39,9 @@ const TICK: Duration = Duration::from_millis(2);
 /// How often the helper looks while a caller drives: it cannot know when
 /// the caller lets go without being woken for it, which would cost a
 /// hand-off per wait. So the helper takes over at most this long after a
-/// caller stopped driving, and wakes about once per period (5 ms: 2.5 fewer context switches per mlp12 step
-/// than 2 ms, same CPU within noise; see the README).
+/// caller stopped driving, and wakes about once per period (5 ms: about 4
+/// fewer context switches per mlp12 step than 2 ms in 2 runs each, CPU the
+/// same within noise; see the README).
 const PERIOD: Duration = Duration::from_millis(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
