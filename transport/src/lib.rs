@@ -5,11 +5,14 @@
 //! decided by the crate that encodes the messages.
 //!
 //! - [`pki`]: the cluster's certificate authority and node identities.
-//! - [`Node`]: one QUIC endpoint per process behind a blocking facade; tokio
-//!   runs on threads the node owns, events arrive on a crossbeam channel.
+//! - [`Node`]: one QUIC endpoint per process behind a blocking facade; its
+//!   tokio runtime runs on the thread waiting for its events
+//!   ([`Node::next_event`]) or else on a helper thread the node owns; events
+//!   arrive on a crossbeam channel.
 //! - [`frame`]: the wire framing (u64 LE length, then the bytes), as pure
 //!   functions on byte buffers.
 
+mod drive;
 pub mod frame;
 mod hello;
 mod node;
@@ -19,6 +22,7 @@ pub mod pki;
 mod registry;
 mod tls;
 
+pub use drive::Interrupt;
 pub use hello::PROTOCOL_VERSION;
 pub use node::{Delivery, Event, Lane, NetConfig, Node, PathEstimate, PeerId};
 pub use pki::{init_cluster, ClusterCa, Identity};

@@ -1,12 +1,14 @@
 //! The blocking facade: one QUIC endpoint per process, driven by a tokio
-//! runtime the node owns (one thread, see [`Driver`]), with events delivered
-//! on a crossbeam channel so that synchronous compute loops can `select!` on
-//! them.
+//! runtime the node owns (see [`Driver`]): by the thread that waits in
+//! [`Node::next_event`] while it waits, by a helper thread otherwise.
+//! Events are delivered on a crossbeam channel, so that synchronous loops
+//! can also `select!` on them.
 
+use crate::drive::{Drive, Interrupt};
 use crate::frame::{Frame, Outbound};
-use crate::registry::{code, Shared};
+use crate::registry::{code, Shared, Signals};
 use crate::{peer, tls, Error, Identity, Result};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,20 +96,29 @@ pub enum Event {
 }
 
 /// A frame on its way, from [`Node::send_tracked`].
-#[derive(Debug)]
 pub struct Delivery {
     peer: PeerId,
     done: tokio::sync::oneshot::Receiver<Result<()>>,
+    drive: std::sync::Weak<Drive>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("peer", &self.peer).finish_non_exhaustive()
+    }
 }
 
 impl Delivery {
-    /// Blocks until delivery is known, with [`Node::send_wait`]'s meaning.
-    /// Must not be called from inside a tokio runtime.
+    /// Blocks until delivery is known, with [`Node::send_wait`]'s meaning,
+    /// driving the node's runtime meanwhile. Must not be called from inside
+    /// a tokio runtime.
     pub fn wait(self) -> Result<()> {
         let peer = self.peer;
-        self.done
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(Error::NotDelivered(format!("the connection to {peer} closed first"))))
+        let outcome = match self.drive.upgrade() {
+            Some(drive) => drive.block_on(self.done),
+            None => self.done.blocking_recv(),
+        };
+        outcome.unwrap_or_else(|_| Err(Error::NotDelivered(format!("the connection to {peer} closed first"))))
     }
 }
 
@@ -128,41 +139,37 @@ impl PathEstimate {
     }
 }
 
-/// The node's tokio runtime and the one thread that drives it.
+/// The node's tokio runtime and its helper thread.
 ///
 /// Invariant: every task of the node (quinn's endpoint and connection
-/// drivers, control writers and readers, bulk streams) runs on this one
-/// thread. A frame's way from the facade to the socket then wakes one
-/// thread, and quinn's tasks hand each other work without waking another:
-/// a multi-threaded runtime woke a second worker for about every hand-off
-/// (the profile in the README). Facade calls that block on a future
-/// (`connect`, drop) poll it on their own thread while this one drives I/O
-/// and timers.
+/// drivers, control writers and readers, bulk streams) runs on one thread
+/// at a time: the caller of [`Node::next_event`] while it waits, the helper
+/// thread otherwise (see [`Drive`]). A frame's way from the socket to the
+/// waiting caller then wakes no other thread, and quinn's tasks hand each
+/// other work without waking another: a multi-threaded runtime woke a
+/// second worker for about every hand-off (the profile in the README).
 struct Driver {
-    runtime: Arc<tokio::runtime::Runtime>,
-    stop: tokio::sync::oneshot::Sender<()>,
+    drive: Arc<Drive>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Driver {
     fn start(name: &str) -> std::io::Result<Driver> {
-        let runtime = Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let driven = runtime.clone();
-        let thread = std::thread::Builder::new().name(format!("baton-net-{name}")).spawn(move || {
-            // Returns on `stop` (or when the sender is dropped).
-            let _ = driven.block_on(stopped);
-        })?;
-        Ok(Driver { runtime, stop, thread })
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let drive = Arc::new(Drive::new(runtime));
+        let driven = drive.clone();
+        let thread =
+            std::thread::Builder::new().name(format!("baton-net-{name}")).spawn(move || driven.helper_loop())?;
+        Ok(Driver { drive, thread })
     }
 
-    /// Stops the driving thread; the runtime, its tasks still in it, is
-    /// the caller's to shut down.
+    /// Stops the helper thread; the runtime, its tasks still in it, is
+    /// the caller's to shut down (None while a [`Delivery`] wait drives).
     fn stop(self) -> Option<tokio::runtime::Runtime> {
-        let _ = self.stop.send(());
-        // The thread only runs `block_on`; a panic there is already reported.
+        self.drive.stop();
+        // The thread only runs `helper_loop`; a panic there is already reported.
         let _ = self.thread.join();
-        Arc::try_unwrap(self.runtime).ok()
+        self.drive.into_runtime()
     }
 }
 
@@ -183,7 +190,7 @@ impl Node {
     pub fn start(bind: SocketAddr, identity: Identity, config: NetConfig) -> Result<Node> {
         let bind_err = |source| Error::Bind { addr: bind, source };
         let driver = Driver::start(identity.name()).map_err(bind_err)?;
-        let runtime = &driver.runtime;
+        let runtime = driver.drive.handle();
         let socket = std::net::UdpSocket::bind(bind).map_err(bind_err)?;
         size_buffers(&socket, config.socket_buffer);
         let server = tls::server_config(&identity, &config)?;
@@ -196,7 +203,8 @@ impl Node {
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
         let (tx, events) = crossbeam_channel::unbounded();
         let name = identity.name().to_string();
-        let shared = Arc::new(Shared::new(name, config, client, runtime.handle().clone(), tx));
+        let signals = Signals { ready: driver.drive.ready.clone(), queued: driver.drive.queued.clone() };
+        let shared = Arc::new(Shared::new(name, config, client, runtime.clone(), tx, signals));
         runtime.spawn(peer::accept_loop(shared.clone(), endpoint.clone()));
         Ok(Node { shared, events, endpoint, local_addr, driver: Some(driver) })
     }
@@ -211,8 +219,8 @@ impl Node {
         &self.shared.name
     }
 
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        &self.driver.as_ref().expect("runtime lives until drop").runtime
+    fn drive(&self) -> &Arc<Drive> {
+        &self.driver.as_ref().expect("runtime lives until drop").drive
     }
 
     /// Connects to the node at `addr` and returns its id and name.
@@ -229,7 +237,7 @@ impl Node {
         }
         let after = self.shared.config.connect_timeout;
         let dial = peer::dial(&self.shared, &self.endpoint, addr);
-        self.runtime()
+        self.drive()
             .block_on(async { tokio::time::timeout(after, dial).await })
             .map_err(|_| Error::Timeout { addr, after })?
     }
@@ -258,7 +266,7 @@ impl Node {
     pub fn send_tracked(&self, peer: PeerId, lane: Lane, bytes: impl Into<Outbound>) -> Result<Delivery> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.shared.send(peer, lane, bytes.into(), Some(tx))?;
-        Ok(Delivery { peer, done: rx })
+        Ok(Delivery { peer, done: rx, drive: Arc::downgrade(self.drive()) })
     }
 
     /// What QUIC currently measures on the path to `peer`: the smoothed
@@ -270,9 +278,35 @@ impl Node {
         Some(PathEstimate { rtt: stats.path.rtt, cwnd: stats.path.cwnd })
     }
 
-    /// Every event of every peer.
+    /// Every event of every peer. Reading only this channel, a caller gets
+    /// events from the helper thread (one hand-off each); see
+    /// [`Node::next_event`] for the cheaper way.
     pub fn events(&self) -> &Receiver<Event> {
         &self.events
+    }
+
+    /// The next event of [`Node::events`], waiting at most `timeout`, with
+    /// this thread driving the node meanwhile: a frame that arrives is read
+    /// and decoded here, without waking another thread, and frames queued
+    /// before go out from here. [`Interrupt::interrupt`] ends the wait
+    /// early (read as `Timeout`). Once a thread called this, the node's
+    /// helper thread drives only while no thread did for about 2 ms, so a
+    /// caller that computes between waits should call [`Node::flush`]
+    /// after sending and before computing.
+    pub fn next_event(&self, timeout: Duration) -> std::result::Result<Event, RecvTimeoutError> {
+        self.drive().wait_event(&self.events, timeout)
+    }
+
+    /// Sends the frames queued since the node last ran, from this thread,
+    /// unless another thread drives the node (then it sends them). Cheap
+    /// when nothing was queued.
+    pub fn flush(&self) {
+        self.drive().flush();
+    }
+
+    /// A handle other threads use to end a [`Node::next_event`] early.
+    pub fn interrupter(&self) -> Interrupt {
+        Interrupt(Arc::downgrade(self.drive()))
     }
 
     /// Closes the connection to `peer`; both sides get `Disconnected` with
@@ -322,7 +356,7 @@ impl Drop for Node {
         }
         self.endpoint.close(code::NORMAL, reason.as_bytes());
         let endpoint = self.endpoint.clone();
-        driver.runtime.block_on(async {
+        driver.drive.block_on(async {
             // Bounded: lets the close packets go out, never hangs shutdown.
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         });

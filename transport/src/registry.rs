@@ -99,6 +99,13 @@ pub(crate) struct PeerEntry {
     pub we_dialed: bool,
 }
 
+/// How tasks and the facade tell the node's [`crate::drive::Drive`] what
+/// happened: an event was emitted (`ready`), a frame was queued (`queued`).
+pub(crate) struct Signals {
+    pub ready: Arc<tokio::sync::Notify>,
+    pub queued: Arc<AtomicBool>,
+}
+
 /// State shared by the facade and every task of a node.
 pub(crate) struct Shared {
     pub name: String,
@@ -106,6 +113,7 @@ pub(crate) struct Shared {
     pub client_config: quinn::ClientConfig,
     pub runtime: tokio::runtime::Handle,
     events: Sender<Event>,
+    signals: Signals,
     peers: Mutex<HashMap<PeerId, PeerEntry>>,
     next_id: AtomicU64,
     /// Woken whenever a connection enters the table.
@@ -127,6 +135,7 @@ impl Shared {
         client_config: quinn::ClientConfig,
         runtime: tokio::runtime::Handle,
         events: Sender<Event>,
+        signals: Signals,
     ) -> Self {
         Shared {
             name,
@@ -134,6 +143,7 @@ impl Shared {
             client_config,
             runtime,
             events,
+            signals,
             peers: Mutex::default(),
             next_id: AtomicU64::new(1),
             registered: tokio::sync::Notify::new(),
@@ -147,6 +157,7 @@ impl Shared {
     pub fn emit(&self, event: Event) {
         // The receiver lives in the Node; it is gone only while dropping.
         let _ = self.events.send(event);
+        self.signals.ready.notify_one();
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, PeerEntry>> {
@@ -267,6 +278,7 @@ impl Shared {
             return Err(Error::FrameTooLarge { size: bytes.len() as u64, max: max as u64 });
         }
         let entry = self.peer(id)?;
+        self.signals.queued.store(true, Ordering::Release);
         match lane {
             Lane::Control => entry
                 .control

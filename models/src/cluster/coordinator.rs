@@ -90,7 +90,8 @@ pub fn run_coordinator(node: &Node, plan: JobPlan, mut options: CoordinatorOptio
         let now = start.elapsed();
         let deadline = coordinator.poll_timeout().map_or(Duration::from_secs(1), |t| t.saturating_sub(now));
         let children = if options.children.is_empty() { Duration::from_secs(1) } else { CHILD_CHECK };
-        let event = node.events().recv_timeout(deadline.min(children));
+        // This thread drives the node while it waits (no hand-off per frame).
+        let event = node.next_event(deadline.min(children));
         // Before the event: a Ctrl-C that also reached the workers must
         // read as a stop, not as a lost worker.
         if let Some(signal) = super::lifetime::stop_signal() {

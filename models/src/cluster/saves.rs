@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use baton_engine::pipeline::checkpoint::{SavedPart, Snapshot};
+use baton_transport::Interrupt;
 use crossbeam_channel::{Receiver, Sender};
 
 /// What a finished write reports: the checkpoint's step and its part (or why not).
@@ -16,17 +17,20 @@ pub struct Saves {
     rx: Receiver<SaveReport>,
     /// Writes started and not yet reported.
     pending: usize,
+    /// Ends the worker loop's wait on its node when a write reports.
+    interrupt: Interrupt,
 }
 
 impl Saves {
-    pub fn new() -> Saves {
+    pub fn new(interrupt: Interrupt) -> Saves {
         let (tx, rx) = crossbeam_channel::unbounded();
-        Saves { tx, rx, pending: 0 }
+        Saves { tx, rx, pending: 0, interrupt }
     }
 
     /// Writes `snapshot` into `dir` on a thread.
     pub fn start(&mut self, dir: String, spec: String, optimizer: String, snapshot: Snapshot) {
         let tx = self.tx.clone();
+        let interrupt = self.interrupt.clone();
         self.pending += 1;
         std::thread::spawn(move || {
             let result = crate::checkpoint::write_part(Path::new(&dir), &spec, &optimizer, &snapshot);
@@ -34,6 +38,7 @@ impl Saves {
                 tracing::error!(step = snapshot.step, error = %e, "writing a checkpoint part failed");
             }
             tx.send((snapshot.step, result.map_err(|e| e.to_string()))).ok();
+            interrupt.interrupt();
         });
     }
 

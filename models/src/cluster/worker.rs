@@ -9,8 +9,8 @@ use baton_engine::pipeline::protocol::{Message, Span, PROTOCOL_VERSION};
 use baton_engine::pipeline::worker::{Dest, Out, Worker};
 use baton_engine::pipeline::Work;
 use baton_engine::{device, Backend, Device};
-use baton_transport::{Event, Lane, Node, PeerId};
-use crossbeam_channel::Receiver;
+use baton_transport::{Event, Interrupt, Lane, Node, PeerId};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::budget::ShipBudget;
 use super::fault::{Crash, FAULT_ENV};
@@ -81,10 +81,13 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> Result<()> {
         ready_sent: false,
         clock: Instant::now(),
         budget: None,
-        saves: super::saves::Saves::new(),
+        saves: super::saves::Saves::new(node.interrupter()),
     };
     let mut worker = Worker::new(options.id, crate::spec::factory_on(backend, options.layers));
-    let notices = options.notices.unwrap_or_else(crossbeam_channel::never);
+    let notices = match options.notices {
+        Some(notices) => forward(notices, node.interrupter())?,
+        None => crossbeam_channel::never(),
+    };
     let result = serve(node, &mut worker, &mut links, &notices).map(|()| {
         // A retired worker's layers are safe elsewhere: it just goes.
         if !worker.retired() {
@@ -98,10 +101,18 @@ pub fn run_worker(node: &Node, options: WorkerOptions) -> Result<()> {
     result
 }
 
+/// The worker's loop: handles notices, finished saves, deadlines and
+/// ready work, and otherwise waits for the next event with this thread
+/// driving the node ([`Node::next_event`]: a frame is read here, without
+/// a hand-off from another thread). Notices and saves interrupt that wait.
 fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver<u64>) -> Result<()> {
     loop {
         if let Ok(grace_ms) = notices.try_recv() {
             on_notice(node, worker, links, grace_ms)?;
+        }
+        if let Ok((step, result)) = links.saves.done().try_recv() {
+            links.saves.finished();
+            send(node, links.coordinator, &worker.saved(step, result))?;
         }
         let now = links.clock.elapsed();
         if worker.poll_timeout().is_some_and(|t| t <= now) {
@@ -109,6 +120,8 @@ fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver
             execute(node, worker, links, outs)?;
         }
         if let Some(work) = worker.ready() {
+            // What the last actions sent leaves before this one computes.
+            node.flush();
             let start = links.clock.elapsed();
             let outs = worker.run_next()?;
             record(worker, work, start, links.clock.elapsed());
@@ -118,30 +131,37 @@ fn serve(node: &Node, worker: &mut Worker, links: &mut Links, notices: &Receiver
             count(links, work, worker.current_step().unwrap_or(0));
             continue;
         }
-        let saved = links.saves.done().clone();
-        let event = crossbeam_channel::select! {
-            recv(node.events()) -> event => event.map_err(|_| Error::Job("the transport stopped".into()))?,
-            recv(saved) -> report => {
-                if let Ok((step, result)) = report {
-                    links.saves.finished();
-                    send(node, links.coordinator, &worker.saved(step, result))?;
-                }
-                continue;
-            }
-            recv(notices) -> grace => {
-                if let Ok(grace_ms) = grace {
-                    on_notice(node, worker, links, grace_ms)?;
-                }
-                continue;
-            }
-            // Sleeps until the next event or the state machine's deadline
-            // (the next heartbeat); at most a second before it is assigned.
-            default(until(worker.poll_timeout(), links.clock.elapsed())) => continue,
+        // Sleeps until the next event or the state machine's deadline (the
+        // next heartbeat); at most a second before it is assigned.
+        let event = match node.next_event(until(worker.poll_timeout(), links.clock.elapsed())) {
+            Ok(event) => event,
+            // A deadline, a notice or a finished save: the loop's top handles it.
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Err(Error::Job("the transport stopped".into())),
         };
         if on_event(node, worker, links, event)? {
             return Ok(());
         }
     }
+}
+
+/// Forwards what arrives on `from` and interrupts the node's wait for each
+/// item, so the loop waiting in [`Node::next_event`] hears it at once. The
+/// thread ends when either channel closes (noticed at the next item).
+fn forward<T: Send + 'static>(from: Receiver<T>, interrupt: Interrupt) -> Result<Receiver<T>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("baton-notices".into())
+        .spawn(move || {
+            for item in from {
+                if tx.send(item).is_err() {
+                    return;
+                }
+                interrupt.interrupt();
+            }
+        })
+        .what("starting the notice forwarder")?;
+    Ok(rx)
 }
 
 /// How long to wait for an event before the deadline `next` (time since the clock started).
@@ -162,7 +182,7 @@ fn on_notice(node: &Node, worker: &mut Worker, links: &mut Links, grace_ms: u64)
 fn linger(node: &Node, links: &Links) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match node.events().recv_timeout(left) {
+        match node.next_event(left) {
             Ok(Event::Disconnected { peer, .. }) if peer == links.coordinator => return,
             Ok(_) => {}
             Err(_) => return,
