@@ -40,7 +40,7 @@ impl GradAccumulator {
         acc.pending.insert(micro, grads);
         while let Some(ready) = acc.pending.remove(&acc.next) {
             for (name, grad) in ready {
-                acc.sum.accumulate(&name, grad.view())?;
+                acc.sum.accumulate_owned(&name, grad)?;
             }
             acc.next += 1;
         }

@@ -100,6 +100,18 @@ impl ParamStore {
         crate::device::add_into(slot, grad)
     }
 
+    /// [`ParamStore::accumulate`] of an owned gradient: the same bits, but
+    /// a first host contribution becomes the sum itself (`g + 0`, computed
+    /// in place, is `0 + g` bit for bit), with no zeroed buffer and no copy.
+    pub fn accumulate_owned(&mut self, name: &str, mut grad: Tensor) -> Result<()> {
+        if self.tensors.contains_key(name) || grad.device_buf().is_some() {
+            return self.accumulate(name, grad.view());
+        }
+        baton_kernels::elementwise::plus_zero(grad.values_mut()?);
+        self.tensors.insert(name.to_string(), grad);
+        Ok(())
+    }
+
     /// Every tensor where `backend` computes: uploaded once (counted) to its
     /// device if it has one, so no op stages a parameter per call.
     pub fn adopted_by(self, backend: &crate::Backend) -> Result<ParamStore> {

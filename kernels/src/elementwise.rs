@@ -106,6 +106,37 @@ pub fn add_assign(dst: &mut [f32], src: &[f32]) {
     });
 }
 
+/// `x[i] = x[i] + 0.0`: the bits of `0.0 + x[i]` (IEEE addition is
+/// commutative), so a sum that starts from zeros can start from its first
+/// term instead. The addition changes only `-0.0` (to `+0.0`) and
+/// signalling NaNs (quietened); every other value stays as it is, so each
+/// block of [`PLUS_ZERO_BLOCK`] elements is only read unless it holds one
+/// of those, and then the whole block gets the addition.
+pub fn plus_zero(x: &mut [f32]) {
+    par_chunks_mut(x, |_, x| {
+        for blk in x.chunks_mut(PLUS_ZERO_BLOCK) {
+            // A fold, not `any`: no early exit, so it vectorises.
+            if blk.iter().fold(false, |acc, &v| acc | changed_by_plus_zero(v)) {
+                for v in blk.iter_mut() {
+                    *v += 0.0;
+                }
+            }
+        }
+    });
+}
+
+/// Elements per block of [`plus_zero`]'s read-only scan.
+const PLUS_ZERO_BLOCK: usize = 1024;
+
+/// Whether `v + 0.0` has other bits than `v`: `-0.0`, or a signalling NaN
+/// (exponent all ones, quiet bit clear, mantissa not zero).
+#[inline(always)]
+fn changed_by_plus_zero(v: f32) -> bool {
+    let b = v.to_bits();
+    let snan = (b & 0x7fff_ffff) > 0x7f80_0000 && b & 0x0040_0000 == 0;
+    b == 0x8000_0000 || snan
+}
+
 /// `x *= s`.
 pub fn scale(x: &mut [f32], s: f32) {
     par_chunks_mut(x, |_, x| {

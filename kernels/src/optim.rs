@@ -5,6 +5,7 @@
 //! `f32` once, as PyTorch does when it passes them to an `f32` kernel.
 
 use crate::threads::par_chunks_mut;
+use crate::Isa;
 
 mod into;
 pub use into::{adam_step_into, adamw_step_into, sgd_step_into};
@@ -168,6 +169,7 @@ fn adam_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], st
     assert_eq!(m.len(), param.len(), "adam_step: m.len() != param.len()");
     assert_eq!(v.len(), param.len(), "adam_step: v.len() != param.len()");
     let (mp, vp) = (SyncPtr(m.as_mut_ptr()), SyncPtr(v.as_mut_ptr()));
+    let isa = crate::isa::current();
     par_chunks_mut(param, |off, p| {
         let n = p.len();
         // SAFETY: `m` and `v` have `param.len()` elements (asserted above),
@@ -177,15 +179,93 @@ fn adam_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], st
         let (m, v) = unsafe {
             (std::slice::from_raw_parts_mut(mp.get().add(off), n), std::slice::from_raw_parts_mut(vp.get().add(off), n))
         };
-        adam_chunk(p, m, v, &grad[off..off + n], &s);
+        adam_chunk(p, m, v, &grad[off..off + n], &s, isa);
     });
 }
 
-/// The loop of [`adam_update`] over one chunk.
+/// The loop of [`adam_update`] over one chunk: [`AdamScalars::update`] on
+/// every element, with its three per-step choices (decoupled decay, L2
+/// term, lerp branch) taken once per chunk instead of per element, so the
+/// loop is branch-free and vectorises. Each element still gets exactly the
+/// operations `update` gives it, in its order.
+///
+/// `isa` picks the vector width only (AVX-512, AVX2, else the build's
+/// baseline): every element's operations are the same on each, so the bits
+/// are too.
 #[inline(always)]
-fn adam_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], s: &AdamScalars) {
+fn adam_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], s: &AdamScalars, isa: Isa) {
+    match isa {
+        // SAFETY: `isa` comes from `isa::current()`, which only returns
+        // paths the CPU has (`Isa::check`), so the features are present.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { adam_chunk_avx512(p, m, v, grad, s) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { adam_chunk_avx2(p, m, v, grad, s) },
+        _ => adam_chunk_any(p, m, v, grad, s),
+    }
+}
+
+/// [`adam_chunk_any`] compiled for AVX-512F (16-lane vectors).
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn adam_chunk_avx512(p: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], s: &AdamScalars) {
+    adam_chunk_any(p, m, v, grad, s)
+}
+
+/// [`adam_chunk_any`] compiled for AVX2 (8-lane vectors; no FMA: Rust never
+/// contracts a multiply and an add).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn adam_chunk_avx2(p: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], s: &AdamScalars) {
+    adam_chunk_any(p, m, v, grad, s)
+}
+
+/// [`adam_chunk`] for whatever the compiler targets.
+#[inline(always)]
+fn adam_chunk_any(p: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], s: &AdamScalars) {
+    match (s.keep != 1.0, s.wd != 0.0) {
+        (false, false) => adam_lerp::<false, false>(p, m, v, grad, s),
+        (true, false) => adam_lerp::<true, false>(p, m, v, grad, s),
+        (false, true) => adam_lerp::<false, true>(p, m, v, grad, s),
+        (true, true) => adam_lerp::<true, true>(p, m, v, grad, s),
+    }
+}
+
+/// [`adam_chunk`] with the decay choices fixed; picks the lerp branch.
+#[inline(always)]
+fn adam_lerp<const KEEP: bool, const WD: bool>(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    s: &AdamScalars,
+) {
+    if s.w1 < 0.5 {
+        adam_loop::<KEEP, WD, true>(p, m, v, g, s);
+    } else {
+        adam_loop::<KEEP, WD, false>(p, m, v, g, s);
+    }
+}
+
+/// The element loop with every choice fixed: `KEEP` is `s.keep != 1`,
+/// `WD` is `s.wd != 0`, `LOW` is `s.w1 < 0.5` (the caller checks them).
+#[inline(always)]
+fn adam_loop<const KEEP: bool, const WD: bool, const LOW: bool>(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grad: &[f32],
+    s: &AdamScalars,
+) {
     for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(grad) {
-        s.update(p, m, v, g);
+        s.update_fixed::<KEEP, WD, LOW>(p, m, v, g);
     }
 }
 
@@ -231,15 +311,25 @@ impl AdamScalars {
         Self { keep, wd: 0.0, ..Self::new(cfg, step) }
     }
 
+    /// One element's update: `p *= keep` (when `KEEP`, i.e. `keep != 1`),
+    /// the L2 term (when `WD`, i.e. `wd != 0`), torch's lerp for `m` (its
+    /// first form when `LOW`, i.e. `w1 < 0.5`), then `v`, `denom` and `p`.
+    /// The caller derives the flags from `self`.
     #[inline(always)]
-    fn update(&self, p: &mut f32, m: &mut f32, v: &mut f32, g: f32) {
-        if self.keep != 1.0 {
+    fn update_fixed<const KEEP: bool, const WD: bool, const LOW: bool>(
+        &self,
+        p: &mut f32,
+        m: &mut f32,
+        v: &mut f32,
+        g: f32,
+    ) {
+        if KEEP {
             *p *= self.keep;
         }
-        let g = decay(g, *p, self.wd);
+        let g = if WD { g + self.wd * *p } else { g };
         // torch's lerp: start + w·(end − start) for w < 0.5, else
         // end − (end − start)·(1 − w).
-        *m = if self.w1 < 0.5 { *m + self.w1 * (g - *m) } else { g - (g - *m) * (1.0 - self.w1) };
+        *m = if LOW { *m + self.w1 * (g - *m) } else { g - (g - *m) * (1.0 - self.w1) };
         *v = *v * self.beta2 + self.w2 * g * g;
         let denom = v.sqrt() / self.bc2_sqrt + self.eps;
         *p += self.neg_step_size * *m / denom;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use baton_kernels::elementwise::{add, add_assign, add_bias_rows, scale, sum_rows, zeros};
+use baton_kernels::elementwise::{add, add_assign, add_bias_rows, plus_zero, scale, sum_rows, zeros};
 use baton_kernels::threads;
 use common::{bits, Rng};
 
@@ -89,5 +89,29 @@ fn zeros_are_zeros_at_every_size_and_thread_count() {
             assert_eq!(z.len(), len);
             assert!(z.iter().all(|v| v.to_bits() == 0), "{len} at {t} threads");
         }
+    }
+}
+
+#[test]
+fn plus_zero_is_adding_onto_zeros() {
+    // The accumulator's first term: `0 + g` computed as `g + 0` in place,
+    // bit for bit, on signed zeros, NaNs, infinities, subnormals and random
+    // values, above the parallel threshold (ragged against the chunk).
+    let snan = f32::from_bits(0x7f80_0001);
+    let special = [0.0, -0.0, f32::NAN, -f32::NAN, snan, -snan, f32::INFINITY, f32::NEG_INFINITY, 1e-45, -1e-45];
+    let mut rng = Rng::new(7);
+    let mut x = rng.vec((1 << 16) + 7, -2.0, 2.0);
+    for (i, &v) in special.iter().enumerate() {
+        x[i * 1000] = v;
+    }
+    for t in [1, 2] {
+        threads::set_num_threads(t).expect("thread count");
+        let mut onto_zeros = vec![0.0f32; x.len()];
+        add_assign(&mut onto_zeros, &x);
+        let mut in_place = x.clone();
+        plus_zero(&mut in_place);
+        assert_eq!(bits(&in_place), bits(&onto_zeros), "{t} threads");
+        assert_eq!(in_place[1000].to_bits(), 0, "-0 becomes +0");
+        assert_eq!(in_place[20_000].to_bits(), x[20_000].to_bits(), "a block without specials keeps its bits");
     }
 }

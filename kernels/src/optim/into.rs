@@ -72,6 +72,7 @@ fn adam_update_into(from: [&[f32]; 3], grad: &[f32], to: [&mut [f32]; 3], step: 
     assert!(to.iter().all(|b| b.len() == n), "adam_step_into: an output differs in length from param");
     let [to_p, to_m, to_v] = to;
     let (mp, vp) = (SyncPtr(to_m.as_mut_ptr()), SyncPtr(to_v.as_mut_ptr()));
+    let isa = crate::isa::current();
     par_chunks_mut(to_p, |off, p| {
         let k = p.len();
         // SAFETY: `to_m` and `to_v` have `n` elements (asserted above),
@@ -84,6 +85,6 @@ fn adam_update_into(from: [&[f32]; 3], grad: &[f32], to: [&mut [f32]; 3], step: 
         p.copy_from_slice(&from[0][off..off + k]);
         m.copy_from_slice(&from[1][off..off + k]);
         v.copy_from_slice(&from[2][off..off + k]);
-        adam_chunk(p, m, v, &grad[off..off + k], &s);
+        adam_chunk(p, m, v, &grad[off..off + k], &s, isa);
     });
 }
