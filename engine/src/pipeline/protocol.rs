@@ -14,7 +14,7 @@ use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
 
 /// Bumped whenever [`Message`] changes shape; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// A worker's place in one generation.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
