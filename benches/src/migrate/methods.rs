@@ -195,8 +195,8 @@ pub fn raw_tcp(links: &mut Links, payload: &[u8]) -> anyhow::Result<Run> {
 }
 
 /// The frame of one handover message, made as the cluster's worker makes
-/// it: one part per layer ([`Handover::into_parts`]), each archived by
-/// [`baton_models::cluster::frame_owned`] (tensor buffers borrowed, not
+/// it: one part per layer ([`Handover::into_parts`]), each split by
+/// [`baton_models::cluster::frame_owned`] (element buffers borrowed, not
 /// copied) and queued while the ones before it travel. Marks the end of
 /// the encoding; returns the bytes and the parts.
 fn ship(links: &Links, handover: Handover, marks: &mut Vec<(&'static str, Instant)>) -> anyhow::Result<(u64, usize)> {

@@ -1,6 +1,57 @@
 use super::*;
+use crate::optim::OptState;
+use crate::pipeline::migrate::Handover;
+use crate::pipeline::migrate::{GradsState, LayerState};
 use crate::pipeline::protocol::{decode, encode};
-use crate::pipeline::wire::tests::handover;
+use crate::{Activation, ParamStore, Recorder, SegmentKey, Targets, Tensor};
+
+/// Deterministic values that are not all alike (so a misplaced byte shows).
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 * 1e-9 - 1.5).collect()
+}
+
+fn tensor(shape: &[usize], seed: u32) -> Tensor {
+    Tensor::new(shape.to_vec(), values(shape.iter().product(), seed)).unwrap()
+}
+
+/// One recorded segment of a linear + tanh layer of width `w` on `rows` rows.
+fn segment(w: usize, rows: usize) -> crate::Segment {
+    let mut params = ParamStore::new();
+    params.insert("layers.0.weight", tensor(&[w, w], 1));
+    params.insert("layers.0.bias", tensor(&[w], 2));
+    let key = SegmentKey { step: 0, micro: 1, layer: 0 };
+    let mut rec = Recorder::new(key, "layers.0.".into(), &params, tensor(&[rows, w], 3));
+    let (wt, b) = (rec.param("weight").unwrap(), rec.param("bias").unwrap());
+    let input = rec.input();
+    let y = rec.linear(input, wt, Some(b)).unwrap();
+    let out = rec.activation(y, Activation::Tanh).unwrap();
+    rec.finish(out).unwrap().0
+}
+
+/// A handover with ragged sizes: tensors of 3 to about 20 000 elements, odd
+/// element counts, token ids, and a bf16 segment.
+fn handover() -> Message {
+    let odd = 4099;
+    let layer = |l: u32, w: usize| LayerState {
+        params: vec![(format!("layers.{l}.weight"), tensor(&[w, w + 1], l)), ("b".into(), tensor(&[odd], 9))],
+        optimizer: vec![("b".into(), OptState { step: 1, buffers: vec![values(odd, 4), values(odd, 5)] })],
+        grads: Some(GradsState { next: 1, sum: vec![("b".into(), tensor(&[odd], 6))], pending: Vec::new() }),
+        segments: vec![segment(w, 5)],
+        kept: vec![(0, 1, l, tensor(&[3, 1], 7))],
+        ..LayerState::at_step_start(l, Vec::new(), Vec::new())
+    };
+    let mut bf16 = layer(2, 67);
+    bf16.segments.iter_mut().for_each(crate::Segment::compact_bf16);
+    let handover = Handover {
+        step: Some((0, vec![5, 5])),
+        layers: vec![layer(0, 129), layer(1, 3), bf16],
+        activations: vec![(0, 1, 0, tensor(&[5, 4099], 8))],
+        targets: vec![(0, 1, Targets::Classes(Tensor::from_ids(vec![5000], (0..5000).collect()).unwrap()))],
+        parts: 1,
+        ..Handover::default()
+    };
+    Message::Handover { generation: 2, handover }
+}
 
 /// The parts as the receiving transport delivers them: each its own word buffer.
 fn received(split: &Split) -> (AlignedVec, Vec<Vec<u32>>) {

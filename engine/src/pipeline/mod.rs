@@ -16,7 +16,6 @@ mod rollback;
 pub mod schedule;
 pub mod sim;
 pub mod stage;
-pub mod wire;
 pub mod worker;
 
 pub use partition::{Layout, Partition};

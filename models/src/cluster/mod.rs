@@ -63,19 +63,16 @@ pub fn frame_of(message: &Message) -> Result<bytes::Bytes> {
     Ok(bytes::Bytes::from_owner(protocol::encode_in(message, buffer)?))
 }
 
-/// One owned message as a transport frame whose large tensor buffers go to
-/// QUIC without being copied ([`baton_engine::pipeline::wire`]): the
-/// message itself owns them until the last chunk is sent. A handover goes
-/// as a split frame ([`baton_engine::pipeline::adopt`]): its element
-/// buffers are the frame's parts, which the receiver adopts without a copy
-/// ([`decode_frame`]).
+/// One owned message as a transport frame. A handover goes as a split
+/// frame ([`baton_engine::pipeline::adopt`]): its element buffers are the
+/// frame's parts, sent without a copy and adopted by the receiver without
+/// one ([`decode_frame`]); any other message is archived as [`frame_of`] does.
 pub fn frame_owned(message: Message) -> Result<Outbound> {
     if let Message::Handover { .. } = message {
         let split = baton_engine::pipeline::adopt::encode_split(message)?;
         return Ok(Outbound::split(vec![bytes::Bytes::from_owner(split.head)], split.parts)?);
     }
-    let chunks = baton_engine::pipeline::wire::encode_chunks(message)?;
-    Ok(Outbound::new(chunks.chunks))
+    Ok(Outbound::new(vec![frame_of(&message)?]))
 }
 
 /// Decodes a received frame: a split frame's parts become its handover's
