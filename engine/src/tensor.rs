@@ -43,17 +43,6 @@ pub struct Tensor {
     dev: Option<DevBuf>,
 }
 
-/// A host tensor's f32 buffer goes back to the kernels' pool when the
-/// tensor dies ([`baton_kernels::memory::recycle`]), for the next output of
-/// its length that a kernel writes in full (`Call::overwrites_outputs`).
-impl Drop for Tensor {
-    fn drop(&mut self) {
-        if let (None, Data::F32(v)) = (&self.dev, &mut self.data) {
-            baton_kernels::memory::recycle(std::mem::take(v));
-        }
-    }
-}
-
 fn check_len(shape: &[usize], len: usize) -> Result<()> {
     match shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) {
         Some(n) if n == len => Ok(()),
@@ -184,19 +173,18 @@ impl Tensor {
     }
 
     /// The shape and f32 values, or an error if the tensor holds token ids.
-    pub fn into_values(mut self) -> Result<(Vec<usize>, Vec<f32>)> {
+    pub fn into_values(self) -> Result<(Vec<usize>, Vec<f32>)> {
         self.host_only()?;
-        match &mut self.data {
-            Data::F32(v) => Ok((std::mem::take(&mut self.shape), std::mem::take(v))),
+        match self.data {
+            Data::F32(v) => Ok((self.shape, v)),
             Data::Ids(_) => Err(wrong_kind(&self.shape, DType::F32)),
         }
     }
 
     /// The same elements under another shape with as many elements.
-    pub fn reshaped(mut self, shape: Vec<usize>) -> Result<Tensor> {
+    pub fn reshaped(self, shape: Vec<usize>) -> Result<Tensor> {
         check_len(&shape, self.len())?;
-        let data = std::mem::replace(&mut self.data, Data::F32(Vec::new()));
-        Ok(Tensor { shape, data, dev: self.dev.take() })
+        Ok(Tensor { shape, data: self.data, dev: self.dev })
     }
 
     /// A borrowed view.
@@ -359,8 +347,8 @@ impl Tensor {
     }
 
     /// The buffer of a resident tensor, or an internal error for a host one.
-    pub(crate) fn into_device_buf(mut self) -> Result<DevBuf> {
-        self.dev.take().ok_or_else(|| Error::Internal("a host tensor where a resident one was expected".into()))
+    pub(crate) fn into_device_buf(self) -> Result<DevBuf> {
+        self.dev.ok_or_else(|| Error::Internal("a host tensor where a resident one was expected".into()))
     }
 
     /// A host copy: a download (explicit, counted) when resident, a clone

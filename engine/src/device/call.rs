@@ -122,24 +122,6 @@ impl Call {
         }
     }
 
-    /// Whether the host kernel writes every element of every output
-    /// without reading it first, so a fresh output need not be zeroed.
-    ///
-    /// Invariant (checked against each kernel): the matmul with
-    /// `accumulate == false` starts each fma chain from zero and never
-    /// loads `c` (`k == 0` fills zeros); `linear` is that matmul plus a bias
-    /// added onto the written rows; the activations, their backwards and
-    /// `mse_backward` assign every element of an output, whose length they
-    /// assert equal to the input's. Any call not listed gets zeros.
-    pub fn overwrites_outputs(&self) -> bool {
-        match self {
-            Call::Matmul { accumulate, .. } => !accumulate,
-            Call::Linear { .. } | Call::Act { .. } | Call::ActBackward { .. } => true,
-            Call::MseBackward { .. } => true,
-            _ => false,
-        }
-    }
-
     /// (inputs, outputs) this call takes.
     pub fn arity(&self) -> (usize, usize) {
         match self {
@@ -205,9 +187,6 @@ pub fn run_host(call: &Call, ins: &[HostIn<'_>], outs: &mut [&mut [f32]]) -> Res
         Call::Matmul { ta, tb, batch, m, k, n, accumulate } => {
             let (a, b) = (f(0)?, f(1)?);
             let (sa, sb, sc) = (m * k, k * n, m * n);
-            if outs[0].len() != batch * sc {
-                return Err(Error::Internal(format!("matmul: output of {} for {batch} x {m} x {n}", outs[0].len())));
-            }
             for i in 0..*batch {
                 let c = &mut outs[0][i * sc..(i + 1) * sc];
                 matmul(c, &a[i * sa..(i + 1) * sa], *ta, &b[i * sb..(i + 1) * sb], *tb, *m, *k, *n, *accumulate);

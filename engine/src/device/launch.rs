@@ -23,9 +23,7 @@ pub enum Operand<'a> {
 /// (an accumulator, a parameter, optimizer state) and overwrites.
 #[derive(Debug)]
 pub enum Out {
-    /// f32 zeros of this shape (on the host, a call that writes every
-    /// element, [`Call::overwrites_outputs`], gets a recycled buffer
-    /// instead: the kernel replaces whatever it holds).
+    /// f32 zeros of this shape.
     Zeros(Vec<usize>),
     /// This tensor's contents (moved onto the backend's device if needed).
     Init(Tensor),
@@ -96,24 +94,13 @@ fn launch_host(call: &Call, ins: &[Operand<'_>], outs: Vec<Out>) -> Result<Vec<T
     let mut shaped: Vec<(Vec<usize>, Vec<f32>)> = outs
         .into_iter()
         .map(|out| match out {
-            Out::Zeros(shape) => Ok((shape.clone(), fresh(call, shape.iter().product()))),
+            Out::Zeros(shape) => Ok((shape.clone(), baton_kernels::elementwise::zeros(shape.iter().product()))),
             Out::Init(t) => t.into_values(),
         })
         .collect::<Result<_>>()?;
     let mut slices: Vec<&mut [f32]> = shaped.iter_mut().map(|(_, v)| &mut v[..]).collect();
     run_host(call, &inputs, &mut slices)?;
     shaped.into_iter().map(|(shape, v)| Tensor::new(shape, v)).collect()
-}
-
-/// A fresh host output of `len` elements for `call`: a recycled buffer as
-/// it is when the call writes every element of its outputs (no zeroing
-/// pass), else zeros.
-fn fresh(call: &Call, len: usize) -> Vec<f32> {
-    if call.overwrites_outputs() {
-        baton_kernels::memory::reusable(len)
-    } else {
-        baton_kernels::elementwise::zeros(len)
-    }
 }
 
 fn launch_dev(mem: &Arc<dyn DeviceMem>, call: &Call, ins: &[Operand<'_>], outs: Vec<Out>) -> Result<Vec<Tensor>> {

@@ -10,13 +10,6 @@
 //! Measured), the W=1024 MLP step spent a third of its time there and ran no
 //! faster at 2 threads than at 1. Keeping freed memory for reuse removes it,
 //! and reused pages need no page faults either.
-//!
-//! [`reusable`] and [`recycle`] go one step further for kernel outputs that
-//! are written in full: a freed buffer is handed to the next output of the
-//! same length as it is, without the zeroing pass a fresh output needs.
-
-mod pool;
-pub use pool::{recycle, reusable, RECYCLE_MIN_LEN};
 
 /// Largest block glibc accepts as its `mmap` threshold (64-bit builds):
 /// blocks below it come from the heap and are reused after a free.
