@@ -10,7 +10,7 @@ use std::process::Command;
 
 use baton_kernels::isa::{self, Isa};
 use baton_kernels::{matmul, threads, Error};
-use common::{bits, data, reference, Rng, TRANS};
+use common::{bits, data, reference, Product, Rng, TRANS};
 
 /// The paths to compare: those the CPU has; prints the ones it lacks.
 fn paths() -> Vec<Isa> {
@@ -24,17 +24,9 @@ fn paths() -> Vec<Isa> {
 /// the reference, bit for bit.
 fn check_shape(rng: &mut Rng, isas: &[Isa], m: usize, k: usize, n: usize) {
     for (ta, tb) in TRANS {
-        let (a, b, c0) = (data(rng, m * k), data(rng, k * n), data(rng, m * n));
-        let fresh = bits(&reference(&a, ta, &b, tb, m, k, n, None));
-        let acc = bits(&reference(&a, ta, &b, tb, m, k, n, Some(&c0)));
+        let product = Product::random(rng, (ta, tb), m, k, n);
         for &isa in isas {
-            let what = format!("{isa} {m}x{k}x{n} {ta:?}/{tb:?}");
-            let mut c = vec![f32::NAN; m * n];
-            isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, false)).unwrap();
-            assert!(bits(&c) == fresh, "{what}: differs from the fma chain");
-            let mut c = c0.clone();
-            isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, true)).unwrap();
-            assert!(bits(&c) == acc, "{what} accumulate: differs from the fma chain");
+            product.check(isa, &format!("{isa} {m}x{k}x{n} {ta:?}/{tb:?}"));
         }
     }
 }

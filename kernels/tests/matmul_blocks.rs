@@ -16,7 +16,7 @@ mod common;
 use baton_kernels::isa::{self, Isa};
 use baton_kernels::matmul::PAR_MIN_FLOPS;
 use baton_kernels::{matmul, threads};
-use common::{bits, data, reference, Rng, TRANS};
+use common::{bits, data, reference, Product, Rng, TRANS};
 
 #[test]
 fn packed_path_blocks_give_the_fma_chain_at_any_thread_count() {
@@ -27,19 +27,11 @@ fn packed_path_blocks_give_the_fma_chain_at_any_thread_count() {
     for (m, k, n) in [(25, 1031, 97), (100, 519, 45), (13, 600, 1050)] {
         assert!(m * k * n >= PAR_MIN_FLOPS, "{m}x{k}x{n} would take the small-product path");
         for (ta, tb) in TRANS {
-            let (a, b, c0) = (data(&mut rng, m * k), data(&mut rng, k * n), data(&mut rng, m * n));
-            let fresh = bits(&reference(&a, ta, &b, tb, m, k, n, None));
-            let acc = bits(&reference(&a, ta, &b, tb, m, k, n, Some(&c0)));
+            let product = Product::random(&mut rng, (ta, tb), m, k, n);
             for t in [1, 2, 3] {
                 threads::set_num_threads(t).unwrap();
                 for isa in Isa::available() {
-                    let what = format!("{isa} {m}x{k}x{n} {ta:?}/{tb:?} at {t} threads");
-                    let mut c = vec![f32::NAN; m * n];
-                    isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, false)).unwrap();
-                    assert!(bits(&c) == fresh, "{what}: differs from the fma chain");
-                    let mut c = c0.clone();
-                    isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, true)).unwrap();
-                    assert!(bits(&c) == acc, "{what} accumulate: differs from the fma chain");
+                    product.check(isa, &format!("{isa} {m}x{k}x{n} {ta:?}/{tb:?} at {t} threads"));
                 }
             }
         }
@@ -105,19 +97,11 @@ fn thread_splits_and_exact_short_panels_give_the_fma_chain() {
     ];
     for (m, k, n) in shapes {
         for (ta, tb) in TRANS {
-            let (a, b, c0) = (data(&mut rng, m * k), data(&mut rng, k * n), data(&mut rng, m * n));
-            let fresh = bits(&reference(&a, ta, &b, tb, m, k, n, None));
-            let acc = bits(&reference(&a, ta, &b, tb, m, k, n, Some(&c0)));
+            let product = Product::random(&mut rng, (ta, tb), m, k, n);
             for t in [1, 2, 3] {
                 threads::set_num_threads(t).unwrap();
                 for isa in Isa::available() {
-                    let what = format!("{isa} {m}x{k}x{n} {ta:?}/{tb:?} at {t} threads");
-                    let mut c = vec![f32::NAN; m * n];
-                    isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, false)).unwrap();
-                    assert!(bits(&c) == fresh, "{what}: differs from the fma chain");
-                    let mut c = c0.clone();
-                    isa::with_isa(isa, || matmul(&mut c, &a, ta, &b, tb, m, k, n, true)).unwrap();
-                    assert!(bits(&c) == acc, "{what} accumulate: differs from the fma chain");
+                    product.check(isa, &format!("{isa} {m}x{k}x{n} {ta:?}/{tb:?} at {t} threads"));
                 }
             }
         }

@@ -94,3 +94,43 @@ pub fn data(rng: &mut Rng, len: usize) -> Vec<f32> {
         })
         .collect()
 }
+
+/// One random product of a shape and transpose pair, with the reference
+/// results fresh and accumulated onto `c0`, bit patterns.
+pub struct Product {
+    pub a: Vec<f32>,
+    pub ta: Trans,
+    pub b: Vec<f32>,
+    pub tb: Trans,
+    pub c0: Vec<f32>,
+    pub shape: (usize, usize, usize),
+    pub fresh: Vec<u32>,
+    pub accumulated: Vec<u32>,
+}
+
+impl Product {
+    pub fn random(rng: &mut Rng, (ta, tb): (Trans, Trans), m: usize, k: usize, n: usize) -> Self {
+        let (a, b, c0) = (data(rng, m * k), data(rng, k * n), data(rng, m * n));
+        let fresh = bits(&reference(&a, ta, &b, tb, m, k, n, None));
+        let accumulated = bits(&reference(&a, ta, &b, tb, m, k, n, Some(&c0)));
+        Product { a, ta, b, tb, c0, shape: (m, k, n), fresh, accumulated }
+    }
+
+    /// Runs `matmul` on `isa`, fresh into NaNs and accumulating onto `c0`,
+    /// and asserts both give the reference bits; `what` names the case.
+    pub fn check(&self, isa: baton_kernels::isa::Isa, what: &str) {
+        let (m, k, n) = self.shape;
+        let run = |c: &mut [f32], accumulate: bool| {
+            baton_kernels::isa::with_isa(isa, || {
+                baton_kernels::matmul(c, &self.a, self.ta, &self.b, self.tb, m, k, n, accumulate)
+            })
+            .unwrap()
+        };
+        let mut c = vec![f32::NAN; m * n];
+        run(&mut c, false);
+        assert!(bits(&c) == self.fresh, "{what}: differs from the fma chain");
+        let mut c = self.c0.clone();
+        run(&mut c, true);
+        assert!(bits(&c) == self.accumulated, "{what} accumulate: differs from the fma chain");
+    }
+}
