@@ -246,21 +246,24 @@ unsafe fn transposed_avx(dst: *mut f32, src: *const f32, ws: usize, (width, r): 
                 *row = unsafe { _mm256_loadu_ps(src.add((w0 + w) * ws + p0)) };
             }
             let lanes = (r - w0).min(8);
+            // Lane l of the mask is set (all ones) for l < lanes: the 8
+            // values of MASKS from 8 - lanes (lanes is 1..=8).
+            let mask = unsafe { _mm256_loadu_si256(MASKS.as_ptr().add(8 - lanes).cast()) };
             for (p, col) in transpose8(rows).into_iter().enumerate() {
                 let d = unsafe { dst.add((p0 + p) * r + w0) };
                 match lanes {
                     8 => unsafe { _mm256_storeu_ps(d, col) },
-                    4 => unsafe { _mm_storeu_ps(d, _mm256_castps256_ps128(col)) },
-                    _ => {
-                        let mut tmp = [0.0f32; 8];
-                        unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), col) };
-                        unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, lanes) };
-                    }
+                    // Writes d[..lanes] only: masked-off lanes are not touched.
+                    _ => unsafe { _mm256_maskstore_ps(d, mask, col) },
                 }
             }
         }
     }
 }
+
+/// Eight lanes set, then eight clear: 8 values from `8 - l` are the mask
+/// of the first `l` lanes.
+static MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// The transpose of an 8×8 block held as 8 rows.
 #[target_feature(enable = "avx")]
