@@ -103,13 +103,38 @@ unsafe fn tile_zmm<const MR: usize, const NV: usize, const UNIT: bool, const FUL
             }
         }
     }
-    let xs = if UNIT { 1 } else { a.xs };
-    let (mut ap, mut bp) = (a.ptr, b.ptr);
     // op(a) read in place transposed (its MR values of a K step contiguous,
     // the next step's `a.ps` floats on): prefetched like op(b), both lines
     // the MR values may straddle. Packed panels (`a.ps == FULL`) are read
     // start to end, which the hardware prefetches by itself.
-    let prefetch_a = UNIT && a.ps > FULL;
+    if UNIT && a.ps > FULL {
+        unsafe { k_loop::<MR, NV, UNIT, true>(&mut acc, kc, a, b) }
+    } else {
+        unsafe { k_loop::<MR, NV, UNIT, false>(&mut acc, kc, a, b) }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (v, x) in row.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(c.add(i * ldc + 16 * v), *x) };
+        }
+    }
+}
+
+/// The K loop of [`tile_zmm`]: for `p` in `0..kc` in order, `acc[i][v]`
+/// lane `l` becomes `fma(op(a)[i, p], op(b)[p, 16v + l], acc[i][v])`;
+/// op(a) is prefetched when `PA`.
+///
+/// # Safety
+/// As for [`tile_zmm`].
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn k_loop<const MR: usize, const NV: usize, const UNIT: bool, const PA: bool>(
+    acc: &mut [[__m512; NV]; MR],
+    kc: usize,
+    a: Src,
+    b: Src,
+) {
+    let xs = if UNIT { 1 } else { a.xs };
+    let (mut ap, mut bp) = (a.ptr, b.ptr);
     for _ in 0..kc {
         // A hint only: prefetching never faults, and the address is never
         // dereferenced (hence wrapping arithmetic).
@@ -117,7 +142,7 @@ unsafe fn tile_zmm<const MR: usize, const NV: usize, const UNIT: bool, const FUL
         for v in 0..NV {
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * v).cast());
         }
-        if prefetch_a {
+        if PA {
             let ahead = ap.wrapping_add(PREFETCH_K * a.ps);
             _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(MR - 1).cast());
@@ -134,11 +159,6 @@ unsafe fn tile_zmm<const MR: usize, const NV: usize, const UNIT: bool, const FUL
         }
         ap = ap.wrapping_add(a.ps);
         bp = bp.wrapping_add(b.ps);
-    }
-    for (i, row) in acc.iter().enumerate() {
-        for (v, x) in row.iter().enumerate() {
-            unsafe { _mm512_storeu_ps(c.add(i * ldc + 16 * v), *x) };
-        }
     }
 }
 
