@@ -2,8 +2,8 @@
 //! every kernel path and at 1, 2 and 3 threads, bit for bit against the
 //! literal fma chain: K split into equal blocks (on the vector paths k =
 //! 519, 600, 1031 give blocks of 260/259, 300, 344/344/343, none a multiple
-//! of 8), row panels of 12
-//! (AVX-512), 6 (AVX2) and 4 (generic) rows and column panels of 32, 16 and
+//! of 8), row panels of 6
+//! (AVX-512 and AVX2) and 4 (generic) rows and column panels of 64, 16 and
 //! 8 with partial last ones, packing groups of 8 panels cut inside
 //! (m = 100), several column blocks (n = 1050 with 300-long K blocks), few
 //! row panels (m = 13: tasks split columns too), all four transposes, with
@@ -39,7 +39,7 @@ fn packed_path_blocks_give_the_fma_chain_at_any_thread_count() {
 }
 
 /// A last row panel of every length the packed path treats differently
-/// (the AVX-512 path runs its 4-, 8- or 12-row kernel on it, the AVX2
+/// (the AVX-512 path runs its 2-, 4- or 6-row kernel on it, the AVX2
 /// path its 6-row one, rows read in place or packed), through all K
 /// blocks and at 1 and 2 threads (tasks of column groups, or with m > n of
 /// row groups times column groups; with n = 1500, more than two column
@@ -78,8 +78,8 @@ fn packed_path_short_last_row_panels_give_the_fma_chain() {
 /// column blocks, so at 1 thread that path packs op(a) whole, at 2 it
 /// repacks row panels per block), fewer column
 /// panels than threads (n = 20: rows split for either transpose); last row
-/// panels of exactly 4 and 8 rows (m = 292, 296; the AVX-512 path's 4- and
-/// 8-row kernels write C directly, a partial column panel goes through a
+/// panels of exactly 4 and 2 rows (m = 292, 296; the AVX-512 path's 4- and
+/// 2-row kernels write C directly, a partial column panel goes through a
 /// copy) on the packed and the small-product paths (m = 16, 20, 128 below
 /// `PAR_MIN_FLOPS`), with and without accumulation.
 #[test]

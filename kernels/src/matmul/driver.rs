@@ -3,12 +3,13 @@
 //! Products of at least [`PAR_MIN_FLOPS`] multiply-adds (the packed path):
 //! transposed op(a) is packed once per call into row panels of `MR` rows
 //! over all of K (`[p][i]`, zero-padded past the last row); row-major
-//! op(a) is not packed up front: a block with at least
-//! [`REPACK_MIN_PANELS`] column panels repacks each row panel's K block
-//! into a small buffer just before its tiles (it stays in L1), a narrower
-//! one reads the row panel in place; a partial last row panel is packed
-//! once (row-major op(a) is packed whole instead when a task has more
-//! than two column blocks). C is cut into one task per thread (rows or
+//! op(a) is not packed up front: its full row panels are read in place
+//! by a kernel with [`Tile::A_IN_PLACE`] (few rows, AVX-512); for other
+//! kernels a block with at least [`REPACK_MIN_PANELS`] column panels
+//! repacks each row panel's K block into a small buffer just before its
+//! tiles (it stays in L1), a narrower one reads the row panel in place
+//! (row-major op(a) is packed whole instead when a task has more than two
+//! column blocks); a partial last row panel is packed once. C is cut into one task per thread (rows or
 //! columns split, see [`super::split`]), and each task runs all of K for
 //! its tiles on one thread, so a call forks and joins once:
 //! for each block of its columns and each K block in order, it packs
@@ -47,6 +48,10 @@ pub(super) trait Tile: Copy + Send + Sync {
     const KC: usize;
     /// Floats of op(b) packed per block (`kc · nc`): about half the L2.
     const B_BLOCK: usize;
+    /// Whether full row panels of row-major op(a) are always read in place
+    /// (never repacked nor packed whole): for tiles of few rows, whose
+    /// rows `k` floats apart fit one L1 set.
+    const A_IN_PLACE: bool = false;
     /// For every `i < MR`, `j < NR`: `acc = if load { c[i*ldc + j] } else
     /// { 0.0 }`, then `acc = fma(a[i*a.xs + p*a.ps], b[j + p*b.ps], acc)` for
     /// `p` in `0..kc` in order, then `c[i*ldc + j] = acc`.
@@ -202,7 +207,7 @@ pub(super) fn run<K: Tile>(kern: K, job: &Job<'_>, c: &mut [f32]) {
     // Row-major op(a) is packed whole only when a task walks more than two
     // column blocks: repacking its row panels per block would cost more.
     let widest = tasks.iter().map(|t| t.cols).max().unwrap_or(n);
-    let in_place = job.ta == Trans::No && widest <= 2 * block_cols::<K>(kc);
+    let in_place = job.ta == Trans::No && (K::A_IN_PLACE || widest <= 2 * block_cols::<K>(kc));
     let a_len = if in_place { K::MR * k } else { m.div_ceil(K::MR) * K::MR * k };
     with_scratch(&A_SCRATCH, a_len, |ap| {
         let mut all = || {
@@ -273,7 +278,7 @@ fn block<K: Tile>(
 ) {
     let (kc, load) = (at.kc, at.pc > 0 || job.accumulate);
     let end = at.jc + at.nc;
-    let repack = ap.in_place && at.nc >= REPACK_MIN_PANELS * K::NR;
+    let repack = ap.in_place && !K::A_IN_PLACE && at.nc >= REPACK_MIN_PANELS * K::NR;
     for q in q0..q1 {
         let i = q * K::MR;
         let rows = K::MR.min(job.m - i);

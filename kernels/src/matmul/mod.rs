@@ -38,7 +38,7 @@
 //! (one task per thread: C's row panels or column panels in even shares,
 //! each through all of K), `direct` (small products, operands read in place), `pack`
 //! (zero-padded panels), and one micro-kernel per path: `generic`
-//! (`f32::mul_add`) and `x86` (AVX2+FMA 6×16; AVX-512F 12×32, with 8- and
+//! (`f32::mul_add`) and `x86` (AVX2+FMA 6×16; AVX-512F 6×64, with 2- and
 //! 4-row kernels for a short last row panel).
 
 mod direct;

@@ -53,6 +53,7 @@ pub(super) fn panels<K: Tile>(
         12 => across::<12>(dst, src, s.ps, width, kc),
         16 => across::<16>(dst, src, s.ps, width, kc),
         32 => across::<32>(dst, src, s.ps, width, kc),
+        64 => across::<64>(dst, src, s.ps, width, kc),
         _ => across_any(dst, src, s.ps, (width, r), kc),
     }
 }
@@ -113,7 +114,7 @@ mod tests {
     /// not a multiple of 8.
     fn check<K: Tile>(kern: K) {
         let src: Vec<f32> = (0..40_000).map(|i| i as f32).collect();
-        for r in [4usize, 6, 8, 12, 16, 32] {
+        for r in [4usize, 6, 8, 12, 16, 32, 64] {
             for (width, kc) in [(1, 1), (r, 8), (r - 1, 13), (3 * r + 2, 21), (2 * r, 64)] {
                 for (ws, ps) in [(1, 211), (173, 1)] {
                     let s = Strided { base: 7, ws, ps };

@@ -1,5 +1,5 @@
-//! The x86-64 micro-kernels: AVX-512F (12×32 tiles, 24 `zmm` accumulators;
-//! 8×32 and 4×32 for a last panel of up to 8 or 4 rows) and AVX2+FMA (6×16
+//! The x86-64 micro-kernels: AVX-512F (6×64 tiles, 24 `zmm` accumulators;
+//! 2×64 and 4×64 for a last panel of up to 2 or 4 rows) and AVX2+FMA (6×16
 //! tiles, 12 `ymm` accumulators), and an AVX transposing
 //! pack for both. Each lane of a vector FMA is one scalar fused
 //! multiply-add, so both kernels compute exactly the chain of
@@ -16,7 +16,12 @@ use super::driver::{Src, Tile};
 /// to hide an L2 hit, near enough to stay inside the next panel.
 const PREFETCH_K: usize = 16;
 
-/// The AVX-512F kernel; constructed only by [`Avx512::detect`].
+/// The AVX-512F kernel: 6×64 tiles (24 `zmm` accumulators; 2×64 and 4×64
+/// for a last panel of up to 2 or 4 rows), four vector loads of op(b) and
+/// six broadcasts of op(a) per K step (the `gemm` crate's shape). It reads
+/// row-major op(a) in place: its 6 rows `k` floats apart fit the ways of
+/// one L1 set (12 rows of a 12×32 tile did not, so they were repacked).
+/// Constructed only by [`Avx512::detect`].
 #[derive(Clone, Copy)]
 pub(super) struct Avx512(());
 
@@ -30,32 +35,33 @@ impl Avx512 {
 }
 
 impl Tile for Avx512 {
-    const MR: usize = 12;
-    const NR: usize = 32;
+    const MR: usize = 6;
+    const NR: usize = 64;
     const KC: usize = 512;
     // 1 MiB of packed op(b): half of a 2 MiB L2.
     const B_BLOCK: usize = 256 * 1024;
+    const A_IN_PLACE: bool = true;
     unsafe fn tile(self, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: `self` exists only if the CPU has AVX-512F (`detect`); the
         // pointer contract is the caller's (see `Tile::tile`).
         unsafe {
             if a.xs == 1 {
-                tile_x32::<12, true>(kc, a, b, c, ldc, load)
+                tile_zmm::<6, 4, true, 6>(kc, a, b, c, ldc, load)
             } else {
-                tile_x32::<12, false>(kc, a, b, c, ldc, load)
+                tile_zmm::<6, 4, false, 6>(kc, a, b, c, ldc, load)
             }
         }
     }
 
     unsafe fn tile_rows(self, rows: usize, kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY: as for `tile`; the shorter kernels read and write a subset
-        // of the full tile's elements (its first 4 or 8 rows).
+        // of the full tile's elements (its first 2 or 4 rows).
         unsafe {
             match (rows, a.xs == 1) {
-                (..=4, true) => tile_x32::<4, true>(kc, a, b, c, ldc, load),
-                (..=4, false) => tile_x32::<4, false>(kc, a, b, c, ldc, load),
-                (..=8, true) => tile_x32::<8, true>(kc, a, b, c, ldc, load),
-                (..=8, false) => tile_x32::<8, false>(kc, a, b, c, ldc, load),
+                (..=2, true) => tile_zmm::<2, 4, true, 6>(kc, a, b, c, ldc, load),
+                (..=2, false) => tile_zmm::<2, 4, false, 6>(kc, a, b, c, ldc, load),
+                (..=4, true) => tile_zmm::<4, 4, true, 6>(kc, a, b, c, ldc, load),
+                (..=4, false) => tile_zmm::<4, 4, false, 6>(kc, a, b, c, ldc, load),
                 _ => self.tile(kc, a, b, c, ldc, load),
             }
         }
@@ -63,9 +69,9 @@ impl Tile for Avx512 {
 
     fn rows_touched(self, rows: usize) -> usize {
         match rows {
-            0..=4 => 4,
-            5..=8 => 8,
-            _ => 12,
+            0..=2 => 2,
+            3..=4 => 4,
+            _ => 6,
         }
     }
 
@@ -76,48 +82,83 @@ impl Tile for Avx512 {
 
 /// # Safety
 /// The CPU has AVX-512F; operands as in [`Tile::tile`] with `MR` rows and
-/// NR = 32; when `UNIT`, `a.xs == 1` (a K step's `MR` values of op(a) are
-/// contiguous: packed, or op(a) transposed in place).
+/// NR = 16·`NV`; when `UNIT`, `a.xs == 1` (a K step's `MR` values of op(a)
+/// are contiguous: packed, or op(a) transposed in place). `FULL` is the
+/// row count of the packed panels of this kernel family (`a.ps` of a
+/// packed panel, also for its shorter kernels).
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_x32<const MR: usize, const UNIT: bool>(kc: usize, a: Src, b: Src, c: *mut f32, ldc: usize, load: bool) {
-    let xs = if UNIT { 1 } else { a.xs };
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+unsafe fn tile_zmm<const MR: usize, const NV: usize, const UNIT: bool, const FULL: usize>(
+    kc: usize,
+    a: Src,
+    b: Src,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     if load {
         for (i, row) in acc.iter_mut().enumerate() {
-            row[0] = unsafe { _mm512_loadu_ps(c.add(i * ldc)) };
-            row[1] = unsafe { _mm512_loadu_ps(c.add(i * ldc + 16)) };
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = unsafe { _mm512_loadu_ps(c.add(i * ldc + 16 * v)) };
+            }
         }
     }
-    let (mut ap, mut bp) = (a.ptr, b.ptr);
     // op(a) read in place transposed (its MR values of a K step contiguous,
     // the next step's `a.ps` floats on): prefetched like op(b), both lines
-    // the MR values may straddle. Packed panels (`a.ps` the full tile's 12
-    // rows, also for the shorter kernels) are read start to end, which the
-    // hardware prefetches by itself.
-    let prefetch_a = UNIT && a.ps > <Avx512 as Tile>::MR;
+    // the MR values may straddle. Packed panels (`a.ps == FULL`) are read
+    // start to end, which the hardware prefetches by itself.
+    if UNIT && a.ps > FULL {
+        unsafe { k_loop::<MR, NV, UNIT, true>(&mut acc, kc, a, b) }
+    } else {
+        unsafe { k_loop::<MR, NV, UNIT, false>(&mut acc, kc, a, b) }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (v, x) in row.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(c.add(i * ldc + 16 * v), *x) };
+        }
+    }
+}
+
+/// The K loop of [`tile_zmm`]: for `p` in `0..kc` in order, `acc[i][v]`
+/// lane `l` becomes `fma(op(a)[i, p], op(b)[p, 16v + l], acc[i][v])`;
+/// op(a) is prefetched when `PA`.
+///
+/// # Safety
+/// As for [`tile_zmm`].
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn k_loop<const MR: usize, const NV: usize, const UNIT: bool, const PA: bool>(
+    acc: &mut [[__m512; NV]; MR],
+    kc: usize,
+    a: Src,
+    b: Src,
+) {
+    let xs = if UNIT { 1 } else { a.xs };
+    let (mut ap, mut bp) = (a.ptr, b.ptr);
     for _ in 0..kc {
         // A hint only: prefetching never faults, and the address is never
         // dereferenced (hence wrapping arithmetic).
         let ahead = bp.wrapping_add(PREFETCH_K * b.ps);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16).cast());
-        if prefetch_a {
+        for v in 0..NV {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * v).cast());
+        }
+        if PA {
             let ahead = ap.wrapping_add(PREFETCH_K * a.ps);
             _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(MR - 1).cast());
         }
-        let (b0, b1) = unsafe { (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16))) };
+        let mut bv = [_mm512_setzero_ps(); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = unsafe { _mm512_loadu_ps(bp.add(16 * v)) };
+        }
         for (i, row) in acc.iter_mut().enumerate() {
             let ai = _mm512_set1_ps(unsafe { *ap.add(i * xs) });
-            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            for (x, &bj) in row.iter_mut().zip(&bv) {
+                *x = _mm512_fmadd_ps(ai, bj, *x);
+            }
         }
         ap = ap.wrapping_add(a.ps);
         bp = bp.wrapping_add(b.ps);
-    }
-    for (i, row) in acc.iter().enumerate() {
-        unsafe { _mm512_storeu_ps(c.add(i * ldc), row[0]) };
-        unsafe { _mm512_storeu_ps(c.add(i * ldc + 16), row[1]) };
     }
 }
 
@@ -225,21 +266,24 @@ unsafe fn transposed_avx(dst: *mut f32, src: *const f32, ws: usize, (width, r): 
                 *row = unsafe { _mm256_loadu_ps(src.add((w0 + w) * ws + p0)) };
             }
             let lanes = (r - w0).min(8);
+            // Lane l of the mask is set (all ones) for l < lanes: the 8
+            // values of MASKS from 8 - lanes (lanes is 1..=8).
+            let mask = unsafe { _mm256_loadu_si256(MASKS.as_ptr().add(8 - lanes).cast()) };
             for (p, col) in transpose8(rows).into_iter().enumerate() {
                 let d = unsafe { dst.add((p0 + p) * r + w0) };
                 match lanes {
                     8 => unsafe { _mm256_storeu_ps(d, col) },
-                    4 => unsafe { _mm_storeu_ps(d, _mm256_castps256_ps128(col)) },
-                    _ => {
-                        let mut tmp = [0.0f32; 8];
-                        unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), col) };
-                        unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, lanes) };
-                    }
+                    // Writes d[..lanes] only: masked-off lanes are not touched.
+                    _ => unsafe { _mm256_maskstore_ps(d, mask, col) },
                 }
             }
         }
     }
 }
+
+/// Eight lanes set, then eight clear: 8 values from `8 - l` are the mask
+/// of the first `l` lanes.
+static MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// The transpose of an 8×8 block held as 8 rows.
 #[target_feature(enable = "avx")]
