@@ -47,6 +47,9 @@ pub struct StepArgs {
     /// alternating row by row; the table gives medians over the rounds.
     #[arg(long, value_name = "R", default_value_t = 3)]
     rounds: usize,
+    /// Only the rows whose model name contains TEXT (as `W=1024`).
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
     /// Also write the table as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -100,10 +103,16 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
         bail!("--rounds 0: time at least one round");
     }
     let backend = Backend::open(args.device).with_context(|| format!("--device {}", args.device))?;
-    let configs = match args.device {
+    let mut configs = match args.device {
         Device::Cuda(_) => gpu_configs(args.steps),
         Device::Cpu | Device::Simulated => configs(&thread_list(&args.threads_list)?, args.steps),
     };
+    if let Some(only) = &args.only {
+        configs.retain(|c| c.name.contains(only.as_str()));
+        if configs.is_empty() {
+            bail!("--only {only}: no model name contains it");
+        }
+    }
     let (mut torch, mut note) = start_torch(args.device);
     let times = measure(&configs, &backend, args.rounds, &mut torch, &mut note)?;
     let version = torch.take().map(|t| t.version.clone());
