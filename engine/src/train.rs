@@ -237,11 +237,15 @@ impl Trainer {
         Ok(())
     }
 
-    /// One training step; returns the minibatch-mean loss.
+    /// One training step; returns the minibatch-mean loss. The step runs
+    /// on a thread of the kernels' pool ([`baton_kernels::threads::run_inside`]):
+    /// one hand-off per step instead of one per parallel kernel call.
     pub fn step(&mut self, step: u32, batch: &Batch, micro_batches: usize) -> Result<f32> {
-        let (loss, mut grads) = self.gradients(step, batch, micro_batches)?;
-        self.clip(&mut grads)?;
-        self.apply(step, &grads)?;
-        Ok(loss)
+        baton_kernels::threads::run_inside(|| {
+            let (loss, mut grads) = self.gradients(step, batch, micro_batches)?;
+            self.clip(&mut grads)?;
+            self.apply(step, &grads)?;
+            Ok(loss)
+        })
     }
 }
