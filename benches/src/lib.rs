@@ -135,7 +135,7 @@ mod tests {
     #[test]
     fn every_subcommand_accepts_its_flags() {
         for argv in [
-            &["bench", "step", "--steps", "2", "--threads-list", "1,2"][..],
+            &["bench", "step", "--steps", "2", "--threads-list", "1,2", "--rounds", "2", "--only", "W=1024"][..],
             &["bench", "transport", "--sizes", "1,16", "--json", "t.json"],
             &["bench", "pipeline", "--steps", "3", "--json", "p.json"],
             &["bench", "migrate", "--widths", "64,256", "--in-flight", "1,4", "--repeats", "2", "--json", "m.json"],

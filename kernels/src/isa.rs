@@ -151,15 +151,20 @@ pub fn current() -> Isa {
 /// previous selection (also when `f` panics). Errors, without running `f`,
 /// if the CPU lacks `isa`.
 pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> Result<R> {
+    isa.check()?;
+    Ok(scoped(isa, f))
+}
+
+/// [`with_isa`] for a path already checked (one [`current`] returned).
+pub(crate) fn scoped<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<Isa>);
     impl Drop for Restore {
         fn drop(&mut self) {
             OVERRIDE.with(|o| o.set(self.0));
         }
     }
-    isa.check()?;
     let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(isa))));
-    Ok(f())
+    f()
 }
 
 #[cfg(test)]

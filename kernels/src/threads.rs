@@ -87,6 +87,25 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool.install(f)
 }
 
+/// Runs `f` on one of the pool's threads, with the calling thread's kernel
+/// path ([`crate::isa::current`], so a [`crate::isa::with_isa`] override
+/// carries over), and returns its result. With a 1-thread pool, or when
+/// called from inside the pool, it calls `f` where it is.
+///
+/// For a sequence of kernel calls (a training step): a parallel kernel
+/// called from outside the pool hands its work to the pool and sleeps
+/// until it is done, two cross-thread wake-ups per call (the W=1024 MLP
+/// step makes over 100 such calls); called from a pool thread, it starts
+/// its parallel work where it is. Results are the same bits either way.
+pub fn run_inside<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let (pool, n) = current();
+    if n == 1 || pool.current_thread_index().is_some() {
+        return f();
+    }
+    let isa = crate::isa::current();
+    pool.install(move || crate::isa::scoped(isa, f))
+}
+
 /// Applies `f(offset, chunk)` to consecutive chunks of `out`, where `offset`
 /// is the chunk's start index in `out`. Runs in the pool, in chunks of
 /// [`PAR_CHUNK`], when `out` has at least [`PAR_MIN_ELEMS`] elements and the

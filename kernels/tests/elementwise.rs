@@ -3,6 +3,7 @@
 mod common;
 
 use baton_kernels::elementwise::{add, add_assign, add_bias_rows, plus_zero, scale, sum_rows, zeros};
+use baton_kernels::isa::{self, Isa};
 use baton_kernels::threads;
 use common::{bits, Rng};
 
@@ -104,14 +105,18 @@ fn plus_zero_is_adding_onto_zeros() {
     for (i, &v) in special.iter().enumerate() {
         x[i * 1000] = v;
     }
-    for t in [1, 2] {
+    // In the ragged tail, off any vector lane boundary.
+    let n = x.len();
+    x[n - 1] = -0.0;
+    x[n - 1030] = snan;
+    let mut onto_zeros = vec![0.0f32; x.len()];
+    add_assign(&mut onto_zeros, &x);
+    for (t, path) in [1, 2].into_iter().flat_map(|t| Isa::available().into_iter().map(move |p| (t, p))) {
         threads::set_num_threads(t).expect("thread count");
-        let mut onto_zeros = vec![0.0f32; x.len()];
-        add_assign(&mut onto_zeros, &x);
         let mut in_place = x.clone();
-        plus_zero(&mut in_place);
-        assert_eq!(bits(&in_place), bits(&onto_zeros), "{t} threads");
-        assert_eq!(in_place[1000].to_bits(), 0, "-0 becomes +0");
+        isa::with_isa(path, || plus_zero(&mut in_place)).expect("an available path");
+        assert_eq!(bits(&in_place), bits(&onto_zeros), "{t} threads, {path}");
+        assert_eq!(in_place[1000].to_bits(), 0, "-0 becomes +0 ({path})");
         assert_eq!(in_place[20_000].to_bits(), x[20_000].to_bits(), "a block without specials keeps its bits");
     }
 }

@@ -1,10 +1,13 @@
-# Times the same training steps as `baton-bench step` in PyTorch.
-# argv[1]: JSON list of jobs, each {"kind": "mlp", "input", "width", "layers"}
-# or {"kind": "gpt", "vocab", "seq", "dim", "heads", "hidden", "blocks"}, plus
-# "batch", "threads", "warmup", "steps"; argv[2] (optional): the device,
-# "cpu" or "cuda:N"; prints {"torch": version, "ms": [median ms per job]}.
-# On a GPU each timed step is bracketed by torch.cuda.synchronize(), and TF32
-# is off, so PyTorch does f32 math as baton does.
+# Times the same training steps as `baton-bench step` in PyTorch, one job at
+# a time, so the caller can alternate them with its own timings.
+# argv[1] (optional): the device, "cpu" or "cuda:N". Prints
+# {"torch": version} once, then reads one JSON job per line on stdin, each
+# {"kind": "mlp", "input", "width", "layers"} or {"kind": "gpt", "vocab",
+# "seq", "dim", "heads", "hidden", "blocks"}, plus "batch", "threads",
+# "warmup", "steps", and answers each with {"ms": median ms per step}; exits
+# at the end of stdin. On a GPU each timed step is bracketed by
+# torch.cuda.synchronize(), and TF32 is off, so PyTorch does f32 math as
+# baton does.
 import json
 import math
 import statistics
@@ -96,9 +99,11 @@ def run(job, device):
     return statistics.median(times)
 
 
-jobs = json.loads(sys.argv[1])
-device = torch.device(sys.argv[2] if len(sys.argv) > 2 else "cpu")
+device = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cpu")
 if device.type == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-print(json.dumps({"torch": torch.__version__, "ms": [run(job, device) for job in jobs]}))
+print(json.dumps({"torch": torch.__version__}), flush=True)
+for line in iter(sys.stdin.readline, ""):
+    if line.strip():
+        print(json.dumps({"ms": run(json.loads(line), device)}), flush=True)
