@@ -134,6 +134,11 @@ impl Outbound {
         self.len == 0
     }
 
+    /// Whether this is a split frame ([`Outbound::split`]).
+    pub fn is_split(&self) -> bool {
+        self.table.is_some()
+    }
+
     /// The header, then the payload chunks: what goes on the stream.
     pub fn with_header(self) -> Vec<Bytes> {
         let mut all = Vec::with_capacity(self.chunks.len() + 2);

@@ -1,8 +1,11 @@
-//! Handovers whose element buffers are adopted by the receiver, not copied.
+//! Messages between workers whose element buffers are adopted by the
+//! receiver, not copied: handovers, activations, gradients, replays and
+//! replica messages ([`splits`]).
 //!
-//! [`encode_split`] moves every host element buffer out of a handover (f32
-//! values and token ids of its tensors, optimizer state and saved tensors;
-//! bf16 saved tensors stay, they are not whole words) in the order of
+//! [`encode_split`] moves every host element buffer out of such a message
+//! (f32 values and token ids of its tensors; for a handover also optimizer
+//! state and saved tensors, bf16 saved tensors excepted since they are not
+//! whole words; for a replica seed its optimizer state) in the order of
 //! [`for_each_buffer`], and archives what is left: the *head*, every moved
 //! buffer left empty in it, every shape kept. The buffers travel as the
 //! parts of one split frame (the transport's `Outbound::split`), which the
@@ -28,7 +31,7 @@ use crate::segment::Storage;
 use crate::tensor::BufferMut;
 use crate::{Error, Result};
 
-/// A handover as a split frame: its head (an archive) and its element buffers.
+/// A message as a split frame: its head (an archive) and its element buffers.
 #[derive(Debug)]
 pub struct Split {
     pub head: AlignedVec,
@@ -43,20 +46,37 @@ enum Buffer<'a> {
     U32(&'a mut Vec<u32>),
 }
 
+/// Whether `message` travels as a split frame when it is large: the
+/// messages between workers that carry element buffers. Only these are
+/// accepted as split frames ([`decode_split`]).
+pub fn splits(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Handover { .. }
+            | Message::Activation { .. }
+            | Message::Gradient { .. }
+            | Message::Replay { .. }
+            | Message::EvalActivation { .. }
+            | Message::Replica { .. }
+            | Message::ReplicaSeed { .. }
+    )
+}
+
 /// Calls `f` on every element buffer of `message` that travels as a part,
 /// in a fixed order: the tensors (in [`super::host::visit`]'s order), then
-/// per layer its optimizer state buffers and its f32/id saved tensors.
-/// Messages other than handovers have none.
+/// a handover's per-layer optimizer state buffers and f32/id saved tensors,
+/// or a replica seed's optimizer state buffers.
 fn for_each_buffer(message: &mut Message, f: &mut dyn FnMut(Buffer<'_>) -> Result<()>) -> Result<()> {
-    let Message::Handover { .. } = message else {
-        return Ok(());
-    };
     super::host::visit(message, &mut |t| match t.buffer_mut() {
         BufferMut::F32(v) => f(Buffer::F32(v)),
         BufferMut::Ids(v) => f(Buffer::U32(v)),
     })?;
-    let Message::Handover { handover, .. } = message else {
-        return Ok(());
+    let handover = match message {
+        Message::Handover { handover, .. } => handover,
+        Message::ReplicaSeed { optimizer, .. } => {
+            return optimizer.iter_mut().flat_map(|(_, s)| &mut s.buffers).try_for_each(|b| f(Buffer::F32(b)));
+        }
+        _ => return Ok(()),
     };
     for layer in &mut handover.layers {
         layer.optimizer.iter_mut().flat_map(|(_, s)| &mut s.buffers).try_for_each(|b| f(Buffer::F32(b)))?;
@@ -86,12 +106,13 @@ impl AsRef<[u8]> for Owned {
     }
 }
 
-/// Splits a handover into its head and its element buffers (see the module
-/// docs); any other message is an [`Error::Internal`] (only handovers split).
+/// Splits a message into its head and its element buffers (see the module
+/// docs); a message that never travels split ([`splits`]) is an
+/// [`Error::Internal`].
 /// Resident tensors are downloaded first, as in [`protocol::encode_in`].
 pub fn encode_split(message: Message) -> Result<Split> {
-    if !matches!(message, Message::Handover { .. }) {
-        return Err(Error::Internal(format!("only handovers travel as split frames, not a {}", message.kind())));
+    if !splits(&message) {
+        return Err(Error::Internal(format!("a {} never travels as a split frame", message.kind())));
     }
     let mut message = if super::host::is_resident(&message) { super::host::to_host(&message)? } else { message };
     let mut parts = Vec::new();
@@ -111,8 +132,8 @@ pub fn encode_split(message: Message) -> Result<Split> {
 /// buffers, without copying them (see the module docs).
 pub fn decode_split(head: &[u8], parts: Vec<Vec<u32>>) -> Result<Message> {
     let mut message = protocol::decode_unchecked(head)?;
-    if !matches!(message, Message::Handover { .. }) {
-        return Err(lying(format!("it holds a {}, not a handover", message.kind())));
+    if !splits(&message) {
+        return Err(lying(format!("it holds a {}, which never travels split", message.kind())));
     }
     let count = parts.len();
     let (mut parts, mut used) = (parts.into_iter(), 0usize);
@@ -141,7 +162,7 @@ fn as_f32(words: Vec<u32>) -> Vec<f32> {
     bytemuck::allocation::try_cast_vec(words).unwrap_or_else(|(_, words)| bytemuck::cast_slice(&words).to_vec())
 }
 
-/// A split frame that does not hold a well-formed handover: the peer's fault.
+/// A split frame that does not hold a well-formed message: the peer's fault.
 fn lying(detail: String) -> Error {
     Error::Protocol(format!("a split frame from the peer is malformed: {detail}"))
 }

@@ -87,6 +87,51 @@ fn a_split_handover_decodes_to_the_message_bit_for_bit() {
     assert_eq!(encode(&decoded).unwrap().as_slice(), encode(&message).unwrap().as_slice());
 }
 
+/// The other messages that travel split: an activation, a gradient, a
+/// replay, replica gradients of two layers and a replica seed with Adam state.
+fn others() -> Vec<Message> {
+    let (w, odd) = (129, 4099);
+    let grads = |l: u32| vec![(format!("layers.{l}.weight"), tensor(&[w, w], l)), ("b".into(), tensor(&[odd], 9))];
+    vec![
+        Message::Activation { generation: 1, step: 2, micro: 3, layer: 4, tensor: tensor(&[5, odd], 1) },
+        Message::Gradient { generation: 1, step: 2, micro: 3, layer: 4, tensor: tensor(&[7, w], 2) },
+        Message::Replay { generation: 1, step: 2, micro: 3, layer: 4, stop: 6, tensor: tensor(&[3, w], 3) },
+        Message::EvalActivation { step: 2, batch: 1, layer: 4, tensor: tensor(&[2, w], 4) },
+        Message::Replica { generation: 1, step: 2, layers: vec![(4, grads(4)), (5, grads(5))] },
+        Message::ReplicaSeed {
+            generation: 1,
+            step: 2,
+            layer: 4,
+            params: grads(4),
+            optimizer: vec![("b".into(), OptState { step: 3, buffers: vec![values(odd, 4), values(odd, 5)] })],
+        },
+    ]
+}
+
+#[test]
+fn other_split_messages_decode_bit_for_bit_and_adopt_their_buffers() {
+    for message in others() {
+        let mut sent = message.clone();
+        let expected = buffers(&mut sent).len();
+        let split = encode_split(message.clone()).unwrap();
+        assert_eq!(split.parts.len(), expected, "{}", message.kind());
+        let (head, parts) = received(&split);
+        let delivered: Vec<usize> = parts.iter().map(|p| p.as_ptr() as usize).collect();
+        let mut decoded = decode_split(&head, parts).unwrap();
+        assert_eq!(decoded, message);
+        assert_eq!(encode(&decoded).unwrap().as_slice(), encode(&message).unwrap().as_slice());
+        let adopted: Vec<usize> = buffers(&mut decoded).iter().map(|b| b.0).collect();
+        assert_eq!(adopted, delivered, "{}: a buffer was copied, not adopted", message.kind());
+        // One part fewer, or one of the wrong length, is the peer's fault.
+        let (head, mut parts) = received(&split);
+        parts.pop();
+        assert!(matches!(decode_split(&head, parts), Err(Error::Protocol(_))), "{}", message.kind());
+        let (head, mut parts) = received(&split);
+        parts[0].push(0);
+        assert!(matches!(decode_split(&head, parts), Err(Error::Protocol(_))), "{}", message.kind());
+    }
+}
+
 #[test]
 fn the_head_holds_no_element_buffer_and_the_parts_are_the_senders_buffers() {
     let mut message = handover();
@@ -173,7 +218,7 @@ fn heads_that_are_not_split_handovers_are_peer_errors() {
     let err = decode_split(&whole, parts).unwrap_err();
     assert!(err.to_string().contains("in its head, not in a part"), "{err}");
     let loss = encode(&Message::Loss { step: 0, micro: 0, value: 1.0 }).unwrap();
-    assert!(decode_split(&loss, Vec::new()).unwrap_err().to_string().contains("not a handover"));
+    assert!(decode_split(&loss, Vec::new()).unwrap_err().to_string().contains("never travels split"));
     assert!(encode_split(Message::Loss { step: 0, micro: 0, value: 1.0 }).is_err());
     let mut cut = AlignedVec::<16>::new();
     cut.extend_from_slice(&split.head[..split.head.len() / 2]);

@@ -14,7 +14,7 @@ use crate::train::Counters;
 use crate::{Error, Result, Targets, Tensor};
 
 /// Bumped whenever [`Message`] changes shape; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// A worker's place in one generation.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -394,6 +394,10 @@ pub fn size_hint(message: &Message) -> usize {
         // Room for every gradient, so a large frame is not grown by copying.
         Message::Replica { layers, .. } => {
             layers.iter().flat_map(|(_, g)| g).map(|(n, t)| t.len() * 4 + n.len() + 64).sum()
+        }
+        Message::ReplicaSeed { params, optimizer, .. } => {
+            let params: usize = params.iter().map(|(n, t)| t.len() * 4 + n.len() + 64).sum();
+            params + optimizer.iter().flat_map(|(_, s)| &s.buffers).map(|b| b.len() * 4 + 16).sum::<usize>()
         }
         _ => 0,
     };

@@ -4,13 +4,27 @@
 //! Invariant: each `*_into` function leaves in its outputs, bit for bit,
 //! what the in-place function of the same name leaves in its arguments:
 //! every chunk is copied into the outputs and then updated there by the
-//! same per-chunk loop the in-place kernel runs (copy and update while
-//! the chunk is in cache, so the memory traffic is that of one update).
+//! same per-chunk loop the in-place kernel runs. The copy and the update go
+//! in pieces of [`IN_CACHE`] elements, so each piece is updated while it is
+//! still in L1 and the memory traffic is that of one update (a parallel
+//! task's chunk, or with one thread the whole buffer, would have left the
+//! cache before its update). The update is per element, so the pieces
+//! cannot change a bit.
 //! A caller that keeps a layer's values from before its update (to roll
 //! the step back) can then swap buffers instead of copying them.
 
 use super::{adam_chunk, sgd_momentum_chunk, sgd_plain_chunk, AdamConfig, AdamScalars, SgdConfig, SyncPtr};
 use crate::threads::par_chunks_mut;
+
+/// Elements per piece of copy-then-update: 8 KiB of each buffer, so Adam's
+/// four (parameter, two moments, gradient) take 32 KiB, inside L1.
+const IN_CACHE: usize = 2048;
+
+/// Calls `f(start, end)` on consecutive pieces of `0..len`, each at most
+/// [`IN_CACHE`] long.
+fn in_pieces(len: usize, mut f: impl FnMut(usize, usize)) {
+    (0..len).step_by(IN_CACHE).for_each(|start| f(start, (start + IN_CACHE).min(len)));
+}
 
 /// [`super::sgd_step`] out of place: `from` = [param, momentum buffer]
 /// (the buffer empty when `momentum == 0`), updated values into `to`
@@ -26,8 +40,10 @@ pub fn sgd_step_into(from: [&[f32]; 2], grad: &[f32], to: [&mut [f32]; 2], first
     let c = *cfg;
     if c.momentum == 0.0 {
         return par_chunks_mut(to_param, |off, p| {
-            p.copy_from_slice(&param[off..off + p.len()]);
-            sgd_plain_chunk(p, &grad[off..off + p.len()], -c.lr, c.weight_decay);
+            in_pieces(p.len(), |a, b| {
+                p[a..b].copy_from_slice(&param[off + a..off + b]);
+                sgd_plain_chunk(&mut p[a..b], &grad[off + a..off + b], -c.lr, c.weight_decay);
+            })
         });
     }
     assert_eq!(buf.len(), param.len(), "sgd_step_into: momentum_buf.len() != param.len()");
@@ -41,9 +57,11 @@ pub fn sgd_step_into(from: [&[f32]; 2], grad: &[f32], to: [&mut [f32]; 2], first
         // task borrows a disjoint in-bounds range of `to_buf`, which stays
         // exclusively borrowed by this function for the whole call.
         let b = unsafe { std::slice::from_raw_parts_mut(bufp.get().add(off), n) };
-        p.copy_from_slice(&param[off..off + n]);
-        b.copy_from_slice(&buf[off..off + n]);
-        sgd_momentum_chunk(p, b, &grad[off..off + n], first, &c, damp);
+        in_pieces(n, |x, y| {
+            p[x..y].copy_from_slice(&param[off + x..off + y]);
+            b[x..y].copy_from_slice(&buf[off + x..off + y]);
+            sgd_momentum_chunk(&mut p[x..y], &mut b[x..y], &grad[off + x..off + y], first, &c, damp);
+        });
     });
 }
 
@@ -82,9 +100,12 @@ fn adam_update_into(from: [&[f32]; 3], grad: &[f32], to: [&mut [f32]; 3], step: 
         let (m, v) = unsafe {
             (std::slice::from_raw_parts_mut(mp.get().add(off), k), std::slice::from_raw_parts_mut(vp.get().add(off), k))
         };
-        p.copy_from_slice(&from[0][off..off + k]);
-        m.copy_from_slice(&from[1][off..off + k]);
-        v.copy_from_slice(&from[2][off..off + k]);
-        adam_chunk(p, m, v, &grad[off..off + k], &s, isa);
+        in_pieces(k, |a, b| {
+            let (p, m, v) = (&mut p[a..b], &mut m[a..b], &mut v[a..b]);
+            p.copy_from_slice(&from[0][off + a..off + b]);
+            m.copy_from_slice(&from[1][off + a..off + b]);
+            v.copy_from_slice(&from[2][off + a..off + b]);
+            adam_chunk(p, m, v, &grad[off + a..off + b], &s, isa);
+        });
     });
 }

@@ -19,6 +19,7 @@ mod worker;
 
 use std::time::Duration;
 
+use baton_engine::pipeline::adopt;
 use baton_engine::pipeline::protocol::{self, Message};
 use baton_transport::frame::{Frame, Outbound};
 use baton_transport::{Lane, NetConfig, Node, PeerId};
@@ -63,13 +64,17 @@ pub fn frame_of(message: &Message) -> Result<bytes::Bytes> {
     Ok(bytes::Bytes::from_owner(protocol::encode_in(message, buffer)?))
 }
 
-/// One owned message as a transport frame. A handover goes as a split
-/// frame ([`baton_engine::pipeline::adopt`]): its element buffers are the
+/// One owned message as a transport frame. A handover, and any other
+/// message between workers that carries more than [`SMALL_FRAME_BYTES`] of
+/// tensors (activations, gradients, replica gradients and seeds:
+/// [`adopt::splits`]), goes as a split frame: its element buffers are the
 /// frame's parts, sent without a copy and adopted by the receiver without
-/// one ([`decode_frame`]); any other message is archived as [`frame_of`] does.
+/// one ([`decode_frame`]); any other message is archived as [`frame_of`]
+/// does (small tensors cost less archived than as parts of their own).
 pub fn frame_owned(message: Message) -> Result<Outbound> {
-    if let Message::Handover { .. } = message {
-        let split = baton_engine::pipeline::adopt::encode_split(message)?;
+    let large = protocol::size_hint(&message) > SMALL_FRAME_BYTES;
+    if matches!(message, Message::Handover { .. }) || (large && adopt::splits(&message)) {
+        let split = adopt::encode_split(message)?;
         return Ok(Outbound::split(vec![bytes::Bytes::from_owner(split.head)], split.parts)?);
     }
     Ok(Outbound::new(vec![frame_of(&message)?]))
@@ -82,7 +87,7 @@ pub fn decode_frame(frame: Frame) -> Result<Message> {
         return Ok(protocol::decode(&frame)?);
     }
     let (head, parts) = frame.into_split();
-    Ok(baton_engine::pipeline::adopt::decode_split(&head, parts)?)
+    Ok(adopt::decode_split(&head, parts)?)
 }
 
 /// Frames that carry tensors but are at most this large travel on the
@@ -108,6 +113,16 @@ pub fn lane_for(message: &Message, len: usize) -> Lane {
 fn send(node: &Node, peer: PeerId, message: &Message) -> Result<()> {
     let frame = frame_of(message)?;
     node.send(peer, lane_for(message, frame.len()), frame)?;
+    Ok(())
+}
+
+/// Like [`send`] for a message this node gives away: a large one between
+/// workers goes as a split frame ([`frame_owned`]), on the bulk lane.
+fn send_owned(node: &Node, peer: PeerId, message: Message) -> Result<()> {
+    let bulk = message.is_bulk();
+    let frame = frame_owned(message)?;
+    let lane = if frame.is_split() || (bulk && frame.len() > SMALL_FRAME_BYTES) { Lane::Bulk } else { Lane::Control };
+    node.send(peer, lane, frame)?;
     Ok(())
 }
 
@@ -168,11 +183,25 @@ mod tests {
             assert_eq!(protocol::encode(&decoded).unwrap().as_slice(), protocol::encode(&message).unwrap().as_slice());
             assert_eq!(decoded, message);
         }
-        // Other messages keep the plain frame.
+        // Small tensors and messages for the coordinator keep the plain frame.
         let plain = frame_owned(activation(64)).unwrap().with_header().concat();
         let frames = baton_transport::frame::decode_all(&plain, 1 << 24).unwrap();
         assert!(!frames[0].is_split());
         assert_eq!(decode_frame(frames.into_iter().next().unwrap()).unwrap(), activation(64));
+        let params = vec![("w".into(), Tensor::new(vec![SMALL_FRAME_BYTES], vec![0.5; SMALL_FRAME_BYTES]).unwrap())];
+        let last = Message::Final { worker: 1, params, counters: Default::default(), spans: Vec::new() };
+        assert!(!frame_owned(last).unwrap().is_split());
+    }
+
+    #[test]
+    fn a_large_activation_is_a_split_frame_and_decodes_bit_for_bit() {
+        let message = activation(SMALL_FRAME_BYTES / 4 + 1);
+        let frame = frame_owned(message.clone()).unwrap();
+        assert!(frame.is_split());
+        let wire = frame.with_header().concat();
+        let mut frames = baton_transport::frame::decode_all(&wire, 1 << 24).unwrap();
+        assert_eq!(frames[0].parts().len(), 1, "the activation's values");
+        assert_eq!(decode_frame(frames.remove(0)).unwrap(), message);
     }
 
     #[test]

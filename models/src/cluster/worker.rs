@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::budget::ShipBudget;
 use super::fault::{Crash, FAULT_ENV};
-use super::{decode_frame, frame_owned, send, send_wait, worker_id, COORDINATOR_NAME};
+use super::{decode_frame, frame_owned, send, send_owned, send_wait, worker_id, COORDINATOR_NAME};
 
 /// Where the worker finds the coordinator and what it advertises to peers.
 pub struct WorkerOptions {
@@ -302,7 +302,7 @@ fn execute(node: &Node, worker: &mut Worker, links: &mut Links, outs: Vec<Out>) 
                     // A fellow worker that is gone (crashed): the coordinator
                     // rolls the step back, so what it would get is moot.
                     (Dest::Worker(id), peer) => {
-                        if let Err(e) = peer.and_then(|p| send(node, p, &message)) {
+                        if let Err(e) = peer.and_then(|p| send_owned(node, p, message)) {
                             tracing::warn!(worker = worker.id, to = id, kind, "not sent: {e}");
                         }
                     }
