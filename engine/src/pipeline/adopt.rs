@@ -47,19 +47,11 @@ enum Buffer<'a> {
 }
 
 /// Whether `message` travels as a split frame when it is large: the
-/// messages between workers that carry element buffers. Only these are
-/// accepted as split frames ([`decode_split`]).
+/// messages between workers ([`Message::is_between_workers`]) that carry
+/// element buffers, which is all of them but a recompute request. Only
+/// these are accepted as split frames ([`decode_split`]).
 pub fn splits(message: &Message) -> bool {
-    matches!(
-        message,
-        Message::Handover { .. }
-            | Message::Activation { .. }
-            | Message::Gradient { .. }
-            | Message::Replay { .. }
-            | Message::EvalActivation { .. }
-            | Message::Replica { .. }
-            | Message::ReplicaSeed { .. }
-    )
+    message.is_between_workers() && !matches!(message, Message::Recompute { .. })
 }
 
 /// Calls `f` on every element buffer of `message` that travels as a part,
