@@ -102,7 +102,13 @@ pub const SMALL_FRAME_BYTES: usize = 64 << 10;
 /// The lane for a frame of `len` bytes holding `message`: bulk only for
 /// tensor-carrying frames larger than [`SMALL_FRAME_BYTES`].
 pub fn lane_for(message: &Message, len: usize) -> Lane {
-    if message.is_bulk() && len > SMALL_FRAME_BYTES {
+    bulk_if_large(message.is_bulk(), len)
+}
+
+/// [`lane_for`] of a message already given away: `bulk` is its
+/// [`Message::is_bulk`].
+fn bulk_if_large(bulk: bool, len: usize) -> Lane {
+    if bulk && len > SMALL_FRAME_BYTES {
         Lane::Bulk
     } else {
         Lane::Control
@@ -121,7 +127,7 @@ fn send(node: &Node, peer: PeerId, message: &Message) -> Result<()> {
 fn send_owned(node: &Node, peer: PeerId, message: Message) -> Result<()> {
     let bulk = message.is_bulk();
     let frame = frame_owned(message)?;
-    let lane = if frame.is_split() || (bulk && frame.len() > SMALL_FRAME_BYTES) { Lane::Bulk } else { Lane::Control };
+    let lane = if frame.is_split() { Lane::Bulk } else { bulk_if_large(bulk, frame.len()) };
     node.send(peer, lane, frame)?;
     Ok(())
 }
